@@ -1,0 +1,55 @@
+"""The one text syntax of the IR (`.cir`), printed deterministically.
+
+    module @name {k = v, ...} {
+      %r = cc.op(%a, %b) {k = v} sched {k = v}
+    } sched {k = v}
+
+Values: integers, floats (always with a `.` or exponent), `true`/`false`, quoted
+strings and integer tuples `(1, 2)`. Unset schedule fields are simply absent.
+"""
+
+from __future__ import annotations
+
+from compressc.ir.core import Attr, Fields, Module, Op
+
+
+def format_value(value: Attr) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    raise TypeError(f"cannot print attribute value {value!r} of type {type(value).__name__}")
+
+
+def format_fields(items: Fields) -> str:
+    return "{" + ", ".join(f"{k} = {format_value(v)}" for k, v in items) + "}"
+
+
+def format_op(op: Op) -> str:
+    text = f"%{op.result} = {op.name}" if op.result else op.name
+    if op.operands:
+        text += "(" + ", ".join(f"%{o}" for o in op.operands) + ")"
+    if op.attrs:
+        text += " " + format_fields(op.attrs)
+    if op.sched:
+        text += " sched " + format_fields(op.sched)
+    return text
+
+
+def print_module(module: Module) -> str:
+    head = f"module @{module.name}"
+    if module.attrs:
+        head += " " + format_fields(module.attrs)
+    lines = [head + " {"]
+    lines += ["  " + format_op(op) for op in module.ops]
+    tail = "}"
+    if module.sched:
+        tail += " sched " + format_fields(module.sched)
+    lines.append(tail)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""Device helpers the emitted CuTe DSL kernels call (imports cutlass: build side only).
+
+Each helper is one PTX instruction (or a short fixed sequence) so the emitted kernel
+says exactly which hardware operation runs; comments cite the PTX ISA behaviour.
+"""
+
+from __future__ import annotations
+
+from cutlass import Float32, Int32, Int64, Uint32
+from cutlass._mlir import ir
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T, dsl_user_op
+
+
+def _asm(result_type, args, text: str, constraints: str):
+    return llvm.inline_asm(
+        result_type,
+        args,
+        text,
+        constraints,
+        has_side_effects=False,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )
+
+
+def _f(x, loc=None, ip=None):
+    return Float32(x).ir_value(loc=loc, ip=ip)
+
+
+def _i(x, loc=None, ip=None):
+    return Int32(x).ir_value(loc=loc, ip=ip)
+
+
+@dsl_user_op
+def ex2(x, *, loc=None, ip=None) -> Float32:
+    """2**x with MUFU.EX2 (ex2.approx.ftz.f32: max 2 ulp error, -inf -> +0)."""
+    return Float32(_asm(T.f32(), [_f(x, loc, ip)], "ex2.approx.ftz.f32 $0, $1;", "=f,f"))
+
+
+@dsl_user_op
+def rsqrt(x, *, loc=None, ip=None) -> Float32:
+    """1/sqrt(x) with MUFU.RSQ (rsqrt.approx.ftz.f32)."""
+    return Float32(_asm(T.f32(), [_f(x, loc, ip)], "rsqrt.approx.ftz.f32 $0, $1;", "=f,f"))
+
+
+@dsl_user_op
+def div_rn(a, b, *, loc=None, ip=None) -> Float32:
+    """IEEE round-to-nearest division: amax / 448 must not round up past a power of two."""
+    args = [_f(a, loc, ip), _f(b, loc, ip)]
+    return Float32(_asm(T.f32(), args, "div.rn.f32 $0, $1, $2;", "=f,f,f"))
+
+
+@dsl_user_op
+def fmax(a, b, *, loc=None, ip=None) -> Float32:
+    args = [_f(a, loc, ip), _f(b, loc, ip)]
+    return Float32(_asm(T.f32(), args, "max.f32 $0, $1, $2;", "=f,f,f"))
+
+
+@dsl_user_op
+def fabs(a, *, loc=None, ip=None) -> Float32:
+    return Float32(_asm(T.f32(), [_f(a, loc, ip)], "abs.f32 $0, $1;", "=f,f"))
+
+
+@dsl_user_op
+def bf16x2(lo, hi, *, loc=None, ip=None) -> Uint32:
+    """Pack two fp32 as bf16 (RNE), `lo` in bits 0-15: cvt.rn.bf16x2.f32 d, hi, lo."""
+    args = [_f(hi, loc, ip), _f(lo, loc, ip)]
+    return Uint32(_asm(T.i32(), args, "cvt.rn.bf16x2.f32 $0, $1, $2;", "=r,f,f"))
+
+
+@dsl_user_op
+def bf16_round(x, *, loc=None, ip=None) -> Float32:
+    """fp32(bf16_rne(x)): convert, then widen the 16 bits back (exact)."""
+    text = "{ .reg .b16 h; cvt.rn.bf16.f32 h, $1; mov.b32 $0, {0, h}; }"
+    return Float32(_asm(T.f32(), [_f(x, loc, ip)], text, "=f,f"))
+
+
+@dsl_user_op
+def e4m3x2(lo, hi, *, loc=None, ip=None) -> Uint32:
+    """Two fp32 -> e4m3 bytes (RNE, satfinite), `lo` in bits 0-7 (zero-extended to 32 bits)."""
+    text = "{ .reg .b16 h; cvt.rn.satfinite.e4m3x2.f32 h, $1, $2; cvt.u32.u16 $0, h; }"
+    args = [_f(hi, loc, ip), _f(lo, loc, ip)]
+    return Uint32(_asm(T.i32(), args, text, "=r,f,f"))
+
+
+@dsl_user_op
+def pack_u16x2(lo, hi, *, loc=None, ip=None) -> Uint32:
+    """lo | hi << 16 in one PRMT."""
+    args = [_i(lo, loc, ip), _i(hi, loc, ip)]
+    return Uint32(_asm(T.i32(), args, "prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r"))
+
+
+@dsl_user_op
+def f32_bits(x, *, loc=None, ip=None) -> Int32:
+    return Int32(_asm(T.i32(), [_f(x, loc, ip)], "mov.b32 $0, $1;", "=r,f"))
+
+
+@dsl_user_op
+def bits_f32(x, *, loc=None, ip=None) -> Float32:
+    return Float32(_asm(T.f32(), [_i(x, loc, ip)], "mov.b32 $0, $1;", "=f,r"))
+
+
+@dsl_user_op
+def shfl_xor(x, mask, *, loc=None, ip=None) -> Float32:
+    """Butterfly exchange inside the whole warp (shfl.sync.bfly, clamp 31)."""
+    args = [_f(x, loc, ip), _i(mask, loc, ip)]
+    text = "shfl.sync.bfly.b32 $0, $1, $2, 31, -1;"
+    return Float32(_asm(T.f32(), args, text, "=f,f,r"))
+
+
+@dsl_user_op
+def st_global_b8(addr, value, *, loc=None, ip=None) -> None:
+    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
+    llvm.inline_asm(None, args, "st.global.b8 [$0], $1;", "l,r", has_side_effects=True)
+
+
+@dsl_user_op
+def st_global_v2(addr, a, b, *, loc=None, ip=None) -> None:
+    """8-byte store; `addr` must be 8-byte aligned (the store layout guarantees it)."""
+    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(a, loc, ip), _i(b, loc, ip)]
+    llvm.inline_asm(None, args, "st.global.v2.b32 [$0], {$1, $2};", "l,r,r", has_side_effects=True)
+
+
+@dsl_user_op
+def st_global_v4(addr, a, b, c, d, *, loc=None, ip=None) -> None:
+    """16-byte store; `addr` must be 16-byte aligned."""
+    args = [Int64(addr).ir_value(loc=loc, ip=ip)] + [_i(v, loc, ip) for v in (a, b, c, d)]
+    text = "st.global.v4.b32 [$0], {$1, $2, $3, $4};"
+    llvm.inline_asm(None, args, text, "l,r,r,r,r", has_side_effects=True)

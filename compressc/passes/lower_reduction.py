@@ -1,0 +1,55 @@
+"""lower-reduction: turn each reduction into warp shuffles plus CTA exchanges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from compressc.ir.core import Module, Op
+from compressc.passes.base import ModulePass
+
+WARP = 32
+
+
+def butterfly(lanes: int, order: str = "down") -> tuple[int, ...]:
+    """XOR masks that reduce `lanes` consecutive, aligned lanes: log2(lanes) steps.
+
+    A mask below `lanes` never leaves an aligned group of `lanes` lanes, so the
+    shuffle tree is confined to the group without a member mask.
+    """
+    masks = tuple(1 << k for k in range(lanes.bit_length() - 1))
+    return tuple(reversed(masks)) if order == "down" else masks
+
+
+@dataclass(frozen=True, slots=True)
+class LowerReduction(ModulePass):
+    """Choose the shuffle trees and cross-warp exchanges of every reduction.
+
+    Expects: thread-map has run (module `warps`, `window_split`; cc.quant `lanes_per_group`).
+    Leaves:  cc.rms_norm `lane_tree` (warp butterfly of the sum of squares) and
+             `cross_warp` ("smem" + one barrier when the head spans several warps,
+             else "none"); cc.quant `group_tree` (amax butterfly masked to the
+             quant group); cc.pool_softmax `merge` ("smem" when the window is split
+             across lane groups, else "none").
+    Options: order ("down": masks 16, 8, ..., 1; "up": 1, 2, ..., 16). Both are
+             legal; the sum's rounding may differ by an ulp, never the bytes rule.
+    """
+
+    name: ClassVar[str] = "lower-reduction"
+    order: str = "down"
+
+    def apply(self, module: Module) -> Module:
+        head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+        head_warps = max(1, head_lanes // WARP)
+        split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+        lane_tree = butterfly(min(WARP, head_lanes), self.order)
+        cross = "smem" if head_warps > 1 else "none"
+        module = module.replace_ops(
+            "cc.rms_norm", lambda op: op.with_sched(lane_tree=lane_tree, cross_warp=cross))
+        module = module.replace_ops("cc.quant", self._quant)
+        merge = "smem" if split > 1 else "none"
+        return module.replace_ops("cc.pool_softmax", lambda op: op.with_sched(merge=merge))
+
+    def _quant(self, op: Op) -> Op:
+        lanes = int(op.get("lanes_per_group", 1))  # type: ignore[arg-type]
+        return op.with_sched(group_tree=butterfly(lanes, self.order))

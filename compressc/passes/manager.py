@@ -1,0 +1,135 @@
+"""Pipeline strings, the explicit list of passes, and the pass manager.
+
+A pipeline string is `pass{opt=value,opt=value},pass,...` (MLIR's textual form).
+The manager verifies after every pass and can print or time each stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from compressc.ir.core import Module
+from compressc.ir.printer import print_module
+from compressc.ir.verifier import verify
+from compressc.passes.base import ModulePass
+from compressc.passes.lower_reduction import LowerReduction
+from compressc.passes.plan_smem import PlanSmem
+from compressc.passes.thread_map import ThreadMap
+from compressc.passes.vectorize import Vectorize
+from compressc.passes.window_prefetch import WindowPrefetch
+
+ALL_PASSES: tuple[type[ModulePass], ...] = (ThreadMap, Vectorize, LowerReduction, PlanSmem, WindowPrefetch)
+PASSES_BY_NAME = {p.name: p for p in ALL_PASSES}
+
+DEFAULT_PIPELINE = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+# The schedule a straightforward port would use: 2 fp32 per thread (more only where a
+# quant group would not fit one warp), scalar loads, one row at a time.
+BASELINE_PIPELINE = (
+    "thread-map{elems-per-lane=2,window-split=1},vectorize{bits=32},"
+    "lower-reduction,plan-smem,window-prefetch{rows=1}"
+)
+NAMED_PIPELINES = {"default": DEFAULT_PIPELINE, "baseline": BASELINE_PIPELINE}
+
+
+def resolve_pipeline(text: str, module: Module) -> str:
+    """Expand a named pipeline for `module`; other strings are returned unchanged."""
+    if text.strip() == "baseline":
+        elems = max(2, int(module.attr("quant_block")) // 32)  # type: ignore[arg-type]
+        return BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}")
+    return NAMED_PIPELINES.get(text.strip(), text)
+
+
+class PipelineError(ValueError):
+    """A pipeline string names an unknown pass or option; the message gives the column."""
+
+
+def _fail(text: str, pos: int, what: str) -> PipelineError:
+    return PipelineError(f"pipeline column {pos + 1}: {what}\n  {text}\n  {' ' * pos}^")
+
+
+def _split_top(text: str) -> list[tuple[int, str]]:
+    """Split at commas outside braces, keeping each piece's start column."""
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            pieces.append((start, text[start:i]))
+            start = i + 1
+    return pieces
+
+
+def _convert(value: str, kind: type) -> object:
+    if kind is bool:
+        if value not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return value == "true"
+    return kind(value)
+
+
+def _make_pass(text: str, pos: int, piece: str) -> ModulePass:
+    name, _, opts = piece.strip().partition("{")
+    cls = PASSES_BY_NAME.get(name.strip())
+    if cls is None:
+        raise _fail(text, pos, f"unknown pass {name.strip()!r}; passes: {', '.join(PASSES_BY_NAME)}")
+    if opts and not opts.endswith("}"):
+        raise _fail(text, pos, f"options of {name!r} must end with '}}'")
+    known = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for item in filter(None, opts[:-1].split(",")):
+        key, eq, value = item.partition("=")
+        f = known.get(key.strip())
+        if f is None or not eq:
+            where = pos + piece.find(item)
+            raise _fail(text, where, f"unknown option {key.strip()!r} of {name}; options: {', '.join(known) or 'none'}")
+        try:
+            kwargs[f.name] = _convert(value.strip(), type(f.default))
+        except ValueError:
+            raise _fail(text, pos + piece.find(item), f"bad value {value!r} for {key}") from None
+    return cls(**kwargs)
+
+
+def parse_pipeline(text: str) -> list[ModulePass]:
+    """Parse `a,b{x=1}` (or a named pipeline: default, baseline) into pass objects."""
+    text = NAMED_PIPELINES.get(text.strip(), text)
+    if not text.strip():
+        return []
+    return [_make_pass(text, pos, piece) for pos, piece in _split_top(text)]
+
+
+def pipeline_string(passes: list[ModulePass]) -> str:
+    """The canonical spelling: what the cache key and manifest record."""
+    return ",".join(p.spelling() for p in passes)
+
+
+@dataclass
+class PassManager:
+    """Run passes in order, verifying after each; optionally print or time them."""
+
+    passes: list[ModulePass]
+    print_after_all: bool = False
+    print_after_change: bool = False
+    time_passes: bool = False
+    out: Callable[[str], None] = print
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    def run(self, module: Module) -> Module:
+        verify(module)
+        for p in self.passes:
+            start = time.perf_counter()
+            new = verify(p.apply(module))
+            self.timings.append((p.spelling(), time.perf_counter() - start))
+            if self.print_after_all or (self.print_after_change and new != module):
+                self.out(f"// -----// IR Dump After {p.spelling()} //----- //\n{print_module(new)}")
+            module = new
+        if self.time_passes:
+            self.out(self.timing_report())
+        return module
+
+    def timing_report(self) -> str:
+        total = sum(t for _, t in self.timings) or 1e-12
+        lines = ["// ----- Pass execution timing report ----- //"]
+        lines += [f"  {t * 1e3:8.3f} ms ({100 * t / total:5.1f}%)  {name}" for name, t in self.timings]
+        return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""plan-smem: give every cross-lane exchange a shared-memory slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from compressc.ir.core import Module, Op
+from compressc.passes.base import ModulePass
+
+WARP = 32
+FP32 = 4
+SMEM_LIMIT = 48 * 1024  # static shared memory per CTA without an opt-in attribute
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSmem(ModulePass):
+    """Lay out the static shared memory the reductions need, 16-byte aligned.
+
+    Expects: lower-reduction has run (`cross_warp`, `merge`).
+    Leaves:  cc.rms_norm `smem_offset` (one fp32 partial per warp) when it
+             exchanges across warps; cc.pool_softmax `smem_offset` (max, sum and
+             weighted sum per channel and split group) when it merges; module
+             `smem_bytes` (the total) and `barriers` (CTA barriers executed).
+    Options: none.
+    """
+
+    name: ClassVar[str] = "plan-smem"
+
+    def apply(self, module: Module) -> Module:
+        offset, barriers, ops = 0, 0, []
+        for op in module.ops:
+            size = self._size(module, op)
+            if size:
+                ops.append(op.with_sched(smem_offset=offset))
+                offset += -(-size // 16) * 16
+                barriers += 1
+            else:
+                ops.append(op)
+        return replace(module, ops=tuple(ops)).with_sched(smem_bytes=offset, barriers=barriers)
+
+    @staticmethod
+    def _size(module: Module, op: Op) -> int:
+        if op.name == "cc.rms_norm" and op.get("cross_warp") == "smem":
+            return FP32 * int(module.get("head_lanes", 0)) // WARP  # type: ignore[arg-type]
+        if op.name == "cc.pool_softmax" and op.get("merge") == "smem":
+            split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+            return 3 * FP32 * split * int(op.attr("head"))  # type: ignore[arg-type]
+        return 0

@@ -1,0 +1,254 @@
+"""Finding a kernel's cubin: installed kernel packs -> user cache -> JIT build -> error.
+
+Pure Python (no CUDA, no cutlass): the store and the build driver are imported lazily,
+so a machine with only the prebuilt-kernel install can resolve and load kernels.
+A pack or cache root is a Store-shaped directory (`compressc.cache.store.Store`):
+`index/<variant>@<arch>.json` -> {"key"}, `<key[:2]>/<key>/manifest.json` + `kernel.cubin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from compressc.specs.abi import abi
+from compressc.specs.family import KernelSpec
+
+ENTRY_POINT_GROUP = "compressc.kernel_packs"
+MANIFEST_FORMAT = 1
+BUILD_EXTRA_INSTALL = "pip install 'compressc[build]'"
+_FALSE_WORDS = ("", "0", "false", "no", "off")
+_ARCH_RE = re.compile(r"^sm_(\d+)(\d)([af]?)$")
+
+
+class KernelNotFoundError(LookupError):
+    """No source had the kernel; the message names every place searched and the fix."""
+
+
+class ManifestError(ValueError):
+    """A cache entry's manifest does not describe the kernel the runtime asked for."""
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    """A resolved kernel: its manifest, cubin bytes and where they came from."""
+
+    manifest: dict[str, Any]
+    cubin: bytes
+    origin: str
+
+    @property
+    def key(self) -> str:
+        return str(self.manifest["key"])
+
+    @property
+    def entry(self) -> str:
+        return str(self.manifest["entry"])
+
+    @property
+    def arch(self) -> str:
+        return str(self.manifest["arch"])
+
+    @property
+    def block(self) -> tuple[int, int, int]:
+        x, y, z = self.manifest["block"]
+        return int(x), int(y), int(z)
+
+    @property
+    def smem_dynamic(self) -> int:
+        return int(self.manifest["smem_dynamic"])
+
+
+# -- architectures --------------------------------------------------------------------
+def arch_for_capability(capability: tuple[int, int]) -> str:
+    """The arch compressc builds for a device: "sm_90a" for (9, 0), "sm_100a" for (10, 0)."""
+    major, minor = capability
+    return f"sm_{major}{minor}" + ("a" if major >= 9 else "")
+
+
+def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
+    """Whether SASS for `arch` runs on a device of `capability`.
+
+    "a" targets run on exactly that chip, "f" targets on later minors of the same
+    major, plain targets on the same major with an equal or later minor.
+    """
+    match = _ARCH_RE.match(arch)
+    if match is None:
+        raise ValueError(f"arch {arch!r} is not of the form sm_<major><minor>[a|f], e.g. 'sm_90a'")
+    major, minor, suffix = int(match[1]), int(match[2]), match[3]
+    if suffix == "a":
+        return capability == (major, minor)
+    return capability[0] == major and capability[1] >= minor
+
+
+def build_command(spec: KernelSpec, arch: str) -> str:
+    """The `compressc build` command that puts `spec` for `arch` into the user cache."""
+    cmd = (f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
+           f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}")
+    return cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+
+
+# -- where to look ----------------------------------------------------------------------
+def iter_pack_roots() -> list[Path]:
+    """Directories of the installed kernel packs (entry-point group "compressc.kernel_packs").
+
+    An entry point may resolve to a path (str or PathLike), a module (its directory)
+    or a callable returning either. A pack that fails to load is skipped with a warning.
+    """
+    roots = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            roots.append(_pack_dir(ep.load()))
+        except Exception as exc:  # a broken third-party pack must not break the others
+            warnings.warn(f"compressc: kernel pack {ep.name!r} ({ep.value}) skipped: {exc}", stacklevel=2)
+    return roots
+
+
+def _pack_dir(obj: object) -> Path:
+    if isinstance(obj, ModuleType):
+        return Path(obj.__file__ or "").parent
+    if isinstance(obj, (str, os.PathLike)):
+        return Path(obj)
+    if callable(obj):
+        return _pack_dir(obj())
+    raise TypeError(f"entry point resolved to {type(obj).__name__}, expected a directory path")
+
+
+def runtime_settings() -> tuple[Path, bool]:
+    """(user cache dir, JIT allowed), from compressc.config when present, else the environment."""
+    try:
+        from compressc.config import Config
+    except ImportError:
+        return settings_from_environ(os.environ)
+    config = Config.from_env()
+    return Path(config.cache_dir), not config.no_jit
+
+
+def settings_from_environ(environ: dict[str, str] | os._Environ) -> tuple[Path, bool]:
+    """COMPRESSC_CACHE_DIR (default ~/.cache/compressc) and COMPRESSC_NO_JIT."""
+    cache = environ.get("COMPRESSC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "compressc")
+    no_jit = environ.get("COMPRESSC_NO_JIT", "").strip().lower() not in _FALSE_WORDS
+    return Path(cache), not no_jit
+
+
+# -- manifests ------------------------------------------------------------------------
+def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> None:
+    """Raise ManifestError unless `manifest` is a launchable entry of `spec` for `arch`."""
+    want_params = [[p.name, p.kind, p.dtype, p.align] for p in abi(spec)]
+    got_params = [[q.get("name"), q.get("kind"), q.get("dtype"), q.get("align")] for q in manifest.get("params", [])]
+    expected = {"format": MANIFEST_FORMAT, "kernel": spec.kernel, "variant": spec.variant, "arch": arch,
+                "grid": "rows", "params": want_params}
+    got = dict(manifest, params=got_params)
+    for field, want in expected.items():
+        if got.get(field) != want:
+            raise ManifestError(f"manifest field {field!r} is {got.get(field)!r}, expected {want!r}")
+    block = manifest.get("block")
+    if not (isinstance(block, list) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)):
+        raise ManifestError(f"manifest field 'block' is {block!r}, expected three positive ints")
+    for field in ("entry", "key"):
+        if not isinstance(manifest.get(field), str) or not manifest[field]:
+            raise ManifestError(f"manifest field {field!r} is {manifest.get(field)!r}, expected a non-empty string")
+    if not isinstance(manifest.get("smem_dynamic"), int) or manifest["smem_dynamic"] < 0:
+        raise ManifestError(f"manifest field 'smem_dynamic' is {manifest.get('smem_dynamic')!r}, expected an int >= 0")
+
+
+def read_entry_dir(path: Path) -> tuple[dict[str, Any], bytes]:
+    """(manifest, cubin) of an entry directory written by the store or the build driver."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    return manifest, (path / manifest.get("cubin", "kernel.cubin")).read_bytes()
+
+
+# -- lookup -----------------------------------------------------------------------------
+def open_store(root: Path) -> Any:
+    """The read-only Store at `root` (imported here so resolve.py imports without it)."""
+    from compressc.cache.store import Store
+
+    return Store(root, readonly=True)
+
+
+def find_kernel(
+    spec: KernelSpec,
+    arch: str,
+    *,
+    pack_roots: Sequence[Path] | None = None,
+    cache_dir: Path | None = None,
+    allow_jit: bool | None = None,
+    store_factory: Callable[[Path], Any] = open_store,
+    builder: Callable[[KernelSpec, str], Any] | None = None,
+) -> KernelImage:
+    """The kernel image of `spec` for `arch`, searched in the order of DESIGN.md §4.
+
+    Arguments left as None come from the installed packs and `runtime_settings()`;
+    `builder` defaults to `compressc.cache.build.build_one` when it can be imported.
+    """
+    if cache_dir is None or allow_jit is None:
+        env_cache, env_jit = runtime_settings()
+        cache_dir = env_cache if cache_dir is None else cache_dir
+        allow_jit = env_jit if allow_jit is None else allow_jit
+    roots = list(iter_pack_roots() if pack_roots is None else pack_roots)
+    sources = [(f"kernel pack {r}", Path(r)) for r in roots] + [(f"user cache {cache_dir}", Path(cache_dir))]
+    notes: list[str] = []
+    for origin, root in sources:
+        image = _from_store(spec, arch, origin, root, store_factory, notes)
+        if image is not None:
+            return image
+    return _jit_or_raise(spec, arch, allow_jit, builder, notes)
+
+
+def _from_store(
+    spec: KernelSpec, arch: str, origin: str, root: Path, factory: Callable[[Path], Any], notes: list[str]
+) -> KernelImage | None:
+    if not root.is_dir():
+        notes.append(f"{origin}: no such directory")
+        return None
+    try:
+        entry = factory(root).find(spec.variant, arch)
+        if entry is None:
+            notes.append(f"{origin}: not found")
+            return None
+        image = KernelImage(dict(entry.manifest), entry.cubin_bytes(), f"{origin} ({entry.path})")
+        check_manifest(spec, arch, image.manifest)
+    except (OSError, ValueError, KeyError) as exc:  # a corrupt or stale entry is a miss
+        notes.append(f"{origin}: entry rejected: {exc}")
+        return None
+    return image
+
+
+def _jit_or_raise(
+    spec: KernelSpec, arch: str, allow_jit: bool, builder: Callable | None, notes: list[str]
+) -> KernelImage:
+    hint = f"Build it with:\n  {build_command(spec, arch)}"
+    if not allow_jit:
+        notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
+        raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
+    if builder is None:
+        try:
+            from compressc.cache.build import build_one as builder
+        except ImportError as exc:
+            notes.append(f"JIT build: impossible, the build extra is not installed ({exc})")
+            hint += f"\nor install the build extra to compile kernels on first use:\n  {BUILD_EXTRA_INSTALL}"
+            raise KernelNotFoundError(_not_found(spec, arch, notes, hint)) from exc
+    image = _image_from_build(builder(spec, arch))
+    check_manifest(spec, arch, image.manifest)
+    return image
+
+
+def _image_from_build(result: Any) -> KernelImage:
+    """Accept what the build driver returns: a store Entry or an entry directory."""
+    if hasattr(result, "manifest") and hasattr(result, "cubin_bytes"):
+        return KernelImage(dict(result.manifest), result.cubin_bytes(), f"JIT build ({getattr(result, 'path', '')})")
+    manifest, cubin = read_entry_dir(Path(result))
+    return KernelImage(manifest, cubin, f"JIT build ({result})")
+
+
+def _not_found(spec: KernelSpec, arch: str, notes: Iterable[str], hint: str) -> str:
+    searched = "\n".join(f"  - {n}" for n in notes)
+    return f"no compressc kernel {spec.variant} for {arch}.\nSearched:\n{searched}\n{hint}"

@@ -1,0 +1,70 @@
+"""The C ABI of every kernel: raw pointers and scalars in declaration order.
+
+CuTe DSL gives a kernel whose parameters are only pointers and Int32/Int64/Float32
+scalars plain C parameters in this order (DESIGN.md §3), so a loader with nothing but
+cuda-python can launch it. Tensors are rebuilt inside the kernel from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compressc.specs.family import KernelSpec
+
+SCALAR_KINDS = ("i32", "i64", "f32")
+POINTER_DTYPES = ("f32", "bf16", "i32", "i64", "u8")
+CTYPE_SIZE = {"ptr": 8, "i32": 4, "i64": 8, "f32": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One kernel parameter: `kind` is "ptr" or a scalar kind; `dtype` is the pointee."""
+
+    name: str
+    kind: str
+    dtype: str = ""
+    align: int = 0
+
+    @property
+    def size(self) -> int:
+        return CTYPE_SIZE[self.kind]
+
+
+def _ptr(name: str, dtype: str, align: int) -> Param:
+    return Param(name, "ptr", dtype, align)
+
+
+_ROW_META = (
+    _ptr("token_to_req_indices", "i32", 4),
+    _ptr("positions", "i64", 8),
+    _ptr("slot_mapping", "i64", 8),
+)
+_STATE = (_ptr("state_cache", "f32", 16),)
+_SCALARS_ROWS = (Param("num_rows", "i32"), Param("num_positions", "i32"), Param("num_kv_slots", "i32"))
+_SCALARS_STATE = (
+    Param("block_table_stride", "i32"),
+    Param("state_page_stride", "i64"),
+    Param("state_block_shift", "i32"),
+)
+_SCALARS_STORE = (
+    Param("rms_norm_eps", "f32"),
+    Param("k_cache_page_stride", "i64"),
+    Param("kv_block_shift", "i32"),
+)
+
+
+def abi(spec: KernelSpec) -> tuple[Param, ...]:
+    """The parameter list of `spec`'s entry point."""
+    weight = _ptr("rms_norm_weight", spec.weight_dtype, 16)
+    kv_slots = _ptr("kv_slot_mapping", "i64", 8)
+    block_table = _ptr("block_table", "i32", 4)
+    store_ptrs = (weight, _ptr("cos_sin_cache", "f32", 16), _ptr("k_cache", "u8", 16))
+    compressed = _ptr("compressed_kv", "f32", 16)
+    if spec.kernel == "c128a_compress":
+        ptrs = _STATE + _ROW_META + (block_table, compressed, kv_slots)
+        return ptrs + _SCALARS_ROWS + _SCALARS_STATE
+    if spec.kernel == "c128a_store":
+        ptrs = (compressed,) + _ROW_META + store_ptrs + (kv_slots,)
+        return ptrs + _SCALARS_ROWS + _SCALARS_STORE
+    ptrs = _STATE + _ROW_META + (block_table,) + store_ptrs + (kv_slots,)
+    return ptrs + _SCALARS_ROWS + _SCALARS_STATE + _SCALARS_STORE

@@ -1,0 +1,184 @@
+"""The DSv4 KV-compressor kernel family as data (SPEC.md §1-§5).
+
+A `KernelSpec` says *what* one kernel computes: which stages it runs, the window
+and stream rule, the reduction, rope, quantisation and the byte layout it stores.
+It says nothing about threads or vectors; that is the schedule, which passes derive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from compressc.specs.errors import SpecError
+
+KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8")
+WEIGHT_DTYPES = ("bf16", "f32")
+QUANT_FORMATS = ("ue8m0_e4m3", "f32scale_e4m3", "none")
+STORE_LAYOUTS = ("fp8_ds_mla", "indexer_fp8", "f32_rows")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLayout:
+    """Where one compressed token's bytes go inside a cache page (SPEC.md §4).
+
+    The value region holds `token_stride` bytes per token from the page start; the
+    scale region starts at `block_size * token_stride` and holds `scale_dim` bytes
+    per token. Unused scale bytes are written as `pad_byte`.
+    """
+
+    name: str
+    token_stride: int
+    scale_dim: int
+    pad_byte: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSpec:
+    """One kernel of the family, fully determined by its fields.
+
+    kernel: which member (see KERNELS); head: channels per compressed token;
+    rope: trailing channels rotated by GPT-J pairs; quant_block: channels sharing
+    one scale; ratio: tokens per compressed token; weight_dtype: RMSNorm gamma dtype.
+    """
+
+    kernel: str
+    head: int
+    rope: int
+    quant_block: int
+    ratio: int
+    weight_dtype: str = "bf16"
+    quant_format: str = "ue8m0_e4m3"
+    store: StoreLayout | None = None
+    scale_floor: float = 1e-4
+    fp8_max: float = 448.0
+
+    VECTOR_BYTES: ClassVar[int] = 16
+
+    # -- derived quantities (SPEC.md §1) ------------------------------------------
+    @property
+    def overlap(self) -> bool:
+        return self.ratio == 4
+
+    @property
+    def window(self) -> int:
+        return (1 + int(self.overlap)) * self.ratio
+
+    @property
+    def state_width(self) -> int:
+        return self.head * (1 + int(self.overlap))
+
+    @property
+    def nope(self) -> int:
+        return self.head - self.rope
+
+    @property
+    def pools(self) -> bool:
+        return self.kernel != "c128a_store"
+
+    @property
+    def normalises(self) -> bool:
+        return self.kernel != "c128a_compress"
+
+    @property
+    def variant(self) -> str:
+        """Short name used in entry points and cache listings."""
+        tail = f"h{self.head}_q{self.quant_block}_r{self.rope}_{self.weight_dtype}"
+        return f"{self.kernel}_{tail}"
+
+    def with_(self, **changes: object) -> KernelSpec:
+        return replace(self, **changes)
+
+
+def make_spec(
+    kernel: str,
+    head: int | None = None,
+    quant_block: int | None = None,
+    *,
+    rope: int = 64,
+    weight_dtype: str = "bf16",
+) -> KernelSpec:
+    """Build and validate the spec of `kernel` for one (head, quant_block) variant."""
+    if kernel not in KERNELS:
+        raise SpecError("kernel", kernel, f"must be one of {', '.join(KERNELS)}")
+    defaults = _DEFAULTS[kernel]
+    head = defaults["head"] if head is None else head
+    quant_block = defaults["quant_block"] if quant_block is None else quant_block
+    spec = KernelSpec(
+        kernel=kernel,
+        head=head,
+        rope=rope,
+        quant_block=quant_block,
+        ratio=defaults["ratio"],
+        weight_dtype=weight_dtype,
+        quant_format=defaults["quant_format"],
+    )
+    spec = spec.with_(store=_store_for(spec))
+    validate(spec)
+    return spec
+
+
+_DEFAULTS: dict[str, dict] = {
+    "c4a": {"head": 512, "quant_block": 64, "ratio": 4, "quant_format": "ue8m0_e4m3"},
+    "c128a_compress": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "none"},
+    "c128a_store": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "ue8m0_e4m3"},
+    "indexer_fp8": {"head": 128, "quant_block": 128, "ratio": 4, "quant_format": "f32scale_e4m3"},
+}
+
+
+def _store_for(spec: KernelSpec) -> StoreLayout:
+    if spec.kernel == "c128a_compress":
+        return StoreLayout("f32_rows", token_stride=4 * spec.head, scale_dim=0)
+    if spec.kernel == "indexer_fp8":
+        return StoreLayout("indexer_fp8", token_stride=spec.head, scale_dim=4)
+    nope_blocks = max(spec.head - spec.rope, 0) // max(spec.quant_block, 1)
+    return StoreLayout("fp8_ds_mla", token_stride=spec.nope + 2 * spec.rope, scale_dim=nope_blocks + 1)
+
+
+def validate(spec: KernelSpec) -> None:
+    """Raise SpecError naming the field, its value and the rule it breaks."""
+    _check(spec.kernel in KERNELS, "kernel", spec.kernel, f"must be one of {', '.join(KERNELS)}")
+    _check(spec.head > 0, "head_size", spec.head, "must be positive")
+    _check(spec.quant_block > 0, "quant_block", spec.quant_block, "must be positive")
+    _check(spec.weight_dtype in WEIGHT_DTYPES, "weight_dtype", spec.weight_dtype,
+           f"must be one of {', '.join(WEIGHT_DTYPES)}")
+    _check(spec.quant_format in QUANT_FORMATS, "quant_format", spec.quant_format,
+           f"must be one of {', '.join(QUANT_FORMATS)}")
+    _check(spec.ratio in (4, 128), "ratio", spec.ratio, "must be 4 (overlapping C4) or 128 (C128)")
+    _check(spec.head % 8 == 0, "head_size", spec.head,
+           "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")
+    _check(spec.head % spec.quant_block == 0, "head_size", spec.head,
+           f"must be a multiple of quant_block={spec.quant_block} (head_size % quant_block == 0)")
+    if spec.normalises:
+        _check_rope(spec)
+        _check_store(spec)
+
+
+def _check_rope(spec: KernelSpec) -> None:
+    _check(spec.rope % 2 == 0, "rope", spec.rope, "must be even (GPT-J rotates pairs)")
+    _check(0 < spec.rope < spec.head, "rope", spec.rope, f"must lie inside the head (0 < rope < head_size={spec.head})")
+    _check(spec.rope % 8 == 0, "rope", spec.rope, "must be a multiple of 8 so rope bf16 stores are 16-byte vectors")
+    if spec.quant_format == "ue8m0_e4m3":
+        _check(spec.nope % spec.quant_block == 0, "quant_block", spec.quant_block,
+               f"must divide the nope width head_size - rope = {spec.nope}")
+
+
+def _check_store(spec: KernelSpec) -> None:
+    store = spec.store
+    if store is None:
+        raise SpecError("store", None, "must be set (use make_spec)")
+    if store.name == "fp8_ds_mla":
+        need_stride, need_scales = spec.nope + 2 * spec.rope, spec.nope // spec.quant_block + 1
+    else:
+        need_stride, need_scales = spec.head, 4
+    _check(store.token_stride >= need_stride, "store.token_stride", store.token_stride,
+           f"must hold nope + 2*rope = {need_stride} bytes")
+    _check(store.scale_dim >= need_scales, "store.scale_dim", store.scale_dim,
+           f"must hold {need_scales} bytes of scales and pad")
+    _check(store.token_stride % 16 == 0, "store.token_stride", store.token_stride,
+           "must be a multiple of 16 bytes (every vector store is 16-byte aligned)")
+
+
+def _check(ok: bool, field: str, value: object, rule: str) -> None:
+    if not ok:
+        raise SpecError(field, value, rule)
