@@ -116,6 +116,19 @@ def st_global_b8(addr, value, *, loc=None, ip=None) -> None:
 
 
 @dsl_user_op
+def st_global_b16(addr, value, *, loc=None, ip=None) -> None:
+    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
+    text = "{ .reg .b16 h; cvt.u16.u32 h, $1; st.global.b16 [$0], h; }"
+    llvm.inline_asm(None, args, text, "l,r", has_side_effects=True)
+
+
+@dsl_user_op
+def st_global_b32(addr, value, *, loc=None, ip=None) -> None:
+    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
+    llvm.inline_asm(None, args, "st.global.b32 [$0], $1;", "l,r", has_side_effects=True)
+
+
+@dsl_user_op
 def st_global_v2(addr, a, b, *, loc=None, ip=None) -> None:
     """8-byte store; `addr` must be 8-byte aligned (the store layout guarantees it)."""
     args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(a, loc, ip), _i(b, loc, ip)]

@@ -1,0 +1,243 @@
+"""The kernel body, one emitter function per IR op, driven by its schedule fields.
+
+Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
+register fragments, `s*` shared memory; `col` is the first channel a lane owns.
+"""
+
+from __future__ import annotations
+
+from compressc.ir.core import Module, Op
+from compressc.kernels.source import Source
+from compressc.specs.family import KernelSpec
+
+WARP = 32
+
+
+def _i(op: Op, key: str, sched: bool = True) -> int:
+    return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
+
+
+def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
+    _prologue(src, module)
+    _guard(src, module.find("cc.row_guard"))
+    src.line("if active:")
+    with src.indent():
+        split = int(module.get("window_split"))  # type: ignore[arg-type]
+        for op in module.ops:
+            emit = _EMITTERS.get(op.name)
+            if emit is not None:
+                emit(src, module, op)
+            if op.name == "cc.pool_softmax" and split > 1:
+                src.line("if group == 0:")
+                src.depth += 1
+        src.depth -= 1 if split > 1 else 0
+
+
+def _prologue(src: Source, module: Module) -> None:
+    elems, head_lanes = module.get("elems_per_lane"), int(module.get("head_lanes"))  # type: ignore[arg-type]
+    src.line("tidx, _, _ = cute.arch.thread_idx()")
+    src.line("row, _, _ = cute.arch.block_idx()")
+    src.line("lane = tidx % 32")
+    src.line("warp = tidx // 32")
+    if int(module.get("window_split")) > 1:  # type: ignore[arg-type]
+        src.line(f"hlane = tidx % {head_lanes}  # lane within one copy of the head")
+        src.line(f"group = tidx // {head_lanes}  # which part of the window this lane pools")
+    else:
+        src.line("hlane = tidx")
+    src.line(f"col = hlane * {elems}  # first channel this lane owns")
+    smem = int(module.get("smem_bytes"))  # type: ignore[arg-type]
+    if smem:
+        words = smem // 4
+        src.line(f"sBuf = cute.make_tensor(cute.arch.alloc_smem(Float32, {words}, alignment=16), "
+                 f"cute.make_layout({words}))")
+
+
+def _guard(src: Source, op: Op | None) -> None:
+    assert op is not None
+    ratio = _i(op, "ratio", sched=False)
+    src.line("# SPEC 3.1: a row is active only at a boundary token with a request, a position and slots")
+    src.line("pos = Int64(-1)")
+    src.line("if row < num_positions:")
+    src.line("    pos = cute.make_tensor(positions, cute.make_layout(num_positions))[row]")
+    src.line("kv_slot = Int64(-1)")
+    src.line("if row < num_kv_slots:")
+    src.line("    kv_slot = cute.make_tensor(kv_slot_mapping, cute.make_layout(num_kv_slots))[row]")
+    src.line("slot = cute.make_tensor(slot_mapping, cute.make_layout(num_rows))[row]")
+    src.line("req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[row]")
+    src.line(f"active = (slot >= 0) & (req >= 0) & (pos >= 0) & (kv_slot >= 0) & ((pos + 1) % {ratio} == 0)")
+
+
+def _window(src: Source, module: Module, op: Op) -> None:
+    """Gather + online softmax: all loads of a batch of rows first, then the updates.
+
+    One batch of `rows_in_flight` rows is unrolled; more batches run as a real loop
+    so the compiler cannot hoist every load of a 128-row window into registers.
+    """
+    elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
+    window, rows = _i(op, "window", False), _i(op, "rows_in_flight")
+    chunks = window // split // rows
+    src.line(f"s0 = pos - {window - 1}")
+    src.line("mBT = cute.make_tensor(block_table + req * block_table_stride, cute.make_layout(block_table_stride))")
+    src.line("in_page = (Int64(1) << state_block_shift) - 1")
+    for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
+        src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+        src.line(f"{name}.fill({init})")
+    first = f"group * {window // split}" if split > 1 else "0"
+    if chunks > 1:
+        src.line(f"for chunk in cutlass.range({chunks}, unroll=1):")
+        with src.indent():
+            src.line(f"i0 = {first} + chunk * {rows}")
+            _window_batch(src, module, op)
+    else:
+        src.line(f"i0 = {first}")
+        _window_batch(src, module, op)
+
+
+def _window_batch(src: Source, module: Module, op: Op) -> None:
+    """Rows i0 .. i0 + rows_in_flight - 1: their loads, then their updates."""
+    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
+    width, rows, vec = _i(op, "state_width", False), _i(op, "rows_in_flight"), _i(op, "vector_bits") // 32
+    absent = window > ratio  # only an overlapping window can start before position 0
+    src.line(f"# {2 * rows * elems // vec} loads of {vec * 32} bits in flight per lane before the first update")
+    src.line(f"rKV = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
+    src.line(f"rSC = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
+    src.line(f"for r in range_constexpr({rows}):")
+    with src.indent():
+        src.line("q = s0 + i0 + r")
+        if absent:
+            src.line("q = q if q >= 0 else Int64(0)  # absent rows load a harmless row, masked below")
+        stream = "0" if ratio == window else f"((i0 + r) // {ratio}) * {head}"
+        src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
+        src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
+        for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
+            src.line(f"cute.autovec_copy(cute.make_tensor(state_cache + cute.assume(base{offset}, divby={vec}), "
+                     f"cute.make_layout({elems})), {frag}[None, r])")
+    src.line(f"for r in range_constexpr({rows}):")
+    with src.indent():
+        if absent:
+            src.line("if s0 + i0 + r >= 0:")
+            with src.indent():
+                _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
+        else:
+            _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
+
+
+def _online_update(src: Source, elems: int, score: str, value: str) -> None:
+    src.line(f"for e in range_constexpr({elems}):")
+    with src.indent():
+        src.line(f"m_new = ops.fmax(rM[e], {score})")
+        src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+        src.line(f"p = ops.ex2(({score} - m_new) * LOG2E)")
+        src.line("rL[e] = rL[e] * alpha + p")
+        src.line(f"rA[e] = rA[e] * alpha + p * {value}")
+        src.line("rM[e] = m_new")
+
+
+def _pool(src: Source, module: Module, op: Op) -> None:
+    elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
+    head = _i(op, "head", False)
+    if split > 1:
+        base = _i(op, "smem_offset") // 4
+        src.line("# merge the split groups' (max, sum, weighted sum) in group order, through smem")
+        src.line("if group > 0:")
+        with src.indent():
+            src.line(f"for e in range_constexpr({elems}):")
+            with src.indent():
+                for k, name in enumerate(("rM", "rL", "rA")):
+                    src.line(f"sBuf[{base + k * split * head} + group * {head} + col + e] = {name}[e]")
+        src.line("cute.arch.sync_threads()")
+        src.line("if group == 0:")
+        with src.indent():
+            src.line(f"for g in range_constexpr(1, {split}):")
+            with src.indent():
+                src.line(f"for e in range_constexpr({elems}):")
+                with src.indent():
+                    src.line(f"mg = sBuf[{base} + g * {head} + col + e]")
+                    src.line("m_new = ops.fmax(rM[e], mg)")
+                    src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+                    src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
+                    src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + split * head} + g * {head} + col + e] * beta")
+                    src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * split * head} + g * {head} + col + e] * beta")
+                    src.line("rM[e] = m_new")
+    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+    src.line(f"for e in range_constexpr({elems}):")
+    src.line("    rX[e] = rA[e] / rL[e]  # IEEE division, as the reference")
+
+
+def _rows_view(module: Module, op: Op, ptr: str) -> str:
+    elems, vec, head = module.get("elems_per_lane"), _i(op, "vector_bits") // 32, _i(op, "head", False)
+    return (f"cute.make_tensor({ptr} + cute.assume(Int64(row) * {head} + col, divby={vec}), "
+            f"cute.make_layout({elems}))")
+
+
+def _store_rows(src: Source, module: Module, op: Op) -> None:
+    src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
+
+
+def _load_rows(src: Source, module: Module, op: Op) -> None:
+    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({module.get('elems_per_lane')}), Float32)")
+    src.line(f"cute.autovec_copy({_rows_view(module, op, 'compressed_kv')}, rX)")
+
+
+def _rms(src: Source, module: Module, op: Op) -> None:
+    elems, head = int(module.get("elems_per_lane")), _i(op, "head", False)  # type: ignore[arg-type]
+    wtype = "BFloat16" if op.attr("weight_dtype") == "bf16" else "Float32"
+    wvec = _i(op, "vector_bits") // (16 if wtype == "BFloat16" else 32)
+    src.line("ssq = Float32(0.0)")
+    src.line(f"for e in range_constexpr({elems}):")
+    src.line("    ssq = ssq + rX[e] * rX[e]")
+    for mask in op.get("lane_tree"):  # type: ignore[union-attr]
+        src.line(f"ssq = ssq + ops.shfl_xor(ssq, {mask})")
+    if op.get("cross_warp") == "smem":
+        base, warps = _i(op, "smem_offset") // 4, int(module.get("head_lanes")) // WARP  # type: ignore[arg-type]
+        src.line("# one partial per warp through smem, one barrier")
+        src.line("if lane == 0:")
+        src.line(f"    sBuf[{base} + warp] = ssq")
+        src.line("cute.arch.sync_threads()")
+        src.line(f"ssq = sBuf[{base}]")
+        src.line(f"for w in range_constexpr(1, {warps}):")
+        src.line(f"    ssq = ssq + sBuf[{base} + w]")
+    src.line(f"rrms = ops.rsqrt(ssq / Float32({float(head)}) + rms_norm_eps)")
+    src.line(f"rW = cute.make_rmem_tensor(cute.make_layout({elems}), {wtype})")
+    src.line(f"cute.autovec_copy(cute.make_tensor(rms_norm_weight + cute.assume(col, divby={wvec}), "
+             f"cute.make_layout({elems})), rW)")
+    src.line(f"rY = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+    src.line(f"for e in range_constexpr({elems}):")
+    src.line("    rY[e] = (rX[e] * rrms) * Float32(rW[e])")
+
+
+def _rope(src: Source, module: Module, op: Op) -> None:
+    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    dims, first, ratio = _i(op, "dims", False), _i(op, "first", False), _i(op, "ratio", False)
+    half, vec = elems // 2, _i(op, "vector_bits") // 32
+    src.line(f"if col >= {first}:")
+    with src.indent():
+        src.line(f"# GPT-J pairs at position (p // {ratio}) * {ratio}, rotated in fp32")
+        src.line(f"cs_row = (pos // {ratio}) * {ratio * dims} + (col - {first}) // 2")
+        src.line(f"rCos = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
+        src.line(f"rSin = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
+        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row, divby={vec}), "
+                 f"cute.make_layout({half})), rCos)")
+        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row + {dims // 2}, "
+                 f"divby={vec}), cute.make_layout({half})), rSin)")
+        src.line(f"for j in range_constexpr({half}):")
+        with src.indent():
+            src.line("a = rY[2 * j]")
+            src.line("b = rY[2 * j + 1]")
+            src.line("rY[2 * j] = a * rCos[j] - b * rSin[j]")
+            src.line("rY[2 * j + 1] = a * rSin[j] + b * rCos[j]")
+
+
+from compressc.kernels.stages_store import quant as _quant, store as _store  # noqa: E402
+
+_EMITTERS = {
+    "cc.window": _window,
+    "cc.pool_softmax": _pool,
+    "cc.store_rows": _store_rows,
+    "cc.load_rows": _load_rows,
+    "cc.rms_norm": _rms,
+    "cc.rope": _rope,
+    "cc.quant": _quant,
+    "cc.store": _store,
+}

@@ -1,0 +1,111 @@
+"""Emitters of block quantisation and the packed cache store."""
+
+from __future__ import annotations
+
+from compressc.ir.core import Module, Op
+from compressc.kernels.source import Source
+
+STORE_BY_WORDS = {1: "ops.st_global_b32", 2: "ops.st_global_v2", 4: "ops.st_global_v4"}
+
+
+def _channels(op: Op) -> tuple[int, int]:
+    lo, hi = op.attr("channels")  # type: ignore[misc]
+    return int(lo), int(hi)
+
+
+def quant(src: Source, module: Module, op: Op) -> None:
+    """bf16-round, block absmax over the lane group, UE8M0 scale, e4m3 codes."""
+    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    lo, hi = _channels(op)
+    floor, fp8_max = float(op.attr("scale_floor")), float(op.attr("fp8_max"))  # type: ignore[arg-type]
+    src.line(f"rQ = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+    src.line("amax = Float32(0.0)")
+    src.line(f"for e in range_constexpr({elems}):")
+    src.line("    rQ[e] = ops.bf16_round(rY[e])")
+    src.line("    amax = ops.fmax(amax, ops.fabs(rQ[e]))")
+    src.line(f"# absmax over the {op.get('lanes_per_group')} lanes of one quant block")
+    for mask in op.get("group_tree"):  # type: ignore[union-attr]
+        src.line(f"amax = ops.fmax(amax, ops.shfl_xor(amax, {mask}))")
+    if op.attr("floor_on") == "scale":
+        src.line(f"raw = ops.fmax(Float32({floor!r}), ops.div_rn(amax, Float32({fp8_max!r})))")
+    else:
+        src.line(f"raw = ops.div_rn(ops.fmax(amax, Float32({floor!r})), Float32({fp8_max!r}))")
+    src.line("# power of two rounded up: the UE8M0 exponent byte; inv = 2^(127 - e8) exactly")
+    src.line("e8 = ((ops.f32_bits(raw) + 0x7FFFFF) >> 23) & 0xFF")
+    src.line("inv = ops.bits_f32((254 - e8) << 23)")
+    src.line(f"in_quant = (col >= {lo}) & (col < {hi})")
+
+
+def _code_words(src: Source, elems: int) -> list[str]:
+    """Pack a lane's codes into u32 words (element 2j in the lower byte of a pair)."""
+    if elems == 2:
+        src.line("w0 = ops.e4m3x2(rQ[0] * inv, rQ[1] * inv)")
+        return ["w0"]
+    words = []
+    for w in range(elems // 4):
+        b = 4 * w
+        src.line(f"w{w} = ops.pack_u16x2(ops.e4m3x2(rQ[{b}] * inv, rQ[{b + 1}] * inv), "
+                 f"ops.e4m3x2(rQ[{b + 2}] * inv, rQ[{b + 3}] * inv))")
+        words.append(f"w{w}")
+    return words
+
+
+def _store_words(src: Source, addr: str, words: list[str], bits: int) -> None:
+    if bits == 16:
+        src.line(f"ops.st_global_b16({addr}, {words[0]})")
+        return
+    per = bits // 32
+    for k in range(0, len(words), per):
+        chunk = words[k:k + per]
+        target = addr if k == 0 else f"{addr} + {4 * k}"
+        src.line(f"{STORE_BY_WORDS[per]}({target}, {', '.join(chunk)})")
+
+
+def store(src: Source, module: Module, op: Op) -> None:
+    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    quant_op = module.find("cc.quant")
+    assert quant_op is not None
+    stride, scale_dim = int(op.attr("token_stride")), int(op.attr("scale_dim"))  # type: ignore[arg-type]
+    src.line("kv_off = kv_slot & ((Int64(1) << kv_block_shift) - 1)")
+    src.line("page_base = k_cache.toint() + (kv_slot >> kv_block_shift) * k_cache_page_stride")
+    src.line(f"token = page_base + kv_off * {stride}")
+    src.line(f"scales = page_base + (Int64(1) << kv_block_shift) * {stride} + kv_off * {scale_dim}")
+    if op.attr("layout") == "fp8_ds_mla":
+        _store_mla(src, module, op, quant_op, elems)
+    else:
+        _store_indexer(src, op, quant_op, elems)
+
+
+def _store_mla(src: Source, module: Module, op: Op, quant_op: Op, elems: int) -> None:
+    block = int(quant_op.attr("block"))  # type: ignore[arg-type]
+    lanes = int(quant_op.get("lanes_per_group"))  # type: ignore[arg-type]
+    _, nope = _channels(quant_op)
+    scale_dim, pad = int(op.attr("scale_dim")), int(op.attr("pad"))  # type: ignore[arg-type]
+    src.line("if in_quant:")
+    with src.indent():
+        words = _code_words(src, elems)
+        _store_words(src, "token + col", words, int(op.get("value_bits")))  # type: ignore[arg-type]
+        src.line(f"if hlane % {lanes} == 0:")
+        src.line(f"    ops.st_global_b8(scales + col // {block}, e8)")
+        src.line("if tidx == 0:")
+        with src.indent():
+            for b in range(nope // block, scale_dim):
+                src.line(f"ops.st_global_b8(scales + {b}, {pad})")
+    src.line("else:")
+    with src.indent():
+        src.line("# rope: each rotated fp32 value rounded once to bf16, real part first")
+        pairs = [f"ops.bf16x2(rY[{2 * j}], rY[{2 * j + 1}])" for j in range(elems // 2)]
+        for j, pair in enumerate(pairs):
+            src.line(f"h{j} = {pair}")
+        _store_words(src, f"token + {nope} + 2 * (col - {nope})", [f"h{j}" for j in range(len(pairs))],
+                     int(op.get("rope_bits")))  # type: ignore[arg-type]
+
+
+def _store_indexer(src: Source, op: Op, quant_op: Op, elems: int) -> None:
+    block = int(quant_op.attr("block"))  # type: ignore[arg-type]
+    lanes = int(quant_op.get("lanes_per_group"))  # type: ignore[arg-type]
+    words = _code_words(src, elems)
+    _store_words(src, "token + col", words, int(op.get("value_bits")))  # type: ignore[arg-type]
+    src.line(f"if hlane % {lanes} == 0:")
+    src.line("    # the fp32 scale 2^(e8 - 127): its bit pattern is the exponent byte shifted into place")
+    src.line(f"    ops.st_global_b32(scales + 4 * (col // {block}), e8 << 23)")
