@@ -1,0 +1,138 @@
+"""Build orchestration: spec -> IR -> passes -> CuTe DSL -> cubin -> cache entry.
+
+`plan` does everything that needs no cutlass (IR, passes, emitted source, key), so
+a second `compressc build` with nothing changed finds every key in the store and
+never starts a compiler process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from compressc import __version__
+from compressc.cache.arch import normalize_arch
+from compressc.cache.key import cache_key, source_fingerprint
+from compressc.ir.from_spec import module_from_spec
+from compressc.ir.printer import print_module
+from compressc.kernels.emitter import emit
+from compressc.passes.manager import PassManager, parse_pipeline, pipeline_string, resolve_pipeline
+from compressc.specs.abi import abi
+from compressc.specs.family import KernelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPlan:
+    """Everything known about one kernel before the compiler runs."""
+
+    spec: KernelSpec
+    arch: str
+    pipeline: str
+    spec_ir: str
+    lowered_ir: str
+    source: str
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.variant}@{self.arch}"
+
+
+def plan(spec: KernelSpec, arch: str, pipeline: str = "default", *, fingerprint: str | None = None,
+         toolchain: dict[str, str] | None = None) -> BuildPlan:
+    """Lower, emit and key one (variant, arch); cheap and free of cutlass."""
+    from compressc.cache.compile import build_options, toolchain_fingerprint
+
+    arch = normalize_arch(arch)
+    module = module_from_spec(spec)
+    passes = parse_pipeline(resolve_pipeline(pipeline, module))
+    canonical = pipeline_string(passes)
+    lowered = PassManager(passes).run(module)
+    spec_ir = print_module(module)
+    key = cache_key(spec_ir, canonical, arch, build_options(arch), compressc_version=__version__,
+                    source_fingerprint=fingerprint or source_fingerprint(),
+                    toolchain=toolchain or toolchain_fingerprint())
+    return BuildPlan(spec, arch, canonical, spec_ir, print_module(lowered), emit(lowered, canonical), key)
+
+
+def plan_many(specs: Sequence[KernelSpec], archs: Sequence[str], pipeline: str = "default") -> list[BuildPlan]:
+    from compressc.cache.compile import toolchain_fingerprint
+
+    fingerprint, toolchain = source_fingerprint(), toolchain_fingerprint()
+    return [plan(s, a, pipeline, fingerprint=fingerprint, toolchain=toolchain) for a in archs for s in specs]
+
+
+def entry_files(p: BuildPlan, artifacts) -> tuple[dict, dict[str, bytes | str]]:
+    """The manifest and files of a finished build, after checking the cubin's ABI."""
+    from compressc.cache.compile import toolchain_fingerprint
+    from compressc.cache.cubin import check_cubin
+    from compressc.cache.manifest import make_manifest
+
+    params = abi(p.spec)
+    check_cubin(artifacts.cubin, artifacts.entry, list(params), artifacts.block, arch=p.arch)
+    manifest = make_manifest(key=p.key, kernel=p.spec.kernel, variant=p.spec.variant, params=params,
+                             artifacts=artifacts, toolchain=toolchain_fingerprint(), pipeline=p.pipeline)
+    files: dict[str, bytes | str] = {
+        "kernel.cubin": artifacts.cubin,
+        "spec.cir": p.spec_ir,
+        "lowered.cir": p.lowered_ir,
+        "kernel.py": p.source,
+        "kernel.ptx": artifacts.ptx,
+        "jitlink.log": artifacts.log,
+    }
+    return manifest, files
+
+
+def build_plans(plans: Sequence[BuildPlan], store, workers: int,
+                on_done: Callable[[BuildPlan, object, bool], None] | None = None) -> dict[str, object]:
+    """Compile the plans whose key the store lacks; publish each as it finishes.
+
+    Returns key -> Entry (cached or built) or the exception that stopped it;
+    `on_done(plan, outcome, built)` says whether this run compiled it.
+    """
+    from compressc.cache.compile import compile_many
+
+    results: dict[str, object] = {}
+    todo = []
+    for p in plans:
+        entry = store.get(p.key)
+        if entry is not None:
+            results[p.key] = entry
+            if on_done:
+                on_done(p, entry, False)
+        else:
+            todo.append(p)
+    by_key = {p.key: p for p in todo}
+
+    def publish(key: str, outcome: object) -> None:
+        p = by_key[key]
+        if not isinstance(outcome, BaseException):
+            try:
+                manifest, files = entry_files(p, outcome)
+                outcome = store.publish(key, manifest, files)
+            except Exception as err:  # a cubin that fails its ABI check is a failed build
+                outcome = err
+        results[key] = outcome
+        if on_done:
+            on_done(p, outcome, True)
+
+    compile_many([(p.key, p.source, p.arch) for p in todo], workers, publish)
+    return results
+
+
+def build_one(spec: KernelSpec, arch: str, *, pipeline: str = "default", store=None):
+    """Build (or find) one kernel now, in this process's workers; returns the store Entry."""
+    from compressc.cache.store import Store
+    from compressc.config import Config
+
+    store = store or Store(Config.from_env().cache_dir)
+    p = plan(spec, arch, pipeline)
+    outcome = store.get_or_build(p.key, lambda: _compile_and_publish(p, store))
+    return outcome
+
+
+def _compile_and_publish(p: BuildPlan, store):
+    from compressc.cache.compile import compile_source
+
+    manifest, files = entry_files(p, compile_source(p.source, p.arch))
+    return store.publish(p.key, manifest, files)

@@ -1,0 +1,124 @@
+"""The `compressc` command line: click commands only; the work lives in the package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from compressc import __version__
+from compressc.specs.errors import SpecError
+from compressc.specs.family import KERNELS, make_spec
+from compressc.specs.matrix import default_specs
+
+PIPELINE_HELP = (
+    "Pass pipeline: 'default', 'baseline' or a string like "
+    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'."
+)
+
+
+class UserError(click.ClickException):
+    """An error the user can fix: printed on one line, exit status 1, no traceback."""
+
+
+def _spec_options(fn):
+    fn = click.option("--weight-dtype", type=click.Choice(["bf16", "f32"]), default="bf16", show_default=True,
+                      help="dtype of rms_norm_weight (a variant axis).")(fn)
+    fn = click.option("--rope", type=int, default=64, show_default=True, help="Rope dims at the end of the head.")(fn)
+    fn = click.option("--quant-block", type=int, default=None,
+                      help="Channels per quant scale (default: the kernel's shipped value).")(fn)
+    fn = click.option("--head-size", type=int, default=None, help="Channels per compressed token.")(fn)
+    fn = click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None,
+                      help="Kernel of the family (SPEC.md §1).")(fn)
+    return fn
+
+
+def _make_spec(kernel, head_size, quant_block, rope, weight_dtype):
+    try:
+        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype)
+    except SpecError as err:
+        raise UserError(str(err)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="compressc")
+def main() -> None:
+    """compressc: an ahead-of-time compiler for DeepSeek-V4 KV-compressor kernels.
+
+    \b
+    Every stage prints as text:
+      compressc opt --spec c4a --print-ir-after-all     spec IR and each pass's output
+      compressc emit --spec c4a                         the generated CuTe DSL kernel
+      compressc build --arch sm90                       cubins for the default matrix
+    """
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@_spec_options
+@click.option("-p", "--pipeline", default=None, help=PIPELINE_HELP + " Without -p, FILE is only verified "
+              "and re-printed; with --spec the default pipeline runs.")
+@click.option("--print-ir-after-all", is_flag=True, help="Print the module after every pass.")
+@click.option("--print-ir-after-change", is_flag=True, help="Print the module after each pass that changed it.")
+@click.option("--time-passes", is_flag=True, help="Print how long each pass took.")
+def opt(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, print_ir_after_all,
+        print_ir_after_change, time_passes):
+    """Parse, verify and lower IR; print the result to stdout.
+
+    \b
+    Passes (run `compressc opt --list-passes` style help below):
+      thread-map{elems-per-lane=N,window-split=K}  which lane owns which channels
+      vectorize{bits=32|64|128}                    vector width of each global access
+      lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
+      plan-smem                                    shared-memory slots and barriers
+      window-prefetch{rows=N}                      window rows loaded before first update
+    """
+    from compressc.ir import ParseError, parse_module, print_module
+    from compressc.ir.from_spec import module_from_spec
+    from compressc.ir.verifier import VerifyError
+    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, resolve_pipeline
+
+    if (file is None) == (kernel is None):
+        raise UserError("give exactly one of FILE or --spec (e.g. `compressc opt --spec c4a`)")
+    try:
+        if file is not None:
+            module = parse_module(file.read_text(), str(file))
+        else:
+            module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
+            pipeline = pipeline or "default"
+        passes = parse_pipeline(resolve_pipeline(pipeline or "", module))
+        out = PassManager(passes, print_ir_after_all, print_ir_after_change, time_passes,
+                          out=lambda s: click.echo(s, err=True)).run(module)
+    except (ParseError, VerifyError, PipelineError) as err:
+        raise UserError(str(err)) from None
+    click.echo(print_module(out), nl=False)
+
+
+@main.command()
+@_spec_options
+@click.option("-p", "--pipeline", default="default", show_default=True, help=PIPELINE_HELP)
+def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline):
+    """Print the CuTe DSL kernel module generated for one variant."""
+    from compressc.ir.from_spec import module_from_spec
+    from compressc.ir.verifier import VerifyError
+    from compressc.kernels.emitter import emit as emit_source
+    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, pipeline_string, \
+        resolve_pipeline
+
+    if kernel is None:
+        raise UserError("--spec is required (one of: " + ", ".join(KERNELS) + ")")
+    module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
+    try:
+        passes = parse_pipeline(resolve_pipeline(pipeline, module))
+        click.echo(emit_source(PassManager(passes).run(module), pipeline_string(passes)), nl=False)
+    except (VerifyError, PipelineError) as err:
+        raise UserError(str(err)) from None
+
+
+from compressc.cli_build import build  # noqa: E402
+
+main.add_command(build)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""`compressc build`: the main job: the default matrix to cubins, with progress."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from compressc.specs.errors import SpecError
+from compressc.specs.family import KERNELS, make_spec
+from compressc.specs.matrix import default_specs
+
+BUILD_EXTRA_HINT = "pip install 'compressc[build]'  (nvidia-cutlass-dsl[cu13]==4.8.1 and nvidia-nvjitlink)"
+
+
+def _archs(values: tuple[str, ...]) -> list[str]:
+    from compressc.cache.arch import normalize_arch
+
+    try:
+        return list(dict.fromkeys(normalize_arch(v) for v in values))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _specs(kernel, head_size, quant_block, weight_dtype):
+    if kernel is None:
+        return default_specs()
+    try:
+        dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
+        return [make_spec(kernel, head_size, quant_block, weight_dtype=d) for d in dtypes]
+    except SpecError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _check_build_extra() -> None:
+    import importlib.util
+
+    for module in ("cutlass", "cuda.bindings.nvjitlink"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise click.ClickException(f"building kernels needs {module!r}, which is not installed: {BUILD_EXTRA_HINT}")
+
+
+def _reproduce(p) -> str:
+    s = p.spec
+    return (f"compressc build --arch {p.arch} --spec {s.kernel} --head-size {s.head} "
+            f"--quant-block {s.quant_block} --weight-dtype {s.weight_dtype} -j 1")
+
+
+@click.command()
+@click.option("--arch", "archs", multiple=True, default=("sm90",), show_default=True,
+              help="GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.")
+@click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None,
+              help="Build one kernel instead of the default matrix.")
+@click.option("--head-size", type=int, default=None, help="With --spec: channels per token.")
+@click.option("--quant-block", type=int, default=None, help="With --spec: channels per quant scale.")
+@click.option("--weight-dtype", type=click.Choice(["bf16", "f32"]), default=None,
+              help="With --spec: rms_norm_weight dtype (default: both).")
+@click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline or 'baseline'.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR or ~/.cache/compressc).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
+def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jobs):
+    """Compile kernels ahead of time into the cache (or --out DIR).
+
+    Builds the default variant matrix (SPEC.md §1 rows, both weight dtypes) for each
+    --arch. Nothing needs a GPU. A second run with nothing changed compiles nothing.
+
+    \b
+    Examples:
+      compressc build --arch sm90
+      compressc build --arch sm90 --arch sm100 -j 2 --out build/kernels
+      compressc build --arch sm90 --spec c4a --head-size 512 --quant-block 64
+    """
+    from compressc.config import Config
+
+    config = Config.from_env()
+    archs = _archs(archs)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype)
+    _check_build_extra()
+    from compressc.cache.build import build_plans, plan_many
+    from compressc.cache.store import Store
+
+    store = Store(out or config.cache_dir)
+    try:
+        plans = plan_many(specs, archs, pipeline)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    workers = jobs or config.jobs or os.cpu_count() or 1
+    started = time.perf_counter()
+    results, built = _run_with_progress(plans, store, workers)
+    _summary(plans, results, built, store, time.perf_counter() - started)
+
+
+def _run_with_progress(plans, store, workers):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from compressc.cache.build import build_plans
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), transient=False) as progress:
+        task = progress.add_task("compiling", total=len(plans))
+        built: set[str] = set()
+
+        def on_done(p, outcome, compiled):
+            if compiled:
+                built.add(p.key)
+            status = "failed" if isinstance(outcome, BaseException) else ("built" if compiled else "cached")
+            progress.console.print(f"  {p.label}: {status}", highlight=False)
+            progress.advance(task)
+
+        return build_plans(plans, store, workers, on_done), built
+
+
+def _summary(plans, results, built, store, seconds) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"compressc build -> {store.root}", title_justify="left")
+    for col in ("variant", "arch", "regs", "smem", "spills", "compile s", "status"):
+        table.add_column(col, justify="right" if col in ("regs", "smem", "spills", "compile s") else "left")
+    failures = []
+    for p in plans:
+        outcome = results.get(p.key)
+        if isinstance(outcome, BaseException) or outcome is None:
+            failures.append((p, outcome))
+            table.add_row(p.spec.variant, p.arch, "-", "-", "-", "-", "[red]FAILED")
+            continue
+        m = outcome.manifest
+        status = "built" if p.key in built else "cached"
+        table.add_row(p.spec.variant, p.arch, str(m["registers"]), str(m["smem_static"] + m["smem_dynamic"]),
+                      str(m["spill_stores"] + m["spill_loads"]), f"{m['compile_seconds']:.2f}", status)
+    console = Console(stderr=False)
+    console.print(table)
+    console.print(f"{len(plans) - len(failures)}/{len(plans)} kernels ready in {seconds:.1f} s")
+    for p, err in failures:
+        console.print(f"[red]error[/red] {p.label}: {err}\n  reproduce: {_reproduce(p)}", highlight=False)
+    if failures:
+        raise SystemExit(1)
+
