@@ -103,12 +103,23 @@ def ue8m0_byte(raw: torch.Tensor) -> torch.Tensor:
 
 
 def inv_scale_from_ue8m0(e8: torch.Tensor) -> torch.Tensor:
-    """2^(127 - e8) as fp32, exactly (built in float64, where every power is exact)."""
-    k = 127 - e8.to(torch.int64)
-    return torch.ldexp(torch.ones_like(k, dtype=torch.float64), k).float()
+    """2^(127 - e8) as fp32, exactly."""
+    return pow2_f32(127 - e8.to(torch.int64))
 
 
 def scale_from_ue8m0(e8: torch.Tensor) -> torch.Tensor:
-    """2^(e8 - 127) as fp32, the dequantisation scale of a UE8M0 byte."""
-    k = e8.to(torch.int64) - 127
-    return torch.ldexp(torch.ones_like(k, dtype=torch.float64), k).float()
+    """2^(e8 - 127) as fp32, the dequantisation scale of a UE8M0 byte (e8 = 255 gives inf)."""
+    return pow2_f32(e8.to(torch.int64) - 127)
+
+
+def pow2_f32(k: torch.Tensor) -> torch.Tensor:
+    """2^k as fp32 for integer k in [-149, 128], built from its bit pattern.
+
+    Bits rather than pow/ldexp, so no device math library (or flush-to-zero of the
+    subnormals 2^-127 and 2^-128 that e8 = 254, 255 need) can change the result.
+    """
+    k = k.to(torch.int64)
+    normal = (k + 127).clamp(min=0) << 23
+    subnormal = torch.ones_like(k) << (k + 149).clamp(min=0, max=22)
+    bits = torch.where(k >= -126, normal, subnormal)
+    return bits.to(torch.int32).view(torch.float32)

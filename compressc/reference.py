@@ -78,14 +78,15 @@ def pool(
     m = -inf, l = 0, a = 0; for each present row (score s, value v):
         m' = max(m, s);  alpha = e(m - m');  p = e(s - m')
         l' = l * alpha + p;  a' = a * alpha + p * v        (each op rounded to fp32)
-    and finally x = a / l. Absent rows (q < 0) leave (m, l, a) unchanged.
+    and finally x = a / l (l, a are `den`, `acc` below). Absent rows (q < 0) leave
+    (m, l, a) unchanged.
     """
     bs, head, sw = int(block_size), spec.head, spec.state_width
     req = token_to_req_indices[rows].long()
     s0 = positions[rows].long() - (spec.window - 1)
     shape = (rows.shape[0], head)
     m = torch.full(shape, float("-inf"), dtype=torch.float32, device=state_cache.device)
-    l, a = torch.zeros_like(m), torch.zeros_like(m)
+    den, acc = torch.zeros_like(m), torch.zeros_like(m)
     for i in range(spec.window):
         q = s0 + i
         qc = q.clamp(min=0)
@@ -93,20 +94,20 @@ def pool(
         # Overlap (C4): the first r rows feed stream A, the rest stream B (SPEC §3.2).
         col = head if spec.overlap and i >= spec.ratio else 0
         kv, score = state[:, col : col + head], state[:, sw + col : sw + col + head]
-        m, l, a = _online_step(m, l, a, kv.float(), score.float(), (q >= 0)[:, None])
-    return a / l
+        m, den, acc = _online_step(m, den, acc, kv.float(), score.float(), (q >= 0)[:, None])
+    return acc / den
 
 
 def _online_step(
-    m: torch.Tensor, l: torch.Tensor, a: torch.Tensor, kv: torch.Tensor, score: torch.Tensor, present: torch.Tensor
+    m: torch.Tensor, den: torch.Tensor, acc: torch.Tensor, kv: torch.Tensor, score: torch.Tensor, present: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m_new = torch.maximum(m, score)
     alpha = exact_exp(m - m_new)  # m = -inf before the first present row: alpha = 0
     p = exact_exp(score - m_new)
-    l_new = l * alpha + p
-    a_new = a * alpha + p * kv
+    den_new = den * alpha + p
+    acc_new = acc * alpha + p * kv
     # where() discards the NaN that (-inf) - (-inf) gives on an absent leading row.
-    return torch.where(present, m_new, m), torch.where(present, l_new, l), torch.where(present, a_new, a)
+    return torch.where(present, m_new, m), torch.where(present, den_new, den), torch.where(present, acc_new, acc)
 
 
 def exact_exp(d: torch.Tensor) -> torch.Tensor:

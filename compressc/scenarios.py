@@ -8,9 +8,9 @@ by seed (all random numbers come from a CPU torch.Generator, then move to the de
 - "decode":  T requests of one boundary token each, every kv slot distinct (for C4
   request 0 sits at p = 3, the sequence start with absent window rows);
 - "mixed":   several requests with scattered page tables, trailing padding rows
-  (slot_mapping = -1, yet a boundary position and a real kv slot, so a kernel that
-  ignores the padding rule collides with a real row), some boundary rows with kv
-  slot -1, and for C4 request 0 starting at p = 0.
+  (slot_mapping = -1, yet a request, a boundary position and a real row's kv slot,
+  so a kernel that ignores the padding rule overwrites that row with other bytes),
+  some boundary rows with kv slot -1, and for C4 request 0 starting at p = 0.
 
 Non-boundary rows carry the kv slot of the compressed token they will feed
 (c = p // r), so they collide with the boundary row that owns it; pass
@@ -136,6 +136,8 @@ def make_scenario(
         raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
     if T < 1:
         raise ValueError(f"T={T}: a launch has at least one row")
+    if nonboundary_kv not in ("collide", "none"):
+        raise ValueError(f"nonboundary_kv={nonboundary_kv!r}: must be 'collide' or 'none'")
     gen = torch.Generator().manual_seed(seed)
     requests, pad = _plan(spec, kind, T, gen, max_position)
     rows = _rows(spec, requests, pad, gen, kind, nonboundary_kv)
@@ -166,7 +168,7 @@ def _plan(spec: KernelSpec, kind: str, T: int, gen: torch.Generator, max_positio
     first = min(r, T - pad - (n_req - 1)) if spec.overlap else 1
     lengths = _split(T - pad, n_req, first, gen)
     starts = [0 if spec.overlap and i == 0 else _start_with_boundary(r, n, kmax, gen) for i, n in enumerate(lengths)]
-    return list(zip(starts, lengths)), pad
+    return list(zip(starts, lengths, strict=True)), pad
 
 
 def _start_with_boundary(r: int, length: int, kmax: int, gen: torch.Generator) -> int:
@@ -180,8 +182,8 @@ def _split(total: int, parts: int, first_min: int, gen: torch.Generator) -> list
     base = [first_min] + [1] * (parts - 1)
     extra = total - sum(base)
     cuts = sorted(_randint(gen, 0, extra + 1) for _ in range(parts - 1))
-    shares = [b - a for a, b in zip([0, *cuts], [*cuts, extra])]
-    return [b + s for b, s in zip(base, shares)]
+    shares = [b - a for a, b in zip([0, *cuts], [*cuts, extra], strict=True)]
+    return [b + s for b, s in zip(base, shares, strict=True)]
 
 
 def _randint(gen: torch.Generator, lo: int, hi: int) -> int:
@@ -209,9 +211,14 @@ def _rows(spec: KernelSpec, requests: list, pad: int, gen: torch.Generator, kind
         kv_slot = _drop_some(kv_slot, boundary, gen)
     req, pos, slot, kv_slot = _append_padding(spec, req, pos, slot, kv_slot, boundary, pad)
     return {
-        "token_to_req_indices": req.int(), "positions": pos, "slot_mapping": slot,
-        "kv_slot_mapping": kv_slot, "block_table": state_bt, "kv_block_table": kv_bt,
-        "num_state_pages": n_state, "num_pages": n_kv,
+        "token_to_req_indices": req.int(),
+        "positions": pos,
+        "slot_mapping": slot,
+        "kv_slot_mapping": kv_slot,
+        "block_table": state_bt,
+        "kv_block_table": kv_bt,
+        "num_state_pages": n_state,
+        "num_pages": n_kv,
     }
 
 
@@ -251,15 +258,21 @@ def _append_padding(
     boundary: torch.Tensor,
     pad: int,
 ) -> tuple[torch.Tensor, ...]:
-    """Padding rows: slot -1 but request 0, a boundary position and a real row's kv slot."""
+    """Padding rows: slot -1, but otherwise a plausible boundary row aimed at a real kv slot.
+
+    They copy the last storing boundary row's request and kv slot at the previous
+    boundary position of that request, so a kernel that ignores slot_mapping writes
+    different bytes over that real row.
+    """
     if pad == 0:
         return req, pos, slot, kv_slot
-    real = kv_slot[boundary & (kv_slot >= 0)]
-    victim = int(real[0]) if real.numel() else int(kv_slot.clamp(min=0)[0])
-    req = torch.cat((req, torch.zeros(pad, dtype=req.dtype)))
-    pos = torch.cat((pos, torch.full((pad,), spec.ratio - 1)))
+    storing = (boundary & (kv_slot >= 0)).nonzero().squeeze(1)
+    t = int(storing[-1]) if storing.numel() else 0
+    p = int(pos[t]) - spec.ratio if int(pos[t]) >= 2 * spec.ratio - 1 else int(pos[t])
+    req = torch.cat((req, torch.full((pad,), int(req[t]), dtype=req.dtype)))
+    pos = torch.cat((pos, torch.full((pad,), max(p, 0))))
     slot = torch.cat((slot, torch.full((pad,), -1)))
-    kv_slot = torch.cat((kv_slot, torch.full((pad,), victim)))
+    kv_slot = torch.cat((kv_slot, torch.full((pad,), max(int(kv_slot[t]), 0))))
     return req, pos, slot, kv_slot
 
 
@@ -268,21 +281,27 @@ def _tensors(spec: KernelSpec, rows: dict, gen: torch.Generator, weight_dtype: s
     """Every Scenario field except spec, kind and state_cache, on the CPU."""
     B = _kv_page(spec)
     weight = 1.0 + 0.3 * torch.randn(spec.head, generator=gen)
-    if tiny and spec.quant_block == spec.head:
+    if tiny and not _shrinks_kv(spec):
         weight = weight * 1e-5  # the indexer's one block is the normed head: shrink gamma
-    compressed = torch.randn(len(rows["slot_mapping"]), spec.head, generator=gen) * _channel_scale(spec, gen)
-    if tiny:
+    compressed = _nonzero(torch.randn(len(rows["slot_mapping"]), spec.head, generator=gen), _channel_scale(spec, gen))
+    if tiny and _shrinks_kv(spec):
         compressed[:, _tiny_block_cols(spec)] *= 1e-4
     stride = page_bytes(spec, B)
     shape = (B, stride // B) if stride % B == 0 else (stride,)
     k_cache = torch.zeros((rows["num_pages"], *shape), dtype=torch.uint8)
     return {
-        "token_to_req_indices": rows["token_to_req_indices"], "positions": rows["positions"],
-        "slot_mapping": rows["slot_mapping"], "block_table": rows["block_table"],
-        "block_size": _state_page(spec), "kv_block_table": rows["kv_block_table"],
+        "token_to_req_indices": rows["token_to_req_indices"],
+        "positions": rows["positions"],
+        "slot_mapping": rows["slot_mapping"],
+        "block_table": rows["block_table"],
+        "block_size": _state_page(spec),
+        "kv_block_table": rows["kv_block_table"],
         "rms_norm_weight": weight.to(torch.bfloat16 if weight_dtype == "bf16" else torch.float32),
-        "rms_norm_eps": 1e-6, "cos_sin_cache": cos_sin_cache(spec.rope, int(rows["positions"].max()) + 1),
-        "k_cache": k_cache, "kv_slot_mapping": rows["kv_slot_mapping"], "kv_cache_block_size": B,
+        "rms_norm_eps": 1e-6,
+        "cos_sin_cache": cos_sin_cache(spec.rope, int(rows["positions"].max()) + 1),
+        "k_cache": k_cache,
+        "kv_slot_mapping": rows["kv_slot_mapping"],
+        "kv_cache_block_size": B,
         "compressed_kv": compressed,
     }
 
@@ -295,19 +314,32 @@ def _state_cache(
     col = torch.full((2 * sw,), 2.0)
     streams = 1 + int(spec.overlap)
     col[:sw] = torch.cat([_channel_scale(spec, gen) for _ in range(streams)])
-    if tiny:
+    if tiny and _shrinks_kv(spec):
         for s in range(streams):
             col[s * head : (s + 1) * head][_tiny_block_cols(spec)] *= 1e-4
     out = torch.empty((pages, _state_page(spec), 2 * sw), dtype=torch.float32, device=device)
     for lo in range(0, pages, _STATE_CHUNK_PAGES):
         n = min(_STATE_CHUNK_PAGES, pages - lo)
-        out[lo : lo + n] = (torch.randn((n, *out.shape[1:]), generator=gen) * col).to(device)
+        out[lo : lo + n] = _nonzero(torch.randn((n, *out.shape[1:]), generator=gen), col).to(device)
     return out
+
+
+def _nonzero(normal: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """normal * scale in place, with the rare exact 0.0 of torch.randn (about 1 in 25M) set to 1.
+
+    SPEC §6 asks for data that is never zero, so a kernel that skips a row cannot pass.
+    """
+    return normal.masked_fill_(normal == 0, 1.0).mul_(scale)
 
 
 def _channel_scale(spec: KernelSpec, gen: torch.Generator) -> torch.Tensor:
     """Per-channel magnitudes spread over about two octaves so block scales differ."""
     return torch.exp(0.5 * torch.randn(spec.head, generator=gen))
+
+
+def _shrinks_kv(spec: KernelSpec) -> bool:
+    """Shrinking one block of kv works only when RMSNorm sees other, normal-sized blocks."""
+    return spec.quant_block < spec.head
 
 
 def _tiny_block_cols(spec: KernelSpec) -> slice:

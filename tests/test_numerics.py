@@ -86,9 +86,22 @@ def test_e4m3_numpy_matches_torch_on_random_and_edge_values():
 @pytest.mark.parametrize(
     "x, code",
     [
-        (1.0, 0x38), (448.0, 0x7E), (-448.0, 0xFE), (500.0, 0x7E), (-1e30, 0xFE), (np.inf, 0x7E),
-        (-0.0, 0x80), (0.0, 0x00), (2.0**-9, 0x01), (2.0**-10, 0x00), (3 * 2.0**-10, 0x02),
-        (1.0625, 0x38), (1.1875, 0x3A), (2.0**-6, 0x08), (-(2.0**-12), 0x80), (464.0, 0x7E),
+        (1.0, 0x38),
+        (448.0, 0x7E),
+        (-448.0, 0xFE),
+        (500.0, 0x7E),
+        (-1e30, 0xFE),
+        (np.inf, 0x7E),
+        (-0.0, 0x80),
+        (0.0, 0x00),
+        (2.0**-9, 0x01),
+        (2.0**-10, 0x00),
+        (3 * 2.0**-10, 0x02),
+        (1.0625, 0x38),
+        (1.1875, 0x3A),
+        (2.0**-6, 0x08),
+        (-(2.0**-12), 0x80),
+        (464.0, 0x7E),
     ],
 )
 def test_e4m3_hand_codes(x, code):
@@ -142,3 +155,10 @@ def test_pow2_from_ue8m0_is_exact_for_every_byte():
     finite = e8[:255]  # 2^(255 - 127) overflows fp32
     scale = nx.scale_from_ue8m0(torch.from_numpy(finite)).numpy().astype(np.float64)
     assert np.array_equal(scale, [math.ldexp(1.0, int(e) - 127) for e in finite])
+
+
+def test_pow2_f32_covers_subnormals_and_overflow():
+    k = torch.arange(-149, 129)
+    got = nx.pow2_f32(k).double().tolist()
+    assert got[:-1] == [math.ldexp(1.0, int(e)) for e in k[:-1]]
+    assert math.isinf(got[-1])

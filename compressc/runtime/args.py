@@ -47,11 +47,15 @@ def _check_names(params: Sequence[Param], values: Mapping[str, Scalar]) -> None:
     names = [p.name for p in params]
     missing = [n for n in names if n not in values]
     if missing:
-        raise ValueError(f"kernel parameter {missing[0]!r} has no value (expected parameters: {', '.join(names)})")
+        raise ValueError(
+            f"kernel parameter {missing[0]!r} has no value (expected parameters: {', '.join(names)})"
+        )
     extra = sorted(set(values) - set(names))
     if extra:
-        raise ValueError(f"value given for {extra[0]!r}, which is not a kernel parameter "
-                         f"(expected parameters: {', '.join(names)})")
+        raise ValueError(
+            f"value given for {extra[0]!r}, which is not a kernel parameter "
+            f"(expected parameters: {', '.join(names)})"
+        )
 
 
 def _to_ctype(param: Param, value: Scalar) -> ctypes._SimpleCData:
@@ -60,19 +64,27 @@ def _to_ctype(param: Param, value: Scalar) -> ctypes._SimpleCData:
         raise ValueError(f"kernel parameter {param.name!r} has unknown kind {param.kind!r}")
     if param.kind == "f32":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"kernel parameter {param.name!r} (f32) expects a float, got {type(value).__name__}")
+            raise TypeError(
+                f"kernel parameter {param.name!r} (f32) expects a float, got {type(value).__name__}"
+            )
         return ctype(float(value))
     value = _as_int(param, value)
     lo, hi = _INT_RANGE[param.kind]
     if not lo <= value < hi:
-        raise ValueError(f"kernel parameter {param.name!r} ({param.kind}) value {value} is out of range [{lo}, {hi})")
+        raise ValueError(
+            f"kernel parameter {param.name!r} ({param.kind}) value {value} is out of range [{lo}, {hi})"
+        )
     if param.kind == "ptr" and param.align and value % param.align:
-        raise ValueError(f"kernel parameter {param.name!r} expects a pointer aligned to {param.align} bytes, "
-                         f"got {value:#x}")
+        raise ValueError(
+            f"kernel parameter {param.name!r} expects a pointer aligned to {param.align} bytes, "
+            f"got {value:#x}"
+        )
     return ctype(value)
 
 
 def _as_int(param: Param, value: Scalar) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"kernel parameter {param.name!r} ({param.kind}) expects an int, got {type(value).__name__}")
+        raise TypeError(
+            f"kernel parameter {param.name!r} ({param.kind}) expects an int, got {type(value).__name__}"
+        )
     return value.__index__()

@@ -91,8 +91,10 @@ def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
 
 def build_command(spec: KernelSpec, arch: str) -> str:
     """The `compressc build` command that puts `spec` for `arch` into the user cache."""
-    cmd = (f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
-           f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}")
+    cmd = (
+        f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
+        f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
+    )
     return cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
 
 
@@ -143,9 +145,17 @@ def settings_from_environ(environ: dict[str, str] | os._Environ) -> tuple[Path, 
 def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> None:
     """Raise ManifestError unless `manifest` is a launchable entry of `spec` for `arch`."""
     want_params = [[p.name, p.kind, p.dtype, p.align] for p in abi(spec)]
-    got_params = [[q.get("name"), q.get("kind"), q.get("dtype"), q.get("align")] for q in manifest.get("params", [])]
-    expected = {"format": MANIFEST_FORMAT, "kernel": spec.kernel, "variant": spec.variant, "arch": arch,
-                "grid": "rows", "params": want_params}
+    got_params = [
+        [q.get("name"), q.get("kind"), q.get("dtype"), q.get("align")] for q in manifest.get("params", [])
+    ]
+    expected = {
+        "format": MANIFEST_FORMAT,
+        "kernel": spec.kernel,
+        "variant": spec.variant,
+        "arch": arch,
+        "grid": "rows",
+        "params": want_params,
+    }
     got = dict(manifest, params=got_params)
     for field, want in expected.items():
         if got.get(field) != want:
@@ -155,9 +165,13 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         raise ManifestError(f"manifest field 'block' is {block!r}, expected three positive ints")
     for field in ("entry", "key"):
         if not isinstance(manifest.get(field), str) or not manifest[field]:
-            raise ManifestError(f"manifest field {field!r} is {manifest.get(field)!r}, expected a non-empty string")
+            raise ManifestError(
+                f"manifest field {field!r} is {manifest.get(field)!r}, expected a non-empty string"
+            )
     if not isinstance(manifest.get("smem_dynamic"), int) or manifest["smem_dynamic"] < 0:
-        raise ManifestError(f"manifest field 'smem_dynamic' is {manifest.get('smem_dynamic')!r}, expected an int >= 0")
+        raise ManifestError(
+            f"manifest field 'smem_dynamic' is {manifest.get('smem_dynamic')!r}, expected an int >= 0"
+        )
 
 
 def read_entry_dir(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -167,11 +181,11 @@ def read_entry_dir(path: Path) -> tuple[dict[str, Any], bytes]:
 
 
 # -- lookup -----------------------------------------------------------------------------
-def open_store(root: Path) -> Any:
-    """The read-only Store at `root` (imported here so resolve.py imports without it)."""
+def open_store(root: Path, readonly: bool = True) -> Any:
+    """The Store at `root` (imported here so resolve.py imports without it)."""
     from compressc.cache.store import Store
 
-    return Store(root, readonly=True)
+    return Store(root, readonly=readonly)
 
 
 def find_kernel(
@@ -200,7 +214,7 @@ def find_kernel(
         image = _from_store(spec, arch, origin, root, store_factory, notes)
         if image is not None:
             return image
-    return _jit_or_raise(spec, arch, allow_jit, builder, notes)
+    return _jit_or_raise(spec, arch, Path(cache_dir), allow_jit, builder, notes)
 
 
 def _from_store(
@@ -223,28 +237,45 @@ def _from_store(
 
 
 def _jit_or_raise(
-    spec: KernelSpec, arch: str, allow_jit: bool, builder: Callable | None, notes: list[str]
+    spec: KernelSpec, arch: str, cache_dir: Path, allow_jit: bool, builder: Callable | None, notes: list[str]
 ) -> KernelImage:
     hint = f"Build it with:\n  {build_command(spec, arch)}"
     if not allow_jit:
         notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
-    if builder is None:
-        try:
-            from compressc.cache.build import build_one as builder
-        except ImportError as exc:
-            notes.append(f"JIT build: impossible, the build extra is not installed ({exc})")
-            hint += f"\nor install the build extra to compile kernels on first use:\n  {BUILD_EXTRA_INSTALL}"
-            raise KernelNotFoundError(_not_found(spec, arch, notes, hint)) from exc
-    image = _image_from_build(builder(spec, arch))
+    unavailable = _build_unavailable_errors()
+    try:
+        image = _image_from_build((builder or _default_builder(cache_dir))(spec, arch))
+    except unavailable as exc:
+        notes.append(f"JIT build: impossible, the build extra is not installed ({type(exc).__name__}: {exc})")
+        hint += f"\nor install the build extra to compile kernels on first use:\n  {BUILD_EXTRA_INSTALL}"
+        raise KernelNotFoundError(_not_found(spec, arch, notes, hint)) from exc
     check_manifest(spec, arch, image.manifest)
     return image
+
+
+def _default_builder(cache_dir: Path) -> Callable[[KernelSpec, str], Any]:
+    """compressc.cache.build.build_one, publishing into the user cache searched above."""
+    from compressc.cache.build import build_one
+
+    return lambda spec, arch: build_one(spec, arch, store=open_store(cache_dir, readonly=False))
+
+
+def _build_unavailable_errors() -> tuple[type[Exception], ...]:
+    """What a JIT build raises when its toolchain (CuTe DSL) is not installed."""
+    try:
+        from compressc.cache.compile import ToolchainError
+    except ImportError:
+        return (ImportError,)
+    return (ImportError, ToolchainError)
 
 
 def _image_from_build(result: Any) -> KernelImage:
     """Accept what the build driver returns: a store Entry or an entry directory."""
     if hasattr(result, "manifest") and hasattr(result, "cubin_bytes"):
-        return KernelImage(dict(result.manifest), result.cubin_bytes(), f"JIT build ({getattr(result, 'path', '')})")
+        return KernelImage(
+            dict(result.manifest), result.cubin_bytes(), f"JIT build ({getattr(result, 'path', '')})"
+        )
     manifest, cubin = read_entry_dir(Path(result))
     return KernelImage(manifest, cubin, f"JIT build ({result})")
 

@@ -1,0 +1,177 @@
+"""Load cubins and launch them through cuda-python's driver API.
+
+The only module of compressc that imports `cuda.bindings`. Kernels are loaded once
+per (process, device, cache key) into the device's primary context, which torch's
+CUDA runtime shares, and launched on torch's current stream. The launch path makes
+no host synchronisation, so it is safe inside CUDA graph capture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import torch
+from cuda.bindings import driver
+
+from compressc.runtime.resolve import KernelImage, arch_for_capability, arch_runs_on
+
+_DEFAULT_SMEM_LIMIT = 48 * 1024  # bytes of dynamic smem a launch gets without opting in
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[int, str], LoadedKernel] = {}
+_PRIMARY: dict[int, int] = {}  # device index -> primary CUcontext handle (as int)
+_initialised = False
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed; the message names the call and the CUresult."""
+
+    def __init__(self, call: str, result: driver.CUresult, hint: str = "") -> None:
+        self.call, self.result = call, result
+        name = _error_name(result)
+        super().__init__(f"{call} failed: {name} ({int(result)}){hint}")
+
+
+class ArchMismatchError(RuntimeError):
+    """The kernel's cubin was built for another GPU architecture than the device's."""
+
+
+def _error_name(result: driver.CUresult) -> str:
+    err, name = driver.cuGetErrorName(result)
+    if err != driver.CUresult.CUDA_SUCCESS or name is None:
+        return getattr(result, "name", str(result))
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _check(call: str, out: tuple, hint: str = ""):
+    """Raise CudaError unless out[0] is CUDA_SUCCESS; return the remaining output."""
+    err, *rest = out
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise CudaError(call, err, hint)
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+# -- contexts -------------------------------------------------------------------------
+def _primary_context(device_index: int) -> int:
+    """The primary context of `device_index`, retained once per process (torch uses it too)."""
+    global _initialised
+    ctx = _PRIMARY.get(device_index)
+    if ctx is not None:
+        return ctx
+    if not _initialised:
+        _check("cuInit", driver.cuInit(0))
+        _initialised = True
+    device = _check("cuDeviceGet", driver.cuDeviceGet(device_index))
+    ctx = int(_check("cuDevicePrimaryCtxRetain", driver.cuDevicePrimaryCtxRetain(device)))
+    _PRIMARY[device_index] = ctx
+    return ctx
+
+
+def ensure_context(device_index: int) -> None:
+    """Make the device's primary context current on this thread (a no-op when it is)."""
+    want = _primary_context(device_index)
+    current = _check("cuCtxGetCurrent", driver.cuCtxGetCurrent())
+    if int(current) != want:
+        _check("cuCtxSetCurrent", driver.cuCtxSetCurrent(driver.CUcontext(want)))
+
+
+# -- architectures ----------------------------------------------------------------------
+def device_capability(device_index: int) -> tuple[int, int]:
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return int(major), int(minor)
+
+
+def device_arch(device_index: int) -> str:
+    """The arch whose kernels this device runs ("sm_90a" on an H100)."""
+    return arch_for_capability(device_capability(device_index))
+
+
+def check_arch(arch: str, device_index: int) -> None:
+    """Raise ArchMismatchError unless SASS for `arch` runs on the device."""
+    capability = device_capability(device_index)
+    if arch_runs_on(arch, capability):
+        return
+    want = arch_for_capability(capability)
+    raise ArchMismatchError(
+        f"kernel built for {arch} cannot run on cuda:{device_index} (compute capability "
+        f"{capability[0]}.{capability[1]}); build it for this GPU with `compressc build --arch {want}`"
+    )
+
+
+# -- kernels ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedKernel:
+    """A kernel function loaded on one device, ready to launch with a grid of rows."""
+
+    key: str
+    entry: str
+    device_index: int
+    block: tuple[int, int, int]
+    smem_dynamic: int
+    module: driver.CUmodule
+    function: driver.CUfunction
+
+    def launch(self, grid_x: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
+        """Launch on `stream` (default: torch's current stream of the device); no host sync."""
+        if stream is None:
+            stream = torch.cuda.current_stream(self.device_index).cuda_stream
+        ensure_context(self.device_index)
+        bx, by, bz = self.block
+        out = driver.cuLaunchKernel(
+            self.function,
+            grid_x,
+            1,
+            1,
+            bx,
+            by,
+            bz,
+            self.smem_dynamic,
+            driver.CUstream(stream),
+            ctypes.addressof(kernel_params),
+            0,
+        )
+        _check(f"cuLaunchKernel({self.entry})", out)
+
+
+def load_kernel(image: KernelImage, device_index: int) -> LoadedKernel:
+    """The loaded kernel of `image` on `device_index`, loading it on first use."""
+    cache_key = (device_index, image.key)
+    kernel = _LOADED.get(cache_key)
+    if kernel is not None:
+        return kernel
+    with _LOCK:
+        kernel = _LOADED.get(cache_key)
+        if kernel is None:
+            kernel = _load(image, device_index)
+            _LOADED[cache_key] = kernel
+    return kernel
+
+
+def _load(image: KernelImage, device_index: int) -> LoadedKernel:
+    check_arch(image.arch, device_index)
+    ensure_context(device_index)
+    hint = f" while loading {image.entry} from {image.origin}"
+    if torch.cuda.is_current_stream_capturing():
+        hint += "; run the op once before CUDA graph capture so its kernel is loaded"
+    # The driver copies the image during the call; the buffer only has to outlive it.
+    buffer = ctypes.create_string_buffer(image.cubin, len(image.cubin))
+    module = _check("cuModuleLoadData", driver.cuModuleLoadData(ctypes.addressof(buffer)), hint)
+    try:
+        function = _check(
+            "cuModuleGetFunction", driver.cuModuleGetFunction(module, image.entry.encode()), hint
+        )
+        if image.smem_dynamic > _DEFAULT_SMEM_LIMIT:
+            attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            _check("cuFuncSetAttribute", driver.cuFuncSetAttribute(function, attr, image.smem_dynamic), hint)
+    except CudaError:
+        driver.cuModuleUnload(module)
+        raise
+    return LoadedKernel(
+        image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function
+    )
+
+
+def loaded_kernels() -> dict[tuple[int, str], LoadedKernel]:
+    """A snapshot of the process's loaded kernels, keyed by (device index, cache key)."""
+    return dict(_LOADED)

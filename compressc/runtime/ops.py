@@ -1,0 +1,216 @@
+"""Torch-facing compressor ops with vLLM's argument lists (SPEC.md §2).
+
+Each op checks its arguments (`validate`), finds its kernel once per device
+(`resolve`: kernel packs -> user cache -> JIT build), loads it (`loader`, imported
+on first launch so that this module imports without CUDA) and launches one CTA per
+row on torch's current stream. `k_cache` is written in place; nothing is returned.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+import torch
+
+from compressc.runtime.args import pack_args
+from compressc.runtime.resolve import find_kernel
+from compressc.runtime.validate import (
+    Values,
+    check_device,
+    compressed_values,
+    row_values,
+    state_values,
+    store_values,
+    weight_dtype_name,
+)
+from compressc.specs.abi import Param, abi
+from compressc.specs.family import KernelSpec, make_spec
+
+_KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
+_SCRATCH: dict[torch.device, torch.Tensor] = {}
+_LOCK = threading.Lock()
+
+
+@cache
+def kernel_spec(kernel: str, head_size: int, quant_block: int, weight_dtype: str) -> KernelSpec:
+    """The validated spec of one variant (SpecError names a bad head_size/quant_block)."""
+    return make_spec(kernel, head_size, quant_block, weight_dtype=weight_dtype)
+
+
+@cache
+def _abi(spec: KernelSpec) -> tuple[Param, ...]:
+    return abi(spec)
+
+
+def compress_c4a(
+    state_cache: torch.Tensor,
+    token_to_req_indices: torch.Tensor,
+    positions: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    rms_norm_weight: torch.Tensor,
+    rms_norm_eps: float,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    kv_slot_mapping: torch.Tensor,
+    kv_cache_block_size: int,
+    *,
+    head_size: int = 512,
+    quant_block: int = 64,
+) -> None:
+    """C4A: pool the 8-row overlapping window, RMSNorm, rope, fp8-quantise into k_cache."""
+    _compress_fused("c4a", head_size, quant_block, locals())
+
+
+def compress_indexer_fp8(
+    state_cache: torch.Tensor,
+    token_to_req_indices: torch.Tensor,
+    positions: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    rms_norm_weight: torch.Tensor,
+    rms_norm_eps: float,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    kv_slot_mapping: torch.Tensor,
+    kv_cache_block_size: int,
+    *,
+    head_size: int = 128,
+    quant_block: int = 128,
+) -> None:
+    """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (SPEC.md §4)."""
+    _compress_fused("indexer_fp8", head_size, quant_block, locals())
+
+
+def compress_c128a(
+    state_cache: torch.Tensor,
+    token_to_req_indices: torch.Tensor,
+    positions: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    rms_norm_weight: torch.Tensor,
+    rms_norm_eps: float,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    kv_slot_mapping: torch.Tensor,
+    kv_cache_block_size: int,
+    *,
+    head_size: int = 512,
+    quant_block: int = 64,
+    compressed_kv: torch.Tensor | None = None,
+) -> None:
+    """C128A: c128a_compress (pooling into fp32 rows) then c128a_store (SPEC.md §5).
+
+    compressed_kv: fp32 [>= T, head_size] for the pooled rows; when None a per-device
+    scratch buffer is used (grown outside CUDA graph capture; see reserve_c128a_scratch).
+    """
+    args = locals()
+    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
+    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight_dtype_name(rms_norm_weight))
+    values = _common_values(store_spec, args, pool_spec)
+    tensors = _tensors(args)
+    if compressed_kv is not None:
+        values |= compressed_values(pool_spec, compressed_kv, int(values["num_rows"]))
+    device = check_device(tensors)
+    T = int(values["num_rows"])
+    if T == 0:
+        return
+    if compressed_kv is None:
+        values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
+    _launch(pool_spec, device, values)
+    _launch(store_spec, device, values)
+
+
+def _compress_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> None:
+    spec = kernel_spec(kernel, head_size, quant_block, weight_dtype_name(args["rms_norm_weight"]))
+    values = _common_values(spec, args, spec)
+    device = check_device(_tensors(args))
+    if values["num_rows"] == 0:
+        return
+    _launch(spec, device, values)
+
+
+def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) -> Values:
+    rows = row_values(
+        args["token_to_req_indices"], args["positions"], args["slot_mapping"], args["kv_slot_mapping"]
+    )
+    state = state_values(pool_spec, args["state_cache"], args["block_table"], args["block_size"])
+    store = store_values(
+        store_spec,
+        args["rms_norm_weight"],
+        args["rms_norm_eps"],
+        args["cos_sin_cache"],
+        args["k_cache"],
+        args["kv_cache_block_size"],
+    )
+    return rows | state | store
+
+
+def _tensors(args: dict) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in args.items() if isinstance(value, torch.Tensor)}
+
+
+# -- kernels and launches ---------------------------------------------------------------
+def _launch(spec: KernelSpec, device: torch.device, values: Values) -> None:
+    params = _abi(spec)
+    _keepalive, kernel_params = pack_args(params, {p.name: values[p.name] for p in params})
+    kernel_for(spec, device).launch(int(values["num_rows"]), kernel_params)
+
+
+def kernel_for(spec: KernelSpec, device: torch.device):
+    """The loaded kernel of `spec` on `device`, resolved and loaded on first use."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    kernel = _KERNELS.get((index, spec.variant))
+    if kernel is not None:
+        return kernel
+    from compressc.runtime import loader  # the one CUDA import, deferred to the first launch
+
+    image = find_kernel(spec, loader.device_arch(index))
+    kernel = loader.load_kernel(image, index)
+    _KERNELS[(index, spec.variant)] = kernel
+    return kernel
+
+
+# -- C128A scratch ----------------------------------------------------------------------
+def scratch_buffer(
+    device: torch.device, rows: int, head_size: int, *, capturing: bool | None = None
+) -> torch.Tensor:
+    """fp32 [rows, head_size] view of the device's scratch buffer, grown when too small.
+
+    Growing allocates, which must not happen during CUDA graph capture (the memory
+    would belong to the graph's pool): then a RuntimeError says how to reserve it.
+    `capturing` (default: ask torch, only when growing) is whether a capture is on.
+    One buffer serves every call on the device: ops on concurrent streams that both
+    use it must pass their own compressed_kv.
+    """
+    need = rows * head_size
+    buf = _SCRATCH.get(device)
+    if buf is None or buf.numel() < need:
+        if capturing is None:
+            capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if capturing:
+            raise RuntimeError(
+                f"compress_c128a needs a {rows} x {head_size} fp32 scratch buffer during CUDA graph capture; "
+                f"call compressc.runtime.reserve_c128a_scratch({rows}, {head_size}, device) before capture "
+                f"or pass compressed_kv="
+            )
+        with _LOCK:
+            buf = torch.empty(
+                max(need, 2 * (0 if buf is None else buf.numel())), dtype=torch.float32, device=device
+            )
+            _SCRATCH[device] = buf
+    return buf[:need].view(rows, head_size)
+
+
+def reserve_c128a_scratch(
+    num_rows: int, head_size: int = 512, device: torch.device | str | None = None
+) -> None:
+    """Allocate the scratch that compress_c128a uses for up to num_rows rows (call before capture)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    scratch_buffer(device, num_rows, head_size)

@@ -1,0 +1,98 @@
+"""pack_args: one ctypes value per ABI parameter, in order, read back through the pointers."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from compressc.runtime.args import pack_args
+from compressc.specs import default_specs, make_spec
+from compressc.specs.abi import Param, abi
+
+_CTYPE = {"ptr": ctypes.c_uint64, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
+
+
+def _values(params: tuple[Param, ...]) -> dict[str, int | float]:
+    values: dict[str, int | float] = {}
+    for i, p in enumerate(params):
+        if p.kind == "ptr":
+            values[p.name] = 0x7F00_0000_0000 + 256 * i
+        elif p.kind == "f32":
+            values[p.name] = 1e-6
+        else:
+            values[p.name] = -(i + 1) if p.kind == "i32" else 2**40 + i
+    return values
+
+
+def _read_back(kernel_params: ctypes.Array, i: int, kind: str) -> int | float:
+    return ctypes.cast(kernel_params[i], ctypes.POINTER(_CTYPE[kind])).contents.value
+
+
+@pytest.mark.parametrize("spec", default_specs(), ids=lambda s: s.variant)
+def test_values_round_trip_in_abi_order(spec):
+    params = abi(spec)
+    values = _values(params)
+    keepalive, kernel_params = pack_args(params, dict(reversed(values.items())))
+    assert len(kernel_params) == len(params) == len(keepalive)
+    for i, p in enumerate(params):
+        assert ctypes.sizeof(keepalive[i]) == p.size
+        assert kernel_params[i] == ctypes.addressof(keepalive[i])
+        want = ctypes.c_float(values[p.name]).value if p.kind == "f32" else values[p.name]
+        assert _read_back(kernel_params, i, p.kind) == want
+
+
+def test_kernel_params_is_a_void_pointer_array():
+    _, kernel_params = pack_args(abi(make_spec("c4a")), _values(abi(make_spec("c4a"))))
+    assert ctypes.sizeof(kernel_params) == 8 * len(abi(make_spec("c4a")))
+
+
+def test_missing_parameter_is_named():
+    params = abi(make_spec("c4a"))
+    values = _values(params)
+    del values["kv_block_shift"]
+    with pytest.raises(ValueError, match="kernel parameter 'kv_block_shift' has no value"):
+        pack_args(params, values)
+
+
+def test_extra_parameter_is_named():
+    params = abi(make_spec("c128a_compress", weight_dtype="f32"))
+    values = _values(params) | {"rms_norm_eps": 1e-6}
+    with pytest.raises(ValueError, match="value given for 'rms_norm_eps', which is not a kernel parameter"):
+        pack_args(params, values)
+
+
+def test_wrong_python_types():
+    params = (Param("n", "i32"), Param("eps", "f32"))
+    with pytest.raises(TypeError, match=r"kernel parameter 'n' \(i32\) expects an int, got float"):
+        pack_args(params, {"n": 1.5, "eps": 1.0})
+    with pytest.raises(TypeError, match=r"kernel parameter 'n' \(i32\) expects an int, got bool"):
+        pack_args(params, {"n": True, "eps": 1.0})
+    with pytest.raises(TypeError, match=r"kernel parameter 'eps' \(f32\) expects a float, got str"):
+        pack_args(params, {"n": 1, "eps": "1e-6"})
+
+
+def test_out_of_range_integers():
+    with pytest.raises(ValueError, match=r"kernel parameter 'n' \(i32\) value 2147483648 is out of range"):
+        pack_args((Param("n", "i32"),), {"n": 2**31})
+    with pytest.raises(ValueError, match=r"kernel parameter 'p' \(ptr\) value -16 is out of range"):
+        pack_args((Param("p", "ptr", "u8", 16),), {"p": -16})
+
+
+def test_misaligned_pointer():
+    with pytest.raises(
+        ValueError, match="kernel parameter 'k_cache' expects a pointer aligned to 16 bytes, got 0x1008"
+    ):
+        pack_args((Param("k_cache", "ptr", "u8", 16),), {"k_cache": 0x1008})
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="kernel parameter 'x' has unknown kind 'f16'"):
+        pack_args((Param("x", "f16"),), {"x": 1})
+
+
+def test_i64_and_null_pointer():
+    params = (Param("p", "ptr", "f32", 16), Param("stride", "i64"))
+    _, kernel_params = pack_args(params, {"p": 0, "stride": 2**40})
+    assert _read_back(kernel_params, 0, "ptr") == 0
+    assert _read_back(kernel_params, 1, "i64") == 2**40
