@@ -181,7 +181,8 @@ def _scales(
     report.pad_mismatches += int(bad_pad.sum())
     _example(report, bad_scale, slots, "scale byte", got[:, :n_scale], want[:, :n_scale])
     _example(report, bad_pad, slots, "scale pad byte", got[:, n_scale:], want[:, n_scale:])
-    groups = bad_scale.reshape(bad_scale.shape[0], -1, layout.scale_bytes_per_group).any(dim=-1)
+    per_group = layout.scale_bytes_per_group
+    groups = bad_scale.reshape(bad_scale.shape[0], n_scale // per_group, per_group).any(dim=-1)
     return ~groups
 
 

@@ -67,7 +67,7 @@ def opt(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, prin
     """Parse, verify and lower IR; print the result to stdout.
 
     \b
-    Passes (run `compressc opt --list-passes` style help below):
+    Passes and their options (pipeline syntax: pass{opt=value,...},pass,...):
       thread-map{elems-per-lane=N,window-split=K}  which lane owns which channels
       vectorize{bits=32|64|128}                    vector width of each global access
       lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
@@ -117,8 +117,12 @@ def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline):
 
 
 from compressc.cli_build import build  # noqa: E402
+from compressc.cli_cache import cache, inspect_cmd, wheel  # noqa: E402
 
 main.add_command(build)
+main.add_command(wheel)
+main.add_command(inspect_cmd)
+main.add_command(cache)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -94,6 +94,16 @@ def test_one_step_under_a_different_scale_fails(pair):
     assert report.scale_mismatches == 1 and report.code_failures == 1 and report.code_steps == 0
 
 
+@pytest.mark.parametrize("spec", [C4A, INDEXER], ids=lambda s: s.variant)
+def test_no_active_tokens(spec):
+    want = _fill(spec, _cache(spec))
+    got = want.clone()
+    report = compare_cache_bytes(spec, got, want, torch.empty(0, dtype=torch.int64))
+    assert report.ok and report.tokens == 0 and report.codes == 0
+    got.view(-1)[3] ^= 1
+    assert compare_cache_bytes(spec, got, want, torch.empty(0, dtype=torch.int64)).outside_mismatches == 1
+
+
 def test_changed_sentinel_fails(pair):
     got, want = pair
     got.view(-1)[_byte(want, 5, 0)] = 0  # slot 5 is not active: its bytes keep the sentinel

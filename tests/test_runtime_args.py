@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import pytest
 
-from compressc.runtime.args import pack_args
+from compressc.runtime.args import ArgPacker, pack_args
 from compressc.specs import default_specs, make_spec
 from compressc.specs.abi import Param, abi
 
@@ -96,3 +97,36 @@ def test_i64_and_null_pointer():
     _, kernel_params = pack_args(params, {"p": 0, "stride": 2**40})
     assert _read_back(kernel_params, 0, "ptr") == 0
     assert _read_back(kernel_params, 1, "i64") == 2**40
+
+
+@pytest.mark.parametrize("spec", default_specs(), ids=lambda s: s.variant)
+def test_arg_packer_matches_pack_args(spec):
+    params = abi(spec)
+    values = _values(params)
+    kernel_params = ArgPacker(params).pack(values | {"unused": 3})  # extra names are ignored
+    assert len(kernel_params) == len(params)
+    for i, p in enumerate(params):
+        want = ctypes.c_float(values[p.name]).value if p.kind == "f32" else values[p.name]
+        assert _read_back(kernel_params, i, p.kind) == want
+        assert kernel_params[i] % 8 == 0
+
+
+def test_arg_packer_reports_bad_values_like_pack_args():
+    packer = ArgPacker((Param("n", "i32"), Param("p", "ptr", "u8", 16)))
+    with pytest.raises(ValueError, match=r"kernel parameter 'n' \(i32\) value 2147483648 is out of range"):
+        packer.pack({"n": 2**31, "p": 0})
+    with pytest.raises(ValueError, match="kernel parameter 'p' has no value"):
+        packer.pack({"n": 1})
+    with pytest.raises(TypeError, match=r"kernel parameter 'p' \(ptr\) expects an int, got float"):
+        packer.pack({"n": 1, "p": 1.5})
+
+
+def test_arg_packer_buffers_are_per_thread():
+    packer = ArgPacker((Param("n", "i64"),))
+    mine = packer.pack({"n": 1})
+    other = []
+    thread = threading.Thread(target=lambda: other.append(ctypes.addressof(packer.pack({"n": 2}))))
+    thread.start()
+    thread.join()
+    assert other[0] != ctypes.addressof(mine) and _read_back(mine, 0, "i64") == 1
+    assert packer.pack({"n": 5}) is mine and _read_back(mine, 0, "i64") == 5

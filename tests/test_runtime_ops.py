@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compressc.runtime import ops
-from compressc.runtime.ops import compress_c4a, compress_c128a, compress_indexer_fp8, scratch_buffer
+from compressc.runtime.ops import compress_c4a, compress_c128a, compress_indexer_fp8
 from compressc.specs import SpecError, make_spec
 from compressc.specs.abi import abi
 
@@ -391,26 +391,3 @@ def test_c128a_uses_the_scratch_buffer(launches, monkeypatch):
 def test_zero_rows_launch_nothing(launches, op):
     OPS[op](**make_args(op, rows=0))
     assert launches == []
-
-
-# -- C128A scratch ----------------------------------------------------------------------
-def test_scratch_grows_and_is_reused(monkeypatch):
-    monkeypatch.setattr(ops, "_SCRATCH", {})
-    cpu = torch.device("cpu")
-    a = scratch_buffer(cpu, 4, 512)
-    b = scratch_buffer(cpu, 2, 512, capturing=True)  # fits: no allocation, allowed during capture
-    assert a.shape == (4, 512) and b.data_ptr() == a.data_ptr()
-    c = scratch_buffer(cpu, 5, 512)
-    assert c.shape == (5, 512) and ops._SCRATCH[cpu].numel() == 2 * 4 * 512
-
-
-def test_scratch_cannot_grow_during_capture(monkeypatch):
-    monkeypatch.setattr(ops, "_SCRATCH", {})
-    with pytest.raises(
-        RuntimeError,
-        match=r"compress_c128a needs a 7 x 512 fp32 scratch buffer during CUDA graph "
-        r"capture; call compressc.runtime.reserve_c128a_scratch\(7, 512, device\)",
-    ):
-        scratch_buffer(torch.device("cpu"), 7, 512, capturing=True)
-    ops.reserve_c128a_scratch(7, 512, "cpu")
-    assert scratch_buffer(torch.device("cpu"), 7, 512, capturing=True).shape == (7, 512)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from compressc import __version__
 from compressc.cache.arch import normalize_arch
-from compressc.cache.key import cache_key, source_fingerprint
+from compressc.cache.key import canonical_json, hash_ingredients, key_ingredients, source_fingerprint
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.printer import print_module
 from compressc.kernels.emitter import emit
@@ -32,6 +32,7 @@ class BuildPlan:
     lowered_ir: str
     source: str
     key: str
+    ingredients: str = ""  # canonical JSON of the key ingredients: sha256(ingredients) == key
 
     @property
     def label(self) -> str:
@@ -41,18 +42,33 @@ class BuildPlan:
 def plan(spec: KernelSpec, arch: str, pipeline: str = "default", *, fingerprint: str | None = None,
          toolchain: dict[str, str] | None = None) -> BuildPlan:
     """Lower, emit and key one (variant, arch); cheap and free of cutlass."""
-    from compressc.cache.compile import build_options, toolchain_fingerprint
-
     arch = normalize_arch(arch)
     module = module_from_spec(spec)
     passes = parse_pipeline(resolve_pipeline(pipeline, module))
     canonical = pipeline_string(passes)
-    lowered = PassManager(passes).run(module)
     spec_ir = print_module(module)
-    key = cache_key(spec_ir, canonical, arch, build_options(arch), compressc_version=__version__,
-                    source_fingerprint=fingerprint or source_fingerprint(),
-                    toolchain=toolchain or toolchain_fingerprint())
-    return BuildPlan(spec, arch, canonical, spec_ir, print_module(lowered), emit(lowered, canonical), key)
+    ingredients = _ingredients(spec_ir, canonical, arch, fingerprint, toolchain)
+    lowered = PassManager(passes).run(module)
+    return BuildPlan(spec, arch, canonical, spec_ir, print_module(lowered), emit(lowered, canonical),
+                     hash_ingredients(ingredients), canonical_json(ingredients).decode())
+
+
+def plan_ingredients(spec: KernelSpec, arch: str, pipeline: str = "default", *,
+                     fingerprint: str | None = None, toolchain: dict[str, str] | None = None) -> dict:
+    """The key ingredients of one (variant, arch, pipeline), without lowering (`compressc cache why`)."""
+    arch = normalize_arch(arch)
+    module = module_from_spec(spec)
+    canonical = pipeline_string(parse_pipeline(resolve_pipeline(pipeline, module)))
+    return _ingredients(print_module(module), canonical, arch, fingerprint, toolchain)
+
+
+def _ingredients(spec_ir: str, pipeline: str, arch: str, fingerprint: str | None,
+                 toolchain: dict[str, str] | None) -> dict:
+    from compressc.cache.compile import build_options, toolchain_fingerprint
+
+    return key_ingredients(spec_ir, pipeline, arch, build_options(arch), compressc_version=__version__,
+                           source_fingerprint=fingerprint or source_fingerprint(),
+                           toolchain=toolchain or toolchain_fingerprint())
 
 
 def plan_many(specs: Sequence[KernelSpec], archs: Sequence[str], pipeline: str = "default") -> list[BuildPlan]:
@@ -80,6 +96,8 @@ def entry_files(p: BuildPlan, artifacts) -> tuple[dict, dict[str, bytes | str]]:
         "kernel.ptx": artifacts.ptx,
         "jitlink.log": artifacts.log,
     }
+    if p.ingredients:  # the exact bytes hashed into the key, for `compressc cache why`
+        files["key.json"] = p.ingredients
     return manifest, files
 
 

@@ -11,7 +11,7 @@ _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t]+|//[^\n]*)
   | (?P<nl>\n)
-  | (?P<float>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|inf|nan))
+  | (?P<float>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|inf(?![\w.])|nan(?![\w.])))
   | (?P<int>-?\d+)
   | (?P<str>"(?:[^"\\]|\\.)*")
   | (?P<value>%[A-Za-z_][\w.]*)
@@ -128,7 +128,10 @@ class _Parser:
     def module(self) -> Module:
         self.take("ident", "module")
         name = self.take("symbol").text[1:]
-        attrs = self.fields() if self.toks[self.i + 1].kind == "ident" else ()
+        # `{key = ...` opens the attributes; `{op ...` or `{%r = ...` already opens the body.
+        ahead = self.toks[self.i + 1 : self.i + 3]
+        has_attrs = len(ahead) == 2 and ahead[0].kind == "ident" and ahead[1].text == "="
+        attrs = self.fields() if has_attrs else ()
         self.take("punct", "{")
         ops: list[Op] = []
         while not self.accept("punct", "}"):

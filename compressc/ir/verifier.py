@@ -78,6 +78,12 @@ def _verify_spec(module: Module) -> None:
         spec_from_module(module)
     except SpecError as err:
         raise _fail(module, None, err.field, err.value, err.rule) from None
+    for op in module.iter("cc.quant"):
+        lo, hi = op.attr("channels")  # type: ignore[misc]
+        if op.attr("format") == "f32scale_e4m3" and op.attr("block") != hi - lo:
+            raise _fail(module, op, "block", op.attr("block"),
+                        f"must equal the {hi - lo} quantised channels: the indexer_fp8 layout "
+                        "holds one fp32 scale per token")
 
 
 def _pow2(n: int) -> bool:
@@ -109,16 +115,76 @@ def _verify_thread_map(module: Module, elems: int) -> None:
                     "must be a whole number of warps, at most 1024 (pick more elems-per-lane)")
     if module.get("warps") != threads // WARP:
         raise _fail(module, None, "warps", module.get("warps"), f"must equal threads / 32 = {threads // WARP}")
+    _verify_lanes(module, elems, threads)
+
+
+def _verify_lanes(module: Module, elems: int, threads: int) -> None:
+    """The fields the emitted prologue lays lanes out by must agree with each other."""
+    head_lanes, head = module.get("head_lanes"), int(module.attr("head"))  # type: ignore[arg-type]
+    split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+    if head_lanes != head // elems:
+        raise _fail(module, None, "head_lanes", head_lanes,
+                    f"must equal head / elems_per_lane = {head // elems}")
+    if threads != head_lanes * split:
+        raise _fail(module, None, "threads", threads,
+                    f"must equal head_lanes * window_split = {head_lanes * split}")
+    if split != 1 and module.find("cc.window") is None:
+        raise _fail(module, None, "window_split", split, "must be 1: this kernel has no window to split")
+    if split > 1 and head_lanes % WARP:
+        # After the merge only group 0 runs: its shuffles (full-warp masks) and its named
+        # barrier need whole warps, which a group sharing a warp with group 1 is not.
+        raise _fail(module, None, "head_lanes", head_lanes,
+                    "must be a whole number of warps when the window is split (pick fewer elems-per-lane)")
+    if elems % 2 and module.find("cc.rope") is not None:
+        raise _fail(module, None, "elems_per_lane", elems,
+                    "must be even: a lane rotates whole GPT-J pairs and packs fp8 codes in pairs")
+
+
+def _run_bits(op: Op, elems: int) -> int:
+    """Bits of one lane's contiguous run that `vector_bits` splits into accesses."""
+    if op.name == "cc.rope":
+        return elems * 16  # elems / 2 fp32 cos (and sin) values
+    if op.name == "cc.rms_norm" and op.attr("weight_dtype") == "bf16":
+        return elems * 16
+    return elems * 32
+
+
+def _masks(lanes: int) -> list[int]:
+    return [1 << k for k in range(lanes.bit_length() - 1)]
 
 
 def _verify_op_schedule(module: Module, op: Op, elems: int) -> None:
-    bits = op.get("vector_bits")
-    if bits is not None and (bits not in (8, 16, 32, 64, 128) or int(bits) > elems * 32):  # type: ignore[operator]
-        raise _fail(module, op, "vector_bits", bits, f"must be 32, 64 or 128 and fit one lane's run ({elems * 32} bits)")
+    bits, run = op.get("vector_bits"), _run_bits(op, elems)
+    if bits is not None and (bits not in (32, 64, 128) or int(bits) > run):  # type: ignore[operator]
+        raise _fail(module, op, "vector_bits", bits,
+                    f"must be 32, 64 or 128 and fit one lane's run ({run} bits)")
     if op.name == "cc.quant":
         _verify_quant(module, op, elems)
     if op.name == "cc.window":
         _verify_window(module, op)
+    if op.name == "cc.rms_norm":
+        _verify_rms(module, op)
+    if op.name == "cc.pool_softmax":
+        split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+        want = "smem" if split > 1 else "none"
+        if op.get("merge") not in (None, want):
+            raise _fail(module, op, "merge", op.get("merge"), f"must be {want!r} for window_split={split}")
+    exchanges = op.get("cross_warp") == "smem" or op.get("merge") == "smem"
+    if exchanges and module.get("smem_bytes") is not None and op.get("smem_offset") is None:
+        raise _fail(module, op, "smem_offset", None, "must be set for an exchange through smem "
+                    "(run plan-smem after lower-reduction)")
+
+
+def _verify_rms(module: Module, op: Op) -> None:
+    head_lanes = int(module.get("head_lanes"))  # type: ignore[arg-type]
+    lanes = min(WARP, head_lanes)
+    tree = op.get("lane_tree")
+    if tree is not None and sorted(tree) != _masks(lanes):  # type: ignore[arg-type]
+        raise _fail(module, op, "lane_tree", tree, f"must XOR exactly the masks 1..{lanes // 2} of a warp")
+    want = "smem" if head_lanes > WARP else "none"
+    if op.get("cross_warp") not in (None, want):
+        raise _fail(module, op, "cross_warp", op.get("cross_warp"),
+                    f"must be {want!r}: one head spans {head_lanes // lanes} warp(s)")
 
 
 def _verify_quant(module: Module, op: Op, elems: int) -> None:
@@ -130,8 +196,9 @@ def _verify_quant(module: Module, op: Op, elems: int) -> None:
         raise _fail(module, op, "lanes_per_group", lanes,
                     f"must be quant_block / elems_per_lane = {block}/{elems}, a power of two <= 32")
     tree = op.get("group_tree")
-    if tree is not None and sorted(tree) != [1 << k for k in range(int(lanes).bit_length() - 1)]:  # type: ignore[arg-type]
-        raise _fail(module, op, "group_tree", tree, f"must XOR exactly the masks 1..{int(lanes) // 2} of the group")
+    if tree is not None and sorted(tree) != _masks(int(lanes)):  # type: ignore[arg-type]
+        raise _fail(module, op, "group_tree", tree,
+                    f"must XOR exactly the masks 1..{int(lanes) // 2} of the group")
 
 
 def _verify_window(module: Module, op: Op) -> None:

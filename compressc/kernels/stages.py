@@ -153,13 +153,18 @@ def _pool(src: Source, module: Module, op: Op) -> None:
             with src.indent():
                 src.line(f"for e in range_constexpr({elems}):")
                 with src.indent():
-                    src.line(f"mg = sBuf[{base} + g * {head} + col + e]")
-                    src.line("m_new = ops.fmax(rM[e], mg)")
-                    src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
-                    src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-                    src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + split * head} + g * {head} + col + e] * beta")
-                    src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * split * head} + g * {head} + col + e] * beta")
-                    src.line("rM[e] = m_new")
+                    slot = f"g * {head} + col + e"
+                    src.line(f"mg = sBuf[{base} + {slot}]")
+                    src.line("# a group whose rows are all absent (C4 sequence start) has m = -inf: skip")
+                    src.line("# it, as ex2((-inf) - (-inf)) is NaN; skipping is exact (alpha 1, beta 0)")
+                    src.line('if mg > Float32(-float("inf")):')
+                    with src.indent():
+                        src.line("m_new = ops.fmax(rM[e], mg)")
+                        src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+                        src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
+                        src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + split * head} + {slot}] * beta")
+                        src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * split * head} + {slot}] * beta")
+                        src.line("rM[e] = m_new")
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    rX[e] = rA[e] / rL[e]  # IEEE division, as the reference")
@@ -194,7 +199,7 @@ def _rms(src: Source, module: Module, op: Op) -> None:
         src.line("# one partial per warp through smem, one barrier")
         src.line("if lane == 0:")
         src.line(f"    sBuf[{base} + warp] = ssq")
-        src.line("cute.arch.sync_threads()")
+        _head_barrier(src, module)
         src.line(f"ssq = sBuf[{base}]")
         src.line(f"for w in range_constexpr(1, {warps}):")
         src.line(f"    ssq = ssq + sBuf[{base} + w]")
@@ -205,6 +210,19 @@ def _rms(src: Source, module: Module, op: Op) -> None:
     src.line(f"rY = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    rY[e] = (rX[e] * rrms) * Float32(rW[e])")
+
+
+def _head_barrier(src: Source, module: Module) -> None:
+    """A CTA barrier, or after a split merge (inside `if group == 0`) a named barrier of group 0's warps.
+
+    bar.sync 0 counts every thread of the CTA: executed by group 0 alone it is a barrier in
+    divergent code, which the CUDA model leaves undefined; bar.sync 1, head_lanes is not.
+    """
+    if int(module.get("window_split")) == 1:  # type: ignore[arg-type]
+        src.line("cute.arch.sync_threads()")
+        return
+    src.line("# only split group 0 runs from here on: a named barrier over its warps")
+    src.line(f"cute.arch.barrier(barrier_id=1, number_of_threads={module.get('head_lanes')})")
 
 
 def _rope(src: Source, module: Module, op: Op) -> None:

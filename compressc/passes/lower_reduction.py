@@ -38,6 +38,10 @@ class LowerReduction(ModulePass):
     name: ClassVar[str] = "lower-reduction"
     order: str = "down"
 
+    def __post_init__(self) -> None:
+        if self.order not in ("down", "up"):
+            raise ValueError(f"order={self.order!r}: must be 'down' or 'up'")
+
     def apply(self, module: Module) -> Module:
         head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
         head_warps = max(1, head_lanes // WARP)

@@ -88,7 +88,10 @@ def _make_pass(text: str, pos: int, piece: str) -> ModulePass:
             kwargs[f.name] = _convert(value.strip(), type(f.default))
         except ValueError:
             raise _fail(text, pos + piece.find(item), f"bad value {value!r} for {key}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a pass rejecting its option values
+        raise _fail(text, pos, f"bad options of {name.strip()}: {err}") from None
 
 
 def parse_pipeline(text: str) -> list[ModulePass]:

@@ -9,6 +9,8 @@ included). Pointers travel as 64-bit integers (`tensor.data_ptr()`).
 from __future__ import annotations
 
 import ctypes
+import struct
+import threading
 from collections.abc import Mapping, Sequence
 
 from compressc.specs.abi import Param
@@ -21,6 +23,7 @@ _CTYPES: dict[str, type] = {
     "i64": ctypes.c_int64,
     "f32": ctypes.c_float,
 }
+_SLOT = {"ptr": "Q", "i32": "i4x", "i64": "q", "f32": "f4x"}  # one 8-byte slot per parameter
 _INT_RANGE = {
     "ptr": (0, 2**64),
     "i32": (-(2**31), 2**31),
@@ -40,6 +43,7 @@ def pack_args(params: Sequence[Param], values: Mapping[str, Scalar]) -> tuple[li
     _check_names(params, values)
     keepalive = [_to_ctype(p, values[p.name]) for p in params]
     kernel_params = (ctypes.c_void_p * len(params))(*(ctypes.addressof(v) for v in keepalive))
+    kernel_params.values = keepalive  # the array holds only addresses: keep what they point at alive
     return keepalive, kernel_params
 
 
@@ -88,3 +92,38 @@ def _as_int(param: Param, value: Scalar) -> int:
             f"kernel parameter {param.name!r} ({param.kind}) expects an int, got {type(value).__name__}"
         )
     return value.__index__()
+
+
+class ArgPacker:
+    """The launch-path packer of one parameter list: one struct.pack_into per launch.
+
+    Values go into a per-thread buffer of 8-byte slots (each naturally aligned) whose
+    `void*[N]` array is built once; reusing it is safe because cuLaunchKernel copies
+    the values during the call (graph capture included). `values` may hold more names
+    than the kernel takes. A value struct refuses is re-checked by `pack_args`, whose
+    error names the parameter.
+    """
+
+    def __init__(self, params: Sequence[Param]) -> None:
+        self.params = tuple(params)
+        self._names = tuple(p.name for p in self.params)
+        self._struct = struct.Struct("<" + "".join(_SLOT[p.kind] for p in self.params))
+        self._local = threading.local()
+
+    def pack(self, values: Mapping[str, Scalar]) -> ctypes.Array:
+        """The kernel_params array holding `values` (valid until this thread's next pack)."""
+        buffers = getattr(self._local, "buffers", None) or self._new_buffers()
+        try:
+            self._struct.pack_into(buffers[0], 0, *[values[name] for name in self._names])
+        except (KeyError, struct.error, TypeError, OverflowError):
+            pack_args(self.params, {n: values[n] for n in self._names if n in values})
+            raise
+        return buffers[1]
+
+    def _new_buffers(self) -> tuple[ctypes.Array, ctypes.Array]:
+        data = ctypes.create_string_buffer(max(self._struct.size, 1))
+        base = ctypes.addressof(data)
+        kernel_params = (ctypes.c_void_p * len(self.params))(*(base + 8 * i for i in range(len(self.params))))
+        kernel_params.values = data  # the array holds only addresses: keep what they point at alive
+        self._local.buffers = (data, kernel_params)
+        return self._local.buffers

@@ -22,6 +22,8 @@ _LOCK = threading.Lock()
 _LOADED: dict[tuple[int, str], LoadedKernel] = {}
 _PRIMARY: dict[int, int] = {}  # device index -> primary CUcontext handle (as int)
 _initialised = False
+# torch's raw current-stream getter (what Inductor's generated code calls): no Stream object.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 class CudaError(RuntimeError):
@@ -115,7 +117,7 @@ class LoadedKernel:
     def launch(self, grid_x: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
         """Launch on `stream` (default: torch's current stream of the device); no host sync."""
         if stream is None:
-            stream = torch.cuda.current_stream(self.device_index).cuda_stream
+            stream = current_stream(self.device_index)
         ensure_context(self.device_index)
         bx, by, bz = self.block
         out = driver.cuLaunchKernel(
@@ -132,6 +134,13 @@ class LoadedKernel:
             0,
         )
         _check(f"cuLaunchKernel({self.entry})", out)
+
+
+def current_stream(device_index: int) -> int:
+    """The handle of torch's current stream on the device (the capture stream while capturing)."""
+    if _raw_stream is not None:
+        return _raw_stream(device_index)
+    return torch.cuda.current_stream(device_index).cuda_stream
 
 
 def load_kernel(image: KernelImage, device_index: int) -> LoadedKernel:

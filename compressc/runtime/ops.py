@@ -13,7 +13,7 @@ from functools import cache
 
 import torch
 
-from compressc.runtime.args import pack_args
+from compressc.runtime.args import ArgPacker
 from compressc.runtime.resolve import find_kernel
 from compressc.runtime.validate import (
     Values,
@@ -24,11 +24,11 @@ from compressc.runtime.validate import (
     store_values,
     weight_dtype_name,
 )
-from compressc.specs.abi import Param, abi
+from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec, make_spec
 
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
-_SCRATCH: dict[torch.device, torch.Tensor] = {}
+_SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
 
 
@@ -39,8 +39,8 @@ def kernel_spec(kernel: str, head_size: int, quant_block: int, weight_dtype: str
 
 
 @cache
-def _abi(spec: KernelSpec) -> tuple[Param, ...]:
-    return abi(spec)
+def _packer(spec: KernelSpec) -> ArgPacker:
+    return ArgPacker(abi(spec))
 
 
 def compress_c4a(
@@ -156,9 +156,8 @@ def _tensors(args: dict) -> dict[str, torch.Tensor]:
 
 # -- kernels and launches ---------------------------------------------------------------
 def _launch(spec: KernelSpec, device: torch.device, values: Values) -> None:
-    params = _abi(spec)
-    _keepalive, kernel_params = pack_args(params, {p.name: values[p.name] for p in params})
-    kernel_for(spec, device).launch(int(values["num_rows"]), kernel_params)
+    kernel = kernel_for(spec, device)
+    kernel.launch(int(values["num_rows"]), _packer(spec).pack(values))
 
 
 def kernel_for(spec: KernelSpec, device: torch.device):
@@ -184,12 +183,13 @@ def scratch_buffer(
     Growing allocates, which must not happen during CUDA graph capture (the memory
     would belong to the graph's pool): then a RuntimeError says how to reserve it.
     `capturing` (default: ask torch, only when growing) is whether a capture is on.
-    One buffer serves every call on the device: ops on concurrent streams that both
-    use it must pass their own compressed_kv.
+    Outgrown buffers are kept, never freed: a captured graph may still write to one.
+    Growth doubles, so they hold at most as much as the newest. One buffer serves every
+    call on the device: ops on concurrent streams must pass their own compressed_kv.
     """
     need = rows * head_size
-    buf = _SCRATCH.get(device)
-    if buf is None or buf.numel() < need:
+    buffers = _SCRATCH.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < need:
         if capturing is None:
             capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
         if capturing:
@@ -199,11 +199,9 @@ def scratch_buffer(
                 f"or pass compressed_kv="
             )
         with _LOCK:
-            buf = torch.empty(
-                max(need, 2 * (0 if buf is None else buf.numel())), dtype=torch.float32, device=device
-            )
-            _SCRATCH[device] = buf
-    return buf[:need].view(rows, head_size)
+            size = max(need, 2 * buffers[-1].numel() if buffers else 0)
+            buffers.append(torch.empty(size, dtype=torch.float32, device=device))
+    return buffers[-1][:need].view(rows, head_size)
 
 
 def reserve_c128a_scratch(

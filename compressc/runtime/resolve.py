@@ -108,10 +108,18 @@ def iter_pack_roots() -> list[Path]:
     roots = []
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
-            roots.append(_pack_dir(ep.load()))
+            roots.append(_checked_pack(_pack_dir(ep.load())))
         except Exception as exc:  # a broken third-party pack must not break the others
             warnings.warn(f"compressc: kernel pack {ep.name!r} ({ep.value}) skipped: {exc}", stacklevel=2)
     return roots
+
+
+def _checked_pack(root: Path) -> Path:
+    """`root`, after checking its pack index allows this compressc version (cache/packs.py)."""
+    from compressc.cache.packs import check_pack
+
+    check_pack(root)
+    return root
 
 
 def _pack_dir(obj: object) -> Path:
@@ -182,10 +190,15 @@ def read_entry_dir(path: Path) -> tuple[dict[str, Any], bytes]:
 
 # -- lookup -----------------------------------------------------------------------------
 def open_store(root: Path, readonly: bool = True) -> Any:
-    """The Store at `root` (imported here so resolve.py imports without it)."""
+    """The Store at `root` (imported here so resolve.py imports without it).
+
+    A root with a pack index (pack.json) opens as a PackStore, whose tampered entries
+    raise TamperedPackError naming the pack and the file instead of being misses.
+    """
+    from compressc.cache.packs import PackStore, is_pack
     from compressc.cache.store import Store
 
-    return Store(root, readonly=readonly)
+    return PackStore(root) if is_pack(root) else Store(root, readonly=readonly)
 
 
 def find_kernel(
@@ -230,10 +243,19 @@ def _from_store(
             return None
         image = KernelImage(dict(entry.manifest), entry.cubin_bytes(), f"{origin} ({entry.path})")
         check_manifest(spec, arch, image.manifest)
-    except (OSError, ValueError, KeyError) as exc:  # a corrupt or stale entry is a miss
+    except _entry_errors() as exc:  # a corrupt or stale entry is a miss
         notes.append(f"{origin}: entry rejected: {exc}")
+        if type(exc).__name__ == "TamperedPackError":  # say so even if a later source has the kernel
+            warnings.warn(f"compressc: {exc}", stacklevel=3)
         return None
     return image
+
+
+def _entry_errors() -> tuple[type[Exception], ...]:
+    """What reading one store entry raises when the entry is unusable (evaluated on error only)."""
+    from compressc.cache.store import StoreError
+
+    return (OSError, ValueError, KeyError, StoreError)
 
 
 def _jit_or_raise(

@@ -6,6 +6,7 @@ ABI values it supplies (pointers as `data_ptr()`, derived scalars as in
 a wrong shape, stride, alignment or value; each message names the argument, what was
 expected and what was given. Only metadata is read: no device synchronisation, so the
 checks are safe inside CUDA graph capture. The device check is separate (`check_device`).
+These checks run on every launch: messages are formatted only when a check fails.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from compressc.specs.family import KernelSpec
 Values = dict[str, int | float]
 VECTOR_ALIGN = 16  # bytes: the kernels read and write these buffers with 128-bit accesses
 _WEIGHT_DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
+_DTYPE_OF = {name: dtype for dtype, name in _WEIGHT_DTYPES.items()}
+
+
+def _invalid(name: str, expected: str, given: object) -> ValueError:
+    return ValueError(f"{name} must {expected}, got {given}")
 
 
 def _tensor(name: str, value: object, dtype: torch.dtype) -> torch.Tensor:
@@ -29,33 +35,28 @@ def _tensor(name: str, value: object, dtype: torch.dtype) -> torch.Tensor:
     return value
 
 
-def _require(ok: bool, name: str, expected: str, given: object) -> None:
-    if not ok:
-        raise ValueError(f"{name} must {expected}, got {given}")
-
-
 def _aligned(name: str, t: torch.Tensor) -> int:
     ptr = t.data_ptr()
-    _require(ptr % VECTOR_ALIGN == 0, name, f"start at a {VECTOR_ALIGN}-byte aligned address", f"{ptr:#x}")
+    if ptr % VECTOR_ALIGN:
+        raise _invalid(name, f"start at a {VECTOR_ALIGN}-byte aligned address", f"{ptr:#x}")
     return ptr
 
 
 def _index_1d(name: str, value: object, dtype: torch.dtype) -> torch.Tensor:
     t = _tensor(name, value, dtype)
-    _require(t.dim() == 1, name, "be 1-D", f"shape {tuple(t.shape)}")
-    _require(t.numel() <= 1 or t.stride(0) == 1, name, "be contiguous (stride 1)", f"stride {t.stride(0)}")
+    if t.dim() != 1:
+        raise _invalid(name, "be 1-D", f"shape {tuple(t.shape)}")
+    if t.stride(0) != 1 and t.numel() > 1:
+        raise _invalid(name, "be contiguous (stride 1)", f"stride {t.stride(0)}")
     return t
 
 
 def as_int(name: str, value: object) -> int:
     """A Python int from an int, a NumPy integer or a 0-d CPU tensor (a CUDA one would sync)."""
     if isinstance(value, torch.Tensor):
-        _require(
-            value.numel() == 1 and value.device.type == "cpu" and not value.is_floating_point(),
-            name,
-            "be an int or a one-element integer CPU tensor",
-            f"{value.dtype} tensor on {value.device}",
-        )
+        if value.numel() != 1 or value.device.type != "cpu" or value.is_floating_point():
+            given = f"{value.dtype} tensor on {value.device}"
+            raise _invalid(name, "be an int or a one-element integer CPU tensor", given)
         return int(value.item())
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -65,7 +66,8 @@ def as_int(name: str, value: object) -> int:
 def log2_exact(name: str, value: object) -> int:
     """log2 of a positive power of two; ValueError otherwise."""
     n = as_int(name, value)
-    _require(n > 0 and n & (n - 1) == 0, name, "be a power of two", n)
+    if n <= 0 or n & (n - 1):
+        raise _invalid(name, "be a power of two", n)
     return n.bit_length() - 1
 
 
@@ -91,12 +93,9 @@ def row_values(
     slots = _index_1d("slot_mapping", slot_mapping, torch.int64)
     kv = _index_1d("kv_slot_mapping", kv_slot_mapping, torch.int64)
     T = slots.numel()
-    _require(
-        req.numel() >= T,
-        "token_to_req_indices",
-        f"have at least T = slot_mapping.numel() = {T} entries",
-        req.numel(),
-    )
+    if req.numel() < T:
+        expected = f"have at least T = slot_mapping.numel() = {T} entries"
+        raise _invalid("token_to_req_indices", expected, req.numel())
     return {
         "token_to_req_indices": req.data_ptr(),
         "positions": pos.data_ptr(),
@@ -111,47 +110,36 @@ def row_values(
 def state_values(spec: KernelSpec, state_cache: object, block_table: object, block_size: object) -> Values:
     """The paged compressor state [pages, block_size, 2*state_width] and its page table."""
     state = _tensor("state_cache", state_cache, torch.float32)
-    width = 2 * spec.state_width
-    _require(
-        state.dim() == 3 and state.shape[2] == width,
-        "state_cache",
-        f"have shape [num_pages, block_size, {width}] (2 * state width of {spec.variant})",
-        tuple(state.shape),
-    )
+    shape, strides, width = state.shape, state.stride(), 2 * spec.state_width
+    if len(shape) != 3 or shape[2] != width:
+        expected = f"have shape [num_pages, block_size, {width}] (2 * state width of {spec.variant})"
+        raise _invalid("state_cache", expected, tuple(shape))
     shift = log2_exact("block_size", block_size)
-    _require(
-        state.shape[1] == 1 << shift,
-        "block_size",
-        f"equal state_cache.shape[1] = {state.shape[1]}",
-        1 << shift,
-    )
-    _require(
-        state.stride(2) == 1 and (state.shape[1] == 1 or state.stride(1) == width),
-        "state_cache",
-        f"be contiguous in its last two dims (strides (*, {width}, 1))",
-        f"strides {state.stride()}",
-    )
-    _require(
-        state.stride(0) % 4 == 0,
-        "state_cache",
-        "have a page stride that is a multiple of 4 elements (16 bytes)",
-        f"stride(0) = {state.stride(0)}",
-    )
-    table = _tensor("block_table", block_table, torch.int32)
-    _require(table.dim() == 2, "block_table", "be 2-D [num_reqs, max_pages]", f"shape {tuple(table.shape)}")
-    _require(
-        table.shape[1] <= 1 or table.stride(1) == 1,
-        "block_table",
-        "have contiguous rows (stride(1) == 1)",
-        f"strides {table.stride()}",
-    )
+    if shape[1] != 1 << shift:
+        raise _invalid("block_size", f"equal state_cache.shape[1] = {shape[1]}", 1 << shift)
+    if strides[2] != 1 or (strides[1] != width and shape[1] > 1):
+        expected = f"be contiguous in its last two dims (strides (*, {width}, 1))"
+        raise _invalid("state_cache", expected, f"strides {strides}")
+    if strides[0] % 4:
+        expected = "have a page stride that is a multiple of 4 elements (16 bytes)"
+        raise _invalid("state_cache", expected, f"stride(0) = {strides[0]}")
+    table = _block_table(block_table)
     return {
         "state_cache": _aligned("state_cache", state),
         "block_table": table.data_ptr(),
         "block_table_stride": table.stride(0),
-        "state_page_stride": state.stride(0),
+        "state_page_stride": strides[0],
         "state_block_shift": shift,
     }
+
+
+def _block_table(block_table: object) -> torch.Tensor:
+    table = _tensor("block_table", block_table, torch.int32)
+    if table.dim() != 2:
+        raise _invalid("block_table", "be 2-D [num_reqs, max_pages]", f"shape {tuple(table.shape)}")
+    if table.stride(1) != 1 and table.shape[1] > 1:
+        raise _invalid("block_table", "have contiguous rows (stride(1) == 1)", f"strides {table.stride()}")
+    return table
 
 
 def store_values(
@@ -163,71 +151,58 @@ def store_values(
     kv_cache_block_size: object,
 ) -> Values:
     """RMSNorm weight and eps, the rope table and the compressed-KV cache pages."""
-    weight = _tensor("rms_norm_weight", rms_norm_weight, _dtype_of(spec.weight_dtype))
-    _require(
-        tuple(weight.shape) == (spec.head,) and (spec.head == 1 or weight.stride(0) == 1),
-        "rms_norm_weight",
-        f"be a contiguous [head_size] = [{spec.head}] vector",
-        f"shape {tuple(weight.shape)}, strides {weight.stride()}",
-    )
+    weight = _tensor("rms_norm_weight", rms_norm_weight, _DTYPE_OF[spec.weight_dtype])
+    if weight.shape != (spec.head,) or (weight.stride(0) != 1 and spec.head > 1):
+        given = f"shape {tuple(weight.shape)}, strides {weight.stride()}"
+        raise _invalid("rms_norm_weight", f"be a contiguous [head_size] = [{spec.head}] vector", given)
     if isinstance(rms_norm_eps, bool) or not isinstance(rms_norm_eps, (int, float)):
         raise TypeError(f"rms_norm_eps must be a float, got {type(rms_norm_eps).__name__}")
     cos_sin = _tensor("cos_sin_cache", cos_sin_cache, torch.float32)
-    _require(
-        cos_sin.dim() == 2 and cos_sin.shape[1] == spec.rope,
-        "cos_sin_cache",
-        f"have shape [max_position, rope] with rope = {spec.rope}",
-        f"shape {tuple(cos_sin.shape)}",
-    )
-    _require(cos_sin.is_contiguous(), "cos_sin_cache", "be contiguous", f"strides {cos_sin.stride()}")
+    if cos_sin.dim() != 2 or cos_sin.shape[1] != spec.rope:
+        expected = f"have shape [max_position, rope] with rope = {spec.rope}"
+        raise _invalid("cos_sin_cache", expected, f"shape {tuple(cos_sin.shape)}")
+    if not cos_sin.is_contiguous():
+        raise _invalid("cos_sin_cache", "be contiguous", f"strides {cos_sin.stride()}")
     cache, shift = _k_cache(spec, k_cache, kv_cache_block_size)
     return {
         "rms_norm_weight": _aligned("rms_norm_weight", weight),
         "cos_sin_cache": _aligned("cos_sin_cache", cos_sin),
         "k_cache": _aligned("k_cache", cache),
         "rms_norm_eps": float(rms_norm_eps),
-        "k_cache_page_stride": cache.stride(0) * cache.element_size(),
+        "k_cache_page_stride": cache.stride(0),  # uint8: elements are bytes
         "kv_block_shift": shift,
     }
 
 
 def _k_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) -> tuple[torch.Tensor, int]:
     cache = _tensor("k_cache", k_cache, torch.uint8)
-    _require(
-        cache.dim() >= 2,
-        "k_cache",
-        "have a page dimension first ([num_pages, ...])",
-        f"shape {tuple(cache.shape)}",
-    )
+    if cache.dim() < 2:
+        raise _invalid(
+            "k_cache", "have a page dimension first ([num_pages, ...])", f"shape {tuple(cache.shape)}"
+        )
     shift = log2_exact("kv_cache_block_size", kv_cache_block_size)
     stride, store = cache.stride(0), spec.store
-    _require(
-        stride % VECTOR_ALIGN == 0,
-        "k_cache",
-        f"have a page stride (stride(0), bytes) that is a multiple of {VECTOR_ALIGN}",
-        stride,
-    )
+    if stride % VECTOR_ALIGN:
+        expected = f"have a page stride (stride(0), bytes) that is a multiple of {VECTOR_ALIGN}"
+        raise _invalid("k_cache", expected, stride)
     need = (1 << shift) * (store.token_stride + store.scale_dim)
-    _require(
-        stride >= need,
-        "k_cache",
-        f"have a page stride (stride(0), bytes) of at least kv_cache_block_size * "
-        f"({store.token_stride} + {store.scale_dim}) = {need}",
-        stride,
-    )
+    if stride < need:
+        expected = (
+            f"have a page stride (stride(0), bytes) of at least kv_cache_block_size * "
+            f"({store.token_stride} + {store.scale_dim}) = {need}"
+        )
+        raise _invalid("k_cache", expected, stride)
     return cache, shift
 
 
 def compressed_values(spec: KernelSpec, compressed_kv: object, num_rows: int) -> Values:
     """The fp32 [>= T, head] scratch rows that C128A's two kernels pass between them."""
     kv = _tensor("compressed_kv", compressed_kv, torch.float32)
-    _require(
-        kv.dim() == 2 and kv.shape[0] >= num_rows and kv.shape[1] == spec.head,
-        "compressed_kv",
-        f"have shape [>= T, head_size] = [>= {num_rows}, {spec.head}]",
-        f"shape {tuple(kv.shape)}",
-    )
-    _require(kv.is_contiguous(), "compressed_kv", "be contiguous", f"strides {kv.stride()}")
+    if kv.dim() != 2 or kv.shape[0] < num_rows or kv.shape[1] != spec.head:
+        expected = f"have shape [>= T, head_size] = [>= {num_rows}, {spec.head}]"
+        raise _invalid("compressed_kv", expected, f"shape {tuple(kv.shape)}")
+    if not kv.is_contiguous():
+        raise _invalid("compressed_kv", "be contiguous", f"strides {kv.stride()}")
     return {"compressed_kv": _aligned("compressed_kv", kv)}
 
 
@@ -235,10 +210,8 @@ def check_device(tensors: Mapping[str, torch.Tensor]) -> torch.device:
     """The one CUDA device every tensor lives on; ValueError naming the first that differs."""
     (first, device), *rest = ((name, t.device) for name, t in tensors.items())
     for name, other in rest:
-        _require(other == device, name, f"be on the same device as {first} ({device})", other)
-    _require(device.type == "cuda", first, "be on a CUDA device", device)
+        if other != device:
+            raise _invalid(name, f"be on the same device as {first} ({device})", other)
+    if device.type != "cuda":
+        raise _invalid(first, "be on a CUDA device", device)
     return device
-
-
-def _dtype_of(weight_dtype: str) -> torch.dtype:
-    return {name: dtype for dtype, name in _WEIGHT_DTYPES.items()}[weight_dtype]

@@ -1,0 +1,454 @@
+"""`compressc wheel`, `compressc inspect` and `compressc cache ...`: packs and the user cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from compressc.cli_build import _archs, _check_build_extra, _run_with_progress, _specs
+from compressc.specs.family import KERNELS
+
+# K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 2**40,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*$")
+
+
+class SizeType(click.ParamType):
+    """A byte count: 1000000, 10MB (10**7), 1GiB (2**30), 512K (2**19)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value).lower())
+        if match is None or match[2] not in _UNITS:
+            self.fail(
+                f"{value!r} is not a size: give bytes, or a number with KB/MB/GB (powers of 1000) "
+                "or KiB/MiB/GiB (powers of 1024), e.g. 10MB or 1GiB",
+                param,
+                ctx,
+            )
+        return int(float(match[1]) * _UNITS[match[2]])
+
+
+SIZE = SizeType()
+
+
+def _cache_dir_option(fn):
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Cache root (default: $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
+    )(fn)
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    from compressc.config import Config, ConfigError
+
+    if cache_dir is not None:
+        return cache_dir
+    try:
+        return Config.from_env().cache_dir
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+def _when(path: Path) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -- compressc wheel ----------------------------------------------------------------------
+@click.command()
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    default=("sm90",),
+    show_default=True,
+    help="GPU arch of the pack (sm90, sm100, ...). Repeatable: one wheel for all.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Directory the wheel is written to.",
+)
+@click.option(
+    "--max-size",
+    type=SIZE,
+    default="50MB",
+    show_default=True,
+    help="Fail, writing nothing, if the wheel is larger (10MB, 1GiB, bytes).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Compiler processes for kernels the cache lacks (default: $COMPRESSC_JOBS or the cores).",
+)
+@click.option(
+    "--spec",
+    "kernel",
+    type=click.Choice(KERNELS),
+    default=None,
+    help="Pack one kernel instead of the default matrix.",
+)
+@click.option("--head-size", type=int, default=None, help="With --spec: channels per token.")
+@click.option("--quant-block", type=int, default=None, help="With --spec: channels per quant scale.")
+@click.option(
+    "--weight-dtype",
+    type=click.Choice(["bf16", "f32"]),
+    default=None,
+    help="With --spec: rms_norm_weight dtype (default: both).",
+)
+@_cache_dir_option
+def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dtype, cache_dir):
+    """Write an installable kernel-pack wheel (compiling what the cache lacks).
+
+    The wheel, e.g. compressc_kernels_sm90-<version>-py3-none-any.whl, depends only on
+    this exact compressc version, serves x86-64 and aarch64 hosts, and is byte-for-byte
+    reproducible (set SOURCE_DATE_EPOCH to stamp its files; default 1980-01-01).
+
+    \b
+    Examples:
+      compressc wheel --arch sm90
+      compressc wheel --arch sm90 --arch sm100 --out dist/ --max-size 50MB
+      pip install dist/compressc_kernels_sm90-*.whl && compressc inspect
+    """
+    from compressc.cache.build import plan_many
+    from compressc.cache.store import Entry, Store
+    from compressc.cache.wheel import WheelError, format_size, write_wheel, zip_time
+    from compressc.config import Config, ConfigError
+
+    archs, specs = _archs(archs), _specs(kernel, head_size, quant_block, weight_dtype)
+    try:
+        date_time = zip_time(os.environ.get("SOURCE_DATE_EPOCH"))
+        workers = jobs or Config.from_env().jobs
+    except (WheelError, ConfigError) as err:
+        raise click.ClickException(str(err)) from None
+    _check_build_extra()
+    store = Store(_cache_root(cache_dir))
+    try:
+        plans = plan_many(specs, archs)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    results, built = _run_with_progress(plans, store, workers)
+    failed = [f"{p.label}: {results.get(p.key)}" for p in plans if not isinstance(results.get(p.key), Entry)]
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} kernel(s) failed to build, no wheel written: " + "; ".join(failed)
+        )
+    try:
+        info = write_wheel(
+            [results[p.key] for p in plans], archs, out, max_size=max_size, date_time=date_time
+        )
+    except WheelError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"{info.path}  {format_size(info.size)}  ({info.kernels} kernels for {', '.join(archs)}, "
+        f"{len(built)} compiled now)"
+    )
+
+
+# -- compressc inspect --------------------------------------------------------------------
+@click.command("inspect")
+@click.option("--arch", default=None, help="Only kernels for this arch (sm90, sm_90a, ...).")
+@_cache_dir_option
+def inspect_cmd(arch, cache_dir):
+    """List every kernel from the installed packs and the cache.
+
+    'used' marks the entry the runtime would load for each variant@arch (packs win).
+    """
+    from rich.table import Table
+
+    from compressc.cache.store import Store
+    from compressc.runtime.resolve import iter_pack_roots, open_store
+
+    wanted = _archs((arch,))[0] if arch else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stores = [open_store(root) for root in iter_pack_roots()]
+    root = _cache_root(cache_dir)
+    sources = [(getattr(s, "label", str(s.root)), s) for s in stores] + [(f"cache {root}", Store(root, True))]
+    table = Table(title="compressc kernels (packs, then the user cache)", title_justify="left")
+    for col in ("variant", "arch", "source", "key", "cubin sha256", "regs", "smem", "used"):
+        table.add_column(col, justify="right" if col in ("regs", "smem") else "left", no_wrap=col != "source")
+    rows, used, problems = [], set(), [str(w.message) for w in caught]
+    for label, store in sources:
+        for entry in store.entries():
+            m = entry.manifest
+            if wanted and m["arch"] != wanted:
+                continue
+            chosen = (m["variant"], m["arch"]) not in used and _indexed(store, m, problems) == entry.key
+            used |= {(m["variant"], m["arch"])} if chosen else set()
+            rows.append(
+                (
+                    m["variant"],
+                    m["arch"],
+                    label,
+                    entry.key[:12],
+                    m["cubin_sha256"][:12],
+                    str(m["registers"]),
+                    str(m["smem_static"] + m["smem_dynamic"]),
+                    "*" if chosen else "",
+                )
+            )
+        problems += [f"{label}: {path}: {problem}" for path, problem in store.verify()]
+    for row in sorted(rows, key=lambda r: (r[0], r[1])):
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    console.print(f"{len(rows)} kernels from {len(stores)} pack(s) and the cache")
+    for problem in dict.fromkeys(problems):
+        console.print(f"[yellow]warning[/yellow] {problem}", soft_wrap=True)
+
+
+def _indexed(store, manifest, problems: list[str]) -> str | None:
+    """The key the runtime's lookup finds in `store` for the manifest's variant@arch."""
+    try:
+        entry = store.find(manifest["variant"], manifest["arch"])
+    except Exception as err:  # a tampered pack entry: reported below the table
+        problems.append(str(err))
+        return None
+    return entry.key if entry else None
+
+
+# -- compressc cache ----------------------------------------------------------------------
+@click.group()
+def cache():
+    """Manage the user cache of compiled kernels.
+
+    The cache is $COMPRESSC_CACHE_DIR (default ~/.cache/compressc) or --cache-dir.
+
+    \b
+      compressc cache ls                      entries: variant, arch, key, size, date
+      compressc cache verify                  re-hash every entry; exit 1 naming bad ones
+      compressc cache prune --max-size 1GiB   drop the oldest entries above a size
+      compressc cache clear --yes             drop everything
+      compressc cache why --spec c4a          the key's ingredients; on a miss, what changed
+    """
+
+
+@cache.command("ls")
+@_cache_dir_option
+def cache_ls(cache_dir):
+    """List cache entries ('index' marks the build the runtime loads)."""
+    from rich.table import Table
+
+    from compressc.cache.store import Store
+    from compressc.cache.wheel import format_size
+
+    store = Store(_cache_root(cache_dir), readonly=True)
+    entries = sorted(store.entries(), key=lambda e: (e.manifest["variant"], e.manifest["arch"], e.key))
+    table = Table(title=f"compressc cache {store.root}", title_justify="left")
+    for col in ("variant", "arch", "key", "size", "modified", "index"):
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
+    total = 0
+    for e in entries:
+        size, indexed = _dir_size(e.path), _indexed(store, e.manifest, []) == e.key
+        total += size
+        table.add_row(
+            e.manifest["variant"],
+            e.manifest["arch"],
+            e.key,
+            format_size(size),
+            _when(e.path / "manifest.json"),
+            "*" if indexed else "",
+        )
+    console = _console()
+    console.print(table)
+    console.print(f"{len(entries)} entries, {format_size(total)}")
+
+
+@cache.command("verify")
+@_cache_dir_option
+def cache_verify(cache_dir):
+    """Re-hash every entry; exit 1 naming each bad one."""
+    from compressc.cache.store import Store
+
+    store = Store(_cache_root(cache_dir), readonly=True)
+    problems = store.verify()
+    for path, problem in problems:
+        click.echo(f"bad {path}: {problem}")
+    good = len(store.entries())
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} problem(s), {good} good entries in {store.root}: bad entries are misses that "
+            "`compressc build` replaces; `compressc cache clear` drops everything"
+        )
+    click.echo(f"{good} entries OK in {store.root}")
+
+
+@cache.command("prune")
+@click.option("--max-size", type=SIZE, required=True, help="Size to keep the cache under: 10MB, 1GiB, bytes.")
+@_cache_dir_option
+def cache_prune(max_size, cache_dir):
+    """Delete the oldest entries to fit under --max-size."""
+    from compressc.cache.store import Store, StoreError
+    from compressc.cache.wheel import format_size
+
+    store = Store(_cache_root(cache_dir))
+    before = sum(_dir_size(e.path) for e in store.entries())
+    try:
+        removed = store.prune(max_size)
+    except StoreError as err:
+        raise click.ClickException(str(err)) from None
+    after = sum(_dir_size(e.path) for e in store.entries())
+    click.echo(
+        f"removed {len(removed)} entries ({format_size(before - after)}); "
+        f"{store.root} holds {format_size(after)} (limit {format_size(max_size)})"
+    )
+
+
+@cache.command("clear")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_cache_dir_option
+def cache_clear(yes, cache_dir):
+    """Delete every entry and the index (asks first unless --yes)."""
+    from compressc.cache.store import Store, StoreError
+    from compressc.cache.wheel import format_size
+
+    store = Store(_cache_root(cache_dir))
+    entries = store.entries()
+    size = sum(_dir_size(e.path) for e in entries)
+    if not yes:
+        click.confirm(f"delete {len(entries)} entries ({format_size(size)}) from {store.root}?", abort=True)
+    try:
+        store.clear()
+    except StoreError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"cleared {store.root} ({len(entries)} entries, {format_size(size)})")
+
+
+@cache.command("why")
+@click.option("--spec", "kernel", type=click.Choice(KERNELS), required=True, help="Kernel of the family.")
+@click.option("--head-size", type=int, default=None, help="Channels per compressed token.")
+@click.option("--quant-block", type=int, default=None, help="Channels per quant scale.")
+@click.option("--rope", type=int, default=64, show_default=True, help="Rope dims at the end of the head.")
+@click.option("--weight-dtype", type=click.Choice(["bf16", "f32"]), default="bf16", show_default=True)
+@click.option("--arch", default="sm90", show_default=True, help="GPU arch (sm90, sm_90a, ...).")
+@click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline.")
+@click.option("--full", is_flag=True, help="Also print the spec IR ingredient in full.")
+@_cache_dir_option
+def cache_why(kernel, head_size, quant_block, rope, weight_dtype, arch, pipeline, full, cache_dir):
+    """Print a kernel's key ingredients; on a miss, what changed."""
+    from compressc.cache.key import hash_ingredients
+    from compressc.cache.store import Store
+
+    arch = _archs((arch,))[0]
+    spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype)
+    now = _ingredients(spec, arch, pipeline)
+    key = hash_ingredients(now)
+    store = Store(_cache_root(cache_dir), readonly=True)
+    click.echo(
+        f"key      {key}\nkernel   {spec.variant}@{arch}\ncache    {store.root}\n"
+        "ingredients (the key is the sha256 of their canonical JSON):"
+    )
+    for name, value in now.items():
+        click.echo(f"  {name:<19} {_show(value)}")
+    if full:
+        click.echo("spec_ir:\n" + now["spec_ir"])
+    _explain(store, key, spec, arch, now)
+
+
+def _why_spec(kernel, head_size, quant_block, rope, weight_dtype):
+    from compressc.specs.errors import SpecError
+    from compressc.specs.family import make_spec
+
+    try:
+        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype)
+    except SpecError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _ingredients(spec, arch, pipeline) -> dict:
+    from compressc.cache.build import plan_ingredients
+    from compressc.cache.compile import ToolchainError
+
+    try:
+        return plan_ingredients(spec, arch, pipeline)
+    except (ToolchainError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, str) and "\n" in value:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        return f"sha256 {digest}..., {len(value.splitlines())} lines (--full prints it)"
+    return str(value)
+
+
+def _explain(store, key: str, spec, arch: str, now: dict) -> None:
+    from compressc.cache.why import describe_difference, nearest_entry
+    from compressc.runtime.resolve import build_command
+
+    entry = store.get(key)
+    if entry is not None:
+        click.echo(f"hit: {entry.path}")
+        return
+    if store.entry_path(key).is_dir():
+        click.echo(
+            f"miss: {store.entry_path(key)} exists but is corrupt or tampered with "
+            "(`compressc cache verify` says why); a build replaces it"
+        )
+        return
+    click.echo(f"miss: no entry {key[:16]}... in {store.root}")
+    near = nearest_entry(store, spec.variant, arch, now)
+    if near is None:
+        click.echo(f"no entry of {spec.variant}@{arch} at all; build it with:\n  {build_command(spec, arch)}")
+        return
+    click.echo(
+        f"nearest entry of {spec.variant}@{arch}: {near.entry.key} ({_when(near.entry.path / 'manifest.json')})"
+    )
+    if not near.complete:
+        click.echo(
+            "  (built before entries recorded key.json: only its manifest's "
+            + ", ".join(sorted(near.recorded))
+            + " can be compared)"
+        )
+    if not near.differs:
+        click.echo(
+            "  no recorded ingredient differs: the difference is in one the entry does not record "
+            "(spec_ir, options, source_fingerprint)"
+        )
+    for name in near.differs:
+        for line in describe_difference(name, near.recorded[name], now[name]):
+            click.echo(f"  differs: {line}" if not line.startswith("  ") else f"  {line}")

@@ -1,0 +1,163 @@
+"""A NumPy interpreter of a lowered module: the emitted kernel's lanes, simulated explicitly.
+
+`run_module` executes exactly what the CuTe DSL source of `compressc.kernels.emitter`
+does, op by op, with one NumPy row per lane: the thread map (`lane_channels`), the
+split-window online softmax and its shared-memory merge in group order, the RMS
+butterfly over `lane_tree` plus the per-warp partials, the amax butterfly over
+`group_tree`, and every byte the store writes. Values are fp32 and each step is one
+IEEE fp32 operation as on the GPU; ex2 and rsqrt are evaluated in fp32 by NumPy where
+the kernel uses MUFU approximations (an ulp apart), so the interpreter's bytes may
+differ from a kernel's only as SPEC.md §6 allows. A schedule bug (a lane owning the
+wrong channels, a shuffle mask leaving its group, a merge out of order) therefore
+shows up on a CPU, against `compressc.reference`.
+
+Arguments use the ABI names of `compressc.specs.abi.abi(spec)`: pointers are NumPy
+arrays addressed flat from their first element (C-contiguous), scalars are numbers.
+`rms_norm_weight` is given as fp32 values (a bf16 weight converted exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from compressc.ir.core import Module
+from compressc.ir.from_spec import spec_from_module
+from compressc.ir.interp_stages import STAGES, Lanes, Memory
+from compressc.ir.verifier import VerifyError, verify
+from compressc.specs.abi import abi
+
+Value = np.ndarray | int | float
+LOWERED = ("elems_per_lane", "head_lanes", "window_split", "threads", "smem_bytes")
+_POINTER_DTYPES = {"f32": np.float32, "bf16": np.float32, "i32": np.int32, "i64": np.int64, "u8": np.uint8}
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The kernel-wide schedule fields the lanes are laid out by."""
+
+    elems: int
+    head_lanes: int
+    split: int
+    threads: int
+
+    @classmethod
+    def of(cls, module: Module) -> Schedule:
+        for key in LOWERED:
+            if module.get(key) is None:
+                raise VerifyError(
+                    f"module @{module.name}: {key} is unset: the interpreter needs a lowered "
+                    "module (run the default pipeline first)"
+                )
+        return cls(*(int(module.get(k)) for k in LOWERED[:4]))  # type: ignore[arg-type]
+
+
+def lane_channels(module: Module) -> np.ndarray:
+    """int [threads, elems_per_lane]: the head channels each thread owns.
+
+    Thread `tid` is lane `hlane = tid % head_lanes` of split group `tid // head_lanes`;
+    it owns channels [hlane * E, hlane * E + E) (the emitter's `col = hlane * E`).
+    """
+    s = Schedule.of(module)
+    hlane = np.arange(s.threads) % s.head_lanes
+    return hlane[:, None] * s.elems + np.arange(s.elems)
+
+
+def _memory(module: Module, args: Mapping[str, Value]) -> Memory:
+    mem = Memory()
+    for p in abi(spec_from_module(module)):
+        if p.name not in args:
+            raise ValueError(f"argument {p.name!r} is missing (the {module.name} ABI needs it)")
+        value = args[p.name]
+        if p.kind != "ptr":
+            mem.scalars[p.name] = value  # type: ignore[assignment]
+            continue
+        arr = np.asarray(value)
+        if arr.dtype != _POINTER_DTYPES[p.dtype] or not arr.flags.c_contiguous:
+            raise ValueError(
+                f"argument {p.name!r} must be a C-contiguous {np.dtype(_POINTER_DTYPES[p.dtype])} "
+                f"array, got {arr.dtype} (contiguous: {arr.flags.c_contiguous})"
+            )
+        mem.ptrs[p.name] = arr.reshape(-1)
+    return mem
+
+
+def run_module(module: Module, args: Mapping[str, Value]) -> None:
+    """Run one launch of the lowered `module`: one CTA per row in 0..num_rows-1.
+
+    Mutates the output array in `args` (k_cache, or compressed_kv for c128a_compress)
+    exactly where the kernel stores; inactive rows write nothing.
+    """
+    verify(module)
+    sched = Schedule.of(module)
+    mem = _memory(module, args)
+    guard = module.find("cc.row_guard")
+    assert guard is not None
+    for row in range(mem.scalar("num_rows")):
+        lanes = _guard(module, sched, mem, row, int(guard.attr("ratio")))  # type: ignore[arg-type]
+        if lanes is None:
+            continue
+        for op in module.ops:
+            stage = STAGES.get(op.name)
+            if stage is not None:
+                stage(lanes, op)
+
+
+def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int) -> Lanes | None:
+    """SPEC §3.1, as the emitted guard reads it: missing entries count as -1."""
+    pos = int(mem["positions"][row]) if row < mem.scalar("num_positions") else -1
+    kv_slot = int(mem["kv_slot_mapping"][row]) if row < mem.scalar("num_kv_slots") else -1
+    slot, req = int(mem["slot_mapping"][row]), int(mem["token_to_req_indices"][row])
+    if slot < 0 or req < 0 or pos < 0 or kv_slot < 0 or (pos + 1) % ratio:
+        return None
+    return Lanes(
+        module, sched.elems, sched.head_lanes, sched.split, sched.threads, mem, row, pos, req, kv_slot
+    )
+
+
+def args_from_scenario(scenario, out) -> dict[str, Value]:
+    """The ABI arguments of `scenario` (CPU tensors) as NumPy, writing into `out`.
+
+    `out` is the output tensor (a k_cache, or compressed_kv for c128a_compress); the
+    returned arrays share its memory, so `run_module` fills it in place. Scalars are
+    derived by the runtime's own argument checks (`compressc.runtime.validate`).
+    """
+    from compressc.runtime import validate
+
+    spec, s = scenario.spec, scenario
+    compress = spec.kernel == "c128a_compress"
+    cache = s.k_cache if compress else out
+    values = validate.row_values(s.token_to_req_indices, s.positions, s.slot_mapping, s.kv_slot_mapping)
+    if spec.normalises:
+        values |= validate.store_values(
+            spec, s.rms_norm_weight, s.rms_norm_eps, s.cos_sin_cache, cache, s.kv_cache_block_size
+        )
+    if spec.pools:
+        values |= validate.state_values(spec, s.state_cache, s.block_table, s.block_size)
+    tensors = {
+        "state_cache": s.state_cache,
+        "token_to_req_indices": s.token_to_req_indices,
+        "positions": s.positions,
+        "slot_mapping": s.slot_mapping,
+        "block_table": s.block_table,
+        "rms_norm_weight": s.rms_norm_weight.float(),
+        "cos_sin_cache": s.cos_sin_cache,
+        "k_cache": cache,
+        "kv_slot_mapping": s.kv_slot_mapping,
+        "compressed_kv": out if compress else s.compressed_kv,
+    }
+    args: dict[str, Value] = {}
+    for p in abi(spec):
+        if p.kind == "ptr":
+            args[p.name] = _storage(tensors[p.name]).numpy()
+        else:
+            args[p.name] = values[p.name]
+    return args
+
+
+def _storage(t):
+    """A flat view of `t`'s storage from its first element on (page padding included)."""
+    extent = t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+    return t.as_strided((extent,), (1,))

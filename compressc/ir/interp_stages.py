@@ -1,0 +1,251 @@
+"""The interpreter's stages: one function per IR op, mirroring `compressc.kernels.stages*`.
+
+Lane values are NumPy arrays with one row per lane. Until the pooling merge every
+thread of the CTA has a row ([threads, E]); after it only split group 0 carries on
+([head_lanes, E], row index = thread index = hlane), as in the emitted `if group == 0:`.
+A shuffle `shfl_xor(v, mask)` is `v[lane ^ mask]` on such an array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compressc.ir.core import Module, Op
+from compressc.numerics import np_bf16_rne, np_e4m3_encode
+
+F32 = np.float32
+LOG2E = F32(1.4426950408889634)  # the kernel's `* LOG2E` rounds the constant to fp32 first
+WARP = 32
+
+
+def _ex2(x: np.ndarray) -> np.ndarray:
+    """2^x in fp32 (the kernel's ex2.approx.ftz is within 2 ulp of it; -inf -> 0)."""
+    return np.exp2(x.astype(F32))
+
+
+@dataclass
+class Memory:
+    """The launch's arguments: flat pointer views (writes go through) and scalars."""
+
+    ptrs: dict[str, np.ndarray] = field(default_factory=dict)
+    scalars: dict[str, int | float] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.ptrs[name]
+
+    def scalar(self, name: str) -> int:
+        return int(self.scalars[name])
+
+
+@dataclass(slots=True)
+class Lanes:
+    """One CTA's state while it runs one active row."""
+
+    module: Module
+    elems: int
+    head_lanes: int
+    split: int
+    threads: int
+    mem: Memory
+    row: int
+    pos: int
+    req: int
+    kv_slot: int
+    m: np.ndarray | None = None  # online softmax max / sum / weighted sum, [threads, E]
+    l: np.ndarray | None = None  # noqa: E741
+    a: np.ndarray | None = None
+    x: np.ndarray | None = None  # pooled (or loaded) fp32 values, [head_lanes, E]
+    y: np.ndarray | None = None  # normed, then rotated on rope lanes
+    q: np.ndarray | None = None  # bf16-rounded y
+    e8: np.ndarray | None = None  # UE8M0 exponent byte per lane (equal within a quant group)
+    inv: np.ndarray | None = None
+    in_quant: np.ndarray | None = None
+
+    @property
+    def col(self) -> np.ndarray:
+        """First channel of each group-0 lane: `col = hlane * E`."""
+        return np.arange(self.head_lanes) * self.elems
+
+    def span(self, start: np.ndarray) -> np.ndarray:
+        """[lanes, E] element indices start + 0 .. start + E - 1."""
+        return np.asarray(start)[:, None] + np.arange(self.elems)
+
+
+# -- cc.window + cc.pool_softmax -----------------------------------------------------
+def window(lanes: Lanes, op: Op) -> None:
+    """Every thread pools its split group's rows ascending, a batch of loads at a time."""
+    W, ratio = int(op.attr("window")), int(op.attr("ratio"))  # type: ignore[arg-type]
+    rows, per = int(op.get("rows_in_flight")), W // lanes.split  # type: ignore[arg-type]
+    tid = np.arange(lanes.threads)
+    group, col = tid // lanes.head_lanes, (tid % lanes.head_lanes) * lanes.elems
+    s0 = lanes.pos - (W - 1)
+    shape = (lanes.threads, lanes.elems)
+    m, l, a = np.full(shape, -np.inf, F32), np.zeros(shape, F32), np.zeros(shape, F32)  # noqa: E741
+    for chunk in range(per // rows):
+        i0 = group * per + chunk * rows
+        batch = [_load_row(lanes, op, s0, i0 + r, col, absent=W > ratio) for r in range(rows)]
+        for r, (kv, sc) in enumerate(batch):
+            m, l, a = _online(m, l, a, sc, kv, (s0 + i0 + r >= 0)[:, None])  # noqa: E741
+    lanes.m, lanes.l, lanes.a = m, l, a
+
+
+def _load_row(lanes: Lanes, op: Op, s0: int, i: np.ndarray, col: np.ndarray, absent: bool) -> tuple:
+    """(kv, score) [threads, E] of window row i of each thread (absent rows read row 0)."""
+    mem = lanes.mem
+    ratio, W = int(op.attr("ratio")), int(op.attr("window"))  # type: ignore[arg-type]
+    head, width = int(op.attr("head")), int(op.attr("state_width"))  # type: ignore[arg-type]
+    shift = mem.scalar("state_block_shift")
+    q = s0 + i
+    q = np.where(q >= 0, q, 0) if absent else q
+    page = mem["block_table"][lanes.req * mem.scalar("block_table_stride") + (q >> shift)].astype(np.int64)  # type: ignore
+    stream = 0 if ratio == W else (i // ratio) * head
+    base = page * mem.scalar("state_page_stride") + (q & ((1 << shift) - 1)) * 2 * width + stream + col  # type: ignore
+    state = mem["state_cache"]
+    return state[lanes.span(base)], state[lanes.span(base + width)]
+
+
+def _online(m, l, a, score, value, present):  # noqa: E741
+    """One online-softmax update, each op rounded to fp32; absent rows leave (m, l, a)."""
+    with np.errstate(invalid="ignore"):
+        m_new = np.fmax(m, score)  # PTX max.f32
+        alpha = _ex2((m - m_new) * LOG2E)
+        p = _ex2((score - m_new) * LOG2E)
+        l_new, a_new = l * alpha + p, a * alpha + p * value
+    return np.where(present, m_new, m), np.where(present, l_new, l), np.where(present, a_new, a)
+
+
+def pool(lanes: Lanes, op: Op) -> None:
+    """Group 0 merges groups 1..K-1 in group order through smem, then x = a / l."""
+    K, hl, E = lanes.split, lanes.head_lanes, lanes.elems
+    M, L, A = (v.reshape(K, hl, E) for v in (lanes.m, lanes.l, lanes.a))  # thread = g * hl + hlane
+    m, l, a = M[0], L[0], A[0]  # noqa: E741
+    for g in range(1, K):
+        # A group whose rows are all absent (C4 sequence start) has m = -inf: skipped,
+        # as (-inf) - (-inf) would make alpha NaN. Skipping it is exact otherwise.
+        live = M[g] > -np.inf
+        with np.errstate(invalid="ignore"):
+            m_new = np.fmax(m, M[g])
+            alpha, beta = _ex2((m - m_new) * LOG2E), _ex2((M[g] - m_new) * LOG2E)
+            l_new, a_new = l * alpha + L[g] * beta, a * alpha + A[g] * beta
+        m, l, a = np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)  # noqa: E741
+    lanes.x = a / l
+
+
+def store_rows(lanes: Lanes, op: Op) -> None:
+    lanes.mem["compressed_kv"][_row_span(lanes, op)] = lanes.x
+
+
+def load_rows(lanes: Lanes, op: Op) -> None:
+    lanes.x = lanes.mem["compressed_kv"][_row_span(lanes, op)].astype(F32)
+
+
+def _row_span(lanes: Lanes, op: Op) -> np.ndarray:
+    return lanes.span(lanes.row * int(op.attr("head")) + lanes.col)  # type: ignore[arg-type]
+
+
+# -- cc.rms_norm, cc.rope ------------------------------------------------------------
+def rms_norm(lanes: Lanes, op: Op) -> None:
+    """Per-lane sum of squares, the lane_tree butterfly, then per-warp partials in order."""
+    x, hl = lanes.x, lanes.head_lanes
+    ssq = np.zeros(hl, F32)
+    for e in range(lanes.elems):
+        ssq = ssq + x[:, e] * x[:, e]
+    lane = np.arange(hl)
+    for mask in op.get("lane_tree"):  # type: ignore[union-attr]
+        ssq = ssq + ssq[lane ^ mask]
+    if op.get("cross_warp") == "smem":
+        partial = ssq[0::WARP]  # lane 0 of every warp writes its warp's sum
+        total = partial[0]
+        for w in range(1, hl // WARP):
+            total = total + partial[w]
+        ssq = np.full(hl, total, F32)
+    eps = F32(lanes.mem.scalars["rms_norm_eps"])
+    rrms = F32(1.0) / np.sqrt(ssq / F32(int(op.attr("head"))) + eps)  # type: ignore[arg-type]
+    weight = lanes.mem["rms_norm_weight"][lanes.span(lanes.col)].astype(F32)
+    lanes.y = (x * rrms[:, None]) * weight
+
+
+def rope(lanes: Lanes, op: Op) -> None:
+    """GPT-J pairs of the lanes whose channels start at or after `first`, in fp32."""
+    dims, first, ratio = (int(op.attr(k)) for k in ("dims", "first", "ratio"))  # type: ignore[arg-type]
+    sel = lanes.col >= first
+    cs_row = (lanes.pos // ratio) * ratio * dims + (lanes.col[sel] - first) // 2
+    j = np.arange(lanes.elems // 2)
+    cs = lanes.mem["cos_sin_cache"]
+    cos, sin = cs[cs_row[:, None] + j], cs[cs_row[:, None] + dims // 2 + j]
+    y = lanes.y.copy()  # type: ignore[union-attr]
+    a, b = y[sel, 0::2], y[sel, 1::2]
+    y[np.ix_(sel, 2 * j)] = a * cos - b * sin
+    y[np.ix_(sel, 2 * j + 1)] = a * sin + b * cos
+    lanes.y = y
+
+
+# -- cc.quant, cc.store --------------------------------------------------------------
+def quant(lanes: Lanes, op: Op) -> None:
+    """bf16 round, per-lane amax, the group_tree max butterfly, UE8M0 byte and 2^(127-e8)."""
+    lo, hi = op.attr("channels")  # type: ignore[misc]
+    floor, fp8_max = F32(op.attr("scale_floor")), F32(op.attr("fp8_max"))  # type: ignore[arg-type]
+    q = np_bf16_rne(lanes.y)
+    amax = np.zeros(lanes.head_lanes, F32)
+    for e in range(lanes.elems):
+        amax = np.fmax(amax, np.abs(q[:, e]))
+    lane = np.arange(lanes.head_lanes)
+    for mask in op.get("group_tree"):  # type: ignore[union-attr]
+        amax = np.fmax(amax, amax[lane ^ mask])
+    if op.attr("floor_on") == "scale":
+        raw = np.fmax(floor, amax / fp8_max)
+    else:
+        raw = np.fmax(amax, floor) / fp8_max
+    e8 = ((raw.astype(F32).view(np.uint32).astype(np.int64) + 0x7FFFFF) >> 23) & 0xFF
+    lanes.inv = (((254 - e8) << 23) & 0xFFFFFFFF).astype(np.uint32).view(F32)
+    lanes.q, lanes.e8 = q, e8
+    lanes.in_quant = (lanes.col >= lo) & (lanes.col < hi)
+
+
+def store(lanes: Lanes, op: Op) -> None:
+    """Codes, scales, pad and rope bytes at the addresses the emitted store computes."""
+    mem, kv_slot = lanes.mem, lanes.kv_slot
+    shift, stride = mem.scalar("kv_block_shift"), int(op.attr("token_stride"))
+    page_base = (kv_slot >> shift) * mem.scalar("k_cache_page_stride")
+    kv_off = kv_slot & ((1 << shift) - 1)
+    token = page_base + kv_off * stride
+    scales = page_base + (1 << shift) * stride + kv_off * int(op.attr("scale_dim"))  # type: ignore[arg-type]
+    quant_op = lanes.module.find("cc.quant")
+    block, group = int(quant_op.attr("block")), int(quant_op.get("lanes_per_group"))  # type: ignore
+    codes = np_e4m3_encode(lanes.q * lanes.inv[:, None])
+    leader = np.arange(lanes.head_lanes) % group == 0
+    cache, col = mem["k_cache"], lanes.col
+    if op.attr("layout") != "fp8_ds_mla":
+        cache[lanes.span(token + col)] = codes
+        cache[(scales + 4 * (col[leader] // block))[:, None] + np.arange(4)] = _bytes(
+            lanes.e8[leader] << 23, "<u4"
+        )
+        return
+    nope, iq = int(quant_op.attr("channels")[1]), lanes.in_quant
+    cache[lanes.span(token + col[iq])] = codes[iq]
+    cache[scales + col[iq & leader] // block] = lanes.e8[iq & leader]
+    if iq[0]:  # thread 0 writes the pad bytes after the scales
+        cache[scales + np.arange(nope // block, int(op.attr("scale_dim")))] = int(op.attr("pad"))  # type: ignore
+    rope_bits = np_bf16_rne(lanes.y[~iq]).view(np.uint32) >> 16
+    start = token + nope + 2 * (col[~iq] - nope)
+    cache[start[:, None] + np.arange(2 * lanes.elems)] = _bytes(rope_bits, "<u2")
+
+
+def _bytes(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Little-endian bytes of integer values, one row per lane: [lanes, itemsize * E]."""
+    return np.ascontiguousarray(values.astype(dtype)).view(np.uint8).reshape(len(values), -1)
+
+
+STAGES: dict[str, Callable[[Lanes, Op], None]] = {
+    "cc.window": window,
+    "cc.pool_softmax": pool,
+    "cc.store_rows": store_rows,
+    "cc.load_rows": load_rows,
+    "cc.rms_norm": rms_norm,
+    "cc.rope": rope,
+    "cc.quant": quant,
+    "cc.store": store,
+}
