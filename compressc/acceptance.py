@@ -104,14 +104,16 @@ def compare_cache_bytes(
 ) -> Report:
     """Compare two k_cache tensors (whole storage from their first byte) per SPEC.md §6.
 
-    kv_slots_active: the kv slots the launch's active rows write. kv_cache_block_size
-    defaults to got.shape[1] (k_cache is [num_pages, B, bytes]).
+    kv_slots_active: the kv slots the launch's active rows write; negative slots (vLLM's
+    padding, never written) are ignored, so their bytes must keep the sentinel.
+    kv_cache_block_size defaults to got.shape[1] (k_cache is [num_pages, B, bytes]).
     """
     _check_pair(got, want)
     layout = _layout(spec)
     B = int(kv_cache_block_size if kv_cache_block_size is not None else got.shape[1])
     flat_got, flat_want = _flat(got), _flat(want)
     slots = torch.unique(kv_slots_active.to(device=got.device, dtype=torch.int64))
+    slots = slots[slots >= 0]
     vidx, sidx = _token_spans(spec, slots, B, got.stride(0))
     report = Report(tokens=int(slots.numel()), bytes_compared=int(flat_got.numel()))
     _outside(report, flat_got, flat_want, vidx, sidx)

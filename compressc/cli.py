@@ -10,7 +10,6 @@ import click
 from compressc import __version__
 from compressc.specs.errors import SpecError
 from compressc.specs.family import KERNELS, make_spec
-from compressc.specs.matrix import default_specs
 
 PIPELINE_HELP = (
     "Pass pipeline: 'default', 'baseline' or a string like "
@@ -23,14 +22,30 @@ class UserError(click.ClickException):
 
 
 def _spec_options(fn):
-    fn = click.option("--weight-dtype", type=click.Choice(["bf16", "f32"]), default="bf16", show_default=True,
-                      help="dtype of rms_norm_weight (a variant axis).")(fn)
-    fn = click.option("--rope", type=int, default=64, show_default=True, help="Rope dims at the end of the head.")(fn)
-    fn = click.option("--quant-block", type=int, default=None,
-                      help="Channels per quant scale (default: the kernel's shipped value).")(fn)
+    fn = click.option(
+        "--weight-dtype",
+        type=click.Choice(["bf16", "f32"]),
+        default="bf16",
+        show_default=True,
+        help="dtype of rms_norm_weight (a variant axis).",
+    )(fn)
+    fn = click.option(
+        "--rope", type=int, default=64, show_default=True, help="Rope dims at the end of the head."
+    )(fn)
+    fn = click.option(
+        "--quant-block",
+        type=int,
+        default=None,
+        help="Channels per quant scale (default: the kernel's shipped value).",
+    )(fn)
     fn = click.option("--head-size", type=int, default=None, help="Channels per compressed token.")(fn)
-    fn = click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None,
-                      help="Kernel of the family (SPEC.md §1).")(fn)
+    fn = click.option(
+        "--spec",
+        "kernel",
+        type=click.Choice(KERNELS),
+        default=None,
+        help="Kernel of the family (SPEC.md §1).",
+    )(fn)
     return fn
 
 
@@ -47,24 +62,58 @@ def main() -> None:
     """compressc: an ahead-of-time compiler for DeepSeek-V4 KV-compressor kernels.
 
     \b
+    Build and ship kernels (no GPU needed):
+      compressc build --arch sm90                       cubins for the default matrix, into the cache
+      compressc wheel --arch sm90 --out dist/           an installable kernel-pack wheel
+      compressc inspect                                 every kernel from packs and the cache
+      compressc cache verify                            re-hash the cache (also: ls, prune, clear, why)
+    \b
     Every stage prints as text:
       compressc opt --spec c4a --print-ir-after-all     spec IR and each pass's output
       compressc emit --spec c4a                         the generated CuTe DSL kernel
-      compressc build --arch sm90                       cubins for the default matrix
+    \b
+    Environment (read once, at start-up):
+      COMPRESSC_CACHE_DIR   the kernel cache (default ~/.cache/compressc)
+      COMPRESSC_NO_JIT      1: the runtime never compiles; a missing kernel is an error
+                            that prints the `compressc build` command to run
+      COMPRESSC_JOBS        compile processes (default: the number of cores)
     """
 
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @_spec_options
-@click.option("-p", "--pipeline", default=None, help=PIPELINE_HELP + " Without -p, FILE is only verified "
-              "and re-printed; with --spec the default pipeline runs.")
+@click.option(
+    "-p",
+    "--pipeline",
+    default=None,
+    help=PIPELINE_HELP + " Without -p, FILE is only verified "
+    "and re-printed; with --spec the default pipeline runs.",
+)
 @click.option("--print-ir-after-all", is_flag=True, help="Print the module after every pass.")
-@click.option("--print-ir-after-change", is_flag=True, help="Print the module after each pass that changed it.")
+@click.option(
+    "--print-ir-after-change", is_flag=True, help="Print the module after each pass that changed it."
+)
 @click.option("--time-passes", is_flag=True, help="Print how long each pass took.")
-def opt(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, print_ir_after_all,
-        print_ir_after_change, time_passes):
+def opt(
+    file,
+    kernel,
+    head_size,
+    quant_block,
+    rope,
+    weight_dtype,
+    pipeline,
+    print_ir_after_all,
+    print_ir_after_change,
+    time_passes,
+):
     """Parse, verify and lower IR; print the result to stdout.
+
+    \b
+    Examples:
+      compressc opt --spec c4a --print-ir-after-all
+      compressc opt --spec c4a -p 'thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem'
+      compressc opt lowered.cir                       (verify a saved stage and re-print it)
 
     \b
     Passes and their options (pipeline syntax: pass{opt=value,...},pass,...):
@@ -88,8 +137,13 @@ def opt(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, prin
             module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
             pipeline = pipeline or "default"
         passes = parse_pipeline(resolve_pipeline(pipeline or "", module))
-        out = PassManager(passes, print_ir_after_all, print_ir_after_change, time_passes,
-                          out=lambda s: click.echo(s, err=True)).run(module)
+        out = PassManager(
+            passes,
+            print_ir_after_all,
+            print_ir_after_change,
+            time_passes,
+            out=lambda s: click.echo(s, err=True),
+        ).run(module)
     except (ParseError, VerifyError, PipelineError) as err:
         raise UserError(str(err)) from None
     click.echo(print_module(out), nl=False)
@@ -99,12 +153,23 @@ def opt(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, prin
 @_spec_options
 @click.option("-p", "--pipeline", default="default", show_default=True, help=PIPELINE_HELP)
 def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline):
-    """Print the CuTe DSL kernel module generated for one variant."""
+    """Print the CuTe DSL kernel module generated for one variant.
+
+    \b
+    Examples:
+      compressc emit --spec c4a --head-size 512 --quant-block 64
+      compressc emit --spec indexer_fp8 -p baseline > indexer.py
+    """
     from compressc.ir.from_spec import module_from_spec
     from compressc.ir.verifier import VerifyError
     from compressc.kernels.emitter import emit as emit_source
-    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, pipeline_string, \
-        resolve_pipeline
+    from compressc.passes.manager import (
+        PassManager,
+        PipelineError,
+        parse_pipeline,
+        pipeline_string,
+        resolve_pipeline,
+    )
 
     if kernel is None:
         raise UserError("--spec is required (one of: " + ", ".join(KERNELS) + ")")

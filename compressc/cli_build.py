@@ -15,17 +15,42 @@ from compressc.specs.matrix import default_specs
 BUILD_EXTRA_HINT = "pip install 'compressc[build]'  (nvidia-cutlass-dsl[cu13]==4.8.1 and nvidia-nvjitlink)"
 
 
+# The kernels quantise with cvt.rn.satfinite.e4m3x2.f32, which PTX has from sm_89 on.
+MIN_SM = 89
+
+
 def _archs(values: tuple[str, ...]) -> list[str]:
-    from compressc.cache.arch import normalize_arch
+    from compressc.cache.arch import normalize_arch, sm_number
 
     try:
-        return list(dict.fromkeys(normalize_arch(v) for v in values))
+        archs = list(dict.fromkeys(normalize_arch(v) for v in values))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    for arch in archs:
+        if sm_number(arch) < MIN_SM:
+            raise click.ClickException(
+                f"{arch} cannot run compressc kernels: their FP8 conversions (cvt.rn.satfinite.e4m3x2.f32) "
+                f"need sm_{MIN_SM} or later; build for sm90 (Hopper) or sm100 (Blackwell)"
+            )
+    return archs
 
 
 def _specs(kernel, head_size, quant_block, weight_dtype):
     if kernel is None:
+        given = [
+            f"--{n}"
+            for n, v in (
+                ("head-size", head_size),
+                ("quant-block", quant_block),
+                ("weight-dtype", weight_dtype),
+            )
+            if v is not None
+        ]
+        if given:
+            raise click.ClickException(
+                f"{' and '.join(given)} needs --spec (without it the default matrix "
+                "is built), e.g. --spec c4a --head-size 512 --quant-block 64"
+            )
         return default_specs()
     try:
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
@@ -35,7 +60,10 @@ def _specs(kernel, head_size, quant_block, weight_dtype):
 
 
 def _check_build_extra() -> None:
+    """One line naming the pip command when the build toolchain (the `build` extra) is missing."""
     import importlib.util
+
+    from compressc.cache.compile import ToolchainError, toolchain_fingerprint
 
     for module in ("cutlass", "cuda.bindings.nvjitlink"):
         try:
@@ -43,29 +71,84 @@ def _check_build_extra() -> None:
         except ModuleNotFoundError:
             found = False
         if not found:
-            raise click.ClickException(f"building kernels needs {module!r}, which is not installed: {BUILD_EXTRA_HINT}")
+            raise click.ClickException(
+                f"building kernels needs {module!r}, which is not installed: {BUILD_EXTRA_HINT}"
+            )
+    try:
+        toolchain_fingerprint()  # the wheels whose versions go into every key (nvidia-nvjitlink, ...)
+    except ToolchainError as err:
+        raise click.ClickException(f"{err} (the build extra: {BUILD_EXTRA_HINT})") from None
 
 
-def _reproduce(p) -> str:
+def _config():
+    from compressc.config import Config, ConfigError
+
+    try:
+        return Config.from_env()
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def console():
+    """stdout console; when piped, wide enough that variant names and commands stay whole."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
+    """The command that builds only `p`'s variant, with the same pipeline and output directory."""
+    import shlex
+
     s = p.spec
-    return (f"compressc build --arch {p.arch} --spec {s.kernel} --head-size {s.head} "
-            f"--quant-block {s.quant_block} --weight-dtype {s.weight_dtype} -j 1")
+    cmd = (
+        f"compressc build --arch {p.arch} --spec {s.kernel} --head-size {s.head} "
+        f"--quant-block {s.quant_block} --weight-dtype {s.weight_dtype} -j 1"
+    )
+    cmd += f" -p {shlex.quote(pipeline)}" if pipeline != "default" else ""
+    return cmd + (f" --out {shlex.quote(str(out))}" if out is not None else "")
 
 
 @click.command()
-@click.option("--arch", "archs", multiple=True, default=("sm90",), show_default=True,
-              help="GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.")
-@click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None,
-              help="Build one kernel instead of the default matrix.")
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    default=("sm90",),
+    show_default=True,
+    help="GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.",
+)
+@click.option(
+    "--spec",
+    "kernel",
+    type=click.Choice(KERNELS),
+    default=None,
+    help="Build one kernel instead of the default matrix.",
+)
 @click.option("--head-size", type=int, default=None, help="With --spec: channels per token.")
 @click.option("--quant-block", type=int, default=None, help="With --spec: channels per quant scale.")
-@click.option("--weight-dtype", type=click.Choice(["bf16", "f32"]), default=None,
-              help="With --spec: rms_norm_weight dtype (default: both).")
+@click.option(
+    "--weight-dtype",
+    type=click.Choice(["bf16", "f32"]),
+    default=None,
+    help="With --spec: rms_norm_weight dtype (default: both).",
+)
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline or 'baseline'.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR or ~/.cache/compressc).")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
-              help="Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).",
+)
 def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jobs):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
@@ -78,13 +161,11 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
       compressc build --arch sm90 --arch sm100 -j 2 --out build/kernels
       compressc build --arch sm90 --spec c4a --head-size 512 --quant-block 64
     """
-    from compressc.config import Config
-
-    config = Config.from_env()
+    config = _config()
     archs = _archs(archs)
     specs = _specs(kernel, head_size, quant_block, weight_dtype)
     _check_build_extra()
-    from compressc.cache.build import build_plans, plan_many
+    from compressc.cache.build import plan_many
     from compressc.cache.store import Store
 
     store = Store(out or config.cache_dir)
@@ -95,7 +176,9 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
     workers = jobs or config.jobs or os.cpu_count() or 1
     started = time.perf_counter()
     results, built = _run_with_progress(plans, store, workers)
-    _summary(plans, results, built, store, time.perf_counter() - started)
+    _summary(
+        plans, results, built, store, time.perf_counter() - started, lambda p: _reproduce(p, pipeline, out)
+    )
 
 
 def _run_with_progress(plans, store, workers):
@@ -103,8 +186,14 @@ def _run_with_progress(plans, store, workers):
 
     from compressc.cache.build import build_plans
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console(),
+        transient=False,
+    ) as progress:
         task = progress.add_task("compiling", total=len(plans))
         built: set[str] = set()
 
@@ -118,13 +207,15 @@ def _run_with_progress(plans, store, workers):
         return build_plans(plans, store, workers, on_done), built
 
 
-def _summary(plans, results, built, store, seconds) -> None:
-    from rich.console import Console
+def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"compressc build -> {store.root}", title_justify="left")
     for col in ("variant", "arch", "regs", "smem", "spills", "compile s", "status"):
-        table.add_column(col, justify="right" if col in ("regs", "smem", "spills", "compile s") else "left")
+        table.add_column(
+            col, justify="right" if col in ("regs", "smem", "spills", "compile s") else "left", no_wrap=True
+        )
     failures = []
     for p in plans:
         outcome = results.get(p.key)
@@ -134,13 +225,20 @@ def _summary(plans, results, built, store, seconds) -> None:
             continue
         m = outcome.manifest
         status = "built" if p.key in built else "cached"
-        table.add_row(p.spec.variant, p.arch, str(m["registers"]), str(m["smem_static"] + m["smem_dynamic"]),
-                      str(m["spill_stores"] + m["spill_loads"]), f"{m['compile_seconds']:.2f}", status)
-    console = Console(stderr=False)
-    console.print(table)
-    console.print(f"{len(plans) - len(failures)}/{len(plans)} kernels ready in {seconds:.1f} s")
+        table.add_row(
+            p.spec.variant,
+            p.arch,
+            str(m["registers"]),
+            str(m["smem_static"] + m["smem_dynamic"]),
+            str(m["spill_stores"] + m["spill_loads"]),
+            f"{m['compile_seconds']:.2f}",
+            status,
+        )
+    out = console()
+    out.print(table)
+    out.print(f"{len(plans) - len(failures)}/{len(plans)} kernels ready in {seconds:.1f} s")
     for p, err in failures:
-        console.print(f"[red]error[/red] {p.label}: {err}\n  reproduce: {_reproduce(p)}", highlight=False)
+        out.print("[red]error[/red] " + escape(f"{p.label}: {err}"), soft_wrap=True)
+        out.print(f"  reproduce: {reproduce(p)}", markup=False, soft_wrap=True)
     if failures:
         raise SystemExit(1)
-

@@ -193,7 +193,15 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
 def inspect_cmd(arch, cache_dir):
     """List every kernel from the installed packs and the cache.
 
-    'used' marks the entry the runtime would load for each variant@arch (packs win).
+    'used' marks the entry the runtime would load for each variant@arch: installed
+    packs first, then the cache ($COMPRESSC_CACHE_DIR, default ~/.cache/compressc).
+    Each row shows the arch, the source (pack or cache path) and the cubin sha256.
+
+    \b
+    Examples:
+      compressc inspect
+      compressc inspect --arch sm90
+      COMPRESSC_CACHE_DIR=build/kernels compressc inspect
     """
     from rich.table import Table
 
@@ -255,6 +263,8 @@ def cache():
     """Manage the user cache of compiled kernels.
 
     The cache is $COMPRESSC_CACHE_DIR (default ~/.cache/compressc) or --cache-dir.
+    A corrupt or tampered entry is never loaded: it is a miss that the next build
+    (or, unless COMPRESSC_NO_JIT=1, the runtime) rebuilds.
 
     \b
       compressc cache ls                      entries: variant, arch, key, size, date
@@ -268,7 +278,13 @@ def cache():
 @cache.command("ls")
 @_cache_dir_option
 def cache_ls(cache_dir):
-    """List cache entries ('index' marks the build the runtime loads)."""
+    """List cache entries ('index' marks the build the runtime loads).
+
+    \b
+    Examples:
+      compressc cache ls
+      compressc cache ls --cache-dir build/kernels
+    """
     from rich.table import Table
 
     from compressc.cache.store import Store
@@ -299,7 +315,16 @@ def cache_ls(cache_dir):
 @cache.command("verify")
 @_cache_dir_option
 def cache_verify(cache_dir):
-    """Re-hash every entry; exit 1 naming each bad one."""
+    """Re-hash every entry; exit 1 naming each bad one.
+
+    Checks each manifest, each cubin's sha256, leftover temp dirs of interrupted
+    builds and dangling index files. Read-only: it changes nothing.
+
+    \b
+    Examples:
+      compressc cache verify
+      COMPRESSC_CACHE_DIR=build/kernels compressc cache verify
+    """
     from compressc.cache.store import Store
 
     store = Store(_cache_root(cache_dir), readonly=True)
@@ -319,7 +344,13 @@ def cache_verify(cache_dir):
 @click.option("--max-size", type=SIZE, required=True, help="Size to keep the cache under: 10MB, 1GiB, bytes.")
 @_cache_dir_option
 def cache_prune(max_size, cache_dir):
-    """Delete the oldest entries to fit under --max-size."""
+    """Delete the oldest entries to fit under --max-size.
+
+    \b
+    Examples:
+      compressc cache prune --max-size 1GiB
+      compressc cache prune --max-size 0      (same as clear, without asking)
+    """
     from compressc.cache.store import Store, StoreError
     from compressc.cache.wheel import format_size
 
@@ -340,7 +371,12 @@ def cache_prune(max_size, cache_dir):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_cache_dir_option
 def cache_clear(yes, cache_dir):
-    """Delete every entry and the index (asks first unless --yes)."""
+    """Delete every entry and the index (asks first unless --yes).
+
+    \b
+    Example:
+      compressc cache clear --yes
+    """
     from compressc.cache.store import Store, StoreError
     from compressc.cache.wheel import format_size
 
@@ -367,7 +403,18 @@ def cache_clear(yes, cache_dir):
 @click.option("--full", is_flag=True, help="Also print the spec IR ingredient in full.")
 @_cache_dir_option
 def cache_why(kernel, head_size, quant_block, rope, weight_dtype, arch, pipeline, full, cache_dir):
-    """Print a kernel's key ingredients; on a miss, what changed."""
+    """Print a kernel's key ingredients; on a miss, what changed.
+
+    The key is the sha256 of the spec IR, pipeline, arch, compile options, compressc
+    version, a fingerprint of compressc's compiler sources and the toolchain versions.
+    On a miss, the nearest entry of the same variant@arch is named with the
+    ingredients that differ.
+
+    \b
+    Examples:
+      compressc cache why --spec c4a
+      compressc cache why --spec indexer_fp8 --weight-dtype f32 --arch sm100
+    """
     from compressc.cache.key import hash_ingredients
     from compressc.cache.store import Store
 
@@ -435,9 +482,8 @@ def _explain(store, key: str, spec, arch: str, now: dict) -> None:
     if near is None:
         click.echo(f"no entry of {spec.variant}@{arch} at all; build it with:\n  {build_command(spec, arch)}")
         return
-    click.echo(
-        f"nearest entry of {spec.variant}@{arch}: {near.entry.key} ({_when(near.entry.path / 'manifest.json')})"
-    )
+    when = _when(near.entry.path / "manifest.json")
+    click.echo(f"nearest entry of {spec.variant}@{arch}: {near.entry.key} ({when})")
     if not near.complete:
         click.echo(
             "  (built before entries recorded key.json: only its manifest's "

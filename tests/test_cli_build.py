@@ -108,3 +108,103 @@ def test_help():
     top = CliRunner().invoke(main, ["--help"])
     for command in ("build", "wheel", "inspect", "cache"):
         assert f"  {command} " in top.output
+
+
+def test_arch_before_fp8_is_refused(tmp_path):
+    out = tmp_path / "kernels"
+    result = run("--arch", "sm80", "--out", str(out), *ONE)
+    assert_one_line_error(result, "sm_80 cannot run compressc kernels", out)
+    assert "need sm_89 or later; build for sm90 (Hopper) or sm100 (Blackwell)" in result.output
+
+
+@pytest.mark.parametrize(
+    "option", [["--head-size", "512"], ["--quant-block", "64"], ["--weight-dtype", "f32"]]
+)
+def test_variant_options_need_spec(tmp_path, option):
+    out = tmp_path / "kernels"
+    result = run("--out", str(out), *option)
+    assert_one_line_error(result, f"{option[0]} needs --spec (without it the default matrix is built)", out)
+
+
+def test_bad_jobs_variable_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSC_JOBS", "many")
+    out = tmp_path / "kernels"
+    result = run("--out", str(out), *ONE[:-2])
+    assert_one_line_error(result, "COMPRESSC_JOBS='many' is not a positive integer", out)
+
+
+def test_missing_nvjitlink_wheel_names_the_pip_command(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist == "nvidia-nvjitlink":
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    out = tmp_path / "kernels"
+    result = run("--out", str(out), *ONE)
+    assert_one_line_error(result, "nvidia-nvjitlink is not installed", out)
+    assert "pip install 'compressc[build]'" in result.output
+
+
+def test_failed_variant_prints_the_command_that_reproduces_it(tmp_path, monkeypatch):
+    from compressc.cache.compile import CompileError
+
+    def failing(jobs, workers, on_done):
+        for key, _source, arch in jobs:
+            on_done(key, CompileError(f"ptxas rejected [the kernel] for {arch}"))
+
+    monkeypatch.setattr(compile_module, "compile_many", failing)
+    out = tmp_path / "kernels dir"
+    result = run(
+        "--out",
+        str(out),
+        "-p",
+        "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem,window-prefetch",
+        *ONE,
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "error c4a_h512_q64_r64_bf16@sm_90a: ptxas rejected [the kernel] for sm_90a" in result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("  reproduce: ")]
+    command = line.removeprefix("  reproduce: ")
+    assert command.startswith(
+        "compressc build --arch sm_90a --spec c4a --head-size 512 --quant-block 64 "
+        "--weight-dtype bf16 -j 1 -p "
+    )
+    import shlex
+
+    again = run(*shlex.split(command)[2:])  # the same single variant, pipeline and --out
+    assert again.exit_code == 1 and again.output.count("reproduce: ") == 1
+    assert f"  reproduce: {command}" in again.output
+    assert Store(out).entries() == [] and Store(out).verify() == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
+def test_arch_spellings_and_several_archs_compile(tmp_path):
+    """sm90, sm_90, 90a are one target; sm100 compiles too (a compile-only proof without a GPU)."""
+    out = tmp_path / "kernels"
+    spellings = ["--arch", "sm90", "--arch", "sm_90", "--arch", "90a", "--arch", "sm_90a", "--arch", "sm100"]
+    result = run(*spellings, "--spec", "c128a_store", "--weight-dtype", "bf16", "-j", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "2/2 kernels ready" in result.output
+    for arch in ("sm_90a", "sm_100a"):
+        assert f"c128a_store_h512_q64_r64_bf16@{arch}: built" in result.output
+    # The summary table: variant, arch, regs, smem, spills, compile s, status, variant names whole.
+    row = [
+        ln
+        for ln in result.output.splitlines()
+        if "│ c128a_store_h512_q64_r64_bf16 " in ln and "sm_100a" in ln
+    ]
+    assert len(row) == 1 and row[0].rstrip().endswith("built  │")
+    archs = sorted(e.manifest["arch"] for e in Store(out).entries())
+    assert archs == ["sm_100a", "sm_90a"]
+    from compressc.cache.cubin import read_cubin
+
+    by_arch = {
+        e.manifest["arch"]: read_cubin(e.cubin_bytes(), e.manifest["entry"]) for e in Store(out).entries()
+    }
+    assert {a: info.arch for a, info in by_arch.items()} == {"sm_90a": "sm_90a", "sm_100a": "sm_100a"}

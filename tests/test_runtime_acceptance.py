@@ -104,6 +104,14 @@ def test_no_active_tokens(spec):
     assert compare_cache_bytes(spec, got, want, torch.empty(0, dtype=torch.int64)).outside_mismatches == 1
 
 
+def test_padding_slots_are_not_tokens():
+    want = _fill(C4A, _cache(C4A))
+    got = want.clone()
+    got.view(-1)[-1] ^= 1  # the last byte of the storage: where slot -1 would wrap to
+    report = compare_cache_bytes(C4A, got, want, torch.tensor([-1, -1]))
+    assert report.tokens == 0 and report.outside_mismatches == 1 and not report.ok
+
+
 def test_changed_sentinel_fails(pair):
     got, want = pair
     got.view(-1)[_byte(want, 5, 0)] = 0  # slot 5 is not active: its bytes keep the sentinel

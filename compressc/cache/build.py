@@ -71,7 +71,9 @@ def _ingredients(spec_ir: str, pipeline: str, arch: str, fingerprint: str | None
                            toolchain=toolchain or toolchain_fingerprint())
 
 
-def plan_many(specs: Sequence[KernelSpec], archs: Sequence[str], pipeline: str = "default") -> list[BuildPlan]:
+def plan_many(
+    specs: Sequence[KernelSpec], archs: Sequence[str], pipeline: str = "default"
+) -> list[BuildPlan]:
     from compressc.cache.compile import toolchain_fingerprint
 
     fingerprint, toolchain = source_fingerprint(), toolchain_fingerprint()
