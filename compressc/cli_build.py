@@ -182,29 +182,40 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
 
 
 def _run_with_progress(plans, store, workers):
+    """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"}).
+
+    "rebuilt" means the store held a corrupt or tampered entry under that key: it was a
+    miss, was compiled again and replaced (the store also logs what was wrong with it).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from compressc.cache.build import build_plans
 
+    corrupt = {p.key for p in plans if not (store.problem(p.key) or "missing").startswith("missing")}
+    compiled: dict[str, str] = {}
     with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[status]}"),
+        BarColumn(bar_width=24),
         TimeElapsedColumn(),
         console=console(),
         transient=False,
     ) as progress:
-        task = progress.add_task("compiling", total=len(plans))
-        built: set[str] = set()
+        overall = progress.add_task("all kernels", total=len(plans), status=f"0/{len(plans)}")
+        tasks = {p.key: progress.add_task(f"  {p.label}:", total=None, status="waiting") for p in plans}
 
-        def on_done(p, outcome, compiled):
-            if compiled:
-                built.add(p.key)
-            status = "failed" if isinstance(outcome, BaseException) else ("built" if compiled else "cached")
-            progress.console.print(f"  {p.label}: {status}", highlight=False)
-            progress.advance(task)
+        def on_done(p, outcome, was_compiled):
+            status = "cached"
+            if isinstance(outcome, BaseException):
+                status = "failed"
+            elif was_compiled:
+                status = compiled[p.key] = "rebuilt (corrupt entry replaced)" if p.key in corrupt else "built"
+            progress.update(tasks[p.key], total=1, completed=1, status=status)
+            progress.advance(overall)
+            done = progress.tasks[overall].completed
+            progress.update(overall, status=f"{done:g}/{len(plans)}")
 
-        return build_plans(plans, store, workers, on_done), built
+        return build_plans(plans, store, workers, on_done), compiled
 
 
 def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> None:
@@ -224,7 +235,7 @@ def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> Non
             table.add_row(p.spec.variant, p.arch, "-", "-", "-", "-", "[red]FAILED")
             continue
         m = outcome.manifest
-        status = "built" if p.key in built else "cached"
+        status = built.get(p.key, "cached").split(" ")[0]
         table.add_row(
             p.spec.variant,
             p.arch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ ONE = ["--spec", "c4a", "--weight-dtype", "bf16", "-j", "1"]
 
 def run(*args: str):
     return CliRunner().invoke(main, ["build", *args])
+
+
+def status(output: str, label: str) -> str:
+    """The status shown next to `label`'s progress bar."""
+    (match,) = re.findall(rf"^  {re.escape(label)}:\s+(\S+)", output, re.M)
+    return match
 
 
 def assert_one_line_error(result, message: str, out: Path, exit_code: int = 1) -> None:
@@ -72,7 +79,10 @@ def test_second_build_compiles_nothing(tmp_path, monkeypatch):
     out = tmp_path / "kernels"
     first = run("--out", str(out), *ONE)
     assert first.exit_code == 0, first.output
-    assert "c4a_h512_q64_r64_bf16@sm_90a: built" in first.output and "1/1 kernels ready" in first.output
+    assert (
+        status(first.output, "c4a_h512_q64_r64_bf16@sm_90a") == "built"
+        and "1/1 kernels ready" in first.output
+    )
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 
     def no_compiles(jobs, workers, on_done):
@@ -81,7 +91,7 @@ def test_second_build_compiles_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(compile_module, "compile_many", no_compiles)
     second = run("--out", str(out), *ONE)
     assert second.exit_code == 0, second.output
-    assert "c4a_h512_q64_r64_bf16@sm_90a: cached" in second.output and "built" not in second.output
+    assert status(second.output, "c4a_h512_q64_r64_bf16@sm_90a") == "cached" and "built" not in second.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "locks" not in p.parts} == {
         p: t for p, t in before.items() if "locks" not in p.parts
     }
@@ -192,7 +202,7 @@ def test_arch_spellings_and_several_archs_compile(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2/2 kernels ready" in result.output
     for arch in ("sm_90a", "sm_100a"):
-        assert f"c128a_store_h512_q64_r64_bf16@{arch}: built" in result.output
+        assert status(result.output, f"c128a_store_h512_q64_r64_bf16@{arch}") == "built"
     # The summary table: variant, arch, regs, smem, spills, compile s, status, variant names whole.
     row = [
         ln
@@ -208,3 +218,25 @@ def test_arch_spellings_and_several_archs_compile(tmp_path):
         e.manifest["arch"]: read_cubin(e.cubin_bytes(), e.manifest["entry"]) for e in Store(out).entries()
     }
     assert {a: info.arch for a, info in by_arch.items()} == {"sm_90a": "sm_90a", "sm_100a": "sm_100a"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
+@pytest.mark.parametrize("damage", ["truncate cubin", "garbage manifest", "no manifest"])
+def test_corrupt_entry_is_rebuilt_and_reported(tmp_path, damage):
+    out = tmp_path / "kernels"
+    one = ["--spec", "c128a_store", "--weight-dtype", "bf16", "-j", "1", "--out", str(out)]
+    assert run(*one).exit_code == 0
+    (entry,) = Store(out).entries()
+    if damage == "truncate cubin":
+        (entry.path / "kernel.cubin").write_bytes(entry.cubin_bytes()[:100])
+    elif damage == "garbage manifest":
+        (entry.path / "manifest.json").write_text("{")
+    else:
+        (entry.path / "manifest.json").unlink()
+    assert Store(out).get(entry.key) is None  # a miss, never loaded
+    result = run(*one)
+    assert result.exit_code == 0, result.output
+    label = "c128a_store_h512_q64_r64_bf16@sm_90a"
+    assert re.search(rf"^  {re.escape(label)}:\s+rebuilt \(corrupt entry replaced\)", result.output, re.M)
+    assert re.search(r"│ c128a_store_h512_q64_r64_bf16 .*│ rebuilt │", result.output)
+    assert Store(out).verify() == [] and Store(out).get(entry.key).cubin_bytes() == entry.cubin_bytes()

@@ -104,6 +104,10 @@ class Store:
             (log.debug if kind == "missing" else log.warning)("cache miss %s: %s", key, problem)
         return entry
 
+    def problem(self, key: str) -> str | None:
+        """Why `key` is a miss ("missing: ...", "corrupt: ...", "tampered: ..."), None on a hit."""
+        return self._load(key)[1]
+
     def find(self, variant: str, arch: str) -> Entry | None:
         """The entry the index names for (variant, arch), or None."""
         path = self.index_path(variant, arch)
