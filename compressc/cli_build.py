@@ -191,7 +191,15 @@ def _run_with_progress(plans, store, workers):
 
     from compressc.cache.build import build_plans
 
-    corrupt = {p.key for p in plans if not (store.problem(p.key) or "missing").startswith("missing")}
+    problems = {p.key: store.problem(p.key) for p in plans}
+    missing = [p.label for p in plans if problems[p.key]]
+    if store.readonly and missing:
+        raise click.ClickException(
+            f"{store.root} is read-only and lacks {len(missing)} kernel(s) ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): build into a writable directory with --out DIR "
+            "or COMPRESSC_CACHE_DIR"
+        )
+    corrupt = {key for key, problem in problems.items() if problem and not problem.startswith("missing")}
     compiled: dict[str, str] = {}
     with Progress(
         TextColumn("{task.description}"),

@@ -240,3 +240,26 @@ def test_corrupt_entry_is_rebuilt_and_reported(tmp_path, damage):
     assert re.search(rf"^  {re.escape(label)}:\s+rebuilt \(corrupt entry replaced\)", result.output, re.M)
     assert re.search(r"│ c128a_store_h512_q64_r64_bf16 .*│ rebuilt │", result.output)
     assert Store(out).verify() == [] and Store(out).get(entry.key).cubin_bytes() == entry.cubin_bytes()
+
+
+def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "kernels"
+    out.mkdir()
+    real = os.access
+    def access(path, mode, **kwargs):  # as for a user without write permission
+        return False if Path(path) == out and mode & os.W_OK else real(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+    def no_compiles(jobs, workers, on_done):
+        raise AssertionError("compiled into a read-only directory")
+
+    monkeypatch.setattr(compile_module, "compile_many", no_compiles)
+    result = run("--out", str(out), *ONE)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(
+        f"Error: {out} is read-only and lacks 1 kernel(s) (c4a_h512_q64_r64_bf16@sm_90a)"
+    )
+    assert list(out.iterdir()) == []
