@@ -111,8 +111,9 @@ def _verify_thread_map(module: Module, elems: int) -> None:
         raise _fail(module, None, "elems_per_lane", elems,
                     f"must divide the nope width {head - rope} so no lane straddles nope and rope")
     if threads % WARP or not 0 < threads <= 1024:
-        raise _fail(module, None, "threads", threads,
-                    "must be a whole number of warps, at most 1024 (pick more elems-per-lane)")
+        hint = " (pick more elems-per-lane)" if threads > 1024 else ""
+        hint = " (pick fewer elems-per-lane)" if threads < WARP else hint
+        raise _fail(module, None, "threads", threads, "must be a whole number of warps, at most 1024" + hint)
     if module.get("warps") != threads // WARP:
         raise _fail(module, None, "warps", module.get("warps"), f"must equal threads / 32 = {threads // WARP}")
     _verify_lanes(module, elems, threads)

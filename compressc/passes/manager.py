@@ -28,8 +28,8 @@ DEFAULT_PIPELINE = "thread-map,vectorize,lower-reduction,plan-smem,window-prefet
 # The schedule a straightforward port would use: 2 fp32 per thread (more only where a
 # quant group would not fit one warp), scalar loads, one row at a time.
 BASELINE_PIPELINE = (
-    "thread-map{elems-per-lane=2,window-split=1},vectorize{bits=32},"
-    "lower-reduction,plan-smem,window-prefetch{rows=1}"
+    "thread-map{elems-per-lane=2,window-split=1,grid=rows},vectorize{bits=32},"
+    "lower-reduction,plan-smem,window-prefetch{rows=1,operands-early=false}"
 )
 NAMED_PIPELINES = {"default": DEFAULT_PIPELINE, "baseline": BASELINE_PIPELINE}
 
@@ -55,9 +55,13 @@ def _split_top(text: str) -> list[tuple[int, str]]:
     pieces, depth, start = [], 0, 0
     for i, ch in enumerate(text + ","):
         depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            raise _fail(text, i, "'}' without a matching '{'")
         if ch == "," and depth == 0:
             pieces.append((start, text[start:i]))
             start = i + 1
+    if depth:  # without this check an unclosed brace would swallow the rest and run nothing
+        raise _fail(text, text.rfind("{"), "'{' is never closed")
     return pieces
 
 
@@ -80,10 +84,12 @@ def _make_pass(text: str, pos: int, piece: str) -> ModulePass:
     kwargs = {}
     for item in filter(None, opts[:-1].split(",")):
         key, eq, value = item.partition("=")
-        f = known.get(key.strip())
-        if f is None or not eq:
-            where = pos + piece.find(item)
-            raise _fail(text, where, f"unknown option {key.strip()!r} of {name}; options: {', '.join(known) or 'none'}")
+        f, where = known.get(key.strip()), pos + piece.find(item)
+        if f is None:
+            options = ", ".join(known) or "none"
+            raise _fail(text, where, f"unknown option {key.strip()!r} of {name}; options: {options}")
+        if not eq:
+            raise _fail(text, where, f"option {key.strip()!r} of {name} needs a value: {key.strip()}=...")
         try:
             kwargs[f.name] = _convert(value.strip(), type(f.default))
         except ValueError:

@@ -1,0 +1,319 @@
+"""The NumPy interpreter of lowered modules against the torch reference (SPEC.md §6 acceptance).
+
+- the thread map is a bijection onto the head for every legal schedule of every default variant;
+- the lowered IR of every default variant reproduces the reference bytes on random launches;
+- every legal schedule the pass options can produce computes the same function (property test).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compressc import reference
+from compressc.acceptance import compare_cache_bytes
+from compressc.ir.from_spec import module_from_spec
+from compressc.ir.interp import args_from_scenario, lane_channels, run_module
+from compressc.ir.verifier import VerifyError
+from compressc.kernels.emitter import emit
+from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.scenarios import KINDS, SENTINEL, make_scenario
+from compressc.specs import default_specs, make_spec
+
+DEFAULTS = default_specs()
+POOL_ONLY = "c128a_compress"
+
+
+def _lower(spec, pipeline: str = "default"):
+    module = module_from_spec(spec)
+    return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
+
+
+def _pipeline(elems: int, split: int, bits: int = 128, order: str = "down", rows: int = 0) -> str:
+    return (
+        f"thread-map{{elems-per-lane={elems},window-split={split}}},vectorize{{bits={bits}}},"
+        f"lower-reduction{{order={order}}},plan-smem,window-prefetch{{rows={rows}}}"
+    )
+
+
+@functools.cache
+def legal_maps(spec) -> tuple[tuple[int, int], ...]:
+    """Every (elems_per_lane, window_split) the verifier accepts after the whole pipeline."""
+    legal = []
+    for elems, split in itertools.product([1 << k for k in range(11)], range(1, 17)):
+        try:
+            _lower(spec, _pipeline(elems, split))
+        except VerifyError:
+            continue
+        legal.append((elems, split))
+    return tuple(legal)
+
+
+def _seed(*parts: object) -> int:
+    return sum((i + 1) * sum(map(ord, str(p))) for i, p in enumerate(parts))
+
+
+def _rows(spec, kind: str) -> int:
+    """Small launches that still hold several active rows (C128 needs 128 tokens per row)."""
+    if kind == "decode":
+        return 4
+    return 12 if spec.ratio == 4 else 300
+
+
+# -- comparing with the reference -------------------------------------------------------------
+def _active_slots(sc) -> torch.Tensor:
+    n = min(sc.T, sc.kv_slot_mapping.numel())
+    return sc.kv_slot_mapping[:n][sc.active()[:n]]
+
+
+def _assert_cache_accepted(spec, got: torch.Tensor, want: torch.Tensor, sc) -> None:
+    """The GPU tests' acceptance (SPEC.md §6): rare one-step fp8 codes only."""
+    report = compare_cache_bytes(
+        spec, got, want, _active_slots(sc), kv_cache_block_size=sc.kv_cache_block_size
+    )
+    assert report.ok, str(report)
+    assert report.code_steps <= max(1, 1e-4 * report.codes), str(report)
+    assert report.tokens == int(sc.active().sum())
+
+
+def _assert_pooled_close(got: torch.Tensor, want: torch.Tensor, sc) -> None:
+    """Pooled fp32 rows: inactive rows keep the sentinel bytes; active rows agree to fp32 rounding.
+
+    The interpreter merges split groups and uses fp32 ex2 where the reference runs one exact-exp
+    online softmax over the window, so the pooled values may differ in the last bits only.
+    """
+    active = sc.active()
+    assert torch.equal(got[~active].view(torch.uint8), want[~active].view(torch.uint8))
+    assert bool(active.any())
+    torch.testing.assert_close(got[active], want[active], rtol=2e-5, atol=1e-6)
+
+
+def _interpret(module, sc, spec) -> torch.Tensor:
+    out = sc.poisoned_compressed_kv() if spec.kernel == POOL_ONLY else sc.poisoned_cache()
+    run_module(module, args_from_scenario(sc, out))
+    return out
+
+
+def _check_variant(spec, module, kind: str, T: int, seed: int, **extra) -> torch.Tensor:
+    sc = make_scenario(spec, kind, T, seed=seed, **extra)
+    got = _interpret(module, sc, spec)
+    want = sc.run_reference()
+    if spec.kernel == POOL_ONLY:
+        _assert_pooled_close(got, want, sc)
+    else:
+        _assert_cache_accepted(spec, got, want, sc)
+    return got
+
+
+# -- the thread map ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", DEFAULTS, ids=lambda s: s.variant)
+def test_thread_map_is_a_bijection_for_every_legal_schedule(spec) -> None:
+    legal = legal_maps(spec)
+    default = _lower(spec)
+    assert (default.get("elems_per_lane"), default.get("window_split")) in legal
+    assert len(legal) >= 4  # the options reach other legal schedules, not only the default
+    for elems, split in legal:
+        module = _lower(spec, _pipeline(elems, split))
+        owned = lane_channels(module)
+        head_lanes = spec.head // elems
+        assert owned.shape == (head_lanes * split, elems)
+        for group in owned.reshape(split, head_lanes * elems):
+            # each split group's lanes own every channel exactly once, in lane order
+            assert np.array_equal(group, np.arange(spec.head)), (elems, split)
+        _check_quant_groups(module, owned[:head_lanes], elems)
+
+
+def _check_quant_groups(module, owned: np.ndarray, elems: int) -> None:
+    """The lanes of one quant group own exactly one quant block, and no lane straddles nope/rope."""
+    quant = module.find("cc.quant")
+    if quant is None:
+        return
+    block, lanes = int(quant.attr("block")), int(quant.get("lanes_per_group"))
+    blocks = owned.reshape(-1, lanes * elems)
+    assert np.array_equal(
+        blocks // block, np.repeat(np.arange(len(blocks)), lanes * elems).reshape(blocks.shape)
+    )
+    nope = int(module.attr("head")) - int(module.attr("rope"))
+    assert np.all((owned < nope).all(axis=1) | (owned >= nope).all(axis=1))
+
+
+def test_lane_channels_follow_the_emitted_prologue() -> None:
+    for spec, pipeline in ((make_spec("c4a"), "default"), (make_spec("c128a_compress"), "default")):
+        module = _lower(spec, pipeline)
+        source = emit(module, pipeline)
+        elems, head_lanes = module.get("elems_per_lane"), module.get("head_lanes")
+        assert f"col = hlane * {elems}  # first channel this lane owns" in source
+        owned = lane_channels(module)
+        if module.get("window_split") > 1:
+            assert f"hlane = tidx % {head_lanes}" in source
+            assert owned[head_lanes + 3, 0] == 3 * elems  # thread head_lanes + 3 is lane 3 of group 1
+        else:
+            assert "hlane = tidx\n" in source
+        assert list(owned[1]) == list(range(elems, 2 * elems))
+
+
+# -- the default lowering against the reference ------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("spec", DEFAULTS, ids=lambda s: s.variant)
+def test_default_lowering_matches_the_reference(spec, kind: str) -> None:
+    T = _rows(spec, kind)
+    _check_variant(spec, _lower(spec), kind, T, _seed(spec.variant, kind, T))
+
+
+FUSED = [s for s in DEFAULTS if s.kernel in ("c4a", "indexer_fp8")]
+EDGES = [{"tiny_block": True}, {"short_positions": True}, {"nonboundary_kv": "none"}]
+
+
+@pytest.mark.parametrize("extra", EDGES, ids=["tiny_block", "short_positions", "nonboundary_none"])
+@pytest.mark.parametrize(
+    "spec", FUSED + [s for s in DEFAULTS if s.kernel == "c128a_store"], ids=lambda s: s.variant
+)
+def test_default_lowering_edge_cases(spec, extra: dict) -> None:
+    _check_variant(spec, _lower(spec), "mixed", _rows(spec, "mixed"), _seed(spec.variant, extra), **extra)
+
+
+def _c128a_chain(store_spec, pool_module, store_module, kind: str, T: int, seed: int) -> None:
+    """Interpret compress then store, as the runtime launches them, against the reference pair."""
+    pool_spec = make_spec(POOL_ONLY, store_spec.head, store_spec.quant_block, weight_dtype="f32")
+    sc = make_scenario(store_spec, kind, T, seed=seed)
+    pooled = make_scenario(pool_spec, kind, T, seed=seed, weight_dtype=store_spec.weight_dtype)
+    assert torch.equal(pooled.kv_slot_mapping, sc.kv_slot_mapping)
+    got_kv = _interpret(pool_module, pooled, pool_spec)
+    got = _interpret(store_module, replace(sc, compressed_kv=got_kv), store_spec)
+
+    want_kv = pooled.run_reference()
+    want = sc.poisoned_cache()
+    rows = (sc.token_to_req_indices, sc.positions, sc.slot_mapping)
+    reference.c128a_store(
+        store_spec,
+        want_kv,
+        *rows,
+        sc.rms_norm_weight,
+        sc.rms_norm_eps,
+        sc.cos_sin_cache,
+        want,
+        sc.kv_slot_mapping,
+        sc.kv_cache_block_size,
+    )
+    _assert_cache_accepted(store_spec, got, want, sc)
+
+
+@pytest.mark.parametrize("kind", ["prefill", "mixed"])
+@pytest.mark.parametrize("weight", ["bf16", "f32"])
+def test_c128a_compress_then_store_matches_the_reference(weight: str, kind: str) -> None:
+    store_spec = make_spec("c128a_store", weight_dtype=weight)
+    pool_module = _lower(make_spec(POOL_ONLY, weight_dtype="f32"))
+    _c128a_chain(store_spec, pool_module, _lower(store_spec), kind, 400, _seed(weight, kind))
+
+
+def test_inactive_launch_writes_nothing() -> None:
+    spec = make_spec("c4a")
+    sc = make_scenario(spec, "mixed", 12, seed=5)
+    sc = replace(sc, slot_mapping=torch.full_like(sc.slot_mapping, -1))
+    got = _interpret(_lower(spec), sc, spec)
+    assert bool((got == SENTINEL).all())
+
+
+def _report(spec, module, kind: str, T: int, seed: int, **extra):
+    sc = make_scenario(spec, kind, T, seed=seed, **extra)
+    got, want = _interpret(module, sc, spec), sc.run_reference()
+    return compare_cache_bytes(spec, got, want, _active_slots(sc), kv_cache_block_size=sc.kv_cache_block_size)
+
+
+def test_the_comparison_catches_a_wrong_module() -> None:
+    spec = make_spec("c4a")
+    assert _report(spec, _lower(spec), "mixed", 12, 11, tiny_block=True).ok
+    # Flooring amax instead of the scale (vLLM's Triton fallback) changes the tiny block's scale byte.
+    wrong = _lower(spec).replace_ops(
+        "cc.quant", lambda op: replace(op, attrs=_set(op.attrs, "floor_on", "amax"))
+    )
+    report = _report(spec, wrong, "mixed", 12, 11, tiny_block=True)
+    assert report.scale_mismatches > 0 and not report.ok
+    # Rotating at p instead of (p // 4) * 4 changes the rope values.
+    shifted = _lower(spec).replace_ops("cc.rope", lambda op: replace(op, attrs=_set(op.attrs, "ratio", 1)))
+    report = _report(spec, shifted, "decode", 4, 11)
+    assert report.rope_failures > 0 and report.scale_mismatches == 0
+
+
+def _set(items, key, value):
+    return tuple((k, value if k == key else v) for k, v in items)
+
+
+# -- every legal schedule computes the same function -----------------------------------------------------
+SCHEDULE_SPECS = DEFAULTS
+
+
+@st.composite
+def schedules(draw):
+    spec = draw(st.sampled_from(SCHEDULE_SPECS))
+    elems, split = draw(
+        st.sampled_from([m for m in legal_maps(spec) if m[0] in (2, 4, 8) and m[1] in (1, 2, 4)])
+    )
+    bits = draw(st.sampled_from([32, 64, 128]))
+    order = draw(st.sampled_from(["down", "up"]))
+    rows = draw(st.sampled_from([0, 1, 2]))
+    kind = draw(st.sampled_from(KINDS))
+    return spec, _pipeline(elems, split, bits, order, rows), kind, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schedules())
+def test_every_legal_schedule_matches_the_reference(case) -> None:
+    spec, pipeline, kind, seed = case
+    _check_variant(spec, _lower(spec, pipeline), kind, _rows(spec, kind), seed)
+
+
+@pytest.mark.parametrize("spec", SCHEDULE_SPECS, ids=lambda s: s.variant)
+def test_vector_width_and_prefetch_keep_every_byte(spec) -> None:
+    """Options that change no arithmetic order (vector width, rows in flight) give identical bytes."""
+    sc = make_scenario(spec, "mixed", _rows(spec, "mixed"), seed=_seed(spec.variant))
+    base = _interpret(_lower(spec), sc, spec)
+    for bits, rows in ((32, 1), (64, 2)):
+        elems, split = (_lower(spec).get(k) for k in ("elems_per_lane", "window_split"))
+        got = _interpret(_lower(spec, _pipeline(elems, split, bits, "down", rows)), sc, spec)
+        assert torch.equal(got.view(torch.uint8), base.view(torch.uint8)), (bits, rows)
+
+
+def test_every_split_of_the_c128_window_matches_the_reference() -> None:
+    spec = make_spec(POOL_ONLY)
+    splits = sorted({s for _, s in legal_maps(spec)})
+    assert splits == [1, 2, 4, 8]
+    for split in splits:
+        _check_variant(spec, _lower(spec, _pipeline(8, split)), "mixed", 300, _seed("split", split))
+
+
+def test_c128a_chain_with_non_default_schedules() -> None:
+    store_spec = make_spec("c128a_store")
+    pool_module = _lower(make_spec(POOL_ONLY, weight_dtype="f32"), _pipeline(4, 2, 64, "up", 4))
+    store_module = _lower(store_spec, _pipeline(2, 1, 32, "up", 0))
+    _c128a_chain(store_spec, pool_module, store_module, "decode", 6, 7)
+
+
+# -- interpreter errors -------------------------------------------------------------------------------------
+def test_interpreter_needs_a_lowered_module() -> None:
+    spec = make_spec("c4a")
+    sc = make_scenario(spec, "decode", 2, seed=0)
+    with pytest.raises(VerifyError, match=r"elems_per_lane is unset: the interpreter needs a lowered module"):
+        run_module(module_from_spec(spec), args_from_scenario(sc, sc.poisoned_cache()))
+
+
+def test_interpreter_checks_its_arguments() -> None:
+    spec = make_spec("c4a")
+    module = _lower(spec)
+    sc = make_scenario(spec, "decode", 2, seed=0)
+    args = args_from_scenario(sc, sc.poisoned_cache())
+    with pytest.raises(
+        ValueError, match=r"argument 'block_table' is missing \(the c4a_h512_q64_r64_bf16 ABI"
+    ):
+        run_module(module, {k: v for k, v in args.items() if k != "block_table"})
+    with pytest.raises(
+        ValueError, match=r"argument 'positions' must be a C-contiguous int64 array, got int32"
+    ):
+        run_module(module, args | {"positions": args["positions"].astype(np.int32)})

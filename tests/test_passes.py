@@ -1,0 +1,309 @@
+"""Each pass's effect (a few key fields and printed lines), pass manager and pipeline strings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from compressc.ir import Module, print_module
+from compressc.ir.from_spec import module_from_spec
+from compressc.ir.verifier import VerifyError, verify
+from compressc.passes import (
+    ALL_PASSES,
+    BASELINE_PIPELINE,
+    DEFAULT_PIPELINE,
+    PassManager,
+    PipelineError,
+    parse_pipeline,
+    pipeline_string,
+    resolve_pipeline,
+)
+from compressc.passes.lower_reduction import LowerReduction, butterfly
+from compressc.passes.thread_map import ThreadMap
+from compressc.passes.vectorize import Vectorize
+from compressc.passes.window_prefetch import WindowPrefetch
+from compressc.specs import default_specs, make_spec
+
+C4A = make_spec("c4a")
+C128_POOL = make_spec("c128a_compress")
+C128_STORE = make_spec("c128a_store")
+INDEXER = make_spec("indexer_fp8")
+
+
+def _run(spec, pipeline: str) -> Module:
+    module = module_from_spec(spec)
+    return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
+
+
+def _sched(module: Module, op_name: str) -> dict:
+    op = module.find(op_name)
+    assert op is not None
+    return dict(op.sched)
+
+
+def _line(module: Module, op_name: str) -> str:
+    return next(t for t in print_module(module).splitlines() if f" {op_name}(" in t)
+
+
+def _strip(module: Module) -> Module:
+    return replace(module, sched=(), ops=tuple(replace(op, sched=()) for op in module.ops))
+
+
+# -- thread-map ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec,elems,head_lanes,split,threads,lanes_per_group,groups_per_warp",
+    [
+        (C4A, 8, 64, 1, 64, 8, 4),  # vLLM's tuned map: 8 fp32 per lane, 8 lanes per quant group
+        (C128_POOL, 8, 64, 4, 256, None, None),  # the 128-row window split over 4 lane groups
+        (C128_STORE, 8, 64, 1, 64, 8, 4),
+        (INDEXER, 4, 32, 1, 32, 32, 1),  # a 128-channel head fills exactly one warp
+    ],
+    ids=lambda v: getattr(v, "variant", None),
+)
+def test_thread_map_derives_the_schedule_from_the_spec(
+    spec, elems, head_lanes, split, threads, lanes_per_group, groups_per_warp
+) -> None:
+    module = verify(ThreadMap().apply(module_from_spec(spec)))
+    assert dict(module.sched) == {
+        "elems_per_lane": elems,
+        "head_lanes": head_lanes,
+        "window_split": split,
+        "threads": threads,
+        "warps": threads // 32,
+        "grid": "rows",
+    }
+    quant = module.find("cc.quant")
+    if lanes_per_group is None:
+        assert quant is None
+    else:
+        assert dict(quant.sched) == {"lanes_per_group": lanes_per_group, "groups_per_warp": groups_per_warp}
+
+
+def test_thread_map_options_give_other_legal_schedules() -> None:
+    four = _run(C4A, "thread-map{elems-per-lane=4,window-split=2}")
+    assert (four.get("head_lanes"), four.get("threads"), four.get("warps")) == (128, 256, 8)
+    assert _sched(four, "cc.quant") == {"lanes_per_group": 16, "groups_per_warp": 2}
+    assert print_module(four).endswith(
+        "sched {elems_per_lane = 4, head_lanes = 128, window_split = 2, threads = 256, warps = 8, "
+        'grid = "rows"}\n'
+    )
+    two = _run(C128_POOL, "thread-map{elems-per-lane=2,window-split=1}")
+    assert (two.get("head_lanes"), two.get("threads")) == (256, 256)
+
+
+def test_thread_map_only_sets_schedule_fields() -> None:
+    for spec in default_specs():
+        module = module_from_spec(spec)
+        assert _strip(ThreadMap().apply(module)) == module
+
+
+# -- vectorize ---------------------------------------------------------------------------------
+def test_vectorize_gives_128_bit_accesses_where_a_lane_owns_16_bytes() -> None:
+    module = _run(C4A, "thread-map,vectorize")
+    assert _sched(module, "cc.window") == {"vector_bits": 128}
+    assert _sched(module, "cc.rms_norm") == {"vector_bits": 128}  # 8 bf16 weights
+    assert _sched(module, "cc.rope") == {"vector_bits": 128}  # 4 cos and 4 sin fp32 values
+    assert _sched(module, "cc.store") == {"value_bits": 64, "rope_bits": 128}  # 8 fp8 codes, 8 bf16 rope
+    assert _line(module, "cc.store").endswith("sched {value_bits = 64, rope_bits = 128}")
+
+
+def test_vectorize_narrows_to_each_run_and_to_its_option() -> None:
+    two = _run(C4A, "thread-map{elems-per-lane=2},vectorize")
+    assert _sched(two, "cc.window") == {"vector_bits": 64}
+    assert _sched(two, "cc.rope") == {"vector_bits": 32}
+    assert _sched(two, "cc.store") == {"value_bits": 16, "rope_bits": 32}
+    narrow = _run(C4A, "thread-map,vectorize{bits=32}")
+    assert _sched(narrow, "cc.window") == {"vector_bits": 32}
+    assert _sched(narrow, "cc.store") == {"value_bits": 32, "rope_bits": 32}
+    f32_weight = _run(make_spec("c4a", weight_dtype="f32"), "thread-map{elems-per-lane=2},vectorize")
+    assert _sched(f32_weight, "cc.rms_norm") == {"vector_bits": 64}
+    rows = _run(C128_STORE, "thread-map,vectorize{bits=64}")
+    assert _sched(rows, "cc.load_rows") == {"vector_bits": 64}
+
+
+def test_vectorize_rejects_an_illegal_width_through_the_verifier() -> None:
+    with pytest.raises(VerifyError, match=r"cc\.window %win: vector_bits=16: must be 32, 64 or 128"):
+        _run(C4A, "thread-map,vectorize{bits=16}")
+
+
+# -- lower-reduction ---------------------------------------------------------------------------
+def test_butterfly_masks() -> None:
+    assert butterfly(32) == (16, 8, 4, 2, 1)
+    assert butterfly(8, "up") == (1, 2, 4)
+    assert butterfly(1) == ()
+
+
+def test_lower_reduction_builds_shuffle_trees_and_exchanges() -> None:
+    module = _run(C4A, "thread-map,lower-reduction")
+    assert _sched(module, "cc.rms_norm") == {"lane_tree": (16, 8, 4, 2, 1), "cross_warp": "smem"}
+    assert _sched(module, "cc.quant")["group_tree"] == (4, 2, 1)  # masked to the 8-lane group
+    assert _sched(module, "cc.pool_softmax") == {"merge": "none"}
+    assert "group_tree = (4, 2, 1)" in _line(module, "cc.quant")
+    up = _run(C4A, "thread-map,lower-reduction{order=up}")
+    assert _sched(up, "cc.rms_norm")["lane_tree"] == (1, 2, 4, 8, 16)
+    assert _sched(up, "cc.quant")["group_tree"] == (1, 2, 4)
+
+
+def test_lower_reduction_follows_the_thread_map() -> None:
+    one_warp = _run(INDEXER, "thread-map,lower-reduction")
+    assert _sched(one_warp, "cc.rms_norm")["cross_warp"] == "none"
+    assert _sched(one_warp, "cc.quant")["group_tree"] == (16, 8, 4, 2, 1)
+    split = _run(C128_POOL, "thread-map,lower-reduction")
+    assert _sched(split, "cc.pool_softmax") == {"merge": "smem"}
+
+
+# -- plan-smem ------------------------------------------------------------------------------------
+def test_plan_smem_lays_out_slots_and_counts_barriers() -> None:
+    c4a = _run(C4A, "thread-map,lower-reduction,plan-smem")
+    assert _sched(c4a, "cc.rms_norm")["smem_offset"] == 0
+    assert (c4a.get("smem_bytes"), c4a.get("barriers")) == (16, 1)  # 2 warp partials, 16-byte aligned
+    pool = _run(C128_POOL, "thread-map,lower-reduction,plan-smem")
+    assert _sched(pool, "cc.pool_softmax")["smem_offset"] == 0
+    assert pool.get("smem_bytes") == 3 * 4 * 4 * 512  # (m, l, a) per channel and split group
+    indexer = _run(INDEXER, "thread-map,lower-reduction,plan-smem")
+    assert (indexer.get("smem_bytes"), indexer.get("barriers")) == (0, 0)
+    assert "smem_offset" not in _sched(indexer, "cc.rms_norm")
+
+
+def test_plan_smem_stacks_two_exchanges() -> None:
+    module = _run(C4A, "thread-map{window-split=2},lower-reduction,plan-smem")
+    assert _sched(module, "cc.pool_softmax")["smem_offset"] == 0
+    assert _sched(module, "cc.rms_norm")["smem_offset"] == 3 * 4 * 2 * 512
+    assert (module.get("smem_bytes"), module.get("barriers")) == (3 * 4 * 2 * 512 + 16, 2)
+
+
+# -- window-prefetch -------------------------------------------------------------------------------
+def test_window_prefetch_rows_in_flight() -> None:
+    assert _sched(_run(C4A, "thread-map,window-prefetch"), "cc.window") == {"rows_in_flight": 8}
+    assert _sched(_run(C4A, "thread-map{window-split=4},window-prefetch"), "cc.window") == {
+        "rows_in_flight": 2
+    }
+    assert _sched(_run(C128_POOL, "thread-map,window-prefetch"), "cc.window") == {"rows_in_flight": 8}
+    rows = _run(C128_POOL, "thread-map,window-prefetch{rows=4}")
+    assert "rows_in_flight = 4" in _line(rows, "cc.window")
+    assert _run(C128_STORE, "thread-map,window-prefetch") == _run(C128_STORE, "thread-map")  # no window
+
+
+def test_window_prefetch_rejects_rows_that_do_not_divide_the_group() -> None:
+    with pytest.raises(VerifyError, match=r"rows_in_flight=3: must divide the 8 rows each split group pools"):
+        _run(C4A, "thread-map,window-prefetch{rows=3}")
+
+
+# -- all passes ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pipeline", ["default", "baseline"])
+@pytest.mark.parametrize("spec", default_specs(), ids=lambda s: s.variant)
+def test_passes_only_fill_schedule_fields(spec, pipeline: str) -> None:
+    module = module_from_spec(spec)
+    for p in parse_pipeline(resolve_pipeline(pipeline, module)):
+        after = verify(p.apply(module))
+        assert _strip(after) == _strip(module), p.name
+        module = after
+    assert module.get("smem_bytes") is not None
+
+
+def test_every_pass_is_listed_once_with_a_kebab_case_name() -> None:
+    names = [p.name for p in ALL_PASSES]
+    assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "window-prefetch"]
+    assert DEFAULT_PIPELINE == ",".join(names)
+
+
+# -- pipeline strings ------------------------------------------------------------------------------------
+def test_pipeline_strings_parse_to_passes_and_spell_back() -> None:
+    text = (
+        "thread-map{elems-per-lane=4,window-split=2},vectorize{bits=64},lower-reduction{order=up},plan-smem"
+    )
+    passes = parse_pipeline(text)
+    assert passes == [ThreadMap(4, 2), Vectorize(64), LowerReduction("up"), parse_pipeline("plan-smem")[0]]
+    assert pipeline_string(passes) == text
+    assert (
+        pipeline_string(parse_pipeline("thread-map{elems-per-lane=0},vectorize{bits=128}"))
+        == "thread-map,vectorize"
+    )
+    assert parse_pipeline(" window-prefetch{ rows = 2 } ") == [WindowPrefetch(2)]
+    assert parse_pipeline("") == []
+    assert pipeline_string(parse_pipeline("default")) == DEFAULT_PIPELINE
+
+
+def test_baseline_pipeline_keeps_a_quant_group_inside_a_warp() -> None:
+    assert resolve_pipeline("baseline", module_from_spec(C4A)) == BASELINE_PIPELINE
+    indexer = resolve_pipeline("baseline", module_from_spec(INDEXER))
+    assert indexer.startswith("thread-map{elems-per-lane=4,window-split=1}")
+    assert resolve_pipeline("thread-map", module_from_spec(C4A)) == "thread-map"
+
+
+@pytest.mark.parametrize(
+    "text,column,message",
+    [
+        (
+            "thread-map,bogus",
+            12,
+            "unknown pass 'bogus'; passes: thread-map, vectorize, lower-reduction, "
+            "plan-smem, window-prefetch",
+        ),
+        (
+            "thread-map{elems=4}",
+            12,
+            "unknown option 'elems' of thread-map; options: elems-per-lane, window-split",
+        ),
+        ("plan-smem{x=1}", 11, "unknown option 'x' of plan-smem; options: none"),
+        ("vectorize{bits}", 11, "option 'bits' of vectorize needs a value: bits=..."),
+        ("vectorize{bits=wide}", 11, "bad value 'wide' for bits"),
+        (
+            "lower-reduction{order=sideways}",
+            1,
+            "bad options of lower-reduction: order='sideways': must be 'down' or 'up'",
+        ),
+        ("thread-map,vectorize{bits=64", 21, "'{' is never closed"),
+        ("vectorize,thread-map{elems-per-lane=4}x", 11, "options of 'thread-map' must end with '}'"),
+        ("thread-map},vectorize", 11, "'}' without a matching '{'"),
+    ],
+)
+def test_pipeline_errors_give_the_column(text: str, column: int, message: str) -> None:
+    with pytest.raises(PipelineError) as err:
+        parse_pipeline(text)
+    head, echo, caret = str(err.value).split("\n")
+    assert head == f"pipeline column {column}: {message}"
+    assert echo == f"  {text}"
+    assert caret == "  " + " " * (column - 1) + "^"
+
+
+# -- the pass manager -------------------------------------------------------------------------------------
+def _manager(**flags) -> tuple[PassManager, list[str]]:
+    printed: list[str] = []
+    return PassManager(parse_pipeline("default"), out=printed.append, **flags), printed
+
+
+def test_print_ir_after_all_dumps_every_stage() -> None:
+    manager, printed = _manager(print_after_all=True)
+    lowered = manager.run(module_from_spec(C4A))
+    assert [p.splitlines()[0] for p in printed] == [
+        f"// -----// IR Dump After {name} //----- //" for name in DEFAULT_PIPELINE.split(",")
+    ]
+    assert printed[-1].split("\n", 1)[1] == print_module(lowered)
+    assert "elems_per_lane = 8" in printed[0] and "vector_bits" not in printed[0]
+
+
+def test_print_ir_after_change_skips_passes_that_change_nothing() -> None:
+    printed: list[str] = []
+    passes = parse_pipeline("thread-map,thread-map,window-prefetch{rows=2}")
+    PassManager(passes, print_after_change=True, out=printed.append).run(module_from_spec(C128_STORE))
+    # The second thread-map recomputes the same map; a C128 store has no window to prefetch.
+    assert [p.splitlines()[0] for p in printed] == ["// -----// IR Dump After thread-map //----- //"]
+
+
+def test_time_passes_reports_each_pass() -> None:
+    manager, printed = _manager(time_passes=True)
+    manager.run(module_from_spec(C4A))
+    assert len(printed) == 1
+    lines = printed[0].splitlines()
+    assert lines[0] == "// ----- Pass execution timing report ----- //"
+    assert [line.split()[-1] for line in lines[1:]] == DEFAULT_PIPELINE.split(",")
+    assert all(" ms (" in line for line in lines[1:])
+    assert [name for name, _ in manager.timings] == DEFAULT_PIPELINE.split(",")
+
+
+def test_manager_verifies_its_input_first() -> None:
+    module = module_from_spec(C4A).with_sched(elems_per_lane=3, head_lanes=1, threads=32, warps=1)
+    with pytest.raises(VerifyError, match="elems_per_lane=3"):
+        PassManager([]).run(module)
