@@ -28,8 +28,8 @@ DEFAULT_PIPELINE = "thread-map,vectorize,lower-reduction,plan-smem,window-prefet
 # The schedule a straightforward port would use: 2 fp32 per thread (more only where a
 # quant group would not fit one warp), scalar loads, one row at a time.
 BASELINE_PIPELINE = (
-    "thread-map{elems-per-lane=2,window-split=1,grid=rows},vectorize{bits=32},"
-    "lower-reduction,plan-smem,window-prefetch{rows=1,operands-early=false}"
+    "thread-map{elems-per-lane=2,window-split=1},vectorize{bits=32},"
+    "lower-reduction,plan-smem,window-prefetch{rows=1}"
 )
 NAMED_PIPELINES = {"default": DEFAULT_PIPELINE, "baseline": BASELINE_PIPELINE}
 
