@@ -99,7 +99,12 @@ def pool(
 
 
 def _online_step(
-    m: torch.Tensor, den: torch.Tensor, acc: torch.Tensor, kv: torch.Tensor, score: torch.Tensor, present: torch.Tensor
+    m: torch.Tensor,
+    den: torch.Tensor,
+    acc: torch.Tensor,
+    kv: torch.Tensor,
+    score: torch.Tensor,
+    present: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m_new = torch.maximum(m, score)
     alpha = exact_exp(m - m_new)  # m = -inf before the first present row: alpha = 0
@@ -107,7 +112,11 @@ def _online_step(
     den_new = den * alpha + p
     acc_new = acc * alpha + p * kv
     # where() discards the NaN that (-inf) - (-inf) gives on an absent leading row.
-    return torch.where(present, m_new, m), torch.where(present, den_new, den), torch.where(present, acc_new, acc)
+    return (
+        torch.where(present, m_new, m),
+        torch.where(present, den_new, den),
+        torch.where(present, acc_new, acc),
+    )
 
 
 def exact_exp(d: torch.Tensor) -> torch.Tensor:
@@ -190,7 +199,9 @@ def norm_rope_quant(
         scales[:, : e8.shape[1]] = e8
     elif store.name == "indexer_fp8":
         if spec.quant_block != spec.head:
-            raise ValueError(f"indexer_fp8 has one fp32 scale per token: quant_block must equal head={spec.head}")
+            raise ValueError(
+                f"indexer_fp8 has one fp32 scale per token: quant_block must equal head={spec.head}"
+            )
         codes, scale = quant_f32scale(spec, torch.cat((nope, rope), dim=1))
         values[:, : spec.head] = codes
         scales[:, :4] = scale.contiguous().view(torch.uint8).reshape(-1, 4)
@@ -217,7 +228,8 @@ def store_bytes(
     scale_bytes: torch.Tensor,
     kv_cache_block_size: int | torch.Tensor,
 ) -> None:
-    """Write each token's values at base + off*token_stride, scales at base + B*token_stride + off*scale_dim."""
+    """Write each token's values at base + off*token_stride and scales at
+    base + B*token_stride + off*scale_dim."""
     B, ts, sd = int(kv_cache_block_size), spec.store.token_stride, spec.store.scale_dim
     if k_cache.dtype != torch.uint8:
         raise ValueError(f"k_cache must be uint8 (strides are bytes), got {k_cache.dtype}")
@@ -327,4 +339,6 @@ def _active_index(
 
 def _require(spec: KernelSpec, kernels: tuple[str, ...]) -> None:
     if spec.kernel not in kernels:
-        raise ValueError(f"spec.kernel={spec.kernel!r}: this reference entry point handles {', '.join(kernels)}")
+        raise ValueError(
+            f"spec.kernel={spec.kernel!r}: this reference entry point handles {', '.join(kernels)}"
+        )

@@ -108,7 +108,12 @@ class Scenario:
     def active(self) -> torch.Tensor:
         """bool[T] mask of the rows that write (SPEC §3 step 1)."""
         return reference.active_rows(
-            self.spec, self.T, self.token_to_req_indices, self.positions, self.slot_mapping, self.kv_slot_mapping
+            self.spec,
+            self.T,
+            self.token_to_req_indices,
+            self.positions,
+            self.slot_mapping,
+            self.kv_slot_mapping,
         )
 
 
@@ -167,7 +172,9 @@ def _plan(spec: KernelSpec, kind: str, T: int, gen: torch.Generator, max_positio
     n_req = max(1, min(4, (T - pad) // 2))
     first = min(r, T - pad - (n_req - 1)) if spec.overlap else 1
     lengths = _split(T - pad, n_req, first, gen)
-    starts = [0 if spec.overlap and i == 0 else _start_with_boundary(r, n, kmax, gen) for i, n in enumerate(lengths)]
+    starts = [
+        0 if spec.overlap and i == 0 else _start_with_boundary(r, n, kmax, gen) for i, n in enumerate(lengths)
+    ]
     return list(zip(starts, lengths, strict=True)), pad
 
 
@@ -192,7 +199,9 @@ def _randint(gen: torch.Generator, lo: int, hi: int) -> int:
 
 
 # -- rows, page tables, slots ---------------------------------------------------------
-def _rows(spec: KernelSpec, requests: list, pad: int, gen: torch.Generator, kind: str, nonboundary: str) -> dict:
+def _rows(
+    spec: KernelSpec, requests: list, pad: int, gen: torch.Generator, kind: str, nonboundary: str
+) -> dict:
     """Per-row index tensors (int64 on CPU) plus both page tables."""
     r, W, Bs, B = spec.ratio, spec.window, _state_page(spec), _kv_page(spec)
     req = torch.cat([torch.full((n,), i) for i, (_, n) in enumerate(requests)])
@@ -283,7 +292,9 @@ def _tensors(spec: KernelSpec, rows: dict, gen: torch.Generator, weight_dtype: s
     weight = 1.0 + 0.3 * torch.randn(spec.head, generator=gen)
     if tiny and not _shrinks_kv(spec):
         weight = weight * 1e-5  # the indexer's one block is the normed head: shrink gamma
-    compressed = _nonzero(torch.randn(len(rows["slot_mapping"]), spec.head, generator=gen), _channel_scale(spec, gen))
+    compressed = _nonzero(
+        torch.randn(len(rows["slot_mapping"]), spec.head, generator=gen), _channel_scale(spec, gen)
+    )
     if tiny and _shrinks_kv(spec):
         compressed[:, _tiny_block_cols(spec)] *= 1e-4
     stride = page_bytes(spec, B)

@@ -130,7 +130,9 @@ def test_e4m3_decode_round_trips_every_finite_code():
 
 # -- UE8M0 ------------------------------------------------------------------------------
 def test_ue8m0_rounds_up_to_a_power_of_two():
-    raw = np.concatenate([_f32(np.abs(_random_f32(50_000, 4, -30, 30))), _f32([2.0**k for k in range(-40, 40)])])
+    raw = np.concatenate(
+        [_f32(np.abs(_random_f32(50_000, 4, -30, 30))), _f32([2.0**k for k in range(-40, 40)])]
+    )
     want = np.array([127 + math.ceil(math.log2(float(v))) for v in raw])
     assert np.array_equal(nx.np_ue8m0_byte(raw).astype(np.int64), want)
     assert np.array_equal(nx.ue8m0_byte(torch.from_numpy(raw)).numpy(), nx.np_ue8m0_byte(raw))

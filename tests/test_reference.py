@@ -158,14 +158,18 @@ def test_indexer_hand_worked_bytes(tiny):
     cache = torch.full((3, 64, 132), S, dtype=torch.uint8)
     _hand_launch(spec, w, cache)
     y = [float(s) * float(v) for s, v in zip(_sign(128), w, strict=True)]
-    rot = [v for pair in zip([-v for v in y[65::2]], y[64::2], strict=True) for v in pair]  # p=7: P=4, c=0, s=1
+    rot = [
+        v for pair in zip([-v for v in y[65::2]], y[64::2], strict=True) for v in pair
+    ]  # p=7: P=4, c=0, s=1
     q = [_bf16(v) for v in y[:64] + rot]
     scale = 2.0 ** math.ceil(math.log2(_f32_div(max(max(abs(v) for v in q), 1e-4), 448.0)))
     assert scale == (2.0**-22 if tiny else 0.25)
     page0 = cache.reshape(3, -1)[0]
     assert page0[2 * 128 : 3 * 128].tolist() == [_e4m3(v / scale) for v in q]
     assert page0[64 * 128 + 8 : 64 * 128 + 12].tolist() == list(struct.pack("<f", scale))
-    assert page0[64 * 128 + 8 : 64 * 128 + 12].tolist() == ([0, 0, 0x80, 0x34] if tiny else [0, 0, 0x80, 0x3E])
+    assert page0[64 * 128 + 8 : 64 * 128 + 12].tolist() == (
+        [0, 0, 0x80, 0x34] if tiny else [0, 0, 0x80, 0x3E]
+    )
     assert (cache[2] == S).all()
 
 
@@ -186,12 +190,15 @@ def _pool64(sc, t: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "kernel, kind", [("c4a", "mixed"), ("c4a", "decode"), ("c128a_compress", "mixed"), ("indexer_fp8", "chunked")]
+    "kernel, kind",
+    [("c4a", "mixed"), ("c4a", "decode"), ("c128a_compress", "mixed"), ("indexer_fp8", "chunked")],
 )
 def test_pool_matches_float64_softmax(kernel, kind):
     sc = make_scenario(make_spec(kernel), kind, 64 if kernel == "c4a" else 300, seed=5)
     rows = sc.active().nonzero().squeeze(1)
-    got = ref.pool(sc.spec, sc.state_cache, sc.token_to_req_indices, sc.positions, sc.block_table, sc.block_size, rows)
+    got = ref.pool(
+        sc.spec, sc.state_cache, sc.token_to_req_indices, sc.positions, sc.block_table, sc.block_size, rows
+    )
     want = torch.stack([_pool64(sc, int(t)) for t in rows])
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6)
     if sc.spec.overlap and kind != "chunked":
@@ -209,7 +216,9 @@ def _row_by_row(sc) -> torch.Tensor:
         if int(sc.slot_mapping[t]) < 0 or (p + 1) % spec.ratio or kv < 0:
             continue
         rows = torch.tensor([t])
-        x = ref.pool(spec, sc.state_cache, sc.token_to_req_indices, sc.positions, sc.block_table, sc.block_size, rows)
+        x = ref.pool(
+            spec, sc.state_cache, sc.token_to_req_indices, sc.positions, sc.block_table, sc.block_size, rows
+        )
         vals, scales = ref.norm_rope_quant(
             spec, x, sc.positions[rows], sc.rms_norm_weight, sc.rms_norm_eps, sc.cos_sin_cache
         )

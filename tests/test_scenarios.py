@@ -35,7 +35,9 @@ def test_dtypes_and_shapes_follow_spec_section_2(kernel, kind):
         assert sc.state_cache is None
 
 
-@pytest.mark.parametrize("kernel, B, stride", [("c4a", 64, 37440), ("c128a_store", 2, 1728), ("indexer_fp8", 64, 8448)])
+@pytest.mark.parametrize(
+    "kernel, B, stride", [("c4a", 64, 37440), ("c128a_store", 2, 1728), ("indexer_fp8", 64, 8448)]
+)
 def test_page_strides(kernel, B, stride):
     sc = make_scenario(make_spec(kernel), "decode", 3)
     assert (sc.kv_cache_block_size, sc.page_bytes) == (B, stride)
@@ -154,8 +156,14 @@ def test_tiny_indexer_weight_hits_the_amax_floor():
 
 
 def test_weight_dtype_override_and_errors():
-    assert make_scenario(make_spec("c4a", weight_dtype="f32"), "decode", 2).rms_norm_weight.dtype == torch.float32
-    assert make_scenario(make_spec("c4a"), "decode", 2, weight_dtype="f32").rms_norm_weight.dtype == torch.float32
+    assert (
+        make_scenario(make_spec("c4a", weight_dtype="f32"), "decode", 2).rms_norm_weight.dtype
+        == torch.float32
+    )
+    assert (
+        make_scenario(make_spec("c4a"), "decode", 2, weight_dtype="f32").rms_norm_weight.dtype
+        == torch.float32
+    )
     assert make_scenario(make_spec("c4a"), "decode", 2).rms_norm_weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="kind='burst': must be one of prefill, chunked, decode, mixed"):
         make_scenario(make_spec("c4a"), "burst", 4)

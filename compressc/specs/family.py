@@ -156,8 +156,10 @@ def validate(spec: KernelSpec) -> None:
 
 def _check_rope(spec: KernelSpec) -> None:
     _check(spec.rope % 2 == 0, "rope", spec.rope, "must be even (GPT-J rotates pairs)")
-    _check(0 < spec.rope < spec.head, "rope", spec.rope, f"must lie inside the head (0 < rope < head_size={spec.head})")
-    _check(spec.rope % 8 == 0, "rope", spec.rope, "must be a multiple of 8 so rope bf16 stores are 16-byte vectors")
+    inside = f"must lie inside the head (0 < rope < head_size={spec.head})"
+    _check(0 < spec.rope < spec.head, "rope", spec.rope, inside)
+    vectors = "must be a multiple of 8 so rope bf16 stores are 16-byte vectors"
+    _check(spec.rope % 8 == 0, "rope", spec.rope, vectors)
     if spec.quant_format == "ue8m0_e4m3":
         _check(spec.nope % spec.quant_block == 0, "quant_block", spec.quant_block,
                f"must divide the nope width head_size - rope = {spec.nope}")
