@@ -298,9 +298,15 @@ def venv(wheel, tmp_path_factory) -> Path:
             [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
         ).strip()
     )
-    # torch, numpy, click, rich, cuda-python from this venv; compressc from the checkout. Plain
-    # path lines do not run this venv's own .pth files (the one that puts cutlass on sys.path).
-    (site / "compressc_test_paths.pth").write_text(f"{REPO}\n{sysconfig.get_paths()['purelib']}\n")
+    # torch, numpy, click, rich, cuda-python from this venv (linked one by one, leaving out
+    # nvidia-cutlass-dsl's modules and metadata); compressc from the checkout. Plain path
+    # lines do not run .pth files, so nothing puts cutlass back on sys.path.
+    deps = home / "deps"
+    deps.mkdir()
+    for item in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not item.name.lower().startswith(("nvidia_cutlass_dsl", "cutlass", "compressc", "__editable__")):
+            (deps / item.name).symlink_to(item)
+    (site / "compressc_test_paths.pth").write_text(f"{REPO}\n{deps}\n")
     (site / "sitecustomize.py").write_text(_NO_CUTLASS)
     subprocess.run(
         [
@@ -359,6 +365,12 @@ def test_installed_pack_in_a_venv_without_cutlass(venv, built, tmp_path):
     cache, entries = built
     check = subprocess.run([venv, "-c", "import cutlass"], capture_output=True, text=True, env=_clean_env())
     assert check.returncode != 0 and "No module named 'cutlass' (blocked)" in check.stderr
+    # Not merely blocked: neither the package nor its metadata is there.
+    absent = "import importlib.metadata as m, importlib.util as u, sys; sys.meta_path.pop(0)\n"
+    absent += "assert u.find_spec('cutlass') is None and u.find_spec('nvidia_cutlass_dsl') is None\n"
+    absent += "try:\n    m.version('nvidia-cutlass-dsl')\nexcept m.PackageNotFoundError:\n    print('absent')"
+    check = subprocess.run([venv, "-c", absent], capture_output=True, text=True, env=_clean_env())
+    assert check.stdout.strip() == "absent", check.stderr
     out = _use_pack(venv, cache, tmp_path)
     root = Path(out["root"])
     assert root.parent.name == "compressc_kernels_sm90" and "site-packages" in root.parts
