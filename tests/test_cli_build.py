@@ -248,6 +248,7 @@ def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
     out = tmp_path / "kernels"
     out.mkdir()
     real = os.access
+
     def access(path, mode, **kwargs):  # as for a user without write permission
         return False if Path(path) == out and mode & os.W_OK else real(path, mode, **kwargs)
 
@@ -263,3 +264,20 @@ def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
         f"Error: {out} is read-only and lacks 1 kernel(s) (c4a_h512_q64_r64_bf16@sm_90a)"
     )
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["build"], ["wheel"], ["inspect"], ["emit"], ["opt"], ["cache"]]
+    + [["cache", c] for c in ("ls", "verify", "prune", "clear", "why")],
+    ids=lambda c: " ".join(c) or "compressc",
+)
+def test_every_help_teaches_by_example(command):
+    result = CliRunner().invoke(main, [*command, "--help"], terminal_width=120)
+    assert result.exit_code == 0
+    assert "compressc " + " ".join(command) in result.output.replace("  ", " ") or not command
+    assert re.search(r"^\s+compressc \S+", result.output, re.M), "no example command line"
+    if command in ([], ["cache"], ["build"]):
+        assert "COMPRESSC_CACHE_DIR" in result.output
+    if not command:
+        assert "COMPRESSC_NO_JIT" in result.output and "COMPRESSC_JOBS" in result.output
