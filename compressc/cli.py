@@ -12,13 +12,34 @@ from compressc.specs.errors import SpecError
 from compressc.specs.family import KERNELS, make_spec
 
 PIPELINE_HELP = (
-    "Pass pipeline: 'default', 'baseline' or a string like "
+    "Pass pipeline: 'default' (the tuned schedule of the variant and --arch when "
+    "compressc/passes/tuned.json has one, else the derived default), 'derived', 'baseline' or a string like "
     "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'."
 )
 
 
 class UserError(click.ClickException):
     """An error the user can fix: printed on one line, exit status 1, no traceback."""
+
+
+ARCH_HELP = "GPU arch whose tuned schedule 'default' picks (sm90 = sm_90a)."
+
+
+def _resolve(pipeline: str, module, arch: str) -> str:
+    """resolve_pipeline, saying on stderr whether 'default' is a tuned or the derived schedule."""
+    from compressc.cache.arch import normalize_arch
+    from compressc.passes.manager import resolve_pipeline
+    from compressc.passes.tuned import TunedFileError, describe, load_tuned, tuned_entry
+
+    try:
+        arch = normalize_arch(arch)
+        table = load_tuned()
+    except (ValueError, TunedFileError) as err:
+        raise UserError(str(err)) from None
+    if pipeline.strip() == "default":
+        source = describe(tuned_entry(module.name, arch, table), module.name, arch)
+        click.echo(f"// pipeline 'default' = {source}", err=True)
+    return resolve_pipeline(pipeline, module, arch, table)
 
 
 def _spec_options(fn):
@@ -67,6 +88,7 @@ def main() -> None:
       compressc wheel --arch sm90 --out dist/           an installable kernel-pack wheel
       compressc inspect                                 every kernel from packs and the cache
       compressc cache verify                            re-hash the cache (also: ls, prune, clear, why)
+      compressc tune --arch sm90 --prepare DIR          schedule search (then --measure on a GPU, --apply)
     \b
     Every stage prints as text:
       compressc opt --spec c4a --print-ir-after-all     spec IR and each pass's output
@@ -95,6 +117,7 @@ def main() -> None:
     "--print-ir-after-change", is_flag=True, help="Print the module after each pass that changed it."
 )
 @click.option("--time-passes", is_flag=True, help="Print how long each pass took.")
+@click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
 def opt(
     file,
     kernel,
@@ -106,6 +129,7 @@ def opt(
     print_ir_after_all,
     print_ir_after_change,
     time_passes,
+    arch,
 ):
     """Parse, verify and lower IR; print the result to stdout.
 
@@ -126,7 +150,7 @@ def opt(
     from compressc.ir import ParseError, parse_module, print_module
     from compressc.ir.from_spec import module_from_spec
     from compressc.ir.verifier import VerifyError
-    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, resolve_pipeline
+    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline
 
     if (file is None) == (kernel is None):
         raise UserError("give exactly one of FILE or --spec (e.g. `compressc opt --spec c4a`)")
@@ -136,7 +160,7 @@ def opt(
         else:
             module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
             pipeline = pipeline or "default"
-        passes = parse_pipeline(resolve_pipeline(pipeline or "", module))
+        passes = parse_pipeline(_resolve(pipeline or "", module, arch))
         out = PassManager(
             passes,
             print_ir_after_all,
@@ -152,7 +176,8 @@ def opt(
 @main.command()
 @_spec_options
 @click.option("-p", "--pipeline", default="default", show_default=True, help=PIPELINE_HELP)
-def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline):
+@click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
+def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline, arch):
     """Print the CuTe DSL kernel module generated for one variant.
 
     \b
@@ -168,14 +193,13 @@ def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline):
         PipelineError,
         parse_pipeline,
         pipeline_string,
-        resolve_pipeline,
     )
 
     if kernel is None:
         raise UserError("--spec is required (one of: " + ", ".join(KERNELS) + ")")
     module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
     try:
-        passes = parse_pipeline(resolve_pipeline(pipeline, module))
+        passes = parse_pipeline(_resolve(pipeline, module, arch))
         click.echo(emit_source(PassManager(passes).run(module), pipeline_string(passes)), nl=False)
     except (VerifyError, PipelineError) as err:
         raise UserError(str(err)) from None
@@ -183,11 +207,13 @@ def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline):
 
 from compressc.cli_build import build  # noqa: E402
 from compressc.cli_cache import cache, inspect_cmd, wheel  # noqa: E402
+from compressc.cli_tune import tune  # noqa: E402
 
 main.add_command(build)
 main.add_command(wheel)
 main.add_command(inspect_cmd)
 main.add_command(cache)
+main.add_command(tune)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,7 +44,7 @@ def plan(spec: KernelSpec, arch: str, pipeline: str = "default", *, fingerprint:
     """Lower, emit and key one (variant, arch); cheap and free of cutlass."""
     arch = normalize_arch(arch)
     module = module_from_spec(spec)
-    passes = parse_pipeline(resolve_pipeline(pipeline, module))
+    passes = parse_pipeline(resolve_pipeline(pipeline, module, arch))  # "default": tuned for arch
     canonical = pipeline_string(passes)
     spec_ir = print_module(module)
     ingredients = _ingredients(spec_ir, canonical, arch, fingerprint, toolchain)
@@ -58,7 +58,7 @@ def plan_ingredients(spec: KernelSpec, arch: str, pipeline: str = "default", *,
     """The key ingredients of one (variant, arch, pipeline), without lowering (`compressc cache why`)."""
     arch = normalize_arch(arch)
     module = module_from_spec(spec)
-    canonical = pipeline_string(parse_pipeline(resolve_pipeline(pipeline, module)))
+    canonical = pipeline_string(parse_pipeline(resolve_pipeline(pipeline, module, arch)))
     return _ingredients(print_module(module), canonical, arch, fingerprint, toolchain)
 
 

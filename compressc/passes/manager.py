@@ -18,6 +18,7 @@ from compressc.passes.base import ModulePass
 from compressc.passes.lower_reduction import LowerReduction
 from compressc.passes.plan_smem import PlanSmem
 from compressc.passes.thread_map import ThreadMap
+from compressc.passes.tuned import Table, tuned_entry
 from compressc.passes.vectorize import Vectorize
 from compressc.passes.window_prefetch import WindowPrefetch
 
@@ -31,11 +32,21 @@ BASELINE_PIPELINE = (
     "thread-map{elems-per-lane=2,window-split=1},vectorize{bits=32},"
     "lower-reduction,plan-smem,window-prefetch{rows=1}"
 )
-NAMED_PIPELINES = {"default": DEFAULT_PIPELINE, "baseline": BASELINE_PIPELINE}
+# "default" is the tuned winner of (variant, arch) when passes/tuned.json has one (see
+# resolve_pipeline), else the derived default; "derived" is always the derived default.
+NAMED_PIPELINES = {"default": DEFAULT_PIPELINE, "derived": DEFAULT_PIPELINE, "baseline": BASELINE_PIPELINE}
 
 
-def resolve_pipeline(text: str, module: Module) -> str:
-    """Expand a named pipeline for `module`; other strings are returned unchanged."""
+def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: Table | None = None) -> str:
+    """Expand a named pipeline for `module`; other strings are returned unchanged.
+
+    "default" is the pipeline `compressc tune` measured fastest for (module's variant,
+    `arch`) when the tuned table (`tuned`, else passes/tuned.json) has one; without an
+    entry or an arch it is the derived default, which "derived" always names.
+    """
+    if text.strip() == "default":
+        entry = tuned_entry(module.name, arch, tuned)
+        return str(entry["pipeline"]) if entry is not None else DEFAULT_PIPELINE
     if text.strip() == "baseline":
         elems = max(2, int(module.attr("quant_block")) // 32)  # type: ignore[arg-type]
         return BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}")
@@ -101,7 +112,11 @@ def _make_pass(text: str, pos: int, piece: str) -> ModulePass:
 
 
 def parse_pipeline(text: str) -> list[ModulePass]:
-    """Parse `a,b{x=1}` (or a named pipeline: default, baseline) into pass objects."""
+    """Parse `a,b{x=1}` (or a named pipeline: default/derived, baseline) into pass objects.
+
+    Here "default" is the derived default: the tuned choice needs a module and an arch
+    (`resolve_pipeline`).
+    """
     text = NAMED_PIPELINES.get(text.strip(), text)
     if not text.strip():
         return []

@@ -1,0 +1,273 @@
+"""`compressc tune`: the schedule search, in three steps (compile here, measure on the GPU, apply)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compressc.specs.family import KERNELS
+from compressc.tune.candidates import MAX_CANDIDATES
+from compressc.tune.measure import KINDS, REPS, T_LIST
+
+RESULTS_FILE = "tune_results.json"
+# option -> the step it belongs to; giving it to another step is an error, not silently ignored
+_STEP_OF = {
+    "kernels": "prepare",
+    "weight_dtype": "prepare",
+    "limit": "prepare",
+    "jobs": "prepare",
+    "out": "measure",
+    "t_list": "measure",
+    "scenarios": "measure",
+    "reps": "measure",
+    "data": "apply",
+}
+
+
+@click.command()
+@click.option("--arch", default="sm90", show_default=True, help="--prepare: GPU arch to compile for.")
+@click.option(
+    "--prepare",
+    "prepare_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Step 1 (build host): compile every candidate into DIR/store and write DIR/tune_plan.json.",
+)
+@click.option(
+    "--measure",
+    "measure_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Step 2 (GPU host, no cutlass needed): time DIR's candidates, write the results JSON.",
+)
+@click.option(
+    "--apply",
+    "results_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Step 3 (here): record the winners of RESULTS.json in compressc/passes/tuned.json.",
+)
+@click.option(
+    "--spec",
+    "kernels",
+    multiple=True,
+    type=click.Choice(KERNELS),
+    help="--prepare: only these kernels of the default matrix (repeatable).",
+)
+@click.option(
+    "--weight-dtype",
+    type=click.Choice(["bf16", "f32"]),
+    default=None,
+    help="--prepare: only variants with this RMSNorm weight dtype.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(2, 64),
+    default=MAX_CANDIDATES,
+    show_default=True,
+    help="--prepare: candidates per variant (the derived default and baseline come first).",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="--prepare: compiler processes (default: $COMPRESSC_JOBS or the number of cores).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"--measure: results file (default: DIR/{RESULTS_FILE}).",
+)
+@click.option(
+    "--T",
+    "t_list",
+    type=click.IntRange(1, 1 << 20),
+    multiple=True,
+    help=f"--measure: launched rows per case (repeatable; default {', '.join(map(str, T_LIST))}).",
+)
+@click.option(
+    "--scenario",
+    "scenarios",
+    type=click.Choice(KINDS),
+    multiple=True,
+    help="--measure: scenarios (repeatable; default both).",
+)
+@click.option(
+    "--reps",
+    type=click.IntRange(1, 100000),
+    default=REPS,
+    show_default=True,
+    help="--measure: timed calls per candidate and case (the median is kept).",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="--apply: the tuned table to update (default: the package's compressc/passes/tuned.json).",
+)
+@click.pass_context
+def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
+    """Search the legal schedules of the default variants and keep the fastest.
+
+    Compiling needs nvidia-cutlass-dsl and measuring needs a GPU, so the search is three
+    steps of this command. Candidates per variant (at most --limit): the derived default,
+    the baseline, the current tuned entry, then window-prefetch rows 1|2|4|8, one CTA per
+    row, and thread-map elems-per-lane 2|4|8 x window-split 1|2|4 (window kernels only),
+    all with 128-bit vectors; only schedules the verifier accepts, and one per distinct
+    lowered IR. Candidates that spill or use a stack fail to build and are listed as dropped.
+
+    \b
+    Score: the geometric mean over the cases (prefill and decode at T = 32, 512, 4096,
+    16384; C128A decode up to 4096) of the median event-timed µs; the lowest wins.
+    `-p default` then builds the winner of each (variant, arch); `-p derived` the
+    un-tuned derived default; `-p baseline` the baseline schedule.
+
+    \b
+    Examples:
+      compressc tune --arch sm90 --prepare build/tune                   (here: compile)
+      PYTHONPATH=. python -m compressc.cli tune --measure build/tune    (GPU host, 1-2 min)
+      compressc tune --apply build/tune/tune_results.json               (here: write tuned.json)
+      compressc build --arch sm90                                       (now with the tuned schedules)
+    """
+    steps = {"prepare": prepare_dir, "measure": measure_dir, "apply": results_file}
+    chosen = [name for name, value in steps.items() if value is not None]
+    if len(chosen) != 1:
+        raise click.ClickException("give exactly one of --prepare DIR, --measure DIR or --apply RESULTS.json")
+    step = chosen[0]
+    for name, owner in _STEP_OF.items():
+        if owner != step and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            flag = next(p.opts[-1] for p in ctx.command.params if p.name == name)
+            raise click.ClickException(f"{flag} belongs to --{owner}, not --{step}")
+    if step == "prepare":
+        _prepare(arch, prepare_dir, opts)
+    elif step == "measure":
+        _measure(measure_dir, opts)
+    else:
+        _apply(results_file, opts["data"])
+
+
+def _prepare(arch: str, out_dir: Path, opts: dict) -> None:
+    import os
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from compressc.cli_build import _archs, _check_build_extra, _config, console
+    from compressc.specs.matrix import default_specs
+    from compressc.tune.prepare import PLAN_FILE, prepare
+
+    (arch,) = _archs((arch,))
+    specs = [
+        s
+        for s in default_specs()
+        if (not opts["kernels"] or s.kernel in opts["kernels"])
+        and opts["weight_dtype"] in (None, s.weight_dtype)
+    ]
+    if not specs:
+        raise click.ClickException("no default variant matches --spec/--weight-dtype")
+    _check_build_extra()
+    workers = opts["jobs"] or _config().jobs or os.cpu_count() or 1
+    out = console()
+    with Progress(
+        TextColumn("building candidates"),
+        BarColumn(bar_width=30),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=out,
+    ) as progress:
+        task = progress.add_task("", total=None)
+        doc = prepare(
+            specs,
+            arch,
+            out_dir,
+            workers,
+            lambda *_: progress.advance(task),
+            opts["limit"],
+            lambda n: progress.update(task, total=n),
+        )
+    for v in doc["variants"]:
+        out.print(f"{v['variant']}@{arch}: {len(v['candidates'])} candidates, {len(v['dropped'])} dropped")
+        for d in v["dropped"]:
+            out.print(escape(f"  dropped {d['schedule']} {d['pipeline']}: {d['reason']}"), soft_wrap=True)
+    out.print(f"wrote {out_dir / PLAN_FILE}; next, on the GPU host (carry {out_dir}):", soft_wrap=True)
+    out.print(
+        f"  PYTHONPATH=. python -m compressc.cli tune --measure {out_dir}", markup=False, soft_wrap=True
+    )
+
+
+def _measure(plan_dir: Path, opts: dict) -> None:
+    from compressc.cli_build import console
+    from compressc.tune.measure import MeasureError, measure
+    from compressc.tune.prepare import write_json
+
+    out = console()
+    try:
+        doc = measure(
+            plan_dir,
+            kinds=opts["scenarios"] or KINDS,
+            t_list=opts["t_list"] or T_LIST,
+            reps=opts["reps"],
+            log=lambda s: out.print(s, markup=False),
+        )
+    except MeasureError as err:
+        raise click.ClickException(str(err)) from None
+    path = opts["out"] or plan_dir / RESULTS_FILE
+    write_json(path, doc)
+    print_results(doc, out)
+    out.print(f"wrote {path}; apply it on the build host with:", soft_wrap=True)
+    out.print(f"  compressc tune --apply {path}", markup=False, soft_wrap=True)
+
+
+def print_results(doc: dict, out) -> None:
+    """One table per variant: candidates x cases (µs), score, the winner starred."""
+    from rich.table import Table
+
+    out.print(f"{doc['gpu']}, driver {doc['driver']}, {doc['date']}, median of {doc['reps']} calls")
+    for v in doc["variants"]:
+        cases = list(v["candidates"][0]["us"])
+        table = Table(title=f"{v['variant']} @ {doc['arch']}", title_justify="left")
+        for col in ("", "schedule", "origin", *cases, "score µs", "vs derived"):
+            table.add_column(
+                col, justify="left" if col in ("", "schedule", "origin") else "right", no_wrap=True
+            )
+        derived = v["winner"].get("derived_score_us")
+        for c in v["candidates"]:
+            star = "*" if c["pipeline"] == v["winner"]["pipeline"] else ""
+            ratio = f"{derived / c['score_us']:.2f}x" if derived else "-"
+            table.add_row(
+                star,
+                c["schedule"],
+                c["origin"],
+                *(f"{c['us'][k]:.2f}" for k in cases),
+                f"{c['score_us']:.2f}",
+                ratio,
+                style="bold" if star else None,
+            )
+        out.print(table)
+        out.print(f"  winner: {v['winner']['pipeline']}", markup=False, soft_wrap=True)
+
+
+def _apply(results_file: Path, data: Path | None) -> None:
+    from compressc.cli_build import console
+    from compressc.passes.tuned import TunedFileError
+    from compressc.tune.apply import ApplyError, apply
+
+    try:
+        path, arch, wins = apply(results_file, data)
+    except (ApplyError, TunedFileError) as err:
+        raise click.ClickException(str(err)) from None
+    out = console()
+    for variant, entry in wins.items():
+        derived = entry.get("derived_score_us")
+        gain = f" ({derived / entry['score_us']:.2f}x vs derived)" if derived else ""
+        out.print(
+            f"{variant}@{arch}: {entry['score_us']:.2f} us{gain}: {entry['pipeline']}",
+            markup=False,
+            soft_wrap=True,
+        )
+    out.print(
+        f"wrote {len(wins)} entries to {path}; `compressc build --arch {arch}` now uses them", soft_wrap=True
+    )

@@ -1,0 +1,105 @@
+"""The schedules `compressc tune` measures for one variant: legal, distinct, a dozen at most.
+
+Where a pass has a choice (thread-map elems-per-lane and window-split, window-prefetch
+rows, thread-map grid) a pipeline string picks it. The list always starts with the
+derived default and the baseline (and the current tuned entry, if any), then the rows
+in flight around the derived schedule, then one CTA per row instead of the tiled grid,
+then the (elems-per-lane, window-split) grid nearest the derived schedule first. Every
+proposal is lowered and verified; illegal ones are skipped, and two proposals that
+lower to the same IR are one candidate (the first spelling wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import product
+
+from compressc.ir.core import Module
+from compressc.ir.from_spec import module_from_spec
+from compressc.ir.printer import print_module
+from compressc.ir.verifier import VerifyError
+from compressc.passes.manager import (
+    DEFAULT_PIPELINE,
+    PassManager,
+    PipelineError,
+    parse_pipeline,
+    pipeline_string,
+    resolve_pipeline,
+)
+from compressc.specs.family import KernelSpec
+
+MAX_CANDIDATES = 12
+ELEMS_PER_LANE = (2, 4, 8)
+WINDOW_SPLIT = (1, 2, 4)
+PREFETCH_ROWS = (1, 2, 4, 8)
+TAIL = "vectorize{bits=128},lower-reduction,plan-smem"
+SCHEDULE_FIELDS = ("elems_per_lane", "window_split", "threads", "grid", "rows_in_flight")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One schedule of a variant: its canonical pipeline and where it came from."""
+
+    pipeline: str
+    origin: str  # "derived" | "baseline" | "tuned" | "search"
+    schedule: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def summary(self) -> str:
+        s = self.schedule
+        text = f"e{s.get('elems_per_lane')} x{s.get('window_split')} {s.get('threads')}t"
+        text += f" r{s['rows_in_flight']}" if s.get("rows_in_flight") else ""
+        return text + (" rows" if s.get("grid") == "rows" else "")
+
+
+def candidates(
+    spec: KernelSpec, arch: str, limit: int = MAX_CANDIDATES, tuned: Mapping | None = None
+) -> list[Candidate]:
+    """At most `limit` legal, distinct schedules of `spec`, the derived default and baseline first."""
+    module = module_from_spec(spec)
+    seen: dict[str, Candidate] = {}
+    for origin, text in proposals(module, arch, tuned):
+        lowered = _lower(module, text)
+        if lowered is None or print_module(lowered) in seen:
+            continue
+        canonical = pipeline_string(parse_pipeline(text))
+        seen[print_module(lowered)] = Candidate(canonical, origin, schedule_of(lowered))
+        if len(seen) == limit:
+            break
+    return list(seen.values())
+
+
+def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterator[tuple[str, str]]:
+    """(origin, pipeline) in priority order; may be illegal or repeat a schedule."""
+    yield "derived", DEFAULT_PIPELINE
+    yield "baseline", resolve_pipeline("baseline", module)
+    yield "tuned", resolve_pipeline("default", module, arch, tuned)
+    derived = PassManager(parse_pipeline(DEFAULT_PIPELINE)).run(module)
+    windowed = module.find("cc.window") is not None
+    if windowed:
+        for rows in PREFETCH_ROWS:
+            yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
+    yield "search", f"thread-map{{grid=rows}},{TAIL},window-prefetch"
+    elems, split = derived.get("elems_per_lane"), derived.get("window_split")
+    grid = product(ELEMS_PER_LANE, WINDOW_SPLIT if windowed else (1,))
+    for e, w in sorted(grid, key=lambda ew: ((ew[0] != elems) + (ew[1] != split), -ew[0], ew[1])):
+        options = f"elems-per-lane={e}" + (f",window-split={w}" if windowed else "")
+        yield "search", f"thread-map{{{options}}},{TAIL},window-prefetch"
+
+
+def _lower(module: Module, pipeline: str) -> Module | None:
+    """The lowered module, or None when the pipeline is not a legal schedule of it."""
+    try:
+        return PassManager(parse_pipeline(pipeline)).run(module)
+    except (VerifyError, PipelineError):
+        return None
+
+
+def schedule_of(lowered: Module) -> dict:
+    """The few schedule fields a tuning table shows."""
+    out = {k: lowered.get(k) for k in SCHEDULE_FIELDS[:4] if lowered.get(k) is not None}
+    window = lowered.find("cc.window")
+    if window is not None and window.get("rows_in_flight") is not None:
+        out["rows_in_flight"] = window.get("rows_in_flight")
+    return out

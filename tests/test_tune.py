@@ -1,0 +1,416 @@
+"""`compressc tune`: candidate enumeration, prepare (real builds), measure's CPU-side errors, apply."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from compressc.cache.build import plan
+from compressc.cli import main
+from compressc.ir.from_spec import module_from_spec
+from compressc.ir.printer import print_module
+from compressc.passes import tuned as tuned_mod
+from compressc.passes.manager import (
+    DEFAULT_PIPELINE,
+    PassManager,
+    parse_pipeline,
+    pipeline_string,
+    resolve_pipeline,
+)
+from compressc.specs.family import make_spec
+from compressc.specs.matrix import default_specs
+from compressc.tune.candidates import MAX_CANDIDATES, candidates
+from compressc.tune.measure import FAMILY, cases_for
+from compressc.tune.prepare import PLAN_FILE, plan_document
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "sm_90a"
+C4A = make_spec("c4a", 512, 64, weight_dtype="bf16")
+DERIVED = pipeline_string(parse_pipeline(DEFAULT_PIPELINE))
+TUNED_C4A = "thread-map{elems-per-lane=4,window-split=2},vectorize,lower-reduction,plan-smem,window-prefetch"
+HAS_BUILD = all(importlib.util.find_spec(m) is not None for m in ("cutlass", "cuda.bindings.nvjitlink"))
+
+
+def _tune(*args: str):
+    return CliRunner().invoke(main, ["tune", *args])
+
+
+def _error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr[len("Error: ") : -1]
+
+
+# -- candidates ------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", default_specs(), ids=lambda s: s.variant)
+def test_candidates_are_legal_distinct_and_start_with_derived_and_baseline(spec) -> None:
+    module = module_from_spec(spec)
+    found = candidates(spec, ARCH, tuned={})
+    assert 2 <= len(found) <= MAX_CANDIDATES
+    assert (found[0].origin, found[0].pipeline) == ("derived", DERIVED)
+    baseline = pipeline_string(parse_pipeline(resolve_pipeline("baseline", module)))
+    assert (found[1].origin, found[1].pipeline) == ("baseline", baseline)
+    lowered = [print_module(PassManager(parse_pipeline(c.pipeline)).run(module)) for c in found]  # verifies
+    assert len(set(lowered)) == len(found)
+    assert all(c.pipeline == pipeline_string(parse_pipeline(c.pipeline)) for c in found)  # canonical
+
+
+def test_window_kernels_search_split_and_rows_and_others_do_not() -> None:
+    c128 = candidates(make_spec("c128a_compress", 512, 64, weight_dtype="f32"), ARCH, tuned={})
+    assert {c.schedule["window_split"] for c in c128} >= {1, 2, 4}
+    assert {c.schedule["rows_in_flight"] for c in c128} >= {1, 2, 4, 8}
+    assert {c.schedule["elems_per_lane"] for c in c128} >= {2, 4, 8}
+    store = candidates(make_spec("c128a_store", 512, 64, weight_dtype="bf16"), ARCH, tuned={})
+    assert all("window-split" not in c.pipeline for c in store if c.origin == "search")
+    assert {c.schedule["elems_per_lane"] for c in store} == {2, 4, 8}
+
+
+def test_limit_and_the_tuned_entry_come_first() -> None:
+    assert [c.origin for c in candidates(C4A, ARCH, limit=2, tuned={})] == ["derived", "baseline"]
+    table = {ARCH: {C4A.variant: {"pipeline": TUNED_C4A}}}
+    found = candidates(C4A, ARCH, tuned=table)
+    assert (found[2].origin, found[2].pipeline) == ("tuned", TUNED_C4A)
+    assert sum(c.pipeline == TUNED_C4A for c in found) == 1
+
+
+# -- the tuned table and the default pipeline -----------------------------------------------------
+def test_default_is_tuned_per_variant_and_arch_and_derived_is_never() -> None:
+    module = module_from_spec(C4A)
+    table = {ARCH: {C4A.variant: {"pipeline": TUNED_C4A}}}
+    assert resolve_pipeline("default", module, ARCH, table) == TUNED_C4A
+    assert resolve_pipeline("derived", module, ARCH, table) == DEFAULT_PIPELINE
+    assert resolve_pipeline("default", module, None, table) == DEFAULT_PIPELINE  # no arch: derived
+    assert resolve_pipeline("default", module, "sm_100a", table) == DEFAULT_PIPELINE
+    other = module_from_spec(make_spec("c4a", 512, 64, weight_dtype="f32"))
+    assert resolve_pipeline("default", other, ARCH, table) == DEFAULT_PIPELINE
+    assert parse_pipeline("derived") == parse_pipeline(DEFAULT_PIPELINE)
+
+
+def test_an_absent_or_empty_file_is_no_entries_and_a_bad_one_names_itself(tmp_path: Path) -> None:
+    assert tuned_mod.load_tuned(tmp_path / "none.json") == {}
+    (tmp_path / "empty.json").write_text("\n")
+    assert tuned_mod.load_tuned(tmp_path / "empty.json") == {}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"sm_90a": {"v": {"score_us": 1}}}')
+    with pytest.raises(
+        tuned_mod.TunedFileError, match=r"bad.json: \['sm_90a'\]\['v'\] needs a 'pipeline' string"
+    ):
+        tuned_mod.load_tuned(bad)
+
+
+def test_the_shipped_table_is_valid() -> None:
+    table = tuned_mod.load_tuned()
+    for arch, variants in table.items():
+        for variant, entry in variants.items():
+            spec = next(s for s in default_specs() if s.variant == variant)
+            PassManager(parse_pipeline(entry["pipeline"])).run(module_from_spec(spec))
+            assert arch.startswith("sm_")
+
+
+def _results(tmp_path: Path, pipeline: str = TUNED_C4A) -> Path:
+    """A `tune --measure` results file, as the GPU host writes it, for C4A bf16."""
+    us = {"p32": 4.0, "d32": 5.0}
+    winner = {
+        "pipeline": pipeline,
+        "origin": "search",
+        "schedule": "e4 x2 256t r4",
+        "score_us": 4.47,
+        "derived_score_us": 5.1,
+        "baseline_score_us": 9.0,
+    }
+    variant = {
+        "variant": C4A.variant,
+        "kernel": "c4a",
+        "head_size": 512,
+        "quant_block": 64,
+        "rope": 64,
+        "weight_dtype": "bf16",
+        "candidates": [{"pipeline": pipeline, "us": us}],
+        "winner": winner,
+    }
+    doc = {
+        "format": 1,
+        "arch": ARCH,
+        "gpu": "NVIDIA H200",
+        "driver": "580.1",
+        "date": "2026-11-29",
+        "reps": 48,
+        "variants": [variant],
+    }
+    path = tmp_path / "tune_results.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_apply_writes_the_table_and_default_picks_it_up(tmp_path: Path) -> None:
+    data = tmp_path / "tuned.json"
+    data.write_text(json.dumps({"sm_100a": {"x": {"pipeline": "thread-map"}}}))
+    result = _tune("--apply", str(_results(tmp_path)), "--data", str(data))
+    assert result.exit_code == 0, result.output
+    assert f"{C4A.variant}@{ARCH}: 4.47 us (1.14x vs derived)" in result.stdout
+    table = tuned_mod.load_tuned(data)
+    assert table["sm_100a"] == {"x": {"pipeline": "thread-map"}}  # other archs are kept
+    assert table[ARCH][C4A.variant] == {
+        "pipeline": TUNED_C4A,
+        "score_us": 4.47,
+        "derived_score_us": 5.1,
+        "baseline_score_us": 9.0,
+        "gpu": "NVIDIA H200",
+        "date": "2026-11-29",
+    }
+    assert resolve_pipeline("default", module_from_spec(C4A), ARCH, table) == TUNED_C4A
+
+
+def test_a_tuned_entry_changes_the_default_key_to_the_tuned_pipelines_key(tmp_path, monkeypatch) -> None:
+    kw = {"fingerprint": "f" * 64, "toolchain": {"cutlass": "x"}}
+    before = plan(C4A, "sm90", "default", **kw)
+    data = tmp_path / "tuned.json"
+    tuned_mod.write_tuned({ARCH: {C4A.variant: {"pipeline": TUNED_C4A}}}, data)
+    monkeypatch.setattr(tuned_mod, "TUNED_FILE", data)
+    after = plan(C4A, "sm90", "default", **kw)
+    assert before.key == plan(C4A, "sm90", "derived", **kw).key != after.key
+    assert after.key == plan(C4A, "sm90", TUNED_C4A, **kw).key and after.pipeline == TUNED_C4A
+
+
+def test_apply_refuses_an_illegal_winner_and_a_non_results_file(tmp_path: Path) -> None:
+    bad = _results(
+        tmp_path, "thread-map{elems-per-lane=3},vectorize,lower-reduction,plan-smem,window-prefetch"
+    )
+    message = _error(_tune("--apply", str(bad), "--data", str(tmp_path / "t.json")))
+    assert message.startswith(f"{bad}: the winner of {C4A.variant} is no longer legal (")
+    assert not (tmp_path / "t.json").exists()
+    other = tmp_path / "other.json"
+    other.write_text("[]")
+    assert _error(_tune("--apply", str(other))) == (
+        f"{other}: not a `compressc tune --measure` results file (no arch/variants)"
+    )
+
+
+def test_opt_and_emit_say_which_default_they_used(tmp_path: Path, monkeypatch) -> None:
+    result = CliRunner().invoke(main, ["opt", "--spec", "c4a"])
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stderr
+        == f"// pipeline 'default' = derived (no tuned entry for {C4A.variant} @ sm_90a in tuned.json)\n"
+    )
+    data = tmp_path / "tuned.json"
+    tuned_mod.write_tuned(
+        {ARCH: {C4A.variant: {"pipeline": TUNED_C4A, "score_us": 4.5, "gpu": "H200", "date": "2026-11-29"}}},
+        data,
+    )
+    monkeypatch.setattr(tuned_mod, "TUNED_FILE", data)
+    result = CliRunner().invoke(main, ["opt", "--spec", "c4a", "--arch", "sm90"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"// pipeline 'default' = tuned for {C4A.variant} @ sm_90a (H200, 2026-11-29, score 4.50 us)\n"
+    )
+    assert result.stdout == print_module(PassManager(parse_pipeline(TUNED_C4A)).run(module_from_spec(C4A)))
+    emitted = CliRunner().invoke(main, ["emit", "--spec", "c4a"])
+    assert emitted.exit_code == 0 and emitted.stderr.startswith("// pipeline 'default' = tuned for")
+    derived = CliRunner().invoke(main, ["emit", "--spec", "c4a", "-p", "derived"])
+    assert derived.exit_code == 0 and derived.stderr == ""
+
+
+# -- prepare ------------------------------------------------------------------------------------
+def test_plan_document_lists_failed_builds_as_dropped() -> None:
+    found = candidates(C4A, ARCH, limit=2, tuned={})
+    work = [(C4A, c, plan(C4A, ARCH, c.pipeline, fingerprint="f" * 64, toolchain={"a": "b"})) for c in found]
+
+    class Entry:
+        manifest = {"registers": 40}
+
+    err = RuntimeError("cutlass_c4a uses local memory: 64 bytes stack, 8 bytes spill stores\nptxas log ...")
+    doc = plan_document([C4A], ARCH, work, {work[0][2].key: Entry(), work[1][2].key: err})
+    (variant,) = doc["variants"]
+    assert [c["origin"] for c in variant["candidates"]] == ["derived"]
+    assert variant["candidates"][0]["registers"] == 40
+    (dropped,) = variant["dropped"]
+    assert dropped["origin"] == "baseline"
+    assert dropped["reason"] == "cutlass_c4a uses local memory: 64 bytes stack, 8 bytes spill stores"
+
+
+@pytest.mark.skipif(not HAS_BUILD, reason="needs the build extra (nvidia-cutlass-dsl, nvjitlink)")
+def test_prepare_builds_the_candidates_of_a_subset(tmp_path: Path) -> None:
+    from compressc.cache.store import Store
+
+    out = tmp_path / "tune"
+    result = _tune(
+        "--arch",
+        "sm90",
+        "--prepare",
+        str(out),
+        "--spec",
+        "indexer_fp8",
+        "--weight-dtype",
+        "bf16",
+        "--limit",
+        "3",
+        "-j",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    assert "indexer_fp8_h128_q128_r64_bf16@sm_90a: 3 candidates, 0 dropped" in result.stdout
+    assert f"python -m compressc.cli tune --measure {out}" in result.stdout
+    doc = json.loads((out / PLAN_FILE).read_text())
+    assert doc["arch"] == ARCH and [v["variant"] for v in doc["variants"]] == [
+        "indexer_fp8_h128_q128_r64_bf16"
+    ]
+    cands = doc["variants"][0]["candidates"]
+    assert [c["origin"] for c in cands] == ["derived", "baseline", "search"]
+    store = Store(out / doc["store"], readonly=True)
+    spec = make_spec("indexer_fp8", 128, 128, weight_dtype="bf16")
+    for c in cands:
+        entry = store.get(c["key"])
+        assert entry is not None and entry.manifest["pipeline"] == c["pipeline"]
+        assert c["key"] == plan(spec, ARCH, c["pipeline"]).key  # what `compressc build -p PIPELINE` makes
+    assert cands[0]["key"] == plan(spec, "sm90", "derived").key
+
+
+# -- measure (its GPU part runs on the device machine) --------------------------------------------
+def test_cases_cap_c128a_decode_and_labels() -> None:
+    assert [c.label for c in cases_for("c4a")] == [
+        "p32",
+        "p512",
+        "p4096",
+        "p16384",
+        "d32",
+        "d512",
+        "d4096",
+        "d16384",
+    ]
+    assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d4096"]
+    assert set(FAMILY) == {s.kernel for s in default_specs()}
+
+
+def test_scores_are_geometric_means_and_the_lowest_wins() -> None:
+    from compressc.tune.measure import _Variant, _variant_result
+
+    entry = {
+        "variant": C4A.variant,
+        "kernel": "c4a",
+        "head_size": 512,
+        "quant_block": 64,
+        "rope": 64,
+        "weight_dtype": "bf16",
+        "dropped": [],
+        "candidates": [
+            {"pipeline": p, "origin": o, "schedule": "s", "key": "k"}
+            for p, o in (("a", "derived"), ("b", "baseline"), ("c", "search"))
+        ],
+    }
+    v = _Variant(entry, C4A, [None, None, None])
+    v.us = [{"p32": 4.0, "d32": 9.0}, {"p32": 8.0, "d32": 8.0}, {"p32": 2.0, "d32": 16.0}]
+    result = _variant_result(v)
+    assert [c["score_us"] for c in result["candidates"]] == [6.0, 8.0, pytest.approx(math.sqrt(32), abs=1e-3)]
+    assert result["winner"] | {"score_us": 0} == {
+        "pipeline": "c",
+        "origin": "search",
+        "schedule": "s",
+        "score_us": 0,
+        "derived_score_us": 6.0,
+        "baseline_score_us": 8.0,
+    }
+
+
+_NO_CUTLASS = """
+import importlib.abc, sys
+
+class _NoCutlass(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0].startswith("cutlass"):
+            raise ImportError(f"blocked import of {name}")
+        return None
+
+sys.meta_path.insert(0, _NoCutlass())
+from compressc.cli import main
+main(["tune", "--measure", sys.argv[1]])
+"""
+
+
+def _measure_without_gpu(plan_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_NO_CUTLASS), str(plan_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_measure_without_a_gpu_is_one_clear_line_and_never_imports_cutlass(tmp_path: Path) -> None:
+    (tmp_path / PLAN_FILE).write_text(
+        json.dumps({"format": 1, "arch": ARCH, "store": "store", "variants": []})
+    )
+    done = _measure_without_gpu(tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        "Error: tune --measure needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
+        "run it on the GPU host with the prepared DIR: "
+        "PYTHONPATH=. python -m compressc.cli tune --measure DIR\n"
+    )
+
+
+def test_measure_without_a_plan_names_the_prepare_command(tmp_path: Path) -> None:
+    assert _error(_tune("--measure", str(tmp_path))) == (
+        f"{tmp_path / PLAN_FILE} not found: run `compressc tune --arch sm90 --prepare {tmp_path}` first"
+    )
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_help_describes_the_three_steps() -> None:
+    result = _tune("--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for phrase in (
+        "--prepare DIRECTORY",
+        "--measure DIRECTORY",
+        "--apply FILE",
+        "geometric mean",
+        "`-p derived` the un-tuned derived default",
+        "compressc tune --apply build/tune/tune_results.json",
+    ):
+        assert phrase in text, phrase
+    assert "compressc tune --arch sm90 --prepare DIR" in CliRunner().invoke(main, ["--help"]).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give exactly one of --prepare DIR, --measure DIR or --apply RESULTS.json"),
+        (
+            ["--prepare", "a", "--measure", "b"],
+            "give exactly one of --prepare DIR, --measure DIR or --apply RESULTS.json",
+        ),
+        (["--apply", "r.json", "--reps", "3"], "--reps belongs to --measure, not --apply"),
+        (["--measure", "d", "--spec", "c4a"], "--spec belongs to --prepare, not --measure"),
+        (["--prepare", "d", "--data", "t.json"], "--data belongs to --apply, not --prepare"),
+    ],
+)
+def test_misused_options_are_one_line_errors(args: list[str], message: str) -> None:
+    assert _error(_tune(*args)) == message
+
+
+def test_measure_inputs_pack_every_variants_abi_on_the_cpu(monkeypatch) -> None:
+    """The argument side of --measure (scenario, L2 rotation, ABI packing) without a GPU."""
+    from compressc.tune import measure
+
+    monkeypatch.setattr(measure, "DEVICE", "cpu")
+    monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    for spec in default_specs():
+        inputs = measure._Inputs(spec, measure.Case("decode", 32))
+        packed = inputs.packed(spec)
+        assert len(packed) == max(len(inputs.tables), len(inputs.kv)) >= 2
+        assert inputs.sc.state_cache is None  # replaced by the rotated copies
+        if spec.kernel.startswith("c128a"):
+            assert len({v.data_ptr() for v in inputs.kv}) == len(inputs.kv)
