@@ -147,7 +147,7 @@ def make_calls(bench: Bench, impl: str, case: Case, sc, pool, tables, out, scrat
     for t in tables:
         v = values | {"block_table": t.data_ptr()}
         packed = [(k, pack_args(p, {x.name: v[x.name] for x in p})) for k, p in kernels]
-        calls.append(lambda packed=packed: [k.launch(case.T, pa[1]) for k, pa in packed])
+        calls.append(lambda packed=packed: [k.launch_rows(case.T, pa[1]) for k, pa in packed])
     return calls
 
 

@@ -317,3 +317,58 @@ def test_manager_verifies_its_input_first() -> None:
     module = module_from_spec(C4A).with_sched(elems_per_lane=3, head_lanes=1, threads=32, warps=1)
     with pytest.raises(VerifyError, match="elems_per_lane=3"):
         PassManager([]).run(module)
+
+
+# -- the launch grid and early operand loads (thread-map grid, window-prefetch operands-early) --
+def _lower(spec_kernel: str, pipeline: str):
+    from compressc.ir.from_spec import module_from_spec
+    from compressc.passes.manager import PassManager, parse_pipeline
+    from compressc.specs import make_spec
+
+    return PassManager(parse_pipeline(pipeline)).run(module_from_spec(make_spec(spec_kernel)))
+
+
+def test_thread_map_tiles_the_grid_by_thread_slots():
+    c4a = _lower("c4a", "thread-map")
+    assert (c4a.get("grid"), c4a.get("ctas_per_sm")) == ("tiled", 32)  # 64 threads: the 32-CTA limit
+    c128 = _lower("c128a_compress", "thread-map")
+    assert (c128.get("threads"), c128.get("ctas_per_sm")) == (256, 8)  # 2048 threads / 256
+    rows = _lower("c4a", "thread-map{grid=rows}")
+    assert (rows.get("grid"), rows.get("ctas_per_sm")) == ("rows", 0)
+    assert _lower("c4a", "thread-map{ctas-per-sm=4}").get("ctas_per_sm") == 4
+
+
+def test_verifier_rejects_an_impossible_grid():
+    from compressc.ir.verifier import VerifyError, verify
+
+    module = _lower("c4a", "thread-map")
+    with pytest.raises(VerifyError, match=r"ctas_per_sm=40: must be 1\.\.32 for a tiled grid"):
+        verify(module.with_sched(ctas_per_sm=40))
+    with pytest.raises(VerifyError, match=r"grid='waves': must be 'rows'"):
+        verify(module.with_sched(grid="waves"))
+    with pytest.raises(VerifyError, match=r"min_ctas_per_sm=64: must keep min_ctas_per_sm \* threads \(64\)"):
+        verify(module.with_sched(min_ctas_per_sm=64))
+
+
+def test_window_prefetch_issues_epilogue_operands_early_unless_told():
+    early = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch")
+    assert early.find("cc.rms_norm").get("load") == "early" and early.find("cc.rope").get("load") == "early"
+    late = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{operands-early=false}")
+    assert late.find("cc.rms_norm").get("load") == "late"
+
+
+def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
+    from compressc.kernels.emitter import emit
+
+    pipeline = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+    text = emit(_lower("c4a", pipeline), pipeline)
+    assert 'GRID = "tiled:32"' in text
+    assert "todo = cute.arch.vote_ballot_sync(mine)" in text
+    assert "for i in cutlass.range(per_cta, unroll=1):" in text
+    # the weight and the cos/sin loads come before the window gather
+    assert text.index("rms_norm_weight + cute.assume(col") < text.index("rKV = cute.make_rmem_tensor")
+    assert text.index("cos_sin_cache + cute.assume(cs_row") < text.index("rKV = cute.make_rmem_tensor")
+    baseline = "thread-map{grid=rows},vectorize,lower-reduction,plan-smem,window-prefetch{operands-early=false}"
+    text = emit(_lower("c4a", baseline), baseline)
+    assert 'GRID = "rows"' in text and "vote_ballot_sync" not in text
+    assert text.index("rms_norm_weight + cute.assume(col") > text.index("rKV = cute.make_rmem_tensor")

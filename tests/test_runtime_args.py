@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from compressc.runtime.args import ArgPacker, pack_args
+from compressc.runtime.args import MAX_ROWS_PER_CTA, ArgPacker, launch_grid, pack_args
 from compressc.specs import default_specs, make_spec
 from compressc.specs.abi import Param, abi
 
@@ -130,3 +130,31 @@ def test_arg_packer_buffers_are_per_thread():
     thread.join()
     assert other[0] != ctypes.addressof(mine) and _read_back(mine, 0, "i64") == 1
     assert packer.pack({"n": 5}) is mine and _read_back(mine, 0, "i64") == 5
+
+
+# -- launch grid ------------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [1, 7, 31, 32, 33, 1000, 4224, 4225, 16384, 100_000])
+@pytest.mark.parametrize("policy", ["tiled:1", "tiled:8", "tiled:32"])
+def test_tiled_grid_covers_every_row_with_runs_of_at_most_32(policy, rows):
+    grid = launch_grid(policy, rows, sm_count=132)
+    per_cta = -(-rows // grid)  # what the kernel derives from gridDim
+    assert 1 <= per_cta <= MAX_ROWS_PER_CTA
+    assert (grid - 1) * per_cta < rows <= grid * per_cta  # every CTA owns at least one row
+    assert grid <= max(int(policy.split(":")[1]) * 132, -(-rows // MAX_ROWS_PER_CTA))
+
+
+def test_tiled_grid_is_one_cta_per_row_until_the_cap():
+    assert launch_grid("tiled:32", 4224, 132) == 4224
+    assert launch_grid("tiled:32", 16384, 132) == 4096  # four rows a CTA: one C4A boundary in prefill
+    assert launch_grid("tiled:8", 16384, 132) == 1024
+
+
+def test_rows_grid_and_empty_launches():
+    assert launch_grid("rows", 16384, 132) == 16384
+    assert launch_grid("tiled:32", 0, 132) == 0 and launch_grid("rows", 0, 132) == 0
+
+
+@pytest.mark.parametrize("policy", ["tiles:4", "tiled:", "tiled:0", "tiled:x", ""])
+def test_unknown_grid_policy_is_refused(policy):
+    with pytest.raises(ValueError, match="expected 'rows' or 'tiled:<CTAs per SM>'"):
+        launch_grid(policy, 10, 132)

@@ -325,13 +325,14 @@ class FakeKernel:
     def __init__(self, spec, log):
         self.spec, self.log = spec, log
 
-    def launch(self, grid_x, kernel_params):
+    def launch_rows(self, num_rows, kernel_params):
+        """What LoadedKernel.launch_rows receives: the launched rows (the grid is its business)."""
         params = abi(self.spec)
         values = {
             p.name: ctypes.cast(kernel_params[i], ctypes.POINTER(_CTYPE[p.kind])).contents.value
             for i, p in enumerate(params)
         }
-        self.log.append((self.spec.variant, grid_x, values))
+        self.log.append((self.spec.variant, num_rows, values))
 
 
 @pytest.fixture

@@ -5,22 +5,48 @@ imports them inside its functions, so the runtime can read stores and manifests 
 machine without the build toolchain.
 """
 
-from compressc.cache.arch import KNOWN_ARCHS, arch_to_cc, normalize_arch
-from compressc.cache.compile import (
-    Artifacts,
-    CompileError,
-    Resources,
-    ToolchainError,
-    build_options,
-    compile_many,
-    compile_source,
-    toolchain,
-    toolchain_fingerprint,
-)
-from compressc.cache.cubin import CubinError, CubinInfo, check_cubin, read_cubin
-from compressc.cache.key import cache_key, key_ingredients, source_fingerprint
-from compressc.cache.manifest import make_manifest, validate_manifest
-from compressc.cache.store import CorruptEntryError, Entry, ReadOnlyStoreError, Store, StoreError
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): the runtime's pack lookup needs only the
+# store, and importing the compile driver and cubin reader would cost it milliseconds
+# of a cold start.
+_HOME = {
+    "KNOWN_ARCHS": "arch",
+    "arch_to_cc": "arch",
+    "normalize_arch": "arch",
+    "Artifacts": "compile",
+    "CompileError": "compile",
+    "Resources": "compile",
+    "ToolchainError": "compile",
+    "build_options": "compile",
+    "compile_many": "compile",
+    "compile_source": "compile",
+    "toolchain": "compile",
+    "toolchain_fingerprint": "compile",
+    "CubinError": "cubin",
+    "CubinInfo": "cubin",
+    "check_cubin": "cubin",
+    "read_cubin": "cubin",
+    "cache_key": "key",
+    "key_ingredients": "key",
+    "source_fingerprint": "key",
+    "make_manifest": "manifest",
+    "validate_manifest": "manifest",
+    "CorruptEntryError": "store",
+    "Entry": "store",
+    "ReadOnlyStoreError": "store",
+    "Store": "store",
+    "StoreError": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'compressc.cache' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"compressc.cache.{home}"), name)
+
 
 __all__ = [
     "KNOWN_ARCHS",

@@ -117,6 +117,21 @@ def _verify_thread_map(module: Module, elems: int) -> None:
     if module.get("warps") != threads // WARP:
         raise _fail(module, None, "warps", module.get("warps"), f"must equal threads / 32 = {threads // WARP}")
     _verify_lanes(module, elems, threads)
+    _verify_grid(module)
+
+
+def _verify_grid(module: Module) -> None:
+    grid, per_sm = module.get("grid"), module.get("ctas_per_sm")
+    if grid is not None and grid not in ("rows", "tiled"):
+        raise _fail(module, None, "grid", grid, "must be 'rows' (one CTA per launched row) or 'tiled'")
+    if grid == "tiled" and not (isinstance(per_sm, int) and 1 <= per_sm <= 32):
+        raise _fail(module, None, "ctas_per_sm", per_sm,
+                    "must be 1..32 for a tiled grid (Hopper holds at most 32 CTAs per SM)")
+    occupancy = module.get("min_ctas_per_sm")
+    threads = int(module.get("threads", 0))  # type: ignore[arg-type]
+    if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= 2048):
+        raise _fail(module, None, "min_ctas_per_sm", occupancy,
+                    f"must keep min_ctas_per_sm * threads ({threads}) within the SM's 2048 threads")
 
 
 def _verify_lanes(module: Module, elems: int, threads: int) -> None:
@@ -165,6 +180,9 @@ def _verify_op_schedule(module: Module, op: Op, elems: int) -> None:
         _verify_window(module, op)
     if op.name == "cc.rms_norm":
         _verify_rms(module, op)
+    if op.get("load") not in (None, "early", "late"):
+        raise _fail(module, op, "load", op.get("load"),
+                    "must be 'early' (issued with the row's metadata) or 'late' (where used)")
     if op.name == "cc.pool_softmax":
         split = int(module.get("window_split", 1))  # type: ignore[arg-type]
         want = "smem" if split > 1 else "none"

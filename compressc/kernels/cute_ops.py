@@ -7,7 +7,6 @@ says exactly which hardware operation runs; comments cite the PTX ISA behaviour.
 from __future__ import annotations
 
 from cutlass import Float32, Int32, Int64, Uint32
-from cutlass._mlir import ir
 from cutlass._mlir.dialects import llvm
 from cutlass.cutlass_dsl import T, dsl_user_op
 

@@ -59,12 +59,18 @@ def emit(module: Module, pipeline: str) -> str:
     src.line(f"class {class_name(module)}:")
     with src.indent():
         src.line(f'"""{spec.kernel} kernel, head {spec.head}, quant block {spec.quant_block}: '
-                 f'one CTA of {threads} threads per launched row."""')
+                 f'CTAs of {threads} threads; {_grid_doc(module)}."""')
         src.blank()
         src.line("@cute.jit")
         src.line(f"def __call__(self, {typed}):")
         with src.indent():
-            src.line(f"self.kernel({names}).launch(grid=[num_rows, 1, 1], block=[{threads}, 1, 1])")
+            occupancy = int(module.get("min_ctas_per_sm", 0))  # type: ignore[arg-type]
+            bounds = ""
+            if occupancy:
+                # .minnctapersm: ptxas keeps registers low enough for this many CTAs per SM
+                # (the carveout is a host-side launch attribute; the loader does not use it)
+                bounds = f", min_blocks_per_mp={occupancy}, preferred_smem_carveout=-1"
+            src.line(f"self.kernel({names}).launch(grid=[num_rows, 1, 1], block=[{threads}, 1, 1]{bounds})")
         src.blank()
         src.line("@cute.kernel")
         src.line(f"def kernel(self, {typed}):")
@@ -72,6 +78,20 @@ def emit(module: Module, pipeline: str) -> str:
             emit_body(src, module, spec)
     _footer(src, module, params)
     return src.text()
+
+
+def grid_policy(module: Module) -> str:
+    """The launch rule the runtime reads from the manifest: "rows" or "tiled:<ctas per SM>"."""
+    if module.get("grid") == "rows":
+        return "rows"
+    return f"tiled:{module.get('ctas_per_sm')}"
+
+
+def _grid_doc(module: Module) -> str:
+    if module.get("grid") == "rows":
+        return "one CTA per launched row"
+    return (f"at most {module.get('ctas_per_sm')} CTAs per SM, each looping over a run of "
+            "launched rows and pooling only the active ones")
 
 
 def _annotation(kind: str) -> str:
@@ -93,7 +113,7 @@ def _header(src: Source, module: Module, pipeline: str) -> None:
     src.blank()
     src.line(f'ENTRY = "{entry_name(module)}"')
     src.line(f"BLOCK = ({module.get('threads')}, 1, 1)")
-    src.line(f'GRID = "{module.get("grid")}"')
+    src.line(f'GRID = "{grid_policy(module)}"')
     src.line("SMEM_DYNAMIC = 0")
     src.line("LOG2E = 1.4426950408889634")
     src.blank()

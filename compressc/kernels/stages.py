@@ -19,24 +19,62 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
 
 def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
     _prologue(src, module)
-    _guard(src, module.find("cc.row_guard"))
-    src.line("if active:")
+    guard = module.find("cc.row_guard")
+    assert guard is not None
+    if module.get("grid") == "rows":
+        src.line("row, _, _ = cute.arch.block_idx()")
+        _guard(src, guard)
+        src.line("if active:")
+        with src.indent():
+            _row(src, module)
+        return
+    src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (at most 32)")
+    src.line("cta, _, _ = cute.arch.block_idx()")
+    src.line("ctas, _, _ = cute.arch.grid_dim()")
+    src.line("per_cta = (num_rows + ctas - 1) // ctas")
+    src.line("row0 = cta * per_cta")
+    src.line("# one lane per row reads its metadata (one round trip for the whole run), a ballot")
+    src.line("# hands every lane the set of active rows: inactive rows cost no further work")
+    src.line("row = row0 + lane")
+    src.line("mine = cutlass.Boolean(False)")
+    src.line("if lane < per_cta and row < num_rows:")
     with src.indent():
-        split = int(module.get("window_split"))  # type: ignore[arg-type]
-        for op in module.ops:
-            emit = _EMITTERS.get(op.name)
-            if emit is not None:
-                emit(src, module, op)
-            if op.name == "cc.pool_softmax" and split > 1:
-                src.line("if group == 0:")
-                src.depth += 1
-        src.depth -= 1 if split > 1 else 0
+        _guard(src, guard)
+        src.line("mine = active")
+    src.line("todo = cute.arch.vote_ballot_sync(mine)")
+    src.line("for i in cutlass.range(per_cta, unroll=1):")
+    with src.indent():
+        src.line("if (todo >> i) & 1 != 0:")
+        with src.indent():
+            src.line("row = row0 + i")
+            src.line("# this row's metadata again: the ballot round trip left it in L1")
+            _guard(src, guard)
+            _row(src, module)
+            if int(module.get("smem_bytes")):  # type: ignore[arg-type]
+                src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
+
+
+def _row(src: Source, module: Module) -> None:
+    """The work of one active row: every op's emitter in order."""
+    split = int(module.get("window_split"))  # type: ignore[arg-type]
+    depth = src.depth
+    for op in module.ops:
+        if op.get("load") == "early":
+            src.line(f"# {op.name}'s operands now: their latency hides under the window gather")
+            _OPERAND_LOADS[op.name](src, module, op)
+    for op in module.ops:
+        emit = _EMITTERS.get(op.name)
+        if emit is not None:
+            emit(src, module, op)
+        if op.name == "cc.pool_softmax" and split > 1:
+            src.line("if group == 0:")
+            src.depth += 1
+    src.depth = depth
 
 
 def _prologue(src: Source, module: Module) -> None:
     elems, head_lanes = module.get("elems_per_lane"), int(module.get("head_lanes"))  # type: ignore[arg-type]
     src.line("tidx, _, _ = cute.arch.thread_idx()")
-    src.line("row, _, _ = cute.arch.block_idx()")
     src.line("lane = tidx % 32")
     src.line("warp = tidx // 32")
     if int(module.get("window_split")) > 1:  # type: ignore[arg-type]
@@ -187,8 +225,6 @@ def _load_rows(src: Source, module: Module, op: Op) -> None:
 
 def _rms(src: Source, module: Module, op: Op) -> None:
     elems, head = int(module.get("elems_per_lane")), _i(op, "head", False)  # type: ignore[arg-type]
-    wtype = "BFloat16" if op.attr("weight_dtype") == "bf16" else "Float32"
-    wvec = _i(op, "vector_bits") // (16 if wtype == "BFloat16" else 32)
     src.line("ssq = Float32(0.0)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    ssq = ssq + rX[e] * rX[e]")
@@ -204,12 +240,37 @@ def _rms(src: Source, module: Module, op: Op) -> None:
         src.line(f"for w in range_constexpr(1, {warps}):")
         src.line(f"    ssq = ssq + sBuf[{base} + w]")
     src.line(f"rrms = ops.rsqrt(ssq / Float32({float(head)}) + rms_norm_eps)")
-    src.line(f"rW = cute.make_rmem_tensor(cute.make_layout({elems}), {wtype})")
-    src.line(f"cute.autovec_copy(cute.make_tensor(rms_norm_weight + cute.assume(col, divby={wvec}), "
-             f"cute.make_layout({elems})), rW)")
+    if op.get("load") != "early":
+        _rms_weight(src, module, op)
     src.line(f"rY = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    rY[e] = (rX[e] * rrms) * Float32(rW[e])")
+
+
+def _rms_weight(src: Source, module: Module, op: Op) -> None:
+    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    wtype = "BFloat16" if op.attr("weight_dtype") == "bf16" else "Float32"
+    wvec = _i(op, "vector_bits") // (16 if wtype == "BFloat16" else 32)
+    src.line(f"rW = cute.make_rmem_tensor(cute.make_layout({elems}), {wtype})")
+    src.line(f"cute.autovec_copy(cute.make_tensor(rms_norm_weight + cute.assume(col, divby={wvec}), "
+             f"cute.make_layout({elems})), rW)")
+
+
+def _rope_tables(src: Source, module: Module, op: Op) -> None:
+    """This lane's cos and sin values (rope lanes only; others keep them unset)."""
+    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    dims, first, ratio = _i(op, "dims", False), _i(op, "first", False), _i(op, "ratio", False)
+    half, vec = elems // 2, _i(op, "vector_bits") // 32
+    src.line(f"rCos = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
+    src.line(f"rSin = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
+    src.line(f"if col >= {first}:")
+    with src.indent():
+        src.line(f"# GPT-J pairs at position (p // {ratio}) * {ratio}")
+        src.line(f"cs_row = (pos // {ratio}) * {ratio * dims} + (col - {first}) // 2")
+        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row, divby={vec}), "
+                 f"cute.make_layout({half})), rCos)")
+        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row + {dims // 2}, "
+                 f"divby={vec}), cute.make_layout({half})), rSin)")
 
 
 def _head_barrier(src: Source, module: Module) -> None:
@@ -226,20 +287,13 @@ def _head_barrier(src: Source, module: Module) -> None:
 
 
 def _rope(src: Source, module: Module, op: Op) -> None:
-    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
-    dims, first, ratio = _i(op, "dims", False), _i(op, "first", False), _i(op, "ratio", False)
-    half, vec = elems // 2, _i(op, "vector_bits") // 32
+    elems, first = int(module.get("elems_per_lane")), _i(op, "first", False)  # type: ignore[arg-type]
+    if op.get("load") != "early":
+        _rope_tables(src, module, op)
     src.line(f"if col >= {first}:")
     with src.indent():
-        src.line(f"# GPT-J pairs at position (p // {ratio}) * {ratio}, rotated in fp32")
-        src.line(f"cs_row = (pos // {ratio}) * {ratio * dims} + (col - {first}) // 2")
-        src.line(f"rCos = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
-        src.line(f"rSin = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
-        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row, divby={vec}), "
-                 f"cute.make_layout({half})), rCos)")
-        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row + {dims // 2}, "
-                 f"divby={vec}), cute.make_layout({half})), rSin)")
-        src.line(f"for j in range_constexpr({half}):")
+        src.line("# rotate the GPT-J pairs in fp32")
+        src.line(f"for j in range_constexpr({elems // 2}):")
         with src.indent():
             src.line("a = rY[2 * j]")
             src.line("b = rY[2 * j + 1]")
@@ -247,7 +301,10 @@ def _rope(src: Source, module: Module, op: Op) -> None:
             src.line("rY[2 * j + 1] = a * rSin[j] + b * rCos[j]")
 
 
-from compressc.kernels.stages_store import quant as _quant, store as _store  # noqa: E402
+from compressc.kernels.stages_store import quant as _quant  # noqa: E402
+from compressc.kernels.stages_store import store as _store  # noqa: E402
+
+_OPERAND_LOADS = {"cc.rms_norm": _rms_weight, "cc.rope": _rope_tables}
 
 _EMITTERS = {
     "cc.window": _window,

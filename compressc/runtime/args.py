@@ -127,3 +127,28 @@ class ArgPacker:
         kernel_params.values = data  # the array holds only addresses: keep what they point at alive
         self._local.buffers = (data, kernel_params)
         return self._local.buffers
+
+
+# -- launch grid ------------------------------------------------------------------------
+MAX_ROWS_PER_CTA = 32  # a tiled kernel decides its rows' activity with one warp ballot
+
+
+def launch_grid(policy: str, num_rows: int, sm_count: int) -> int:
+    """CTAs to launch for `num_rows` launched rows under a manifest's grid `policy`.
+
+    "rows": one CTA per row. "tiled:N": at most N CTAs per SM (one wave), each taking
+    ceil(num_rows / grid) consecutive rows, at most 32 (the kernel derives its run from
+    gridDim, so any grid from ceil(num_rows / 32) up to num_rows is correct).
+    """
+    if num_rows <= 0:
+        return 0
+    if policy == "rows":
+        return num_rows
+    kind, _, per_sm = policy.partition(":")
+    if kind != "tiled" or not per_sm.isdigit() or int(per_sm) <= 0:
+        raise ValueError(f"grid policy {policy!r}: expected 'rows' or 'tiled:<CTAs per SM>'")
+    cap = max(int(per_sm) * sm_count, -(-num_rows // MAX_ROWS_PER_CTA))
+    grid = min(num_rows, cap)
+    per_cta = -(-num_rows // grid)
+    return -(-num_rows // per_cta)
+

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from cuda.bindings import driver
 
+from compressc.runtime.args import launch_grid
 from compressc.runtime.resolve import KernelImage, arch_for_capability, arch_runs_on
 
 _DEFAULT_SMEM_LIMIT = 48 * 1024  # bytes of dynamic smem a launch gets without opting in
@@ -113,6 +114,14 @@ class LoadedKernel:
     smem_dynamic: int
     module: driver.CUmodule
     function: driver.CUfunction
+    grid: str = "rows"  # the manifest's launch rule, see compressc.runtime.args.launch_grid
+    sm_count: int = 1
+
+    def launch_rows(self, num_rows: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
+        """Launch over `num_rows` launched rows with the grid the manifest's policy asks for."""
+        grid = launch_grid(self.grid, num_rows, self.sm_count)
+        if grid:
+            self.launch(grid, kernel_params, stream)
 
     def launch(self, grid_x: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
         """Launch on `stream` (default: torch's current stream of the device); no host sync."""
@@ -176,8 +185,10 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
     except CudaError:
         driver.cuModuleUnload(module)
         raise
+    sm_count = torch.cuda.get_device_properties(device_index).multi_processor_count
     return LoadedKernel(
-        image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function
+        image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function,
+        str(image.manifest.get("grid", "rows")), int(sm_count),
     )
 
 

@@ -157,7 +157,7 @@ def _tensors(args: dict) -> dict[str, torch.Tensor]:
 # -- kernels and launches ---------------------------------------------------------------
 def _launch(spec: KernelSpec, device: torch.device, values: Values) -> None:
     kernel = kernel_for(spec, device)
-    kernel.launch(int(values["num_rows"]), _packer(spec).pack(values))
+    kernel.launch_rows(int(values["num_rows"]), _packer(spec).pack(values))
 
 
 def kernel_for(spec: KernelSpec, device: torch.device):

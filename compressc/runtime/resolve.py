@@ -161,13 +161,15 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         "kernel": spec.kernel,
         "variant": spec.variant,
         "arch": arch,
-        "grid": "rows",
         "params": want_params,
     }
     got = dict(manifest, params=got_params)
     for field, want in expected.items():
         if got.get(field) != want:
             raise ManifestError(f"manifest field {field!r} is {got.get(field)!r}, expected {want!r}")
+    grid = manifest.get("grid")
+    if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"tiled:[1-9]\d*", grid))):
+        raise ManifestError(f"manifest field 'grid' is {grid!r}, expected 'rows' or 'tiled:<CTAs per SM>'")
     block = manifest.get("block")
     if not (isinstance(block, list) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)):
         raise ManifestError(f"manifest field 'block' is {block!r}, expected three positive ints")

@@ -157,6 +157,41 @@ def test_c128a_edge_cases_with_caller_buffer(cuda_device, spec, extra):
     _assert_same_bytes(spec, got, _c128a_reference(pool_spec, spec, sc, state), sc)
 
 
+# -- tiled grids: a CTA loops over a run of rows and skips the inactive ones ----------------
+def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
+    """Launch ceil(T / per_cta) CTAs whatever the device size (the kernels read the run from gridDim)."""
+    from compressc.runtime import loader as loader_module
+
+    def grid(policy: str, num_rows: int, sm_count: int) -> int:
+        if num_rows <= 0 or policy == "rows":
+            return max(num_rows, 0)
+        return -(-num_rows // per_cta)
+
+    monkeypatch.setattr(loader_module, "launch_grid", grid)
+
+
+@pytest.mark.parametrize("per_cta", [3, 32])
+@pytest.mark.parametrize("kind", ["prefill", "mixed", "decode"])
+@pytest.mark.parametrize("spec", FUSED, ids=lambda s: s.variant)
+def test_fused_tiled_runs_match_reference(cuda_device, monkeypatch, spec, kind, per_cta):
+    _force_rows_per_cta(monkeypatch, per_cta)
+    sc = make_scenario(spec, kind, 1000, device=cuda_device, seed=_seed(spec.variant, kind, per_cta))
+    got = sc.poisoned_cache()
+    _run_fused(spec, sc, got)
+    _assert_same_bytes(spec, got, sc.run_reference(), sc)
+
+
+@pytest.mark.parametrize("per_cta", [5, 32])
+@pytest.mark.parametrize("kind", ["prefill", "mixed", "decode"])
+@pytest.mark.parametrize("spec", STORES, ids=lambda s: s.variant)
+def test_c128a_tiled_runs_match_reference(cuda_device, monkeypatch, spec, kind, per_cta):
+    _force_rows_per_cta(monkeypatch, per_cta)
+    pool_spec, sc, state = _c128a_case(spec, kind, 1000, cuda_device)
+    got = sc.poisoned_cache()
+    ops.compress_c128a(*_c128a_args(sc, state, got), head_size=spec.head, quant_block=spec.quant_block)
+    _assert_same_bytes(spec, got, _c128a_reference(pool_spec, spec, sc, state), sc)
+
+
 # -- CUDA graphs, empty launches, other threads ---------------------------------------------
 def _refresh_inputs(sc, state: torch.Tensor, cache: torch.Tensor, seed: int) -> None:
     """New values in the captured tensors (same shapes): state, gamma, and a re-poisoned cache."""
