@@ -1,7 +1,7 @@
 """Side-by-side GPU benchmark of the compressor kernels (run on a GPU host; compiles nothing).
 
     PYTHONPATH=. python benchmarks/bench.py --kernels build/kernels \
-        --baseline build/kernels-baseline --out benchmarks/results
+        --derived build/kernels-derived --baseline build/kernels-baseline --out benchmarks/results
 
 For each default kernel (C4A, C128A as both kernels with the scratch buffer, the fp8
 indexer; bf16 RMSNorm weight), scenario (prefill: one sequence at positions 0..T-1;
@@ -16,7 +16,6 @@ Also the per-call time of the same calls captured in one CUDA graph.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -73,8 +72,8 @@ def _unique_bytes(spec, sc, active: torch.Tensor) -> int:
 
 
 class Bench:
-    def __init__(self, kernels: Path, baseline: Path | None, arch: str, reps: int) -> None:
-        self.dirs = {"compressc": kernels} | ({"baseline": baseline} if baseline else {})
+    def __init__(self, dirs: dict[str, Path], arch: str, reps: int) -> None:
+        self.dirs = dirs
         self.arch, self.reps = arch, reps
         self.events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                        for _ in range(reps)]
@@ -216,7 +215,10 @@ def run_case(bench: Bench, case: Case, copy: float, impls: list[str], max_pool: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kernels", type=Path, required=True, help="kernel dir of the default schedule")
+    ap.add_argument("--kernels", type=Path, required=True,
+                    help="kernel dir of the shipped schedule (-p default: tuned where tuned.json has it)")
+    ap.add_argument("--derived", type=Path, default=None,
+                    help="kernel dir built with -p derived (the un-tuned default), shown as impl 'derived'")
     ap.add_argument("--baseline", type=Path, default=None, help="kernel dir built with -p baseline")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--kernel", action="append", choices=["c4a", "c128a", "indexer_fp8"], default=None)
@@ -229,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import print_table, write_results
 
     torch.cuda.init()
-    bench, slow = Bench(args.kernels, args.baseline, "sm_90a", args.reps), Bench(args.kernels, None, "sm_90a", 8)
+    dirs = {"compressc": args.kernels, "derived": args.derived, "baseline": args.baseline}
+    dirs = {impl: d for impl, d in dirs.items() if d is not None}
+    bench, slow = Bench(dirs, "sm_90a", args.reps), Bench({"compressc": args.kernels}, "sm_90a", 8)
     copy = copy_gbps()
     empty = empty_launch_us(bench)
     print(f"{torch.cuda.get_device_name()}: copy {copy:.0f} GB/s, empty launch {empty:.2f} us", flush=True)
-    impls = ["compressc"] + (["baseline"] if args.baseline else [])
+    impls = list(dirs)
     rows = []
     started = time.perf_counter()
     for kernel in args.kernel or ["c4a", "c128a", "indexer_fp8"]:

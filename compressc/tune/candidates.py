@@ -29,7 +29,7 @@ from compressc.passes.manager import (
 )
 from compressc.specs.family import KernelSpec
 
-MAX_CANDIDATES = 12
+MAX_CANDIDATES = 14
 ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
@@ -81,6 +81,10 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
         for rows in PREFETCH_ROWS:
             yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
     yield "search", f"thread-map{{grid=rows}},{TAIL},window-prefetch"
+    per_sm = int(derived.get("ctas_per_sm") or 0)  # type: ignore[arg-type]
+    for fewer in (per_sm // 4, per_sm // 2):  # longer runs of rows per CTA
+        if fewer >= 1:
+            yield "search", f"thread-map{{ctas-per-sm={fewer}}},{TAIL},window-prefetch"
     elems, split = derived.get("elems_per_lane"), derived.get("window_split")
     grid = product(ELEMS_PER_LANE, WINDOW_SPLIT if windowed else (1,))
     for e, w in sorted(grid, key=lambda ew: ((ew[0] != elems) + (ew[1] != split), -ew[0], ew[1])):
