@@ -372,3 +372,12 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     text = emit(_lower("c4a", baseline), baseline)
     assert 'GRID = "rows"' in text and "vote_ballot_sync" not in text
     assert text.index("rms_norm_weight + cute.assume(col") > text.index("rKV = cute.make_rmem_tensor")
+
+
+def test_emit_names_the_missing_pass():
+    from compressc.ir.verifier import VerifyError
+    from compressc.kernels.emitter import emit
+
+    pipeline = "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem"
+    with pytest.raises(VerifyError, match="cc.window rows_in_flight is unset: emit needs the window-prefetch pass"):
+        emit(_lower("c4a", pipeline), pipeline)

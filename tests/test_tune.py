@@ -40,6 +40,14 @@ TUNED_C4A = "thread-map{elems-per-lane=4,window-split=2},vectorize,lower-reducti
 HAS_BUILD = all(importlib.util.find_spec(m) is not None for m in ("cutlass", "cuda.bindings.nvjitlink"))
 
 
+
+@pytest.fixture(autouse=True)
+def no_shipped_tuning(tmp_path_factory, monkeypatch):
+    """These tests start from an empty tuned table, whatever the package ships."""
+    empty = tmp_path_factory.mktemp("tuned") / "tuned.json"
+    empty.write_text("{}\n")
+    monkeypatch.setattr(tuned_mod, "TUNED_FILE", empty)
+
 def _tune(*args: str):
     return CliRunner().invoke(main, ["tune", *args])
 

@@ -39,11 +39,24 @@ def spec_hash(module: Module) -> str:
     return hashlib.sha256(print_module(bare).encode()).hexdigest()[:16]
 
 
+# Schedule fields the emitter reads, and the pass that sets each.
+_OP_FIELDS = {
+    "cc.window": (("vector_bits", "vectorize"), ("rows_in_flight", "window-prefetch")),
+    "cc.rms_norm": (("lane_tree", "lower-reduction"),),
+    "cc.quant": (("group_tree", "lower-reduction"),),
+}
+
+
 def _require_lowered(module: Module) -> None:
     for key in ("threads", "elems_per_lane", "smem_bytes"):
         if module.get(key) is None:
             raise VerifyError(f"module @{module.name}: {key} is unset: emit needs a lowered module "
                               "(run the default pipeline first)")
+    for op in module.ops:
+        for key, owner in _OP_FIELDS.get(op.name, ()):
+            if op.get(key) is None:
+                raise VerifyError(f"module @{module.name}: {op.name} {key} is unset: emit needs the "
+                                  f"{owner} pass in the pipeline (or -p default)")
 
 
 def emit(module: Module, pipeline: str) -> str:
