@@ -27,6 +27,7 @@ sys.meta_path.insert(0, _NoCutlass())
 
 _USE_RUNTIME = """
 import compressc.runtime as rt
+import compressc.reference  # the torch reference needs no toolchain either
 from compressc.runtime import loader  # cuda-python only; importing needs no driver
 from compressc.runtime.args import pack_args
 from compressc.specs import make_spec
