@@ -111,6 +111,30 @@ def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
     return cmd + (f" --out {shlex.quote(str(out))}" if out is not None else "")
 
 
+def variant_options(spec_help: str):
+    """--spec, --head-size, --quant-block and --weight-dtype: one variant instead of the matrix."""
+
+    def decorate(command):
+        # applied bottom-up, so --help lists them in the order written here
+        command = click.option(
+            "--weight-dtype",
+            type=click.Choice(["bf16", "f32"]),
+            default=None,
+            help="With --spec: rms_norm_weight dtype (default: both).",
+        )(command)
+        command = click.option(
+            "--quant-block", type=int, default=None, help="With --spec: channels per quant scale."
+        )(command)
+        command = click.option(
+            "--head-size", type=int, default=None, help="With --spec: channels per token."
+        )(command)
+        return click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None, help=spec_help)(
+            command
+        )
+
+    return decorate
+
+
 @click.command()
 @click.option(
     "--arch",
@@ -120,21 +144,7 @@ def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
     show_default=True,
     help="GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.",
 )
-@click.option(
-    "--spec",
-    "kernel",
-    type=click.Choice(KERNELS),
-    default=None,
-    help="Build one kernel instead of the default matrix.",
-)
-@click.option("--head-size", type=int, default=None, help="With --spec: channels per token.")
-@click.option("--quant-block", type=int, default=None, help="With --spec: channels per quant scale.")
-@click.option(
-    "--weight-dtype",
-    type=click.Choice(["bf16", "f32"]),
-    default=None,
-    help="With --spec: rms_norm_weight dtype (default: both).",
-)
+@variant_options("Build one kernel instead of the default matrix.")
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline or 'baseline'.")
 @click.option(
     "--out",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from compressc.cli_build import _archs, _check_build_extra, _run_with_progress, _specs
+from compressc.cli_build import _archs, _check_build_extra, _run_with_progress, _specs, variant_options
 from compressc.specs.family import KERNELS
 
 # K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.
@@ -122,21 +122,7 @@ def _dir_size(path: Path) -> int:
     default=None,
     help="Compiler processes for kernels the cache lacks (default: $COMPRESSC_JOBS or the cores).",
 )
-@click.option(
-    "--spec",
-    "kernel",
-    type=click.Choice(KERNELS),
-    default=None,
-    help="Pack one kernel instead of the default matrix.",
-)
-@click.option("--head-size", type=int, default=None, help="With --spec: channels per token.")
-@click.option("--quant-block", type=int, default=None, help="With --spec: channels per quant scale.")
-@click.option(
-    "--weight-dtype",
-    type=click.Choice(["bf16", "f32"]),
-    default=None,
-    help="With --spec: rms_norm_weight dtype (default: both).",
-)
+@variant_options("Pack one kernel instead of the default matrix.")
 @_cache_dir_option
 def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dtype, cache_dir):
     """Write an installable kernel-pack wheel (compiling what the cache lacks).

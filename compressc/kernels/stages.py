@@ -28,13 +28,14 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
         with src.indent():
             _row(src, module)
         return
-    src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (at most 32)")
+    src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (at most 32,")
+    src.line("# compressc.runtime.args.launch_grid keeps the grid large enough)")
     src.line("cta, _, _ = cute.arch.block_idx()")
     src.line("ctas, _, _ = cute.arch.grid_dim()")
     src.line("per_cta = (num_rows + ctas - 1) // ctas")
     src.line("row0 = cta * per_cta")
-    src.line("# one lane per row reads its metadata (one round trip for the whole run), a ballot")
-    src.line("# hands every lane the set of active rows: inactive rows cost no further work")
+    src.line("# in every warp, lane i reads row0 + i's metadata (one round trip for the whole run)")
+    src.line("# and a ballot hands each lane the set of active rows: inactive rows cost nothing more")
     src.line("row = row0 + lane")
     src.line("mine = cutlass.Boolean(False)")
     src.line("if lane < per_cta and row < num_rows:")

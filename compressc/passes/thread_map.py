@@ -11,7 +11,6 @@ from compressc.passes.base import ModulePass
 WARP = 32
 MAX_ELEMS_PER_LANE = 8  # 8 fp32 = two 128-bit loads per stream and row
 SM_THREADS, SM_CTAS = 2048, 32  # Hopper: resident threads and CTAs per multiprocessor
-MAX_ROWS_PER_CTA = 32  # one lane of warp 0 per row decides activity; a ballot shares it
 
 
 @dataclass(frozen=True, slots=True)
