@@ -329,23 +329,37 @@ def _lower(spec_kernel: str, pipeline: str):
 
 
 def test_thread_map_tiles_the_grid_by_thread_slots():
-    c4a = _lower("c4a", "thread-map")
+    c4a = _lower("c4a", "thread-map{grid=tiled}")
     assert (c4a.get("grid"), c4a.get("ctas_per_sm")) == ("tiled", 32)  # 64 threads: the 32-CTA limit
     c128 = _lower("c128a_compress", "thread-map")
-    assert (c128.get("threads"), c128.get("ctas_per_sm")) == (256, 8)  # 2048 threads / 256
+    assert (c128.get("grid"), c128.get("threads"), c128.get("ctas_per_sm")) == ("tiled", 256, 8)  # 2048 / 256
+    assert _lower("c128a_store", "thread-map").get("grid") == "tiled"  # no window to unroll
     rows = _lower("c4a", "thread-map{grid=rows}")
     assert (rows.get("grid"), rows.get("ctas_per_sm")) == ("rows", 0)
     assert _lower("c4a", "thread-map{ctas-per-sm=4}").get("ctas_per_sm") == 4
 
 
+def test_thread_map_derives_runs_of_ratio_rows_where_the_window_is_unrolled():
+    for kernel in ("c4a", "indexer_fp8"):  # 8-row windows: straight-line, a run of 4 rows (ratio 4)
+        module = _lower(kernel, "thread-map")
+        assert (module.get("grid"), module.get("rows_per_cta"), module.get("ctas_per_sm")) == ("runs", 4, 0)
+    assert _lower("c4a", "thread-map{grid=runs,rows-per-cta=8}").get("rows_per_cta") == 8
+    # an explicit ctas-per-sm only means something for the tiled grid, so it picks that grid
+    assert _lower("c4a", "thread-map{ctas-per-sm=8}").get("grid") == "tiled"
+    with pytest.raises(ValueError, match="grid='waves': must be 'auto', 'tiled', 'runs' or 'rows'"):
+        _lower("c4a", "thread-map{grid=waves}")
+
+
 def test_verifier_rejects_an_impossible_grid():
     from compressc.ir.verifier import VerifyError, verify
 
-    module = _lower("c4a", "thread-map")
+    module = _lower("c4a", "thread-map{grid=tiled}")
     with pytest.raises(VerifyError, match=r"ctas_per_sm=40: must be 1\.\.32 for a tiled grid"):
         verify(module.with_sched(ctas_per_sm=40))
     with pytest.raises(VerifyError, match=r"grid='waves': must be 'rows'"):
         verify(module.with_sched(grid="waves"))
+    with pytest.raises(VerifyError, match=r"rows_per_cta=33: must be 1\.\.32 for a 'runs' grid"):
+        verify(module.with_sched(grid="runs", rows_per_cta=33))
     with pytest.raises(VerifyError, match=r"min_ctas_per_sm=64: must keep min_ctas_per_sm \* threads \(64\)"):
         verify(module.with_sched(min_ctas_per_sm=64))
 
@@ -360,11 +374,13 @@ def test_window_prefetch_issues_epilogue_operands_early_unless_told():
 def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     from compressc.kernels.emitter import emit
 
-    pipeline = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch"
     text = emit(_lower("c4a", pipeline), pipeline)
     assert 'GRID = "tiled:32"' in text
     assert "todo = cute.arch.vote_ballot_sync(mine)" in text
-    assert "for i in cutlass.range(per_cta, unroll=1):" in text
+    # blocks of 32 rows, one ballot each, so a CTA may own any number of rows
+    assert "for blk in cutlass.range((per_cta + 31) // 32, unroll=1):" in text
+    assert "for i in cutlass.range(n, unroll=1):" in text
     # the weight and the cos/sin loads come before the window gather
     assert text.index("rms_norm_weight + cute.assume(col") < text.index("rKV = cute.make_rmem_tensor")
     assert text.index("cos_sin_cache + cute.assume(cs_row") < text.index("rKV = cute.make_rmem_tensor")
@@ -372,6 +388,37 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     text = emit(_lower("c4a", baseline), baseline)
     assert 'GRID = "rows"' in text and "vote_ballot_sync" not in text
     assert text.index("rms_norm_weight + cute.assume(col") > text.index("rKV = cute.make_rmem_tensor")
+
+
+def test_emitted_runs_kernel_unrolls_its_fixed_run():
+    from compressc.kernels.emitter import emit
+
+    pipeline = "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch"
+    text = emit(_lower("c4a", pipeline), pipeline)
+    assert 'GRID = "runs:8"' in text and "row0 = cta * 8" in text
+    assert "for i in range_constexpr(8):" in text and "cutlass.range(" not in text
+    assert "grid_dim()" not in text  # the run is a constant, not derived from the launch
+
+
+def test_window_page_lookup_one_lane_per_row():
+    from compressc.ir.verifier import VerifyError, verify
+    from compressc.kernels.emitter import emit
+
+    tail = "vectorize,lower-reduction,plan-smem"
+    c128 = _lower("c128a_compress", f"thread-map,{tail},window-prefetch")
+    assert c128.find("cc.window").get("page_lookup") == "lane"  # 32 rows per split group
+    text = emit(c128, "x")
+    assert text.count("mBT[") == 1 and "ops.shfl_idx(wpage, Int32(k0 + r))" in text
+    assert "k0 = chunk * 8" in text  # each batch reads its rows' pages from lanes k0 ..
+    # a whole 128-row window in one group is too many rows for the 32 lanes of a warp
+    unsplit = _lower("c128a_compress", f"thread-map{{window-split=1}},{tail},window-prefetch")
+    assert unsplit.find("cc.window").get("page_lookup") == "row"
+    with pytest.raises(VerifyError, match="page_lookup='lane': 'lane' needs at most 32 rows per split group"):
+        verify(unsplit.replace_ops("cc.window", lambda op: op.with_sched(page_lookup="lane")))
+    baseline = _lower("c4a", "baseline")
+    assert baseline.find("cc.window").get("page_lookup") == "row"
+    text = emit(baseline, "baseline")
+    assert "wpage" not in text and "page = Int64(mBT[" in text
 
 
 def test_emit_names_the_missing_pass():

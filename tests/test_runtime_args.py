@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from compressc.runtime.args import MAX_ROWS_PER_CTA, ArgPacker, launch_grid, pack_args
+from compressc.runtime.args import ArgPacker, launch_grid, pack_args
 from compressc.specs import default_specs, make_spec
 from compressc.specs.abi import Param, abi
 
@@ -135,18 +135,22 @@ def test_arg_packer_buffers_are_per_thread():
 # -- launch grid ------------------------------------------------------------------------
 @pytest.mark.parametrize("rows", [1, 7, 31, 32, 33, 1000, 4224, 4225, 16384, 100_000])
 @pytest.mark.parametrize("policy", ["tiled:1", "tiled:8", "tiled:32"])
-def test_tiled_grid_covers_every_row_with_runs_of_at_most_32(policy, rows):
-    grid = launch_grid(policy, rows, sm_count=132)
+@pytest.mark.parametrize("resident", [0, 1, 3])
+def test_tiled_grid_is_one_wave_covering_every_row(policy, rows, resident):
+    grid = launch_grid(policy, rows, sm_count=132, resident=resident)
     per_cta = -(-rows // grid)  # what the kernel derives from gridDim
-    assert 1 <= per_cta <= MAX_ROWS_PER_CTA
     assert (grid - 1) * per_cta < rows <= grid * per_cta  # every CTA owns at least one row
-    assert grid <= max(int(policy.split(":")[1]) * 132, -(-rows // MAX_ROWS_PER_CTA))
+    per_sm = int(policy.split(":")[1])
+    assert grid <= 132 * (min(per_sm, resident) if resident else per_sm)  # never a second wave
 
 
 def test_tiled_grid_is_one_cta_per_row_until_the_cap():
     assert launch_grid("tiled:32", 4224, 132) == 4224
     assert launch_grid("tiled:32", 16384, 132) == 4096  # four rows a CTA: one C4A boundary in prefill
     assert launch_grid("tiled:8", 16384, 132) == 1024
+    # C128A compress: 512 threads x 122 registers, the SM holds one CTA, not the 4 its thread
+    # slots would: a 528-CTA grid would run its active rows in four waves
+    assert launch_grid("tiled:4", 16384, 132, resident=1) == 132
 
 
 def test_rows_grid_and_empty_launches():
@@ -154,7 +158,13 @@ def test_rows_grid_and_empty_launches():
     assert launch_grid("tiled:32", 0, 132) == 0 and launch_grid("rows", 0, 132) == 0
 
 
-@pytest.mark.parametrize("policy", ["tiles:4", "tiled:", "tiled:0", "tiled:x", ""])
+def test_runs_grid_is_one_cta_per_fixed_run():
+    assert launch_grid("runs:4", 16384, 132) == 4096
+    assert launch_grid("runs:4", 16385, 132) == 4097  # the last run is partial
+    assert launch_grid("runs:8", 1, 132) == 1 and launch_grid("runs:4", 0, 132) == 0
+
+
+@pytest.mark.parametrize("policy", ["tiles:4", "tiled:", "tiled:0", "tiled:x", "runs:", "runs:0", ""])
 def test_unknown_grid_policy_is_refused(policy):
-    with pytest.raises(ValueError, match="expected 'rows' or 'tiled:<CTAs per SM>'"):
+    with pytest.raises(ValueError, match="expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"):
         launch_grid(policy, 10, 132)

@@ -122,8 +122,13 @@ def _verify_thread_map(module: Module, elems: int) -> None:
 
 def _verify_grid(module: Module) -> None:
     grid, per_sm = module.get("grid"), module.get("ctas_per_sm")
-    if grid is not None and grid not in ("rows", "tiled"):
-        raise _fail(module, None, "grid", grid, "must be 'rows' (one CTA per launched row) or 'tiled'")
+    if grid is not None and grid not in ("rows", "tiled", "runs"):
+        raise _fail(module, None, "grid", grid,
+                    "must be 'rows' (one CTA per launched row), 'tiled' or 'runs'")
+    run = module.get("rows_per_cta")
+    if grid == "runs" and not (isinstance(run, int) and 1 <= run <= 32):
+        raise _fail(module, None, "rows_per_cta", run,
+                    "must be 1..32 for a 'runs' grid (one warp ballot decides the run's active rows)")
     if grid == "tiled" and not (isinstance(per_sm, int) and 1 <= per_sm <= 32):
         raise _fail(module, None, "ctas_per_sm", per_sm,
                     "must be 1..32 for a tiled grid (Hopper holds at most 32 CTAs per SM)")
@@ -229,3 +234,11 @@ def _verify_window(module: Module, op: Op) -> None:
     if rows is not None and (int(rows) < 1 or (window // split) % int(rows)):  # type: ignore[arg-type]
         raise _fail(module, op, "rows_in_flight", rows,
                     f"must divide the {window // split} rows each split group pools")
+    lookup = op.get("page_lookup")
+    if lookup is not None and lookup not in ("lane", "row"):
+        raise _fail(module, op, "page_lookup", lookup, "must be 'lane' or 'row'")
+    head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+    if lookup == "lane" and not (window // split <= 32 and head_lanes % 32 == 0):
+        raise _fail(module, op, "page_lookup", lookup,
+                    f"'lane' needs at most 32 rows per split group (have {window // split}) and warps "
+                    f"inside one group (head_lanes {head_lanes} a multiple of 32); use page-lookup=row")

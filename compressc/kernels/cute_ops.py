@@ -109,6 +109,13 @@ def shfl_xor(x, mask, *, loc=None, ip=None) -> Float32:
 
 
 @dsl_user_op
+def shfl_idx(x, src_lane, *, loc=None, ip=None) -> Int32:
+    """The 32-bit value lane `src_lane` holds (shfl.sync.idx, whole warp converged)."""
+    args = [_i(x, loc, ip), _i(src_lane, loc, ip)]
+    return Int32(_asm(T.i32(), args, "shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=r,r,r"))
+
+
+@dsl_user_op
 def st_global_b8(addr, value, *, loc=None, ip=None) -> None:
     args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
     llvm.inline_asm(None, args, "st.global.b8 [$0], $1;", "l,r", has_side_effects=True)

@@ -94,15 +94,21 @@ def emit(module: Module, pipeline: str) -> str:
 
 
 def grid_policy(module: Module) -> str:
-    """The launch rule the runtime reads from the manifest: "rows" or "tiled:<ctas per SM>"."""
+    """The launch rule the runtime reads from the manifest: "rows", "tiled:<ctas per SM>"
+    or "runs:<rows per CTA>"."""
     if module.get("grid") == "rows":
         return "rows"
+    if module.get("grid") == "runs":
+        return f"runs:{module.get('rows_per_cta')}"
     return f"tiled:{module.get('ctas_per_sm')}"
 
 
 def _grid_doc(module: Module) -> str:
     if module.get("grid") == "rows":
         return "one CTA per launched row"
+    if module.get("grid") == "runs":
+        return (f"each CTA takes a run of {module.get('rows_per_cta')} launched rows, unrolled, "
+                "and pools only the active ones")
     return (f"at most {module.get('ctas_per_sm')} CTAs per SM, each looping over a run of "
             "launched rows and pooling only the active ones")
 

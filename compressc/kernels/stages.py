@@ -28,31 +28,57 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
         with src.indent():
             _row(src, module)
         return
-    src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (at most 32,")
-    src.line("# compressc.runtime.args.launch_grid keeps the grid large enough)")
+    runs = module.get("grid") == "runs"
     src.line("cta, _, _ = cute.arch.block_idx()")
+    if runs:
+        run = int(module.get("rows_per_cta"))  # type: ignore[arg-type]
+        src.line(f"# runs grid: this CTA owns launched rows row0 .. row0 + {run - 1}, unrolled: inside a")
+        src.line("# dynamic loop ptxas would sink the window loads between the updates")
+        src.line(f"row0 = cta * {run}")
+        _ballot(src, guard, "row0", str(run))
+        src.line(f"for i in range_constexpr({run}):")
+        with src.indent():
+            _active_row(src, module, guard, "row0")
+        return
+    src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (one wave of CTAs:")
+    src.line("# compressc.runtime.args.launch_grid sizes the grid by the CTAs an SM holds)")
     src.line("ctas, _, _ = cute.arch.grid_dim()")
     src.line("per_cta = (num_rows + ctas - 1) // ctas")
     src.line("row0 = cta * per_cta")
-    src.line("# in every warp, lane i reads row0 + i's metadata (one round trip for the whole run)")
+    src.line("for blk in cutlass.range((per_cta + 31) // 32, unroll=1):")
+    with src.indent():
+        src.line("blk0 = row0 + blk * 32")
+        src.line("left = per_cta - blk * 32")
+        src.line("n = left if left < 32 else Int32(32)")
+        _ballot(src, guard, "blk0", "n")
+        src.line("for i in cutlass.range(n, unroll=1):")
+        with src.indent():
+            _active_row(src, module, guard, "blk0")
+
+
+def _ballot(src: Source, guard: Op, base: str, count: str) -> None:
+    """Lane i reads row base + i's metadata (one round trip for 32 rows); a ballot hands
+    every lane the set of active rows, so inactive rows cost nothing more."""
+    src.line(f"# in every warp, lane i reads row {base} + i's metadata (one round trip for the block)")
     src.line("# and a ballot hands each lane the set of active rows: inactive rows cost nothing more")
-    src.line("row = row0 + lane")
+    src.line(f"row = {base} + lane")
     src.line("mine = cutlass.Boolean(False)")
-    src.line("if lane < per_cta and row < num_rows:")
+    src.line(f"if lane < {count} and row < num_rows:")
     with src.indent():
         _guard(src, guard)
         src.line("mine = active")
     src.line("todo = cute.arch.vote_ballot_sync(mine)")
-    src.line("for i in cutlass.range(per_cta, unroll=1):")
+
+
+def _active_row(src: Source, module: Module, guard: Op, base: str) -> None:
+    src.line("if (todo >> i) & 1 != 0:")
     with src.indent():
-        src.line("if (todo >> i) & 1 != 0:")
-        with src.indent():
-            src.line("row = row0 + i")
-            src.line("# this row's metadata again: the ballot round trip left it in L1")
-            _guard(src, guard)
-            _row(src, module)
-            if int(module.get("smem_bytes")):  # type: ignore[arg-type]
-                src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
+        src.line(f"row = {base} + i")
+        src.line("# this row's metadata again: the ballot round trip left it in L1")
+        _guard(src, guard)
+        _row(src, module)
+        if int(module.get("smem_bytes")):  # type: ignore[arg-type]
+            src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
 
 
 def _row(src: Source, module: Module) -> None:
@@ -122,13 +148,27 @@ def _window(src: Source, module: Module, op: Op) -> None:
         src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
         src.line(f"{name}.fill({init})")
     first = f"group * {window // split}" if split > 1 else "0"
+    if op.get("page_lookup") == "lane":
+        absent = window > _i(op, "ratio", False)
+        src.line(f"# lane i looks up the page of its group's window row i (one round trip for all {window // split});")
+        src.line("# each batch takes a row's page from that lane with a shuffle")
+        src.line(f"wq = s0 + {first} + lane")
+        if absent:
+            src.line("wq = wq if wq >= 0 else Int64(0)")
+        src.line("wpage = Int32(0)")
+        src.line(f"if lane < {window // split}:")
+        src.line("    wpage = mBT[Int32(wq >> state_block_shift)]")
     if chunks > 1:
         src.line(f"for chunk in cutlass.range({chunks}, unroll=1):")
         with src.indent():
             src.line(f"i0 = {first} + chunk * {rows}")
+            if op.get("page_lookup") == "lane":
+                src.line(f"k0 = chunk * {rows}")
             _window_batch(src, module, op)
     else:
         src.line(f"i0 = {first}")
+        if op.get("page_lookup") == "lane":
+            src.line("k0 = 0")
         _window_batch(src, module, op)
 
 
@@ -147,7 +187,10 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
         if absent:
             src.line("q = q if q >= 0 else Int64(0)  # absent rows load a harmless row, masked below")
         stream = "0" if ratio == window else f"((i0 + r) // {ratio}) * {head}"
-        src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
+        if op.get("page_lookup") == "lane":
+            src.line("page = Int64(ops.shfl_idx(wpage, Int32(k0 + r)))  # row k0 + r of this group")
+        else:
+            src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
         src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
         for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
             src.line(f"cute.autovec_copy(cute.make_tensor(state_cache + cute.assume(base{offset}, divby={vec}), "

@@ -10,6 +10,7 @@ from compressc.passes.base import ModulePass
 
 WARP = 32
 MAX_ELEMS_PER_LANE = 8  # 8 fp32 = two 128-bit loads per stream and row
+MAX_UNROLLED_WINDOW = 8  # window rows the emitter unrolls straight-line (C4: 8; C128: a loop)
 SM_THREADS, SM_CTAS = 2048, 32  # Hopper: resident threads and CTAs per multiprocessor
 
 
@@ -25,25 +26,37 @@ class ThreadMap(ModulePass):
              c // elems_per_lane.
     Options: elems-per-lane (0 = the most that still fills a warp, at most 8);
              window-split (0 = 4 for the 128-row C128 window, else 1);
-             grid ("tiled": a CTA loops over a run of launched rows and skips the
+             grid ("auto": "runs" of `ratio` rows where the whole window is
+             unrolled in registers (at most 8 rows) and no ctas-per-sm is given,
+             else "tiled"; "tiled": a CTA loops over a run of launched rows and skips the
              inactive ones, the launch holding at most `ctas-per-sm` CTAs per SM;
              "rows": one CTA per launched row, as the peer kernels do);
+             "runs": a CTA takes a fixed run of `rows-per-cta` consecutive rows,
+             unrolled, and pools only the active ones (grid = ceil(T / run));
              ctas-per-sm (0 = as many as the SM's thread slots hold, at most 32:
-             one full wave).
+             one full wave); rows-per-cta (the run of a "runs" grid, 1..32;
+             0 = the compress ratio: one boundary row per run in a prefill).
 
     Why tiled: only 1 row in `ratio` writes (1 in 128 for C128 prefill), and a CTA
     spent on an inactive row still costs a launch and a metadata round trip. With
     a capped grid a CTA takes ceil(T / grid) consecutive rows, reads their
     metadata in one round trip (one lane per row, then a ballot) and pools only
     the active ones; at small T the cap is not reached and each CTA has one row.
+
+    Why runs: ptxas schedules a body inside a dynamic loop differently from the same
+    body straight-line: it sinks the window loads between the softmax updates (one
+    DRAM round trip after another) and needs +60 registers for C4A (168 -> 230). An
+    unrolled run of R rows keeps each row's loads issued up front at the straight-line
+    register count, and still skips the inactive rows without a CTA each.
     """
 
     name: ClassVar[str] = "thread-map"
     elems_per_lane: int = 0
     window_split: int = 0
-    grid: str = "tiled"
+    grid: str = "auto"
     ctas_per_sm: int = 0
     min_ctas_per_sm: int = 0
+    rows_per_cta: int = 0
 
     def apply(self, module: Module) -> Module:
         head = int(module.attr("head"))  # type: ignore[arg-type]
@@ -51,8 +64,9 @@ class ThreadMap(ModulePass):
         split = self.window_split or self._default_split(module)
         head_lanes = head // elems if elems > 0 else 0
         threads = head_lanes * split
-        if self.grid not in ("tiled", "rows"):
-            raise ValueError(f"thread-map grid={self.grid!r}: must be 'tiled' or 'rows'")
+        if self.grid not in ("auto", "tiled", "rows", "runs"):
+            raise ValueError(f"thread-map grid={self.grid!r}: must be 'auto', 'tiled', 'runs' or 'rows'")
+        grid = self._grid(module)
         per_sm = self.ctas_per_sm or max(1, min(SM_CTAS, SM_THREADS // max(threads, 1)))
         module = module.with_sched(
             elems_per_lane=elems,
@@ -60,12 +74,26 @@ class ThreadMap(ModulePass):
             window_split=split,
             threads=threads,
             warps=threads // WARP,
-            grid=self.grid,
-            ctas_per_sm=per_sm if self.grid == "tiled" else 0,
+            grid=grid,
+            ctas_per_sm=per_sm if grid == "tiled" else 0,
         )
+        if grid == "runs":
+            module = module.with_sched(rows_per_cta=self.rows_per_cta or self._default_run(module))
         if self.min_ctas_per_sm:
             module = module.with_sched(min_ctas_per_sm=self.min_ctas_per_sm)
         return module.replace_ops("cc.quant", lambda op: self._quant(op, elems))
+
+    def _grid(self, module: Module) -> str:
+        if self.grid != "auto":
+            return self.grid
+        window = module.find("cc.window")
+        unrolled = window is not None and int(window.attr("window")) <= MAX_UNROLLED_WINDOW  # type: ignore[arg-type]
+        return "runs" if unrolled and not self.ctas_per_sm else "tiled"
+
+    @staticmethod
+    def _default_run(module: Module) -> int:
+        # one compression boundary per run in a prefill (positions r-1, 2r-1, ...)
+        return int(module.attr("ratio", 4) or 4)  # type: ignore[arg-type]
 
     @staticmethod
     def _default_elems(head: int) -> int:

@@ -9,6 +9,14 @@ from compressc.ir.core import Module
 from compressc.passes.base import ModulePass, pool_rows_per_group
 
 DEFAULT_MAX_IN_FLIGHT = 8
+WARP = 32
+
+
+def lane_lookup_fits(module: Module) -> bool:
+    """Whether one lane per window row of a split group can look the pages up: the
+    group has at most 32 rows and every warp lies inside one group."""
+    head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+    return 0 < pool_rows_per_group(module) <= WARP and head_lanes % WARP == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +32,38 @@ class WindowPrefetch(ModulePass):
     their loads are issued right after the row's metadata, in the shadow of the
     window gather, instead of one more round trip after the RMS barrier.
 
-    Expects: thread-map has run (`window_split`).
-    Leaves:  cc.window `rows_in_flight` (divides the rows of a split group);
-             cc.rms_norm and cc.rope `load` ("early" or "late").
-    Options: rows (0 = min(rows per group, 8)); operands-early (default true).
+    Page lookups: with `page-lookup=lane` lane i of every warp reads the page of its
+    group's window row i once, before the first batch, and each batch takes a row's
+    page from that lane with one shuffle. A batched window then pays one page-table
+    round trip per row instead of one per batch (C128: 1 instead of 4 per group),
+    and a lane issues one page-table load instead of one per row.
+
+    Expects: thread-map has run (`window_split`, `head_lanes`).
+    Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
+             `page_lookup` ("lane" or "row"); cc.rms_norm and cc.rope `load`
+             ("early" or "late").
+    Options: rows (0 = min(rows per group, 8)); operands-early (default true);
+             page-lookup ("auto" = "lane" where a group has at most 32 rows and
+             its lanes fill whole warps, else "row"; "lane"; "row").
     """
 
     name: ClassVar[str] = "window-prefetch"
     rows: int = 0
     operands_early: bool = True
+    page_lookup: str = "auto"
 
     def apply(self, module: Module) -> Module:
+        if self.page_lookup not in ("auto", "lane", "row"):
+            raise ValueError(f"window-prefetch page-lookup={self.page_lookup!r}: must be 'auto', 'lane' or 'row'")
         per_group = pool_rows_per_group(module)
         rows = self.rows or min(per_group, DEFAULT_MAX_IN_FLIGHT)
         load = "early" if self.operands_early else "late"
-        module = module.replace_ops("cc.window", lambda op: op.with_sched(rows_in_flight=rows))
+        lookup = self.page_lookup
+        if lookup == "auto":
+            lookup = "lane" if lane_lookup_fits(module) else "row"
+        module = module.replace_ops(
+            "cc.window", lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup)
+        )
         for name in ("cc.rms_norm", "cc.rope"):
             module = module.replace_ops(name, lambda op: op.with_sched(load=load))
         return module

@@ -130,25 +130,28 @@ class ArgPacker:
 
 
 # -- launch grid ------------------------------------------------------------------------
-MAX_ROWS_PER_CTA = 32  # a tiled kernel decides its rows' activity with one warp ballot
-
-
-def launch_grid(policy: str, num_rows: int, sm_count: int) -> int:
+def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) -> int:
     """CTAs to launch for `num_rows` launched rows under a manifest's grid `policy`.
 
-    "rows": one CTA per row. "tiled:N": at most N CTAs per SM (one wave), each taking
-    ceil(num_rows / grid) consecutive rows, at most 32 (the kernel derives its run from
-    gridDim, so any grid from ceil(num_rows / 32) up to num_rows is correct).
+    "rows": one CTA per row. "tiled:N": one wave of at most N CTAs per SM, and no more
+    than the `resident` CTAs an SM can hold of this kernel (its occupancy, 0 = unknown):
+    a second wave would run the active rows one wave after another. Each CTA takes
+    ceil(num_rows / grid) consecutive rows (the kernel derives its run from gridDim, so
+    any grid up to num_rows is correct). "runs:R": each CTA takes a fixed run of R
+    consecutive rows (unrolled in the kernel), so exactly ceil(num_rows / R) CTAs.
     """
     if num_rows <= 0:
         return 0
     if policy == "rows":
         return num_rows
     kind, _, per_sm = policy.partition(":")
-    if kind != "tiled" or not per_sm.isdigit() or int(per_sm) <= 0:
-        raise ValueError(f"grid policy {policy!r}: expected 'rows' or 'tiled:<CTAs per SM>'")
-    cap = max(int(per_sm) * sm_count, -(-num_rows // MAX_ROWS_PER_CTA))
-    grid = min(num_rows, cap)
+    if kind not in ("tiled", "runs") or not per_sm.isdigit() or int(per_sm) <= 0:
+        raise ValueError(
+            f"grid policy {policy!r}: expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"
+        )
+    if kind == "runs":
+        return -(-num_rows // int(per_sm))
+    ctas = min(int(per_sm), resident) if resident > 0 else int(per_sm)
+    grid = min(num_rows, ctas * sm_count)
     per_cta = -(-num_rows // grid)
     return -(-num_rows // per_cta)
-

@@ -116,10 +116,11 @@ class LoadedKernel:
     function: driver.CUfunction
     grid: str = "rows"  # the manifest's launch rule, see compressc.runtime.args.launch_grid
     sm_count: int = 1
+    resident: int = 0  # CTAs of this kernel one SM holds (the driver's occupancy); 0 = unknown
 
     def launch_rows(self, num_rows: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
         """Launch over `num_rows` launched rows with the grid the manifest's policy asks for."""
-        grid = launch_grid(self.grid, num_rows, self.sm_count)
+        grid = launch_grid(self.grid, num_rows, self.sm_count, self.resident)
         if grid:
             self.launch(grid, kernel_params, stream)
 
@@ -182,13 +183,19 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
         if image.smem_dynamic > _DEFAULT_SMEM_LIMIT:
             attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
             _check("cuFuncSetAttribute", driver.cuFuncSetAttribute(function, attr, image.smem_dynamic), hint)
+        threads = image.block[0] * image.block[1] * image.block[2]
+        resident = _check(
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, image.smem_dynamic),
+            hint,
+        )
     except CudaError:
         driver.cuModuleUnload(module)
         raise
     sm_count = torch.cuda.get_device_properties(device_index).multi_processor_count
     return LoadedKernel(
         image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function,
-        str(image.manifest.get("grid", "rows")), int(sm_count),
+        str(image.manifest.get("grid", "rows")), int(sm_count), int(resident),
     )
 
 

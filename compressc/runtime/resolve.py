@@ -168,8 +168,10 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         if got.get(field) != want:
             raise ManifestError(f"manifest field {field!r} is {got.get(field)!r}, expected {want!r}")
     grid = manifest.get("grid")
-    if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"tiled:[1-9]\d*", grid))):
-        raise ManifestError(f"manifest field 'grid' is {grid!r}, expected 'rows' or 'tiled:<CTAs per SM>'")
+    if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"(tiled|runs):[1-9]\d*", grid))):
+        raise ManifestError(
+            f"manifest field 'grid' is {grid!r}, expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"
+        )
     block = manifest.get("block")
     if not (isinstance(block, list) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)):
         raise ManifestError(f"manifest field 'block' is {block!r}, expected three positive ints")

@@ -29,12 +29,15 @@ from compressc.passes.manager import (
 )
 from compressc.specs.family import KernelSpec
 
-MAX_CANDIDATES = 14
+MAX_CANDIDATES = 16
+SM_REGISTERS = 65536  # Hopper: 32-bit registers per multiprocessor
+REGISTER_OVERHEAD = 40  # registers beside the window's data (C4A measured: 168 - 128)
 ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
 TAIL = "vectorize{bits=128},lower-reduction,plan-smem"
-SCHEDULE_FIELDS = ("elems_per_lane", "window_split", "threads", "grid", "rows_in_flight")
+SCHEDULE_FIELDS = ("elems_per_lane", "window_split", "threads", "grid", "rows_per_cta", "ctas_per_sm",
+                   "min_ctas_per_sm", "rows_in_flight")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,13 @@ class Candidate:
         s = self.schedule
         text = f"e{s.get('elems_per_lane')} x{s.get('window_split')} {s.get('threads')}t"
         text += f" r{s['rows_in_flight']}" if s.get("rows_in_flight") else ""
-        return text + (" rows" if s.get("grid") == "rows" else "")
+        if s.get("grid") == "runs":
+            text += f" runs{s.get('rows_per_cta')}"
+        elif s.get("grid") == "tiled":
+            text += f" tiled{s.get('ctas_per_sm')}"
+        else:
+            text += " rows"
+        return text + (f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else "")
 
 
 def candidates(
@@ -81,7 +90,17 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
         for rows in PREFETCH_ROWS:
             yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
     yield "search", f"thread-map{{grid=rows}},{TAIL},window-prefetch"
-    per_sm = int(derived.get("ctas_per_sm") or 0)  # type: ignore[arg-type]
+    if derived.get("grid") == "runs":
+        run = int(derived.get("rows_per_cta"))  # type: ignore[arg-type]
+        for other in (run // 2, run * 2):
+            if 1 <= other <= 32:
+                yield "search", f"thread-map{{grid=runs,rows-per-cta={other}}},{TAIL},window-prefetch"
+        occupancy = straight_line_occupancy(derived)
+        if occupancy:
+            yield "search", f"thread-map{{grid=runs,min-ctas-per-sm={occupancy}}},{TAIL},window-prefetch"
+        yield "search", f"thread-map{{grid=tiled}},{TAIL},window-prefetch"
+    tiled = derived if derived.get("grid") == "tiled" else _lower(module, f"thread-map{{grid=tiled}},{TAIL}")
+    per_sm = int(tiled.get("ctas_per_sm") or 0) if tiled is not None else 0  # type: ignore[arg-type]
     for fewer in (per_sm // 4, per_sm // 2):  # longer runs of rows per CTA
         if fewer >= 1:
             yield "search", f"thread-map{{ctas-per-sm={fewer}}},{TAIL},window-prefetch"
@@ -90,6 +109,23 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     for e, w in sorted(grid, key=lambda ew: ((ew[0] != elems) + (ew[1] != split), -ew[0], ew[1])):
         options = f"elems-per-lane={e}" + (f",window-split={w}" if windowed else "")
         yield "search", f"thread-map{{{options}}},{TAIL},window-prefetch"
+
+
+def straight_line_occupancy(lowered: Module) -> int:
+    """CTAs per SM if ptxas needs only the window's registers plus a fixed overhead.
+
+    A run's rows hold `rows_in_flight` x 2 streams x `elems_per_lane` fp32 each (C4A:
+    128) and ptxas needs about 40 more (C4A straight-line: 168). Asking for this
+    occupancy (.minnctapersm) keeps ptxas at that count instead of rounding up into
+    one CTA fewer per SM. 0 when there is no window.
+    """
+    window = lowered.find("cc.window")
+    if window is None or window.get("rows_in_flight") is None:
+        return 0
+    data = int(window.get("rows_in_flight")) * 2 * int(lowered.get("elems_per_lane"))  # type: ignore[arg-type]
+    regs = -(-(data + REGISTER_OVERHEAD) // 8) * 8
+    threads = int(lowered.get("threads"))  # type: ignore[arg-type]
+    return max(1, min(32, SM_REGISTERS // (threads * regs), 2048 // threads))
 
 
 def _lower(module: Module, pipeline: str) -> Module | None:
@@ -102,7 +138,7 @@ def _lower(module: Module, pipeline: str) -> Module | None:
 
 def schedule_of(lowered: Module) -> dict:
     """The few schedule fields a tuning table shows."""
-    out = {k: lowered.get(k) for k in SCHEDULE_FIELDS[:4] if lowered.get(k) is not None}
+    out = {k: lowered.get(k) for k in SCHEDULE_FIELDS[:-1] if lowered.get(k)}
     window = lowered.find("cc.window")
     if window is not None and window.get("rows_in_flight") is not None:
         out["rows_in_flight"] = window.get("rows_in_flight")

@@ -159,12 +159,14 @@ def test_c128a_edge_cases_with_caller_buffer(cuda_device, spec, extra):
 
 # -- tiled grids: a CTA loops over a run of rows and skips the inactive ones ----------------
 def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
-    """Launch ceil(T / per_cta) CTAs whatever the device size (the kernels read the run from gridDim)."""
+    """Launch ceil(T / per_cta) CTAs of a tiled kernel whatever the device size (it reads its
+    run from gridDim); "rows" and "runs:R" kernels have one grid only and keep it."""
     from compressc.runtime import loader as loader_module
+    from compressc.runtime.args import launch_grid
 
     def grid(policy: str, num_rows: int, sm_count: int) -> int:
-        if num_rows <= 0 or policy == "rows":
-            return max(num_rows, 0)
+        if num_rows <= 0 or not policy.startswith("tiled:"):
+            return launch_grid(policy, num_rows, sm_count)
         return -(-num_rows // per_cta)
 
     monkeypatch.setattr(loader_module, "launch_grid", grid)
