@@ -142,10 +142,13 @@ def opt(
     \b
     Passes and their options (pipeline syntax: pass{opt=value,...},pass,...):
       thread-map{elems-per-lane=N,window-split=K}  which lane owns which channels
+        {grid=auto|runs|tiled|rows,rows-per-cta=R,   and which CTA owns which rows
+         ctas-per-sm=N,min-ctas-per-sm=M}
       vectorize{bits=32|64|128}                    vector width of each global access
       lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
       plan-smem                                    shared-memory slots and barriers
-      window-prefetch{rows=N}                      window rows loaded before first update
+      window-prefetch{rows=N,operands-early=B,     window rows loaded before first update,
+        page-lookup=auto|lane|row}                 epilogue operands early, page lookups
     """
     from compressc.ir import ParseError, parse_module, print_module
     from compressc.ir.from_spec import module_from_spec

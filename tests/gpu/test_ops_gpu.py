@@ -183,7 +183,7 @@ def test_fused_tiled_runs_match_reference(cuda_device, monkeypatch, spec, kind, 
     _assert_same_bytes(spec, got, sc.run_reference(), sc)
 
 
-@pytest.mark.parametrize("per_cta", [5, 32])
+@pytest.mark.parametrize("per_cta", [5, 32, 100])
 @pytest.mark.parametrize("kind", ["prefill", "mixed", "decode"])
 @pytest.mark.parametrize("spec", STORES, ids=lambda s: s.variant)
 def test_c128a_tiled_runs_match_reference(cuda_device, monkeypatch, spec, kind, per_cta):
