@@ -390,14 +390,15 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     assert text.index("rms_norm_weight + cute.assume(col") > text.index("rKV = cute.make_rmem_tensor")
 
 
-def test_emitted_runs_kernel_unrolls_its_fixed_run():
+def test_emitted_runs_kernel_unrolls_its_longest_run():
     from compressc.kernels.emitter import emit
 
     pipeline = "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch"
     text = emit(_lower("c4a", pipeline), pipeline)
-    assert 'GRID = "runs:8"' in text and "row0 = cta * 8" in text
-    assert "for i in range_constexpr(8):" in text and "cutlass.range(" not in text
-    assert "grid_dim()" not in text  # the run is a constant, not derived from the launch
+    assert 'GRID = "runs:8"' in text and "for i in range_constexpr(8):" in text
+    assert "cutlass.range(" not in text  # no dynamic loop: ptxas would sink the loads
+    # the run comes from the launch (at most 8): one row per CTA while the SMs have room
+    assert "per_cta = (num_rows + ctas - 1) // ctas" in text and "if lane < per_cta and row < num_rows:" in text
 
 
 def test_window_page_lookup_one_lane_per_row():

@@ -158,10 +158,23 @@ def test_rows_grid_and_empty_launches():
     assert launch_grid("tiled:32", 0, 132) == 0 and launch_grid("rows", 0, 132) == 0
 
 
-def test_runs_grid_is_one_cta_per_fixed_run():
+def test_runs_grid_is_one_row_per_cta_until_the_sms_are_full_then_runs():
     assert launch_grid("runs:4", 16384, 132) == 4096
     assert launch_grid("runs:4", 16385, 132) == 4097  # the last run is partial
     assert launch_grid("runs:8", 1, 132) == 1 and launch_grid("runs:4", 0, 132) == 0
+    # 5 resident CTAs per SM: 660 one-row CTAs fit, so T=512 runs one row each ...
+    assert launch_grid("runs:4", 512, 132, resident=5) == 512
+    # ... and T=1000 two rows each (ceil(1000 / 660) = 2), T=16384 the full run of 4
+    assert launch_grid("runs:4", 1000, 132, resident=5) == 500
+    assert launch_grid("runs:4", 16384, 132, resident=5) == 4096
+
+
+@pytest.mark.parametrize("rows", [1, 7, 33, 661, 1000, 2641, 16384, 100_000])
+@pytest.mark.parametrize("resident", [0, 1, 5, 32])
+def test_runs_grid_never_asks_for_more_rows_than_the_kernel_unrolls(rows, resident):
+    grid = launch_grid("runs:4", rows, 132, resident)
+    per_cta = -(-rows // grid)  # what the kernel derives from gridDim
+    assert 1 <= per_cta <= 4 and (grid - 1) * per_cta < rows <= grid * per_cta
 
 
 @pytest.mark.parametrize("policy", ["tiles:4", "tiled:", "tiled:0", "tiled:x", "runs:", "runs:0", ""])

@@ -32,10 +32,14 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
     src.line("cta, _, _ = cute.arch.block_idx()")
     if runs:
         run = int(module.get("rows_per_cta"))  # type: ignore[arg-type]
-        src.line(f"# runs grid: this CTA owns launched rows row0 .. row0 + {run - 1}, unrolled: inside a")
-        src.line("# dynamic loop ptxas would sink the window loads between the updates")
-        src.line(f"row0 = cta * {run}")
-        _ballot(src, guard, "row0", str(run))
+        src.line(f"# runs grid: this CTA owns launched rows row0 .. row0 + per_cta - 1, per_cta <= {run}")
+        src.line("# (compressc.runtime.args.launch_grid: one row per CTA until the SMs are full), the")
+        src.line(f"# {run} row bodies unrolled: inside a dynamic loop ptxas sinks the window loads")
+        src.line("# between the updates. Rows past per_cta have no ballot bit.")
+        src.line("ctas, _, _ = cute.arch.grid_dim()")
+        src.line("per_cta = (num_rows + ctas - 1) // ctas")
+        src.line("row0 = cta * per_cta")
+        _ballot(src, guard, "row0", "per_cta")
         src.line(f"for i in range_constexpr({run}):")
         with src.indent():
             _active_row(src, module, guard, "row0")

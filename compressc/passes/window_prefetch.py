@@ -10,6 +10,28 @@ from compressc.passes.base import ModulePass, pool_rows_per_group
 
 DEFAULT_MAX_IN_FLIGHT = 8
 WARP = 32
+QUADRANTS, QUADRANT_REGISTERS = 4, 16384  # Hopper: an SM's register file, per warp scheduler
+REGISTER_OVERHEAD = 40  # registers beside the window's data (C4A straight-line: 168 - 128)
+
+
+def straight_line_occupancy(module: Module, rows: int) -> int:
+    """CTAs per SM when ptxas needs only the window's registers plus a fixed overhead.
+
+    A lane holds `rows` x 2 streams x `elems_per_lane` fp32 of the window (C4A: 128)
+    and ptxas needs about 40 more (C4A straight-line: 168, 6 CTAs of 64 threads).
+    Left alone it may take a few more and drop to one CTA fewer per SM. The register
+    file is four quadrants of 16K, one per warp scheduler, so a warp's share is
+    16K / ceil(resident warps / 4), in steps of 8 registers per lane.
+    """
+    need = rows * 2 * int(module.get("elems_per_lane")) + REGISTER_OVERHEAD  # type: ignore[arg-type]
+    threads = int(module.get("threads"))  # type: ignore[arg-type]
+    warps = -(-threads // WARP)
+    best = 1
+    for ctas in range(1, min(32, 2048 // threads) + 1):
+        per_quadrant = -(-ctas * warps // QUADRANTS)
+        if (QUADRANT_REGISTERS // (per_quadrant * WARP)) // 8 * 8 >= need:
+            best = ctas
+    return best
 
 
 def lane_lookup_fits(module: Module) -> bool:
@@ -38,19 +60,27 @@ class WindowPrefetch(ModulePass):
     round trip per row instead of one per batch (C128: 1 instead of 4 per group),
     and a lane issues one page-table load instead of one per row.
 
+    Occupancy: a "runs" grid pays for its registers in resident CTAs, and a window
+    unrolled whole (rows in flight = the group's rows) is the bulk of them. With `occupancy` (and no min_ctas_per_sm from
+    thread-map) the module asks ptxas (.minnctapersm) for the CTAs per SM that the
+    window's registers plus a fixed overhead allow (C4A: 6, at 168 registers, where
+    ptxas alone takes 176 and the SM holds 4).
+
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
              `page_lookup` ("lane" or "row"); cc.rms_norm and cc.rope `load`
-             ("early" or "late").
+             ("early" or "late"); module `min_ctas_per_sm` (runs grid, see below).
     Options: rows (0 = min(rows per group, 8)); operands-early (default true);
              page-lookup ("auto" = "lane" where a group has at most 32 rows and
-             its lanes fill whole warps, else "row"; "lane"; "row").
+             its lanes fill whole warps, else "row"; "lane"; "row"); occupancy
+             (default true: set min_ctas_per_sm for a "runs" grid).
     """
 
     name: ClassVar[str] = "window-prefetch"
     rows: int = 0
     operands_early: bool = True
     page_lookup: str = "auto"
+    occupancy: bool = True
 
     def apply(self, module: Module) -> Module:
         if self.page_lookup not in ("auto", "lane", "row"):
@@ -66,4 +96,7 @@ class WindowPrefetch(ModulePass):
         )
         for name in ("cc.rms_norm", "cc.rope"):
             module = module.replace_ops(name, lambda op: op.with_sched(load=load))
+        straight = per_group and rows == per_group  # the whole window unrolled, no batch loop
+        if self.occupancy and module.get("grid") == "runs" and not module.get("min_ctas_per_sm") and straight:
+            module = module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, rows))
         return module

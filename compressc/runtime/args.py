@@ -137,8 +137,10 @@ def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) ->
     than the `resident` CTAs an SM can hold of this kernel (its occupancy, 0 = unknown):
     a second wave would run the active rows one wave after another. Each CTA takes
     ceil(num_rows / grid) consecutive rows (the kernel derives its run from gridDim, so
-    any grid up to num_rows is correct). "runs:R": each CTA takes a fixed run of R
-    consecutive rows (unrolled in the kernel), so exactly ceil(num_rows / R) CTAs.
+    any grid up to num_rows is correct). "runs:R": the kernel unrolls up to R rows per
+    CTA, so the grid is at least ceil(num_rows / R); below that, one row per CTA while
+    the SMs have room (`resident` CTAs each): at small T a CTA's rows would otherwise
+    run one after another while SMs idle.
     """
     if num_rows <= 0:
         return 0
@@ -150,8 +152,9 @@ def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) ->
             f"grid policy {policy!r}: expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"
         )
     if kind == "runs":
-        return -(-num_rows // int(per_sm))
-    ctas = min(int(per_sm), resident) if resident > 0 else int(per_sm)
-    grid = min(num_rows, ctas * sm_count)
+        grid = min(num_rows, max(-(-num_rows // int(per_sm)), resident * sm_count))
+    else:
+        ctas = min(int(per_sm), resident) if resident > 0 else int(per_sm)
+        grid = min(num_rows, ctas * sm_count)
     per_cta = -(-num_rows // grid)
     return -(-num_rows // per_cta)

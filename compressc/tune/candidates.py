@@ -30,8 +30,6 @@ from compressc.passes.manager import (
 from compressc.specs.family import KernelSpec
 
 MAX_CANDIDATES = 16
-SM_REGISTERS = 65536  # Hopper: 32-bit registers per multiprocessor
-REGISTER_OVERHEAD = 40  # registers beside the window's data (C4A measured: 168 - 128)
 ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
@@ -95,9 +93,7 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
         for other in (run // 2, run * 2):
             if 1 <= other <= 32:
                 yield "search", f"thread-map{{grid=runs,rows-per-cta={other}}},{TAIL},window-prefetch"
-        occupancy = straight_line_occupancy(derived)
-        if occupancy:
-            yield "search", f"thread-map{{grid=runs,min-ctas-per-sm={occupancy}}},{TAIL},window-prefetch"
+        yield "search", f"thread-map{{grid=runs}},{TAIL},window-prefetch{{occupancy=false}}"
         yield "search", f"thread-map{{grid=tiled}},{TAIL},window-prefetch"
     tiled = derived if derived.get("grid") == "tiled" else _lower(module, f"thread-map{{grid=tiled}},{TAIL}")
     per_sm = int(tiled.get("ctas_per_sm") or 0) if tiled is not None else 0  # type: ignore[arg-type]
@@ -109,23 +105,6 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     for e, w in sorted(grid, key=lambda ew: ((ew[0] != elems) + (ew[1] != split), -ew[0], ew[1])):
         options = f"elems-per-lane={e}" + (f",window-split={w}" if windowed else "")
         yield "search", f"thread-map{{{options}}},{TAIL},window-prefetch"
-
-
-def straight_line_occupancy(lowered: Module) -> int:
-    """CTAs per SM if ptxas needs only the window's registers plus a fixed overhead.
-
-    A run's rows hold `rows_in_flight` x 2 streams x `elems_per_lane` fp32 each (C4A:
-    128) and ptxas needs about 40 more (C4A straight-line: 168). Asking for this
-    occupancy (.minnctapersm) keeps ptxas at that count instead of rounding up into
-    one CTA fewer per SM. 0 when there is no window.
-    """
-    window = lowered.find("cc.window")
-    if window is None or window.get("rows_in_flight") is None:
-        return 0
-    data = int(window.get("rows_in_flight")) * 2 * int(lowered.get("elems_per_lane"))  # type: ignore[arg-type]
-    regs = -(-(data + REGISTER_OVERHEAD) // 8) * 8
-    threads = int(lowered.get("threads"))  # type: ignore[arg-type]
-    return max(1, min(32, SM_REGISTERS // (threads * regs), 2048 // threads))
 
 
 def _lower(module: Module, pipeline: str) -> Module | None:

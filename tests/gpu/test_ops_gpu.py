@@ -159,20 +159,20 @@ def test_c128a_edge_cases_with_caller_buffer(cuda_device, spec, extra):
 
 # -- tiled grids: a CTA loops over a run of rows and skips the inactive ones ----------------
 def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
-    """Launch ceil(T / per_cta) CTAs of a tiled kernel whatever the device size (it reads its
-    run from gridDim); "rows" and "runs:R" kernels have one grid only and keep it."""
+    """Launch ceil(T / per_cta) CTAs whatever the device size (the kernels read their run from
+    gridDim); a "runs:R" kernel unrolls at most R rows, so it gets min(per_cta, R)."""
     from compressc.runtime import loader as loader_module
-    from compressc.runtime.args import launch_grid
 
-    def grid(policy: str, num_rows: int, sm_count: int) -> int:
-        if num_rows <= 0 or not policy.startswith("tiled:"):
-            return launch_grid(policy, num_rows, sm_count)
-        return -(-num_rows // per_cta)
+    def grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) -> int:
+        if num_rows <= 0 or policy == "rows":
+            return max(num_rows, 0)
+        run = min(per_cta, int(policy[5:])) if policy.startswith("runs:") else per_cta
+        return -(-num_rows // run)
 
     monkeypatch.setattr(loader_module, "launch_grid", grid)
 
 
-@pytest.mark.parametrize("per_cta", [3, 32])
+@pytest.mark.parametrize("per_cta", [2, 3, 32])
 @pytest.mark.parametrize("kind", ["prefill", "mixed", "decode"])
 @pytest.mark.parametrize("spec", FUSED, ids=lambda s: s.variant)
 def test_fused_tiled_runs_match_reference(cuda_device, monkeypatch, spec, kind, per_cta):
