@@ -116,6 +116,43 @@ def shfl_idx(x, src_lane, *, loc=None, ip=None) -> Int32:
 
 
 @dsl_user_op
+def lowest_bit(x, *, loc=None, ip=None) -> Int32:
+    """Index of the lowest set bit of a nonzero 32-bit mask (bfind of x & -x)."""
+    text = "{ .reg .b32 t; neg.s32 t, $1; and.b32 t, t, $1; bfind.u32 $0, t; }"
+    return Int32(_asm(T.i32(), [_i(x, loc, ip)], text, "=r,r"))
+
+
+@dsl_user_op
+def popc(x, *, loc=None, ip=None) -> Int32:
+    """Set bits of a 32-bit mask."""
+    return Int32(_asm(T.i32(), [_i(x, loc, ip)], "popc.b32 $0, $1;", "=r,r"))
+
+
+@dsl_user_op
+def cp_async_16(smem_addr, gmem_addr, *, loc=None, ip=None) -> None:
+    """16 bytes global -> shared without a register (cp.async.cg: cached in L2 only).
+
+    Both addresses 16-byte aligned; completes at the next cp_async_wait that covers
+    its commit group. Only the issuing thread may read the bytes after that wait.
+    """
+    args = [_i(smem_addr, loc, ip), Int64(gmem_addr).ir_value(loc=loc, ip=ip)]
+    llvm.inline_asm(None, args, "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}",
+                    has_side_effects=True)
+
+
+@dsl_user_op
+def cp_async_commit(*, loc=None, ip=None) -> None:
+    """Close this thread's group of cp.async copies issued since the last commit."""
+    llvm.inline_asm(None, [], "cp.async.commit_group;", "~{memory}", has_side_effects=True)
+
+
+@dsl_user_op
+def cp_async_wait(pending: int, *, loc=None, ip=None) -> None:
+    """Wait until at most `pending` (a constant) of this thread's commit groups are in flight."""
+    llvm.inline_asm(None, [], f"cp.async.wait_group {int(pending)};", "~{memory}", has_side_effects=True)
+
+
+@dsl_user_op
 def st_global_b8(addr, value, *, loc=None, ip=None) -> None:
     args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
     llvm.inline_asm(None, args, "st.global.b8 [$0], $1;", "l,r", has_side_effects=True)

@@ -133,7 +133,7 @@ def _header(src: Source, module: Module, pipeline: str) -> None:
     src.line(f'ENTRY = "{entry_name(module)}"')
     src.line(f"BLOCK = ({module.get('threads')}, 1, 1)")
     src.line(f'GRID = "{grid_policy(module)}"')
-    src.line("SMEM_DYNAMIC = 0")
+    src.line(f"SMEM_DYNAMIC = {int(module.get('smem_dynamic', 0))}")  # type: ignore[arg-type]
     src.line("LOG2E = 1.4426950408889634")
     src.blank()
 

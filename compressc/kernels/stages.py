@@ -55,9 +55,84 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
         src.line("left = per_cta - blk * 32")
         src.line("n = left if left < 32 else Int32(32)")
         _ballot(src, guard, "blk0", "n")
+        window = module.find("cc.window")
+        if window is not None and window.get("stage") == "smem":
+            _staged_rows(src, module, guard, window)
+            return
         src.line("for i in cutlass.range(n, unroll=1):")
         with src.indent():
             _active_row(src, module, guard, "blk0")
+
+
+def _staged_rows(src: Source, module: Module, guard: Op, window: Op) -> None:
+    """The block's active rows, each one's window copied to smem while the one before pools."""
+    src.line("# software pipeline over the block's active rows: row k + 1's window is copied into")
+    src.line("# the other smem slot (cp.async) before row k pools, so its page-table and window")
+    src.line("# round trips run under row k's math")
+    src.line("rem = todo")
+    src.line("if rem != 0:")
+    with src.indent():
+        _stage_issue(src, module, window, "ops.lowest_bit(rem)", "0")
+    src.line("for k in cutlass.range(ops.popc(todo), unroll=1):")
+    with src.indent():
+        src.line("i = ops.lowest_bit(rem)")
+        src.line("rem = rem & (rem - 1)")
+        src.line("stg = k & 1  # this row's smem slot")
+        src.line("more = rem != 0")
+        src.line("if more:")
+        with src.indent():
+            _stage_issue(src, module, window, "ops.lowest_bit(rem)", "1 - stg")
+        src.line("row = blk0 + i")
+        src.line("# this row's metadata again: the ballot round trip left it in L1")
+        _guard(src, guard)
+        _operand_loads(src, module)
+        src.line("if more:")
+        src.line("    ops.cp_async_wait(1)  # this row's copies landed; the next row's may fly")
+        src.line("else:")
+        src.line("    ops.cp_async_wait(0)")
+        _row(src, module, operands=False)
+        if int(module.get("smem_bytes")):  # type: ignore[arg-type]
+            src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
+
+
+def _stage_chunks(module: Module, op: Op) -> tuple[int, int, int]:
+    """(16-byte copies per stream and row of a lane, copies per row of a lane, bytes per slot)."""
+    elems, threads = int(module.get("elems_per_lane")), int(module.get("threads"))  # type: ignore[arg-type]
+    per_stream = elems // 4
+    rows = _i(op, "rows_in_flight")
+    return per_stream, 2 * per_stream, rows * 2 * per_stream * 16 * threads
+
+
+def _stage_issue(src: Source, module: Module, op: Op, which: str, slot: str) -> None:
+    """cp.async the window of the block's row `which` into smem slot `slot`, one commit group."""
+    window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
+    width, threads = _i(op, "state_width", False), int(module.get("threads"))  # type: ignore[arg-type]
+    per_stream, per_row, slot_bytes = _stage_chunks(module, op)
+    src.line(f"srow = blk0 + {which}")
+    src.line("s_s0 = cute.make_tensor(positions, cute.make_layout(num_positions))[srow] - " + str(window - 1))
+    src.line("s_req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[srow]")
+    src.line("s_bt = cute.make_tensor(block_table + s_req * block_table_stride, cute.make_layout(block_table_stride))")
+    src.line("s_wq = s_s0 + lane")
+    if window > ratio:
+        src.line("s_wq = s_wq if s_wq >= 0 else Int64(0)")
+    src.line("s_page = Int32(0)")
+    src.line(f"if lane < {window}:")
+    src.line("    s_page = s_bt[Int32(s_wq >> state_block_shift)]")
+    src.line(f"s_dst = stage_base + ({slot}) * {slot_bytes} + tidx * 16")
+    src.line(f"for r in range_constexpr({window}):")
+    with src.indent():
+        src.line("q = s_s0 + r")
+        if window > ratio:
+            src.line("q = q if q >= 0 else Int64(0)  # absent rows copy a harmless row, masked when pooled")
+        stream = "0" if ratio == window else f"(r // {ratio}) * {head}"
+        src.line("page = Int64(ops.shfl_idx(s_page, Int32(r)))")
+        src.line(f"s_src = state_cache.toint() + (page * state_page_stride + (q & in_page) * {2 * width} "
+                 f"+ {stream} + col) * 4")
+        for f, offset in ((0, 0), (1, width)):
+            for h in range(per_stream):
+                src.line(f"ops.cp_async_16(s_dst + (r * {per_row} + {f * per_stream + h}) * {16 * threads}, "
+                         f"s_src + {(offset + 4 * h) * 4})")
+    src.line("ops.cp_async_commit()")
 
 
 def _ballot(src: Source, guard: Op, base: str, count: str) -> None:
@@ -85,14 +160,12 @@ def _active_row(src: Source, module: Module, guard: Op, base: str) -> None:
             src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
 
 
-def _row(src: Source, module: Module) -> None:
+def _row(src: Source, module: Module, operands: bool = True) -> None:
     """The work of one active row: every op's emitter in order."""
     split = int(module.get("window_split"))  # type: ignore[arg-type]
     depth = src.depth
-    for op in module.ops:
-        if op.get("load") == "early":
-            src.line(f"# {op.name}'s operands now: their latency hides under the window gather")
-            _OPERAND_LOADS[op.name](src, module, op)
+    if operands:
+        _operand_loads(src, module)
     for op in module.ops:
         emit = _EMITTERS.get(op.name)
         if emit is not None:
@@ -101,6 +174,13 @@ def _row(src: Source, module: Module) -> None:
             src.line("if group == 0:")
             src.depth += 1
     src.depth = depth
+
+
+def _operand_loads(src: Source, module: Module) -> None:
+    for op in module.ops:
+        if op.get("load") == "early":
+            src.line(f"# {op.name}'s operands now: their latency hides under the window gather")
+            _OPERAND_LOADS[op.name](src, module, op)
 
 
 def _prologue(src: Source, module: Module) -> None:
@@ -114,6 +194,11 @@ def _prologue(src: Source, module: Module) -> None:
     else:
         src.line("hlane = tidx")
     src.line(f"col = hlane * {elems}  # first channel this lane owns")
+    if int(module.get("smem_dynamic", 0)):  # type: ignore[arg-type]
+        src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")
+        src.line("sStage = cute.arch.get_dyn_smem(Float32, alignment=16)")
+        src.line("stage_base = sStage.toint()")
+        src.line("in_page = (Int64(1) << state_block_shift) - 1")
     smem = int(module.get("smem_bytes"))  # type: ignore[arg-type]
     if smem:
         words = smem // 4
@@ -146,6 +231,9 @@ def _window(src: Source, module: Module, op: Op) -> None:
     window, rows = _i(op, "window", False), _i(op, "rows_in_flight")
     chunks = window // split // rows
     src.line(f"s0 = pos - {window - 1}")
+    if op.get("stage") == "smem":
+        _window_from_smem(src, module, op)
+        return
     src.line("mBT = cute.make_tensor(block_table + req * block_table_stride, cute.make_layout(block_table_stride))")
     src.line("in_page = (Int64(1) << state_block_shift) - 1")
     for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
@@ -174,6 +262,35 @@ def _window(src: Source, module: Module, op: Op) -> None:
         if op.get("page_lookup") == "lane":
             src.line("k0 = 0")
         _window_batch(src, module, op)
+
+
+def _window_from_smem(src: Source, module: Module, op: Op) -> None:
+    """The online softmax over the rows this lane copied into smem slot `slot`."""
+    elems, threads = int(module.get("elems_per_lane")), int(module.get("threads"))  # type: ignore[arg-type]
+    window, ratio = _i(op, "window", False), _i(op, "ratio", False)
+    per_stream, per_row, slot_bytes = _stage_chunks(module, op)
+    for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
+        src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+        src.line(f"{name}.fill({init})")
+    src.line(f"s_at = stg * {slot_bytes // 4} + tidx * 4  # this lane's first fp32 in its smem slot")
+    src.line(f"for r in range_constexpr({window}):")
+    with src.indent():
+        src.line(f"rKV = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+        src.line(f"rSC = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
+        src.line("r4 = cute.make_rmem_tensor(cute.make_layout(4), Float32)")
+        for f, frag in ((0, "rKV"), (1, "rSC")):
+            for h in range(per_stream):
+                at = f"s_at + (r * {per_row} + {f * per_stream + h}) * {4 * threads}"
+                src.line(f"cute.autovec_copy(cute.make_tensor(sStage + cute.assume({at}, divby=4), "
+                         "cute.make_layout(4)), r4)")
+                for c in range(4):
+                    src.line(f"{frag}[{4 * h + c}] = r4[{c}]")
+        if window > ratio:
+            src.line("if s0 + r >= 0:")
+            with src.indent():
+                _online_update(src, elems, "rSC[e]", "rKV[e]")
+        else:
+            _online_update(src, elems, "rSC[e]", "rKV[e]")
 
 
 def _window_batch(src: Source, module: Module, op: Op) -> None:

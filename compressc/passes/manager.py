@@ -143,7 +143,13 @@ class PassManager:
         verify(module)
         for p in self.passes:
             start = time.perf_counter()
-            new = verify(p.apply(module))
+            try:
+                applied = p.apply(module)
+            except PipelineError:
+                raise
+            except ValueError as err:  # a pass that cannot lower this module with its options
+                raise PipelineError(f"{p.spelling()} cannot lower @{module.name}: {err}") from None
+            new = verify(applied)
             self.timings.append((p.spelling(), time.perf_counter() - start))
             if self.print_after_all or (self.print_after_change and new != module):
                 self.out(f"// -----// IR Dump After {p.spelling()} //----- //\n{print_module(new)}")

@@ -66,6 +66,14 @@ class WindowPrefetch(ModulePass):
     window's registers plus a fixed overhead allow (C4A: 6, at 168 registers, where
     ptxas alone takes 176 and the SM holds 4).
 
+    Staging (`stage=smem`, tiled grid): the window is copied global -> shared with
+    cp.async (16 bytes a copy, no register held while in flight) into one of two
+    slots, and a CTA issues the next active row's copies before it pools the current
+    one: the next row's page-table and window round trips run under this row's math
+    instead of after it. Each lane reads back only what it copied itself, so the
+    slots need no barrier. Dynamic shared memory: 2 x window x 2 streams x
+    elems_per_lane x 4 bytes per thread (C4A: 64 KiB).
+
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
              `page_lookup` ("lane" or "row"); cc.rms_norm and cc.rope `load`
@@ -73,7 +81,8 @@ class WindowPrefetch(ModulePass):
     Options: rows (0 = min(rows per group, 8)); operands-early (default true);
              page-lookup ("auto" = "lane" where a group has at most 32 rows and
              its lanes fill whole warps, else "row"; "lane"; "row"); occupancy
-             (default true: set min_ctas_per_sm for a "runs" grid).
+             (default true: set min_ctas_per_sm for a "runs" grid); stage ("regs":
+             window rows loaded into registers; "smem": staged, see above).
     """
 
     name: ClassVar[str] = "window-prefetch"
@@ -81,8 +90,11 @@ class WindowPrefetch(ModulePass):
     operands_early: bool = True
     page_lookup: str = "auto"
     occupancy: bool = True
+    stage: str = "regs"
 
     def apply(self, module: Module) -> Module:
+        if self.stage not in ("regs", "smem"):
+            raise ValueError(f"window-prefetch stage={self.stage!r}: must be 'regs' or 'smem'")
         if self.page_lookup not in ("auto", "lane", "row"):
             raise ValueError(f"window-prefetch page-lookup={self.page_lookup!r}: must be 'auto', 'lane' or 'row'")
         per_group = pool_rows_per_group(module)
@@ -94,9 +106,33 @@ class WindowPrefetch(ModulePass):
         module = module.replace_ops(
             "cc.window", lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup)
         )
+        if self.stage == "smem":
+            module = self._stage_in_smem(module, rows)
         for name in ("cc.rms_norm", "cc.rope"):
             module = module.replace_ops(name, lambda op: op.with_sched(load=load))
-        straight = per_group and rows == per_group  # the whole window unrolled, no batch loop
+        # the whole window unrolled in registers, no batch loop
+        straight = per_group and rows == per_group and self.stage == "regs"
         if self.occupancy and module.get("grid") == "runs" and not module.get("min_ctas_per_sm") and straight:
             module = module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, rows))
         return module
+
+    @staticmethod
+    def _stage_in_smem(module: Module, rows: int) -> Module:
+        elems, threads = int(module.get("elems_per_lane")), int(module.get("threads"))  # type: ignore[arg-type]
+        window = module.find("cc.window")
+        if window is None:
+            raise ValueError("window-prefetch stage=smem: the kernel has no window to stage")
+        why = []
+        if module.get("grid") != "tiled":
+            why.append(f"a tiled grid (have grid={module.get('grid')!r}: thread-map{{grid=tiled}})")
+        if rows != pool_rows_per_group(module) or int(module.get("window_split")) != 1:  # type: ignore[arg-type]
+            why.append("the whole window in one batch of one group (window-split=1, rows=0)")
+        if elems % 4:
+            why.append(f"elems-per-lane a multiple of 4 for 16-byte copies (have {elems})")
+        if window.get("page_lookup") != "lane":
+            why.append("page-lookup=lane")
+        if why:
+            raise ValueError("window-prefetch stage=smem needs " + "; ".join(why))
+        return module.replace_ops("cc.window", lambda op: op.with_sched(stage="smem")).with_sched(
+            smem_dynamic=2 * rows * 2 * elems * 4 * threads
+        )

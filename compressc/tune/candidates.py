@@ -29,7 +29,7 @@ from compressc.passes.manager import (
 )
 from compressc.specs.family import KernelSpec
 
-MAX_CANDIDATES = 16
+MAX_CANDIDATES = 18
 ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
@@ -57,7 +57,8 @@ class Candidate:
             text += f" tiled{s.get('ctas_per_sm')}"
         else:
             text += " rows"
-        return text + (f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else "")
+        text += f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else ""
+        return text + (" smem" if s.get("stage") == "smem" else "")
 
 
 def candidates(
@@ -95,6 +96,8 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
                 yield "search", f"thread-map{{grid=runs,rows-per-cta={other}}},{TAIL},window-prefetch"
         yield "search", f"thread-map{{grid=runs}},{TAIL},window-prefetch{{occupancy=false}}"
         yield "search", f"thread-map{{grid=tiled}},{TAIL},window-prefetch"
+        for elems in (8, 4):  # the window staged in smem, pipelined across a CTA's rows
+            yield "search", f"thread-map{{grid=tiled,elems-per-lane={elems}}},{TAIL},window-prefetch{{stage=smem}}"
     tiled = derived if derived.get("grid") == "tiled" else _lower(module, f"thread-map{{grid=tiled}},{TAIL}")
     per_sm = int(tiled.get("ctas_per_sm") or 0) if tiled is not None else 0  # type: ignore[arg-type]
     for fewer in (per_sm // 4, per_sm // 2):  # longer runs of rows per CTA
@@ -121,4 +124,6 @@ def schedule_of(lowered: Module) -> dict:
     window = lowered.find("cc.window")
     if window is not None and window.get("rows_in_flight") is not None:
         out["rows_in_flight"] = window.get("rows_in_flight")
+    if window is not None and window.get("stage") == "smem":
+        out["stage"] = "smem"
     return out
