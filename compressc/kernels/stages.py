@@ -49,6 +49,11 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
     src.line("ctas, _, _ = cute.arch.grid_dim()")
     src.line("per_cta = (num_rows + ctas - 1) // ctas")
     src.line("row0 = cta * per_cta")
+    window = module.find("cc.window")
+    warps = int(module.get("warps"))  # type: ignore[arg-type]
+    if warps > 1 and not (window is not None and window.get("stage") == "smem"):
+        _sweeps(src, module, guard, warps)
+        return
     src.line("for blk in cutlass.range((per_cta + 31) // 32, unroll=1):")
     with src.indent():
         src.line("blk0 = row0 + blk * 32")
@@ -62,6 +67,40 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
         src.line("for i in cutlass.range(n, unroll=1):")
         with src.indent():
             _active_row(src, module, guard, "blk0")
+
+
+def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
+    """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
+    span = WARP * warps
+    src.line(f"# a sweep: warp w reads the metadata of rows sw0 + 32w .. + 31 and ballots them; the")
+    src.line(f"# {warps} masks meet in smem, so one round trip decides {span} rows")
+    src.line(f"sTodo = cute.make_tensor(cute.arch.alloc_smem(Int32, {warps}, alignment=16), "
+             f"cute.make_layout({warps}))")
+    src.line(f"for sweep in cutlass.range((per_cta + {span - 1}) // {span}, unroll=1):")
+    with src.indent():
+        src.line(f"sw0 = row0 + sweep * {span}")
+        src.line("blk0 = sw0 + warp * 32")
+        src.line("left = row0 + per_cta - blk0")
+        src.line("n = left if left < 32 else Int32(32)")
+        _ballot(src, guard, "blk0", "n")
+        src.line("if lane == 0:")
+        src.line("    sTodo[warp] = Int32(todo)")
+        src.line("cute.arch.sync_threads()")
+        src.line(f"for w in cutlass.range({warps}, unroll=1):")
+        with src.indent():
+            src.line("wtodo = sTodo[w]")
+            src.line("rem = wtodo")
+            src.line("for k in cutlass.range(ops.popc(wtodo), unroll=1):")
+            with src.indent():
+                src.line("i = ops.lowest_bit(rem)")
+                src.line("rem = rem & (rem - 1)")
+                src.line("row = sw0 + w * 32 + i")
+                src.line("# this row's metadata again: the ballot round trip left it in L1")
+                _guard(src, guard)
+                _row(src, module)
+                if int(module.get("smem_bytes")):  # type: ignore[arg-type]
+                    src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
+        src.line("cute.arch.sync_threads()  # the next sweep rewrites sTodo")
 
 
 def _staged_rows(src: Source, module: Module, guard: Op, window: Op) -> None:
