@@ -432,3 +432,48 @@ def test_emit_names_the_missing_pass():
     pipeline = "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem"
     with pytest.raises(VerifyError, match="cc.window rows_in_flight is unset: emit needs the window-prefetch pass"):
         emit(_lower("c4a", pipeline), pipeline)
+
+
+_LOOP_PIPELINES = [
+    "derived",
+    "baseline",
+    "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch",
+    "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch",
+    "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch",
+    "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch{stage=smem}",
+]
+
+
+@pytest.mark.parametrize("pipeline", _LOOP_PIPELINES)
+@pytest.mark.parametrize("kernel", ["c4a", "c128a_compress", "c128a_store", "indexer_fp8"])
+def test_no_row_body_reassigns_a_dynamic_loop_variable(kernel, pipeline):
+    """A dynamic loop's variable (and what the loop reads back each trip) must survive the
+    body: a row body whose own constexpr loop reuses the name would send every later row
+    of the loop to the wrong place (the RMS exchange loops over `w`, for one)."""
+    import ast
+
+    from compressc.ir.from_spec import module_from_spec
+    from compressc.kernels.emitter import emit
+    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, resolve_pipeline
+    from compressc.specs import make_spec
+
+    spec_module = module_from_spec(make_spec(kernel))
+    try:
+        module = PassManager(parse_pipeline(resolve_pipeline(pipeline, spec_module))).run(spec_module)
+    except PipelineError:
+        pytest.skip(f"{pipeline} does not apply to {kernel}")  # e.g. a staged window without a window
+    tree = ast.parse(emit(module, pipeline))
+    for loop in (n for n in ast.walk(tree) if isinstance(n, ast.For)):
+        call = loop.iter
+        if not (isinstance(call, ast.Call) and ast.unparse(call.func) == "cutlass.range"):
+            continue
+        name = loop.target.id
+        for node in ast.walk(ast.Module(body=loop.body, type_ignores=[])):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.For, ast.AugAssign)):
+                targets = [node.target]
+            assert all(not (isinstance(t, ast.Name) and t.id == name) for t in targets), (
+                f"{kernel} / {pipeline}: the body of `for {name} in cutlass.range(...)` reassigns {name}"
+            )

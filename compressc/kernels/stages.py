@@ -72,6 +72,7 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
 def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
     """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
     span = WARP * warps
+    # loop names a row body never uses (its own loops use w, e, g, r, ...)
     src.line(f"# a sweep: warp w reads the metadata of rows sw0 + 32w .. + 31 and ballots them; the")
     src.line(f"# {warps} masks meet in smem, so one round trip decides {span} rows")
     src.line(f"sTodo = cute.make_tensor(cute.arch.alloc_smem(Int32, {warps}, alignment=16), "
@@ -86,15 +87,15 @@ def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
         src.line("if lane == 0:")
         src.line("    sTodo[warp] = Int32(todo)")
         src.line("cute.arch.sync_threads()")
-        src.line(f"for w in cutlass.range({warps}, unroll=1):")
+        src.line(f"for sw_w in cutlass.range({warps}, unroll=1):")
         with src.indent():
-            src.line("wtodo = sTodo[w]")
+            src.line("wtodo = sTodo[sw_w]")
             src.line("rem = wtodo")
-            src.line("for k in cutlass.range(ops.popc(wtodo), unroll=1):")
+            src.line("for sw_k in cutlass.range(ops.popc(wtodo), unroll=1):")
             with src.indent():
-                src.line("i = ops.lowest_bit(rem)")
+                src.line("sw_i = ops.lowest_bit(rem)")
                 src.line("rem = rem & (rem - 1)")
-                src.line("row = sw0 + w * 32 + i")
+                src.line("row = sw0 + sw_w * 32 + sw_i")
                 src.line("# this row's metadata again: the ballot round trip left it in L1")
                 _guard(src, guard)
                 _row(src, module)
@@ -112,16 +113,16 @@ def _staged_rows(src: Source, module: Module, guard: Op, window: Op) -> None:
     src.line("if rem != 0:")
     with src.indent():
         _stage_issue(src, module, window, "ops.lowest_bit(rem)", "0")
-    src.line("for k in cutlass.range(ops.popc(todo), unroll=1):")
+    src.line("for st_k in cutlass.range(ops.popc(todo), unroll=1):")
     with src.indent():
-        src.line("i = ops.lowest_bit(rem)")
+        src.line("st_i = ops.lowest_bit(rem)")
         src.line("rem = rem & (rem - 1)")
-        src.line("stg = k & 1  # this row's smem slot")
+        src.line("stg = st_k & 1  # this row's smem slot")
         src.line("more = rem != 0")
         src.line("if more:")
         with src.indent():
             _stage_issue(src, module, window, "ops.lowest_bit(rem)", "1 - stg")
-        src.line("row = blk0 + i")
+        src.line("row = blk0 + st_i")
         src.line("# this row's metadata again: the ballot round trip left it in L1")
         _guard(src, guard)
         _operand_loads(src, module)
