@@ -380,7 +380,7 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     assert "todo = cute.arch.vote_ballot_sync(mine)" in text
     # sweeps of 32 rows per warp, one ballot each, so a CTA may own any number of rows
     assert "for sweep in cutlass.range((per_cta + 63) // 64, unroll=1):" in text
-    assert "sTodo[warp] = Int32(todo)" in text and "for k in cutlass.range(ops.popc(wtodo), unroll=1):" in text
+    assert "sTodo[warp] = Int32(todo)" in text and "for sw_k in cutlass.range(ops.popc(wtodo), unroll=1):" in text
     one_warp = "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
     text = emit(_lower("indexer_fp8", one_warp), one_warp)  # one warp: blocks of 32 rows
     assert "for blk in cutlass.range((per_cta + 31) // 32, unroll=1):" in text
