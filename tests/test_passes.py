@@ -412,7 +412,7 @@ def test_window_page_lookup_one_lane_per_row():
     c128 = _lower("c128a_compress", f"thread-map,{tail},window-prefetch")
     assert c128.find("cc.window").get("page_lookup") == "lane"  # 32 rows per split group
     text = emit(c128, "x")
-    assert text.count("mBT[") == 1 and "ops.shfl_idx(wpage, Int32(k0 + r))" in text
+    assert text.count("mBT[") == text.count("wpage = mBT[") and "ops.shfl_idx(wpage, Int32(k0 + r))" in text
     assert "k0 = chunk * 8" in text  # each batch reads its rows' pages from lanes k0 ..
     # a whole 128-row window in one group is too many rows for the 32 lanes of a warp
     unsplit = _lower("c128a_compress", f"thread-map{{window-split=1}},{tail},window-prefetch")
@@ -477,3 +477,14 @@ def test_no_row_body_reassigns_a_dynamic_loop_variable(kernel, pipeline):
             assert all(not (isinstance(t, ast.Name) and t.id == name) for t in targets), (
                 f"{kernel} / {pipeline}: the body of `for {name} in cutlass.range(...)` reassigns {name}"
             )
+
+
+def test_tiled_kernel_takes_the_row_grid_path_when_each_cta_has_one_row():
+    from compressc.kernels.emitter import emit
+
+    pipeline = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+    text = emit(_lower("c128a_store", pipeline), pipeline)
+    fast, tiled = text.index("if ctas >= num_rows:"), text.index("per_cta = (num_rows + ctas - 1) // ctas")
+    assert fast < tiled and "row = cta" in text[fast:tiled] and "vote_ballot_sync" not in text[fast:tiled]
+    staged = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch{stage=smem}"
+    assert "if ctas >= num_rows:" not in emit(_lower("c4a", staged), staged)  # its rows read smem slots

@@ -44,14 +44,32 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
         with src.indent():
             _active_row(src, module, guard, "row0")
         return
+    window = module.find("cc.window")
+    staged = window is not None and window.get("stage") == "smem"
+    src.line("ctas, _, _ = cute.arch.grid_dim()")
+    if not staged:
+        src.line("if ctas >= num_rows:")
+        with src.indent():
+            src.line("# one row per CTA (the grid is not capped at this T): the row grid's body, no ballot")
+            src.line("row = cta")
+            _guard(src, guard)
+            src.line("if active:")
+            with src.indent():
+                _row(src, module)
+        src.line("else:")
+        src.depth += 1
+    _tiled(src, module, guard, staged)
+    if not staged:
+        src.depth -= 1
+
+
+def _tiled(src: Source, module: Module, guard: Op, staged: bool) -> None:
     src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (one wave of CTAs:")
     src.line("# compressc.runtime.args.launch_grid sizes the grid by the CTAs an SM holds)")
-    src.line("ctas, _, _ = cute.arch.grid_dim()")
     src.line("per_cta = (num_rows + ctas - 1) // ctas")
     src.line("row0 = cta * per_cta")
-    window = module.find("cc.window")
     warps = int(module.get("warps"))  # type: ignore[arg-type]
-    if warps > 1 and not (window is not None and window.get("stage") == "smem"):
+    if warps > 1 and not staged:
         _sweeps(src, module, guard, warps)
         return
     src.line("for blk in cutlass.range((per_cta + 31) // 32, unroll=1):")
@@ -60,13 +78,18 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
         src.line("left = per_cta - blk * 32")
         src.line("n = left if left < 32 else Int32(32)")
         _ballot(src, guard, "blk0", "n")
-        window = module.find("cc.window")
-        if window is not None and window.get("stage") == "smem":
-            _staged_rows(src, module, guard, window)
+        if staged:
+            _staged_rows(src, module, guard, window_op(module))
             return
         src.line("for i in cutlass.range(n, unroll=1):")
         with src.indent():
             _active_row(src, module, guard, "blk0")
+
+
+def window_op(module: Module) -> Op:
+    window = module.find("cc.window")
+    assert window is not None
+    return window
 
 
 def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
