@@ -300,7 +300,7 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
     assert set(FAMILY) == {s.kernel for s in default_specs()}
 
 
-def test_scores_are_geometric_means_and_the_lowest_wins() -> None:
+def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wins() -> None:
     from compressc.tune.measure import _Variant, _variant_result
 
     entry = {
@@ -317,17 +317,29 @@ def test_scores_are_geometric_means_and_the_lowest_wins() -> None:
         ],
     }
     v = _Variant(entry, C4A, [None, None, None])
-    v.us = [{"p32": 4.0, "d32": 9.0}, {"p32": 8.0, "d32": 8.0}, {"p32": 2.0, "d32": 16.0}]
+    v.us = [{"p32": 4.0, "d32": 8.2}, {"p32": 8.0, "d32": 8.0}, {"p32": 2.0, "d32": 16.0}]
     result = _variant_result(v)
-    assert [c["score_us"] for c in result["candidates"]] == [6.0, 8.0, pytest.approx(math.sqrt(32), abs=1e-3)]
+    scores = [c["score_us"] for c in result["candidates"]]
+    assert scores == [pytest.approx(math.sqrt(32.8), abs=1e-3), 8.0, pytest.approx(math.sqrt(32), abs=1e-3)]
+    # "c" scores best but doubles d32 against the baseline; "a" is within the 3% slack
     assert result["winner"] | {"score_us": 0} == {
-        "pipeline": "c",
-        "origin": "search",
+        "pipeline": "a",
+        "origin": "derived",
         "schedule": "s",
         "score_us": 0,
-        "derived_score_us": 6.0,
+        "derived_score_us": scores[0],
         "baseline_score_us": 8.0,
+        "never_slower_than_baseline": True,
     }
+    # the baseline itself is always eligible: when it is fastest everywhere it wins
+    v.us = [{"p32": 4.0, "d32": 9.0}, {"p32": 1.0, "d32": 1.0}, {"p32": 2.0, "d32": 16.0}]
+    result = _variant_result(v)
+    assert result["winner"]["pipeline"] == "b"
+    v.entry["candidates"][1]["origin"] = "search"  # no baseline measured: the lowest score wins
+    v.us[1] = {"p32": 3.0, "d32": 3.0}
+    assert _variant_result(v)["winner"]["pipeline"] == "b"
+    v.us[1] = {"p32": 9.0, "d32": 9.0}
+    assert _variant_result(v)["winner"]["pipeline"] == "c"
 
 
 _NO_CUTLASS = """
