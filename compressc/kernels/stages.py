@@ -118,12 +118,7 @@ def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
             with src.indent():
                 src.line("sw_i = ops.lowest_bit(rem)")
                 src.line("rem = rem & (rem - 1)")
-                src.line("row = sw0 + sw_w * 32 + sw_i")
-                src.line("# this row's metadata again: the ballot round trip left it in L1")
-                _guard(src, guard)
-                _row(src, module)
-                if int(module.get("smem_bytes")):  # type: ignore[arg-type]
-                    src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
+                _ballot_row(src, module, guard, "sw0 + sw_w * 32 + sw_i")
         src.line("cute.arch.sync_threads()  # the next sweep rewrites sTodo")
 
 
@@ -215,12 +210,17 @@ def _ballot(src: Source, guard: Op, base: str, count: str) -> None:
 def _active_row(src: Source, module: Module, guard: Op, base: str) -> None:
     src.line("if (todo >> i) & 1 != 0:")
     with src.indent():
-        src.line(f"row = {base} + i")
-        src.line("# this row's metadata again: the ballot round trip left it in L1")
-        _guard(src, guard)
-        _row(src, module)
-        if int(module.get("smem_bytes")):  # type: ignore[arg-type]
-            src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
+        _ballot_row(src, module, guard, f"{base} + i")
+
+
+def _ballot_row(src: Source, module: Module, guard: Op, row: str) -> None:
+    """One row a ballot found active: its metadata again, its work, the smem handover."""
+    src.line(f"row = {row}")
+    src.line("# this row's metadata again: the ballot round trip left it in L1")
+    _guard(src, guard)
+    _row(src, module)
+    if int(module.get("smem_bytes")):  # type: ignore[arg-type]
+        src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
 
 
 def _row(src: Source, module: Module, operands: bool = True) -> None:
