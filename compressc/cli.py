@@ -148,7 +148,8 @@ def opt(
       lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
       plan-smem                                    shared-memory slots and barriers
       window-prefetch{rows=N,operands-early=B,     window rows loaded before first update,
-        page-lookup=auto|lane|row}                 epilogue operands early, page lookups
+        page-lookup=auto|lane|row,occupancy=B,     epilogue operands early, page lookups,
+        stage=regs|smem}                           .minnctapersm hint, smem-staged window
     """
     from compressc.ir import ParseError, parse_module, print_module
     from compressc.ir.from_spec import module_from_spec

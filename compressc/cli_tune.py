@@ -115,8 +115,9 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
     Compiling needs nvidia-cutlass-dsl and measuring needs a GPU, so the search is three
     steps of this command. Candidates per variant (at most --limit): the derived default,
     the baseline, the current tuned entry, then window-prefetch rows 1|2|4|8, one CTA per
-    row, runs of half and twice the derived run, the run with a .minnctapersm occupancy
-    hint, the tiled grid and its longer runs (fewer CTAs per SM), and thread-map
+    row, runs of half and twice the derived run, the run without its .minnctapersm
+    occupancy hint, the tiled grid and its longer runs (fewer CTAs per SM), the window
+    staged in smem at 8 and 4 elems per lane, and thread-map
     elems-per-lane 2|4|8 x window-split 1|2|4 (window kernels only),
     all with 128-bit vectors; only schedules the verifier accepts, and one per distinct
     lowered IR. Candidates that spill or use a stack fail to build and are listed as dropped.

@@ -348,6 +348,12 @@ def test_thread_map_derives_runs_of_ratio_rows_where_the_window_is_unrolled():
     assert _lower("c4a", "thread-map{ctas-per-sm=8}").get("grid") == "tiled"
     with pytest.raises(ValueError, match="grid='waves': must be 'auto', 'tiled', 'runs' or 'rows'"):
         _lower("c4a", "thread-map{grid=waves}")
+    # options of another grid are refused, not ignored
+    with pytest.raises(ValueError, match="rows-per-cta=8 is the run of grid=runs; the grid here is 'tiled'"):
+        _lower("c128a_compress", "thread-map{rows-per-cta=8}")
+    with pytest.raises(ValueError, match="ctas-per-sm=3 sizes the tiled grid's wave; the grid here is 'runs'"):
+        _lower("c4a", "thread-map{grid=runs,ctas-per-sm=3}")
+    assert _lower("c128a_compress", "thread-map{grid=runs}").get("rows_per_cta") == 32  # not the ratio 128
 
 
 def test_verifier_rejects_an_impossible_grid():
@@ -376,7 +382,7 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
 
     pipeline = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch"
     text = emit(_lower("c4a", pipeline), pipeline)
-    assert 'GRID = "tiled:32"' in text
+    assert 'GRID = "wave:32"' in text
     assert "todo = cute.arch.vote_ballot_sync(mine)" in text
     # sweeps of 32 rows per warp, one ballot each, so a CTA may own any number of rows
     assert "for sweep in cutlass.range((per_cta + 63) // 64, unroll=1):" in text
@@ -464,9 +470,9 @@ def test_the_staged_window_refuses_the_c128_kernels():
 
 @pytest.mark.parametrize(("kernel", "pipeline"), _LOOP_CASES)
 def test_no_row_body_reassigns_a_dynamic_loop_variable(kernel, pipeline):
-    """A dynamic loop's variable (and what the loop reads back each trip) must survive the
-    body: a row body whose own constexpr loop reuses the name would send every later row
-    of the loop to the wrong place (the RMS exchange loops over `w`, for one)."""
+    """A dynamic loop's variable must survive the body: a row body whose own constexpr
+    loop reuses the name would send every later row of the loop to the wrong place (the
+    RMS exchange loops over `w`, for one)."""
     import ast
 
     from compressc.ir.from_spec import module_from_spec
@@ -502,3 +508,16 @@ def test_tiled_kernel_takes_the_row_grid_path_when_each_cta_has_one_row():
     assert fast < tiled and "row = cta" in text[fast:tiled] and "vote_ballot_sync" not in text[fast:tiled]
     staged = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch{stage=smem}"
     assert "if ctas >= num_rows:" not in emit(_lower("c4a", staged), staged)  # its rows read smem slots
+
+
+def test_verifier_checks_a_staged_window_against_its_grid_and_slots():
+    from compressc.ir.verifier import VerifyError, verify
+
+    staged = _lower("c4a", _STAGED)
+    assert staged.get("smem_dynamic") == 65536 and staged.find("cc.window").get("stage") == "smem"
+    with pytest.raises(VerifyError, match="stage='smem': 'smem' needs the tiled grid, have 'runs'"):
+        verify(staged.with_sched(grid="runs", rows_per_cta=4))
+    with pytest.raises(VerifyError, match="smem_dynamic=0: must be 65536: two slots of 8 rows"):
+        verify(staged.with_sched(smem_dynamic=0))
+    with pytest.raises(VerifyError, match="smem_dynamic=4096: must be 0 unless the window is staged"):
+        verify(_lower("c4a", "derived").with_sched(smem_dynamic=4096))

@@ -134,7 +134,7 @@ def test_arg_packer_buffers_are_per_thread():
 
 # -- launch grid ------------------------------------------------------------------------
 @pytest.mark.parametrize("rows", [1, 7, 31, 32, 33, 1000, 4224, 4225, 16384, 100_000])
-@pytest.mark.parametrize("policy", ["tiled:1", "tiled:8", "tiled:32"])
+@pytest.mark.parametrize("policy", ["wave:1", "wave:8", "wave:32"])
 @pytest.mark.parametrize("resident", [0, 1, 3])
 def test_tiled_grid_is_one_wave_covering_every_row(policy, rows, resident):
     grid = launch_grid(policy, rows, sm_count=132, resident=resident)
@@ -145,17 +145,17 @@ def test_tiled_grid_is_one_wave_covering_every_row(policy, rows, resident):
 
 
 def test_tiled_grid_is_one_cta_per_row_until_the_cap():
-    assert launch_grid("tiled:32", 4224, 132) == 4224
-    assert launch_grid("tiled:32", 16384, 132) == 4096  # four rows a CTA: one C4A boundary in prefill
-    assert launch_grid("tiled:8", 16384, 132) == 1024
+    assert launch_grid("wave:32", 4224, 132) == 4224
+    assert launch_grid("wave:32", 16384, 132) == 4096  # four rows a CTA: one C4A boundary in prefill
+    assert launch_grid("wave:8", 16384, 132) == 1024
     # C128A compress: 512 threads x 122 registers, the SM holds one CTA, not the 4 its thread
     # slots would: a 528-CTA grid would run its active rows in four waves
-    assert launch_grid("tiled:4", 16384, 132, resident=1) == 132
+    assert launch_grid("wave:4", 16384, 132, resident=1) == 132
 
 
 def test_rows_grid_and_empty_launches():
     assert launch_grid("rows", 16384, 132) == 16384
-    assert launch_grid("tiled:32", 0, 132) == 0 and launch_grid("rows", 0, 132) == 0
+    assert launch_grid("wave:32", 0, 132) == 0 and launch_grid("rows", 0, 132) == 0
 
 
 def test_runs_grid_is_one_row_per_cta_until_the_sms_are_full_then_runs():
@@ -177,7 +177,13 @@ def test_runs_grid_never_asks_for_more_rows_than_the_kernel_unrolls(rows, reside
     assert 1 <= per_cta <= 4 and (grid - 1) * per_cta < rows <= grid * per_cta
 
 
-@pytest.mark.parametrize("policy", ["tiles:4", "tiled:", "tiled:0", "tiled:x", "runs:", "runs:0", ""])
+def test_an_older_tiled_kernel_is_refused_not_launched_with_longer_runs():
+    # kernels built before blocks of 32 rows read one ballot: more than 32 rows would be skipped
+    with pytest.raises(ValueError, match="older compressc .*Rebuild them: compressc build"):
+        launch_grid("tiled:4", 16384, 132, resident=1)
+
+
+@pytest.mark.parametrize("policy", ["tiles:4", "wave:", "wave:0", "wave:x", "runs:", "runs:0", ""])
 def test_unknown_grid_policy_is_refused(policy):
-    with pytest.raises(ValueError, match="expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"):
+    with pytest.raises(ValueError, match="expected 'rows', 'wave:<CTAs per SM>' or 'runs:<rows per CTA>'"):
         launch_grid(policy, 10, 132)

@@ -225,6 +225,29 @@ def _verify_quant(module: Module, op: Op, elems: int) -> None:
                     f"must XOR exactly the masks 1..{int(lanes) // 2} of the group")
 
 
+def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:
+    """A window staged in smem (window-prefetch stage=smem) and the module's slots agree."""
+    stage, dynamic = op.get("stage"), module.get("smem_dynamic")
+    if stage not in (None, "regs", "smem"):
+        raise _fail(module, op, "stage", stage, "must be 'regs' or 'smem'")
+    if stage != "smem":
+        if dynamic:
+            raise _fail(module, None, "smem_dynamic", dynamic, "must be 0 unless the window is staged in smem")
+        return
+    elems, threads = int(module.get("elems_per_lane", 0)), int(module.get("threads", 0))  # type: ignore[arg-type]
+    if module.get("grid") != "tiled":
+        raise _fail(module, op, "stage", stage, f"'smem' needs the tiled grid, have {module.get('grid')!r}")
+    if split != 1 or op.get("rows_in_flight") != window or op.get("page_lookup") != "lane":
+        raise _fail(module, op, "stage", stage,
+                    "'smem' needs the whole window in one batch of one group with page_lookup='lane'")
+    if elems % 4:
+        raise _fail(module, op, "stage", stage, f"'smem' copies 16 bytes: elems_per_lane {elems} must be a multiple of 4")
+    want = 2 * window * 2 * elems * 4 * threads
+    if dynamic != want:
+        raise _fail(module, None, "smem_dynamic", dynamic,
+                    f"must be {want}: two slots of {window} rows x 2 streams x {elems} fp32 x {threads} threads")
+
+
 def _verify_window(module: Module, op: Op) -> None:
     split = int(module.get("window_split", 1))  # type: ignore[arg-type]
     window = int(op.attr("window"))  # type: ignore[arg-type]
@@ -238,6 +261,7 @@ def _verify_window(module: Module, op: Op) -> None:
     if lookup is not None and lookup not in ("lane", "row"):
         raise _fail(module, op, "page_lookup", lookup, "must be 'lane' or 'row'")
     head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+    _verify_stage(module, op, window, split)
     if lookup == "lane" and not (window // split <= 32 and head_lanes % 32 == 0):
         raise _fail(module, op, "page_lookup", lookup,
                     f"'lane' needs at most 32 rows per split group (have {window // split}) and warps "

@@ -94,13 +94,13 @@ def emit(module: Module, pipeline: str) -> str:
 
 
 def grid_policy(module: Module) -> str:
-    """The launch rule the runtime reads from the manifest: "rows", "tiled:<ctas per SM>"
-    or "runs:<rows per CTA>"."""
+    """The launch rule the runtime reads from the manifest: "rows", "wave:<ctas per SM>"
+    (a tiled kernel) or "runs:<rows per CTA>"."""
     if module.get("grid") == "rows":
         return "rows"
     if module.get("grid") == "runs":
         return f"runs:{module.get('rows_per_cta')}"
-    return f"tiled:{module.get('ctas_per_sm')}"
+    return f"wave:{module.get('ctas_per_sm')}"
 
 
 def _grid_doc(module: Module) -> str:

@@ -96,7 +96,7 @@ def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
     """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
     span = WARP * warps
     # loop names a row body never uses (its own loops use w, e, g, r, ...)
-    src.line(f"# a sweep: warp w reads the metadata of rows sw0 + 32w .. + 31 and ballots them; the")
+    src.line("# a sweep: warp w reads the metadata of rows sw0 + 32w .. + 31 and ballots them; the")
     src.line(f"# {warps} masks meet in smem, so one round trip decides {span} rows")
     src.line(f"sTodo = cute.make_tensor(cute.arch.alloc_smem(Int32, {warps}, alignment=16), "
              f"cute.make_layout({warps}))")
@@ -126,7 +126,8 @@ def _staged_rows(src: Source, module: Module, guard: Op, window: Op) -> None:
     """The block's active rows, each one's window copied to smem while the one before pools."""
     src.line("# software pipeline over the block's active rows: row k + 1's window is copied into")
     src.line("# the other smem slot (cp.async) before row k pools, so its page-table and window")
-    src.line("# round trips run under row k's math")
+    src.line("# round trips run under row k's math. A lane reads back only what it copied itself, and")
+    src.line("# it has used row k - 1's values (stored them) before it refills that slot for row k + 1")
     src.line("rem = todo")
     src.line("if rem != 0:")
     with src.indent():
@@ -328,7 +329,7 @@ def _window(src: Source, module: Module, op: Op) -> None:
 
 
 def _window_from_smem(src: Source, module: Module, op: Op) -> None:
-    """The online softmax over the rows this lane copied into smem slot `slot`."""
+    """The online softmax over the rows this lane copied into its smem slot `stg`."""
     elems, threads = int(module.get("elems_per_lane")), int(module.get("threads"))  # type: ignore[arg-type]
     window, ratio = _i(op, "window", False), _i(op, "ratio", False)
     per_stream, per_row, slot_bytes = _stage_chunks(module, op)

@@ -148,7 +148,7 @@ class PassManager:
             except PipelineError:
                 raise
             except ValueError as err:  # a pass that cannot lower this module with its options
-                raise PipelineError(f"{p.spelling()} cannot lower @{module.name}: {err}") from None
+                raise PipelineError(f"{p.spelling()} cannot lower @{module.name}: {err}") from err
             new = verify(applied)
             self.timings.append((p.spelling(), time.perf_counter() - start))
             if self.print_after_all or (self.print_after_change and new != module):

@@ -67,6 +67,12 @@ class ThreadMap(ModulePass):
         if self.grid not in ("auto", "tiled", "rows", "runs"):
             raise ValueError(f"thread-map grid={self.grid!r}: must be 'auto', 'tiled', 'runs' or 'rows'")
         grid = self._grid(module)
+        if self.rows_per_cta and grid != "runs":
+            raise ValueError(f"rows-per-cta={self.rows_per_cta} is the run of grid=runs; the grid here is "
+                             f"{grid!r} (add grid=runs, or drop rows-per-cta)")
+        if self.ctas_per_sm and grid != "tiled":
+            raise ValueError(f"ctas-per-sm={self.ctas_per_sm} sizes the tiled grid's wave; the grid here is "
+                             f"{grid!r} (use grid=tiled, or drop ctas-per-sm)")
         per_sm = self.ctas_per_sm or max(1, min(SM_CTAS, SM_THREADS // max(threads, 1)))
         module = module.with_sched(
             elems_per_lane=elems,
@@ -92,8 +98,9 @@ class ThreadMap(ModulePass):
 
     @staticmethod
     def _default_run(module: Module) -> int:
-        # one compression boundary per run in a prefill (positions r-1, 2r-1, ...)
-        return int(module.attr("ratio", 4) or 4)  # type: ignore[arg-type]
+        # one compression boundary per run in a prefill (positions r-1, 2r-1, ...), at most
+        # the 32 rows one warp ballot decides
+        return min(32, int(module.attr("ratio", 4) or 4))  # type: ignore[arg-type]
 
     @staticmethod
     def _default_elems(head: int) -> int:

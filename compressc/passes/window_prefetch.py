@@ -77,7 +77,7 @@ class WindowPrefetch(ModulePass):
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
              `page_lookup` ("lane" or "row"); cc.rms_norm and cc.rope `load`
-             ("early" or "late"); module `min_ctas_per_sm` (runs grid, see below).
+             ("early" or "late"); module `min_ctas_per_sm` (runs grid, see Occupancy).
     Options: rows (0 = min(rows per group, 8)); operands-early (default true);
              page-lookup ("auto" = "lane" where a group has at most 32 rows and
              its lanes fill whole warps, else "row"; "lane"; "row"); occupancy

@@ -130,10 +130,16 @@ class ArgPacker:
 
 
 # -- launch grid ------------------------------------------------------------------------
+STALE_TILED = (
+    "the launch rule of tiled kernels built by an older compressc (at most 32 rows per CTA); "
+    "today's tiled kernels say 'wave:<CTAs per SM>'. Rebuild them: compressc build --arch <arch>"
+)
+
+
 def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) -> int:
     """CTAs to launch for `num_rows` launched rows under a manifest's grid `policy`.
 
-    "rows": one CTA per row. "tiled:N": one wave of at most N CTAs per SM, and no more
+    "rows": one CTA per row. "wave:N" (a tiled kernel): one wave of at most N CTAs per SM, and no more
     than the `resident` CTAs an SM can hold of this kernel (its occupancy, 0 = unknown):
     a second wave would run the active rows one wave after another. Each CTA takes
     ceil(num_rows / grid) consecutive rows (the kernel derives its run from gridDim, so
@@ -147,9 +153,11 @@ def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) ->
     if policy == "rows":
         return num_rows
     kind, _, per_sm = policy.partition(":")
-    if kind not in ("tiled", "runs") or not per_sm.isdigit() or int(per_sm) <= 0:
+    if kind == "tiled":
+        raise ValueError(f"grid policy {policy!r}: {STALE_TILED}")
+    if kind not in ("wave", "runs") or not per_sm.isdigit() or int(per_sm) <= 0:
         raise ValueError(
-            f"grid policy {policy!r}: expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"
+            f"grid policy {policy!r}: expected 'rows', 'wave:<CTAs per SM>' or 'runs:<rows per CTA>'"
         )
     if kind == "runs":
         grid = min(num_rows, max(-(-num_rows // int(per_sm)), resident * sm_count))

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from compressc.runtime.args import STALE_TILED
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
 
@@ -168,9 +169,11 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         if got.get(field) != want:
             raise ManifestError(f"manifest field {field!r} is {got.get(field)!r}, expected {want!r}")
     grid = manifest.get("grid")
-    if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"(tiled|runs):[1-9]\d*", grid))):
+    if isinstance(grid, str) and grid.startswith("tiled:"):
+        raise ManifestError(f"manifest field 'grid' is {grid!r}: {STALE_TILED}")
+    if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"(wave|runs):[1-9]\d*", grid))):
         raise ManifestError(
-            f"manifest field 'grid' is {grid!r}, expected 'rows', 'tiled:<CTAs per SM>' or 'runs:<rows per CTA>'"
+            f"manifest field 'grid' is {grid!r}, expected 'rows', 'wave:<CTAs per SM>' or 'runs:<rows per CTA>'"
         )
     block = manifest.get("block")
     if not (isinstance(block, list) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)):

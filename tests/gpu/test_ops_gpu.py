@@ -160,7 +160,8 @@ def test_c128a_edge_cases_with_caller_buffer(cuda_device, spec, extra):
 # -- tiled grids: a CTA loops over a run of rows and skips the inactive ones ----------------
 def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
     """Launch ceil(T / per_cta) CTAs whatever the device size (the kernels read their run from
-    gridDim); a "runs:R" kernel unrolls at most R rows, so it gets min(per_cta, R)."""
+    gridDim); a "runs:R" kernel unrolls at most R rows, so it gets min(per_cta, R); a
+    "wave:N" (tiled) kernel takes any run."""
     from compressc.runtime import loader as loader_module
 
     def grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) -> int:
