@@ -132,7 +132,8 @@ def make_calls(bench: Bench, impl: str, case: Case, sc, pool, tables, out, scrat
     pool_spec = _pool_spec(case.kernel)
     args = dict(state_cache=pool, token_to_req_indices=sc.token_to_req_indices, positions=sc.positions,
                 slot_mapping=sc.slot_mapping, block_table=tables[0], block_size=sc.block_size,
-                rms_norm_weight=sc.rms_norm_weight, rms_norm_eps=sc.rms_norm_eps, cos_sin_cache=sc.cos_sin_cache,
+                rms_norm_weight=sc.rms_norm_weight, rms_norm_eps=sc.rms_norm_eps,
+                cos_sin_cache=sc.cos_sin_cache,
                 k_cache=out, kv_slot_mapping=sc.kv_slot_mapping, kv_cache_block_size=sc.kv_cache_block_size)
     if impl == "torch":
         return [_torch_call(case, pool_spec, args, t, scratch) for t in tables[:8]]
@@ -160,7 +161,8 @@ def _torch_call(case: Case, pool_spec, args: dict, table, scratch):
         reference.c128a_compress(pool_spec, a["state_cache"], a["token_to_req_indices"], a["positions"],
                                  a["slot_mapping"], a["block_table"], a["block_size"], scratch,
                                  a["kv_slot_mapping"])
-        reference.c128a_store(store_spec, scratch, a["token_to_req_indices"], a["positions"], a["slot_mapping"],
+        reference.c128a_store(store_spec, scratch, a["token_to_req_indices"], a["positions"],
+                              a["slot_mapping"],
                               a["rms_norm_weight"], a["rms_norm_eps"], a["cos_sin_cache"], a["k_cache"],
                               a["kv_slot_mapping"], a["kv_cache_block_size"])
     return run

@@ -52,7 +52,8 @@ def op_st(draw) -> Op:
 
 @st.composite
 def module_st(draw) -> Module:
-    return Module(draw(IDENT), draw(fields_st()), tuple(draw(st.lists(op_st(), max_size=5))), draw(fields_st(3)))
+    ops = tuple(draw(st.lists(op_st(), max_size=5)))
+    return Module(draw(IDENT), draw(fields_st()), ops, draw(fields_st(3)))
 
 
 def _round_trip(module: Module) -> None:
@@ -118,7 +119,8 @@ def test_printer_formats_each_value_kind() -> None:
 
 
 def test_comments_and_blank_lines_are_ignored() -> None:
-    text = "// a header\nmodule @m {k = 1} {\n\n  // an op\n  %x = cc.pool_softmax {head = 8}  // trailing\n}\n"
+    text = ("// a header\nmodule @m {k = 1} {\n\n  // an op\n"
+            "  %x = cc.pool_softmax {head = 8}  // trailing\n}\n")
     assert parse_module(text) == Module("m", fields(k=1), (Op("cc.pool_softmax", "x", (), fields(head=8)),))
 
 
@@ -130,7 +132,8 @@ def test_comments_and_blank_lines_are_ignored() -> None:
         ("module m {\n}\n", "f.cir:1:8", "expected symbol, got 'm'"),
         ("module @m {\n  %x cc.op\n}\n", "f.cir:2:6", "expected '=', got 'cc.op'"),
         ("module @m {\n  cc.op(x)\n}\n", "f.cir:2:9", "expected value, got 'x'"),
-        ("module @m {\n  cc.op {k = }\n}\n", "f.cir:2:14", "expected a value (number, string, true/false or (ints))"),
+        ("module @m {\n  cc.op {k = }\n}\n", "f.cir:2:14",
+         "expected a value (number, string, true/false or (ints))"),
         ("module @m {\n  cc.op {k = (1, 2.5)}\n}\n", "f.cir:2:18", "expected int, got '2.5'"),
         ("module @m {\n  cc.op {k = 1 j = 2}\n}\n", "f.cir:2:16", "expected ',', got 'j'"),
         ("module @m {k = 1} {\n  cc.op\n", "f.cir:3:1", "expected ident, got 'end of input'"),

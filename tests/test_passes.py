@@ -351,7 +351,7 @@ def test_thread_map_derives_runs_of_ratio_rows_where_the_window_is_unrolled():
     # options of another grid are refused, not ignored
     with pytest.raises(ValueError, match="rows-per-cta=8 is the run of grid=runs; the grid here is 'tiled'"):
         _lower("c128a_compress", "thread-map{rows-per-cta=8}")
-    with pytest.raises(ValueError, match="ctas-per-sm=3 sizes the tiled grid's wave; the grid here is 'runs'"):
+    with pytest.raises(ValueError, match="ctas-per-sm=3 sizes the tiled grid's wave; the grid here is 'runs"):
         _lower("c4a", "thread-map{grid=runs,ctas-per-sm=3}")
     assert _lower("c128a_compress", "thread-map{grid=runs}").get("rows_per_cta") == 32  # not the ratio 128
 
@@ -373,7 +373,8 @@ def test_verifier_rejects_an_impossible_grid():
 def test_window_prefetch_issues_epilogue_operands_early_unless_told():
     early = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch")
     assert early.find("cc.rms_norm").get("load") == "early" and early.find("cc.rope").get("load") == "early"
-    late = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{operands-early=false}")
+    late = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,"
+                         "window-prefetch{operands-early=false}")
     assert late.find("cc.rms_norm").get("load") == "late"
 
 
@@ -386,14 +387,16 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     assert "todo = cute.arch.vote_ballot_sync(mine)" in text
     # sweeps of 32 rows per warp, one ballot each, so a CTA may own any number of rows
     assert "for sweep in cutlass.range((per_cta + 63) // 64, unroll=1):" in text
-    assert "sTodo[warp] = Int32(todo)" in text and "for sw_k in cutlass.range(ops.popc(wtodo), unroll=1):" in text
+    assert "sTodo[warp] = Int32(todo)" in text
+    assert "for sw_k in cutlass.range(ops.popc(wtodo), unroll=1):" in text
     one_warp = "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
     text = emit(_lower("indexer_fp8", one_warp), one_warp)  # one warp: blocks of 32 rows
     assert "for blk in cutlass.range((per_cta + 31) // 32, unroll=1):" in text
     # the weight and the cos/sin loads come before the window gather
     assert text.index("rms_norm_weight + cute.assume(col") < text.index("rKV = cute.make_rmem_tensor")
     assert text.index("cos_sin_cache + cute.assume(cs_row") < text.index("rKV = cute.make_rmem_tensor")
-    baseline = "thread-map{grid=rows},vectorize,lower-reduction,plan-smem,window-prefetch{operands-early=false}"
+    baseline = ("thread-map{grid=rows},vectorize,lower-reduction,plan-smem,"
+                "window-prefetch{operands-early=false}")
     text = emit(_lower("c4a", baseline), baseline)
     assert 'GRID = "rows"' in text and "vote_ballot_sync" not in text
     assert text.index("rms_norm_weight + cute.assume(col") > text.index("rKV = cute.make_rmem_tensor")
@@ -407,7 +410,8 @@ def test_emitted_runs_kernel_unrolls_its_longest_run():
     assert 'GRID = "runs:8"' in text and "for i in range_constexpr(8):" in text
     assert "cutlass.range(" not in text  # no dynamic loop: ptxas would sink the loads
     # the run comes from the launch (at most 8): one row per CTA while the SMs have room
-    assert "per_cta = (num_rows + ctas - 1) // ctas" in text and "if lane < per_cta and row < num_rows:" in text
+    assert "per_cta = (num_rows + ctas - 1) // ctas" in text
+    assert "if lane < per_cta and row < num_rows:" in text
 
 
 def test_window_page_lookup_one_lane_per_row():
@@ -436,7 +440,8 @@ def test_emit_names_the_missing_pass():
     from compressc.kernels.emitter import emit
 
     pipeline = "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem"
-    with pytest.raises(VerifyError, match="cc.window rows_in_flight is unset: emit needs the window-prefetch pass"):
+    missing = "cc.window rows_in_flight is unset: emit needs the window-prefetch pass"
+    with pytest.raises(VerifyError, match=missing):
         emit(_lower("c4a", pipeline), pipeline)
 
 

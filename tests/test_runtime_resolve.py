@@ -263,7 +263,7 @@ def test_settings_come_from_environment(roots, monkeypatch):
         ({"variant": "x"}, "manifest field 'variant' is 'x', expected 'c4a_h512_q64_r64_bf16'"),
         ({"arch": "sm_100a"}, "manifest field 'arch' is 'sm_100a', expected 'sm_90a'"),
         ({"grid": "tokens"}, "manifest field 'grid' is 'tokens', expected 'rows'"),
-        ({"grid": "tiled:4"}, "manifest field 'grid' is 'tiled:4': the launch rule of tiled kernels built by an older"),
+        ({"grid": "tiled:4"}, "manifest field 'grid' is 'tiled:4': the launch rule of tiled kernels built"),
         ({"block": [256, 1]}, r"manifest field 'block' is \[256, 1\], expected three positive ints"),
         ({"entry": ""}, "manifest field 'entry' is '', expected a non-empty string"),
         ({"smem_dynamic": -1}, "manifest field 'smem_dynamic' is -1, expected an int >= 0"),

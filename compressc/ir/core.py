@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Union
 
-Attr = Union[bool, int, float, str, tuple[int, ...]]
+Attr = bool | int | float | str | tuple[int, ...]
 Fields = tuple[tuple[str, Attr], ...]
 
 

@@ -115,7 +115,8 @@ def _verify_thread_map(module: Module, elems: int) -> None:
         hint = " (pick fewer elems-per-lane)" if threads < WARP else hint
         raise _fail(module, None, "threads", threads, "must be a whole number of warps, at most 1024" + hint)
     if module.get("warps") != threads // WARP:
-        raise _fail(module, None, "warps", module.get("warps"), f"must equal threads / 32 = {threads // WARP}")
+        raise _fail(module, None, "warps", module.get("warps"),
+                    f"must equal threads / 32 = {threads // WARP}")
     _verify_lanes(module, elems, threads)
     _verify_grid(module)
 
@@ -232,7 +233,8 @@ def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:
         raise _fail(module, op, "stage", stage, "must be 'regs' or 'smem'")
     if stage != "smem":
         if dynamic:
-            raise _fail(module, None, "smem_dynamic", dynamic, "must be 0 unless the window is staged in smem")
+            raise _fail(module, None, "smem_dynamic", dynamic,
+                        "must be 0 unless the window is staged in smem")
         return
     elems, threads = int(module.get("elems_per_lane", 0)), int(module.get("threads", 0))  # type: ignore[arg-type]
     if module.get("grid") != "tiled":
@@ -241,11 +243,13 @@ def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:
         raise _fail(module, op, "stage", stage,
                     "'smem' needs the whole window in one batch of one group with page_lookup='lane'")
     if elems % 4:
-        raise _fail(module, op, "stage", stage, f"'smem' copies 16 bytes: elems_per_lane {elems} must be a multiple of 4")
+        raise _fail(module, op, "stage", stage,
+                    f"'smem' copies 16 bytes: elems_per_lane {elems} must be a multiple of 4")
     want = 2 * window * 2 * elems * 4 * threads
     if dynamic != want:
         raise _fail(module, None, "smem_dynamic", dynamic,
-                    f"must be {want}: two slots of {window} rows x 2 streams x {elems} fp32 x {threads} threads")
+                    f"must be {want}: two slots of {window} rows x 2 streams x {elems} fp32 "
+                    f"x {threads} threads")
 
 
 def _verify_window(module: Module, op: Op) -> None:

@@ -152,7 +152,8 @@ def _footer(src: Source, module: Module, params: tuple) -> None:
         with src.indent():
             for p in params:
                 if p.kind == "ptr":
-                    src.line(f"cute.runtime.make_ptr({CUTE_TYPES[p.dtype]}, 0, gmem, assumed_align={p.align}),"
+                    src.line(f"cute.runtime.make_ptr({CUTE_TYPES[p.dtype]}, 0, gmem, "
+                             f"assumed_align={p.align}),"
                              f"  # {p.name}")
                 else:
                     src.line(f"{FAKE_SCALARS[p.kind]},  # {p.name}")

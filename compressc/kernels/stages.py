@@ -170,7 +170,8 @@ def _stage_issue(src: Source, module: Module, op: Op, which: str, slot: str) -> 
     src.line(f"srow = blk0 + {which}")
     src.line("s_s0 = cute.make_tensor(positions, cute.make_layout(num_positions))[srow] - " + str(window - 1))
     src.line("s_req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[srow]")
-    src.line("s_bt = cute.make_tensor(block_table + s_req * block_table_stride, cute.make_layout(block_table_stride))")
+    src.line("s_bt = cute.make_tensor(block_table + s_req * block_table_stride, "
+             "cute.make_layout(block_table_stride))")
     src.line("s_wq = s_s0 + lane")
     if window > ratio:
         src.line("s_wq = s_wq if s_wq >= 0 else Int64(0)")
@@ -298,7 +299,8 @@ def _window(src: Source, module: Module, op: Op) -> None:
     if op.get("stage") == "smem":
         _window_from_smem(src, module, op)
         return
-    src.line("mBT = cute.make_tensor(block_table + req * block_table_stride, cute.make_layout(block_table_stride))")
+    src.line("mBT = cute.make_tensor(block_table + req * block_table_stride, "
+             "cute.make_layout(block_table_stride))")
     src.line("in_page = (Int64(1) << state_block_shift) - 1")
     for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
         src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
@@ -306,7 +308,8 @@ def _window(src: Source, module: Module, op: Op) -> None:
     first = f"group * {window // split}" if split > 1 else "0"
     if op.get("page_lookup") == "lane":
         absent = window > _i(op, "ratio", False)
-        src.line(f"# lane i looks up the page of its group's window row i (one round trip for all {window // split});")
+        src.line(f"# lane i looks up the page of its group's window row i (one round trip for all "
+                 f"{window // split});")
         src.line("# each batch takes a row's page from that lane with a shuffle")
         src.line(f"wq = s0 + {first} + lane")
         if absent:
@@ -363,7 +366,8 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
     window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
     width, rows, vec = _i(op, "state_width", False), _i(op, "rows_in_flight"), _i(op, "vector_bits") // 32
     absent = window > ratio  # only an overlapping window can start before position 0
-    src.line(f"# {2 * rows * elems // vec} loads of {vec * 32} bits in flight per lane before the first update")
+    src.line(f"# {2 * rows * elems // vec} loads of {vec * 32} bits in flight per lane before the "
+             "first update")
     src.line(f"rKV = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
     src.line(f"rSC = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
     src.line(f"for r in range_constexpr({rows}):")
@@ -378,7 +382,8 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
             src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
         src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
         for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
-            src.line(f"cute.autovec_copy(cute.make_tensor(state_cache + cute.assume(base{offset}, divby={vec}), "
+            src.line("cute.autovec_copy(cute.make_tensor(state_cache + "
+                     f"cute.assume(base{offset}, divby={vec}), "
                      f"cute.make_layout({elems})), {frag}[None, r])")
     src.line(f"for r in range_constexpr({rows}):")
     with src.indent():

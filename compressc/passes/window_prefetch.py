@@ -61,10 +61,11 @@ class WindowPrefetch(ModulePass):
     and a lane issues one page-table load instead of one per row.
 
     Occupancy: a "runs" grid pays for its registers in resident CTAs, and a window
-    unrolled whole (rows in flight = the group's rows) is the bulk of them. With `occupancy` (and no min_ctas_per_sm from
-    thread-map) the module asks ptxas (.minnctapersm) for the CTAs per SM that the
-    window's registers plus a fixed overhead allow (C4A: 6, at 168 registers, where
-    ptxas alone takes 176 and the SM holds 4).
+    unrolled whole (rows in flight = the group's rows) is the bulk of them. With
+    `occupancy` (and no min_ctas_per_sm from thread-map) the module asks ptxas
+    (.minnctapersm) for the CTAs per SM that the window's registers plus a fixed
+    overhead allow (C4A: 6, at 168 registers, where ptxas alone takes 176 and the SM
+    holds 4).
 
     Staging (`stage=smem`, tiled grid): the window is copied global -> shared with
     cp.async (16 bytes a copy, no register held while in flight) into one of two
@@ -96,7 +97,9 @@ class WindowPrefetch(ModulePass):
         if self.stage not in ("regs", "smem"):
             raise ValueError(f"window-prefetch stage={self.stage!r}: must be 'regs' or 'smem'")
         if self.page_lookup not in ("auto", "lane", "row"):
-            raise ValueError(f"window-prefetch page-lookup={self.page_lookup!r}: must be 'auto', 'lane' or 'row'")
+            raise ValueError(
+                f"window-prefetch page-lookup={self.page_lookup!r}: must be 'auto', 'lane' or 'row'"
+            )
         per_group = pool_rows_per_group(module)
         rows = self.rows or min(per_group, DEFAULT_MAX_IN_FLIGHT)
         load = "early" if self.operands_early else "late"

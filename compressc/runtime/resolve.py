@@ -173,7 +173,8 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         raise ManifestError(f"manifest field 'grid' is {grid!r}: {STALE_TILED}")
     if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"(wave|runs):[1-9]\d*", grid))):
         raise ManifestError(
-            f"manifest field 'grid' is {grid!r}, expected 'rows', 'wave:<CTAs per SM>' or 'runs:<rows per CTA>'"
+            f"manifest field 'grid' is {grid!r}, expected 'rows', 'wave:<CTAs per SM>' "
+            "or 'runs:<rows per CTA>'"
         )
     block = manifest.get("block")
     if not (isinstance(block, list) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)):

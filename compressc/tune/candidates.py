@@ -97,7 +97,8 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
         yield "search", f"thread-map{{grid=runs}},{TAIL},window-prefetch{{occupancy=false}}"
         yield "search", f"thread-map{{grid=tiled}},{TAIL},window-prefetch"
         for elems in (8, 4):  # the window staged in smem, pipelined across a CTA's rows
-            yield "search", f"thread-map{{grid=tiled,elems-per-lane={elems}}},{TAIL},window-prefetch{{stage=smem}}"
+            staged = f"thread-map{{grid=tiled,elems-per-lane={elems}}},{TAIL},window-prefetch{{stage=smem}}"
+            yield "search", staged
     tiled = derived if derived.get("grid") == "tiled" else _lower(module, f"thread-map{{grid=tiled}},{TAIL}")
     per_sm = int(tiled.get("ctas_per_sm") or 0) if tiled is not None else 0  # type: ignore[arg-type]
     for fewer in (per_sm // 4, per_sm // 2):  # longer runs of rows per CTA
