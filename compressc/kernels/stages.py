@@ -58,18 +58,19 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
                 _row(src, module)
         src.line("else:")
         src.depth += 1
-    _tiled(src, module, guard, staged)
+    _tiled(src, module, guard, window if staged else None)
     if not staged:
         src.depth -= 1
 
 
-def _tiled(src: Source, module: Module, guard: Op, staged: bool) -> None:
+def _tiled(src: Source, module: Module, guard: Op, staged: Op | None) -> None:
+    """The tiled grid's row loops; `staged` is the window op when it is staged in smem."""
     src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (one wave of CTAs:")
     src.line("# compressc.runtime.args.launch_grid sizes the grid by the CTAs an SM holds)")
     src.line("per_cta = (num_rows + ctas - 1) // ctas")
     src.line("row0 = cta * per_cta")
     warps = int(module.get("warps"))  # type: ignore[arg-type]
-    if warps > 1 and not staged:
+    if warps > 1 and staged is None:
         _sweeps(src, module, guard, warps)
         return
     src.line("for blk in cutlass.range((per_cta + 31) // 32, unroll=1):")
@@ -78,18 +79,12 @@ def _tiled(src: Source, module: Module, guard: Op, staged: bool) -> None:
         src.line("left = per_cta - blk * 32")
         src.line("n = left if left < 32 else Int32(32)")
         _ballot(src, guard, "blk0", "n")
-        if staged:
-            _staged_rows(src, module, guard, window_op(module))
+        if staged is not None:
+            _staged_rows(src, module, guard, staged)
             return
         src.line("for i in cutlass.range(n, unroll=1):")
         with src.indent():
             _active_row(src, module, guard, "blk0")
-
-
-def window_op(module: Module) -> Op:
-    window = module.find("cc.window")
-    assert window is not None
-    return window
 
 
 def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
