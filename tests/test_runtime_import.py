@@ -9,21 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from no_cutlass import NO_CUTLASS
 
 RUNTIME = Path(__file__).resolve().parents[1] / "compressc" / "runtime"
 
-# Every "cutlass*" import raises ImportError, as on a prebuilt-kernel user's machine.
-_BLOCKER = """
-import importlib.abc, sys
-
-class _NoCutlass(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0].startswith("cutlass"):
-            raise ImportError(f"blocked import of {name}")
-        return None
-
-sys.meta_path.insert(0, _NoCutlass())
-"""
 
 _USE_RUNTIME = """
 import compressc.runtime as rt
@@ -68,13 +57,14 @@ def _manifest_literal() -> str:
 
 
 def test_blocker_really_blocks_cutlass():
-    proc = _run(_BLOCKER + "import cutlass")
+    proc = _run(NO_CUTLASS + "import cutlass")
     assert proc.returncode != 0 and "blocked import of cutlass" in proc.stderr
 
 
 def test_runtime_works_without_cutlass(tmp_path):
     script = (
-        _BLOCKER + f"MANIFEST = {_manifest_literal()}\nROOT = __import__('pathlib').Path({str(tmp_path)!r})\n"
+        NO_CUTLASS
+        + f"MANIFEST = {_manifest_literal()}\nROOT = __import__('pathlib').Path({str(tmp_path)!r})\n"
     )
     proc = _run(script + _USE_RUNTIME)
     assert proc.returncode == 0, proc.stderr
@@ -84,7 +74,7 @@ def test_runtime_works_without_cutlass(tmp_path):
 
 
 def test_real_store_works_without_cutlass(tmp_path):
-    script = _BLOCKER + textwrap.dedent(f"""
+    script = NO_CUTLASS + textwrap.dedent(f"""
         import json, pathlib
         from compressc.runtime import find_kernel
         from compressc.specs import make_spec

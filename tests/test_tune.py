@@ -8,11 +8,11 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from no_cutlass import NO_CUTLASS
 
 from compressc.cache.build import plan
 from compressc.cli import main
@@ -343,16 +343,7 @@ def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wi
     assert winner["pipeline"] == "c" and "never_slower_than_baseline" not in winner
 
 
-_NO_CUTLASS = """
-import importlib.abc, sys
-
-class _NoCutlass(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0].startswith("cutlass"):
-            raise ImportError(f"blocked import of {name}")
-        return None
-
-sys.meta_path.insert(0, _NoCutlass())
+_MEASURE_WITHOUT_CUTLASS = NO_CUTLASS + """
 from compressc.cli import main
 main(["tune", "--measure", sys.argv[1]])
 """
@@ -361,7 +352,7 @@ main(["tune", "--measure", sys.argv[1]])
 def _measure_without_gpu(plan_dir: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_NO_CUTLASS), str(plan_dir)],
+        [sys.executable, "-c", _MEASURE_WITHOUT_CUTLASS, str(plan_dir)],
         env=env,
         capture_output=True,
         text=True,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from no_cutlass import NO_CUTLASS
 
 from compressc import __version__
 from compressc.cache.build import build_plans, plan_many
@@ -240,18 +241,6 @@ def test_pack_of_another_compressc_version_is_skipped(wheel, tmp_path, monkeypat
 
 
 # -- the runtime side, installed in a fresh venv without cutlass ---------------------------------
-_NO_CUTLASS = '''
-"""Simulate a prebuilt-kernel user's machine: nvidia-cutlass-dsl is not installed."""
-import sys
-
-class _NoCutlass:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("cutlass", "cutlass_dsl", "nvidia_cutlass_dsl"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None
-
-sys.meta_path.insert(0, _NoCutlass())
-'''
 
 _USE_PACK = """
 import hashlib, json, sys, warnings
@@ -307,7 +296,7 @@ def venv(wheel, tmp_path_factory) -> Path:
         if not item.name.lower().startswith(("nvidia_cutlass_dsl", "cutlass", "compressc", "__editable__")):
             (deps / item.name).symlink_to(item)
     (site / "compressc_test_paths.pth").write_text(f"{REPO}\n{deps}\n")
-    (site / "sitecustomize.py").write_text(_NO_CUTLASS)
+    (site / "sitecustomize.py").write_text(NO_CUTLASS)
     subprocess.run(
         [
             sys.executable,
