@@ -111,6 +111,11 @@ def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
     return cmd + (f" --out {shlex.quote(str(out))}" if out is not None else "")
 
 
+def jobs_option(help_text: str):
+    """-j/--jobs, compile processes (None: $COMPRESSC_JOBS or the cores), for build, wheel, tune."""
+    return click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help=help_text)
+
+
 def variant_options(spec_help: str):
     """--spec, --head-size, --quant-block and --weight-dtype: one variant instead of the matrix."""
 
@@ -152,13 +157,7 @@ def variant_options(spec_help: str):
     default=None,
     help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).",
-)
+@jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jobs):
     """Compile kernels ahead of time into the cache (or --out DIR).
 

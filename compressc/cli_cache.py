@@ -12,7 +12,14 @@ from pathlib import Path
 
 import click
 
-from compressc.cli_build import _archs, _check_build_extra, _run_with_progress, _specs, variant_options
+from compressc.cli_build import (
+    _archs,
+    _check_build_extra,
+    _run_with_progress,
+    _specs,
+    jobs_option,
+    variant_options,
+)
 from compressc.specs.family import KERNELS
 
 # K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.
@@ -115,13 +122,7 @@ def _dir_size(path: Path) -> int:
     show_default=True,
     help="Fail, writing nothing, if the wheel is larger (10MB, 1GiB, bytes).",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Compiler processes for kernels the cache lacks (default: $COMPRESSC_JOBS or the cores).",
-)
+@jobs_option("Compiler processes for kernels the cache lacks (default: $COMPRESSC_JOBS or the cores).")
 @variant_options("Pack one kernel instead of the default matrix.")
 @_cache_dir_option
 def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dtype, cache_dir):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from compressc.cli_build import jobs_option
 from compressc.specs.family import KERNELS
 from compressc.tune.candidates import MAX_CANDIDATES
 from compressc.tune.measure import KINDS, REPS, T_LIST
@@ -68,13 +69,7 @@ _STEP_OF = {
     show_default=True,
     help="--prepare: candidates per variant (the derived default and baseline come first).",
 )
-@click.option(
-    "-j",
-    "--jobs",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="--prepare: compiler processes (default: $COMPRESSC_JOBS or the number of cores).",
-)
+@jobs_option("--prepare: compiler processes (default: $COMPRESSC_JOBS or the number of cores).")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
