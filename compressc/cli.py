@@ -143,7 +143,8 @@ def opt(
     Passes and their options (pipeline syntax: pass{opt=value,...},pass,...):
       thread-map{elems-per-lane=N,window-split=K}  which lane owns which channels
         {grid=auto|runs|tiled|rows,rows-per-cta=R,   and which CTA owns which rows
-         ctas-per-sm=N,min-ctas-per-sm=M}
+         ctas-per-sm=N,min-ctas-per-sm=M,
+         cluster-split=1|2|4|8}                    a cluster of CTAs pools one window
       vectorize{bits=32|64|128}                    vector width of each global access
       lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
       plan-smem                                    shared-memory slots and barriers

@@ -289,6 +289,30 @@ def test_every_split_of_the_c128_window_matches_the_reference() -> None:
         _check_variant(spec, _lower(spec, _pipeline(8, split)), "mixed", 300, _seed("split", split))
 
 
+@pytest.mark.parametrize("cluster,split", [(2, 2), (4, 1), (8, 2)])
+def test_cluster_split_of_the_c128_window_matches_the_reference(cluster, split) -> None:
+    spec = make_spec(POOL_ONLY)
+    pipeline = _pipeline(4, split).replace("}", f",cluster-split={cluster}}}", 1)
+    module = _lower(spec, pipeline)
+    assert module.get("cluster_split") == cluster and module.get("grid") == "tiled"
+    _check_variant(spec, module, "mixed", 300, _seed("cluster", cluster))
+
+
+def test_cluster_merge_is_the_rank_order_fold_of_the_ctas_results() -> None:
+    """Splitting over a cluster changes the merge tree, not what is merged: a cluster of 2 with
+    one group each folds the same two halves in the same order as one CTA with two groups."""
+    spec = make_spec(POOL_ONLY)
+    sc = make_scenario(spec, "mixed", 300, seed=_seed("fold"))
+    one_cta = _interpret(_lower(spec, _pipeline(4, 2)), sc, spec)
+    cluster = _interpret(_lower(spec, _pipeline(4, 1).replace("}", ",cluster-split=2}", 1)), sc, spec)
+    assert torch.equal(one_cta.view(torch.int32), cluster.view(torch.int32))
+    four = _interpret(_lower(spec, _pipeline(4, 2).replace("}", ",cluster-split=2}", 1)), sc, spec)
+    flat = _interpret(_lower(spec, _pipeline(4, 4)), sc, spec)
+    # ((g0 g1) (g2 g3)) against (((g0 g1) g2) g3): another rounding, both within the reference's bounds
+    assert not torch.equal(four.view(torch.int32), flat.view(torch.int32))
+    _assert_pooled_close(four, sc.run_reference(), sc)
+
+
 def test_c128a_chain_with_non_default_schedules() -> None:
     store_spec = make_spec("c128a_store")
     pool_module = _lower(make_spec(POOL_ONLY, weight_dtype="f32"), _pipeline(4, 2, 64, "up", 4))

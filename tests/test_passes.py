@@ -452,16 +452,96 @@ _LOOP_PIPELINES = [
     "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch",
     "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch",
     "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch{stage=smem}",
+    "thread-map{elems-per-lane=4,window-split=2,cluster-split=2},vectorize,lower-reduction,plan-smem,window-prefetch",
 ]
 
 
-_STAGED = _LOOP_PIPELINES[-1]
+_STAGED = _LOOP_PIPELINES[-2]
+_CLUSTER = _LOOP_PIPELINES[-1]
 _LOOP_CASES = [
     (kernel, pipeline)
     for kernel in ("c4a", "c128a_compress", "c128a_store", "indexer_fp8")
     for pipeline in _LOOP_PIPELINES
     if not (pipeline == _STAGED and kernel.startswith("c128a"))  # see the test below
+    and not (pipeline == _CLUSTER and kernel == "c128a_store")  # no window to split
 ]
+
+
+def test_cluster_split_needs_a_tiled_window_kernel():
+    from compressc.passes.manager import PipelineError
+
+    with pytest.raises(PipelineError, match="cluster-split=3: must be one of 1, 2, 4, 8"):
+        _lower("c128a_compress", "thread-map{cluster-split=3}")
+    with pytest.raises(PipelineError, match="cluster-split=2 needs the tiled grid; the grid here is 'runs'"):
+        _lower("c4a", "thread-map{grid=runs,cluster-split=2}")
+    with pytest.raises(PipelineError, match="cluster-split=2: this kernel has no window to split"):
+        _lower("c128a_store", "thread-map{cluster-split=2}")
+    module = _lower("c4a", "thread-map{cluster-split=2},vectorize,lower-reduction,plan-smem,window-prefetch")
+    assert module.get("grid") == "tiled" and module.find("cc.pool_softmax").get("merge") == "smem"
+    assert module.find("cc.window").get("rows_in_flight") == 4  # 8 rows / 2 CTAs
+    # rank 0's region holds the 7 peers' partials of a cluster of 8: 3 x 7 x 512 fp32
+    eight = _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=1,cluster-split=8},"
+                   "vectorize,lower-reduction,plan-smem,window-prefetch")
+    assert eight.get("smem_bytes") == 3 * 7 * 512 * 4
+    # the CTA's own merge (groups 1..3) and the peers' partials use the same slots, one after the other
+    four = _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=4,cluster-split=8},"
+                  "vectorize,lower-reduction,plan-smem,window-prefetch")
+    assert four.get("smem_bytes") == 3 * 7 * 512 * 4
+
+
+def test_verifier_checks_the_cluster_split():
+    from compressc.ir.verifier import VerifyError, verify
+
+    module = _lower("c128a_compress", _CLUSTER)
+    with pytest.raises(VerifyError, match="cluster_split=3: must be 1, 2, 4 or 8"):
+        verify(module.with_sched(cluster_split=3))
+    with pytest.raises(VerifyError, match="cluster_split=2: needs the tiled grid .*have 'rows'"):
+        verify(module.with_sched(grid="rows"))
+    with pytest.raises(VerifyError, match="rows_in_flight=16: must divide the 8 rows each split group pools"):
+        verify(module.with_sched(cluster_split=8).replace_ops(
+            "cc.window", lambda op: op.with_sched(rows_in_flight=16)))
+    with pytest.raises(VerifyError, match="merge='none': must be 'smem' for window_split=1, cluster_split=2"):
+        one = _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=1,cluster-split=2},"
+                     "vectorize,lower-reduction,plan-smem,window-prefetch")
+        verify(one.replace_ops("cc.pool_softmax", lambda op: op.with_sched(merge="none")))
+
+
+def test_emitted_cluster_kernel_meets_at_two_cluster_barriers_and_stores_from_rank_0():
+    from compressc.kernels.emitter import emit, grid_policy
+
+    module = _lower("c128a_compress", _CLUSTER)
+    text = emit(module, _CLUSTER)
+    assert grid_policy(module) == "wave:8,cluster:2" and 'GRID = "wave:8,cluster:2"' in text
+    assert "cluster=[2, 1, 1]" in text and "cta = cta // 2" in text and "ctas = ctas // 2" in text
+    # rank r pools window rows r * 64 + group * 32 ...: its half, then its group's quarter
+    assert "i0 = rank * 64 + group * 32 + chunk * 8" in text
+    for body in (text[text.index("if ctas >= num_rows:"):text.index("else:\n            # tiled grid")],
+                 text[text.index("# tiled grid"):]):
+        lines = body.splitlines()
+        syncs = [line for line in lines if "ops.cluster_sync()" in line]
+        assert len(syncs) == 2, body
+        # the barriers sit at the row body's own depth: no `if group`/`if rank` around them
+        row_depth = len(next(line for line in lines if "rM.fill(" in line)) - len(
+            next(line for line in lines if "rM.fill(" in line).lstrip())
+        assert all(len(line) - len(line.lstrip()) == row_depth for line in syncs)
+        first, second = (body.index(line) for line in syncs)
+        push = body.index("ops.st_dsmem_f32(")
+        assert first < push < second < body.index("mg = sBuf[0 + k * 512 + col + e]")
+        store = body.index("cute.autovec_copy(rX, ")
+        assert body.rindex("if rank == 0:", 0, store) > second
+
+
+def test_cluster_kernel_compiles_to_a_cubin_with_cluster_barriers_and_dsmem_stores():
+    pytest.importorskip("cutlass")
+    from compressc.cache.compile import compile_source
+    from compressc.kernels.emitter import emit
+
+    artifacts = compile_source(emit(_lower("c128a_compress", _CLUSTER), _CLUSTER), "sm_90a")
+    assert artifacts.grid == "wave:8,cluster:2"
+    ptx = artifacts.ptx
+    assert ptx.count("barrier.cluster.arrive.release.aligned") == 4  # two per row body, two bodies
+    assert "mapa.shared::cluster.u32" in ptx and "st.shared::cluster.f32" in ptx
+    assert artifacts.report.spill_stores == 0 and artifacts.report.stack == 0
 
 
 def test_the_staged_window_refuses_the_c128_kernels():

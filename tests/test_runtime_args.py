@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from compressc.runtime.args import ArgPacker, launch_grid, pack_args
+from compressc.runtime.args import ArgPacker, launch_grid, pack_args, parse_grid
 from compressc.specs import default_specs, make_spec
 from compressc.specs.abi import Param, abi
 
@@ -185,5 +185,39 @@ def test_an_older_tiled_kernel_is_refused_not_launched_with_longer_runs():
 
 @pytest.mark.parametrize("policy", ["tiles:4", "wave:", "wave:0", "wave:x", "runs:", "runs:0", ""])
 def test_unknown_grid_policy_is_refused(policy):
-    with pytest.raises(ValueError, match="expected 'rows', 'wave:<CTAs per SM>' or 'runs:<rows per CTA>'"):
+    with pytest.raises(ValueError, match=r"expected 'rows', 'wave:<CTAs per SM>\[,cluster:<S>\]' or "
+                                         "'runs:<rows per CTA>'"):
         launch_grid(policy, 10, 132)
+
+
+@pytest.mark.parametrize("policy", ["wave:2,cluster:3", "wave:2,cluster:16", "runs:4,cluster:2", "wave:2,x"])
+def test_bad_cluster_suffix_is_refused(policy):
+    with pytest.raises(ValueError, match="a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"):
+        launch_grid(policy, 10, 132)
+
+
+def test_cluster_grid_counts_clusters():
+    # one row per cluster while clusters last: 4 rows -> 4 clusters of 4 CTAs
+    assert launch_grid("wave:2,cluster:4", 4, 132, resident=1) == 16
+    # a wave of 132 * 1 / 4 = 33 clusters: 16384 rows -> 497 rows a cluster, 33 clusters
+    assert launch_grid("wave:2,cluster:4", 16384, 132, resident=1) == 33 * 4
+    # the driver's count of co-resident clusters wins over the SM arithmetic (GPC boundaries)
+    assert launch_grid("wave:2,cluster:4", 16384, 132, resident=2, max_clusters=64) == 64 * 4
+    # 100 rows over 16 clusters: 7 rows a cluster, so 15 clusters
+    assert launch_grid("wave:2,cluster:8", 100, 132, resident=1, max_clusters=16) == 15 * 8
+    assert parse_grid("wave:8,cluster:2") == ("wave", 8, 2)
+    assert parse_grid("runs:4") == ("runs", 4, 1)
+
+
+def test_cluster_launch_config_carries_the_cluster_dimension():
+    from cuda.bindings import driver
+
+    from compressc.runtime.loader import launch_config
+
+    config = launch_config(4, 64, (512, 1, 1), 0, 0)
+    assert (config.gridDimX, config.gridDimY, config.gridDimZ) == (64, 1, 1)
+    assert (config.blockDimX, config.blockDimY, config.blockDimZ) == (512, 1, 1)
+    assert config.numAttrs == 1
+    attr = config.attrs[0]
+    assert attr.id == driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    assert (attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z) == (4, 1, 1)

@@ -2,7 +2,8 @@
 
 `run_module` executes exactly what the CuTe DSL source of `compressc.kernels.emitter`
 does, op by op, with one NumPy row per lane: the thread map (`lane_channels`), the
-split-window online softmax and its shared-memory merge in group order, the RMS
+split-window online softmax and its shared-memory merge in group order (then, across a
+cluster's CTAs, in rank order), the RMS
 butterfly over `lane_tree` plus the per-warp partials, the amax butterfly over
 `group_tree`, and every byte the store writes. Values are fp32 and each step is one
 IEEE fp32 operation as on the GPU; ex2 and rsqrt are evaluated in fp32 by NumPy where
@@ -42,6 +43,7 @@ class Schedule:
     head_lanes: int
     split: int
     threads: int
+    cluster: int = 1
 
     @classmethod
     def of(cls, module: Module) -> Schedule:
@@ -51,7 +53,8 @@ class Schedule:
                     f"module @{module.name}: {key} is unset: the interpreter needs a lowered "
                     "module (run the default pipeline first)"
                 )
-        return cls(*(int(module.get(k)) for k in LOWERED[:4]))  # type: ignore[arg-type]
+        cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+        return cls(*(int(module.get(k)) for k in LOWERED[:4]), cluster)  # type: ignore[arg-type]
 
 
 def lane_channels(module: Module) -> np.ndarray:
@@ -113,7 +116,8 @@ def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int) -
     if slot < 0 or req < 0 or pos < 0 or kv_slot < 0 or (pos + 1) % ratio:
         return None
     return Lanes(
-        module, sched.elems, sched.head_lanes, sched.split, sched.threads, mem, row, pos, req, kv_slot
+        module, sched.elems, sched.head_lanes, sched.split, sched.threads, mem, row, pos, req, kv_slot,
+        sched.cluster,
     )
 
 

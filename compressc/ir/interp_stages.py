@@ -54,6 +54,7 @@ class Lanes:
     pos: int
     req: int
     kv_slot: int
+    cluster: int = 1  # CTAs of a cluster pooling the row's window together (rank r: threads r*threads..)
     m: np.ndarray | None = None  # online softmax max / sum / weighted sum, [threads, E]
     l: np.ndarray | None = None  # noqa: E741
     a: np.ndarray | None = None
@@ -76,13 +77,17 @@ class Lanes:
 
 # -- cc.window + cc.pool_softmax -----------------------------------------------------
 def window(lanes: Lanes, op: Op) -> None:
-    """Every thread pools its split group's rows ascending, a batch of loads at a time."""
+    """Every thread pools its split group's rows ascending, a batch of loads at a time.
+
+    A cluster's CTAs are simulated as one: thread rank * threads + tid is in group
+    rank * split + tid // head_lanes, which pools window part (rank * split + group).
+    """
     W, ratio = int(op.attr("window")), int(op.attr("ratio"))  # type: ignore[arg-type]
-    rows, per = int(op.get("rows_in_flight")), W // lanes.split  # type: ignore[arg-type]
-    tid = np.arange(lanes.threads)
+    rows, per = int(op.get("rows_in_flight")), W // (lanes.split * lanes.cluster)  # type: ignore[arg-type]
+    tid = np.arange(lanes.threads * lanes.cluster)
     group, col = tid // lanes.head_lanes, (tid % lanes.head_lanes) * lanes.elems
     s0 = lanes.pos - (W - 1)
-    shape = (lanes.threads, lanes.elems)
+    shape = (lanes.threads * lanes.cluster, lanes.elems)
     m, l, a = np.full(shape, -np.inf, F32), np.zeros(shape, F32), np.zeros(shape, F32)  # noqa: E741
     for chunk in range(per // rows):
         i0 = group * per + chunk * rows
@@ -118,20 +123,34 @@ def _online(m, l, a, score, value, present):  # noqa: E741
 
 
 def pool(lanes: Lanes, op: Op) -> None:
-    """Group 0 merges groups 1..K-1 in group order through smem, then x = a / l."""
-    K, hl, E = lanes.split, lanes.head_lanes, lanes.elems
-    M, L, A = (v.reshape(K, hl, E) for v in (lanes.m, lanes.l, lanes.a))  # thread = g * hl + hlane
-    m, l, a = M[0], L[0], A[0]  # noqa: E741
-    for g in range(1, K):
-        # A group whose rows are all absent (C4 sequence start) has m = -inf: skipped,
-        # as (-inf) - (-inf) would make alpha NaN. Skipping it is exact otherwise.
-        live = M[g] > -np.inf
-        with np.errstate(invalid="ignore"):
-            m_new = np.fmax(m, M[g])
-            alpha, beta = _ex2((m - m_new) * LOG2E), _ex2((M[g] - m_new) * LOG2E)
-            l_new, a_new = l * alpha + L[g] * beta, a * alpha + A[g] * beta
-        m, l, a = np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)  # noqa: E741
+    """In each CTA group 0 merges groups 1..K-1 in group order through smem; in a cluster,
+    rank 0 then merges ranks 1..S-1's results in rank order; then x = a / l."""
+    K, S, hl, E = lanes.split, lanes.cluster, lanes.head_lanes, lanes.elems
+    # thread = (rank * K + g) * hl + hlane
+    M, L, A = (v.reshape(S, K, hl, E) for v in (lanes.m, lanes.l, lanes.a))
+    parts = []
+    for rank in range(S):
+        part = (M[rank, 0], L[rank, 0], A[rank, 0])
+        for g in range(1, K):
+            part = _merge(*part, M[rank, g], L[rank, g], A[rank, g])
+        parts.append(part)
+    m, l, a = parts[0]  # noqa: E741
+    for part in parts[1:]:
+        m, l, a = _merge(m, l, a, *part)  # noqa: E741
     lanes.x = a / l
+
+
+def _merge(m, l, a, mg, lg, ag):  # noqa: E741
+    """Fold one partial (mg, lg, ag) into (m, l, a), each op rounded to fp32.
+
+    A partial whose rows are all absent (C4 sequence start) has m = -inf: skipped, as
+    (-inf) - (-inf) would make alpha NaN. Skipping it is exact otherwise."""
+    live = mg > -np.inf
+    with np.errstate(invalid="ignore"):
+        m_new = np.fmax(m, mg)
+        alpha, beta = _ex2((m - m_new) * LOG2E), _ex2((mg - m_new) * LOG2E)
+        l_new, a_new = l * alpha + lg * beta, a * alpha + ag * beta
+    return np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)
 
 
 def store_rows(lanes: Lanes, op: Op) -> None:

@@ -133,6 +133,14 @@ def _verify_grid(module: Module) -> None:
     if grid == "tiled" and not (isinstance(per_sm, int) and 1 <= per_sm <= 32):
         raise _fail(module, None, "ctas_per_sm", per_sm,
                     "must be 1..32 for a tiled grid (Hopper holds at most 32 CTAs per SM)")
+    cluster = module.get("cluster_split", 1)
+    if cluster not in (1, 2, 4, 8):
+        raise _fail(module, None, "cluster_split", cluster, "must be 1, 2, 4 or 8 (CTAs per cluster)")
+    if cluster != 1 and grid != "tiled":
+        raise _fail(module, None, "cluster_split", cluster,
+                    f"needs the tiled grid (a cluster shares its rows), have {grid!r}")
+    if cluster != 1 and module.find("cc.window") is None:
+        raise _fail(module, None, "cluster_split", cluster, "must be 1: this kernel has no window to split")
     occupancy = module.get("min_ctas_per_sm")
     threads = int(module.get("threads", 0))  # type: ignore[arg-type]
     if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= 2048):
@@ -190,10 +198,12 @@ def _verify_op_schedule(module: Module, op: Op, elems: int) -> None:
         raise _fail(module, op, "load", op.get("load"),
                     "must be 'early' (issued with the row's metadata) or 'late' (where used)")
     if op.name == "cc.pool_softmax":
-        split = int(module.get("window_split", 1))  # type: ignore[arg-type]
-        want = "smem" if split > 1 else "none"
+        split, cluster = int(module.get("window_split", 1)), module.get("cluster_split", 1)  # type: ignore[arg-type]
+        want = "smem" if split > 1 or cluster != 1 else "none"
         if op.get("merge") not in (None, want):
-            raise _fail(module, op, "merge", op.get("merge"), f"must be {want!r} for window_split={split}")
+            clustered = f", cluster_split={cluster}" if cluster != 1 else ""
+            raise _fail(module, op, "merge", op.get("merge"),
+                        f"must be {want!r} for window_split={split}{clustered}")
     exchanges = op.get("cross_warp") == "smem" or op.get("merge") == "smem"
     if exchanges and module.get("smem_bytes") is not None and op.get("smem_offset") is None:
         raise _fail(module, op, "smem_offset", None, "must be set for an exchange through smem "
@@ -254,19 +264,24 @@ def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:
 
 def _verify_window(module: Module, op: Op) -> None:
     split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
     window = int(op.attr("window"))  # type: ignore[arg-type]
     if window % split:
         raise _fail(module, None, "window_split", split, f"must divide the window of {window} rows")
+    if window % (split * cluster):
+        raise _fail(module, None, "cluster_split", cluster,
+                    f"times window_split {split} must divide the window of {window} rows")
+    per_group = window // (split * cluster)
     rows = op.get("rows_in_flight")
-    if rows is not None and (int(rows) < 1 or (window // split) % int(rows)):  # type: ignore[arg-type]
+    if rows is not None and (int(rows) < 1 or per_group % int(rows)):  # type: ignore[arg-type]
         raise _fail(module, op, "rows_in_flight", rows,
-                    f"must divide the {window // split} rows each split group pools")
+                    f"must divide the {per_group} rows each split group pools")
     lookup = op.get("page_lookup")
     if lookup is not None and lookup not in ("lane", "row"):
         raise _fail(module, op, "page_lookup", lookup, "must be 'lane' or 'row'")
     head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
-    _verify_stage(module, op, window, split)
-    if lookup == "lane" and not (window // split <= 32 and head_lanes % 32 == 0):
+    _verify_stage(module, op, window, split * cluster)
+    if lookup == "lane" and not (per_group <= 32 and head_lanes % 32 == 0):
         raise _fail(module, op, "page_lookup", lookup,
-                    f"'lane' needs at most 32 rows per split group (have {window // split}) and warps "
+                    f"'lane' needs at most 32 rows per split group (have {per_group}) and warps "
                     f"inside one group (head_lanes {head_lanes} a multiple of 32); use page-lookup=row")

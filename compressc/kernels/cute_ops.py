@@ -184,3 +184,23 @@ def st_global_v4(addr, a, b, c, d, *, loc=None, ip=None) -> None:
     args = [Int64(addr).ir_value(loc=loc, ip=ip)] + [_i(v, loc, ip) for v in (a, b, c, d)]
     text = "st.global.v4.b32 [$0], {$1, $2, $3, $4};"
     llvm.inline_asm(None, args, text, "l,r,r,r,r", has_side_effects=True)
+
+
+@dsl_user_op
+def cluster_sync(*, loc=None, ip=None) -> None:
+    """Cluster-wide barrier: every thread of every CTA of the cluster arrives (release:
+    its earlier shared-memory writes become visible) and waits (acquire). `.aligned`: all
+    threads of a warp execute it together, as the emitted kernels call it from CTA-uniform
+    code."""
+    text = "barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned;"
+    llvm.inline_asm(None, [], text, "~{memory}", has_side_effects=True)
+
+
+@dsl_user_op
+def st_dsmem_f32(smem_addr, rank, value, *, loc=None, ip=None) -> None:
+    """Store fp32 `value` at this CTA's shared address `smem_addr` in cluster CTA `rank`'s
+    shared memory (mapa, then st.shared::cluster); visible to `rank` after a cluster
+    barrier (arrive.release here, wait.acquire there)."""
+    text = "{ .reg .b32 a; mapa.shared::cluster.u32 a, $0, $1; st.shared::cluster.f32 [a], $2; }"
+    args = [_i(smem_addr, loc, ip), _i(rank, loc, ip), _f(value, loc, ip)]
+    llvm.inline_asm(None, args, text, "r,r,f,~{memory}", has_side_effects=True)

@@ -83,6 +83,10 @@ def emit(module: Module, pipeline: str) -> str:
                 # .minnctapersm: ptxas keeps registers low enough for this many CTAs per SM
                 # (the carveout is a host-side launch attribute; the loader does not use it)
                 bounds = f", min_blocks_per_mp={occupancy}, preferred_smem_carveout=-1"
+            cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+            if cluster > 1:
+                # a launch attribute, not in the PTX: the runtime launches with the manifest's cluster
+                bounds += f", cluster=[{cluster}, 1, 1]"
             src.line(f"self.kernel({names}).launch(grid=[num_rows, 1, 1], block=[{threads}, 1, 1]{bounds})")
         src.blank()
         src.line("@cute.kernel")
@@ -95,12 +99,15 @@ def emit(module: Module, pipeline: str) -> str:
 
 def grid_policy(module: Module) -> str:
     """The launch rule the runtime reads from the manifest: "rows", "wave:<ctas per SM>"
-    (a tiled kernel) or "runs:<rows per CTA>"."""
+    (a tiled kernel), "wave:<ctas per SM>,cluster:<S>" (tiled, launched as clusters of S
+    CTAs; a runtime that predates clusters refuses the rule instead of launching it
+    without) or "runs:<rows per CTA>"."""
     if module.get("grid") == "rows":
         return "rows"
     if module.get("grid") == "runs":
         return f"runs:{module.get('rows_per_cta')}"
-    return f"wave:{module.get('ctas_per_sm')}"
+    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    return f"wave:{module.get('ctas_per_sm')}" + (f",cluster:{cluster}" if cluster > 1 else "")
 
 
 def _grid_doc(module: Module) -> str:
@@ -109,6 +116,10 @@ def _grid_doc(module: Module) -> str:
     if module.get("grid") == "runs":
         return (f"each CTA takes a run of {module.get('rows_per_cta')} launched rows, unrolled, "
                 "and pools only the active ones")
+    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    if cluster > 1:
+        return (f"clusters of {cluster} CTAs (at most {module.get('ctas_per_sm')} CTAs per SM), each "
+                "looping over a run of launched rows and pooling 1/" f"{cluster} of each active row's window")
     return (f"at most {module.get('ctas_per_sm')} CTAs per SM, each looping over a run of "
             "launched rows and pooling only the active ones")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.kernels.source import Source
+from compressc.passes.plan_smem import merge_slots
 from compressc.specs.family import KernelSpec
 
 WARP = 32
@@ -47,10 +48,18 @@ def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
     window = module.find("cc.window")
     staged = window is not None and window.get("stage") == "smem"
     src.line("ctas, _, _ = cute.arch.grid_dim()")
+    cluster = _cluster(module)
+    if cluster > 1:
+        src.line(f"# clusters of {cluster} CTAs (x-consecutive, the launch's cluster dimension) share their")
+        src.line("# rows: from here on `cta` and `ctas` count clusters, and `rank` picks the window part")
+        src.line(f"cta = cta // {cluster}")
+        src.line(f"ctas = ctas // {cluster}")
     if not staged:
         src.line("if ctas >= num_rows:")
         with src.indent():
-            src.line("# one row per CTA (the grid is not capped at this T): the row grid's body, no ballot")
+            unit = "cluster" if cluster > 1 else "CTA"
+            src.line(f"# one row per {unit} (the grid is not capped at this T): the row grid's body, "
+                     "no ballot")
             src.line("row = cta")
             _guard(src, guard)
             src.line("if active:")
@@ -220,6 +229,10 @@ def _ballot_row(src: Source, module: Module, guard: Op, row: str) -> None:
         src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
 
 
+def _cluster(module: Module) -> int:
+    return int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+
+
 def _row(src: Source, module: Module, operands: bool = True) -> None:
     """The work of one active row: every op's emitter in order."""
     split = int(module.get("window_split"))  # type: ignore[arg-type]
@@ -232,6 +245,9 @@ def _row(src: Source, module: Module, operands: bool = True) -> None:
             emit(src, module, op)
         if op.name == "cc.pool_softmax" and split > 1:
             src.line("if group == 0:")
+            src.depth += 1
+        if op.name == "cc.pool_softmax" and _cluster(module) > 1:
+            src.line("if rank == 0:")
             src.depth += 1
     src.depth = depth
 
@@ -254,6 +270,8 @@ def _prologue(src: Source, module: Module) -> None:
     else:
         src.line("hlane = tidx")
     src.line(f"col = hlane * {elems}  # first channel this lane owns")
+    if _cluster(module) > 1:
+        src.line("rank = cute.arch.block_idx_in_cluster()  # which part of each window this CTA pools")
     if int(module.get("smem_dynamic", 0)):  # type: ignore[arg-type]
         src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")
         src.line("sStage = cute.arch.get_dyn_smem(Float32, alignment=16)")
@@ -288,8 +306,9 @@ def _window(src: Source, module: Module, op: Op) -> None:
     so the compiler cannot hoist every load of a 128-row window into registers.
     """
     elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
-    window, rows = _i(op, "window", False), _i(op, "rows_in_flight")
-    chunks = window // split // rows
+    window, rows, cluster = _i(op, "window", False), _i(op, "rows_in_flight"), _cluster(module)
+    per_group = window // split // cluster
+    chunks = per_group // rows
     src.line(f"s0 = pos - {window - 1}")
     if op.get("stage") == "smem":
         _window_from_smem(src, module, op)
@@ -300,17 +319,19 @@ def _window(src: Source, module: Module, op: Op) -> None:
     for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
         src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
         src.line(f"{name}.fill({init})")
-    first = f"group * {window // split}" if split > 1 else "0"
+    parts = [f"rank * {window // cluster}"] if cluster > 1 else []
+    parts += [f"group * {per_group}"] if split > 1 else []
+    first = " + ".join(parts) or "0"
     if op.get("page_lookup") == "lane":
         absent = window > _i(op, "ratio", False)
         src.line(f"# lane i looks up the page of its group's window row i (one round trip for all "
-                 f"{window // split});")
+                 f"{per_group});")
         src.line("# each batch takes a row's page from that lane with a shuffle")
         src.line(f"wq = s0 + {first} + lane")
         if absent:
             src.line("wq = wq if wq >= 0 else Int64(0)")
         src.line("wpage = Int32(0)")
-        src.line(f"if lane < {window // split}:")
+        src.line(f"if lane < {per_group}:")
         src.line("    wpage = mBT[Int32(wq >> state_block_shift)]")
     if chunks > 1:
         src.line(f"for chunk in cutlass.range({chunks}, unroll=1):")
@@ -404,6 +425,7 @@ def _online_update(src: Source, elems: int, score: str, value: str) -> None:
 def _pool(src: Source, module: Module, op: Op) -> None:
     elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
     head = _i(op, "head", False)
+    slots = merge_slots(module)
     if split > 1:
         base = _i(op, "smem_offset") // 4
         src.line("# merge the split groups' (max, sum, weighted sum) in group order, through smem")
@@ -412,7 +434,7 @@ def _pool(src: Source, module: Module, op: Op) -> None:
             src.line(f"for e in range_constexpr({elems}):")
             with src.indent():
                 for k, name in enumerate(("rM", "rL", "rA")):
-                    src.line(f"sBuf[{base + k * split * head} + group * {head} + col + e] = {name}[e]")
+                    src.line(f"sBuf[{base + k * slots * head} + group * {head} + col + e] = {name}[e]")
         src.line("cute.arch.sync_threads()")
         src.line("if group == 0:")
         with src.indent():
@@ -429,12 +451,65 @@ def _pool(src: Source, module: Module, op: Op) -> None:
                         src.line("m_new = ops.fmax(rM[e], mg)")
                         src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
                         src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-                        src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + split * head} + {slot}] * beta")
-                        src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * split * head} + {slot}] * beta")
+                        src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + slots * head} + {slot}] * beta")
+                        src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * slots * head} + {slot}] * beta")
                         src.line("rM[e] = m_new")
+    if _cluster(module) > 1:
+        _cluster_merge(src, module, op)
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    rX[e] = rA[e] / rL[e]  # IEEE division, as the reference")
+
+
+def _cluster_merge(src: Source, module: Module, op: Op) -> None:
+    """Rank 0 merges ranks 1..S-1's partials in rank order; the peers push them into its smem.
+
+    After the first cluster barrier every CTA has finished its own merge, so rank 0's
+    region is free: rank k stores its partial (split group 0's registers) into slot k - 1
+    there with st.shared::cluster. The second barrier (arrive.release, wait.acquire)
+    makes the stores visible; rank 0 then reads its own smem. Storing keeps no remote
+    load in flight (a DSMEM load is a 64-bit generic LD: +33 registers for C128A's
+    merge). Every thread of every CTA reaches both barriers.
+    """
+    elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
+    cluster = _cluster(module)
+    head, base, slots = _i(op, "head", False), _i(op, "smem_offset") // 4, merge_slots(module)
+    pooled = module.find("cc.window")
+    assert pooled is not None
+    absent = _i(pooled, "window", False) > _i(pooled, "ratio", False)  # a part may be all before position 0
+    group0 = " & (group == 0)" if split > 1 else ""
+    src.line(f"# the cluster's {cluster} partials meet in rank order: ranks 1..{cluster - 1} store theirs "
+             "into rank 0's smem")
+    src.line("ops.cluster_sync()  # every CTA's own merge is done: rank 0's slots are free")
+    src.line(f"if (rank > 0){group0}:")
+    with src.indent():
+        src.line("sbuf_at = sBuf.iterator.toint()")
+        src.line(f"for e in range_constexpr({elems}):")
+        with src.indent():
+            for k, name in enumerate(("rM", "rL", "rA")):
+                at = f"sbuf_at + ({base + k * slots * head} + (rank - 1) * {head} + col + e) * 4"
+                src.line(f"ops.st_dsmem_f32({at}, 0, {name}[e])")
+    src.line("ops.cluster_sync()  # the stores are visible to rank 0")
+    src.line(f"if (rank == 0){group0}:")
+    with src.indent():
+        src.line(f"for k in range_constexpr({cluster - 1}):")
+        with src.indent():
+            src.line(f"for e in range_constexpr({elems}):")
+            with src.indent():
+                slot = f"k * {head} + col + e"
+                src.line(f"mg = sBuf[{base} + {slot}]")
+                if absent:
+                    src.line("# a part whose rows are all absent has m = -inf: skipped (see the CTA merge)")
+                    src.line('if mg > Float32(-float("inf")):')
+                    src.depth += 1
+                src.line("m_new = ops.fmax(rM[e], mg)")
+                src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+                src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
+                src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + slots * head} + {slot}] * beta")
+                src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * slots * head} + {slot}] * beta")
+                src.line("rM[e] = m_new")
+                if absent:
+                    src.depth -= 1
 
 
 def _rows_view(module: Module, op: Op, ptr: str) -> str:

@@ -34,8 +34,11 @@ def _fmt(value: object) -> str:
 
 
 def pool_rows_per_group(module: Module) -> int:
-    """Window rows one split group of lanes pools (the whole window when unsplit)."""
+    """Window rows one split group of lanes pools (the whole window when unsplit): the
+    window is cut into `cluster_split` parts, one per CTA of a cluster, and each part into
+    `window_split` parts, one per lane group of the CTA."""
     window = module.find("cc.window")
     if window is None:
         return 0
-    return int(window.attr("window")) // int(module.get("window_split", 1))  # type: ignore[arg-type]
+    parts = int(module.get("window_split", 1)) * int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    return int(window.attr("window")) // parts

@@ -30,7 +30,7 @@ class LowerReduction(ModulePass):
              `cross_warp` ("smem" + one barrier when the head spans several warps,
              else "none"); cc.quant `group_tree` (amax butterfly masked to the
              quant group); cc.pool_softmax `merge` ("smem" when the window is split
-             across lane groups, else "none").
+             across lane groups or the CTAs of a cluster, else "none").
     Options: order ("down": masks 16, 8, ..., 1; "up": 1, 2, ..., 16). Both are
              legal; the sum's rounding may differ by an ulp, never the bytes rule.
     """
@@ -45,7 +45,7 @@ class LowerReduction(ModulePass):
     def apply(self, module: Module) -> Module:
         head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
         head_warps = max(1, head_lanes // WARP)
-        split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+        split = int(module.get("window_split", 1)) * int(module.get("cluster_split", 1))  # type: ignore[arg-type]
         lane_tree = butterfly(min(WARP, head_lanes), self.order)
         cross = "smem" if head_warps > 1 else "none"
         module = module.replace_ops(

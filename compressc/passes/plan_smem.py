@@ -13,6 +13,15 @@ FP32 = 4
 SMEM_LIMIT = 48 * 1024  # static shared memory per CTA without an opt-in attribute
 
 
+def merge_slots(module: Module) -> int:
+    """Partials (max, sum, weighted sum per channel) the pool's smem region holds at once:
+    the CTA's split groups 1..K-1 (slot g), or, after the cluster barrier, ranks 1..S-1's
+    partials that they store into rank 0's region (slot rank - 1)."""
+    split = int(module.get("window_split", 1))  # type: ignore[arg-type]
+    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    return max(split, cluster - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class PlanSmem(ModulePass):
     """Lay out the static shared memory the reductions need, 16-byte aligned.
@@ -20,7 +29,8 @@ class PlanSmem(ModulePass):
     Expects: lower-reduction has run (`cross_warp`, `merge`).
     Leaves:  cc.rms_norm `smem_offset` (one fp32 partial per warp) when it
              exchanges across warps; cc.pool_softmax `smem_offset` (max, sum and
-             weighted sum per channel and split group) when it merges; module
+             weighted sum per channel and split group, or per cluster rank
+             1..S-1: see merge_slots) when it merges; module
              `smem_bytes` (the total) and `barriers` (CTA barriers executed).
     Options: none.
     """
@@ -44,6 +54,5 @@ class PlanSmem(ModulePass):
         if op.name == "cc.rms_norm" and op.get("cross_warp") == "smem":
             return FP32 * int(module.get("head_lanes", 0)) // WARP  # type: ignore[arg-type]
         if op.name == "cc.pool_softmax" and op.get("merge") == "smem":
-            split = int(module.get("window_split", 1))  # type: ignore[arg-type]
-            return 3 * FP32 * split * int(op.attr("head"))  # type: ignore[arg-type]
+            return 3 * FP32 * merge_slots(module) * int(op.attr("head"))  # type: ignore[arg-type]
         return 0

@@ -12,6 +12,7 @@ WARP = 32
 MAX_ELEMS_PER_LANE = 8  # 8 fp32 = two 128-bit loads per stream and row
 MAX_UNROLLED_WINDOW = 8  # window rows the emitter unrolls straight-line (C4: 8; C128: a loop)
 SM_THREADS, SM_CTAS = 2048, 32  # Hopper: resident threads and CTAs per multiprocessor
+CLUSTER_SPLITS = (1, 2, 4, 8)  # 8: the largest portable cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,7 @@ class ThreadMap(ModulePass):
     Expects: a spec-level module (any stage).
     Leaves:  module sched `elems_per_lane`, `head_lanes` (lanes covering one head),
              `window_split` (lane groups pooling disjoint parts of the window),
-             `threads`, `warps`, `grid`, `ctas_per_sm`; on `cc.quant`:
+             `threads`, `warps`, `grid`, `ctas_per_sm`, `cluster_split` (when > 1); on `cc.quant`:
              `lanes_per_group`, `groups_per_warp`. Channel c belongs to lane
              c // elems_per_lane.
     Options: elems-per-lane (0 = the most that still fills a warp, at most 8);
@@ -35,13 +36,23 @@ class ThreadMap(ModulePass):
              unrolled, and pools only the active ones (grid = ceil(T / run));
              ctas-per-sm (0 = as many as the SM's thread slots hold, at most 32:
              one full wave); rows-per-cta (the run of a "runs" grid, 1..32;
-             0 = the compress ratio: one boundary row per run in a prefill).
+             0 = the compress ratio: one boundary row per run in a prefill);
+             cluster-split (1, 2, 4 or 8: the CTAs of one thread-block cluster
+             that pool one row's window together, tiled grid only; default 1).
 
     Why tiled: only 1 row in `ratio` writes (1 in 128 for C128 prefill), and a CTA
     spent on an inactive row still costs a launch and a metadata round trip. With
     a capped grid a CTA takes ceil(T / grid) consecutive rows, reads their
     metadata in one round trip (one lane per row, then a ballot) and pools only
     the active ones; at small T the cap is not reached and each CTA has one row.
+
+    Why cluster-split (Hopper clusters): one CTA pools a C128 row's 512 KiB window
+    alone, one batch of rows after another, at what one SM ingests (about 10 us a
+    row). A prefill of T tokens has T / 128 active rows, fewer than the SMs until
+    T = 16K: most SMs idle. With a cluster of S CTAs each pools 1/S of the window on
+    its own SM; ranks 1..S-1 leave their (max, sum, weighted sum) in their shared
+    memory and rank 0 merges them in rank order over distributed shared memory
+    (two cluster barriers a row). The launch gives the runtime's cluster dimension.
 
     Why runs: ptxas schedules a body inside a dynamic loop differently from the same
     body straight-line: it sinks the window loads between the softmax updates (one
@@ -57,6 +68,7 @@ class ThreadMap(ModulePass):
     ctas_per_sm: int = 0
     min_ctas_per_sm: int = 0
     rows_per_cta: int = 0
+    cluster_split: int = 1
 
     def apply(self, module: Module) -> Module:
         head = int(module.attr("head"))  # type: ignore[arg-type]
@@ -70,6 +82,14 @@ class ThreadMap(ModulePass):
         if self.rows_per_cta and grid != "runs":
             raise ValueError(f"rows-per-cta={self.rows_per_cta} is the run of grid=runs; the grid here is "
                              f"{grid!r} (add grid=runs, or drop rows-per-cta)")
+        if self.cluster_split not in CLUSTER_SPLITS:
+            raise ValueError(f"thread-map cluster-split={self.cluster_split}: must be one of "
+                             f"{', '.join(map(str, CLUSTER_SPLITS))} (CTAs per cluster, 8 at most)")
+        if self.cluster_split > 1 and grid != "tiled":
+            raise ValueError(f"cluster-split={self.cluster_split} needs the tiled grid; the grid here is "
+                             f"{grid!r} (use grid=tiled, or drop cluster-split)")
+        if self.cluster_split > 1 and module.find("cc.window") is None:
+            raise ValueError(f"cluster-split={self.cluster_split}: this kernel has no window to split")
         if self.ctas_per_sm and grid != "tiled":
             raise ValueError(f"ctas-per-sm={self.ctas_per_sm} sizes the tiled grid's wave; the grid here is "
                              f"{grid!r} (use grid=tiled, or drop ctas-per-sm)")
@@ -83,6 +103,8 @@ class ThreadMap(ModulePass):
             grid=grid,
             ctas_per_sm=per_sm if grid == "tiled" else 0,
         )
+        if self.cluster_split > 1:
+            module = module.with_sched(cluster_split=self.cluster_split)
         if grid == "runs":
             module = module.with_sched(rows_per_cta=self.rows_per_cta or self._default_run(module))
         if self.min_ctas_per_sm:
@@ -92,6 +114,8 @@ class ThreadMap(ModulePass):
     def _grid(self, module: Module) -> str:
         if self.grid != "auto":
             return self.grid
+        if self.cluster_split > 1:
+            return "tiled"
         window = module.find("cc.window")
         unrolled = window is not None and int(window.attr("window")) <= MAX_UNROLLED_WINDOW  # type: ignore[arg-type]
         return "runs" if unrolled and not self.ctas_per_sm else "tiled"

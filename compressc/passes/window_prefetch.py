@@ -128,8 +128,11 @@ class WindowPrefetch(ModulePass):
         why = []
         if module.get("grid") != "tiled":
             why.append(f"a tiled grid (have grid={module.get('grid')!r}: thread-map{{grid=tiled}})")
-        if rows != pool_rows_per_group(module) or int(module.get("window_split")) != 1:  # type: ignore[arg-type]
-            why.append("the whole window in one batch of one group (window-split=1, rows=0)")
+        parts = int(module.get("window_split")) * int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+        one_group = parts == 1
+        if rows != pool_rows_per_group(module) or not one_group:
+            why.append("the whole window in one batch of one group "
+                       "(window-split=1, no cluster-split, rows=0)")
         if elems % 4:
             why.append(f"elems-per-lane a multiple of 4 for 16-byte copies (have {elems})")
         if window.get("page_lookup") != "lane":

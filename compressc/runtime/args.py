@@ -136,33 +136,61 @@ STALE_TILED = (
 )
 
 
-def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) -> int:
+def grid_rule_problem(policy: str) -> str | None:
+    """What is wrong with a manifest's grid rule, or None when the runtime can launch it."""
+    if policy == "rows":
+        return None
+    rule, _, suffix = policy.partition(",")
+    kind, _, count = rule.partition(":")
+    if kind == "tiled":
+        return STALE_TILED
+    if suffix:
+        name, _, size = suffix.partition(":")
+        if kind != "wave" or name != "cluster" or size not in ("2", "4", "8"):
+            return "a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"
+    if kind not in ("wave", "runs") or not count.isdigit() or int(count) <= 0:
+        return "expected 'rows', 'wave:<CTAs per SM>[,cluster:<S>]' or 'runs:<rows per CTA>'"
+    return None
+
+
+def parse_grid(policy: str) -> tuple[str, int, int]:
+    """(kind, count, cluster) of a manifest's grid rule: ("rows", 0, 1), ("wave", N, S) or
+    ("runs", R, 1); ValueError naming the rule otherwise."""
+    problem = grid_rule_problem(policy)
+    if problem is not None:
+        raise ValueError(f"grid policy {policy!r}: {problem}")
+    if policy == "rows":
+        return "rows", 0, 1
+    rule, _, suffix = policy.partition(",")
+    kind, _, count = rule.partition(":")
+    return kind, int(count), int(suffix.partition(":")[2]) if suffix else 1
+
+
+def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, max_clusters: int = 0) -> int:
     """CTAs to launch for `num_rows` launched rows under a manifest's grid `policy`.
 
     "rows": one CTA per row. "wave:N" (a tiled kernel): one wave of at most N CTAs per SM, and no more
     than the `resident` CTAs an SM can hold of this kernel (its occupancy, 0 = unknown):
     a second wave would run the active rows one wave after another. Each CTA takes
     ceil(num_rows / grid) consecutive rows (the kernel derives its run from gridDim, so
-    any grid up to num_rows is correct). "runs:R": the kernel unrolls up to R rows per
+    any grid up to num_rows is correct). "wave:N,cluster:S": the same in clusters of S
+    CTAs, each cluster taking the rows a CTA would; one wave is at most `max_clusters`
+    (the driver's count of co-resident clusters, 0 = unknown: the SMs' CTA slots / S).
+    "runs:R": the kernel unrolls up to R rows per
     CTA, so the grid is at least ceil(num_rows / R); below that, one row per CTA while
     the SMs have room (`resident` CTAs each): at small T a CTA's rows would otherwise
     run one after another while SMs idle.
     """
     if num_rows <= 0:
         return 0
-    if policy == "rows":
+    kind, count, cluster = parse_grid(policy)
+    if kind == "rows":
         return num_rows
-    kind, _, per_sm = policy.partition(":")
-    if kind == "tiled":
-        raise ValueError(f"grid policy {policy!r}: {STALE_TILED}")
-    if kind not in ("wave", "runs") or not per_sm.isdigit() or int(per_sm) <= 0:
-        raise ValueError(
-            f"grid policy {policy!r}: expected 'rows', 'wave:<CTAs per SM>' or 'runs:<rows per CTA>'"
-        )
     if kind == "runs":
-        grid = min(num_rows, max(-(-num_rows // int(per_sm)), resident * sm_count))
+        grid = min(num_rows, max(-(-num_rows // count), resident * sm_count))
     else:
-        ctas = min(int(per_sm), resident) if resident > 0 else int(per_sm)
-        grid = min(num_rows, ctas * sm_count)
+        ctas = min(count, resident) if resident > 0 else count
+        units = max_clusters if cluster > 1 and max_clusters > 0 else max(1, ctas * sm_count // cluster)
+        grid = min(num_rows, units)
     per_cta = -(-num_rows // grid)
-    return -(-num_rows // per_cta)
+    return -(-num_rows // per_cta) * cluster

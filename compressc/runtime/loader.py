@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from cuda.bindings import driver
 
-from compressc.runtime.args import launch_grid
+from compressc.runtime.args import launch_grid, parse_grid
 from compressc.runtime.resolve import KernelImage, arch_for_capability, arch_runs_on
 
 _DEFAULT_SMEM_LIMIT = 48 * 1024  # bytes of dynamic smem a launch gets without opting in
@@ -117,10 +117,12 @@ class LoadedKernel:
     grid: str = "rows"  # the manifest's launch rule, see compressc.runtime.args.launch_grid
     sm_count: int = 1
     resident: int = 0  # CTAs of this kernel one SM holds (the driver's occupancy); 0 = unknown
+    cluster: int = 1  # CTAs per thread-block cluster (the grid rule's ',cluster:S')
+    max_clusters: int = 0  # clusters of this kernel the device holds at once; 0 = unknown
 
     def launch_rows(self, num_rows: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
         """Launch over `num_rows` launched rows with the grid the manifest's policy asks for."""
-        grid = launch_grid(self.grid, num_rows, self.sm_count, self.resident)
+        grid = launch_grid(self.grid, num_rows, self.sm_count, self.resident, self.max_clusters)
         if grid:
             self.launch(grid, kernel_params, stream)
 
@@ -130,6 +132,11 @@ class LoadedKernel:
             stream = current_stream(self.device_index)
         ensure_context(self.device_index)
         bx, by, bz = self.block
+        if self.cluster > 1:
+            config = launch_config(self.cluster, grid_x, self.block, self.smem_dynamic, stream)
+            out = driver.cuLaunchKernelEx(config, self.function, ctypes.addressof(kernel_params), 0)
+            _check(f"cuLaunchKernelEx({self.entry}, cluster {self.cluster})", out)
+            return
         out = driver.cuLaunchKernel(
             self.function,
             grid_x,
@@ -144,6 +151,23 @@ class LoadedKernel:
             0,
         )
         _check(f"cuLaunchKernel({self.entry})", out)
+
+
+def launch_config(cluster: int, grid_x: int, block: tuple[int, int, int], smem: int,
+                  stream: int) -> driver.CUlaunchConfig:
+    """A cuLaunchKernelEx configuration launching `grid_x` CTAs as clusters of `cluster`
+    (the cluster dimension is a launch attribute: the kernel's PTX does not carry it)."""
+    attr = driver.CUlaunchAttribute()
+    attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = grid_x, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = block
+    config.sharedMemBytes = smem
+    config.hStream = driver.CUstream(stream)
+    config.attrs = [attr]
+    config.numAttrs = 1
+    return config
 
 
 def current_stream(device_index: int) -> int:
@@ -189,13 +213,22 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
             driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, image.smem_dynamic),
             hint,
         )
+        grid = str(image.manifest.get("grid", "rows"))
+        cluster = parse_grid(grid)[2]
+        max_clusters = 0
+        if cluster > 1:
+            # how many clusters fit at once: clusters live inside one GPC, so this can be less
+            # than the SMs' CTA slots / cluster
+            config = launch_config(cluster, cluster, image.block, image.smem_dynamic, 0)
+            max_clusters = _check("cuOccupancyMaxActiveClusters",
+                                  driver.cuOccupancyMaxActiveClusters(function, config), hint)
     except CudaError:
         driver.cuModuleUnload(module)
         raise
     sm_count = torch.cuda.get_device_properties(device_index).multi_processor_count
     return LoadedKernel(
         image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function,
-        str(image.manifest.get("grid", "rows")), int(sm_count), int(resident),
+        grid, int(sm_count), int(resident), cluster, int(max_clusters),
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from compressc.runtime.args import STALE_TILED
+from compressc.runtime.args import grid_rule_problem
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
 
@@ -169,13 +169,9 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         if got.get(field) != want:
             raise ManifestError(f"manifest field {field!r} is {got.get(field)!r}, expected {want!r}")
     grid = manifest.get("grid")
-    if isinstance(grid, str) and grid.startswith("tiled:"):
-        raise ManifestError(f"manifest field 'grid' is {grid!r}: {STALE_TILED}")
-    if not (grid == "rows" or (isinstance(grid, str) and re.fullmatch(r"(wave|runs):[1-9]\d*", grid))):
-        raise ManifestError(
-            f"manifest field 'grid' is {grid!r}, expected 'rows', 'wave:<CTAs per SM>' "
-            "or 'runs:<rows per CTA>'"
-        )
+    problem = grid_rule_problem(grid) if isinstance(grid, str) else "expected a launch rule string"
+    if problem is not None:
+        raise ManifestError(f"manifest field 'grid' is {grid!r}: {problem}")
     block = manifest.get("block")
     if not (isinstance(block, list) and len(block) == 3 and all(isinstance(b, int) and b > 0 for b in block)):
         raise ManifestError(f"manifest field 'block' is {block!r}, expected three positive ints")

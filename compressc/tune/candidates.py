@@ -2,7 +2,8 @@
 
 Where a pass has a choice (thread-map elems-per-lane and window-split, window-prefetch
 rows, thread-map grid) a pipeline string picks it. The list always starts with the
-derived default and the baseline (and the current tuned entry, if any), then the rows
+derived default and the baseline (and the current tuned entry, if any), then for a tiled
+window kernel (C128A compress) the window pooled by clusters of CTAs, then the rows
 in flight around the derived schedule, then one CTA per row instead of the tiled grid,
 then the (elems-per-lane, window-split) grid nearest the derived schedule first. Every
 proposal is lowered and verified; illegal ones are skipped, and two proposals that
@@ -34,8 +35,12 @@ ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
 TAIL = "vectorize{bits=128},lower-reduction,plan-smem"
+CLUSTER_SPLIT = (2, 4, 8)
+# (elems per lane, window split, rows in flight) tried with each cluster split: the DSMEM
+# merge's generic stores cost about 30 registers, so fewer rows in flight or lanes per thread
+CLUSTER_MAPS = ((2, 4, 8), (4, 2, 4), (4, 4, 4), (2, 2, 8))
 SCHEDULE_FIELDS = ("elems_per_lane", "window_split", "threads", "grid", "rows_per_cta", "ctas_per_sm",
-                   "min_ctas_per_sm", "rows_in_flight")
+                   "min_ctas_per_sm", "cluster_split", "rows_in_flight")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Candidate:
         else:
             text += " rows"
         text += f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else ""
+        text += f" cluster{s['cluster_split']}" if s.get("cluster_split") else ""
         return text + (" smem" if s.get("stage") == "smem" else "")
 
 
@@ -85,6 +91,11 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     yield "tuned", resolve_pipeline("default", module, arch, tuned)
     derived = PassManager(parse_pipeline(DEFAULT_PIPELINE)).run(module)
     windowed = module.find("cc.window") is not None
+    if derived.get("grid") == "tiled" and windowed:
+        # a long window (C128) pooled by a cluster of CTAs on as many SMs
+        for cluster, (e, w, rows) in product(CLUSTER_SPLIT, CLUSTER_MAPS):
+            yield "search", (f"thread-map{{elems-per-lane={e},window-split={w},cluster-split={cluster}}},"
+                             f"{TAIL},window-prefetch{{rows={rows}}}")
     if windowed:
         for rows in PREFETCH_ROWS:
             yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"

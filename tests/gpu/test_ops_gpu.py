@@ -161,14 +161,16 @@ def test_c128a_edge_cases_with_caller_buffer(cuda_device, spec, extra):
 def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
     """Launch ceil(T / per_cta) CTAs whatever the device size (the kernels read their run from
     gridDim); a "runs:R" kernel unrolls at most R rows, so it gets min(per_cta, R); a
-    "wave:N" (tiled) kernel takes any run."""
+    "wave:N" (tiled) kernel takes any run, a clustered one per cluster of CTAs."""
     from compressc.runtime import loader as loader_module
+    from compressc.runtime.args import parse_grid
 
-    def grid(policy: str, num_rows: int, sm_count: int, resident: int = 0) -> int:
-        if num_rows <= 0 or policy == "rows":
+    def grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, max_clusters: int = 0) -> int:
+        kind, count, cluster = parse_grid(policy)
+        if num_rows <= 0 or kind == "rows":
             return max(num_rows, 0)
-        run = min(per_cta, int(policy[5:])) if policy.startswith("runs:") else per_cta
-        return -(-num_rows // run)
+        run = min(per_cta, count) if kind == "runs" else per_cta
+        return -(-num_rows // run) * cluster  # a cluster takes the rows a CTA would
 
     monkeypatch.setattr(loader_module, "launch_grid", grid)
 
