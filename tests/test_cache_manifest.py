@@ -8,7 +8,13 @@ import json
 import pytest
 
 from compressc.cache.compile import Artifacts, Resources
-from compressc.cache.manifest import FIELDS, make_manifest, manifest_params, validate_manifest
+from compressc.cache.manifest import (
+    FIELDS,
+    OPTIONAL_FIELDS,
+    make_manifest,
+    manifest_params,
+    validate_manifest,
+)
 from compressc.specs import make_spec
 from compressc.specs.abi import abi
 
@@ -48,7 +54,7 @@ def manifest(**changes: object) -> dict:
 
 def test_make_manifest_fills_every_field() -> None:
     m = manifest()
-    assert set(m) == set(FIELDS)
+    assert set(m) == set(FIELDS) | set(OPTIONAL_FIELDS) and m["programmatic"] is False
     assert validate_manifest(m) == []
     assert m["format"] == 1 and m["cubin"] == "kernel.cubin"
     assert m["cubin_sha256"] == hashlib.sha256(CUBIN).hexdigest()
@@ -73,6 +79,7 @@ def test_manifest_params_round_trip() -> None:
         ({"arch": "sm90"}, "arch is 'sm90', expected a canonical name such as 'sm_90a'"),
         ({"cubin": "../x.cubin"}, "cubin is '../x.cubin', expected a plain file name inside the entry"),
         ({"block": [64, 0, 1]}, "block is [64, 0, 1], expected three positive ints"),
+        ({"programmatic": 1}, "programmatic is 1, expected true or false"),
         ({"toolchain": "4.8.1"}, "toolchain is '4.8.1', expected an object"),
         ({"compile_seconds": "fast"}, "compile_seconds is 'fast', expected a number"),
         ({"params": {}}, "params is {}, expected a list"),
@@ -100,3 +107,10 @@ def test_missing_fields_are_named() -> None:
 
 def test_a_non_object_is_reported() -> None:
     assert validate_manifest([1, 2]) == ["manifest is a list, expected a JSON object"]
+
+
+def test_a_manifest_without_programmatic_is_still_valid() -> None:
+    # written before the field existed: the loader launches it the ordinary way
+    m = manifest()
+    del m["programmatic"]
+    assert validate_manifest(m) == []

@@ -606,3 +606,29 @@ def test_verifier_checks_a_staged_window_against_its_grid_and_slots():
         verify(staged.with_sched(smem_dynamic=0))
     with pytest.raises(VerifyError, match="smem_dynamic=4096: must be 0 unless the window is staged"):
         verify(_lower("c4a", "derived").with_sched(smem_dynamic=4096))
+
+
+def test_overlap_launch_pairs_the_c128a_kernels():
+    from compressc.ir.verifier import VerifyError, verify
+    from compressc.kernels.emitter import emit
+
+    pipeline = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+    store, compress = _lower("c128a_store", pipeline), _lower("c128a_compress", pipeline)
+    assert store.get("grid_dependency") == "wait" and compress.get("grid_dependency") == "trigger"
+    assert _lower("c4a", pipeline).get("grid_dependency") is None  # one kernel: nothing of ours to overlap
+    off = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{overlap-launch=false}"
+    assert _lower("c128a_store", off).get("grid_dependency") is None
+    text = emit(store, pipeline)
+    assert "PROGRAMMATIC = True" in text
+    # the wait sits after the metadata and operand loads, right before the pooled rows are read
+    fast = text[text.index("if ctas >= num_rows:"):]
+    assert fast.index("rCos = ") < fast.index("griddepcontrol_wait()") < fast.index("compressed_kv + ")
+    # and every CTA waits before it exits
+    body_end = text.index("C128aStoreH512Q64R64Bf16.kernel.set_name_prefix")
+    assert text[:body_end].rstrip().endswith("cute.arch.griddepcontrol_wait()")
+    trigger = emit(compress, pipeline)
+    assert "PROGRAMMATIC = False" in trigger and "griddepcontrol_launch_dependents()" in trigger
+    with pytest.raises(VerifyError, match="grid_dependency='wait': needs a kernel with cc.load_rows"):
+        verify(compress.with_sched(grid_dependency="wait"))
+    with pytest.raises(VerifyError, match="grid_dependency='x': must be 'wait'"):
+        verify(store.with_sched(grid_dependency="x"))

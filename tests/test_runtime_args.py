@@ -221,3 +221,18 @@ def test_cluster_launch_config_carries_the_cluster_dimension():
     attr = config.attrs[0]
     assert attr.id == driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
     assert (attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z) == (4, 1, 1)
+
+
+def test_programmatic_launch_config_allows_stream_overlap():
+    from cuda.bindings import driver
+
+    from compressc.runtime.loader import launch_config
+
+    config = launch_config(1, 132, (64, 1, 1), 0, 0, programmatic=True)
+    assert config.numAttrs == 1
+    attr = config.attrs[0]
+    assert attr.id == driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    assert attr.value.programmaticStreamSerializationAllowed == 1
+    both = launch_config(2, 132, (64, 1, 1), 0, 0, programmatic=True)
+    assert both.numAttrs == 2 and both.attrs[0].value.clusterDim.x == 2
+    assert launch_config(1, 8, (64, 1, 1), 0, 0).numAttrs == 0

@@ -82,6 +82,7 @@ class Artifacts:
     smem_dynamic: int
     seconds: float
     log: str  # nvJitLink's -verbose report, timing lines dropped
+    programmatic: bool = False  # launch with programmatic stream serialization (it waits itself)
 
 
 # -- toolchain ------------------------------------------------------------------------
@@ -208,6 +209,7 @@ def compile_source(source: str, arch: str) -> Artifacts:
         smem_dynamic=module.SMEM_DYNAMIC,
         seconds=round(time.perf_counter() - started, 3),
         log=log,
+        programmatic=bool(getattr(module, "PROGRAMMATIC", False)),
     )
 
 

@@ -4,7 +4,7 @@
  "params": [{"name", "kind", "dtype", "align"}, ...], "block": [x, y, z], "grid",
  "smem_dynamic", "smem_static", "registers", "spill_stores", "spill_loads", "stack",
  "barriers", "cubin": "kernel.cubin", "cubin_sha256", "toolchain": {...}, "pipeline",
- "compile_seconds"}
+ "compile_seconds", "programmatic"}  ("programmatic": optional, false when absent)
 
 Pure standard library: the runtime validates manifests with CuTe DSL not installed.
 """
@@ -40,6 +40,7 @@ _STRINGS = (
 )
 _COUNTS = ("smem_dynamic", "smem_static", "registers", "spill_stores", "spill_loads", "stack", "barriers")
 FIELDS = ("format", *_STRINGS, *_COUNTS, "params", "block", "toolchain", "compile_seconds")
+OPTIONAL_FIELDS = ("programmatic",)  # absent in manifests written before it existed: false
 
 
 def make_manifest(
@@ -78,6 +79,7 @@ def make_manifest(
         "toolchain": dict(toolchain),
         "pipeline": pipeline,
         "compile_seconds": artifacts.seconds,
+        "programmatic": artifacts.programmatic,
     }
 
 
@@ -116,6 +118,8 @@ def _check_values(d: dict[str, Any]) -> list[str]:
         problems.append(f"block is {block!r}, expected three positive ints")
     if "toolchain" in d and not isinstance(d["toolchain"], dict):
         problems.append(f"toolchain is {d['toolchain']!r}, expected an object")
+    if not isinstance(d.get("programmatic", False), bool):
+        problems.append(f"programmatic is {d['programmatic']!r}, expected true or false")
     seconds = d.get("compile_seconds")
     if "compile_seconds" in d and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
         problems.append(f"compile_seconds is {seconds!r}, expected a number")

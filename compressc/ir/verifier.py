@@ -141,6 +141,13 @@ def _verify_grid(module: Module) -> None:
                     f"needs the tiled grid (a cluster shares its rows), have {grid!r}")
     if cluster != 1 and module.find("cc.window") is None:
         raise _fail(module, None, "cluster_split", cluster, "must be 1: this kernel has no window to split")
+    dependency = module.get("grid_dependency")
+    if dependency not in (None, "wait", "trigger"):
+        raise _fail(module, None, "grid_dependency", dependency,
+                    "must be 'wait' (loads the previous grid's rows) or 'trigger' (writes rows)")
+    needs = {"wait": "cc.load_rows", "trigger": "cc.store_rows"}.get(dependency)  # type: ignore[arg-type]
+    if needs is not None and module.find(needs) is None:
+        raise _fail(module, None, "grid_dependency", dependency, f"needs a kernel with {needs}")
     occupancy = module.get("min_ctas_per_sm")
     threads = int(module.get("threads", 0))  # type: ignore[arg-type]
     if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= 2048):

@@ -3,7 +3,7 @@
 The emitter imports nothing from cutlass: it writes Python source text, so what it
 produces can be read, diffed and tested on any machine. The module it writes obeys
 the contract the compile driver relies on (`ENTRY`, `KERNEL`, `BLOCK`, `GRID`,
-`SMEM_DYNAMIC`, `compile_args()`).
+`SMEM_DYNAMIC`, `PROGRAMMATIC`, `compile_args()`).
 """
 
 from __future__ import annotations
@@ -145,6 +145,8 @@ def _header(src: Source, module: Module, pipeline: str) -> None:
     src.line(f"BLOCK = ({module.get('threads')}, 1, 1)")
     src.line(f'GRID = "{grid_policy(module)}"')
     src.line(f"SMEM_DYNAMIC = {int(module.get('smem_dynamic', 0))}")  # type: ignore[arg-type]
+    # launched with programmatic stream serialization: it waits for the previous grid itself
+    src.line(f"PROGRAMMATIC = {module.get('grid_dependency') == 'wait'}")
     src.line("LOG2E = 1.4426950408889634")
     src.blank()
 

@@ -19,7 +19,21 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
 
 
 def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
+    depth = src.depth
     _prologue(src, module)
+    if module.get("grid_dependency") == "trigger":
+        src.line("# the kernel that reads these rows may launch now: its CTAs start as ours retire and")
+        src.line("# wait (griddepcontrol.wait) for this grid only before they load what it wrote")
+        src.line("cute.arch.griddepcontrol_launch_dependents()")
+    _rows(src, module)
+    src.depth = depth
+    if module.get("grid_dependency") == "wait":
+        src.line("# a CTA without an active row waits too: this grid must not finish before the one it")
+        src.line("# overlaps, as work after it on the stream relies on both")
+        src.line("cute.arch.griddepcontrol_wait()")
+
+
+def _rows(src: Source, module: Module) -> None:
     guard = module.find("cc.row_guard")
     assert guard is not None
     if module.get("grid") == "rows":
@@ -523,6 +537,10 @@ def _store_rows(src: Source, module: Module, op: Op) -> None:
 
 
 def _load_rows(src: Source, module: Module, op: Op) -> None:
+    if module.get("grid_dependency") == "wait":
+        src.line("# launched early (programmatic stream serialization): the rows are the previous")
+        src.line("# grid's output, so wait for it to finish and flush (a no-op once it has)")
+        src.line("cute.arch.griddepcontrol_wait()")
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({module.get('elems_per_lane')}), Float32)")
     src.line(f"cute.autovec_copy({_rows_view(module, op, 'compressed_kv')}, rX)")
 

@@ -75,15 +75,26 @@ class WindowPrefetch(ModulePass):
     slots need no barrier. Dynamic shared memory: 2 x window x 2 streams x
     elems_per_lane x 4 bytes per thread (C4A: 64 KiB).
 
+    Launch overlap (C128A's two kernels): the store kernel reads the compress kernel's
+    output only in its row body, after its metadata scan and operand loads. With
+    `overlap-launch` the compress kernel allows its dependent to launch as it starts
+    (griddepcontrol.launch_dependents) and the store kernel, launched with programmatic
+    stream serialization, waits for the compress grid (griddepcontrol.wait) only right
+    before it loads the pooled rows: its launch, scan and operand round trips run under
+    the compress kernel's tail instead of after it.
+
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
              `page_lookup` ("lane" or "row"); cc.rms_norm and cc.rope `load`
-             ("early" or "late"); module `min_ctas_per_sm` (runs grid, see Occupancy).
+             ("early" or "late"); module `min_ctas_per_sm` (runs grid, see Occupancy);
+             module `grid_dependency` ("trigger" on a kernel that writes pooled rows,
+             "wait" on one that loads them; unset without overlap-launch).
     Options: rows (0 = min(rows per group, 8)); operands-early (default true);
              page-lookup ("auto" = "lane" where a group has at most 32 rows and
              its lanes fill whole warps, else "row"; "lane"; "row"); occupancy
              (default true: set min_ctas_per_sm for a "runs" grid); stage ("regs":
-             window rows loaded into registers; "smem": staged, see above).
+             window rows loaded into registers; "smem": staged, see above);
+             overlap-launch (default true: see Launch overlap).
     """
 
     name: ClassVar[str] = "window-prefetch"
@@ -92,6 +103,7 @@ class WindowPrefetch(ModulePass):
     page_lookup: str = "auto"
     occupancy: bool = True
     stage: str = "regs"
+    overlap_launch: bool = True
 
     def apply(self, module: Module) -> Module:
         if self.stage not in ("regs", "smem"):
@@ -117,6 +129,10 @@ class WindowPrefetch(ModulePass):
         straight = per_group and rows == per_group and self.stage == "regs"
         if self.occupancy and module.get("grid") == "runs" and not module.get("min_ctas_per_sm") and straight:
             module = module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, rows))
+        if self.overlap_launch and module.find("cc.load_rows") is not None:
+            module = module.with_sched(grid_dependency="wait")
+        elif self.overlap_launch and module.find("cc.store_rows") is not None:
+            module = module.with_sched(grid_dependency="trigger")
         return module
 
     @staticmethod

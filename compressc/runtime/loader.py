@@ -119,6 +119,7 @@ class LoadedKernel:
     resident: int = 0  # CTAs of this kernel one SM holds (the driver's occupancy); 0 = unknown
     cluster: int = 1  # CTAs per thread-block cluster (the grid rule's ',cluster:S')
     max_clusters: int = 0  # clusters of this kernel the device holds at once; 0 = unknown
+    programmatic: bool = False  # may start before the previous grid ends (it waits for it itself)
 
     def launch_rows(self, num_rows: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
         """Launch over `num_rows` launched rows with the grid the manifest's policy asks for."""
@@ -132,10 +133,12 @@ class LoadedKernel:
             stream = current_stream(self.device_index)
         ensure_context(self.device_index)
         bx, by, bz = self.block
-        if self.cluster > 1:
-            config = launch_config(self.cluster, grid_x, self.block, self.smem_dynamic, stream)
+        if self.cluster > 1 or self.programmatic:
+            config = launch_config(
+                self.cluster, grid_x, self.block, self.smem_dynamic, stream, self.programmatic
+            )
             out = driver.cuLaunchKernelEx(config, self.function, ctypes.addressof(kernel_params), 0)
-            _check(f"cuLaunchKernelEx({self.entry}, cluster {self.cluster})", out)
+            _check(f"cuLaunchKernelEx({self.entry})", out)
             return
         out = driver.cuLaunchKernel(
             self.function,
@@ -154,19 +157,29 @@ class LoadedKernel:
 
 
 def launch_config(cluster: int, grid_x: int, block: tuple[int, int, int], smem: int,
-                  stream: int) -> driver.CUlaunchConfig:
-    """A cuLaunchKernelEx configuration launching `grid_x` CTAs as clusters of `cluster`
-    (the cluster dimension is a launch attribute: the kernel's PTX does not carry it)."""
-    attr = driver.CUlaunchAttribute()
-    attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-    attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
+                  stream: int, programmatic: bool = False) -> driver.CUlaunchConfig:
+    """A cuLaunchKernelEx configuration for `grid_x` CTAs: as clusters of `cluster` when > 1
+    (a launch attribute: the kernel's PTX does not carry it), and with programmatic stream
+    serialization when `programmatic` (the kernel may start while the previous grid on the
+    stream still runs, once that grid allows it, and waits for it with griddepcontrol.wait)."""
+    attrs = []
+    if cluster > 1:
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
+        attrs.append(attr)
+    if programmatic:
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attr.value.programmaticStreamSerializationAllowed = 1
+        attrs.append(attr)
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = grid_x, 1, 1
     config.blockDimX, config.blockDimY, config.blockDimZ = block
     config.sharedMemBytes = smem
     config.hStream = driver.CUstream(stream)
-    config.attrs = [attr]
-    config.numAttrs = 1
+    config.attrs = attrs
+    config.numAttrs = len(attrs)
     return config
 
 
@@ -229,6 +242,7 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
     return LoadedKernel(
         image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function,
         grid, int(sm_count), int(resident), cluster, int(max_clusters),
+        image.manifest.get("programmatic", False) is True,
     )
 
 
