@@ -10,7 +10,10 @@ same inputs: compressc's default schedule, the baseline schedule, and the torch
 reference. Method: CUDA events around each call, calls queued behind torch.cuda._sleep
 so host launch overhead stays out, medians (p10/p90) of many calls, and page tables
 rotated over a state pool several times the L2 so no call finds its rows in cache.
-Also the per-call time of the same calls captured in one CUDA graph.
+Also the per-call time of the same calls captured in one CUDA graph, and (impl "copy")
+torch's device-to-device copy moving the case's unique bytes (half read, half written),
+timed the same way over rotated buffers: what a stock kernel moving that much data
+costs, launch and ramp included, where the 2 GiB copy gives only the bandwidth.
 """
 
 from __future__ import annotations
@@ -212,7 +215,30 @@ def run_case(bench: Bench, case: Case, copy: float, impls: list[str], max_pool: 
                      "pct_of_copy": round(100 * gbps / copy, 1)})
     del pool, tables, out, scratch, sc
     torch.cuda.empty_cache()
+    if "compressc" in impls:
+        rows.append(same_size_copy(bench, case, nbytes, copy))
     return rows
+
+
+def same_size_copy(bench: Bench, case: Case, nbytes: int, copy: float) -> dict:
+    """A copy of nbytes / 2 bytes (nbytes of traffic) per call, cold in L2 like the kernels."""
+    half = max(16, nbytes // 2 // 16 * 16)
+    pairs = max(2, min(64, math.ceil(L2_FLUSH_BYTES / half)))
+    bufs = [tuple(torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(2))
+            for _ in range(pairs)]
+    calls = [lambda s=s, d=d: d.copy_(s) for s, d in bufs]
+    for c in calls[:2]:
+        c()
+    times = bench.time_calls(calls)
+    us = statistics.median(times)
+    q = statistics.quantiles(times, n=10)
+    gbps = nbytes / (us * 1e-6) / 1e9
+    del bufs, calls
+    torch.cuda.empty_cache()
+    return {"kernel": case.kernel, "scenario": case.scenario, "impl": "copy", "T": case.T,
+            "us": round(us, 2), "p10_us": round(q[0], 2), "p90_us": round(q[-1], 2),
+            "graph_us": float("nan"), "bytes": nbytes, "gbps": round(gbps, 1),
+            "pct_of_copy": round(100 * gbps / copy, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

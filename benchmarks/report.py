@@ -17,13 +17,14 @@ def _speedup(rows: list[dict], row: dict, impl: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    """One line per (case, impl); compressc rows carry its speed-ups over derived, baseline, torch."""
+    """One line per (case, impl); compressc rows carry its speed-ups over derived, baseline, torch
+    and the same-size copy (below 1.0x: slower than copying its bytes)."""
     head = (f"{'kernel':<12}{'scenario':<9}{'T':>6}{'impl':>11}{'us':>10}{'graph us':>10}{'MB':>9}"
-            f"{'GB/s':>8}{'% copy':>8}{'vs deriv':>9}{'vs base':>9}{'vs torch':>9}")
+            f"{'GB/s':>8}{'% copy':>8}{'vs deriv':>9}{'vs base':>9}{'vs torch':>9}{'vs copy':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        others = ("derived", "baseline", "torch")
+        others = ("derived", "baseline", "torch", "copy")
         extra = [_speedup(rows, r, o) if r["impl"] == "compressc" else "" for o in others]
         print(f"{r['kernel']:<12}{r['scenario']:<9}{r['T']:>6}{r['impl']:>11}{r['us']:>10.2f}"
               f"{r['graph_us']:>10.2f}{r['bytes'] / 1e6:>9.2f}{r['gbps']:>8.0f}{r['pct_of_copy']:>8.1f}"
@@ -59,7 +60,7 @@ def _plot(path: Path, doc: dict) -> None:
     groups = sorted({(r["kernel"], r["scenario"]) for r in doc["rows"]})
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
     for ax, (kernel, scenario) in zip(axes[0], groups, strict=False):
-        for impl in ("compressc", "derived", "baseline", "torch"):
+        for impl in ("compressc", "derived", "baseline", "torch", "copy"):
             pts = sorted((r["T"], r["us"]) for r in doc["rows"]
                          if r["kernel"] == kernel and r["scenario"] == scenario and r["impl"] == impl)
             if pts:

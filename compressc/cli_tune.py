@@ -119,8 +119,8 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
     lowered IR. Candidates that spill or use a stack fail to build and are listed as dropped.
 
     \b
-    Score: the geometric mean over the cases (prefill and decode at T = 32, 512, 4096,
-    16384; C128A decode up to 4096) of the median event-timed µs. The winner is the
+    Score: the geometric mean over the cases (prefill and decode at T = 32, 512, 1024,
+    4096, 16384; C128A decode up to 4096) of the median event-timed µs. The winner is the
     lowest score among the candidates within 3% of the baseline schedule in every case.
     `-p default` then builds the winner of each (variant, arch); `-p derived` the
     un-tuned derived default; `-p baseline` the baseline schedule.

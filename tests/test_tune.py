@@ -289,14 +289,16 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
     assert [c.label for c in cases_for("c4a")] == [
         "p32",
         "p512",
+        "p1024",
         "p4096",
         "p16384",
         "d32",
         "d512",
+        "d1024",
         "d4096",
         "d16384",
     ]
-    assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d4096"]
+    assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d1024", "d4096"]
     assert set(FAMILY) == {s.kernel for s in default_specs()}
 
 

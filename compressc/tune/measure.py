@@ -3,7 +3,7 @@
 Runs where the kernels run: torch + cuda-python, never cutlass (DESIGN.md §2). Each
 candidate is loaded by cache key from DIR/store and launched through the runtime
 (`loader`, `args`, the ops' argument values) on `make_scenario` inputs: prefill and
-decode at T = 32, 512, 4096, 16384 launched rows (C128A decode stops at 4096: 16384
+decode at T = 32, 512, 1024, 4096, 16384 launched rows (C128A decode stops at 4096: 16384
 rows need 8.6 GB of state that make_scenario fills on the CPU, about 70 s). C128A is
 measured as its two kernels, each with its own ABI arguments.
 
@@ -31,7 +31,8 @@ from pathlib import Path
 
 from compressc.tune.prepare import PLAN_FILE, PLAN_FORMAT
 
-T_LIST = (32, 512, 4096, 16384)
+# 1024: where a "runs" C4A kernel gives two rows per CTA and the baseline still fits one wave
+T_LIST = (32, 512, 1024, 4096, 16384)
 KINDS = ("prefill", "decode")
 MAX_T = {("c128a", "decode"): 4096}
 REPS = 64
