@@ -150,7 +150,8 @@ def opt(
       plan-smem                                    shared-memory slots and barriers
       window-prefetch{rows=N,operands-early=B,     window rows loaded before first update,
         page-lookup=auto|lane|row,occupancy=B,     epilogue operands early, page lookups,
-        stage=regs|smem}                           .minnctapersm hint, smem-staged window
+        stage=regs|smem,overlap-launch=B,          .minnctapersm hint, smem-staged window,
+        l2-prefetch=B}                             C128A store under compress, L2 page prefetch
     """
     from compressc.ir import ParseError, parse_module, print_module
     from compressc.ir.from_spec import module_from_spec

@@ -109,19 +109,21 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
 
     Compiling needs nvidia-cutlass-dsl and measuring needs a GPU, so the search is three
     steps of this command. Candidates per variant (at most --limit): the derived default,
-    the baseline, the current tuned entry, then (tiled window kernels: C128A compress)
-    clusters of 2|4|8 CTAs pooling one window, window-prefetch rows 1|2|4|8, one CTA per
+    the baseline, the current tuned entry, then window-prefetch rows 1|2|4|8, one CTA per
     row, runs of half and twice the derived run, the run without its .minnctapersm
     occupancy hint, the tiled grid and its longer runs (fewer CTAs per SM), the window
-    staged in smem at 8 and 4 elems per lane, and thread-map
-    elems-per-lane 2|4|8 x window-split 1|2|4 (window kernels only),
-    all with 128-bit vectors; only schedules the verifier accepts, and one per distinct
-    lowered IR. Candidates that spill or use a stack fail to build and are listed as dropped.
+    staged in smem at 8 and 4 elems per lane, thread-map elems-per-lane 2|4|8 x
+    window-split 1|2|4 (window kernels only), and last (tiled window kernels: C128A
+    compress) the window prefetched into L2 and clusters of 2|4|8 CTAs pooling one
+    window; all with 128-bit vectors, only schedules the verifier accepts, and one per
+    distinct lowered IR. Candidates that spill or use a stack fail to build and are
+    listed as dropped.
 
     \b
     Score: the geometric mean over the cases (prefill and decode at T = 32, 512, 1024,
     4096, 16384; C128A decode up to 4096) of the median event-timed µs. The winner is the
-    lowest score among the candidates within 3% of the baseline schedule in every case.
+    lowest score among the candidates within 3% (or 0.25 µs) of the baseline schedule in
+    every case.
     `-p default` then builds the winner of each (variant, arch); `-p derived` the
     un-tuned derived default; `-p baseline` the baseline schedule.
 

@@ -632,3 +632,30 @@ def test_overlap_launch_pairs_the_c128a_kernels():
         verify(compress.with_sched(grid_dependency="wait"))
     with pytest.raises(VerifyError, match="grid_dependency='x': must be 'wait'"):
         verify(store.with_sched(grid_dependency="x"))
+
+
+def test_l2_prefetch_bulk_copies_each_page_run_of_a_c128_window():
+    from compressc.ir.verifier import VerifyError, verify
+    from compressc.kernels.emitter import emit
+    from compressc.passes.manager import PipelineError
+
+    pipeline = ("thread-map{elems-per-lane=4,window-split=4},vectorize,lower-reduction,plan-smem,"
+                "window-prefetch{l2-prefetch=true}")
+    module = _lower("c128a_compress", pipeline)
+    assert module.find("cc.window").get("l2_prefetch") is True
+    text = emit(module, pipeline)
+    # the group's first warp, after the lane page lookup and before the first batch
+    at = text.index("ops.prefetch_l2_bulk(")
+    assert text.index("wpage = mBT[") < at < text.index("for chunk in cutlass.range(")
+    assert "if hlane < 32:" in text and "Int32(run) * 4096)" in text
+    with pytest.raises(PipelineError, match="l2-prefetch needs a one-stream window"):
+        _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{l2-prefetch=true}")
+    with pytest.raises(PipelineError, match=r"l2-prefetch needs lane page lookups"):
+        _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=2},vectorize,lower-reduction,"
+               "plan-smem,window-prefetch{l2-prefetch=true}")
+    with pytest.raises(VerifyError, match="l2_prefetch=True: needs page_lookup='lane'"):
+        verify(module.replace_ops("cc.window", lambda op: op.with_sched(page_lookup="row")))
+    pytest.importorskip("cutlass")
+    from compressc.cache.compile import compile_source
+
+    assert compile_source(text, "sm_90a").ptx.count("cp.async.bulk.prefetch.L2.global") == 2  # two row bodies

@@ -345,6 +345,16 @@ def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wi
     assert winner["pipeline"] == "c" and "never_slower_than_baseline" not in winner
 
 
+def test_never_slower_allows_the_noise_of_a_short_launch() -> None:
+    from compressc.tune.measure import never_slower
+
+    base = {"p32": 3.17, "d1024": 130.88}
+    assert never_slower({"p32": 3.33, "d1024": 134.0}, base)  # +0.16 us; +2.4%
+    assert not never_slower({"p32": 3.45, "d1024": 134.0}, base)  # +0.28 us is more than noise at 3 us
+    assert not never_slower({"p32": 3.33, "d1024": 135.06}, base)  # +3.2%
+    assert never_slower({"p32": 3.0, "x": 99.0}, base)  # cases the baseline lacks are not compared
+
+
 _MEASURE_WITHOUT_CUTLASS = NO_CUTLASS + """
 from compressc.cli import main
 main(["tune", "--measure", sys.argv[1]])

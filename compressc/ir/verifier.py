@@ -287,6 +287,12 @@ def _verify_window(module: Module, op: Op) -> None:
     if lookup is not None and lookup not in ("lane", "row"):
         raise _fail(module, op, "page_lookup", lookup, "must be 'lane' or 'row'")
     head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+    prefetch = op.get("l2_prefetch")
+    if prefetch not in (None, True):
+        raise _fail(module, op, "l2_prefetch", prefetch, "must be true when set")
+    if prefetch and (lookup != "lane" or window != int(op.attr("ratio"))):  # type: ignore[arg-type]
+        raise _fail(module, op, "l2_prefetch", prefetch,
+                    "needs page_lookup='lane' and a one-stream window (window == ratio)")
     _verify_stage(module, op, window, split * cluster)
     if lookup == "lane" and not (per_group <= 32 and head_lanes % 32 == 0):
         raise _fail(module, op, "page_lookup", lookup,

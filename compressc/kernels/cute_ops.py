@@ -204,3 +204,12 @@ def st_dsmem_f32(smem_addr, rank, value, *, loc=None, ip=None) -> None:
     text = "{ .reg .b32 a; mapa.shared::cluster.u32 a, $0, $1; st.shared::cluster.f32 [a], $2; }"
     args = [_i(smem_addr, loc, ip), _i(rank, loc, ip), _f(value, loc, ip)]
     llvm.inline_asm(None, args, text, "r,r,f,~{memory}", has_side_effects=True)
+
+
+@dsl_user_op
+def prefetch_l2_bulk(gmem_addr, nbytes, *, loc=None, ip=None) -> None:
+    """Start a bulk prefetch of `nbytes` at `gmem_addr` into L2 (cp.async.bulk.prefetch.L2,
+    sm_90): no register, no completion to wait for; later loads of the range hit L2.
+    `gmem_addr` 16-byte aligned, `nbytes` a multiple of 16."""
+    args = [Int64(gmem_addr).ir_value(loc=loc, ip=ip), _i(nbytes, loc, ip)]
+    llvm.inline_asm(None, args, "cp.async.bulk.prefetch.L2.global [$0], $1;", "l,r", has_side_effects=True)

@@ -347,6 +347,8 @@ def _window(src: Source, module: Module, op: Op) -> None:
         src.line("wpage = Int32(0)")
         src.line(f"if lane < {per_group}:")
         src.line("    wpage = mBT[Int32(wq >> state_block_shift)]")
+        if op.get("l2_prefetch"):
+            _l2_prefetch(src, module, op, per_group)
     if chunks > 1:
         src.line(f"for chunk in cutlass.range({chunks}, unroll=1):")
         with src.indent():
@@ -359,6 +361,24 @@ def _window(src: Source, module: Module, op: Op) -> None:
         if op.get("page_lookup") == "lane":
             src.line("k0 = 0")
         _window_batch(src, module, op)
+
+
+def _l2_prefetch(src: Source, module: Module, op: Op, per_group: int) -> None:
+    """The group's first warp: a lane that starts a page's run of the group's rows prefetches
+    the run into L2 with one bulk copy (rows of a page are contiguous)."""
+    row_bytes = 2 * _i(op, "state_width", False) * 4
+    src.line("# every page's DRAM trip starts now: the lane at the start of a page's run of this")
+    src.line("# group's rows prefetches the whole run into L2 (one bulk copy); the batches hit L2")
+    src.line(f"if hlane < {per_group}:")
+    with src.indent():
+        src.line("at = wq & in_page")
+        src.line("if (at == 0) | (lane == 0):")
+        with src.indent():
+            src.line("run = (in_page + 1) - at")
+            src.line(f"if run > {per_group} - lane:")
+            src.line(f"    run = Int64({per_group} - lane)")
+            src.line(f"ops.prefetch_l2_bulk(state_cache.toint() + (Int64(wpage) * state_page_stride + "
+                     f"at * {row_bytes // 4}) * 4, Int32(run) * {row_bytes})")
 
 
 def _window_from_smem(src: Source, module: Module, op: Op) -> None:

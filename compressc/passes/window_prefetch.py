@@ -75,6 +75,11 @@ class WindowPrefetch(ModulePass):
     slots need no barrier. Dynamic shared memory: 2 x window x 2 streams x
     elems_per_lane x 4 bytes per thread (C4A: 64 KiB).
 
+    L2 prefetch (`l2-prefetch`, lane page lookups of a one-stream window: C128): once the
+    pages are known, the first lanes of each group start one bulk L2 prefetch
+    (cp.async.bulk.prefetch.L2) per page run of the group's rows, so every page's DRAM
+    trip starts at once instead of at its batch; the batches then load from L2.
+
     Launch overlap (C128A's two kernels): the store kernel reads the compress kernel's
     output only in its row body, after its metadata scan and operand loads. With
     `overlap-launch` the compress kernel allows its dependent to launch as it starts
@@ -94,7 +99,8 @@ class WindowPrefetch(ModulePass):
              its lanes fill whole warps, else "row"; "lane"; "row"); occupancy
              (default true: set min_ctas_per_sm for a "runs" grid); stage ("regs":
              window rows loaded into registers; "smem": staged, see above);
-             overlap-launch (default true: see Launch overlap).
+             overlap-launch (default true: see Launch overlap); l2-prefetch (default
+             false: see L2 prefetch).
     """
 
     name: ClassVar[str] = "window-prefetch"
@@ -104,6 +110,7 @@ class WindowPrefetch(ModulePass):
     occupancy: bool = True
     stage: str = "regs"
     overlap_launch: bool = True
+    l2_prefetch: bool = False
 
     def apply(self, module: Module) -> Module:
         if self.stage not in ("regs", "smem"):
@@ -123,6 +130,8 @@ class WindowPrefetch(ModulePass):
         )
         if self.stage == "smem":
             module = self._stage_in_smem(module, rows)
+        if self.l2_prefetch:
+            module = self._prefetch_to_l2(module)
         for name in ("cc.rms_norm", "cc.rope"):
             module = module.replace_ops(name, lambda op: op.with_sched(load=load))
         # the whole window unrolled in registers, no batch loop
@@ -134,6 +143,20 @@ class WindowPrefetch(ModulePass):
         elif self.overlap_launch and module.find("cc.store_rows") is not None:
             module = module.with_sched(grid_dependency="trigger")
         return module
+
+    @staticmethod
+    def _prefetch_to_l2(module: Module) -> Module:
+        window = module.find("cc.window")
+        if window is None:
+            raise ValueError("window-prefetch l2-prefetch: the kernel has no window to prefetch")
+        why = []
+        if window.get("page_lookup") != "lane":
+            why.append("lane page lookups (page-lookup=lane: at most 32 rows per split group)")
+        if int(window.attr("window")) != int(window.attr("ratio")):  # type: ignore[arg-type]
+            why.append("a one-stream window without absent rows (C128, not the overlapping C4)")
+        if why:
+            raise ValueError("window-prefetch l2-prefetch needs " + "; ".join(why))
+        return module.replace_ops("cc.window", lambda op: op.with_sched(l2_prefetch=True))
 
     @staticmethod
     def _stage_in_smem(module: Module, rows: int) -> Module:

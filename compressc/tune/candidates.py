@@ -1,11 +1,12 @@
-"""The schedules `compressc tune` measures for one variant: legal, distinct, a dozen at most.
+"""The schedules `compressc tune` measures for one variant: legal, distinct, at most --limit.
 
 Where a pass has a choice (thread-map elems-per-lane and window-split, window-prefetch
 rows, thread-map grid) a pipeline string picks it. The list always starts with the
-derived default and the baseline (and the current tuned entry, if any), then for a tiled
-window kernel (C128A compress) the window pooled by clusters of CTAs, then the rows
+derived default and the baseline (and the current tuned entry, if any), then the rows
 in flight around the derived schedule, then one CTA per row instead of the tiled grid,
-then the (elems-per-lane, window-split) grid nearest the derived schedule first. Every
+then the (elems-per-lane, window-split) grid nearest the derived schedule first, and
+last, for a tiled window kernel (C128A compress), the window prefetched into L2 page by
+page and the window pooled by clusters of CTAs. Every
 proposal is lowered and verified; illegal ones are skipped, and two proposals that
 lower to the same IR are one candidate (the first spelling wins).
 """
@@ -30,11 +31,12 @@ from compressc.passes.manager import (
 )
 from compressc.specs.family import KernelSpec
 
-MAX_CANDIDATES = 18
+MAX_CANDIDATES = 36
 ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
 TAIL = "vectorize{bits=128},lower-reduction,plan-smem"
+L2_MAPS = ((4, 4), (8, 4), (2, 4))  # (elems per lane, window split) with 32-row groups: lane lookups
 CLUSTER_SPLIT = (2, 4, 8)
 # (elems per lane, window split, rows in flight) tried with each cluster split: the DSMEM
 # merge's generic stores cost about 30 registers, so fewer rows in flight or lanes per thread
@@ -64,6 +66,7 @@ class Candidate:
             text += " rows"
         text += f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else ""
         text += f" cluster{s['cluster_split']}" if s.get("cluster_split") else ""
+        text += " l2pf" if s.get("l2_prefetch") else ""
         return text + (" smem" if s.get("stage") == "smem" else "")
 
 
@@ -91,11 +94,6 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     yield "tuned", resolve_pipeline("default", module, arch, tuned)
     derived = PassManager(parse_pipeline(DEFAULT_PIPELINE)).run(module)
     windowed = module.find("cc.window") is not None
-    if derived.get("grid") == "tiled" and windowed:
-        # a long window (C128) pooled by a cluster of CTAs on as many SMs
-        for cluster, (e, w, rows) in product(CLUSTER_SPLIT, CLUSTER_MAPS):
-            yield "search", (f"thread-map{{elems-per-lane={e},window-split={w},cluster-split={cluster}}},"
-                             f"{TAIL},window-prefetch{{rows={rows}}}")
     if windowed:
         for rows in PREFETCH_ROWS:
             yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
@@ -120,6 +118,15 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     for e, w in sorted(grid, key=lambda ew: ((ew[0] != elems) + (ew[1] != split), -ew[0], ew[1])):
         options = f"elems-per-lane={e}" + (f",window-split={w}" if windowed else "")
         yield "search", f"thread-map{{{options}}},{TAIL},window-prefetch"
+    if derived.get("grid") == "tiled" and windowed:
+        # a long window (C128): each page's run of rows prefetched into L2 up front
+        for e, w in L2_MAPS:
+            yield "search", (f"thread-map{{elems-per-lane={e},window-split={w}}},{TAIL},"
+                             "window-prefetch{l2-prefetch=true}")
+        # a long window (C128) pooled by a cluster of CTAs on as many SMs
+        for cluster, (e, w, rows) in product(CLUSTER_SPLIT, CLUSTER_MAPS):
+            yield "search", (f"thread-map{{elems-per-lane={e},window-split={w},cluster-split={cluster}}},"
+                             f"{TAIL},window-prefetch{{rows={rows}}}")
 
 
 def _lower(module: Module, pipeline: str) -> Module | None:
@@ -138,4 +145,6 @@ def schedule_of(lowered: Module) -> dict:
         out["rows_in_flight"] = window.get("rows_in_flight")
     if window is not None and window.get("stage") == "smem":
         out["stage"] = "smem"
+    if window is not None and window.get("l2_prefetch"):
+        out["l2_prefetch"] = True
     return out
