@@ -272,13 +272,34 @@ def test_every_legal_schedule_matches_the_reference(case) -> None:
 
 @pytest.mark.parametrize("spec", SCHEDULE_SPECS, ids=lambda s: s.variant)
 def test_vector_width_and_prefetch_keep_every_byte(spec) -> None:
-    """Options that change no arithmetic order (vector width, rows in flight) give identical bytes."""
+    """Options that change no arithmetic order give identical bytes: the vector width, and
+    the rows in flight when the softmax rescales row by row (with rescale=batch the batch
+    is the rescale's unit, so rows in flight do change the order)."""
     sc = make_scenario(spec, "mixed", _rows(spec, "mixed"), seed=_seed(spec.variant))
-    base = _interpret(_lower(spec), sc, spec)
+    elems, split = (_lower(spec).get(k) for k in ("elems_per_lane", "window_split"))
+    by_row = _pipeline(elems, split).replace("rows=0}", "rows=0,rescale=row}")
+    row_by_row = _interpret(_lower(spec, by_row), sc, spec)
     for bits, rows in ((32, 1), (64, 2)):
-        elems, split = (_lower(spec).get(k) for k in ("elems_per_lane", "window_split"))
-        got = _interpret(_lower(spec, _pipeline(elems, split, bits, "down", rows)), sc, spec)
-        assert torch.equal(got.view(torch.uint8), base.view(torch.uint8)), (bits, rows)
+        pipeline = _pipeline(elems, split, bits, "down", rows).replace(
+            f"rows={rows}}}", f"rows={rows},rescale=row}}")
+        got = _interpret(_lower(spec, pipeline), sc, spec)
+        assert torch.equal(got.view(torch.uint8), row_by_row.view(torch.uint8)), (bits, rows)
+    base = _interpret(_lower(spec), sc, spec)
+    for bits in (32, 64):
+        got = _interpret(_lower(spec, _pipeline(elems, split, bits)), sc, spec)
+        assert torch.equal(got.view(torch.uint8), base.view(torch.uint8)), bits
+
+
+def test_batch_rescale_matches_the_reference_and_changes_only_rounding() -> None:
+    """One rescale per batch is the same softmax with other rounding: within the reference's
+    bounds (checked for every schedule above), and not bit-identical to row by row."""
+    spec = make_spec(POOL_ONLY)
+    sc = make_scenario(spec, "mixed", 300, seed=_seed("rescale"))
+    batch = _interpret(_lower(spec, _pipeline(4, 2)), sc, spec)
+    row = _interpret(_lower(spec, _pipeline(4, 2).replace("rows=0}", "rows=0,rescale=row}")), sc, spec)
+    _assert_pooled_close(batch, sc.run_reference(), sc)
+    assert not torch.equal(batch.view(torch.int32), row.view(torch.int32))
+    assert _lower(spec, _pipeline(4, 2)).find("cc.window").get("rescale") == "batch"
 
 
 def test_every_split_of_the_c128_window_matches_the_reference() -> None:

@@ -92,9 +92,29 @@ def window(lanes: Lanes, op: Op) -> None:
     for chunk in range(per // rows):
         i0 = group * per + chunk * rows
         batch = [_load_row(lanes, op, s0, i0 + r, col, absent=W > ratio) for r in range(rows)]
+        present = [(s0 + i0 + r >= 0)[:, None] for r in range(rows)]
+        if op.get("rescale") == "batch":
+            m, l, a = _batch(m, l, a, batch, present)  # noqa: E741
+            continue
         for r, (kv, sc) in enumerate(batch):
-            m, l, a = _online(m, l, a, sc, kv, (s0 + i0 + r >= 0)[:, None])  # noqa: E741
+            m, l, a = _online(m, l, a, sc, kv, present[r])  # noqa: E741
     lanes.m, lanes.l, lanes.a = m, l, a
+
+
+def _batch(m, l, a, batch, present):  # noqa: E741
+    """One batch of rows: its max, one rescale, then each present row's term (fp32 each op);
+    a lane with no present row so far (m stays -inf) is left as it is."""
+    m_new = m
+    for (_, sc), here in zip(batch, present, strict=True):
+        m_new = np.where(here, np.fmax(m_new, sc), m_new)
+    live = m_new > -np.inf
+    with np.errstate(invalid="ignore"):
+        alpha = _ex2((m - m_new) * LOG2E)
+        l_new, a_new = l * alpha, a * alpha
+        for (kv, sc), here in zip(batch, present, strict=True):
+            p = _ex2((sc - m_new) * LOG2E)
+            l_new, a_new = np.where(here, l_new + p, l_new), np.where(here, a_new + p * kv, a_new)
+    return np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)
 
 
 def _load_row(lanes: Lanes, op: Op, s0: int, i: np.ndarray, col: np.ndarray, absent: bool) -> tuple:

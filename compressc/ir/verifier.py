@@ -287,6 +287,11 @@ def _verify_window(module: Module, op: Op) -> None:
     if lookup is not None and lookup not in ("lane", "row"):
         raise _fail(module, op, "page_lookup", lookup, "must be 'lane' or 'row'")
     head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+    if op.get("rescale") not in (None, "batch", "row"):
+        raise _fail(module, op, "rescale", op.get("rescale"), "must be 'batch' or 'row'")
+    if op.get("rescale") == "batch" and op.get("stage") == "smem":
+        raise _fail(module, op, "rescale", "batch",
+                    "the smem-staged window updates row by row (rescale='row')")
     prefetch = op.get("l2_prefetch")
     if prefetch not in (None, True):
         raise _fail(module, op, "l2_prefetch", prefetch, "must be true when set")

@@ -435,6 +435,9 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
             src.line("cute.autovec_copy(cute.make_tensor(state_cache + "
                      f"cute.assume(base{offset}, divby={vec}), "
                      f"cute.make_layout({elems})), {frag}[None, r])")
+    if op.get("rescale") == "batch":
+        _batch_update(src, elems, rows, absent)
+        return
     src.line(f"for r in range_constexpr({rows}):")
     with src.indent():
         if absent:
@@ -443,6 +446,42 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
                 _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
         else:
             _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
+
+
+def _batch_update(src: Source, elems: int, rows: int, absent: bool) -> None:
+    """One online-softmax step per batch: the batch's max first, one rescale of (sum,
+    weighted sum), then a term per row: 1 + rows ex2 per channel instead of 2 x rows."""
+    src.line(f"# one rescale per batch: {rows + 1} ex2 per channel instead of {2 * rows}")
+    src.line(f"for e in range_constexpr({elems}):")
+    with src.indent():
+        src.line("m_new = rM[e]")
+        src.line(f"for r in range_constexpr({rows}):")
+        with src.indent():
+            if absent:
+                src.line("if s0 + i0 + r >= 0:  # an absent row does not count")
+                src.line("    m_new = ops.fmax(m_new, rSC[e, r])")
+            else:
+                src.line("m_new = ops.fmax(m_new, rSC[e, r])")
+        if absent:
+            # no present row yet (C4 sequence start): nothing to add, and (-inf) - (-inf) is NaN
+            src.line('if m_new > Float32(-float("inf")):')
+            src.depth += 1
+        src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+        src.line("rL[e] = rL[e] * alpha")
+        src.line("rA[e] = rA[e] * alpha")
+        src.line(f"for r in range_constexpr({rows}):")
+        with src.indent():
+            if absent:
+                src.line("if s0 + i0 + r >= 0:")
+                src.depth += 1
+            src.line("p = ops.ex2((rSC[e, r] - m_new) * LOG2E)")
+            src.line("rL[e] = rL[e] + p")
+            src.line("rA[e] = rA[e] + p * rKV[e, r]")
+            if absent:
+                src.depth -= 1
+        src.line("rM[e] = m_new")
+        if absent:
+            src.depth -= 1
 
 
 def _online_update(src: Source, elems: int, score: str, value: str) -> None:

@@ -75,6 +75,12 @@ class WindowPrefetch(ModulePass):
     slots need no barrier. Dynamic shared memory: 2 x window x 2 streams x
     elems_per_lane x 4 bytes per thread (C4A: 64 KiB).
 
+    Rescale (`rescale=batch`): a batch's rows are in registers together, so the online
+    softmax takes the batch's max first and rescales (sum, weighted sum) once per batch:
+    1 + rows ex2 per channel instead of 2 per row. The ex2 unit is what one SM runs out of
+    first on a C128 row alone (128 x 512 x 2 ex2 at 16 a clock: 4.4 us). `rescale=row`
+    updates row by row (the peer's order).
+
     L2 prefetch (`l2-prefetch`, lane page lookups of a one-stream window: C128): once the
     pages are known, the first lanes of each group start one bulk L2 prefetch
     (cp.async.bulk.prefetch.L2) per page run of the group's rows, so every page's DRAM
@@ -90,7 +96,7 @@ class WindowPrefetch(ModulePass):
 
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
-             `page_lookup` ("lane" or "row"); cc.rms_norm and cc.rope `load`
+             `page_lookup` ("lane" or "row") and `rescale` ("batch" or "row"); cc.rms_norm and cc.rope `load`
              ("early" or "late"); module `min_ctas_per_sm` (runs grid, see Occupancy);
              module `grid_dependency` ("trigger" on a kernel that writes pooled rows,
              "wait" on one that loads them; unset without overlap-launch).
@@ -100,7 +106,7 @@ class WindowPrefetch(ModulePass):
              (default true: set min_ctas_per_sm for a "runs" grid); stage ("regs":
              window rows loaded into registers; "smem": staged, see above);
              overlap-launch (default true: see Launch overlap); l2-prefetch (default
-             false: see L2 prefetch).
+             false: see L2 prefetch); rescale ("batch", default, or "row": see Rescale).
     """
 
     name: ClassVar[str] = "window-prefetch"
@@ -111,10 +117,13 @@ class WindowPrefetch(ModulePass):
     stage: str = "regs"
     overlap_launch: bool = True
     l2_prefetch: bool = False
+    rescale: str = "batch"
 
     def apply(self, module: Module) -> Module:
         if self.stage not in ("regs", "smem"):
             raise ValueError(f"window-prefetch stage={self.stage!r}: must be 'regs' or 'smem'")
+        if self.rescale not in ("batch", "row"):
+            raise ValueError(f"window-prefetch rescale={self.rescale!r}: must be 'batch' or 'row'")
         if self.page_lookup not in ("auto", "lane", "row"):
             raise ValueError(
                 f"window-prefetch page-lookup={self.page_lookup!r}: must be 'auto', 'lane' or 'row'"
@@ -126,7 +135,8 @@ class WindowPrefetch(ModulePass):
         if lookup == "auto":
             lookup = "lane" if lane_lookup_fits(module) else "row"
         module = module.replace_ops(
-            "cc.window", lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup)
+            "cc.window",
+            lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup, rescale=self.rescale),
         )
         if self.stage == "smem":
             module = self._stage_in_smem(module, rows)
@@ -178,6 +188,8 @@ class WindowPrefetch(ModulePass):
             why.append("page-lookup=lane")
         if why:
             raise ValueError("window-prefetch stage=smem needs " + "; ".join(why))
-        return module.replace_ops("cc.window", lambda op: op.with_sched(stage="smem")).with_sched(
+        # the staged rows are read back one by one from smem: updated row by row
+        staged = module.replace_ops("cc.window", lambda op: op.with_sched(stage="smem", rescale="row"))
+        return staged.with_sched(
             smem_dynamic=2 * rows * 2 * elems * 4 * threads
         )
