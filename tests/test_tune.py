@@ -438,3 +438,15 @@ def test_measure_inputs_pack_every_variants_abi_on_the_cpu(monkeypatch) -> None:
         assert inputs.sc.state_cache is None  # replaced by the rotated copies
         if spec.kernel.startswith("c128a"):
             assert len({v.data_ptr() for v in inputs.kv}) == len(inputs.kv)
+
+
+def test_window_kernels_are_also_tried_with_the_softmax_rescaled_row_by_row() -> None:
+    from compressc.tune.candidates import row_rescale
+
+    assert row_rescale("thread-map{grid=rows},vectorize,lower-reduction,plan-smem,window-prefetch") == (
+        "thread-map{grid=rows},vectorize,lower-reduction,plan-smem,window-prefetch{rescale=row}")
+    found = candidates(C4A, ARCH, 36, {})
+    derived_by_row = row_rescale("thread-map,vectorize,lower-reduction,plan-smem,window-prefetch")
+    assert [c.origin for c in found if c.pipeline == derived_by_row] == ["search"]
+    by_row = [c for c in found if c.schedule.get("rescale") == "row"]  # also the baseline, smem-staged
+    assert "baseline" in {c.origin for c in by_row} and all(" byrow" in c.summary for c in by_row)

@@ -4,7 +4,8 @@ Where a pass has a choice (thread-map elems-per-lane and window-split, window-pr
 rows, thread-map grid) a pipeline string picks it. The list always starts with the
 derived default and the baseline (and the current tuned entry, if any), then the rows
 in flight around the derived schedule, then one CTA per row instead of the tiled grid,
-then the (elems-per-lane, window-split) grid nearest the derived schedule first, and
+then the (elems-per-lane, window-split) grid nearest the derived schedule first (the
+tuned and derived schedules also with the softmax rescaled row by row, early), and
 last, for a tiled window kernel (C128A compress), the window prefetched into L2 page by
 page and the window pooled by clusters of CTAs. Every
 proposal is lowered and verified; illegal ones are skipped, and two proposals that
@@ -14,7 +15,7 @@ lower to the same IR are one candidate (the first spelling wins).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 from compressc.ir.core import Module
@@ -29,6 +30,7 @@ from compressc.passes.manager import (
     pipeline_string,
     resolve_pipeline,
 )
+from compressc.passes.window_prefetch import WindowPrefetch
 from compressc.specs.family import KernelSpec
 
 MAX_CANDIDATES = 36
@@ -67,6 +69,7 @@ class Candidate:
         text += f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else ""
         text += f" cluster{s['cluster_split']}" if s.get("cluster_split") else ""
         text += " l2pf" if s.get("l2_prefetch") else ""
+        text += " byrow" if s.get("rescale") == "row" else ""
         return text + (" smem" if s.get("stage") == "smem" else "")
 
 
@@ -91,9 +94,15 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     """(origin, pipeline) in priority order; may be illegal or repeat a schedule."""
     yield "derived", DEFAULT_PIPELINE
     yield "baseline", resolve_pipeline("baseline", module)
-    yield "tuned", resolve_pipeline("default", module, arch, tuned)
+    current = resolve_pipeline("default", module, arch, tuned)
+    yield "tuned", current
     derived = PassManager(parse_pipeline(DEFAULT_PIPELINE)).run(module)
     windowed = module.find("cc.window") is not None
+    if windowed:
+        # the same schedules with the softmax rescaled row by row (a longer ex2 count, a
+        # shorter dependency chain per row)
+        for text in (current, DEFAULT_PIPELINE):
+            yield "search", row_rescale(text)
     if windowed:
         for rows in PREFETCH_ROWS:
             yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
@@ -129,6 +138,13 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
                              f"{TAIL},window-prefetch{{rows={rows}}}")
 
 
+def row_rescale(pipeline: str) -> str:
+    """`pipeline` with window-prefetch rescaling the softmax row by row."""
+    passes = [replace(p, rescale="row") if isinstance(p, WindowPrefetch) else p
+              for p in parse_pipeline(pipeline)]
+    return pipeline_string(passes)
+
+
 def _lower(module: Module, pipeline: str) -> Module | None:
     """The lowered module, or None when the pipeline is not a legal schedule of it."""
     try:
@@ -147,4 +163,6 @@ def schedule_of(lowered: Module) -> dict:
         out["stage"] = "smem"
     if window is not None and window.get("l2_prefetch"):
         out["l2_prefetch"] = True
+    if window is not None and window.get("rescale") == "row":
+        out["rescale"] = "row"
     return out
