@@ -11,19 +11,23 @@ from compressc.passes.base import ModulePass, pool_rows_per_group
 DEFAULT_MAX_IN_FLIGHT = 8
 WARP = 32
 QUADRANTS, QUADRANT_REGISTERS = 4, 16384  # Hopper: an SM's register file, per warp scheduler
-REGISTER_OVERHEAD = 40  # registers beside the window's data (C4A straight-line: 168 - 128)
+# registers beside the window's data, by how the softmax rescales: C4A straight-line takes
+# 168 - 128 row by row; one rescale per batch keeps the batch's max chain live too (C4A
+# with an fp32 RMS weight: 187 - 128)
+REGISTER_OVERHEAD = {"row": 40, "batch": 60}
 
 
-def straight_line_occupancy(module: Module, rows: int) -> int:
+def straight_line_occupancy(module: Module, rows: int, rescale: str = "row") -> int:
     """CTAs per SM when ptxas needs only the window's registers plus a fixed overhead.
 
     A lane holds `rows` x 2 streams x `elems_per_lane` fp32 of the window (C4A: 128)
-    and ptxas needs about 40 more (C4A straight-line: 168, 6 CTAs of 64 threads).
+    and ptxas needs about REGISTER_OVERHEAD more (C4A straight-line, row by row: 168, 6
+    CTAs of 64 threads; one rescale per batch: up to 187, 5 CTAs).
     Left alone it may take a few more and drop to one CTA fewer per SM. The register
     file is four quadrants of 16K, one per warp scheduler, so a warp's share is
     16K / ceil(resident warps / 4), in steps of 8 registers per lane.
     """
-    need = rows * 2 * int(module.get("elems_per_lane")) + REGISTER_OVERHEAD  # type: ignore[arg-type]
+    need = rows * 2 * int(module.get("elems_per_lane")) + REGISTER_OVERHEAD[rescale]  # type: ignore[arg-type]
     threads = int(module.get("threads"))  # type: ignore[arg-type]
     warps = -(-threads // WARP)
     best = 1
@@ -147,7 +151,7 @@ class WindowPrefetch(ModulePass):
         # the whole window unrolled in registers, no batch loop
         straight = per_group and rows == per_group and self.stage == "regs"
         if self.occupancy and module.get("grid") == "runs" and not module.get("min_ctas_per_sm") and straight:
-            module = module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, rows))
+            module = module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, rows, self.rescale))
         if self.overlap_launch and module.find("cc.load_rows") is not None:
             module = module.with_sched(grid_dependency="wait")
         elif self.overlap_launch and module.find("cc.store_rows") is not None:
