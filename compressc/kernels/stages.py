@@ -521,17 +521,23 @@ def _pool(src: Source, module: Module, op: Op) -> None:
                     src.line("# it, as ex2((-inf) - (-inf)) is NaN; skipping is exact (alpha 1, beta 0)")
                     src.line('if mg > Float32(-float("inf")):')
                     with src.indent():
-                        src.line("m_new = ops.fmax(rM[e], mg)")
-                        src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
-                        src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-                        src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + slots * head} + {slot}] * beta")
-                        src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * slots * head} + {slot}] * beta")
-                        src.line("rM[e] = m_new")
+                        _fold_partial(src, f"sBuf[{base + slots * head} + {slot}]",
+                                      f"sBuf[{base + 2 * slots * head} + {slot}]")
     if _cluster(module) > 1:
         _cluster_merge(src, module, op)
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    rX[e] = rA[e] / rL[e]  # IEEE division, as the reference")
+
+
+def _fold_partial(src: Source, sum_at: str, acc_at: str) -> None:
+    """Fold a partial (max mg, sum at `sum_at`, weighted sum at `acc_at`) into (rM, rL, rA)[e]."""
+    src.line("m_new = ops.fmax(rM[e], mg)")
+    src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+    src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
+    src.line(f"rL[e] = rL[e] * alpha + {sum_at} * beta")
+    src.line(f"rA[e] = rA[e] * alpha + {acc_at} * beta")
+    src.line("rM[e] = m_new")
 
 
 def _cluster_merge(src: Source, module: Module, op: Op) -> None:
@@ -575,12 +581,8 @@ def _cluster_merge(src: Source, module: Module, op: Op) -> None:
                     src.line("# a part whose rows are all absent has m = -inf: skipped (see the CTA merge)")
                     src.line('if mg > Float32(-float("inf")):')
                     src.depth += 1
-                src.line("m_new = ops.fmax(rM[e], mg)")
-                src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
-                src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-                src.line(f"rL[e] = rL[e] * alpha + sBuf[{base + slots * head} + {slot}] * beta")
-                src.line(f"rA[e] = rA[e] * alpha + sBuf[{base + 2 * slots * head} + {slot}] * beta")
-                src.line("rM[e] = m_new")
+                _fold_partial(src, f"sBuf[{base + slots * head} + {slot}]",
+                              f"sBuf[{base + 2 * slots * head} + {slot}]")
                 if absent:
                     src.depth -= 1
 
