@@ -201,8 +201,9 @@ def test_cluster_grid_counts_clusters():
     assert launch_grid("wave:2,cluster:4", 4, 132, resident=1) == 16
     # a wave of 132 * 1 / 4 = 33 clusters: 16384 rows -> 497 rows a cluster, 33 clusters
     assert launch_grid("wave:2,cluster:4", 16384, 132, resident=1) == 33 * 4
-    # the driver's count of co-resident clusters wins over the SM arithmetic (GPC boundaries)
+    # the driver's count of co-resident clusters caps the SM arithmetic (GPC boundaries)
     assert launch_grid("wave:2,cluster:4", 16384, 132, resident=2, max_clusters=64) == 64 * 4
+    assert launch_grid("wave:1,cluster:4", 16384, 132, resident=2, max_clusters=64) == 33 * 4  # N caps too
     # 100 rows over 16 clusters: 7 rows a cluster, so 15 clusters
     assert launch_grid("wave:2,cluster:8", 100, 132, resident=1, max_clusters=16) == 15 * 8
     assert parse_grid("wave:8,cluster:2") == ("wave", 8, 2)

@@ -174,8 +174,8 @@ def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, ma
     a second wave would run the active rows one wave after another. Each CTA takes
     ceil(num_rows / grid) consecutive rows (the kernel derives its run from gridDim, so
     any grid up to num_rows is correct). "wave:N,cluster:S": the same in clusters of S
-    CTAs, each cluster taking the rows a CTA would; one wave is at most `max_clusters`
-    (the driver's count of co-resident clusters, 0 = unknown: the SMs' CTA slots / S).
+    CTAs, each cluster taking the rows a CTA would; one wave is the SMs' CTA slots / S,
+    and at most `max_clusters` (the driver's count of co-resident clusters; 0 = unknown).
     "runs:R": the kernel unrolls up to R rows per
     CTA, so the grid is at least ceil(num_rows / R); below that, one row per CTA while
     the SMs have room (`resident` CTAs each): at small T a CTA's rows would otherwise
@@ -190,7 +190,9 @@ def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, ma
         grid = min(num_rows, max(-(-num_rows // count), resident * sm_count))
     else:
         ctas = min(count, resident) if resident > 0 else count
-        units = max_clusters if cluster > 1 and max_clusters > 0 else max(1, ctas * sm_count // cluster)
+        units = max(1, ctas * sm_count // cluster)
+        if cluster > 1 and max_clusters > 0:
+            units = min(units, max_clusters)
         grid = min(num_rows, units)
     per_cta = -(-num_rows // grid)
     return -(-num_rows // per_cta) * cluster
