@@ -150,7 +150,9 @@ def make_calls(bench: Bench, impl: str, case: Case, sc, pool, tables, out, scrat
     for t in tables:
         v = values | {"block_table": t.data_ptr()}
         packed = [(k, pack_args(p, {x.name: v[x.name] for x in p})) for k, p in kernels]
-        calls.append(lambda packed=packed: [k.launch_rows(case.T, pa[1]) for k, pa in packed])
+        # as ops.compress_c128a does: the store may start under its compress kernel's tail
+        calls.append(lambda packed=packed: [k.launch_rows(case.T, pa[1], overlap_previous=i > 0)
+                                            for i, (k, pa) in enumerate(packed)])
     return calls
 
 
@@ -223,7 +225,7 @@ def run_case(bench: Bench, case: Case, copy: float, impls: list[str], max_pool: 
 def same_size_copy(bench: Bench, case: Case, nbytes: int, copy: float) -> dict:
     """A copy of nbytes / 2 bytes (nbytes of traffic) per call, cold in L2 like the kernels."""
     half = max(16, nbytes // 2 // 16 * 16)
-    pairs = max(2, min(64, math.ceil(L2_FLUSH_BYTES / half)))
+    pairs = max(2, min(4096, math.ceil(L2_FLUSH_BYTES / half)))
     bufs = [tuple(torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(2))
             for _ in range(pairs)]
     calls = [lambda s=s, d=d: d.copy_(s) for s, d in bufs]

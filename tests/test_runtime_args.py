@@ -190,7 +190,9 @@ def test_unknown_grid_policy_is_refused(policy):
         launch_grid(policy, 10, 132)
 
 
-@pytest.mark.parametrize("policy", ["wave:2,cluster:3", "wave:2,cluster:16", "runs:4,cluster:2", "wave:2,x"])
+@pytest.mark.parametrize(
+    "policy", ["wave:2,cluster:3", "wave:2,cluster:16", "runs:4,cluster:2", "wave:2,x", "wave:2,"]
+)
 def test_bad_cluster_suffix_is_refused(policy):
     with pytest.raises(ValueError, match="a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"):
         launch_grid(policy, 10, 132)

@@ -322,11 +322,14 @@ def test_c128a_state_is_the_compress_kernels():
 
 # -- launches with a fake device and kernel ---------------------------------------------
 class FakeKernel:
+    overlaps: list = []  # overlap_previous of every launch_rows call, reset by the fixture
+
     def __init__(self, spec, log):
         self.spec, self.log = spec, log
 
-    def launch_rows(self, num_rows, kernel_params):
+    def launch_rows(self, num_rows, kernel_params, overlap_previous=False):
         """What LoadedKernel.launch_rows receives: the launched rows (the grid is its business)."""
+        self.overlaps.append(overlap_previous)
         params = abi(self.spec)
         values = {
             p.name: ctypes.cast(kernel_params[i], ctypes.POINTER(_CTYPE[p.kind])).contents.value
@@ -338,6 +341,7 @@ class FakeKernel:
 @pytest.fixture
 def launches(monkeypatch):
     log: list = []
+    monkeypatch.setattr(FakeKernel, "overlaps", [])
     monkeypatch.setattr(ops, "check_device", lambda tensors: torch.device("cuda", 0))
     monkeypatch.setattr(ops, "kernel_for", lambda spec, device: FakeKernel(spec, log))
     return log
@@ -371,6 +375,8 @@ def test_c128a_launches_compress_then_store(launches):
     kv = torch.zeros(T + 3, 512)
     compress_c128a(**args, compressed_kv=kv)
     (pool, pv), (store, sv) = [(name, v) for name, _, v in launches]
+    # only the store, launched right after its compress kernel, may overlap it
+    assert FakeKernel.overlaps == [False, True]
     assert pool == "c128a_compress_h512_q64_r64_f32" and store == "c128a_store_h512_q64_r64_bf16"
     assert pv["compressed_kv"] == sv["compressed_kv"] == kv.data_ptr()
     assert pv["state_block_shift"] == 3 and sv["kv_block_shift"] == 1 and sv["k_cache_page_stride"] == 1168

@@ -94,20 +94,21 @@ def window(lanes: Lanes, op: Op) -> None:
         batch = [_load_row(lanes, op, s0, i0 + r, col, absent=W > ratio) for r in range(rows)]
         present = [(s0 + i0 + r >= 0)[:, None] for r in range(rows)]
         if op.get("rescale") == "batch":
-            m, l, a = _batch(m, l, a, batch, present)  # noqa: E741
+            m, l, a = _batch(m, l, a, batch, present, guarded=W > ratio)  # noqa: E741
             continue
         for r, (kv, sc) in enumerate(batch):
             m, l, a = _online(m, l, a, sc, kv, present[r])  # noqa: E741
     lanes.m, lanes.l, lanes.a = m, l, a
 
 
-def _batch(m, l, a, batch, present):  # noqa: E741
-    """One batch of rows: its max, one rescale, then each present row's term (fp32 each op);
-    a lane with no present row so far (m stays -inf) is left as it is."""
+def _batch(m, l, a, batch, present, guarded: bool):  # noqa: E741
+    """One batch of rows: its max, one rescale, then each present row's term (fp32 each op).
+    `guarded` (a window that can start before position 0, as the emitter guards it): a lane
+    with no present row so far (m stays -inf) is left as it is."""
     m_new = m
     for (_, sc), here in zip(batch, present, strict=True):
         m_new = np.where(here, np.fmax(m_new, sc), m_new)
-    live = m_new > -np.inf
+    live = m_new > -np.inf if guarded else np.ones_like(m_new, dtype=bool)
     with np.errstate(invalid="ignore"):
         alpha = _ex2((m - m_new) * LOG2E)
         l_new, a_new = l * alpha, a * alpha

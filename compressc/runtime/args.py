@@ -140,11 +140,11 @@ def grid_rule_problem(policy: str) -> str | None:
     """What is wrong with a manifest's grid rule, or None when the runtime can launch it."""
     if policy == "rows":
         return None
-    rule, _, suffix = policy.partition(",")
+    rule, comma, suffix = policy.partition(",")
     kind, _, count = rule.partition(":")
     if kind == "tiled":
         return STALE_TILED
-    if suffix:
+    if comma:
         name, _, size = suffix.partition(":")
         if kind != "wave" or name != "cluster" or size not in ("2", "4", "8"):
             return "a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"

@@ -119,24 +119,31 @@ class LoadedKernel:
     resident: int = 0  # CTAs of this kernel one SM holds (the driver's occupancy); 0 = unknown
     cluster: int = 1  # CTAs per thread-block cluster (the grid rule's ',cluster:S')
     max_clusters: int = 0  # clusters of this kernel the device holds at once; 0 = unknown
-    programmatic: bool = False  # may start before the previous grid ends (it waits for it itself)
+    programmatic: bool = False  # waits for the grid it overlaps itself (griddepcontrol.wait)
 
-    def launch_rows(self, num_rows: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
+    def launch_rows(self, num_rows: int, kernel_params: ctypes.Array, stream: int | None = None,
+                    overlap_previous: bool = False) -> None:
         """Launch over `num_rows` launched rows with the grid the manifest's policy asks for."""
         grid = launch_grid(self.grid, num_rows, self.sm_count, self.resident, self.max_clusters)
         if grid:
-            self.launch(grid, kernel_params, stream)
+            self.launch(grid, kernel_params, stream, overlap_previous)
 
-    def launch(self, grid_x: int, kernel_params: ctypes.Array, stream: int | None = None) -> None:
-        """Launch on `stream` (default: torch's current stream of the device); no host sync."""
+    def launch(self, grid_x: int, kernel_params: ctypes.Array, stream: int | None = None,
+               overlap_previous: bool = False) -> None:
+        """Launch on `stream` (default: torch's current stream of the device); no host sync.
+
+        `overlap_previous`: the caller has just launched, on this stream, the kernel whose
+        output this one reads (C128A: compress before store), and nothing else this kernel
+        reads before its griddepcontrol.wait is written by it; a programmatic kernel then
+        starts under that kernel's tail. Otherwise every launch is an ordinary one.
+        """
         if stream is None:
             stream = current_stream(self.device_index)
         ensure_context(self.device_index)
         bx, by, bz = self.block
-        if self.cluster > 1 or self.programmatic:
-            config = launch_config(
-                self.cluster, grid_x, self.block, self.smem_dynamic, stream, self.programmatic
-            )
+        programmatic = self.programmatic and overlap_previous
+        if self.cluster > 1 or programmatic:
+            config = launch_config(self.cluster, grid_x, self.block, self.smem_dynamic, stream, programmatic)
             out = driver.cuLaunchKernelEx(config, self.function, ctypes.addressof(kernel_params), 0)
             _check(f"cuLaunchKernelEx({self.entry})", out)
             return
@@ -210,6 +217,8 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
     hint = f" while loading {image.entry} from {image.origin}"
     if torch.cuda.is_current_stream_capturing():
         hint += "; run the op once before CUDA graph capture so its kernel is loaded"
+    grid = str(image.manifest.get("grid", "rows"))
+    cluster = parse_grid(grid)[2]  # a bad rule fails here, before anything is loaded
     # The driver copies the image during the call; the buffer only has to outlive it.
     buffer = ctypes.create_string_buffer(image.cubin, len(image.cubin))
     module = _check("cuModuleLoadData", driver.cuModuleLoadData(ctypes.addressof(buffer)), hint)
@@ -226,8 +235,6 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
             driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, image.smem_dynamic),
             hint,
         )
-        grid = str(image.manifest.get("grid", "rows"))
-        cluster = parse_grid(grid)[2]
         max_clusters = 0
         if cluster > 1:
             # how many clusters fit at once: clusters live inside one GPC, so this can be less

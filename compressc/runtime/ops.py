@@ -122,7 +122,8 @@ def compress_c128a(
     if compressed_kv is None:
         values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
     _launch(pool_spec, device, values)
-    _launch(store_spec, device, values)
+    # right after its compress kernel on the same stream: the store may start under its tail
+    _launch(store_spec, device, values, overlap_previous=True)
 
 
 def _compress_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> None:
@@ -155,9 +156,9 @@ def _tensors(args: dict) -> dict[str, torch.Tensor]:
 
 
 # -- kernels and launches ---------------------------------------------------------------
-def _launch(spec: KernelSpec, device: torch.device, values: Values) -> None:
+def _launch(spec: KernelSpec, device: torch.device, values: Values, overlap_previous: bool = False) -> None:
     kernel = kernel_for(spec, device)
-    kernel.launch_rows(int(values["num_rows"]), _packer(spec).pack(values))
+    kernel.launch_rows(int(values["num_rows"]), _packer(spec).pack(values), overlap_previous=overlap_previous)
 
 
 def kernel_for(spec: KernelSpec, device: torch.device):

@@ -102,7 +102,10 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
         # the same schedules with the softmax rescaled row by row (a longer ex2 count, a
         # shorter dependency chain per row)
         for text in (current, DEFAULT_PIPELINE):
-            yield "search", row_rescale(text)
+            try:
+                yield "search", row_rescale(text)
+            except (PipelineError, ValueError):  # a stale tuned entry: nothing to vary
+                pass
     if windowed:
         for rows in PREFETCH_ROWS:
             yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
