@@ -204,17 +204,7 @@ def run_case(bench: Bench, case: Case, copy: float, impls: list[str], max_pool: 
     rows = []
     for impl in impls:
         calls = make_calls(bench, impl, case, sc, pool, tables, out, scratch)
-        for c in calls[:2]:
-            c()
-        times = bench.time_calls(calls)
-        us = statistics.median(times)
-        q = statistics.quantiles(times, n=10)
-        graph = bench.time_graph(calls) if impl != "torch" else float("nan")
-        gbps = nbytes / (us * 1e-6) / 1e9
-        rows.append({"kernel": case.kernel, "scenario": case.scenario, "impl": impl, "T": case.T,
-                     "us": round(us, 2), "p10_us": round(q[0], 2), "p90_us": round(q[-1], 2),
-                     "graph_us": round(graph, 2), "bytes": nbytes, "gbps": round(gbps, 1),
-                     "pct_of_copy": round(100 * gbps / copy, 1)})
+        rows.append(timed_row(bench, case, impl, calls, nbytes, copy, graph=impl != "torch"))
     del pool, tables, out, scratch, sc
     torch.cuda.empty_cache()
     if "compressc" in impls:
@@ -229,17 +219,25 @@ def same_size_copy(bench: Bench, case: Case, nbytes: int, copy: float) -> dict:
     bufs = [tuple(torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(2))
             for _ in range(pairs)]
     calls = [lambda s=s, d=d: d.copy_(s) for s, d in bufs]
+    row = timed_row(bench, case, "copy", calls, nbytes, copy, graph=False)
+    del bufs, calls
+    torch.cuda.empty_cache()
+    return row
+
+
+def timed_row(bench: Bench, case: Case, impl: str, calls, nbytes: int, copy: float, graph: bool) -> dict:
+    """Two warm-up calls, the event-timed median (p10, p90) and, with `graph`, the per-call
+    time inside one CUDA graph: one row of results.json."""
     for c in calls[:2]:
         c()
     times = bench.time_calls(calls)
     us = statistics.median(times)
     q = statistics.quantiles(times, n=10)
+    graph_us = bench.time_graph(calls) if graph else float("nan")
     gbps = nbytes / (us * 1e-6) / 1e9
-    del bufs, calls
-    torch.cuda.empty_cache()
-    return {"kernel": case.kernel, "scenario": case.scenario, "impl": "copy", "T": case.T,
+    return {"kernel": case.kernel, "scenario": case.scenario, "impl": impl, "T": case.T,
             "us": round(us, 2), "p10_us": round(q[0], 2), "p90_us": round(q[-1], 2),
-            "graph_us": float("nan"), "bytes": nbytes, "gbps": round(gbps, 1),
+            "graph_us": round(graph_us, 2), "bytes": nbytes, "gbps": round(gbps, 1),
             "pct_of_copy": round(100 * gbps / copy, 1)}
 
 
