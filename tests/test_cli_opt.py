@@ -130,7 +130,7 @@ def test_spec_runs_the_default_pipeline() -> None:
     derived = _opt("--spec", "c4a", "-p", "derived").stdout.splitlines()[-1]
     assert derived.startswith("} sched {elems_per_lane = 8, head_lanes = 64, window_split = 1, threads = 64")
     assert derived.endswith('grid = "runs", ctas_per_sm = 0, rows_per_cta = 4, smem_bytes = 16, '
-                            "barriers = 1, min_ctas_per_sm = 4}")  # 128 window + 60: 4 CTAs of 64 threads
+                            'barriers = 1, min_ctas_per_sm = 4, cache_hints = "stream"}')  # 128 + 60: 4 CTAs
 
 
 def test_spec_with_options_and_another_pipeline() -> None:

@@ -527,7 +527,7 @@ def test_emitted_cluster_kernel_meets_at_two_cluster_barriers_and_stores_from_ra
         first, second = (body.index(line) for line in syncs)
         push = body.index("ops.st_dsmem_f32(")
         assert first < push < second < body.index("mg = sBuf[0 + k * 512 + col + e]")
-        store = body.index("cute.autovec_copy(rX, ")
+        store = body.index("kv_at = compressed_kv.toint()")
         assert body.rindex("if rank == 0:", 0, store) > second
 
 
@@ -659,3 +659,47 @@ def test_l2_prefetch_bulk_copies_each_page_run_of_a_c128_window():
     from compressc.cache.compile import compile_source
 
     assert compile_source(text, "sm_90a").ptx.count("cp.async.bulk.prefetch.L2.global") == 2  # two row bodies
+
+
+def test_cache_hints_stream_the_window_and_keep_the_written_rows():
+    from compressc.kernels.emitter import emit
+    from compressc.passes.manager import BASELINE_PIPELINE, DEFAULT_PIPELINE, PipelineError
+
+    c4a = _lower("c4a", DEFAULT_PIPELINE)
+    assert c4a.get("cache_hints") == "stream"
+    text = emit(c4a, DEFAULT_PIPELINE)
+    # every window load of the batch is a read-once load (8 fp32 a lane: 2 x 128 bits per stream),
+    # none goes through autovec_copy
+    assert text.count("= ops.ld_stream(state_cache.toint() + (base") == 4
+    assert "cute.autovec_copy(cute.make_tensor(state_cache" not in text
+    stores = [line.strip() for line in text.splitlines() if line.strip().startswith("ops.st_global_")]
+    assert stores and all(line.endswith(", keep=True)") for line in stores)
+    plain = _lower("c4a", BASELINE_PIPELINE)
+    assert plain.get("cache_hints") is None
+    text = emit(plain, BASELINE_PIPELINE)
+    assert "ld_stream" not in text and "keep=True" not in text
+    # C128A: the pooled rows the store kernel reads next are kept in L2 too
+    compress = emit(_lower("c128a_compress", DEFAULT_PIPELINE), DEFAULT_PIPELINE)
+    assert "kv_at = compressed_kv.toint() + (Int64(row) * 512 + col) * 4" in compress
+    assert "ops.st_global_v4(kv_at, ops.f32_bits(rX[0]), ops.f32_bits(rX[1]), ops.f32_bits(rX[2]), " \
+           "ops.f32_bits(rX[3]), keep=True)" in compress
+    with pytest.raises(PipelineError, match="cache-hints='some': must be 'stream' or 'none'"):
+        _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{cache-hints=some}")
+    with pytest.raises(VerifyError, match="cache_hints='x': must be 'stream'"):
+        verify(c4a.with_sched(cache_hints="x"))
+
+
+def test_cache_hints_compile_to_policy_loads_and_stores():
+    pytest.importorskip("cutlass")
+    from compressc.cache.compile import compile_source
+    from compressc.kernels.emitter import emit
+    from compressc.passes.manager import BASELINE_PIPELINE
+
+    pipeline = "thread-map{elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
+    ptx = compile_source(emit(_lower("indexer_fp8", pipeline), pipeline), "sm_90a").ptx
+    # 4 unrolled row bodies (runs of 4) x 8 window rows x (kv, score): one 128-bit read-once load each
+    assert ptx.count("ld.global.L1::no_allocate.L2::cache_hint.v4.f32") == 64
+    assert "createpolicy.fractional.L2::evict_first.b64" in ptx
+    assert "createpolicy.fractional.L2::evict_last.b64" in ptx and "st.global.L2::cache_hint." in ptx
+    baseline = compile_source(emit(_lower("c4a", BASELINE_PIPELINE), BASELINE_PIPELINE), "sm_90a").ptx
+    assert "cache_hint" not in baseline and "no_allocate" not in baseline

@@ -148,6 +148,10 @@ def _verify_grid(module: Module) -> None:
     needs = {"wait": "cc.load_rows", "trigger": "cc.store_rows"}.get(dependency)  # type: ignore[arg-type]
     if needs is not None and module.find(needs) is None:
         raise _fail(module, None, "grid_dependency", dependency, f"needs a kernel with {needs}")
+    hints = module.get("cache_hints")
+    if hints not in (None, "stream"):
+        raise _fail(module, None, "cache_hints", hints,
+                    "must be 'stream' (read-once window loads, kept cache stores) or unset")
     occupancy = module.get("min_ctas_per_sm")
     threads = int(module.get("threads", 0))  # type: ignore[arg-type]
     if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= 2048):

@@ -152,38 +152,71 @@ def cp_async_wait(pending: int, *, loc=None, ip=None) -> None:
     llvm.inline_asm(None, [], f"cp.async.wait_group {int(pending)};", "~{memory}", has_side_effects=True)
 
 
-@dsl_user_op
-def st_global_b8(addr, value, *, loc=None, ip=None) -> None:
-    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
-    llvm.inline_asm(None, args, "st.global.b8 [$0], $1;", "l,r", has_side_effects=True)
+# Cache policies (createpolicy, sm_80+; `.L2::cache_hint` takes the 64-bit policy). ptxas
+# hoists the createpolicy into one uniform register that every hinted access shares.
+_KEEP = "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
+_STREAM = "createpolicy.fractional.L2::evict_first.b64 pol, 1.0; "
+
+
+def _st(addr, values, width: str, keep: bool, loc, ip) -> None:
+    """st.global of `values` (u32 registers) at `addr`; with `keep` the written lines are L2
+    evict_last: the kernel's streaming window reads (evict_first) do not push them out, so
+    they reach DRAM later in whole lines instead of being written back piecemeal mid-stream."""
+    args = [Int64(addr).ir_value(loc=loc, ip=ip)] + [_i(v, loc, ip) for v in values]
+    n = len(values)
+    regs = "$1" if n == 1 else "{" + ", ".join(f"${k + 1}" for k in range(n)) + "}"
+    hint, pol = (".L2::cache_hint", ", pol") if keep else ("", "")
+    if width == "b16":
+        text = f"{{ .reg .b16 h; .reg .b64 pol; {_KEEP if keep else ''}cvt.u16.u32 h, $1; " \
+               f"st.global{hint}.b16 [$0], h{pol}; }}"
+    else:
+        text = f"{{ .reg .b64 pol; {_KEEP if keep else ''}st.global{hint}.{width} [$0], {regs}{pol}; }}"
+    llvm.inline_asm(None, args, text, "l" + ",r" * n, has_side_effects=True)
 
 
 @dsl_user_op
-def st_global_b16(addr, value, *, loc=None, ip=None) -> None:
-    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
-    text = "{ .reg .b16 h; cvt.u16.u32 h, $1; st.global.b16 [$0], h; }"
-    llvm.inline_asm(None, args, text, "l,r", has_side_effects=True)
+def st_global_b8(addr, value, *, keep: bool = False, loc=None, ip=None) -> None:
+    _st(addr, [value], "b8", keep, loc, ip)
 
 
 @dsl_user_op
-def st_global_b32(addr, value, *, loc=None, ip=None) -> None:
-    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(value, loc, ip)]
-    llvm.inline_asm(None, args, "st.global.b32 [$0], $1;", "l,r", has_side_effects=True)
+def st_global_b16(addr, value, *, keep: bool = False, loc=None, ip=None) -> None:
+    _st(addr, [value], "b16", keep, loc, ip)
 
 
 @dsl_user_op
-def st_global_v2(addr, a, b, *, loc=None, ip=None) -> None:
+def st_global_b32(addr, value, *, keep: bool = False, loc=None, ip=None) -> None:
+    _st(addr, [value], "b32", keep, loc, ip)
+
+
+@dsl_user_op
+def st_global_v2(addr, a, b, *, keep: bool = False, loc=None, ip=None) -> None:
     """8-byte store; `addr` must be 8-byte aligned (the store layout guarantees it)."""
-    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(a, loc, ip), _i(b, loc, ip)]
-    llvm.inline_asm(None, args, "st.global.v2.b32 [$0], {$1, $2};", "l,r,r", has_side_effects=True)
+    _st(addr, [a, b], "v2.b32", keep, loc, ip)
 
 
 @dsl_user_op
-def st_global_v4(addr, a, b, c, d, *, loc=None, ip=None) -> None:
+def st_global_v4(addr, a, b, c, d, *, keep: bool = False, loc=None, ip=None) -> None:
     """16-byte store; `addr` must be 16-byte aligned."""
-    args = [Int64(addr).ir_value(loc=loc, ip=ip)] + [_i(v, loc, ip) for v in (a, b, c, d)]
-    text = "st.global.v4.b32 [$0], {$1, $2, $3, $4};"
-    llvm.inline_asm(None, args, text, "l,r,r,r,r", has_side_effects=True)
+    _st(addr, [a, b, c, d], "v4.b32", keep, loc, ip)
+
+
+@dsl_user_op
+def ld_stream(addr, n: int, *, loc=None, ip=None) -> list:
+    """`n` (1, 2 or 4) fp32 at `addr` (aligned to 4n bytes), read once: L1::no_allocate and L2
+    evict_first, so a window row streamed through the SM displaces neither the L1's metadata
+    lines nor the L2's written cache lines."""
+    regs = "$0" if n == 1 else "{" + ", ".join(f"${k}" for k in range(n)) + "}"
+    vec = "" if n == 1 else f".v{n}"
+    load = f"ld.global.L1::no_allocate.L2::cache_hint{vec}.f32 {regs}, [${n}], pol;"
+    text = f"{{ .reg .b64 pol; {_STREAM}{load} }}"
+    args = [Int64(addr).ir_value(loc=loc, ip=ip)]
+    if n == 1:
+        out = llvm.inline_asm(T.f32(), args, text, "=f,l", has_side_effects=True)
+        return [Float32(out)]
+    ty = llvm.StructType.get_literal([T.f32()] * n)
+    out = llvm.inline_asm(ty, args, text, ",".join(["=f"] * n) + ",l", has_side_effects=True)
+    return [Float32(llvm.extractvalue(T.f32(), out, [k])) for k in range(n)]
 
 
 @dsl_user_op

@@ -432,6 +432,9 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
             src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
         src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
         for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
+            if _streamed(module):
+                _stream_loads(src, frag, f"base{offset}", elems, vec)
+                continue
             src.line("cute.autovec_copy(cute.make_tensor(state_cache + "
                      f"cute.assume(base{offset}, divby={vec}), "
                      f"cute.make_layout({elems})), {frag}[None, r])")
@@ -446,6 +449,20 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
                 _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
         else:
             _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
+
+
+def _streamed(module: Module) -> bool:
+    return module.get("cache_hints") == "stream"
+
+
+def _stream_loads(src: Source, frag: str, at: str, elems: int, vec: int) -> None:
+    """`frag[:, r]` from state_cache[at ..], `vec` fp32 a load, read-once hints (cache-hints)."""
+    names = ", ".join(f"v{c}" for c in range(vec))
+    for h in range(elems // vec):
+        offset = f" + {h * vec}" if h else ""
+        src.line(f"{names}, = ops.ld_stream(state_cache.toint() + ({at}{offset}) * 4, {vec})")
+        for c in range(vec):
+            src.line(f"{frag}[{h * vec + c}, r] = v{c}")
 
 
 def _batch_update(src: Source, elems: int, rows: int, absent: bool) -> None:
@@ -594,7 +611,17 @@ def _rows_view(module: Module, op: Op, ptr: str) -> str:
 
 
 def _store_rows(src: Source, module: Module, op: Op) -> None:
-    src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
+    if not _streamed(module):
+        src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
+        return
+    elems, vec, head = int(module.get("elems_per_lane")), _i(op, "vector_bits") // 32, _i(op, "head", False)
+    store = {1: "ops.st_global_b32", 2: "ops.st_global_v2", 4: "ops.st_global_v4"}[vec]
+    src.line("# L2 evict_last: the store kernel reads these rows next (cache-hints)")
+    src.line(f"kv_at = compressed_kv.toint() + (Int64(row) * {head} + col) * 4")
+    for h in range(0, elems, vec):
+        words = ", ".join(f"ops.f32_bits(rX[{h + c}])" for c in range(vec))
+        target = f"kv_at + {4 * h}" if h else "kv_at"
+        src.line(f"{store}({target}, {words}, keep=True)")
 
 
 def _load_rows(src: Source, module: Module, op: Op) -> None:

@@ -50,15 +50,20 @@ def _code_words(src: Source, elems: int) -> list[str]:
     return words
 
 
-def _store_words(src: Source, addr: str, words: list[str], bits: int) -> None:
+def _keep(module: Module) -> str:
+    """The extra argument of a cache store: L2 evict_last under cache-hints=stream."""
+    return ", keep=True" if module.get("cache_hints") == "stream" else ""
+
+
+def _store_words(src: Source, addr: str, words: list[str], bits: int, keep: str) -> None:
     if bits == 16:
-        src.line(f"ops.st_global_b16({addr}, {words[0]})")
+        src.line(f"ops.st_global_b16({addr}, {words[0]}{keep})")
         return
     per = bits // 32
     for k in range(0, len(words), per):
         chunk = words[k:k + per]
         target = addr if k == 0 else f"{addr} + {4 * k}"
-        src.line(f"{STORE_BY_WORDS[per]}({target}, {', '.join(chunk)})")
+        src.line(f"{STORE_BY_WORDS[per]}({target}, {', '.join(chunk)}{keep})")
 
 
 def store(src: Source, module: Module, op: Op) -> None:
@@ -73,7 +78,7 @@ def store(src: Source, module: Module, op: Op) -> None:
     if op.attr("layout") == "fp8_ds_mla":
         _store_mla(src, module, op, quant_op, elems)
     else:
-        _store_indexer(src, op, quant_op, elems)
+        _store_indexer(src, module, op, quant_op, elems)
 
 
 def _store_mla(src: Source, module: Module, op: Op, quant_op: Op, elems: int) -> None:
@@ -81,16 +86,17 @@ def _store_mla(src: Source, module: Module, op: Op, quant_op: Op, elems: int) ->
     lanes = int(quant_op.get("lanes_per_group"))  # type: ignore[arg-type]
     _, nope = _channels(quant_op)
     scale_dim, pad = int(op.attr("scale_dim")), int(op.attr("pad"))  # type: ignore[arg-type]
+    keep = _keep(module)
     src.line("if in_quant:")
     with src.indent():
         words = _code_words(src, elems)
-        _store_words(src, "token + col", words, int(op.get("value_bits")))  # type: ignore[arg-type]
+        _store_words(src, "token + col", words, int(op.get("value_bits")), keep)  # type: ignore[arg-type]
         src.line(f"if hlane % {lanes} == 0:")
-        src.line(f"    ops.st_global_b8(scales + col // {block}, e8)")
+        src.line(f"    ops.st_global_b8(scales + col // {block}, e8{keep})")
         src.line("if tidx == 0:")
         with src.indent():
             for b in range(nope // block, scale_dim):
-                src.line(f"ops.st_global_b8(scales + {b}, {pad})")
+                src.line(f"ops.st_global_b8(scales + {b}, {pad}{keep})")
     src.line("else:")
     with src.indent():
         src.line("# rope: each rotated fp32 value rounded once to bf16, real part first")
@@ -98,14 +104,15 @@ def _store_mla(src: Source, module: Module, op: Op, quant_op: Op, elems: int) ->
         for j, pair in enumerate(pairs):
             src.line(f"h{j} = {pair}")
         _store_words(src, f"token + {nope} + 2 * (col - {nope})", [f"h{j}" for j in range(len(pairs))],
-                     int(op.get("rope_bits")))  # type: ignore[arg-type]
+                     int(op.get("rope_bits")), keep)  # type: ignore[arg-type]
 
 
-def _store_indexer(src: Source, op: Op, quant_op: Op, elems: int) -> None:
+def _store_indexer(src: Source, module: Module, op: Op, quant_op: Op, elems: int) -> None:
     block = int(quant_op.attr("block"))  # type: ignore[arg-type]
     lanes = int(quant_op.get("lanes_per_group"))  # type: ignore[arg-type]
+    keep = _keep(module)
     words = _code_words(src, elems)
-    _store_words(src, "token + col", words, int(op.get("value_bits")))  # type: ignore[arg-type]
+    _store_words(src, "token + col", words, int(op.get("value_bits")), keep)  # type: ignore[arg-type]
     src.line(f"if hlane % {lanes} == 0:")
     src.line("    # the fp32 scale 2^(e8 - 127): its bit pattern is the exponent byte shifted into place")
-    src.line(f"    ops.st_global_b32(scales + 4 * (col // {block}), e8 << 23)")
+    src.line(f"    ops.st_global_b32(scales + 4 * (col // {block}), e8 << 23{keep})")

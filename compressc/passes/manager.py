@@ -31,7 +31,7 @@ DEFAULT_PIPELINE = "thread-map,vectorize,lower-reduction,plan-smem,window-prefet
 BASELINE_PIPELINE = (
     "thread-map{elems-per-lane=2,window-split=1,grid=rows},vectorize{bits=32},"
     "lower-reduction,plan-smem,window-prefetch{rows=1,operands-early=false,page-lookup=row,overlap-launch=false,"
-    "rescale=row}"
+    "rescale=row,cache-hints=none}"
 )
 # "default" is the tuned winner of (variant, arch) when passes/tuned.json has one (see
 # resolve_pipeline), else the derived default; "derived" is always the derived default.

@@ -98,19 +98,28 @@ class WindowPrefetch(ModulePass):
     before it loads the pooled rows: its launch, scan and operand round trips run under
     the compress kernel's tail instead of after it.
 
+    Cache hints (`cache-hints=stream`, the default; `none` in the baseline): every window
+    row is read exactly once, so its loads bypass L1 allocation and are L2 evict_first, and
+    the kernel's output (the packed cache rows, C128A's pooled rows) is stored L2
+    evict_last. Plain loads let 0.5 GB of streaming state evict the written lines, which
+    then go back to DRAM piecemeal, in the middle of the read stream; C4A decode at T = 16K
+    spent 14 us of its 143 on its 9.6 MB of stores that way (benchmarks/NOTES.md, change 15).
+
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
              `page_lookup` ("lane" or "row") and `rescale` ("batch" or "row"); cc.rms_norm and cc.rope `load`
              ("early" or "late"); module `min_ctas_per_sm` (runs grid, see Occupancy);
              module `grid_dependency` ("trigger" on a kernel that writes pooled rows,
-             "wait" on one that loads them; unset without overlap-launch).
+             "wait" on one that loads them; unset without overlap-launch); module
+             `cache_hints` ("stream"; unset with cache-hints=none).
     Options: rows (0 = min(rows per group, 8)); operands-early (default true);
              page-lookup ("auto" = "lane" where a group has at most 32 rows and
              its lanes fill whole warps, else "row"; "lane"; "row"); occupancy
              (default true: set min_ctas_per_sm for a "runs" grid); stage ("regs":
              window rows loaded into registers; "smem": staged, see above);
              overlap-launch (default true: see Launch overlap); l2-prefetch (default
-             false: see L2 prefetch); rescale ("batch", default, or "row": see Rescale).
+             false: see L2 prefetch); rescale ("batch", default, or "row": see Rescale);
+             cache-hints ("stream", default, or "none": see Cache hints).
     """
 
     name: ClassVar[str] = "window-prefetch"
@@ -122,8 +131,11 @@ class WindowPrefetch(ModulePass):
     overlap_launch: bool = True
     l2_prefetch: bool = False
     rescale: str = "batch"
+    cache_hints: str = "stream"
 
     def apply(self, module: Module) -> Module:
+        if self.cache_hints not in ("stream", "none"):
+            raise ValueError(f"window-prefetch cache-hints={self.cache_hints!r}: must be 'stream' or 'none'")
         if self.stage not in ("regs", "smem"):
             raise ValueError(f"window-prefetch stage={self.stage!r}: must be 'regs' or 'smem'")
         if self.rescale not in ("batch", "row"):
@@ -152,6 +164,8 @@ class WindowPrefetch(ModulePass):
         straight = per_group and rows == per_group and self.stage == "regs"
         if self.occupancy and module.get("grid") == "runs" and not module.get("min_ctas_per_sm") and straight:
             module = module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, rows, self.rescale))
+        if self.cache_hints == "stream":
+            module = module.with_sched(cache_hints="stream")
         if self.overlap_launch and module.find("cc.load_rows") is not None:
             module = module.with_sched(grid_dependency="wait")
         elif self.overlap_launch and module.find("cc.store_rows") is not None:
