@@ -104,6 +104,7 @@ class WindowPrefetch(ModulePass):
     evict_last. Plain loads let 0.5 GB of streaming state evict the written lines, which
     then go back to DRAM piecemeal, in the middle of the read stream; C4A decode at T = 16K
     spent 14 us of its 143 on its 9.6 MB of stores that way (benchmarks/NOTES.md, change 15).
+    The smem-staged window keeps its cp.async.cg copies (L2 only, no policy).
 
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
