@@ -432,7 +432,7 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
             src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
         src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
         for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
-            if _streamed(module):
+            if cache_hinted(module):
                 _stream_loads(src, frag, f"base{offset}", elems, vec)
                 continue
             src.line("cute.autovec_copy(cute.make_tensor(state_cache + "
@@ -449,10 +449,6 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
                 _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
         else:
             _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
-
-
-def _streamed(module: Module) -> bool:
-    return module.get("cache_hints") == "stream"
 
 
 def _stream_loads(src: Source, frag: str, at: str, elems: int, vec: int) -> None:
@@ -611,17 +607,14 @@ def _rows_view(module: Module, op: Op, ptr: str) -> str:
 
 
 def _store_rows(src: Source, module: Module, op: Op) -> None:
-    if not _streamed(module):
+    if not cache_hinted(module):
         src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
         return
-    elems, vec, head = int(module.get("elems_per_lane")), _i(op, "vector_bits") // 32, _i(op, "head", False)
-    store = {1: "ops.st_global_b32", 2: "ops.st_global_v2", 4: "ops.st_global_v4"}[vec]
+    elems, head = int(module.get("elems_per_lane")), _i(op, "head", False)
     src.line("# L2 evict_last: the store kernel reads these rows next (cache-hints)")
     src.line(f"kv_at = compressed_kv.toint() + (Int64(row) * {head} + col) * 4")
-    for h in range(0, elems, vec):
-        words = ", ".join(f"ops.f32_bits(rX[{h + c}])" for c in range(vec))
-        target = f"kv_at + {4 * h}" if h else "kv_at"
-        src.line(f"{store}({target}, {words}, keep=True)")
+    words = [f"ops.f32_bits(rX[{e}])" for e in range(elems)]
+    store_words(src, "kv_at", words, _i(op, "vector_bits"), keep_arg(module))
 
 
 def _load_rows(src: Source, module: Module, op: Op) -> None:
@@ -711,6 +704,7 @@ def _rope(src: Source, module: Module, op: Op) -> None:
             src.line("rY[2 * j + 1] = a * rSin[j] + b * rCos[j]")
 
 
+from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words  # noqa: E402
 from compressc.kernels.stages_store import quant as _quant  # noqa: E402
 from compressc.kernels.stages_store import store as _store  # noqa: E402
 

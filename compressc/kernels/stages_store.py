@@ -50,12 +50,18 @@ def _code_words(src: Source, elems: int) -> list[str]:
     return words
 
 
-def _keep(module: Module) -> str:
-    """The extra argument of a cache store: L2 evict_last under cache-hints=stream."""
-    return ", keep=True" if module.get("cache_hints") == "stream" else ""
+def cache_hinted(module: Module) -> bool:
+    """window-prefetch{cache-hints=stream}: read-once window loads, L2 evict_last stores."""
+    return module.get("cache_hints") == "stream"
 
 
-def _store_words(src: Source, addr: str, words: list[str], bits: int, keep: str) -> None:
+def keep_arg(module: Module) -> str:
+    """The extra argument of a store of the kernel's output: L2 evict_last when hinted."""
+    return ", keep=True" if cache_hinted(module) else ""
+
+
+def store_words(src: Source, addr: str, words: list[str], bits: int, keep: str) -> None:
+    """Store u32 `words` from `addr` on, `bits` (16, 32, 64 or 128) a store."""
     if bits == 16:
         src.line(f"ops.st_global_b16({addr}, {words[0]}{keep})")
         return
@@ -86,11 +92,11 @@ def _store_mla(src: Source, module: Module, op: Op, quant_op: Op, elems: int) ->
     lanes = int(quant_op.get("lanes_per_group"))  # type: ignore[arg-type]
     _, nope = _channels(quant_op)
     scale_dim, pad = int(op.attr("scale_dim")), int(op.attr("pad"))  # type: ignore[arg-type]
-    keep = _keep(module)
+    keep = keep_arg(module)
     src.line("if in_quant:")
     with src.indent():
         words = _code_words(src, elems)
-        _store_words(src, "token + col", words, int(op.get("value_bits")), keep)  # type: ignore[arg-type]
+        store_words(src, "token + col", words, int(op.get("value_bits")), keep)  # type: ignore[arg-type]
         src.line(f"if hlane % {lanes} == 0:")
         src.line(f"    ops.st_global_b8(scales + col // {block}, e8{keep})")
         src.line("if tidx == 0:")
@@ -103,16 +109,16 @@ def _store_mla(src: Source, module: Module, op: Op, quant_op: Op, elems: int) ->
         pairs = [f"ops.bf16x2(rY[{2 * j}], rY[{2 * j + 1}])" for j in range(elems // 2)]
         for j, pair in enumerate(pairs):
             src.line(f"h{j} = {pair}")
-        _store_words(src, f"token + {nope} + 2 * (col - {nope})", [f"h{j}" for j in range(len(pairs))],
+        store_words(src, f"token + {nope} + 2 * (col - {nope})", [f"h{j}" for j in range(len(pairs))],
                      int(op.get("rope_bits")), keep)  # type: ignore[arg-type]
 
 
 def _store_indexer(src: Source, module: Module, op: Op, quant_op: Op, elems: int) -> None:
     block = int(quant_op.attr("block"))  # type: ignore[arg-type]
     lanes = int(quant_op.get("lanes_per_group"))  # type: ignore[arg-type]
-    keep = _keep(module)
+    keep = keep_arg(module)
     words = _code_words(src, elems)
-    _store_words(src, "token + col", words, int(op.get("value_bits")), keep)  # type: ignore[arg-type]
+    store_words(src, "token + col", words, int(op.get("value_bits")), keep)  # type: ignore[arg-type]
     src.line(f"if hlane % {lanes} == 0:")
     src.line("    # the fp32 scale 2^(e8 - 127): its bit pattern is the exponent byte shifted into place")
     src.line(f"    ops.st_global_b32(scales + 4 * (col // {block}), e8 << 23{keep})")
