@@ -19,7 +19,6 @@ Two steps, as for the kernels (the GPU host has no CuTe DSL):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
@@ -33,6 +32,8 @@ PATTERNS = {  # (the page's chunk that read chunk {c} is, chunks read per page);
     "half-pages": ("({c} % 8) * 2", 8),
 }
 MIB = (128, 512)  # bytes read per call: about C4A prefill and decode at T = 16384
+PARAMS = (  # the kernel's signature, as the runtime's argument packer takes it
+    ("src", "ptr", "f32", 16), ("dst", "ptr", "f32", 16), ("n4", "i64", "", 0), ("pages", "i64", "", 0))
 
 SOURCE = '''
 import cutlass
@@ -156,10 +157,11 @@ def measure(root: Path, reps: int) -> int:
 
 
 def _call(kernel, grid: int, src, dst, n4: int, pages: int):
-    values = [ctypes.c_uint64(src.data_ptr()), ctypes.c_uint64(dst.data_ptr()), ctypes.c_int64(n4),
-              ctypes.c_int64(max(pages, 1))]
-    params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
-    params.values = values  # the array holds only addresses
+    from compressc.runtime.args import pack_args
+    from compressc.specs.abi import Param
+
+    values = {"src": src.data_ptr(), "dst": dst.data_ptr(), "n4": n4, "pages": max(pages, 1)}
+    _, params = pack_args([Param(*p) for p in PARAMS], values)
     return lambda: kernel.launch(grid, params)
 
 

@@ -165,12 +165,11 @@ def _st(addr, values, width: str, keep: bool, loc, ip) -> None:
     args = [Int64(addr).ir_value(loc=loc, ip=ip)] + [_i(v, loc, ip) for v in values]
     n = len(values)
     regs = "$1" if n == 1 else "{" + ", ".join(f"${k + 1}" for k in range(n)) + "}"
-    hint, pol = (".L2::cache_hint", ", pol") if keep else ("", "")
+    policy, hint, pol = (".reg .b64 pol; " + _KEEP, ".L2::cache_hint", ", pol") if keep else ("", "", "")
     if width == "b16":
-        text = f"{{ .reg .b16 h; .reg .b64 pol; {_KEEP if keep else ''}cvt.u16.u32 h, $1; " \
-               f"st.global{hint}.b16 [$0], h{pol}; }}"
+        text = f"{{ .reg .b16 h; {policy}cvt.u16.u32 h, $1; st.global{hint}.b16 [$0], h{pol}; }}"
     else:
-        text = f"{{ .reg .b64 pol; {_KEEP if keep else ''}st.global{hint}.{width} [$0], {regs}{pol}; }}"
+        text = f"{{ {policy}st.global{hint}.{width} [$0], {regs}{pol}; }}"
     llvm.inline_asm(None, args, text, "l" + ",r" * n, has_side_effects=True)
 
 
