@@ -7,6 +7,7 @@ source location when the module was parsed from text.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
 
 WARP = 32
@@ -134,7 +135,7 @@ def _verify_grid(module: Module) -> None:
         raise _fail(module, None, "ctas_per_sm", per_sm,
                     "must be 1..32 for a tiled grid (Hopper holds at most 32 CTAs per SM)")
     cluster = module.get("cluster_split", 1)
-    if cluster not in (1, 2, 4, 8):
+    if cluster not in CLUSTER_SIZES:
         raise _fail(module, None, "cluster_split", cluster, "must be 1, 2, 4 or 8 (CTAs per cluster)")
     if cluster != 1 and grid != "tiled":
         raise _fail(module, None, "cluster_split", cluster,

@@ -7,12 +7,12 @@ from typing import ClassVar
 
 from compressc.ir.core import Module, Op
 from compressc.passes.base import ModulePass
+from compressc.specs.abi import CLUSTER_SIZES
 
 WARP = 32
 MAX_ELEMS_PER_LANE = 8  # 8 fp32 = two 128-bit loads per stream and row
 MAX_UNROLLED_WINDOW = 8  # window rows the emitter unrolls straight-line (C4: 8; C128: a loop)
 SM_THREADS, SM_CTAS = 2048, 32  # Hopper: resident threads and CTAs per multiprocessor
-CLUSTER_SPLITS = (1, 2, 4, 8)  # 8: the largest portable cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +82,9 @@ class ThreadMap(ModulePass):
         if self.rows_per_cta and grid != "runs":
             raise ValueError(f"rows-per-cta={self.rows_per_cta} is the run of grid=runs; the grid here is "
                              f"{grid!r} (add grid=runs, or drop rows-per-cta)")
-        if self.cluster_split not in CLUSTER_SPLITS:
+        if self.cluster_split not in CLUSTER_SIZES:
             raise ValueError(f"thread-map cluster-split={self.cluster_split}: must be one of "
-                             f"{', '.join(map(str, CLUSTER_SPLITS))} (CTAs per cluster, 8 at most)")
+                             f"{', '.join(map(str, CLUSTER_SIZES))} (CTAs per cluster, 8 at most)")
         if self.cluster_split > 1 and grid != "tiled":
             raise ValueError(f"cluster-split={self.cluster_split} needs the tiled grid; the grid here is "
                              f"{grid!r} (use grid=tiled, or drop cluster-split)")

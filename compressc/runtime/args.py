@@ -13,7 +13,7 @@ import struct
 import threading
 from collections.abc import Mapping, Sequence
 
-from compressc.specs.abi import Param
+from compressc.specs.abi import CLUSTER_SIZES, Param
 
 Scalar = int | float
 
@@ -146,7 +146,7 @@ def grid_rule_problem(policy: str) -> str | None:
         return STALE_TILED
     if comma:
         name, _, size = suffix.partition(":")
-        if kind != "wave" or name != "cluster" or size not in ("2", "4", "8"):
+        if kind != "wave" or name != "cluster" or size not in [str(c) for c in CLUSTER_SIZES if c > 1]:
             return "a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"
     if kind not in ("wave", "runs") or not count.isdigit() or int(count) <= 0:
         return "expected 'rows', 'wave:<CTAs per SM>[,cluster:<S>]' or 'runs:<rows per CTA>'"

@@ -14,6 +14,9 @@ from compressc.specs.family import KernelSpec
 SCALAR_KINDS = ("i32", "i64", "f32")
 POINTER_DTYPES = ("f32", "bf16", "i32", "i64", "u8")
 CTYPE_SIZE = {"ptr": 8, "i32": 4, "i64": 8, "f32": 4}
+# CTAs per thread-block cluster a kernel may be launched in (1: no cluster): powers of two up
+# to 8, the largest cluster every sm_90+ part supports without opting in to a larger one
+CLUSTER_SIZES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True, slots=True)
