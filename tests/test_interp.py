@@ -362,3 +362,20 @@ def test_interpreter_checks_its_arguments() -> None:
         ValueError, match=r"argument 'positions' must be a C-contiguous int64 array, got int32"
     ):
         run_module(module, args | {"positions": args["positions"].astype(np.int32)})
+
+
+# -- head sizes beyond the shipped ones (derived schedules) ------------------------------------------
+NEW_HEADS = [("c4a", h) for h in (192, 320, 384, 448, 640)] + [("indexer_fp8", h) for h in (192, 384, 512)]
+
+
+@pytest.mark.parametrize("kernel,head", NEW_HEADS, ids=lambda v: str(v))
+def test_derived_schedules_of_other_head_sizes_match_the_reference(kernel: str, head: int) -> None:
+    spec = make_spec(kernel, head)
+    _check_variant(spec, _lower(spec, "derived"), "mixed", 12, _seed(kernel, head))
+
+
+@pytest.mark.parametrize("head", [384, 576])
+def test_c128a_chain_of_other_head_sizes(head: int) -> None:
+    store_spec = make_spec("c128a_store", head)
+    pool_module = _lower(make_spec(POOL_ONLY, head, weight_dtype="f32"), "derived")
+    _c128a_chain(store_spec, pool_module, _lower(store_spec, "derived"), "prefill", 260, _seed(head))

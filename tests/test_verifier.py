@@ -247,7 +247,12 @@ def test_window_split_divides_the_window() -> None:
             "cc.quant",
             {"lanes_per_group": 4},
             "cc.quant %q: lanes_per_group=4: must be quant_block / "
-            "elems_per_lane = 64/8, a power of two <= 32",
+            "elems_per_lane = 64/8, a power of two <= 32 or a whole number of warps",
+        ),
+        (
+            "cc.quant",
+            {"cross_warp": "smem"},
+            "cc.quant %q: cross_warp='smem': must be 'none': one quant block spans 1 warp(s)",
         ),
         (
             "cc.quant",

@@ -235,6 +235,11 @@ def quant(lanes: Lanes, op: Op) -> None:
     lane = np.arange(lanes.head_lanes)
     for mask in op.get("group_tree"):  # type: ignore[union-attr]
         amax = np.fmax(amax, amax[lane ^ mask])
+    if op.get("cross_warp") == "smem":
+        # lane 0 of every warp leaves its warp's max; each lane takes its block's warps' max
+        warps = int(op.get("lanes_per_group")) // WARP  # type: ignore[arg-type]
+        partial = amax[0::WARP].reshape(-1, warps).max(axis=1)
+        amax = np.repeat(partial, warps * WARP).astype(F32)
     if op.attr("floor_on") == "scale":
         raw = np.fmax(floor, amax / fp8_max)
     else:

@@ -239,13 +239,20 @@ def _verify_quant(module: Module, op: Op, elems: int) -> None:
     lanes = op.get("lanes_per_group")
     if lanes is None:
         return
-    if block % elems or lanes * elems != block or not _pow2(int(lanes)) or int(lanes) > WARP:  # type: ignore[operator]
+    lanes = int(lanes)  # type: ignore[arg-type]
+    in_warp = _pow2(lanes) and lanes <= WARP
+    if block % elems or lanes * elems != block or not (in_warp or lanes % WARP == 0):
         raise _fail(module, op, "lanes_per_group", lanes,
-                    f"must be quant_block / elems_per_lane = {block}/{elems}, a power of two <= 32")
-    tree = op.get("group_tree")
-    if tree is not None and sorted(tree) != _masks(int(lanes)):  # type: ignore[arg-type]
+                    f"must be quant_block / elems_per_lane = {block}/{elems}, a power of two <= 32 "
+                    "or a whole number of warps")
+    tree, tree_lanes = op.get("group_tree"), min(WARP, lanes)
+    if tree is not None and sorted(tree) != _masks(tree_lanes):  # type: ignore[arg-type]
         raise _fail(module, op, "group_tree", tree,
-                    f"must XOR exactly the masks 1..{int(lanes) // 2} of the group")
+                    f"must XOR exactly the masks 1..{tree_lanes // 2} of the group")
+    want = "smem" if lanes > WARP else "none"
+    if op.get("cross_warp") not in (None, want):
+        raise _fail(module, op, "cross_warp", op.get("cross_warp"),
+                    f"must be {want!r}: one quant block spans {max(1, lanes // WARP)} warp(s)")
 
 
 def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:

@@ -638,7 +638,7 @@ def _rms(src: Source, module: Module, op: Op) -> None:
         src.line("# one partial per warp through smem, one barrier")
         src.line("if lane == 0:")
         src.line(f"    sBuf[{base} + warp] = ssq")
-        _head_barrier(src, module)
+        head_barrier(src, module)
         src.line(f"ssq = sBuf[{base}]")
         src.line(f"for w in range_constexpr(1, {warps}):")
         src.line(f"    ssq = ssq + sBuf[{base} + w]")
@@ -676,19 +676,6 @@ def _rope_tables(src: Source, module: Module, op: Op) -> None:
                  f"divby={vec}), cute.make_layout({half})), rSin)")
 
 
-def _head_barrier(src: Source, module: Module) -> None:
-    """A CTA barrier, or after a split merge (inside `if group == 0`) a named barrier of group 0's warps.
-
-    bar.sync 0 counts every thread of the CTA: executed by group 0 alone it is a barrier in
-    divergent code, which the CUDA model leaves undefined; bar.sync 1, head_lanes is not.
-    """
-    if int(module.get("window_split")) == 1:  # type: ignore[arg-type]
-        src.line("cute.arch.sync_threads()")
-        return
-    src.line("# only split group 0 runs from here on: a named barrier over its warps")
-    src.line(f"cute.arch.barrier(barrier_id=1, number_of_threads={module.get('head_lanes')})")
-
-
 def _rope(src: Source, module: Module, op: Op) -> None:
     elems, first = int(module.get("elems_per_lane")), _i(op, "first", False)  # type: ignore[arg-type]
     if op.get("load") != "early":
@@ -704,7 +691,7 @@ def _rope(src: Source, module: Module, op: Op) -> None:
             src.line("rY[2 * j + 1] = a * rSin[j] + b * rCos[j]")
 
 
-from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words  # noqa: E402
+from compressc.kernels.stages_store import cache_hinted, head_barrier, keep_arg, store_words  # noqa: E402
 from compressc.kernels.stages_store import quant as _quant  # noqa: E402
 from compressc.kernels.stages_store import store as _store  # noqa: E402
 

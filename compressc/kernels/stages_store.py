@@ -26,6 +26,8 @@ def quant(src: Source, module: Module, op: Op) -> None:
     src.line(f"# absmax over the {op.get('lanes_per_group')} lanes of one quant block")
     for mask in op.get("group_tree"):  # type: ignore[union-attr]
         src.line(f"amax = ops.fmax(amax, ops.shfl_xor(amax, {mask}))")
+    if op.get("cross_warp") == "smem":
+        _group_amax(src, module, op)
     if op.attr("floor_on") == "scale":
         src.line(f"raw = ops.fmax(Float32({floor!r}), ops.div_rn(amax, Float32({fp8_max!r})))")
     else:
@@ -34,6 +36,32 @@ def quant(src: Source, module: Module, op: Op) -> None:
     src.line("e8 = ((ops.f32_bits(raw) + 0x7FFFFF) >> 23) & 0xFF")
     src.line("inv = ops.bits_f32((254 - e8) << 23)")
     src.line(f"in_quant = (col >= {lo}) & (col < {hi})")
+
+
+def head_barrier(src: Source, module: Module) -> None:
+    """A CTA barrier, or after a split merge (inside `if group == 0`) a named barrier of group 0's warps.
+
+    bar.sync 0 counts every thread of the CTA: executed by group 0 alone it is a barrier in
+    divergent code, which the CUDA model leaves undefined; bar.sync 1, head_lanes is not.
+    """
+    if int(module.get("window_split")) == 1:  # type: ignore[arg-type]
+        src.line("cute.arch.sync_threads()")
+        return
+    src.line("# only split group 0 runs from here on: a named barrier over its warps")
+    src.line(f"cute.arch.barrier(barrier_id=1, number_of_threads={module.get('head_lanes')})")
+
+
+def _group_amax(src: Source, module: Module, op: Op) -> None:
+    """A quant block of several warps: each warp's max through smem, one barrier."""
+    base, warps = int(op.get("smem_offset")) // 4, int(op.get("lanes_per_group")) // 32  # type: ignore[arg-type]
+    src.line(f"# one partial per warp through smem, one barrier: a block spans {warps} warps")
+    src.line("if lane == 0:")
+    src.line(f"    sBuf[{base} + warp] = amax")
+    head_barrier(src, module)
+    src.line(f"g0 = {base} + (warp // {warps}) * {warps}")
+    src.line("amax = sBuf[g0]")
+    src.line(f"for w in range_constexpr(1, {warps}):")
+    src.line("    amax = ops.fmax(amax, sBuf[g0 + w])")
 
 
 def _code_words(src: Source, elems: int) -> list[str]:

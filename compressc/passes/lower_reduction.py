@@ -29,7 +29,9 @@ class LowerReduction(ModulePass):
     Leaves:  cc.rms_norm `lane_tree` (warp butterfly of the sum of squares) and
              `cross_warp` ("smem" + one barrier when the head spans several warps,
              else "none"); cc.quant `group_tree` (amax butterfly masked to the
-             quant group); cc.pool_softmax `merge` ("smem" when the window is split
+             quant group, or the whole warp) and `cross_warp` ("smem" + one barrier when
+             a quant block spans several warps, as the indexer's one block of a head
+             wider than 32 lanes does; else "none"); cc.pool_softmax `merge` ("smem" when the window is split
              across lane groups or the CTAs of a cluster, else "none").
     Options: order ("down": masks 16, 8, ..., 1; "up": 1, 2, ..., 16). Both are
              legal; the sum's rounding may differ by an ulp, never the bytes rule.
@@ -56,4 +58,5 @@ class LowerReduction(ModulePass):
 
     def _quant(self, op: Op) -> Op:
         lanes = int(op.get("lanes_per_group", 1))  # type: ignore[arg-type]
-        return op.with_sched(group_tree=butterfly(lanes, self.order))
+        cross = "smem" if lanes > WARP else "none"
+        return op.with_sched(group_tree=butterfly(min(WARP, lanes), self.order), cross_warp=cross)

@@ -27,8 +27,8 @@ class PlanSmem(ModulePass):
     """Lay out the static shared memory the reductions need, 16-byte aligned.
 
     Expects: lower-reduction has run (`cross_warp`, `merge`).
-    Leaves:  cc.rms_norm `smem_offset` (one fp32 partial per warp) when it
-             exchanges across warps; cc.pool_softmax `smem_offset` (max, sum and
+    Leaves:  cc.rms_norm and cc.quant `smem_offset` (one fp32 partial per warp) when
+             they exchange across warps; cc.pool_softmax `smem_offset` (max, sum and
              weighted sum per channel and split group, or per cluster rank
              1..S-1: see merge_slots) when it merges; module
              `smem_bytes` (the total) and `barriers` (CTA barriers executed).
@@ -51,7 +51,7 @@ class PlanSmem(ModulePass):
 
     @staticmethod
     def _size(module: Module, op: Op) -> int:
-        if op.name == "cc.rms_norm" and op.get("cross_warp") == "smem":
+        if op.name in ("cc.rms_norm", "cc.quant") and op.get("cross_warp") == "smem":
             return FP32 * int(module.get("head_lanes", 0)) // WARP  # type: ignore[arg-type]
         if op.name == "cc.pool_softmax" and op.get("merge") == "smem":
             return 3 * FP32 * merge_slots(module) * int(op.attr("head"))  # type: ignore[arg-type]

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op
+from compressc.ir.from_spec import spec_from_module
 from compressc.passes.base import ModulePass
 from compressc.specs.abi import CLUSTER_SIZES
+from compressc.specs.lanes import derive_elems
 
 WARP = 32
-MAX_ELEMS_PER_LANE = 8  # 8 fp32 = two 128-bit loads per stream and row
 MAX_UNROLLED_WINDOW = 8  # window rows the emitter unrolls straight-line (C4: 8; C128: a loop)
+MAX_THREADS = 1024  # threads a CTA may have
 SM_THREADS, SM_CTAS = 2048, 32  # Hopper: resident threads and CTAs per multiprocessor
 
 
@@ -25,7 +27,8 @@ class ThreadMap(ModulePass):
              `threads`, `warps`, `grid`, `ctas_per_sm`, `cluster_split` (when > 1); on `cc.quant`:
              `lanes_per_group`, `groups_per_warp`. Channel c belongs to lane
              c // elems_per_lane.
-    Options: elems-per-lane (0 = the most that still fills a warp, at most 8);
+    Options: elems-per-lane (0 = the most, at most 8, that lays the head out in whole
+             warps: see `derive_elems`);
              window-split (0 = 4 for the 128-row C128 window, else 1);
              grid ("auto": "runs" of `ratio` rows where the whole window is
              unrolled in registers (at most 8 rows) and no ctas-per-sm is given,
@@ -72,9 +75,9 @@ class ThreadMap(ModulePass):
 
     def apply(self, module: Module) -> Module:
         head = int(module.attr("head"))  # type: ignore[arg-type]
-        elems = self.elems_per_lane or self._default_elems(head)
-        split = self.window_split or self._default_split(module)
+        elems = self.elems_per_lane or derive_elems(spec_from_module(module))
         head_lanes = head // elems if elems > 0 else 0
+        split = self.window_split or self._default_split(module, head_lanes)
         threads = head_lanes * split
         if self.grid not in ("auto", "tiled", "rows", "runs"):
             raise ValueError(f"thread-map grid={self.grid!r}: must be 'auto', 'tiled', 'runs' or 'rows'")
@@ -127,18 +130,19 @@ class ThreadMap(ModulePass):
         return min(32, int(module.attr("ratio", 4) or 4))  # type: ignore[arg-type]
 
     @staticmethod
-    def _default_elems(head: int) -> int:
-        return max(1, min(MAX_ELEMS_PER_LANE, head // WARP))
-
-    @staticmethod
-    def _default_split(module: Module) -> int:
+    def _default_split(module: Module, head_lanes: int) -> int:
         window = module.find("cc.window")
-        # 128 rows on one head's 64 lanes is a long serial chain: split it over 4 groups.
-        if window is not None and int(window.attr("window")) >= 64:  # type: ignore[arg-type]
-            return 4
-        return 1
+        if window is None or int(window.attr("window")) < 64:  # type: ignore[arg-type]
+            return 1
+        # 128 rows on one head's 64 lanes is a long serial chain: split it over 4 groups,
+        # fewer where 4 copies of a wider head's lanes would pass 1024 threads a CTA
+        split = 4
+        while split > 1 and head_lanes * split > MAX_THREADS:
+            split //= 2
+        return split
 
     @staticmethod
     def _quant(op: Op, elems: int) -> Op:
         lanes = max(1, int(op.attr("block")) // elems)  # type: ignore[arg-type]
         return op.with_sched(lanes_per_group=lanes, groups_per_warp=max(1, WARP // lanes))
+

@@ -25,7 +25,9 @@ from compressc.runtime.validate import (
     weight_dtype_name,
 )
 from compressc.specs.abi import abi
+from compressc.specs.errors import SpecError
 from compressc.specs.family import KernelSpec, make_spec
+from compressc.specs.lanes import derive_elems
 
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
@@ -34,8 +36,14 @@ _LOCK = threading.Lock()
 
 @cache
 def kernel_spec(kernel: str, head_size: int, quant_block: int, weight_dtype: str) -> KernelSpec:
-    """The validated spec of one variant (SpecError names a bad head_size/quant_block)."""
-    return make_spec(kernel, head_size, quant_block, weight_dtype=weight_dtype)
+    """The validated spec of one variant (SpecError names a bad head_size/quant_block, or a
+    head no lane layout fits: checked here, before any lookup, build or launch)."""
+    spec = make_spec(kernel, head_size, quant_block, weight_dtype=weight_dtype)
+    try:
+        derive_elems(spec)
+    except ValueError as err:
+        raise SpecError("head_size", head_size, str(err).split(": ", 1)[1]) from None
+    return spec
 
 
 @cache

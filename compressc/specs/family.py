@@ -103,7 +103,9 @@ def make_spec(
         raise SpecError("kernel", kernel, f"must be one of {', '.join(KERNELS)}")
     defaults = _DEFAULTS[kernel]
     head = defaults["head"] if head is None else head
-    quant_block = defaults["quant_block"] if quant_block is None else quant_block
+    if quant_block is None:
+        # the fp8 indexer has one scale per token: its quant block is the whole head
+        quant_block = head if defaults["quant_format"] == "f32scale_e4m3" else defaults["quant_block"]
     spec = KernelSpec(
         kernel=kernel,
         head=head,
@@ -149,6 +151,10 @@ def validate(spec: KernelSpec) -> None:
            "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")
     _check(spec.head % spec.quant_block == 0, "head_size", spec.head,
            f"must be a multiple of quant_block={spec.quant_block} (head_size % quant_block == 0)")
+    if spec.quant_format == "f32scale_e4m3":
+        _check(spec.quant_block == spec.head, "quant_block", spec.quant_block,
+               f"must equal head_size={spec.head}: the {spec.kernel} cache holds one fp32 scale per token "
+               "(leave --quant-block out)")
     if spec.normalises:
         _check_rope(spec)
         _check_store(spec)
