@@ -32,6 +32,7 @@ PATTERNS = {  # (the page's chunk that read chunk {c} is, chunks read per page);
     "half-pages": ("({c} % 8) * 2", 8),
 }
 MIB = (128, 512)  # bytes read per call: about C4A prefill and decode at T = 16384
+GRID = "wave:8"  # the launch rule its manifest records: one wave of 8 CTAs per SM
 PARAMS = (  # the kernel's signature, as the runtime's argument packer takes it
     ("src", "ptr", "f32", 16), ("dst", "ptr", "f32", 16), ("n4", "i64", "", 0), ("pages", "i64", "", 0))
 
@@ -42,9 +43,6 @@ from cutlass import Float32, Int64, range_constexpr
 
 ENTRY = "cutlass_read_ceiling"
 BLOCK = ({threads}, 1, 1)
-GRID = "wave:8"
-SMEM_DYNAMIC = 0
-PROGRAMMATIC = False
 
 
 class ReadCeiling:
@@ -117,7 +115,7 @@ def build(out: Path) -> int:
         art = compile_source(kernel_source(pattern), "sm_90a")
         (out / f"{pattern}.cubin").write_bytes(art.cubin)
         manifest = {"arch": "sm_90a", "block": list(art.block), "cubin": f"{pattern}.cubin",
-                    "entry": art.entry, "grid": art.grid, "key": f"read-ceiling-{pattern}", "smem_dynamic": 0}
+                    "entry": art.entry, "grid": GRID, "key": f"read-ceiling-{pattern}", "smem_dynamic": 0}
         (out / f"{pattern}.json").write_text(json.dumps(manifest, indent=1))
         print(f"{pattern}: {art.report.registers} registers", flush=True)
     return 0

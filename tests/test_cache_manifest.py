@@ -17,6 +17,7 @@ from compressc.cache.manifest import (
 )
 from compressc.specs import make_spec
 from compressc.specs.abi import abi
+from compressc.specs.launch import GridRule, LaunchInfo
 
 CUBIN = b"\x7fELF fake cubin bytes"
 
@@ -29,8 +30,6 @@ def artifacts(**changes: object) -> Artifacts:
         cubin=CUBIN,
         report=Resources(registers=157, spill_stores=0, spill_loads=0, stack=0, smem_static=8, barriers=1),
         block=(64, 1, 1),
-        grid="rows",
-        smem_dynamic=0,
         seconds=0.8,
         log="ptxas info\n",
     )
@@ -43,7 +42,7 @@ def manifest(**changes: object) -> dict:
         key="a" * 64,
         kernel=spec.kernel,
         variant=spec.variant,
-        params=abi(spec),
+        launch=LaunchInfo("cutlass_c4a_h512_q64_r64_bf16", abi(spec), (64, 1, 1), GridRule("rows")),
         artifacts=artifacts(),
         toolchain={"cutlass_dsl": "4.8.1", "flavor": "cu13"},
         pipeline="default",

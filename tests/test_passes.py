@@ -9,6 +9,7 @@ import pytest
 
 from compressc.ir import Module, print_module
 from compressc.ir.from_spec import module_from_spec
+from compressc.ir.launch import launch_info
 from compressc.ir.verifier import VerifyError, verify
 from compressc.passes import (
     ALL_PASSES,
@@ -25,6 +26,7 @@ from compressc.passes.thread_map import ThreadMap
 from compressc.passes.vectorize import Vectorize
 from compressc.passes.window_prefetch import WindowPrefetch
 from compressc.specs import default_specs, make_spec
+from compressc.specs.launch import GridRule
 
 C4A = make_spec("c4a")
 C128_POOL = make_spec("c128a_compress")
@@ -382,8 +384,9 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     from compressc.kernels.emitter import emit
 
     pipeline = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch"
-    text = emit(_lower("c4a", pipeline), pipeline)
-    assert 'GRID = "wave:32"' in text
+    module = _lower("c4a", pipeline)
+    text = emit(module, pipeline)
+    assert launch_info(module).grid == GridRule("wave", 32) and "# launch:    grid wave:32," in text
     assert "todo = cute.arch.vote_ballot_sync(mine)" in text
     # sweeps of 32 rows per warp, one ballot each, so a CTA may own any number of rows
     assert "for sweep in cutlass.range((per_cta + 63) // 64, unroll=1):" in text
@@ -397,8 +400,9 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     assert text.index("cos_sin_cache + cute.assume(cs_row") < text.index("rKV = cute.make_rmem_tensor")
     baseline = ("thread-map{grid=rows},vectorize,lower-reduction,plan-smem,"
                 "window-prefetch{operands-early=false}")
-    text = emit(_lower("c4a", baseline), baseline)
-    assert 'GRID = "rows"' in text and "vote_ballot_sync" not in text
+    module = _lower("c4a", baseline)
+    text = emit(module, baseline)
+    assert launch_info(module).grid == GridRule("rows") and "vote_ballot_sync" not in text
     assert text.index("rms_norm_weight + cute.assume(col") > text.index("rKV = cute.make_rmem_tensor")
 
 
@@ -406,8 +410,9 @@ def test_emitted_runs_kernel_unrolls_its_longest_run():
     from compressc.kernels.emitter import emit
 
     pipeline = "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch"
-    text = emit(_lower("c4a", pipeline), pipeline)
-    assert 'GRID = "runs:8"' in text and "for i in range_constexpr(8):" in text
+    module = _lower("c4a", pipeline)
+    text = emit(module, pipeline)
+    assert launch_info(module).grid == GridRule("runs", 8) and "for i in range_constexpr(8):" in text
     assert "cutlass.range(" not in text  # no dynamic loop: ptxas would sink the loads
     # the run comes from the launch (at most 8): one row per CTA while the SMs have room
     assert "per_cta = (num_rows + ctas - 1) // ctas" in text
@@ -507,11 +512,11 @@ def test_verifier_checks_the_cluster_split():
 
 
 def test_emitted_cluster_kernel_meets_at_two_cluster_barriers_and_stores_from_rank_0():
-    from compressc.kernels.emitter import emit, grid_policy
+    from compressc.kernels.emitter import emit
 
     module = _lower("c128a_compress", _CLUSTER)
     text = emit(module, _CLUSTER)
-    assert grid_policy(module) == "wave:8,cluster:2" and 'GRID = "wave:8,cluster:2"' in text
+    assert launch_info(module).grid.spelling() == "wave:8,cluster:2" and "grid wave:8,cluster:2," in text
     assert "cluster=[2, 1, 1]" in text and "cta = cta // 2" in text and "ctas = ctas // 2" in text
     # rank r pools window rows r * 64 + group * 32 ...: its half, then its group's quarter
     assert "i0 = rank * 64 + group * 32 + chunk * 8" in text
@@ -537,7 +542,7 @@ def test_cluster_kernel_compiles_to_a_cubin_with_cluster_barriers_and_dsmem_stor
     from compressc.kernels.emitter import emit
 
     artifacts = compile_source(emit(_lower("c128a_compress", _CLUSTER), _CLUSTER), "sm_90a")
-    assert artifacts.grid == "wave:8,cluster:2"
+    assert artifacts.block == (256, 1, 1)
     ptx = artifacts.ptx
     assert ptx.count("barrier.cluster.arrive.release.aligned") == 4  # two per row body, two bodies
     assert "mapa.shared::cluster.u32" in ptx and "st.shared::cluster.f32" in ptx
@@ -619,7 +624,7 @@ def test_overlap_launch_pairs_the_c128a_kernels():
     off = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{overlap-launch=false}"
     assert _lower("c128a_store", off).get("grid_dependency") is None
     text = emit(store, pipeline)
-    assert "PROGRAMMATIC = True" in text
+    assert launch_info(store).programmatic and "programmatic true" in text
     # the wait sits after the metadata and operand loads, right before the pooled rows are read
     fast = text[text.index("if ctas >= num_rows:"):]
     assert fast.index("rCos = ") < fast.index("griddepcontrol_wait()") < fast.index("compressed_kv + ")
@@ -627,7 +632,7 @@ def test_overlap_launch_pairs_the_c128a_kernels():
     body_end = text.index("C128aStoreH512Q64R64Bf16.kernel.set_name_prefix")
     assert text[:body_end].rstrip().endswith("cute.arch.griddepcontrol_wait()")
     trigger = emit(compress, pipeline)
-    assert "PROGRAMMATIC = False" in trigger and "griddepcontrol_launch_dependents()" in trigger
+    assert not launch_info(compress).programmatic and "griddepcontrol_launch_dependents()" in trigger
     with pytest.raises(VerifyError, match="grid_dependency='wait': needs a kernel with cc.load_rows"):
         verify(compress.with_sched(grid_dependency="wait"))
     with pytest.raises(VerifyError, match="grid_dependency='x': must be 'wait'"):

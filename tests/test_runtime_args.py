@@ -10,7 +10,9 @@ import pytest
 from compressc.runtime.args import ArgPacker, launch_grid, pack_args, parse_grid
 from compressc.specs import default_specs, make_spec
 from compressc.specs.abi import Param, abi
+from compressc.specs.launch import GridRule
 
+_rule = parse_grid  # the tests spell rules as the manifest does
 _CTYPE = {"ptr": ctypes.c_uint64, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
 
 
@@ -137,7 +139,7 @@ def test_arg_packer_buffers_are_per_thread():
 @pytest.mark.parametrize("policy", ["wave:1", "wave:8", "wave:32"])
 @pytest.mark.parametrize("resident", [0, 1, 3])
 def test_tiled_grid_is_one_wave_covering_every_row(policy, rows, resident):
-    grid = launch_grid(policy, rows, sm_count=132, resident=resident)
+    grid = launch_grid(_rule(policy), rows, sm_count=132, resident=resident)
     per_cta = -(-rows // grid)  # what the kernel derives from gridDim
     assert (grid - 1) * per_cta < rows <= grid * per_cta  # every CTA owns at least one row
     per_sm = int(policy.split(":")[1])
@@ -145,34 +147,34 @@ def test_tiled_grid_is_one_wave_covering_every_row(policy, rows, resident):
 
 
 def test_tiled_grid_is_one_cta_per_row_until_the_cap():
-    assert launch_grid("wave:32", 4224, 132) == 4224
-    assert launch_grid("wave:32", 16384, 132) == 4096  # four rows a CTA: one C4A boundary in prefill
-    assert launch_grid("wave:8", 16384, 132) == 1024
+    assert launch_grid(_rule("wave:32"), 4224, 132) == 4224
+    assert launch_grid(_rule("wave:32"), 16384, 132) == 4096  # four rows a CTA: one C4A boundary in prefill
+    assert launch_grid(_rule("wave:8"), 16384, 132) == 1024
     # C128A compress: 512 threads x 122 registers, the SM holds one CTA, not the 4 its thread
     # slots would: a 528-CTA grid would run its active rows in four waves
-    assert launch_grid("wave:4", 16384, 132, resident=1) == 132
+    assert launch_grid(_rule("wave:4"), 16384, 132, resident=1) == 132
 
 
 def test_rows_grid_and_empty_launches():
-    assert launch_grid("rows", 16384, 132) == 16384
-    assert launch_grid("wave:32", 0, 132) == 0 and launch_grid("rows", 0, 132) == 0
+    assert launch_grid(_rule("rows"), 16384, 132) == 16384
+    assert launch_grid(_rule("wave:32"), 0, 132) == 0 and launch_grid(_rule("rows"), 0, 132) == 0
 
 
 def test_runs_grid_is_one_row_per_cta_until_the_sms_are_full_then_runs():
-    assert launch_grid("runs:4", 16384, 132) == 4096
-    assert launch_grid("runs:4", 16385, 132) == 4097  # the last run is partial
-    assert launch_grid("runs:8", 1, 132) == 1 and launch_grid("runs:4", 0, 132) == 0
+    assert launch_grid(_rule("runs:4"), 16384, 132) == 4096
+    assert launch_grid(_rule("runs:4"), 16385, 132) == 4097  # the last run is partial
+    assert launch_grid(_rule("runs:8"), 1, 132) == 1 and launch_grid(_rule("runs:4"), 0, 132) == 0
     # 5 resident CTAs per SM: 660 one-row CTAs fit, so T=512 runs one row each ...
-    assert launch_grid("runs:4", 512, 132, resident=5) == 512
+    assert launch_grid(_rule("runs:4"), 512, 132, resident=5) == 512
     # ... and T=1000 two rows each (ceil(1000 / 660) = 2), T=16384 the full run of 4
-    assert launch_grid("runs:4", 1000, 132, resident=5) == 500
-    assert launch_grid("runs:4", 16384, 132, resident=5) == 4096
+    assert launch_grid(_rule("runs:4"), 1000, 132, resident=5) == 500
+    assert launch_grid(_rule("runs:4"), 16384, 132, resident=5) == 4096
 
 
 @pytest.mark.parametrize("rows", [1, 7, 33, 661, 1000, 2641, 16384, 100_000])
 @pytest.mark.parametrize("resident", [0, 1, 5, 32])
 def test_runs_grid_never_asks_for_more_rows_than_the_kernel_unrolls(rows, resident):
-    grid = launch_grid("runs:4", rows, 132, resident)
+    grid = launch_grid(_rule("runs:4"), rows, 132, resident)
     per_cta = -(-rows // grid)  # what the kernel derives from gridDim
     assert 1 <= per_cta <= 4 and (grid - 1) * per_cta < rows <= grid * per_cta
 
@@ -180,14 +182,14 @@ def test_runs_grid_never_asks_for_more_rows_than_the_kernel_unrolls(rows, reside
 def test_an_older_tiled_kernel_is_refused_not_launched_with_longer_runs():
     # kernels built before blocks of 32 rows read one ballot: more than 32 rows would be skipped
     with pytest.raises(ValueError, match="older compressc .*Rebuild them: compressc build"):
-        launch_grid("tiled:4", 16384, 132, resident=1)
+        launch_grid(_rule("tiled:4"), 16384, 132, resident=1)
 
 
 @pytest.mark.parametrize("policy", ["tiles:4", "wave:", "wave:0", "wave:x", "runs:", "runs:0", ""])
 def test_unknown_grid_policy_is_refused(policy):
     with pytest.raises(ValueError, match=r"expected 'rows', 'wave:<CTAs per SM>\[,cluster:<S>\]' or "
                                          "'runs:<rows per CTA>'"):
-        launch_grid(policy, 10, 132)
+        launch_grid(_rule(policy), 10, 132)
 
 
 @pytest.mark.parametrize(
@@ -195,21 +197,24 @@ def test_unknown_grid_policy_is_refused(policy):
 )
 def test_bad_cluster_suffix_is_refused(policy):
     with pytest.raises(ValueError, match="a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"):
-        launch_grid(policy, 10, 132)
+        launch_grid(_rule(policy), 10, 132)
 
 
 def test_cluster_grid_counts_clusters():
     # one row per cluster while clusters last: 4 rows -> 4 clusters of 4 CTAs
-    assert launch_grid("wave:2,cluster:4", 4, 132, resident=1) == 16
+    assert launch_grid(_rule("wave:2,cluster:4"), 4, 132, resident=1) == 16
     # a wave of 132 * 1 / 4 = 33 clusters: 16384 rows -> 497 rows a cluster, 33 clusters
-    assert launch_grid("wave:2,cluster:4", 16384, 132, resident=1) == 33 * 4
+    assert launch_grid(_rule("wave:2,cluster:4"), 16384, 132, resident=1) == 33 * 4
     # the driver's count of co-resident clusters caps the SM arithmetic (GPC boundaries)
-    assert launch_grid("wave:2,cluster:4", 16384, 132, resident=2, max_clusters=64) == 64 * 4
-    assert launch_grid("wave:1,cluster:4", 16384, 132, resident=2, max_clusters=64) == 33 * 4  # N caps too
+    assert launch_grid(_rule("wave:2,cluster:4"), 16384, 132, resident=2, max_clusters=64) == 64 * 4
+    # N caps too
+    assert launch_grid(_rule("wave:1,cluster:4"), 16384, 132, resident=2, max_clusters=64) == 33 * 4
     # 100 rows over 16 clusters: 7 rows a cluster, so 15 clusters
-    assert launch_grid("wave:2,cluster:8", 100, 132, resident=1, max_clusters=16) == 15 * 8
-    assert parse_grid("wave:8,cluster:2") == ("wave", 8, 2)
-    assert parse_grid("runs:4") == ("runs", 4, 1)
+    assert launch_grid(_rule("wave:2,cluster:8"), 100, 132, resident=1, max_clusters=16) == 15 * 8
+    assert parse_grid("wave:8,cluster:2") == GridRule("wave", 8, 2)
+    assert parse_grid("runs:4") == GridRule("runs", 4, 1)
+    for text in ("rows", "runs:4", "wave:8", "wave:8,cluster:2"):
+        assert parse_grid(text).spelling() == text
 
 
 def test_cluster_launch_config_carries_the_cluster_dimension():

@@ -14,11 +14,12 @@ from compressc import __version__
 from compressc.cache.arch import normalize_arch
 from compressc.cache.key import canonical_json, hash_ingredients, key_ingredients, source_fingerprint
 from compressc.ir.from_spec import module_from_spec
+from compressc.ir.launch import launch_info
 from compressc.ir.printer import print_module
 from compressc.kernels.emitter import emit
 from compressc.passes.manager import PassManager, parse_pipeline, pipeline_string, resolve_pipeline
-from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
+from compressc.specs.launch import LaunchInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class BuildPlan:
     lowered_ir: str
     source: str
     key: str
+    launch: LaunchInfo  # of the lowered module: what the manifest records and the cubin must match
     ingredients: str = ""  # canonical JSON of the key ingredients: sha256(ingredients) == key
 
     @property
@@ -50,7 +52,8 @@ def plan(spec: KernelSpec, arch: str, pipeline: str = "default", *, fingerprint:
     ingredients = _ingredients(spec_ir, canonical, arch, fingerprint, toolchain)
     lowered = PassManager(passes).run(module)
     return BuildPlan(spec, arch, canonical, spec_ir, print_module(lowered), emit(lowered, canonical),
-                     hash_ingredients(ingredients), canonical_json(ingredients).decode())
+                     hash_ingredients(ingredients), launch_info(lowered),
+                     canonical_json(ingredients).decode())
 
 
 def plan_ingredients(spec: KernelSpec, arch: str, pipeline: str = "default", *,
@@ -82,13 +85,17 @@ def plan_many(
 
 def entry_files(p: BuildPlan, artifacts) -> tuple[dict, dict[str, bytes | str]]:
     """The manifest and files of a finished build, after checking the cubin's ABI."""
-    from compressc.cache.compile import toolchain_fingerprint
+    from compressc.cache.compile import CompileError, toolchain_fingerprint
     from compressc.cache.cubin import check_cubin
     from compressc.cache.manifest import make_manifest
 
-    params = abi(p.spec)
-    check_cubin(artifacts.cubin, artifacts.entry, list(params), artifacts.block, arch=p.arch)
-    manifest = make_manifest(key=p.key, kernel=p.spec.kernel, variant=p.spec.variant, params=params,
+    launch = p.launch
+    if (artifacts.entry, tuple(artifacts.block)) != (launch.entry, launch.block):
+        raise CompileError(f"{p.label}: the compiled module's entry {artifacts.entry!r} and block "
+                           f"{artifacts.block} differ from the lowered module's "
+                           f"{launch.entry!r}, {launch.block}")
+    check_cubin(artifacts.cubin, launch.entry, list(launch.params), launch.block, arch=p.arch)
+    manifest = make_manifest(key=p.key, kernel=p.spec.kernel, variant=p.spec.variant, launch=launch,
                              artifacts=artifacts, toolchain=toolchain_fingerprint(), pipeline=p.pipeline)
     files: dict[str, bytes | str] = {
         "kernel.cubin": artifacts.cubin,

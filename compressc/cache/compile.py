@@ -3,7 +3,7 @@
 The only module besides emitted kernels that imports `cutlass`, and only inside
 functions: importing this module costs nothing, so keys and stores stay fast.
 
-An emitted module defines ENTRY, KERNEL, compile_args(), BLOCK, GRID, SMEM_DYNAMIC and
+An emitted module defines ENTRY, KERNEL, compile_args(), BLOCK and
 names its `@cute.kernel` with `set_name_prefix(ENTRY, ...)`, so CuTe DSL calls the PTX
 entry `ENTRY_0`; the driver renames it to ENTRY before nvJitLink turns it into SASS.
 """
@@ -47,7 +47,9 @@ _DSL_OUTPUT_VARS = (
     "TOLERATE_M2M",
     "COMPILER_BACKEND",
 )
-_CONTRACT = {"ENTRY": str, "BLOCK": tuple, "GRID": str, "SMEM_DYNAMIC": int}
+# The rest of the launch (grid rule, dynamic smem, programmatic launch) is not read back from
+# the source: the build takes it from the lowered module (compressc.ir.launch.launch_info).
+_CONTRACT = {"ENTRY": str, "BLOCK": tuple}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the DSL colours its diagnostics
 K = TypeVar("K")
 
@@ -78,11 +80,8 @@ class Artifacts:
     cubin: bytes
     report: Resources
     block: tuple[int, int, int]
-    grid: str
-    smem_dynamic: int
     seconds: float
     log: str  # nvJitLink's -verbose report, timing lines dropped
-    programmatic: bool = False  # launch with programmatic stream serialization (it waits itself)
 
 
 # -- toolchain ------------------------------------------------------------------------
@@ -205,11 +204,8 @@ def compile_source(source: str, arch: str) -> Artifacts:
         cubin=cubin,
         report=report,
         block=module.BLOCK,
-        grid=module.GRID,
-        smem_dynamic=module.SMEM_DYNAMIC,
         seconds=round(time.perf_counter() - started, 3),
         log=log,
-        programmatic=bool(getattr(module, "PROGRAMMATIC", False)),
     )
 
 

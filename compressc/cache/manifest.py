@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from compressc import __version__
@@ -22,6 +21,7 @@ from compressc.specs.abi import CTYPE_SIZE, Param
 
 if TYPE_CHECKING:
     from compressc.cache.compile import Artifacts
+    from compressc.specs.launch import LaunchInfo
 
 MANIFEST_FORMAT = 1
 CUBIN_FILE = "kernel.cubin"
@@ -48,13 +48,14 @@ def make_manifest(
     key: str,
     kernel: str,
     variant: str,
-    params: Sequence[Param],
+    launch: LaunchInfo,
     artifacts: Artifacts,
     toolchain: dict[str, str],
     pipeline: str,
     compressc_version: str = __version__,
 ) -> dict[str, Any]:
-    """The manifest of one build; `artifacts` is what compile_source returned."""
+    """The manifest of one build: `launch` is the lowered module's launch record, `artifacts`
+    what compile_source returned (entry and block already checked against `launch`)."""
     report = artifacts.report
     return {
         "format": MANIFEST_FORMAT,
@@ -63,11 +64,12 @@ def make_manifest(
         "kernel": kernel,
         "variant": variant,
         "arch": artifacts.arch,
-        "entry": artifacts.entry,
-        "params": [{"name": p.name, "kind": p.kind, "dtype": p.dtype, "align": p.align} for p in params],
-        "block": list(artifacts.block),
-        "grid": artifacts.grid,
-        "smem_dynamic": artifacts.smem_dynamic,
+        "entry": launch.entry,
+        "params": [{"name": p.name, "kind": p.kind, "dtype": p.dtype, "align": p.align}
+                   for p in launch.params],
+        "block": list(launch.block),
+        "grid": launch.grid.spelling(),
+        "smem_dynamic": launch.smem_dynamic,
         "smem_static": report.smem_static,
         "registers": report.registers,
         "spill_stores": report.spill_stores,
@@ -79,7 +81,7 @@ def make_manifest(
         "toolchain": dict(toolchain),
         "pipeline": pipeline,
         "compile_seconds": artifacts.seconds,
-        "programmatic": artifacts.programmatic,
+        "programmatic": launch.programmatic,
     }
 
 

@@ -12,7 +12,7 @@ differ from a kernel's only as SPEC.md §6 allows. A schedule bug (a lane owning
 wrong channels, a shuffle mask leaving its group, a merge out of order) therefore
 shows up on a CPU, against `compressc.reference`.
 
-Arguments use the ABI names of `compressc.specs.abi.abi(spec)`: pointers are NumPy
+Arguments use the ABI names of the module's `cc.arg` ops: pointers are NumPy
 arrays addressed flat from their first element (C-contiguous), scalars are numbers.
 `rms_norm_weight` is given as fp32 values (a bf16 weight converted exactly).
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from compressc.ir.core import Module
-from compressc.ir.from_spec import spec_from_module
 from compressc.ir.interp_stages import STAGES, Lanes, Memory
+from compressc.ir.launch import module_abi
 from compressc.ir.verifier import VerifyError, verify
 from compressc.specs.abi import abi
 
@@ -70,7 +70,7 @@ def lane_channels(module: Module) -> np.ndarray:
 
 def _memory(module: Module, args: Mapping[str, Value]) -> Memory:
     mem = Memory()
-    for p in abi(spec_from_module(module)):
+    for p in module_abi(module):
         if p.name not in args:
             raise ValueError(f"argument {p.name!r} is missing (the {module.name} ABI needs it)")
         value = args[p.name]

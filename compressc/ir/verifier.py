@@ -76,15 +76,40 @@ def _verify_spec(module: Module) -> None:
     from compressc.ir.from_spec import spec_from_module
 
     try:
-        spec_from_module(module)
+        spec = spec_from_module(module)
     except SpecError as err:
         raise _fail(module, None, err.field, err.value, err.rule) from None
+    _verify_args(module, spec)
     for op in module.iter("cc.quant"):
         lo, hi = op.attr("channels")  # type: ignore[misc]
         if op.attr("format") == "f32scale_e4m3" and op.attr("block") != hi - lo:
             raise _fail(module, op, "block", op.attr("block"),
                         f"must equal the {hi - lo} quantised channels: the indexer_fp8 layout "
                         "holds one fp32 scale per token")
+
+
+def _verify_args(module: Module, spec) -> None:
+    """The `cc.arg` ops are the kernel's C ABI (the emitter and the manifest read them): they
+    must declare exactly the parameters the spec's kernel takes, in order."""
+    from compressc.ir.launch import module_abi
+    from compressc.specs.abi import abi
+
+    want, args = abi(spec), list(module.iter("cc.arg"))
+    for i, (op, param) in enumerate(zip(module_abi(module), want, strict=False)):
+        for field in ("name", "kind", "dtype", "align"):
+            got, need = getattr(op, field), getattr(param, field)
+            if got != need:
+                raise _fail(module, args[i], field, got,
+                            f"must be {need!r}: parameter {i} of the {spec.kernel} ABI is {_spell(param)}")
+    if len(args) != len(want):
+        names = ", ".join(p.name for p in want)
+        raise _fail(module, None, "cc.arg", len(args), f"must declare the {len(want)} parameters {names}")
+
+
+def _spell(param) -> str:
+    if param.kind != "ptr":
+        return f"{param.kind} {param.name}"
+    return f"{param.name}: {param.dtype}* aligned to {param.align} bytes"
 
 
 def _pow2(n: int) -> bool:

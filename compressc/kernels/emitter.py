@@ -2,8 +2,9 @@
 
 The emitter imports nothing from cutlass: it writes Python source text, so what it
 produces can be read, diffed and tested on any machine. The module it writes obeys
-the contract the compile driver relies on (`ENTRY`, `KERNEL`, `BLOCK`, `GRID`,
-`SMEM_DYNAMIC`, `PROGRAMMATIC`, `compile_args()`).
+the contract the compile driver relies on (`ENTRY`, `KERNEL`, `BLOCK`, `compile_args()`);
+the rest of the launch record (`compressc.ir.launch.launch_info`) is the build's, not
+read back from this source.
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ import hashlib
 from compressc import __version__
 from compressc.ir.core import Module
 from compressc.ir.from_spec import spec_from_module
+from compressc.ir.launch import launch_info
 from compressc.ir.printer import print_module
 from compressc.ir.verifier import VerifyError
 from compressc.kernels.source import Source
 from compressc.kernels.stages import emit_body
-from compressc.specs.abi import abi
+from compressc.specs.launch import LaunchInfo
 
 CUTE_TYPES = {"f32": "Float32", "bf16": "BFloat16", "i32": "Int32", "i64": "Int64", "u8": "Uint8"}
 FAKE_SCALARS = {"i32": "Int32(1)", "i64": "Int64(1)", "f32": "Float32(1e-6)"}
-
-
-def entry_name(module: Module) -> str:
-    return f"cutlass_{module.name}"
 
 
 def class_name(module: Module) -> str:
@@ -63,31 +61,21 @@ def emit(module: Module, pipeline: str) -> str:
     """The CuTe DSL source of `module`, deterministic for a given module and pipeline."""
     _require_lowered(module)
     spec = spec_from_module(module)
-    params = abi(spec)
-    names = ", ".join(p.name for p in params)
+    launch = launch_info(module)
+    params = launch.params
     typed = ", ".join(f"{p.name}: {_annotation(p.kind)}" for p in params)
-    threads = int(module.get("threads"))  # type: ignore[arg-type]
+    threads = launch.threads
     src = Source()
-    _header(src, module, pipeline)
+    _header(src, module, pipeline, launch)
     src.line(f"class {class_name(module)}:")
     with src.indent():
         src.line(f'"""{spec.kernel} kernel, head {spec.head}, quant block {spec.quant_block}: '
-                 f'CTAs of {threads} threads; {_grid_doc(module)}."""')
+                 f'CTAs of {threads} threads; {_grid_doc(launch)}."""')
         src.blank()
         src.line("@cute.jit")
         src.line(f"def __call__(self, {typed}):")
         with src.indent():
-            occupancy = int(module.get("min_ctas_per_sm", 0))  # type: ignore[arg-type]
-            bounds = ""
-            if occupancy:
-                # .minnctapersm: ptxas keeps registers low enough for this many CTAs per SM
-                # (the carveout is a host-side launch attribute; the loader does not use it)
-                bounds = f", min_blocks_per_mp={occupancy}, preferred_smem_carveout=-1"
-            cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-            if cluster > 1:
-                # a launch attribute, not in the PTX: the runtime launches with the manifest's cluster
-                bounds += f", cluster=[{cluster}, 1, 1]"
-            src.line(f"self.kernel({names}).launch(grid=[num_rows, 1, 1], block=[{threads}, 1, 1]{bounds})")
+            _launch(src, launch)
         src.blank()
         src.line("@cute.kernel")
         src.line(f"def kernel(self, {typed}):")
@@ -97,38 +85,41 @@ def emit(module: Module, pipeline: str) -> str:
     return src.text()
 
 
-def grid_policy(module: Module) -> str:
-    """The launch rule the runtime reads from the manifest: "rows", "wave:<ctas per SM>"
-    (a tiled kernel), "wave:<ctas per SM>,cluster:<S>" (tiled, launched as clusters of S
-    CTAs; a runtime that predates clusters refuses the rule instead of launching it
-    without) or "runs:<rows per CTA>"."""
-    if module.get("grid") == "rows":
-        return "rows"
-    if module.get("grid") == "runs":
-        return f"runs:{module.get('rows_per_cta')}"
-    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-    return f"wave:{module.get('ctas_per_sm')}" + (f",cluster:{cluster}" if cluster > 1 else "")
+def _launch(src: Source, launch: LaunchInfo) -> None:
+    names = ", ".join(p.name for p in launch.params)
+    bounds = ""
+    if launch.min_ctas_per_sm:
+        # .minnctapersm: ptxas keeps registers low enough for this many CTAs per SM
+        # (the carveout is a host-side launch attribute; the loader does not use it)
+        bounds = f", min_blocks_per_mp={launch.min_ctas_per_sm}, preferred_smem_carveout=-1"
+    if launch.grid.cluster > 1:
+        # a launch attribute, not in the PTX: the runtime launches with the manifest's cluster
+        bounds += f", cluster=[{launch.grid.cluster}, 1, 1]"
+    block = ", ".join(map(str, launch.block))
+    src.line(f"self.kernel({names}).launch(grid=[num_rows, 1, 1], block=[{block}]{bounds})")
 
 
-def _grid_doc(module: Module) -> str:
-    if module.get("grid") == "rows":
-        return "one CTA per launched row"
-    if module.get("grid") == "runs":
-        return (f"each CTA takes a run of {module.get('rows_per_cta')} launched rows, unrolled, "
-                "and pools only the active ones")
-    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-    if cluster > 1:
-        return (f"clusters of {cluster} CTAs (at most {module.get('ctas_per_sm')} CTAs per SM), each "
-                "looping over a run of launched rows and pooling 1/" f"{cluster} of each active row's window")
-    return (f"at most {module.get('ctas_per_sm')} CTAs per SM, each looping over a run of "
-            "launched rows and pooling only the active ones")
+_GRID_DOCS = {
+    "rows": "one CTA per launched row",
+    "runs": "each CTA takes a run of {count} launched rows, unrolled, and pools only the active ones",
+    "wave": "at most {count} CTAs per SM, each looping over a run of launched rows and pooling only "
+            "the active ones",
+    "cluster": "clusters of {cluster} CTAs (at most {count} CTAs per SM), each looping over a run of "
+               "launched rows and pooling 1/{cluster} of each active row's window",
+}
+
+
+def _grid_doc(launch: LaunchInfo) -> str:
+    grid = launch.grid
+    doc = _GRID_DOCS["cluster" if grid.cluster > 1 else grid.kind]
+    return doc.format(count=grid.count, cluster=grid.cluster)
 
 
 def _annotation(kind: str) -> str:
     return "cute.Pointer" if kind == "ptr" else CUTE_TYPES[kind]
 
 
-def _header(src: Source, module: Module, pipeline: str) -> None:
+def _header(src: Source, module: Module, pipeline: str, launch: LaunchInfo) -> None:
     src.line(f"# Generated by compressc {__version__}; do not edit.")
     src.line(f"# variant:   {module.name}")
     src.line(f"# spec hash: {spec_hash(module)}")
@@ -141,12 +132,11 @@ def _header(src: Source, module: Module, pipeline: str) -> None:
     src.blank()
     src.line("from compressc.kernels import cute_ops as ops")
     src.blank()
-    src.line(f'ENTRY = "{entry_name(module)}"')
-    src.line(f"BLOCK = ({module.get('threads')}, 1, 1)")
-    src.line(f'GRID = "{grid_policy(module)}"')
-    src.line(f"SMEM_DYNAMIC = {int(module.get('smem_dynamic', 0))}")  # type: ignore[arg-type]
-    # launched with programmatic stream serialization: it waits for the previous grid itself
-    src.line(f"PROGRAMMATIC = {module.get('grid_dependency') == 'wait'}")
+    # the launch record travels in the build plan and the manifest, not in this source
+    src.line(f"# launch:    grid {launch.grid.spelling()}, dynamic smem {launch.smem_dynamic} B, "
+             f"programmatic {str(launch.programmatic).lower()}")
+    src.line(f'ENTRY = "{launch.entry}"')
+    src.line(f"BLOCK = {launch.block}")
     src.line("LOG2E = 1.4426950408889634")
     src.blank()
 

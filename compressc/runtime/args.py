@@ -13,7 +13,8 @@ import struct
 import threading
 from collections.abc import Mapping, Sequence
 
-from compressc.specs.abi import CLUSTER_SIZES, Param
+from compressc.specs.abi import Param
+from compressc.specs.launch import GridRule, rule_problem
 
 Scalar = int | float
 
@@ -130,44 +131,20 @@ class ArgPacker:
 
 
 # -- launch grid ------------------------------------------------------------------------
-STALE_TILED = (
-    "the launch rule of tiled kernels built by an older compressc (at most 32 rows per CTA); "
-    "today's tiled kernels say 'wave:<CTAs per SM>'. Rebuild them: compressc build --arch <arch>"
-)
-
-
 def grid_rule_problem(policy: str) -> str | None:
     """What is wrong with a manifest's grid rule, or None when the runtime can launch it."""
-    if policy == "rows":
-        return None
-    rule, comma, suffix = policy.partition(",")
-    kind, _, count = rule.partition(":")
-    if kind == "tiled":
-        return STALE_TILED
-    if comma:
-        name, _, size = suffix.partition(":")
-        if kind != "wave" or name != "cluster" or size not in [str(c) for c in CLUSTER_SIZES if c > 1]:
-            return "a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"
-    if kind not in ("wave", "runs") or not count.isdigit() or int(count) <= 0:
-        return "expected 'rows', 'wave:<CTAs per SM>[,cluster:<S>]' or 'runs:<rows per CTA>'"
-    return None
+    return rule_problem(policy)
 
 
-def parse_grid(policy: str) -> tuple[str, int, int]:
-    """(kind, count, cluster) of a manifest's grid rule: ("rows", 0, 1), ("wave", N, S) or
-    ("runs", R, 1); ValueError naming the rule otherwise."""
-    problem = grid_rule_problem(policy)
-    if problem is not None:
-        raise ValueError(f"grid policy {policy!r}: {problem}")
-    if policy == "rows":
-        return "rows", 0, 1
-    rule, _, suffix = policy.partition(",")
-    kind, _, count = rule.partition(":")
-    return kind, int(count), int(suffix.partition(":")[2]) if suffix else 1
+def parse_grid(policy: str) -> GridRule:
+    """The typed rule of a manifest's grid text (parsed once, when a kernel is loaded);
+    GridRuleError (a ValueError) naming the rule otherwise."""
+    return GridRule.parse(policy)
 
 
-def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, max_clusters: int = 0) -> int:
-    """CTAs to launch for `num_rows` launched rows under a manifest's grid `policy`.
+def launch_grid(rule: GridRule, num_rows: int, sm_count: int, resident: int = 0,
+                max_clusters: int = 0) -> int:
+    """CTAs to launch for `num_rows` launched rows under a kernel's grid `rule`.
 
     "rows": one CTA per row. "wave:N" (a tiled kernel): one wave of at most N CTAs per SM, and no more
     than the `resident` CTAs an SM can hold of this kernel (its occupancy, 0 = unknown):
@@ -183,7 +160,7 @@ def launch_grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, ma
     """
     if num_rows <= 0:
         return 0
-    kind, count, cluster = parse_grid(policy)
+    kind, count, cluster = rule.kind, rule.count, rule.cluster
     if kind == "rows":
         return num_rows
     if kind == "runs":

@@ -17,6 +17,7 @@ from cuda.bindings import driver
 
 from compressc.runtime.args import launch_grid, parse_grid
 from compressc.runtime.resolve import KernelImage, arch_for_capability, arch_runs_on
+from compressc.specs.launch import GridRule
 
 _DEFAULT_SMEM_LIMIT = 48 * 1024  # bytes of dynamic smem a launch gets without opting in
 _LOCK = threading.Lock()
@@ -114,7 +115,7 @@ class LoadedKernel:
     smem_dynamic: int
     module: driver.CUmodule
     function: driver.CUfunction
-    grid: str = "rows"  # the manifest's launch rule, see compressc.runtime.args.launch_grid
+    grid: GridRule = GridRule("rows")  # the manifest's launch rule, see compressc.runtime.args.launch_grid
     sm_count: int = 1
     resident: int = 0  # CTAs of this kernel one SM holds (the driver's occupancy); 0 = unknown
     cluster: int = 1  # CTAs per thread-block cluster (the grid rule's ',cluster:S')
@@ -217,8 +218,8 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
     hint = f" while loading {image.entry} from {image.origin}"
     if torch.cuda.is_current_stream_capturing():
         hint += "; run the op once before CUDA graph capture so its kernel is loaded"
-    grid = str(image.manifest.get("grid", "rows"))
-    cluster = parse_grid(grid)[2]  # a bad rule fails here, before anything is loaded
+    grid = parse_grid(str(image.manifest.get("grid", "rows")))  # once: a bad rule fails before loading
+    cluster = grid.cluster
     # The driver copies the image during the call; the buffer only has to outlive it.
     buffer = ctypes.create_string_buffer(image.cubin, len(image.cubin))
     module = _check("cuModuleLoadData", driver.cuModuleLoadData(ctypes.addressof(buffer)), hint)

@@ -163,10 +163,9 @@ def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
     gridDim); a "runs:R" kernel unrolls at most R rows, so it gets min(per_cta, R); a
     "wave:N" (tiled) kernel takes any run, a clustered one per cluster of CTAs."""
     from compressc.runtime import loader as loader_module
-    from compressc.runtime.args import parse_grid
 
-    def grid(policy: str, num_rows: int, sm_count: int, resident: int = 0, max_clusters: int = 0) -> int:
-        kind, count, cluster = parse_grid(policy)
+    def grid(rule, num_rows: int, sm_count: int, resident: int = 0, max_clusters: int = 0) -> int:
+        kind, count, cluster = rule.kind, rule.count, rule.cluster
         if num_rows <= 0 or kind == "rows":
             return max(num_rows, 0)
         run = min(per_cta, count) if kind == "runs" else per_cta

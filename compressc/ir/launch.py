@@ -1,0 +1,53 @@
+"""The launch facts and the C ABI of a lowered module, derived in one place.
+
+The ABI is read from the module's `cc.arg` ops (the verifier checks them against the
+spec); the launch record from its schedule fields. The emitter, the compile driver, the
+manifest and the interpreter all take them from here.
+"""
+
+from __future__ import annotations
+
+from compressc.ir.core import Module
+from compressc.specs.abi import Param
+from compressc.specs.launch import GridRule, LaunchInfo
+
+
+def module_abi(module: Module) -> tuple[Param, ...]:
+    """The kernel's parameters in declaration order, as its `cc.arg` ops give them."""
+    params = []
+    for op in module.iter("cc.arg"):
+        kind = str(op.attr("kind"))
+        if kind == "ptr":
+            params.append(Param(str(op.attr("name")), kind, str(op.attr("dtype")), int(op.attr("align"))))  # type: ignore[arg-type]
+        else:
+            params.append(Param(str(op.attr("name")), kind))
+    return tuple(params)
+
+
+def entry_name(module: Module) -> str:
+    # ptxas treats entries named cutlass_* as CuTe DSL's own (DESIGN.md §3)
+    return f"cutlass_{module.name}"
+
+
+def grid_rule(module: Module) -> GridRule:
+    """The module's grid: "rows", "runs:<rows per CTA>" or "wave:<CTAs per SM>[,cluster:S]"."""
+    grid = module.get("grid")
+    if grid == "rows":
+        return GridRule("rows")
+    if grid == "runs":
+        return GridRule("runs", int(module.get("rows_per_cta")))  # type: ignore[arg-type]
+    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    return GridRule("wave", int(module.get("ctas_per_sm")), cluster)  # type: ignore[arg-type]
+
+
+def launch_info(module: Module) -> LaunchInfo:
+    """The launch record of a lowered module (thread-map and window-prefetch have run)."""
+    return LaunchInfo(
+        entry=entry_name(module),
+        params=module_abi(module),
+        block=(int(module.get("threads")), 1, 1),  # type: ignore[arg-type]
+        grid=grid_rule(module),
+        smem_dynamic=int(module.get("smem_dynamic", 0)),  # type: ignore[arg-type]
+        programmatic=module.get("grid_dependency") == "wait",
+        min_ctas_per_sm=int(module.get("min_ctas_per_sm", 0)),  # type: ignore[arg-type]
+    )

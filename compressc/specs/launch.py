@@ -1,0 +1,111 @@
+"""How a kernel is launched, as typed records: its grid rule and its launch facts.
+
+`LaunchInfo` is derived once from the lowered module (`compressc.ir.launch.launch_info`),
+emitted into the kernel's `@cute.jit` launch, written to the manifest, and parsed back
+once when the runtime loads the kernel (`GridRule.parse`), never on a launch. Pure
+standard library: the runtime reads it with CuTe DSL not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compressc.specs.abi import CLUSTER_SIZES, Param
+
+GRID_KINDS = ("rows", "runs", "wave")
+STALE_TILED = (
+    "the launch rule of tiled kernels built by an older compressc (at most 32 rows per CTA); "
+    "today's tiled kernels say 'wave:<CTAs per SM>'. Rebuild them: compressc build --arch <arch>"
+)
+
+
+class GridRuleError(ValueError):
+    """A grid rule the runtime cannot launch; the message names the rule and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class GridRule:
+    """Which CTAs a launch of T rows gets (`compressc.runtime.args.launch_grid`).
+
+    kind "rows": one CTA per launched row; "runs": a CTA per run of at most `count`
+    rows, unrolled; "wave": one wave of at most `count` CTAs per SM looping over their
+    rows, in thread-block clusters of `cluster` CTAs when `cluster` > 1.
+    """
+
+    kind: str
+    count: int = 0
+    cluster: int = 1
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise GridRuleError(f"grid rule {self!r}: {problem}")
+
+    def _problem(self) -> str | None:
+        if self.kind not in GRID_KINDS:
+            return f"kind must be one of {', '.join(GRID_KINDS)}"
+        if (self.kind == "rows") != (self.count == 0) or self.count < 0:
+            return "'rows' takes no count; 'runs' and 'wave' take a positive one"
+        if self.cluster not in CLUSTER_SIZES or (self.cluster > 1 and self.kind != "wave"):
+            return "a cluster of 2, 4 or 8 CTAs needs the 'wave' kind"
+        return None
+
+    def spelling(self) -> str:
+        """The manifest's text: "rows", "runs:R", "wave:N" or "wave:N,cluster:S"."""
+        if self.kind == "rows":
+            return "rows"
+        suffix = f",cluster:{self.cluster}" if self.cluster > 1 else ""
+        return f"{self.kind}:{self.count}{suffix}"
+
+    @classmethod
+    def parse(cls, text: str) -> GridRule:
+        """The inverse of `spelling`; GridRuleError naming the text otherwise."""
+        problem = rule_problem(text)
+        if problem is not None:
+            raise GridRuleError(f"grid rule {text!r}: {problem}")
+        if text == "rows":
+            return cls("rows")
+        rule, _, suffix = text.partition(",")
+        kind, _, count = rule.partition(":")
+        return cls(kind, int(count), int(suffix.partition(":")[2]) if suffix else 1)
+
+
+def rule_problem(text: str) -> str | None:
+    """What is wrong with a manifest's grid rule text, or None when it can be launched."""
+    if text == "rows":
+        return None
+    rule, comma, suffix = text.partition(",")
+    kind, _, count = rule.partition(":")
+    if kind == "tiled":
+        return STALE_TILED
+    if comma:
+        name, _, size = suffix.partition(":")
+        if kind != "wave" or name != "cluster" or size not in [str(c) for c in CLUSTER_SIZES if c > 1]:
+            return "a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"
+    if kind not in ("wave", "runs") or not count.isdigit() or int(count) <= 0:
+        return "expected 'rows', 'wave:<CTAs per SM>[,cluster:<S>]' or 'runs:<rows per CTA>'"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchInfo:
+    """Everything a loader needs to launch one kernel besides its cubin.
+
+    entry: the cubin's entry name; params: the C ABI (from the module's `cc.arg` ops);
+    block: threads per CTA; grid: the grid rule; smem_dynamic: dynamic shared memory
+    bytes (not recorded in the cubin); programmatic: launched with programmatic stream
+    serialization (it waits for the grid it overlaps itself); min_ctas_per_sm: the
+    occupancy ptxas was asked for (.minnctapersm), 0 when none.
+    """
+
+    entry: str
+    params: tuple[Param, ...]
+    block: tuple[int, int, int]
+    grid: GridRule
+    smem_dynamic: int = 0
+    programmatic: bool = False
+    min_ctas_per_sm: int = 0
+
+    @property
+    def threads(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
