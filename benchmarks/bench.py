@@ -19,6 +19,7 @@ costs, launch and ramp included, where the 2 GiB copy gives only the bandwidth.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -32,7 +33,7 @@ from compressc import reference
 from compressc.runtime.args import pack_args
 from compressc.runtime.loader import load_kernel
 from compressc.runtime.ops import _common_values, kernel_spec
-from compressc.runtime.resolve import find_kernel
+from compressc.runtime.resolve import KernelImage, find_kernel
 from compressc.runtime.validate import compressed_values
 from compressc.scenarios import make_scenario
 from compressc.specs.abi import abi
@@ -74,6 +75,15 @@ def _unique_bytes(spec, sc, active: torch.Tensor) -> int:
     return state + int(idx.numel()) * token + sc.T * 28
 
 
+def _image_by_variant(root: Path, spec) -> KernelImage:
+    for path in sorted(root.glob("*/*/manifest.json")):
+        manifest = json.loads(path.read_text())
+        if manifest.get("variant") == spec.variant:
+            cubin = (path.parent / manifest["cubin"]).read_bytes()
+            return KernelImage(manifest, cubin, f"before ({path.parent})")
+    raise SystemExit(f"--before {root}: no kernel of {spec.variant}")
+
+
 class Bench:
     def __init__(self, dirs: dict[str, Path], arch: str, reps: int) -> None:
         self.dirs = dirs
@@ -82,6 +92,8 @@ class Bench:
                        for _ in range(reps)]
 
     def kernel(self, impl: str, spec):
+        if impl == "before":  # an earlier build, found by variant: its keys are not today's
+            return load_kernel(_image_by_variant(self.dirs[impl], spec), torch.cuda.current_device())
         image = find_kernel(spec, self.arch, pack_roots=[], cache_dir=self.dirs[impl], allow_jit=False)
         return load_kernel(image, torch.cuda.current_device())
 
@@ -248,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--derived", type=Path, default=None,
                     help="kernel dir built with -p derived (the un-tuned default), shown as impl 'derived'")
     ap.add_argument("--baseline", type=Path, default=None, help="kernel dir built with -p baseline")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="kernel dir of an earlier build (impl 'before': the same kernels, side by side)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--kernel", action="append", choices=["c4a", "c128a", "indexer_fp8"], default=None)
     ap.add_argument("--scenario", action="append", choices=["prefill", "decode"], default=None)
@@ -259,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import print_table, write_results
 
     torch.cuda.init()
-    dirs = {"compressc": args.kernels, "derived": args.derived, "baseline": args.baseline}
+    dirs = {"compressc": args.kernels, "before": args.before, "derived": args.derived,
+            "baseline": args.baseline}
     dirs = {impl: d for impl, d in dirs.items() if d is not None}
     bench, slow = Bench(dirs, "sm_90a", args.reps), Bench({"compressc": args.kernels}, "sm_90a", 8)
     copy = copy_gbps()

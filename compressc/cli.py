@@ -180,34 +180,44 @@ def opt(
 
 
 @main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
 @_spec_options
-@click.option("-p", "--pipeline", default="default", show_default=True, help=PIPELINE_HELP)
+@click.option("-p", "--pipeline", default=None,
+              help=PIPELINE_HELP + " Default with --spec: default; a FILE is emitted as it is.")
 @click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
-def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline, arch):
-    """Print the CuTe DSL kernel module generated for one variant.
+def emit(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, arch):
+    """Print the CuTe DSL kernel module generated for one variant, or for a saved stage.
 
     \b
     Examples:
       compressc emit --spec c4a --head-size 512 --quant-block 64
       compressc emit --spec indexer_fp8 -p baseline > indexer.py
+      compressc opt --spec c4a > lowered.cir && compressc emit lowered.cir   (restart from text)
+      compressc emit spec.cir -p derived          (a spec-level file through a pipeline)
+
+    A FILE without -p must be lowered (`compressc opt` output, or a cache entry's
+    lowered.cir); its row loop is lowered to the kernel dialect first if it is not yet.
     """
+    from compressc.ir import ParseError, parse_module
     from compressc.ir.from_spec import module_from_spec
     from compressc.ir.verifier import VerifyError
     from compressc.kernels.emitter import emit as emit_source
-    from compressc.passes.manager import (
-        PassManager,
-        PipelineError,
-        parse_pipeline,
-        pipeline_string,
-    )
+    from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, pipeline_string
 
-    if kernel is None:
-        raise UserError("--spec is required (one of: " + ", ".join(KERNELS) + ")")
-    module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
+    if (file is None) == (kernel is None):
+        raise UserError("give exactly one of FILE or --spec (e.g. `compressc emit --spec c4a`)")
     try:
-        passes = parse_pipeline(_resolve(pipeline, module, arch))
-        click.echo(emit_source(PassManager(passes).run(module), pipeline_string(passes)), nl=False)
-    except (VerifyError, PipelineError) as err:
+        if file is not None:
+            module = parse_module(file.read_text(), str(file))
+            label = f"restarted from {file.name}"
+        else:
+            module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
+            pipeline = pipeline or "default"
+        if pipeline is not None:
+            passes = parse_pipeline(_resolve(pipeline, module, arch))
+            module, label = PassManager(passes).run(module), pipeline_string(passes)
+        click.echo(emit_source(module, label), nl=False)
+    except (ParseError, VerifyError, PipelineError) as err:
         raise UserError(str(err)) from None
 
 

@@ -71,7 +71,7 @@ def test_a_file_through_a_pipeline(spec_file: Path) -> None:
     assert result.stdout == print_module(_lowered())
     dumps = [line for line in result.stderr.splitlines() if line.startswith("// -----//")]
     passes = parse_pipeline(resolve_pipeline("default", module_from_spec(C4A), "sm_90a"))
-    assert dumps == [DUMP.format(p.spelling()) for p in passes]
+    assert dumps == [DUMP.format(p.spelling()) for p in passes] + [DUMP.format("lower-grid")]
 
 
 def test_a_saved_stage_restarts_the_pipeline(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def test_an_unknown_pass_gives_the_column() -> None:
     message = _error(_opt("--spec", "c4a", "-p", "thread-map,vectorise"))
     assert message.splitlines() == [
         "pipeline column 12: unknown pass 'vectorise'; passes: thread-map, vectorize, lower-reduction, "
-        "plan-smem, window-prefetch",
+        "plan-smem, window-prefetch, lower-grid",
         "  thread-map,vectorise",
         "             ^",
     ]

@@ -209,8 +209,9 @@ def test_passes_only_fill_schedule_fields(spec, pipeline: str) -> None:
 
 def test_every_pass_is_listed_once_with_a_kebab_case_name() -> None:
     names = [p.name for p in ALL_PASSES]
-    assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "window-prefetch"]
-    assert DEFAULT_PIPELINE == ",".join(names)
+    assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "window-prefetch",
+                     "lower-grid"]
+    assert DEFAULT_PIPELINE == ",".join(names[:-1])  # lower-grid ends every pipeline by itself
 
 
 # -- pipeline strings ------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ THREAD_MAP_OPTIONS = ", ".join(f.name.replace("_", "-") for f in dataclasses.fie
             "thread-map,bogus",
             12,
             "unknown pass 'bogus'; passes: thread-map, vectorize, lower-reduction, "
-            "plan-smem, window-prefetch",
+            "plan-smem, window-prefetch, lower-grid",
         ),
         (
             "thread-map{elems=4}",
@@ -287,7 +288,7 @@ def test_print_ir_after_all_dumps_every_stage() -> None:
     manager, printed = _manager(print_after_all=True)
     lowered = manager.run(module_from_spec(C4A))
     assert [p.splitlines()[0] for p in printed] == [
-        f"// -----// IR Dump After {name} //----- //" for name in DEFAULT_PIPELINE.split(",")
+        f"// -----// IR Dump After {name} //----- //" for name in [*DEFAULT_PIPELINE.split(","), "lower-grid"]
     ]
     assert printed[-1].split("\n", 1)[1] == print_module(lowered)
     assert "elems_per_lane = 8" in printed[0] and "vector_bits" not in printed[0]
@@ -310,9 +311,9 @@ def test_time_passes_reports_each_pass() -> None:
     assert len(printed) == 1
     lines = printed[0].splitlines()
     assert lines[0] == "// ----- Pass execution timing report ----- //"
-    assert [line.split()[-1] for line in lines[1:]] == DEFAULT_PIPELINE.split(",")
+    assert [line.split()[-1] for line in lines[1:]] == [*DEFAULT_PIPELINE.split(","), "lower-grid"]
     assert all(" ms (" in line for line in lines[1:])
-    assert [name for name, _ in manager.timings] == DEFAULT_PIPELINE.split(",")
+    assert [name for name, _ in manager.timings] == [*DEFAULT_PIPELINE.split(","), "lower-grid"]
 
 
 def test_manager_verifies_its_input_first() -> None:

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from compressc.ir.core import Module
-from compressc.ir.interp_stages import STAGES, Lanes, Memory
-from compressc.ir.launch import module_abi
+from compressc.ir.interp_grid import run_program
+from compressc.ir.interp_stages import Lanes, Memory
+from compressc.ir.launch import grid_rule, module_abi
 from compressc.ir.verifier import VerifyError, verify
+from compressc.runtime.args import launch_grid
 from compressc.specs.abi import abi
 
 Value = np.ndarray | int | float
@@ -87,25 +89,27 @@ def _memory(module: Module, args: Mapping[str, Value]) -> Memory:
     return mem
 
 
-def run_module(module: Module, args: Mapping[str, Value]) -> None:
-    """Run one launch of the lowered `module`: one CTA per row in 0..num_rows-1.
+def run_module(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
+               resident: int = 1) -> list[int]:
+    """Run one launch of the lowered `module` on a simulated GPU of `sm_count` SMs holding
+    `resident` CTAs each: the grid the runtime would launch (`launch_grid`), every CTA
+    walking the kernel-dialect program. Returns the rows whose body ran, in order.
 
     Mutates the output array in `args` (k_cache, or compressed_kv for c128a_compress)
-    exactly where the kernel stores; inactive rows write nothing.
+    exactly where the kernel stores; inactive rows write nothing. A small GPU (the
+    default) gives each CTA long runs of rows, so the loops and ballots are exercised.
     """
     verify(module)
     sched = Schedule.of(module)
+    if module.find("kd.lanes") is None:
+        raise VerifyError(f"module @{module.name}: the interpreter needs the kernel dialect's row loop "
+                          "(end the pipeline with lower-grid, as the build does)")
     mem = _memory(module, args)
     guard = module.find("cc.row_guard")
     assert guard is not None
-    for row in range(mem.scalar("num_rows")):
-        lanes = _guard(module, sched, mem, row, int(guard.attr("ratio")))  # type: ignore[arg-type]
-        if lanes is None:
-            continue
-        for op in module.ops:
-            stage = STAGES.get(op.name)
-            if stage is not None:
-                stage(lanes, op)
+    ratio, num_rows = int(guard.attr("ratio")), mem.scalar("num_rows")  # type: ignore[arg-type]
+    grid = launch_grid(grid_rule(module), num_rows, sm_count, resident)
+    return run_program(module, mem, grid, lambda row: _guard(module, sched, mem, row, ratio))
 
 
 def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int) -> Lanes | None:

@@ -42,12 +42,27 @@ def format_op(op: Op) -> str:
     return text
 
 
+def _indented(ops: tuple[Op, ...]) -> list[tuple[str, Op]]:
+    """Each op with its indent: two spaces, and two more inside each kernel-dialect body
+    (`kd.end` and `kd.else` sit at their opener's depth). The parser ignores indentation."""
+    from compressc.ir.kd import OPENERS
+
+    out, depth = [], 1
+    for op in ops:
+        if op.name in ("kd.end", "kd.else"):
+            depth -= 1
+        out.append(("  " * depth, op))
+        if op.name in OPENERS or op.name == "kd.else":
+            depth += 1
+    return out
+
+
 def print_module(module: Module) -> str:
     head = f"module @{module.name}"
     if module.attrs:
         head += " " + format_fields(module.attrs)
     lines = [head + " {"]
-    lines += ["  " + format_op(op) for op in module.ops]
+    lines += [indent + format_op(op) for indent, op in _indented(module.ops)]
     tail = "}"
     if module.sched:
         tail += " sched " + format_fields(module.sched)

@@ -7,6 +7,7 @@ source location when the module was parsed from text.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.ir.kd import KD_ATTRS, NestingError, program
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
 
@@ -26,6 +27,7 @@ OP_ATTRS: dict[str, tuple[str, ...]] = {
     "cc.quant": ("format", "block", "channels", "bf16_first", "scale_floor", "fp8_max", "floor_on"),
     "cc.store": ("layout", "token_stride", "scale_dim", "pad"),
 }
+OP_ATTRS.update(KD_ATTRS)
 MODULE_ATTRS = ("kernel", "head", "rope", "quant_block", "ratio", "weight_dtype")
 
 
@@ -70,6 +72,10 @@ def _verify_structure(module: Module) -> None:
             raise _fail(module, op, "result", f"%{op.result}", "defined twice")
         if op.result:
             defined.add(op.result)
+    try:
+        program(module)
+    except NestingError as err:
+        raise VerifyError(str(err)) from None
 
 
 def _verify_spec(module: Module) -> None:

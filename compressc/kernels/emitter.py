@@ -16,9 +16,10 @@ from compressc.ir.core import Module
 from compressc.ir.from_spec import spec_from_module
 from compressc.ir.launch import launch_info
 from compressc.ir.printer import print_module
-from compressc.ir.verifier import VerifyError
+from compressc.ir.verifier import VerifyError, verify
+from compressc.kernels.grid import emit_program
 from compressc.kernels.source import Source
-from compressc.kernels.stages import emit_body
+from compressc.passes.lower_grid import LowerGrid
 from compressc.specs.launch import LaunchInfo
 
 CUTE_TYPES = {"f32": "Float32", "bf16": "BFloat16", "i32": "Int32", "i64": "Int64", "u8": "Uint8"}
@@ -30,10 +31,12 @@ def class_name(module: Module) -> str:
 
 
 def spec_hash(module: Module) -> str:
-    """Hash of the spec-level text (schedule stripped): names what the kernel computes."""
+    """Hash of the spec-level text (schedule and kernel-dialect program stripped): names what
+    the kernel computes."""
     from dataclasses import replace
 
-    bare = replace(module, sched=(), ops=tuple(replace(op, sched=()) for op in module.ops))
+    ops = tuple(replace(op, sched=()) for op in module.ops if not op.name.startswith("kd."))
+    bare = replace(module, sched=(), ops=ops)
     return hashlib.sha256(print_module(bare).encode()).hexdigest()[:16]
 
 
@@ -58,8 +61,12 @@ def _require_lowered(module: Module) -> None:
 
 
 def emit(module: Module, pipeline: str) -> str:
-    """The CuTe DSL source of `module`, deterministic for a given module and pipeline."""
+    """The CuTe DSL source of `module`, deterministic for a given module and pipeline.
+
+    A scheduled module without its kernel-dialect program is lowered by lower-grid first
+    (the build always runs it last; a .cir saved before it restarts here)."""
     _require_lowered(module)
+    module = verify(LowerGrid().apply(module))
     spec = spec_from_module(module)
     launch = launch_info(module)
     params = launch.params
@@ -80,7 +87,7 @@ def emit(module: Module, pipeline: str) -> str:
         src.line("@cute.kernel")
         src.line(f"def kernel(self, {typed}):")
         with src.indent():
-            emit_body(src, module, spec)
+            emit_program(src, module)
     _footer(src, module, params)
     return src.text()
 

@@ -1,4 +1,5 @@
-"""The kernel body, one emitter function per IR op, driven by its schedule fields.
+"""The row body, one emitter function per row op, driven by its schedule fields; the
+row loop around it is the kernel dialect's (compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -9,167 +10,12 @@ from __future__ import annotations
 from compressc.ir.core import Module, Op
 from compressc.kernels.source import Source
 from compressc.passes.plan_smem import merge_slots
-from compressc.specs.family import KernelSpec
 
 WARP = 32
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:
     return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
-
-
-def emit_body(src: Source, module: Module, spec: KernelSpec) -> None:
-    depth = src.depth
-    _prologue(src, module)
-    if module.get("grid_dependency") == "trigger":
-        src.line("# the kernel that reads these rows may launch now: its CTAs start as ours retire and")
-        src.line("# wait (griddepcontrol.wait) for this grid only before they load what it wrote")
-        src.line("cute.arch.griddepcontrol_launch_dependents()")
-    _rows(src, module)
-    src.depth = depth
-    if module.get("grid_dependency") == "wait":
-        src.line("# a CTA without an active row waits too: this grid must not finish before the one it")
-        src.line("# overlaps, as work after it on the stream relies on both")
-        src.line("cute.arch.griddepcontrol_wait()")
-
-
-def _rows(src: Source, module: Module) -> None:
-    guard = module.find("cc.row_guard")
-    assert guard is not None
-    if module.get("grid") == "rows":
-        src.line("row, _, _ = cute.arch.block_idx()")
-        _guard(src, guard)
-        src.line("if active:")
-        with src.indent():
-            _row(src, module)
-        return
-    runs = module.get("grid") == "runs"
-    src.line("cta, _, _ = cute.arch.block_idx()")
-    if runs:
-        run = int(module.get("rows_per_cta"))  # type: ignore[arg-type]
-        src.line(f"# runs grid: this CTA owns launched rows row0 .. row0 + per_cta - 1, per_cta <= {run}")
-        src.line("# (compressc.runtime.args.launch_grid: one row per CTA until the SMs are full), the")
-        src.line(f"# {run} row bodies unrolled: inside a dynamic loop ptxas sinks the window loads")
-        src.line("# between the updates. Rows past per_cta have no ballot bit.")
-        src.line("ctas, _, _ = cute.arch.grid_dim()")
-        src.line("per_cta = (num_rows + ctas - 1) // ctas")
-        src.line("row0 = cta * per_cta")
-        _ballot(src, guard, "row0", "per_cta")
-        src.line(f"for i in range_constexpr({run}):")
-        with src.indent():
-            _active_row(src, module, guard, "row0")
-        return
-    window = module.find("cc.window")
-    staged = window is not None and window.get("stage") == "smem"
-    src.line("ctas, _, _ = cute.arch.grid_dim()")
-    cluster = _cluster(module)
-    if cluster > 1:
-        src.line(f"# clusters of {cluster} CTAs (x-consecutive, the launch's cluster dimension) share their")
-        src.line("# rows: from here on `cta` and `ctas` count clusters, and `rank` picks the window part")
-        src.line(f"cta = cta // {cluster}")
-        src.line(f"ctas = ctas // {cluster}")
-    if not staged:
-        src.line("if ctas >= num_rows:")
-        with src.indent():
-            unit = "cluster" if cluster > 1 else "CTA"
-            src.line(f"# one row per {unit} (the grid is not capped at this T): the row grid's body, "
-                     "no ballot")
-            src.line("row = cta")
-            _guard(src, guard)
-            src.line("if active:")
-            with src.indent():
-                _row(src, module)
-        src.line("else:")
-        src.depth += 1
-    _tiled(src, module, guard, window if staged else None)
-    if not staged:
-        src.depth -= 1
-
-
-def _tiled(src: Source, module: Module, guard: Op, staged: Op | None) -> None:
-    """The tiled grid's row loops; `staged` is the window op when it is staged in smem."""
-    src.line("# tiled grid: this CTA owns launched rows row0 .. row0 + per_cta - 1 (one wave of CTAs:")
-    src.line("# compressc.runtime.args.launch_grid sizes the grid by the CTAs an SM holds)")
-    src.line("per_cta = (num_rows + ctas - 1) // ctas")
-    src.line("row0 = cta * per_cta")
-    warps = int(module.get("warps"))  # type: ignore[arg-type]
-    if warps > 1 and staged is None:
-        _sweeps(src, module, guard, warps)
-        return
-    src.line("for blk in cutlass.range((per_cta + 31) // 32, unroll=1):")
-    with src.indent():
-        src.line("blk0 = row0 + blk * 32")
-        src.line("left = per_cta - blk * 32")
-        src.line("n = left if left < 32 else Int32(32)")
-        _ballot(src, guard, "blk0", "n")
-        if staged is not None:
-            _staged_rows(src, module, guard, staged)
-            return
-        src.line("for i in cutlass.range(n, unroll=1):")
-        with src.indent():
-            _active_row(src, module, guard, "blk0")
-
-
-def _sweeps(src: Source, module: Module, guard: Op, warps: int) -> None:
-    """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
-    span = WARP * warps
-    # loop names a row body never uses (its own loops use w, e, g, r, ...)
-    src.line("# a sweep: warp w reads the metadata of rows sw0 + 32w .. + 31 and ballots them; the")
-    src.line(f"# {warps} masks meet in smem, so one round trip decides {span} rows")
-    src.line(f"sTodo = cute.make_tensor(cute.arch.alloc_smem(Int32, {warps}, alignment=16), "
-             f"cute.make_layout({warps}))")
-    src.line(f"for sweep in cutlass.range((per_cta + {span - 1}) // {span}, unroll=1):")
-    with src.indent():
-        src.line(f"sw0 = row0 + sweep * {span}")
-        src.line("blk0 = sw0 + warp * 32")
-        src.line("left = row0 + per_cta - blk0")
-        src.line("n = left if left < 32 else Int32(32)")
-        _ballot(src, guard, "blk0", "n")
-        src.line("if lane == 0:")
-        src.line("    sTodo[warp] = Int32(todo)")
-        src.line("cute.arch.sync_threads()")
-        src.line(f"for sw_w in cutlass.range({warps}, unroll=1):")
-        with src.indent():
-            src.line("wtodo = sTodo[sw_w]")
-            src.line("rem = wtodo")
-            src.line("for sw_k in cutlass.range(ops.popc(wtodo), unroll=1):")
-            with src.indent():
-                src.line("sw_i = ops.lowest_bit(rem)")
-                src.line("rem = rem & (rem - 1)")
-                _ballot_row(src, module, guard, "sw0 + sw_w * 32 + sw_i")
-        src.line("cute.arch.sync_threads()  # the next sweep rewrites sTodo")
-
-
-def _staged_rows(src: Source, module: Module, guard: Op, window: Op) -> None:
-    """The block's active rows, each one's window copied to smem while the one before pools."""
-    src.line("# software pipeline over the block's active rows: row k + 1's window is copied into")
-    src.line("# the other smem slot (cp.async) before row k pools, so its page-table and window")
-    src.line("# round trips run under row k's math. A lane reads back only what it copied itself, and")
-    src.line("# it has used row k - 1's values (stored them) before it refills that slot for row k + 1")
-    src.line("rem = todo")
-    src.line("if rem != 0:")
-    with src.indent():
-        _stage_issue(src, module, window, "ops.lowest_bit(rem)", "0")
-    src.line("for st_k in cutlass.range(ops.popc(todo), unroll=1):")
-    with src.indent():
-        src.line("st_i = ops.lowest_bit(rem)")
-        src.line("rem = rem & (rem - 1)")
-        src.line("stg = st_k & 1  # this row's smem slot")
-        src.line("more = rem != 0")
-        src.line("if more:")
-        with src.indent():
-            _stage_issue(src, module, window, "ops.lowest_bit(rem)", "1 - stg")
-        src.line("row = blk0 + st_i")
-        src.line("# this row's metadata again: the ballot round trip left it in L1")
-        _guard(src, guard)
-        _operand_loads(src, module)
-        src.line("if more:")
-        src.line("    ops.cp_async_wait(1)  # this row's copies landed; the next row's may fly")
-        src.line("else:")
-        src.line("    ops.cp_async_wait(0)")
-        _row(src, module, operands=False)
-        if int(module.get("smem_bytes")):  # type: ignore[arg-type]
-            src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
 
 
 def _stage_chunks(module: Module, op: Op) -> tuple[int, int, int]:
@@ -180,7 +26,7 @@ def _stage_chunks(module: Module, op: Op) -> tuple[int, int, int]:
     return per_stream, 2 * per_stream, rows * 2 * per_stream * 16 * threads
 
 
-def _stage_issue(src: Source, module: Module, op: Op, which: str, slot: str) -> None:
+def stage_issue(src: Source, module: Module, op: Op, which: str, slot: str) -> None:
     """cp.async the window of the block's row `which` into smem slot `slot`, one commit group."""
     window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
     width, threads = _i(op, "state_width", False), int(module.get("threads"))  # type: ignore[arg-type]
@@ -213,7 +59,7 @@ def _stage_issue(src: Source, module: Module, op: Op, which: str, slot: str) -> 
     src.line("ops.cp_async_commit()")
 
 
-def _ballot(src: Source, guard: Op, base: str, count: str) -> None:
+def ballot(src: Source, guard_op: Op, base: str, count: str) -> None:
     """Lane i reads row base + i's metadata (one round trip for 32 rows); a ballot hands
     every lane the set of active rows, so inactive rows cost nothing more."""
     src.line(f"# in every warp, lane i reads row {base} + i's metadata (one round trip for the block)")
@@ -222,37 +68,21 @@ def _ballot(src: Source, guard: Op, base: str, count: str) -> None:
     src.line("mine = cutlass.Boolean(False)")
     src.line(f"if lane < {count} and row < num_rows:")
     with src.indent():
-        _guard(src, guard)
+        guard(src, guard_op)
         src.line("mine = active")
     src.line("todo = cute.arch.vote_ballot_sync(mine)")
-
-
-def _active_row(src: Source, module: Module, guard: Op, base: str) -> None:
-    src.line("if (todo >> i) & 1 != 0:")
-    with src.indent():
-        _ballot_row(src, module, guard, f"{base} + i")
-
-
-def _ballot_row(src: Source, module: Module, guard: Op, row: str) -> None:
-    """One row a ballot found active: its metadata again, its work, the smem handover."""
-    src.line(f"row = {row}")
-    src.line("# this row's metadata again: the ballot round trip left it in L1")
-    _guard(src, guard)
-    _row(src, module)
-    if int(module.get("smem_bytes")):  # type: ignore[arg-type]
-        src.line("cute.arch.sync_threads()  # the next row reuses the smem slots")
 
 
 def _cluster(module: Module) -> int:
     return int(module.get("cluster_split", 1))  # type: ignore[arg-type]
 
 
-def _row(src: Source, module: Module, operands: bool = True) -> None:
+def row(src: Source, module: Module, operands: bool = True) -> None:
     """The work of one active row: every op's emitter in order."""
     split = int(module.get("window_split"))  # type: ignore[arg-type]
     depth = src.depth
     if operands:
-        _operand_loads(src, module)
+        operand_loads(src, module)
     for op in module.ops:
         emit = _EMITTERS.get(op.name)
         if emit is not None:
@@ -266,14 +96,14 @@ def _row(src: Source, module: Module, operands: bool = True) -> None:
     src.depth = depth
 
 
-def _operand_loads(src: Source, module: Module) -> None:
+def operand_loads(src: Source, module: Module) -> None:
     for op in module.ops:
         if op.get("load") == "early":
             src.line(f"# {op.name}'s operands now: their latency hides under the window gather")
             _OPERAND_LOADS[op.name](src, module, op)
 
 
-def _prologue(src: Source, module: Module) -> None:
+def prologue(src: Source, module: Module) -> None:
     elems, head_lanes = module.get("elems_per_lane"), int(module.get("head_lanes"))  # type: ignore[arg-type]
     src.line("tidx, _, _ = cute.arch.thread_idx()")
     src.line("lane = tidx % 32")
@@ -298,7 +128,7 @@ def _prologue(src: Source, module: Module) -> None:
                  f"cute.make_layout({words}))")
 
 
-def _guard(src: Source, op: Op | None) -> None:
+def guard(src: Source, op: Op | None) -> None:
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
     src.line("# SPEC 3.1: a row is active only at a boundary token with a request, a position and slots")

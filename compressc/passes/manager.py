@@ -15,6 +15,7 @@ from compressc.ir.core import Module
 from compressc.ir.printer import print_module
 from compressc.ir.verifier import verify
 from compressc.passes.base import ModulePass
+from compressc.passes.lower_grid import LowerGrid
 from compressc.passes.lower_reduction import LowerReduction
 from compressc.passes.plan_smem import PlanSmem
 from compressc.passes.thread_map import ThreadMap
@@ -22,7 +23,9 @@ from compressc.passes.tuned import Table, tuned_entry
 from compressc.passes.vectorize import Vectorize
 from compressc.passes.window_prefetch import WindowPrefetch
 
-ALL_PASSES: tuple[type[ModulePass], ...] = (ThreadMap, Vectorize, LowerReduction, PlanSmem, WindowPrefetch)
+ALL_PASSES: tuple[type[ModulePass], ...] = (
+    ThreadMap, Vectorize, LowerReduction, PlanSmem, WindowPrefetch, LowerGrid
+)
 PASSES_BY_NAME = {p.name: p for p in ALL_PASSES}
 
 DEFAULT_PIPELINE = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
@@ -125,8 +128,18 @@ def parse_pipeline(text: str) -> list[ModulePass]:
 
 
 def pipeline_string(passes: list[ModulePass]) -> str:
-    """The canonical spelling: what the cache key and manifest record."""
-    return ",".join(p.spelling() for p in passes)
+    """The canonical spelling: what the cache key and manifest record. lower-grid is left
+    out: every pipeline that schedules the window ends with it (`with_final_lowering`)."""
+    return ",".join(p.spelling() for p in passes if not isinstance(p, LowerGrid))
+
+
+def with_final_lowering(passes: list[ModulePass]) -> list[ModulePass]:
+    """`passes`, then lower-grid where they schedule the window (window-prefetch) and do
+    not lower the grid themselves: the row loop is always the kernel dialect's."""
+    kinds = {type(p) for p in passes}
+    if LowerGrid in kinds or WindowPrefetch not in kinds:
+        return list(passes)
+    return [*passes, LowerGrid()]
 
 
 @dataclass
@@ -142,7 +155,7 @@ class PassManager:
 
     def run(self, module: Module) -> Module:
         verify(module)
-        for p in self.passes:
+        for p in with_final_lowering(self.passes):
             start = time.perf_counter()
             try:
                 applied = p.apply(module)

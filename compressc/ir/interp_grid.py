@@ -1,0 +1,222 @@
+"""The interpreter of the kernel dialect's row loop: every CTA of a launch, op by op.
+
+The launch's grid comes from the module's grid rule through the runtime's own
+`launch_grid` (with a small simulated GPU, so CTAs own long runs of rows); each CTA (or
+cluster) then walks the `kd.*` program as the emitted kernel does: its span of rows,
+the warp ballots of their metadata, the unrolled runs, blocks and sweeps, and runs the
+row ops (`compressc.ir.interp_stages`) on every row the program finds active. A row
+body entered for an inactive row, a row run twice or a read past the launch's rows is
+an error: a grid bug shows up on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from compressc.ir.core import Module
+from compressc.ir.interp_stages import STAGES, Lanes, Memory
+from compressc.ir.kd import Node, program
+
+WARP = 32
+
+
+class GridError(RuntimeError):
+    """The row loop did something the emitted kernel must never do."""
+
+
+@dataclass
+class Cta:
+    """One CTA (one cluster, for a clustered grid) walking the program."""
+
+    block: int  # its index in the launch (the cluster's, for clusters)
+    grid: int  # CTAs launched
+    guard: Callable[[int], Lanes | None]
+    run_row: Callable[[Lanes], None]
+    num_rows: int
+    env: dict[str, int] = field(default_factory=dict)
+    lanes: Lanes | None = None
+
+
+def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], Lanes | None]) -> list[int]:
+    """Run the module's program on every CTA of a `grid`-CTA launch; the rows it ran."""
+    done: list[int] = []
+
+    def run_row(lanes: Lanes) -> None:
+        if lanes.row in done:
+            raise GridError(f"row {lanes.row} ran twice")
+        done.append(lanes.row)
+        for op in module.ops:
+            stage = STAGES.get(op.name)
+            if stage is not None:
+                stage(lanes, op)
+
+    nodes = program(module)
+    cluster = _cluster(nodes)
+    num_rows = mem.scalar("num_rows")
+    for block in range(grid // cluster):
+        _walk(nodes, Cta(block, grid, guard, run_row, num_rows))
+    return done
+
+
+def _cluster(nodes: tuple[Node, ...]) -> int:
+    for node in nodes:
+        if node.op.name == "kd.cta_index":
+            return int(node.op.attr("cluster"))  # type: ignore[arg-type]
+    return 1
+
+
+def _walk(nodes: tuple[Node, ...], cta: Cta) -> None:
+    for node in nodes:
+        _RUN[node.op.name](node, cta)
+
+
+def _guard(node: Node, cta: Cta) -> None:
+    row = cta.env["row"]
+    if not 0 <= row < cta.num_rows:
+        raise GridError(f"{node.op.name} reads the metadata of row {row}, outside the {cta.num_rows} "
+                        "launched")
+    cta.lanes = cta.guard(row)
+
+
+def _row(node: Node, cta: Cta) -> None:
+    if cta.lanes is None or cta.lanes.row != cta.env["row"]:
+        raise GridError(f"kd.row ran row {cta.env['row']}, which its guard did not find active")
+    cta.run_row(cta.lanes)
+
+
+def _ballot(node: Node, cta: Cta) -> None:
+    base, count = cta.env[str(node.op.attr("base"))], cta.env[str(node.op.attr("count"))]
+    cta.env["todo"] = _todo(cta, base, count)
+
+
+def _todo(cta: Cta, base: int, count: int) -> int:
+    """Lane i's bit: row base + i is active (lanes past `count` or the launch vote no)."""
+    todo = 0
+    for lane in range(min(WARP, count)):
+        row = base + lane
+        if row < cta.num_rows and cta.guard(row) is not None:
+            todo |= 1 << lane
+    return todo
+
+
+def _span(cta: Cta, ctas: int) -> None:
+    cta.env["ctas"] = ctas
+    cta.env["per_cta"] = -(-cta.num_rows // ctas)
+    cta.env["row0"] = cta.env["cta"] * cta.env["per_cta"]
+
+
+def _runs_span(node: Node, cta: Cta) -> None:
+    cta.env["cta"] = cta.block
+    _span(cta, cta.grid)
+
+
+def _cta_index(node: Node, cta: Cta) -> None:
+    cluster = int(node.op.attr("cluster"))  # type: ignore[arg-type]
+    cta.env["cta"], cta.env["ctas"] = cta.block, cta.grid // cluster
+
+
+def _tiled_span(node: Node, cta: Cta) -> None:
+    _span(cta, cta.env["ctas"])
+
+
+def _one_row_per_cta(node: Node, cta: Cta) -> None:
+    if cta.env["ctas"] >= cta.num_rows:
+        cta.env["row"] = cta.env["cta"]
+        _walk(node.body, cta)
+    else:
+        _walk(node.orelse, cta)
+
+
+def _if_active(node: Node, cta: Cta) -> None:
+    if cta.lanes is not None:
+        _walk(node.body, cta)
+
+
+def _unrolled_rows(node: Node, cta: Cta) -> None:
+    for i in range(int(node.op.attr("rows"))):  # type: ignore[arg-type]
+        cta.env["i"] = i
+        _walk(node.body, cta)
+
+
+def _if_todo_bit(node: Node, cta: Cta) -> None:
+    if (cta.env["todo"] >> cta.env["i"]) & 1:
+        _walk(node.body, cta)
+
+
+def _set_row(node: Node, cta: Cta) -> None:
+    op = node.op
+    warp = cta.env[str(op.attr("warp"))] * WARP if op.attr("warp") else 0
+    cta.env["row"] = cta.env[str(op.attr("base"))] + warp + cta.env[str(op.attr("index"))]
+
+
+def _blocks32(node: Node, cta: Cta) -> None:
+    per_cta = cta.env["per_cta"]
+    for blk in range(-(-per_cta // WARP)):
+        cta.env["blk0"] = cta.env["row0"] + blk * WARP
+        cta.env["n"] = min(per_cta - blk * WARP, WARP)
+        _walk(node.body, cta)
+
+
+def _ballot_rows(node: Node, cta: Cta) -> None:
+    for i in range(cta.env["n"]):
+        cta.env["i"] = i
+        _walk(node.body, cta)
+
+
+def _bits(todo: int) -> list[int]:
+    return [i for i in range(WARP) if (todo >> i) & 1]
+
+
+def _staged_rows(node: Node, cta: Cta) -> None:
+    for i in _bits(cta.env["todo"]):  # lowest bit first, as the pipeline pops them
+        cta.env["row"] = cta.env["blk0"] + i
+        _walk(node.body, cta)
+
+
+def _sweeps(node: Node, cta: Cta) -> None:
+    warps = int(node.op.attr("warps"))  # type: ignore[arg-type]
+    span, row0, per_cta = WARP * warps, cta.env["row0"], cta.env["per_cta"]
+    for sweep in range(-(-per_cta // span)):
+        sw0 = row0 + sweep * span
+        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP)) for w in range(warps)]
+        cta.env["sw0"] = sw0
+        for w, todo in enumerate(masks):
+            cta.env["sw_w"] = w
+            for i in _bits(todo):
+                cta.env["sw_i"] = i
+                _walk(node.body, cta)
+
+
+def _cta_row(node: Node, cta: Cta) -> None:
+    cta.env["row"] = cta.block
+
+
+def _nothing(node: Node, cta: Cta) -> None:
+    """Launch order, barriers and operand loads change no byte a CTA writes."""
+
+
+_RUN: dict[str, Callable[[Node, Cta], None]] = {
+    "kd.lanes": _nothing,
+    "kd.trigger_dependents": _nothing,
+    "kd.grid_wait": _nothing,
+    "kd.cta_sync": _nothing,
+    "kd.operand_loads": _nothing,
+    "kd.staged_wait": _nothing,
+    "kd.cta_row": _cta_row,
+    "kd.guard": _guard,
+    "kd.if_active": _if_active,
+    "kd.row": _row,
+    "kd.runs_span": _runs_span,
+    "kd.ballot": _ballot,
+    "kd.unrolled_rows": _unrolled_rows,
+    "kd.if_todo_bit": _if_todo_bit,
+    "kd.set_row": _set_row,
+    "kd.cta_index": _cta_index,
+    "kd.one_row_per_cta": _one_row_per_cta,
+    "kd.tiled_span": _tiled_span,
+    "kd.blocks32": _blocks32,
+    "kd.ballot_rows": _ballot_rows,
+    "kd.sweeps": _sweeps,
+    "kd.staged_rows": _staged_rows,
+}

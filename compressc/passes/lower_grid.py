@@ -1,0 +1,112 @@
+"""lower-grid: lower the row loop of a scheduled module to the kernel dialect.
+
+The coarse ops (`cc.window` .. `cc.store`) say what one active row computes; this pass
+writes the program around them as `kd.*` ops: which rows a CTA owns under the module's
+grid strategy, how their metadata is balloted, which rows run the row body (`kd.row`),
+where the CTA synchronises. Ops that open a body are closed by `kd.end` (`kd.else`
+splits one in two). The emitter prints each op with one small function and the
+interpreter executes them CTA by CTA, so every grid strategy is checked on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from compressc.ir.core import Module, Op, fields
+from compressc.passes.base import ModulePass
+
+WARP = 32
+END = Op("kd.end")
+
+
+def kd(name: str, **attrs: object) -> Op:
+    return Op(f"kd.{name}", attrs=fields(**attrs))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class LowerGrid(ModulePass):
+    """Write the kernel's row loop as kernel-dialect ops after the row ops.
+
+    Expects: a fully scheduled module (thread-map .. window-prefetch have run).
+    Leaves:  the `kd.*` program appended to the ops; nothing else changes. The build
+             runs it last on every pipeline (it has no options), so pipeline strings
+             need not name it; `compressc opt` prints its result.
+    Grids:   "rows" (one CTA per row); "runs" (a CTA's run of launched rows, unrolled,
+             one ballot); "tiled" (one wave of CTAs: a row per CTA while the grid covers
+             T, else blocks of 32 rows a ballot, several warps balloting a sweep of 32 x
+             warps rows at once; the staged window's software pipeline over a block).
+    """
+
+    name: ClassVar[str] = "lower-grid"
+
+    def apply(self, module: Module) -> Module:
+        if module.find("kd.lanes") is not None:
+            return module
+        guard = module.find("cc.row_guard")
+        if guard is None:
+            raise ValueError("lower-grid needs the cc.row_guard op")
+        body = [kd("lanes")]
+        if module.get("grid_dependency") == "trigger":
+            body.append(kd("trigger_dependents"))
+        body += _GRIDS[str(module.get("grid"))](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
+        if module.get("grid_dependency") == "wait":
+            body.append(kd("grid_wait"))
+        return Module(module.name, module.attrs, module.ops + tuple(body), module.sched)
+
+
+def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:
+    """A row a ballot found active: its metadata again, its body, the smem handover."""
+    ops = [kd("set_row", **at), kd("guard", ratio=ratio), kd("row", operands=True)]
+    return ops + ([kd("cta_sync")] if int(module.get("smem_bytes", 0)) else [])  # type: ignore[arg-type]
+
+
+def _rows(module: Module, ratio: int) -> list[Op]:
+    return [kd("cta_row"), kd("guard", ratio=ratio), kd("if_active"), kd("row", operands=True), END]
+
+
+def _runs(module: Module, ratio: int) -> list[Op]:
+    run = int(module.get("rows_per_cta"))  # type: ignore[arg-type]
+    return [
+        kd("runs_span", rows=run),
+        kd("ballot", base="row0", count="per_cta", ratio=ratio),
+        kd("unrolled_rows", rows=run),
+        kd("if_todo_bit"), *_row_block(module, ratio, base="row0", index="i"), END,
+        END,
+    ]
+
+
+def _tiled(module: Module, ratio: int) -> list[Op]:
+    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    window = module.find("cc.window")
+    staged = window is not None and window.get("stage") == "smem"
+    ops = [kd("cta_index", cluster=cluster)]
+    if staged:
+        return ops + _blocks(module, ratio, staged=True)
+    fast = [kd("one_row_per_cta", cluster=cluster), kd("guard", ratio=ratio), kd("if_active"),
+            kd("row", operands=True), END, kd("else")]
+    warps = int(module.get("warps"))  # type: ignore[arg-type]
+    loops = _sweeps(module, ratio, warps) if warps > 1 else _blocks(module, ratio, staged=False)
+    return ops + fast + loops + [END]
+
+
+def _blocks(module: Module, ratio: int, staged: bool) -> list[Op]:
+    """Blocks of 32 rows, one warp ballot each; the staged window pipelines its rows."""
+    ops = [kd("tiled_span"), kd("blocks32"), kd("ballot", base="blk0", count="n", ratio=ratio)]
+    if staged:
+        sync = [kd("cta_sync")] if int(module.get("smem_bytes", 0)) else []  # type: ignore[arg-type]
+        rows = [kd("staged_rows"), kd("guard", ratio=ratio), kd("operand_loads"), kd("staged_wait"),
+                kd("row", operands=False), *sync, END]
+        return ops + rows + [END]
+    row = _row_block(module, ratio, base="blk0", index="i")
+    rows = [kd("ballot_rows"), kd("if_todo_bit"), *row, END, END]
+    return ops + rows + [END]
+
+
+def _sweeps(module: Module, ratio: int, warps: int) -> list[Op]:
+    """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
+    row = _row_block(module, ratio, base="sw0", warp="sw_w", index="sw_i")
+    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio), *row, END]
+
+
+_GRIDS = {"rows": _rows, "runs": _runs, "tiled": _tiled}
