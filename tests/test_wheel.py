@@ -109,9 +109,8 @@ def test_wheel_layout_and_metadata(wheel, built):
         for e in entries:
             prefix = f"compressc_kernels_sm90/store/{e.key[:2]}/{e.key}"
             assert read(f"{prefix}/kernel.cubin") == e.cubin_bytes()
-            assert {f"{prefix}/{n}" for n in ("manifest.json", "spec.cir", "kernel_py.txt", "key.json")} < set(
-                names
-            )
+            stages = ("manifest.json", "spec.cir", "kernel_py.txt", "key.json")
+            assert {f"{prefix}/{n}" for n in stages} < set(names)
             index = json.loads(
                 read(f"compressc_kernels_sm90/store/index/{e.manifest['variant']}@{ARCH}.json")
             )
