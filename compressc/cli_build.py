@@ -155,7 +155,8 @@ def variant_options(spec_help: str):
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
+    help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/compressc or ~/.cache/compressc).",
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jobs):

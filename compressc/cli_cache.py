@@ -69,7 +69,8 @@ def _cache_dir_option(fn):
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
-        help="Cache root (default: $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
+        help="Cache root (default: $COMPRESSC_CACHE_DIR, else $XDG_CACHE_HOME/compressc or "
+        "~/.cache/compressc).",
     )(fn)
 
 
@@ -181,7 +182,8 @@ def inspect_cmd(arch, cache_dir):
     """List every kernel from the installed packs and the cache.
 
     'used' marks the entry the runtime would load for each variant@arch: installed
-    packs first, then the cache ($COMPRESSC_CACHE_DIR, default ~/.cache/compressc).
+    packs first, then the cache ($COMPRESSC_CACHE_DIR, default $XDG_CACHE_HOME/compressc
+    or ~/.cache/compressc).
     Each row shows the arch, the source (pack or cache path) and the cubin sha256.
 
     \b
@@ -249,7 +251,8 @@ def _indexed(store, manifest, problems: list[str]) -> str | None:
 def cache():
     """Manage the user cache of compiled kernels.
 
-    The cache is $COMPRESSC_CACHE_DIR (default ~/.cache/compressc) or --cache-dir.
+    The cache is --cache-dir, else $COMPRESSC_CACHE_DIR, else $XDG_CACHE_HOME/compressc
+    or ~/.cache/compressc.
     A corrupt or tampered entry is never loaded: it is a miss that the next build
     (or, unless COMPRESSC_NO_JIT=1, the runtime) rebuilds.
 

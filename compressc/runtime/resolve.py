@@ -12,7 +12,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,7 +26,6 @@ from compressc.specs.family import KernelSpec
 ENTRY_POINT_GROUP = "compressc.kernel_packs"
 MANIFEST_FORMAT = 1
 BUILD_EXTRA_INSTALL = "pip install 'compressc[build]'"
-_FALSE_WORDS = ("", "0", "false", "no", "off")
 _ARCH_RE = re.compile(r"^sm_(\d+)(\d)([af]?)$")
 
 
@@ -134,20 +133,16 @@ def _pack_dir(obj: object) -> Path:
 
 
 def runtime_settings() -> tuple[Path, bool]:
-    """(user cache dir, JIT allowed), from compressc.config when present, else the environment."""
-    try:
-        from compressc.config import Config
-    except ImportError:
-        return settings_from_environ(os.environ)
-    config = Config.from_env()
-    return Path(config.cache_dir), not config.no_jit
+    """(user cache dir, JIT allowed), from compressc.config (which has no dependencies)."""
+    return settings_from_environ(os.environ)
 
 
-def settings_from_environ(environ: dict[str, str] | os._Environ) -> tuple[Path, bool]:
-    """COMPRESSC_CACHE_DIR (default ~/.cache/compressc) and COMPRESSC_NO_JIT."""
-    cache = environ.get("COMPRESSC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "compressc")
-    no_jit = environ.get("COMPRESSC_NO_JIT", "").strip().lower() not in _FALSE_WORDS
-    return Path(cache), not no_jit
+def settings_from_environ(environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """COMPRESSC_CACHE_DIR (default $XDG_CACHE_HOME/compressc or ~/.cache/compressc), COMPRESSC_NO_JIT."""
+    from compressc.config import Config
+
+    config = Config.from_env(environ)
+    return config.cache_dir, not config.no_jit
 
 
 # -- manifests ------------------------------------------------------------------------
