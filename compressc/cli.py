@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -94,11 +95,14 @@ def main() -> None:
       compressc opt --spec c4a --print-ir-after-all     spec IR and each pass's output
       compressc emit --spec c4a                         the generated CuTe DSL kernel
     \b
-    Environment (read once, at start-up):
-      COMPRESSC_CACHE_DIR   the kernel cache (default ~/.cache/compressc)
-      COMPRESSC_NO_JIT      1: the runtime never compiles; a missing kernel is an error
-                            that prints the `compressc build` command to run
-      COMPRESSC_JOBS        compile processes (default: the number of cores)
+    Inspect the set-up:
+      compressc show-config                             versions, GPU, cache, variables, kernel packs
+    \b
+    Documentation (the repository's docs/ folder):
+      docs/kernels.md        what the kernels compute, their inputs and the cache bytes
+      docs/formats.md        the IR text, pipeline strings, cache entries, packs, manifests
+      docs/architecture.md   the stages from spec to launch, and where each lives
+      docs/pipeline.md       every pass, its options and the schedules they make
     """
 
 
@@ -213,13 +217,20 @@ def emit(kernel, head_size, quant_block, rope, weight_dtype, pipeline, arch):
 
 from compressc.cli_build import build  # noqa: E402
 from compressc.cli_cache import cache, inspect_cmd, wheel  # noqa: E402
+from compressc.cli_config import show_config  # noqa: E402
 from compressc.cli_tune import tune  # noqa: E402
+from compressc.config import ENV_TABLE  # noqa: E402
 
 main.add_command(build)
 main.add_command(wheel)
 main.add_command(inspect_cmd)
 main.add_command(cache)
 main.add_command(tune)
+main.add_command(show_config)
+# the variables' one description (config.ENV_TABLE), so --help cannot drift from it
+main.help = inspect.cleandoc(main.help or "") + "\n\n\b\nEnvironment (read once, at start-up):\n" + "\n".join(
+    f"  {name:<24} {meaning}" for name, _, meaning in ENV_TABLE
+)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,18 +18,18 @@ ENV_TABLE: tuple[tuple[str, str, str], ...] = (
     (
         "COMPRESSC_CACHE_DIR",
         "$XDG_CACHE_HOME/compressc, else ~/.cache/compressc",
-        "the user cache of compiled kernels (build writes it, the runtime reads it)",
+        "the kernel cache: build writes it, the runtime reads it",
     ),
     (
         "COMPRESSC_NO_JIT",
         "unset (JIT allowed)",
-        "1/true/yes/on: the runtime never compiles; a missing kernel raises KernelNotFoundError",
+        "1/true/yes/on: the runtime never compiles (a missing kernel is an error)",
     ),
     ("COMPRESSC_JOBS", "the number of CPU cores", "compile processes of build, wheel and tune --prepare"),
     (
         "COMPRESSC_SCHEDULES_DIR",
         "build/kernels-schedules",
-        "tests/gpu only: where test_schedules_gpu.py finds the non-default schedules",
+        "tests/gpu only: the non-default schedules test_schedules_gpu.py loads",
     ),
 )
 ENV_VARS = ("COMPRESSC_CACHE_DIR", "COMPRESSC_NO_JIT", "COMPRESSC_JOBS")  # the ones Config reads
