@@ -114,9 +114,13 @@ def main() -> None:
     "--pipeline",
     default=None,
     help=PIPELINE_HELP + " Without -p, FILE is only verified "
-    "and re-printed; with --spec the default pipeline runs.",
+    "and re-printed; with --spec the default pipeline runs. -p '' runs no passes.",
 )
-@click.option("--print-ir-after-all", is_flag=True, help="Print the module after every pass.")
+@click.option(
+    "--print-ir-after-all",
+    is_flag=True,
+    help="Print the input (the spec IR), then the module after every pass.",
+)
 @click.option(
     "--print-ir-after-change", is_flag=True, help="Print the module after each pass that changed it."
 )
@@ -169,7 +173,7 @@ def opt(
             module = parse_module(file.read_text(), str(file))
         else:
             module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
-            pipeline = pipeline or "default"
+            pipeline = "default" if pipeline is None else pipeline  # -p '' is no passes
         passes = parse_pipeline(_resolve(pipeline or "", module, arch))
         out = PassManager(
             passes,

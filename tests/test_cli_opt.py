@@ -71,7 +71,23 @@ def test_a_file_through_a_pipeline(spec_file: Path) -> None:
     assert result.stdout == print_module(_lowered())
     dumps = [line for line in result.stderr.splitlines() if line.startswith("// -----//")]
     passes = parse_pipeline(resolve_pipeline("default", module_from_spec(C4A), "sm_90a"))
-    assert dumps == [DUMP.format(p.spelling()) for p in passes]
+    before = f"// -----// IR Dump Before {passes[0].spelling()} //----- //"
+    assert dumps == [before] + [DUMP.format(p.spelling()) for p in passes]
+
+
+def test_print_ir_after_all_starts_with_the_spec_ir() -> None:
+    result = _opt("--spec", "c4a", "--print-ir-after-all")
+    assert result.exit_code == 0, result.output
+    first = result.stderr.split("// -----// IR Dump After", 1)[0]
+    assert first.split("//----- //\n", 1)[1].strip() == print_module(module_from_spec(C4A)).strip()
+
+
+def test_an_empty_pipeline_runs_no_passes() -> None:
+    result = _opt("--spec", "c4a", "-p", "", "--print-ir-after-all")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == print_module(module_from_spec(C4A))  # no schedule filled in
+    assert "// -----// IR Dump Before an empty pipeline (no passes) //----- //" in result.stderr
+    assert "IR Dump After" not in result.stderr
 
 
 def test_a_saved_stage_restarts_the_pipeline(tmp_path: Path) -> None:

@@ -284,11 +284,12 @@ def _manager(**flags) -> tuple[PassManager, list[str]]:
 def test_print_ir_after_all_dumps_every_stage() -> None:
     manager, printed = _manager(print_after_all=True)
     lowered = manager.run(module_from_spec(C4A))
-    assert [p.splitlines()[0] for p in printed] == [
+    assert [p.splitlines()[0] for p in printed] == ["// -----// IR Dump Before thread-map //----- //"] + [
         f"// -----// IR Dump After {name} //----- //" for name in DEFAULT_PIPELINE.split(",")
     ]
+    assert printed[0].split("\n", 1)[1] == print_module(module_from_spec(C4A))  # the spec IR first
     assert printed[-1].split("\n", 1)[1] == print_module(lowered)
-    assert "elems_per_lane = 8" in printed[0] and "vector_bits" not in printed[0]
+    assert "elems_per_lane = 8" in printed[1] and "vector_bits" not in printed[1]
 
 
 def test_print_ir_after_change_skips_passes_that_change_nothing() -> None:
