@@ -76,7 +76,7 @@ def _verify_spec(module: Module) -> None:
     from compressc.ir.from_spec import spec_from_module
 
     try:
-        spec_from_module(module)
+        spec = spec_from_module(module)
     except SpecError as err:
         raise _fail(module, None, err.field, err.value, err.rule) from None
     for op in module.iter("cc.quant"):
@@ -85,6 +85,28 @@ def _verify_spec(module: Module) -> None:
             raise _fail(module, op, "block", op.attr("block"),
                         f"must equal the {hi - lo} quantised channels: the indexer_fp8 layout "
                         "holds one fp32 scale per token")
+    _verify_ops_match_spec(module, spec)
+
+
+def _verify_ops_match_spec(module: Module, spec) -> None:
+    """Every op's spec attributes are the ones the module's attributes imply.
+
+    The module attributes name the variant (and so the cache key and the kernel's
+    ABI); an op that says otherwise (say `head = 511` in cc.window of a head-512
+    module) would compile a kernel that is not the variant it claims to be.
+    """
+    from compressc.ir.from_spec import module_from_spec
+
+    expected = {(op.name, op.result): op for op in module_from_spec(spec).ops}
+    for op in module.ops:
+        want = expected.get((op.name, op.result))
+        if want is None:
+            raise _fail(module, op, "op", f"{op.name} %{op.result}" if op.result else op.name,
+                        f"is not an op of {spec.variant}; re-create the module with `compressc opt --spec`")
+        for key, value in op.attrs:
+            if want.attr(key) != value:
+                raise _fail(module, op, key, value,
+                            f"contradicts the module attributes, which imply {key}={want.attr(key)!r}")
 
 
 def _pow2(n: int) -> bool:
