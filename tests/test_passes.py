@@ -123,9 +123,24 @@ def test_vectorize_narrows_to_each_run_and_to_its_option() -> None:
     assert _sched(rows, "cc.load_rows") == {"vector_bits": 64}
 
 
-def test_vectorize_rejects_an_illegal_width_through_the_verifier() -> None:
+@pytest.mark.parametrize("bits", [16, 256])
+def test_vectorize_rejects_an_illegal_width(bits: int) -> None:
+    with pytest.raises(PipelineError, match=rf"bad options of vectorize: vectorize bits={bits}: must be 32"):
+        parse_pipeline(f"thread-map,vectorize{{bits={bits}}}")
+
+
+def test_the_verifier_rejects_an_illegal_vector_width() -> None:
+    module = _run(C4A, "thread-map,vectorize")
+    module = module.replace_ops("cc.window", lambda op: op.with_sched(vector_bits=16))
     with pytest.raises(VerifyError, match=r"cc\.window %win: vector_bits=16: must be 32, 64 or 128"):
-        _run(C4A, "thread-map,vectorize{bits=16}")
+        verify(module)
+
+
+@pytest.mark.parametrize("name", ["vectorize", "lower-reduction", "plan-smem", "window-prefetch"])
+def test_a_pass_after_thread_map_refuses_to_run_without_it(name: str) -> None:
+    with pytest.raises(PipelineError, match=rf"{name} needs the thread map: run thread-map first, e\.g\. "
+                                            rf"-p 'thread-map,{name}'"):
+        _run(C4A, name)
 
 
 # -- lower-reduction ---------------------------------------------------------------------------
