@@ -43,6 +43,21 @@ def _resolve(pipeline: str, module, arch: str) -> str:
     return resolve_pipeline(pipeline, module, arch, table)
 
 
+def _read_cir(path: Path) -> str:
+    """The text of a .cir file; a binary or non-UTF-8 file is one clear error, not a traceback."""
+    data = path.read_bytes()
+    hint = "give IR text as `compressc opt --spec ...` prints it"
+    if b"\0" in data:
+        raise UserError(f"{path}: not a .cir text file (NUL byte at offset {data.index(0)}): {hint}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path}: not a .cir text file (byte 0x{data[err.start]:02x} at offset {err.start} "
+            f"is not UTF-8): {hint}"
+        ) from None
+
+
 def _spec_options(fn):
     fn = click.option(
         "--weight-dtype",
@@ -170,7 +185,7 @@ def opt(
         raise UserError("give exactly one of FILE or --spec (e.g. `compressc opt --spec c4a`)")
     try:
         if file is not None:
-            module = parse_module(file.read_text(), str(file))
+            module = parse_module(_read_cir(file), str(file))
         else:
             module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
             pipeline = "default" if pipeline is None else pipeline  # -p '' is no passes
