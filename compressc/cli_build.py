@@ -191,6 +191,24 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
     )
 
 
+def unwritable(root: Path) -> str | None:
+    """Why kernels cannot be written under `root` ("not writable (...)"), None if they can.
+
+    Checked before compiling anything: a cache under /proc or a read-only mount used to
+    fail only when the first finished kernel was published. Creates `root` if missing,
+    as the build would.
+    """
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        return f"not writable ({err.strerror or err})"
+    return None
+
+
 def _run_with_progress(plans, store, workers):
     """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"}).
 
@@ -203,10 +221,12 @@ def _run_with_progress(plans, store, workers):
 
     problems = {p.key: store.problem(p.key) for p in plans}
     missing = [p.label for p in plans if problems[p.key]]
-    if store.readonly and missing:
+    why = unwritable(store.root) if missing else None
+    if (store.readonly or why) and missing:
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise click.ClickException(
-            f"{store.root} is read-only and lacks {len(missing)} kernel(s) ({', '.join(missing[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}): build into a writable directory with --out DIR "
+            f"{store.root} is {why or 'read-only'} and lacks {len(missing)} kernel(s) ({listed}): "
+            "build into a writable directory with --out DIR "
             "or COMPRESSC_CACHE_DIR"
         )
     corrupt = {key for key, problem in problems.items() if problem and not problem.startswith("missing")}

@@ -266,6 +266,23 @@ def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+def test_unwritable_cache_dir_fails_before_compiling(tmp_path, monkeypatch):
+    def no_compiles(jobs, workers, on_done):
+        raise AssertionError("compiled although nothing can be stored")
+
+    monkeypatch.setattr(compile_module, "compile_many", no_compiles)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(main, ["build", *ONE], env={"COMPRESSC_CACHE_DIR": str(blocker / "cache")})
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.stdout == ""
+    assert result.stderr == (
+        f"Error: {blocker / 'cache'} is not writable (Not a directory) and lacks 1 kernel(s) "
+        "(c4a_h512_q64_r64_bf16@sm_90a): build into a writable directory with --out DIR or "
+        "COMPRESSC_CACHE_DIR\n"
+    )
+    assert "reproduce" not in result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [[], ["build"], ["wheel"], ["inspect"], ["emit"], ["opt"], ["cache"]]
