@@ -89,13 +89,14 @@ def _config():
         raise click.ClickException(str(err)) from None
 
 
-def console():
-    """stdout console; when piped, wide enough that variant names and commands stay whole."""
+def console(stderr: bool = False):
+    """stdout (or stderr) console; when piped, wide enough that variant names and commands stay whole."""
     import sys
 
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(width=None if stream.isatty() else 200, highlight=False, stderr=stderr)
 
 
 def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
@@ -286,8 +287,9 @@ def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> Non
     out = console()
     out.print(table)
     out.print(f"{len(plans) - len(failures)}/{len(plans)} kernels ready in {seconds:.1f} s")
+    errors = console(stderr=True)
     for p, err in failures:
-        out.print("[red]error[/red] " + escape(f"{p.label}: {err}"), soft_wrap=True)
-        out.print(f"  reproduce: {reproduce(p)}", markup=False, soft_wrap=True)
+        errors.print("[red]error[/red] " + escape(f"{p.label}: {err}"), soft_wrap=True)
+        errors.print(f"  reproduce: {reproduce(p)}", markup=False, soft_wrap=True)
     if failures:
         raise SystemExit(1)

@@ -85,6 +85,17 @@ def _cache_root(cache_dir: Path | None) -> Path:
         raise click.ClickException(str(err)) from None
 
 
+def _existing_cache(root: Path) -> Path:
+    """`root` if it is a directory; else one error saying so (an empty listing would hide it)."""
+    if root.is_dir():
+        return root
+    what = "is not a directory" if root.exists() else "does not exist"
+    raise click.ClickException(
+        f"no kernel cache at {root}: the path {what}; build into it with `compressc build`, "
+        "or name an existing cache with --cache-dir or COMPRESSC_CACHE_DIR"
+    )
+
+
 def _console():
     from rich.console import Console
 
@@ -202,6 +213,8 @@ def inspect_cmd(arch, cache_dir):
         warnings.simplefilter("always")
         stores = [open_store(root) for root in iter_pack_roots()]
     root = _cache_root(cache_dir)
+    if not root.is_dir():
+        _no_cache(root, stores)
     sources = [(getattr(s, "label", str(s.root)), s) for s in stores] + [(f"cache {root}", Store(root, True))]
     table = Table(title="compressc kernels (packs, then the user cache)", title_justify="left")
     for col in ("variant", "arch", "source", "key", "cubin sha256", "regs", "smem", "used"):
@@ -233,7 +246,17 @@ def inspect_cmd(arch, cache_dir):
     console.print(table)
     console.print(f"{len(rows)} kernels from {len(stores)} pack(s) and the cache")
     for problem in dict.fromkeys(problems):
-        console.print(f"[yellow]warning[/yellow] {problem}", soft_wrap=True)
+        click.echo(f"warning {problem}", err=True)
+
+
+def _no_cache(root: Path, stores: list) -> None:
+    """A missing cache is a note when packs supply kernels, else the error that nothing can."""
+    if not stores:
+        raise click.ClickException(
+            f"no kernels to list: no kernel pack is installed and the cache {root} does not exist; "
+            "build with `compressc build`, or name the cache with --cache-dir or COMPRESSC_CACHE_DIR"
+        )
+    click.echo(f"note: the cache {root} does not exist; listing the installed packs only", err=True)
 
 
 def _indexed(store, manifest, problems: list[str]) -> str | None:
@@ -280,7 +303,7 @@ def cache_ls(cache_dir):
     from compressc.cache.store import Store
     from compressc.cache.wheel import format_size
 
-    store = Store(_cache_root(cache_dir), readonly=True)
+    store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
     entries = sorted(store.entries(), key=lambda e: (e.manifest["variant"], e.manifest["arch"], e.key))
     table = Table(title=f"compressc cache {store.root}", title_justify="left")
     for col in ("variant", "arch", "key", "size", "modified", "index"):
@@ -317,10 +340,10 @@ def cache_verify(cache_dir):
     """
     from compressc.cache.store import Store
 
-    store = Store(_cache_root(cache_dir), readonly=True)
+    store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
     problems = store.verify()
     for path, problem in problems:
-        click.echo(f"bad {path}: {problem}")
+        click.echo(f"bad {path}: {problem}", err=True)
     good = len(store.entries())
     if problems:
         raise click.ClickException(

@@ -178,8 +178,8 @@ def test_failed_variant_prints_the_command_that_reproduces_it(tmp_path, monkeypa
     )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert "error c4a_h512_q64_r64_bf16@sm_90a: ptxas rejected [the kernel] for sm_90a" in result.output
-    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("  reproduce: ")]
+    assert "error c4a_h512_q64_r64_bf16@sm_90a: ptxas rejected [the kernel] for sm_90a" in result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("  reproduce: ")]
     command = line.removeprefix("  reproduce: ")
     assert command.startswith(
         "compressc build --arch sm_90a --spec c4a --head-size 512 --quant-block 64 "

@@ -95,6 +95,51 @@ def test_verify_names_each_bad_entry(cache, built):
     assert "Error: 2 problem(s), 0 good entries" in bad.output
 
 
+def test_verify_reports_bad_entries_on_stderr(cache, built):
+    cubin = entry_dir(cache, built[1]) / "kernel.cubin"
+    cubin.write_bytes(b"x")
+    bad = run("cache", "verify", "--cache-dir", str(cache))
+    assert bad.exit_code == 1 and bad.stdout == ""
+    assert f"bad {entry_dir(cache, built[1])}: tampered: {cubin} has sha256" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["cache", "ls"], ["cache", "verify"]])
+def test_ls_and_verify_of_a_missing_cache_say_so(tmp_path, command):
+    missing = tmp_path / "no-such-cache"
+    for result in (
+        run(*command, "--cache-dir", str(missing)),
+        run(*command, env={"COMPRESSC_CACHE_DIR": str(missing)}),
+    ):
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr == (
+            f"Error: no kernel cache at {missing}: the path does not exist; build into it with "
+            "`compressc build`, or name an existing cache with --cache-dir or COMPRESSC_CACHE_DIR\n"
+        )
+    assert not missing.exists()
+    afile = tmp_path / "file"
+    afile.write_text("")
+    assert "the path is not a directory" in run(*command, env={"COMPRESSC_CACHE_DIR": str(afile)}).stderr
+
+
+def test_inspect_of_a_missing_cache_says_so(built, tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-cache"
+    monkeypatch.setattr(resolve, "iter_pack_roots", lambda: [])
+    result = run("inspect", "--cache-dir", str(missing))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"Error: no kernels to list: no kernel pack is installed and the cache {missing} does not exist; "
+        "build with `compressc build`, or name the cache with --cache-dir or COMPRESSC_CACHE_DIR\n"
+    )
+    cache, entry = built
+    wheel = write_wheel([entry], ["sm90"], tmp_path / "dist").path
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    pack = tmp_path / "site" / "compressc_kernels_sm90" / "store"
+    monkeypatch.setattr(resolve, "iter_pack_roots", lambda: [pack])
+    with_pack = run("inspect", "--cache-dir", str(missing))
+    assert with_pack.exit_code == 0 and SPEC.variant in with_pack.stdout
+    assert with_pack.stderr == f"note: the cache {missing} does not exist; listing the installed packs only\n"
+
+
 # -- prune, clear ---------------------------------------------------------------------------
 def test_prune_keeps_the_cache_under_a_size(cache, built):
     kept = run("cache", "prune", "--max-size", "1GiB", "--cache-dir", str(cache))
