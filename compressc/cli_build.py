@@ -15,6 +15,7 @@ from compressc.specs.matrix import default_specs
 BUILD_EXTRA_HINT = "pip install 'compressc[build]'  (nvidia-cutlass-dsl[cu13]==4.8.1 and nvidia-nvjitlink)"
 
 
+DEFAULT_ROPE = 64  # make_spec's default: DSv4's rope dims
 # The kernels quantise with cvt.rn.satfinite.e4m3x2.f32, which PTX has from sm_89 on.
 MIN_SM = 89
 
@@ -35,7 +36,7 @@ def _archs(values: tuple[str, ...]) -> list[str]:
     return archs
 
 
-def _specs(kernel, head_size, quant_block, weight_dtype):
+def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
     if kernel is None:
         given = [
             f"--{n}"
@@ -43,6 +44,7 @@ def _specs(kernel, head_size, quant_block, weight_dtype):
                 ("head-size", head_size),
                 ("quant-block", quant_block),
                 ("weight-dtype", weight_dtype),
+                ("rope", rope),
             )
             if v is not None
         ]
@@ -54,7 +56,8 @@ def _specs(kernel, head_size, quant_block, weight_dtype):
         return default_specs()
     try:
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
-        return [make_spec(kernel, head_size, quant_block, weight_dtype=d) for d in dtypes]
+        rope = DEFAULT_ROPE if rope is None else rope
+        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d) for d in dtypes]
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 
@@ -103,11 +106,9 @@ def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
     """The command that builds only `p`'s variant, with the same pipeline and output directory."""
     import shlex
 
-    s = p.spec
-    cmd = (
-        f"compressc build --arch {p.arch} --spec {s.kernel} --head-size {s.head} "
-        f"--quant-block {s.quant_block} --weight-dtype {s.weight_dtype} -j 1"
-    )
+    from compressc.runtime.resolve import build_command
+
+    cmd = build_command(p.spec, p.arch) + " -j 1"  # the runtime's hint, so the two cannot differ
     cmd += f" -p {shlex.quote(pipeline)}" if pipeline != "default" else ""
     return cmd + (f" --out {shlex.quote(str(out))}" if out is not None else "")
 
@@ -118,10 +119,21 @@ def jobs_option(help_text: str):
 
 
 def variant_options(spec_help: str):
-    """--spec, --head-size, --quant-block and --weight-dtype: one variant instead of the matrix."""
+    """--spec, --head-size, --quant-block, --weight-dtype, --rope: one variant instead of the matrix.
+
+    These are every axis of a variant's name (KernelSpec.variant), so any kernel the
+    runtime asks for, and so any `compressc build` command KernelNotFoundError prints, can
+    be built and packed.
+    """
 
     def decorate(command):
         # applied bottom-up, so --help lists them in the order written here
+        command = click.option(
+            "--rope",
+            type=int,
+            default=None,
+            help=f"With --spec: rope dims at the end of the head (default {DEFAULT_ROPE}).",
+        )(command)
         command = click.option(
             "--weight-dtype",
             type=click.Choice(["bf16", "f32"]),
@@ -160,7 +172,7 @@ def variant_options(spec_help: str):
     "$XDG_CACHE_HOME/compressc or ~/.cache/compressc).",
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
-def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jobs):
+def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
     Builds the default variant matrix (SPEC.md §1 rows, both weight dtypes) for each
@@ -174,7 +186,7 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
     """
     config = _config()
     archs = _archs(archs)
-    specs = _specs(kernel, head_size, quant_block, weight_dtype)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope)
     _check_build_extra()
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from click.testing import CliRunner
 from compressc.cache import compile as compile_module
 from compressc.cache.store import Store
 from compressc.cli import main
+from compressc.runtime.resolve import KernelNotFoundError, find_kernel
+from compressc.specs import make_spec
 
 ONE = ["--spec", "c4a", "--weight-dtype", "bf16", "-j", "1"]
 
@@ -128,7 +131,7 @@ def test_arch_before_fp8_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option", [["--head-size", "512"], ["--quant-block", "64"], ["--weight-dtype", "f32"]]
+    "option", [["--head-size", "512"], ["--quant-block", "64"], ["--weight-dtype", "f32"], ["--rope", "32"]]
 )
 def test_variant_options_need_spec(tmp_path, option):
     out = tmp_path / "kernels"
@@ -264,6 +267,39 @@ def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
         f"Error: {out} is read-only and lacks 1 kernel(s) (c4a_h512_q64_r64_bf16@sm_90a)"
     )
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [make_spec("c4a", 512, 32, rope=32, weight_dtype="f32"), make_spec("indexer_fp8", weight_dtype="bf16")],
+    ids=lambda s: s.variant,
+)
+def test_the_not_found_hint_is_a_build_command_that_works(tmp_path, monkeypatch, spec):
+    """KernelNotFoundError's `compressc build ...` line, run as printed, builds that very variant."""
+    with pytest.raises(KernelNotFoundError) as err:
+        find_kernel(spec, "sm_90a", pack_roots=[], cache_dir=tmp_path / "none", allow_jit=False)
+    lines = [ln.strip() for ln in str(err.value).splitlines()]
+    (command,) = [ln for ln in lines if ln.startswith("compressc build")]
+    seen = []
+
+    def record(jobs, workers, on_done):
+        for key, source, arch in jobs:
+            seen.append((arch, source))
+            on_done(key, RuntimeError("stop here"))
+
+    monkeypatch.setattr(compile_module, "compile_many", record)
+    out = tmp_path / "kernels"
+    result = run(*shlex.split(command)[2:], "--out", str(out))
+    assert result.exit_code == 1 and "Usage:" not in result.output, result.output
+    assert f"error {spec.variant}@sm_90a: stop here" in result.stderr  # one kernel: exactly this one
+    assert len(seen) == 1 and seen[0][0] == "sm_90a" and f"cutlass_{spec.variant}" in seen[0][1]
+    assert f"  reproduce: {command} -j 1 --out {out}" in result.stderr
+
+
+def test_wheel_takes_every_variant_axis_too():
+    result = CliRunner().invoke(main, ["wheel", "--help"])
+    for option in ("--spec", "--head-size", "--quant-block", "--weight-dtype", "--rope"):
+        assert option in result.output
 
 
 def test_unwritable_cache_dir_fails_before_compiling(tmp_path, monkeypatch):

@@ -90,7 +90,10 @@ def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
 
 
 def build_command(spec: KernelSpec, arch: str) -> str:
-    """The `compressc build` command that puts `spec` for `arch` into the user cache."""
+    """The `compressc build` command that puts `spec` for `arch` into the user cache.
+
+    It names every axis of the variant (build's variant options accept each one).
+    """
     cmd = (
         f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
         f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
