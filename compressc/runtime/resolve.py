@@ -9,8 +9,10 @@ A pack or cache root is a Store-shaped directory (`compressc.cache.store.Store`)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from compressc.runtime.args import grid_rule_problem
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
 
+log = logging.getLogger("compressc.runtime")
 ENTRY_POINT_GROUP = "compressc.kernel_packs"
 MANIFEST_FORMAT = 1
 BUILD_EXTRA_INSTALL = "pip install 'compressc[build]'"
@@ -268,13 +271,23 @@ def _jit_or_raise(
         notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
     unavailable = _build_unavailable_errors()
+    started = time.perf_counter()
     try:
-        image = _image_from_build((builder or _default_builder(cache_dir))(spec, arch))
+        result = (builder or _default_builder(cache_dir))(spec, arch)
+        image = _image_from_build(result)
     except unavailable as exc:
         notes.append(f"JIT build: impossible, the build extra is not installed ({type(exc).__name__}: {exc})")
         hint += f"\nor install the build extra to compile kernels on first use:\n  {BUILD_EXTRA_INSTALL}"
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint)) from exc
     check_manifest(spec, arch, image.manifest)
+    # A first launch that compiles takes seconds: say so, once, where logging is on.
+    log.info(
+        "compressc: no prebuilt %s for %s, compiled it at run time in %.1f s; stored in %s",
+        spec.variant,
+        arch,
+        time.perf_counter() - started,
+        getattr(result, "path", result),
+    )
     return image
 
 
