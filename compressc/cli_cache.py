@@ -20,6 +20,7 @@ from compressc.cli_build import (
     jobs_option,
     variant_options,
 )
+from compressc.cli_json import echo_json, json_option
 from compressc.specs.family import KERNELS
 
 # K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.
@@ -189,7 +190,8 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
 @click.command("inspect")
 @click.option("--arch", default=None, help="Only kernels for this arch (sm90, sm_90a, ...).")
 @_cache_dir_option
-def inspect_cmd(arch, cache_dir):
+@json_option
+def inspect_cmd(arch, cache_dir, as_json):
     """List every kernel from the installed packs and the cache.
 
     'used' marks the entry the runtime would load for each variant@arch: installed
@@ -202,9 +204,8 @@ def inspect_cmd(arch, cache_dir):
       compressc inspect
       compressc inspect --arch sm90
       COMPRESSC_CACHE_DIR=build/kernels compressc inspect
+      compressc inspect --json | jq '.kernels[] | select(.used) | .source'
     """
-    from rich.table import Table
-
     from compressc.cache.store import Store
     from compressc.runtime.resolve import iter_pack_roots, open_store
 
@@ -216,9 +217,6 @@ def inspect_cmd(arch, cache_dir):
     if not root.is_dir():
         _no_cache(root, stores)
     sources = [(getattr(s, "label", str(s.root)), s) for s in stores] + [(f"cache {root}", Store(root, True))]
-    table = Table(title="compressc kernels (packs, then the user cache)", title_justify="left")
-    for col in ("variant", "arch", "source", "key", "cubin sha256", "regs", "smem", "used"):
-        table.add_column(col, justify="right" if col in ("regs", "smem") else "left", no_wrap=col != "source")
     rows, used, problems = [], set(), [str(w.message) for w in caught]
     for label, store in sources:
         for entry in store.entries():
@@ -227,26 +225,45 @@ def inspect_cmd(arch, cache_dir):
                 continue
             chosen = (m["variant"], m["arch"]) not in used and _indexed(store, m, problems) == entry.key
             used |= {(m["variant"], m["arch"])} if chosen else set()
-            rows.append(
-                (
-                    m["variant"],
-                    m["arch"],
-                    label,
-                    entry.key[:12],
-                    m["cubin_sha256"][:12],
-                    str(m["registers"]),
-                    str(m["smem_static"] + m["smem_dynamic"]),
-                    "*" if chosen else "",
-                )
-            )
+            rows.append(_kernel_row(entry, label, chosen))
         problems += [f"{label}: {path}: {problem}" for path, problem in store.verify()]
-    for row in sorted(rows, key=lambda r: (r[0], r[1])):
-        table.add_row(*row)
+    rows.sort(key=lambda r: (r["variant"], r["arch"]))
+    problems = list(dict.fromkeys(problems))
+    if as_json:
+        echo_json({"kernels": rows, "packs": len(stores), "cache": str(root), "warnings": problems})
+    else:
+        _print_kernels(rows, len(stores))
+    for problem in problems:
+        click.echo(f"warning {problem}", err=True)
+
+
+def _kernel_row(entry, source: str, used: bool) -> dict:
+    m = entry.manifest
+    return {
+        "variant": m["variant"],
+        "arch": m["arch"],
+        "source": source,
+        "path": str(entry.path),
+        "key": entry.key,
+        "cubin_sha256": m["cubin_sha256"],
+        "registers": m["registers"],
+        "smem": m["smem_static"] + m["smem_dynamic"],
+        "used": used,
+    }
+
+
+def _print_kernels(rows: list[dict], packs: int) -> None:
+    from rich.table import Table
+
+    table = Table(title="compressc kernels (packs, then the user cache)", title_justify="left")
+    for col in ("variant", "arch", "source", "key", "cubin sha256", "regs", "smem", "used"):
+        table.add_column(col, justify="right" if col in ("regs", "smem") else "left", no_wrap=col != "source")
+    for r in rows:
+        table.add_row(r["variant"], r["arch"], r["source"], r["key"][:12], r["cubin_sha256"][:12],
+                      str(r["registers"]), str(r["smem"]), "*" if r["used"] else "")
     console = _console()
     console.print(table)
-    console.print(f"{len(rows)} kernels from {len(stores)} pack(s) and the cache")
-    for problem in dict.fromkeys(problems):
-        click.echo(f"warning {problem}", err=True)
+    console.print(f"{len(rows)} kernels from {packs} pack(s) and the cache")
 
 
 def _no_cache(root: Path, stores: list) -> None:
@@ -290,44 +307,59 @@ def cache():
 
 @cache.command("ls")
 @_cache_dir_option
-def cache_ls(cache_dir):
+@json_option
+def cache_ls(cache_dir, as_json):
     """List cache entries ('index' marks the build the runtime loads).
 
     \b
     Examples:
       compressc cache ls
       compressc cache ls --cache-dir build/kernels
+      compressc cache ls --json | jq -r '.entries[].key'
     """
-    from rich.table import Table
-
     from compressc.cache.store import Store
-    from compressc.cache.wheel import format_size
 
     store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
     entries = sorted(store.entries(), key=lambda e: (e.manifest["variant"], e.manifest["arch"], e.key))
-    table = Table(title=f"compressc cache {store.root}", title_justify="left")
+    rows = [_entry_row(store, e) for e in entries]
+    if as_json:
+        echo_json({"root": str(store.root), "entries": rows, "bytes": sum(r["bytes"] for r in rows)})
+        return
+    _print_entries(store.root, rows)
+
+
+def _entry_row(store, entry) -> dict:
+    return {
+        "variant": entry.manifest["variant"],
+        "arch": entry.manifest["arch"],
+        "key": entry.key,
+        "path": str(entry.path),
+        "bytes": _dir_size(entry.path),
+        "modified": _when(entry.path / "manifest.json"),
+        "indexed": _indexed(store, entry.manifest, []) == entry.key,
+    }
+
+
+def _print_entries(root: Path, rows: list[dict]) -> None:
+    from rich.table import Table
+
+    from compressc.cache.wheel import format_size
+
+    table = Table(title=f"compressc cache {root}", title_justify="left")
     for col in ("variant", "arch", "key", "size", "modified", "index"):
         table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
-    total = 0
-    for e in entries:
-        size, indexed = _dir_size(e.path), _indexed(store, e.manifest, []) == e.key
-        total += size
-        table.add_row(
-            e.manifest["variant"],
-            e.manifest["arch"],
-            e.key,
-            format_size(size),
-            _when(e.path / "manifest.json"),
-            "*" if indexed else "",
-        )
+    for r in rows:
+        table.add_row(r["variant"], r["arch"], r["key"], format_size(r["bytes"]), r["modified"],
+                      "*" if r["indexed"] else "")
     console = _console()
     console.print(table)
-    console.print(f"{len(entries)} entries, {format_size(total)}")
+    console.print(f"{len(rows)} entries, {format_size(sum(r['bytes'] for r in rows))}")
 
 
 @cache.command("verify")
 @_cache_dir_option
-def cache_verify(cache_dir):
+@json_option
+def cache_verify(cache_dir, as_json):
     """Re-hash every entry; exit 1 naming each bad one.
 
     Checks each manifest, each cubin's sha256, leftover temp dirs of interrupted
@@ -337,20 +369,25 @@ def cache_verify(cache_dir):
     Examples:
       compressc cache verify
       COMPRESSC_CACHE_DIR=build/kernels compressc cache verify
+      compressc cache verify --json     (exit status as without it)
     """
     from compressc.cache.store import Store
 
     store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
     problems = store.verify()
-    for path, problem in problems:
-        click.echo(f"bad {path}: {problem}", err=True)
     good = len(store.entries())
+    if as_json:
+        bad = [{"path": str(path), "problem": problem} for path, problem in problems]
+        echo_json({"root": str(store.root), "good": good, "problems": bad, "ok": not problems})
+    for path, problem in problems if not as_json else []:
+        click.echo(f"bad {path}: {problem}", err=True)
     if problems:
         raise click.ClickException(
             f"{len(problems)} problem(s), {good} good entries in {store.root}: bad entries are misses that "
             "`compressc build` replaces; `compressc cache clear` drops everything"
         )
-    click.echo(f"{good} entries OK in {store.root}")
+    if not as_json:
+        click.echo(f"{good} entries OK in {store.root}")
 
 
 @cache.command("prune")
