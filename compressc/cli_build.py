@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from compressc.cli_json import echo_json, json_option
 from compressc.specs.errors import SpecError
 from compressc.specs.family import KERNELS, make_spec
 from compressc.specs.matrix import default_specs
@@ -172,7 +173,8 @@ def variant_options(spec_help: str):
     "$XDG_CACHE_HOME/compressc or ~/.cache/compressc).",
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
-def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs):
+@json_option
+def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs, as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
     Builds the default variant matrix (SPEC.md §1 rows, both weight dtypes) for each
@@ -183,6 +185,7 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, o
       compressc build --arch sm90
       compressc build --arch sm90 --arch sm100 -j 2 --out build/kernels
       compressc build --arch sm90 --spec c4a --head-size 512 --quant-block 64
+      compressc build --arch sm90 --json > build.json     (progress on stderr)
     """
     config = _config()
     archs = _archs(archs)
@@ -198,10 +201,14 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, o
         raise click.ClickException(str(err)) from None
     workers = jobs or config.jobs or os.cpu_count() or 1
     started = time.perf_counter()
-    results, built = _run_with_progress(plans, store, workers)
-    _summary(
-        plans, results, built, store, time.perf_counter() - started, lambda p: _reproduce(p, pipeline, out)
-    )
+    results, built = _run_with_progress(plans, store, workers, progress_to_stderr=as_json)
+    rows = summary_rows(plans, results, built, lambda p: _reproduce(p, pipeline, out))
+    seconds = time.perf_counter() - started
+    if as_json:
+        echo_json({"out": str(store.root), "seconds": round(seconds, 3), "kernels": rows})
+    else:
+        _summary(rows, store, seconds)
+    _report_failures(rows)
 
 
 def unwritable(root: Path) -> str | None:
@@ -222,7 +229,7 @@ def unwritable(root: Path) -> str | None:
     return None
 
 
-def _run_with_progress(plans, store, workers):
+def _run_with_progress(plans, store, workers, progress_to_stderr: bool = False):
     """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"}).
 
     "rebuilt" means the store held a corrupt or tampered entry under that key: it was a
@@ -249,7 +256,7 @@ def _run_with_progress(plans, store, workers):
         TextColumn("{task.fields[status]}"),
         BarColumn(bar_width=24),
         TimeElapsedColumn(),
-        console=console(),
+        console=console(stderr=progress_to_stderr),
         transient=False,
     ) as progress:
         overall = progress.add_task("all kernels", total=len(plans), status=f"0/{len(plans)}")
@@ -269,8 +276,28 @@ def _run_with_progress(plans, store, workers):
         return build_plans(plans, store, workers, on_done), compiled
 
 
-def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> None:
-    from rich.markup import escape
+def summary_rows(plans, results, built, reproduce=_reproduce) -> list[dict]:
+    """One record per planned kernel: what the table and `build --json` show."""
+    rows = []
+    for p in plans:
+        outcome = results.get(p.key)
+        row = {"variant": p.spec.variant, "arch": p.arch, "key": p.key}
+        if isinstance(outcome, BaseException) or outcome is None:
+            rows.append(row | {"status": "failed", "error": str(outcome), "reproduce": reproduce(p)})
+            continue
+        m = outcome.manifest
+        rows.append(row | {
+            "status": built.get(p.key, "cached").split(" ")[0],
+            "path": str(outcome.path),
+            "registers": m["registers"],
+            "smem": m["smem_static"] + m["smem_dynamic"],
+            "spills": m["spill_stores"] + m["spill_loads"],
+            "compile_seconds": m["compile_seconds"],
+        })
+    return rows
+
+
+def _summary(rows: list[dict], store, seconds: float) -> None:
     from rich.table import Table
 
     table = Table(title=f"compressc build -> {store.root}", title_justify="left")
@@ -278,30 +305,27 @@ def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> Non
         table.add_column(
             col, justify="right" if col in ("regs", "smem", "spills", "compile s") else "left", no_wrap=True
         )
-    failures = []
-    for p in plans:
-        outcome = results.get(p.key)
-        if isinstance(outcome, BaseException) or outcome is None:
-            failures.append((p, outcome))
-            table.add_row(p.spec.variant, p.arch, "-", "-", "-", "-", "[red]FAILED")
+    for r in rows:
+        if r["status"] == "failed":
+            table.add_row(r["variant"], r["arch"], "-", "-", "-", "-", "[red]FAILED")
             continue
-        m = outcome.manifest
-        status = built.get(p.key, "cached").split(" ")[0]
-        table.add_row(
-            p.spec.variant,
-            p.arch,
-            str(m["registers"]),
-            str(m["smem_static"] + m["smem_dynamic"]),
-            str(m["spill_stores"] + m["spill_loads"]),
-            f"{m['compile_seconds']:.2f}",
-            status,
-        )
+        table.add_row(r["variant"], r["arch"], str(r["registers"]), str(r["smem"]), str(r["spills"]),
+                      f"{r['compile_seconds']:.2f}", r["status"])
     out = console()
     out.print(table)
-    out.print(f"{len(plans) - len(failures)}/{len(plans)} kernels ready in {seconds:.1f} s")
+    ready = sum(r["status"] != "failed" for r in rows)
+    out.print(f"{ready}/{len(rows)} kernels ready in {seconds:.1f} s")
+
+
+def _report_failures(rows: list[dict]) -> None:
+    """Each failed variant and the command that rebuilds only it, on stderr; then exit 1."""
+    from rich.markup import escape
+
+    failures = [r for r in rows if r["status"] == "failed"]
     errors = console(stderr=True)
-    for p, err in failures:
-        errors.print("[red]error[/red] " + escape(f"{p.label}: {err}"), soft_wrap=True)
-        errors.print(f"  reproduce: {reproduce(p)}", markup=False, soft_wrap=True)
+    for r in failures:
+        label = f"{r['variant']}@{r['arch']}"
+        errors.print("[red]error[/red] " + escape(f"{label}: {r['error']}"), soft_wrap=True)
+        errors.print(f"  reproduce: {r['reproduce']}", markup=False, soft_wrap=True)
     if failures:
         raise SystemExit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -100,6 +101,16 @@ def test_second_build_compiles_nothing(tmp_path, monkeypatch):
     }
     (entry,) = Store(out).entries()
     assert (entry.path / "key.json").is_file()
+    as_json = run("--out", str(out), *ONE, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)  # progress went to stderr: stdout is the document alone
+    assert doc["out"] == str(out) and doc["seconds"] >= 0
+    m = entry.manifest
+    assert doc["kernels"] == [{
+        "variant": "c4a_h512_q64_r64_bf16", "arch": "sm_90a", "key": entry.key, "status": "cached",
+        "path": str(entry.path), "registers": m["registers"], "smem": m["smem_static"] + m["smem_dynamic"],
+        "spills": m["spill_stores"] + m["spill_loads"], "compile_seconds": m["compile_seconds"],
+    }]
 
 
 def test_help():
@@ -294,6 +305,22 @@ def test_the_not_found_hint_is_a_build_command_that_works(tmp_path, monkeypatch,
     assert f"error {spec.variant}@sm_90a: stop here" in result.stderr  # one kernel: exactly this one
     assert len(seen) == 1 and seen[0][0] == "sm_90a" and f"cutlass_{spec.variant}" in seen[0][1]
     assert f"  reproduce: {command} -j 1 --out {out}" in result.stderr
+
+
+def test_build_json_reports_a_failed_variant(tmp_path, monkeypatch):
+    def failing(jobs, workers, on_done):
+        for key, _source, _arch in jobs:
+            on_done(key, RuntimeError("ptxas said no"))
+
+    monkeypatch.setattr(compile_module, "compile_many", failing)
+    out = tmp_path / "kernels"
+    result = run("--out", str(out), *ONE, "--json")
+    assert result.exit_code == 1
+    (row,) = json.loads(result.stdout)["kernels"]
+    assert (row["variant"], row["status"]) == ("c4a_h512_q64_r64_bf16", "failed")
+    assert row["error"] == "ptxas said no"
+    assert row["reproduce"].startswith("compressc build --arch sm_90a --spec c4a ")
+    assert f"  reproduce: {row['reproduce']}" in result.stderr
 
 
 def test_wheel_takes_every_variant_axis_too():
