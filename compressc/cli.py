@@ -81,7 +81,7 @@ def _spec_options(fn):
         "kernel",
         type=click.Choice(KERNELS),
         default=None,
-        help="Kernel of the family (SPEC.md §1).",
+        help="Kernel of the family (docs/kernels.md §1).",
     )(fn)
     return fn
 
@@ -115,7 +115,7 @@ def main() -> None:
     \b
     Documentation (the repository's docs/ folder):
       docs/kernels.md        what the kernels compute, their inputs and the cache bytes
-      docs/formats.md        the IR text, pipeline strings, cache entries, packs, manifests
+      docs/formats.md        cache bytes, IR text, pipeline strings, cache entries, packs
       docs/architecture.md   the stages from spec to launch, and where each lives
       docs/pipeline.md       every pass, its options and the schedules they make
     """

@@ -177,7 +177,7 @@ def variant_options(spec_help: str):
 def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs, as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
-    Builds the default variant matrix (SPEC.md §1 rows, both weight dtypes) for each
+    Builds the default variant matrix (docs/kernels.md §1 rows, both weight dtypes) for each
     --arch. Nothing needs a GPU. A second run with nothing changed compiles nothing.
 
     \b

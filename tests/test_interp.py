@@ -1,4 +1,4 @@
-"""The NumPy interpreter of lowered modules against the torch reference (SPEC.md §6 acceptance).
+"""The NumPy interpreter of lowered modules against the torch reference (docs/kernels.md §6 acceptance).
 
 - the thread map is a bijection onto the head for every legal schedule of every default variant;
 - the lowered IR of every default variant reproduces the reference bytes on random launches;
@@ -75,7 +75,7 @@ def _active_slots(sc) -> torch.Tensor:
 
 
 def _assert_cache_accepted(spec, got: torch.Tensor, want: torch.Tensor, sc) -> None:
-    """The GPU tests' acceptance (SPEC.md §6): rare one-step fp8 codes only."""
+    """The GPU tests' acceptance (docs/kernels.md §6): rare one-step fp8 codes only."""
     report = compare_cache_bytes(
         spec, got, want, _active_slots(sc), kv_cache_block_size=sc.kv_cache_block_size
     )

@@ -1,4 +1,4 @@
-"""The content-addressed kernel store (DESIGN.md §4): the user cache and kernel packs.
+"""The content-addressed kernel store (docs/architecture.md §4): the user cache and kernel packs.
 
 Layout of a root:
 

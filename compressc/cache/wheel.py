@@ -1,4 +1,4 @@
-"""Kernel-pack wheels (DESIGN.md §4), written directly with zipfile, byte for byte reproducible.
+"""Kernel-pack wheels (docs/architecture.md §4), written directly with zipfile, byte for byte reproducible.
 
 `compressc_kernels_sm90-0.1.0-py3-none-any.whl` (py3-none-any: cubins are GPU code, so one
 wheel serves x86-64 and aarch64 hosts) holds:

@@ -216,7 +216,7 @@ def find_kernel(
     store_factory: Callable[[Path], Any] = open_store,
     builder: Callable[[KernelSpec, str], Any] | None = None,
 ) -> KernelImage:
-    """The kernel image of `spec` for `arch`, searched in the order of DESIGN.md §4.
+    """The kernel image of `spec` for `arch`, searched in the order of docs/architecture.md §4.
 
     Arguments left as None come from the installed packs and `runtime_settings()`;
     `builder` defaults to `compressc.cache.build.build_one` when it can be imported.
