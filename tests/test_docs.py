@@ -74,3 +74,37 @@ def test_help_points_at_the_docs():
     out = CliRunner().invoke(main, ["--help"]).output
     named = set(re.findall(r"docs/(\w+\.md)", out))
     assert named == {p.name for p in DOCS.glob("*.md")}
+
+
+def _readme() -> str:
+    return (REPO / "README.md").read_text()
+
+
+def test_readme_table_of_variables_is_config_env_table():
+    from compressc.config import ENV_TABLE
+
+    rows = re.findall(r"^\| `(COMPRESSC_\w+)` \| (.+?) \| (.+?) \|$", _readme(), re.M)
+    assert rows == list(ENV_TABLE)
+
+
+def test_readme_set_up_commands_are_what_ci_runs():
+    """The README's two set-up commands: the test one is .ci/run's last line verbatim, and
+    the build one names only options `compressc build` has."""
+    blocks = re.findall(r"```bash\n(pip install .+?)\n```", _readme())
+    assert len(blocks) == 2, blocks
+    build, tests = blocks
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci.replace("pip install -q ", "pip install ", 1) == tests
+    assert build.startswith("pip install torch==2.13.0 -e '.[build]' && compressc build ")
+    args = build.split("&& compressc ", 1)[1].split()
+    result = CliRunner().invoke(main, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+
+
+def test_readme_has_one_gpu_host_section():
+    text = _readme()
+    assert text.count("## On a GPU host") == 1 and "## GPU tests" not in text
+    section = text.split("## On a GPU host", 1)[1]
+    for needed in ("--out build/kernels", "COMPRESSC_CACHE_DIR", "PYTHONPATH=.", "COMPRESSC_SCHEDULES_DIR",
+                   "reserve_c128a_scratch", "call each op once"):
+        assert needed in section, needed
