@@ -349,7 +349,8 @@ def test_unwritable_cache_dir_fails_before_compiling(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "command",
     [[], ["build"], ["wheel"], ["inspect"], ["emit"], ["opt"], ["cache"]]
-    + [["cache", c] for c in ("ls", "verify", "prune", "clear", "why")],
+    + [["cache", c] for c in ("ls", "verify", "prune", "clear", "why")]
+    + [["show-config"], ["tune"]],
     ids=lambda c: " ".join(c) or "compressc",
 )
 def test_every_help_teaches_by_example(command):
