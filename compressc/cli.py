@@ -15,7 +15,8 @@ from compressc.specs.family import KERNELS, make_spec
 PIPELINE_HELP = (
     "Pass pipeline: 'default' (the tuned schedule of the variant and --arch when "
     "compressc/passes/tuned.json has one, else the derived default), 'derived', 'baseline' or a string like "
-    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'."
+    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'. "
+    "Every pass and option: docs/pipeline.md."
 )
 
 

@@ -144,6 +144,7 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
     The wheel, e.g. compressc_kernels_sm90-<version>-py3-none-any.whl, depends only on
     this exact compressc version, serves x86-64 and aarch64 hosts, and is byte-for-byte
     reproducible (set SOURCE_DATE_EPOCH to stamp its files; default 1980-01-01).
+    What a pack holds: docs/formats.md §5.
 
     \b
     Examples:
@@ -294,7 +295,8 @@ def cache():
     The cache is --cache-dir, else $COMPRESSC_CACHE_DIR, else $XDG_CACHE_HOME/compressc
     or ~/.cache/compressc.
     A corrupt or tampered entry is never loaded: it is a miss that the next build
-    (or, unless COMPRESSC_NO_JIT=1, the runtime) rebuilds.
+    (or, unless COMPRESSC_NO_JIT=1, the runtime) rebuilds. The layout of an entry and
+    its manifest: docs/formats.md §4.
 
     \b
       compressc cache ls                      entries: variant, arch, key, size, date

@@ -110,7 +110,8 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, as_json, **opts):
     """Search the legal schedules of the default variants and keep the fastest.
 
     Compiling needs nvidia-cutlass-dsl and measuring needs a GPU, so the search is three
-    steps of this command. Candidates per variant (at most --limit): the derived default,
+    steps of this command (docs/pipeline.md §7). Candidates per variant (at most
+    --limit): the derived default,
     the baseline, the current tuned entry, then window-prefetch rows 1|2|4|8, one CTA per
     row, runs of half and twice the derived run, the run without its .minnctapersm
     occupancy hint, the tiled grid and its longer runs (fewer CTAs per SM), the window
