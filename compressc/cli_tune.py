@@ -161,7 +161,7 @@ def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> Non
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from compressc.cli_build import _archs, _check_build_extra, _config, console
+    from compressc.cli_build import _archs, _check_build_extra, _config, console, unwritable
     from compressc.specs.matrix import default_specs
     from compressc.tune.prepare import PLAN_FILE, prepare
 
@@ -175,6 +175,9 @@ def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> Non
     if not specs:
         raise click.ClickException("no default variant matches --spec/--weight-dtype")
     _check_build_extra()
+    why = unwritable(out_dir)  # before compiling: the candidates are stored under DIR
+    if why:
+        raise click.ClickException(f"--prepare {out_dir} is {why}: give a writable directory")
     workers = opts["jobs"] or _config().jobs or os.cpu_count() or 1
     out = console(stderr=as_json)
     with Progress(

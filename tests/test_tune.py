@@ -414,6 +414,15 @@ def test_apply_json_lists_the_winners(tmp_path: Path) -> None:
     assert doc["winners"][C4A.variant]["score_us"] == 4.47
 
 
+@pytest.mark.skipif(not HAS_BUILD, reason="needs the build extra (nvidia-cutlass-dsl, nvjitlink)")
+def test_prepare_into_an_unwritable_dir_fails_before_compiling(tmp_path: Path) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    assert _error(_tune("--prepare", str(blocker / "tune"), "--spec", "c4a")) == (
+        f"--prepare {blocker / 'tune'} is not writable (Not a directory): give a writable directory"
+    )
+
+
 def test_measure_without_a_plan_names_the_prepare_command(tmp_path: Path) -> None:
     assert _error(_tune("--measure", str(tmp_path))) == (
         f"{tmp_path / PLAN_FILE} not found: run `compressc tune --arch sm90 --prepare {tmp_path}` first"
