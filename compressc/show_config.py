@@ -158,9 +158,21 @@ def _pack_match(row: dict[str, Any], arch: str | None) -> dict[str, Any]:
     if row["compressc_version"] != __version__:
         problem = f"built for compressc {row['compressc_version']}, this is {__version__}: it is skipped"
         return {"matches": False, "problem": problem}
-    if arch is not None and arch not in row["archs"]:
+    if arch is not None and not any(_runs_on(a, arch) for a in row["archs"]):
         return {"matches": False, "problem": f"no kernels for this GPU's {arch}"}
     return {"matches": True, "problem": ""}
+
+
+def _runs_on(pack_arch: str, gpu_arch: str) -> bool:
+    """Whether a pack's cubins for `pack_arch` run on the GPU compressc calls `gpu_arch`
+    ("f" and plain targets also run on later chips of the family, runtime.resolve)."""
+    from compressc.cache.arch import arch_to_cc
+    from compressc.runtime.resolve import arch_runs_on
+
+    try:
+        return arch_runs_on(pack_arch, arch_to_cc(gpu_arch))
+    except ValueError:  # an arch string this compressc does not know: say it does not match
+        return False
 
 
 def report(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -98,6 +98,10 @@ def test_packs_say_whether_they_match(no_gpu, tmp_path, monkeypatch):
     assert "c_broken: NOT USABLE: cannot load: no module named pack_c" in out
     rows = show_config.packs("sm_100a")
     assert rows[0]["matches"] is False and rows[0]["problem"] == "no kernels for this GPU's sm_100a"
+    family = [_EP("f", str(_pack(tmp_path / "fam", __version__, ["sm_100f"])))]
+    monkeypatch.setattr(show_config, "entry_points", lambda group: family)
+    assert show_config.packs("sm_103a")[0]["matches"] is True  # an "f" target runs on later minors
+    assert show_config.packs("sm_90a")[0]["matches"] is False
 
 
 def test_main_help_lists_every_variable_and_show_config():
