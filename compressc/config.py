@@ -50,23 +50,19 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
         """Read every COMPRESSC_* variable from `environ` (os.environ by default)."""
+        cache = environ.get("COMPRESSC_CACHE_DIR")
         return cls(
-            cache_dir=default_cache_dir(environ),
+            cache_dir=Path(cache).expanduser() if cache else default_cache_dir(environ),
             no_jit=_parse_bool("COMPRESSC_NO_JIT", environ.get("COMPRESSC_NO_JIT", "")),
             jobs=_parse_jobs(environ.get("COMPRESSC_JOBS", "")),
         )
 
 
 def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """$COMPRESSC_CACHE_DIR, else $XDG_CACHE_HOME/compressc, else ~/.cache/compressc.
-
-    The XDG base-directory spec says a relative XDG_CACHE_HOME is invalid and is to be
-    ignored, so only an absolute one is honoured.
-    """
-    if environ.get("COMPRESSC_CACHE_DIR"):
-        return Path(environ["COMPRESSC_CACHE_DIR"]).expanduser()
+    """The user cache when COMPRESSC_CACHE_DIR is unset: $XDG_CACHE_HOME/compressc, else
+    ~/.cache/compressc."""
     xdg = environ.get("XDG_CACHE_HOME", "")
-    if xdg and os.path.isabs(xdg):
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
         return Path(xdg) / "compressc"
     return Path("~/.cache/compressc").expanduser()
 

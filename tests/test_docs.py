@@ -108,3 +108,17 @@ def test_readme_has_one_gpu_host_section():
     for needed in ("--out build/kernels", "COMPRESSC_CACHE_DIR", "PYTHONPATH=.", "COMPRESSC_SCHEDULES_DIR",
                    "reserve_c128a_scratch", "call each op once"):
         assert needed in section, needed
+
+
+def test_every_compressc_variable_in_the_code_is_in_the_table():
+    """A variable named anywhere as a string (package, tests, benchmarks) must be in
+    config.ENV_TABLE, and so in the README table and `compressc show-config`."""
+    from compressc.config import ENV_TABLE
+
+    documented = {name for name, _, _ in ENV_TABLE}
+    used = {
+        name
+        for path in shipped_text_files() if path.suffix == ".py" and path.name != "test_show_config.py"
+        for name in re.findall(r"[\"']\$?(COMPRESSC_[A-Z][A-Z_]*[A-Z])[\"']", path.read_text())
+    }
+    assert used - documented == set()
