@@ -1,7 +1,7 @@
-"""SPEC.md §6 acceptance: compare a kernel's compressed-KV cache bytes with the reference's.
+"""docs/kernels.md §6 acceptance: compare a kernel's compressed-KV cache bytes with the reference's.
 
 Pure torch (CPU or CUDA tensors). `compare_cache_bytes` splits the cache storage into
-the bytes the active tokens own (values and scales, SPEC.md §4) and everything else:
+the bytes the active tokens own (values and scales, docs/kernels.md §4) and everything else:
 
 - every byte outside the active tokens (sentinel, padding, other pages) must be equal;
 - scale bytes and pad bytes must be equal;
@@ -102,7 +102,7 @@ def compare_cache_bytes(
     *,
     kv_cache_block_size: int | None = None,
 ) -> Report:
-    """Compare two k_cache tensors (whole storage from their first byte) per SPEC.md §6.
+    """Compare two k_cache tensors (whole storage from their first byte) per docs/kernels.md §6.
 
     kv_slots_active: the kv slots the launch's active rows write; negative slots (vLLM's
     padding, never written) are ignored, so their bytes must keep the sentinel.

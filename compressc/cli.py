@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from compressc.specs.family import KERNELS, make_spec
 PIPELINE_HELP = (
     "Pass pipeline: 'default' (the tuned schedule of the variant and --arch when "
     "compressc/passes/tuned.json has one, else the derived default), 'derived', 'baseline' or a string like "
-    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'."
+    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'. "
+    "Every pass and option: docs/pipeline.md."
 )
 
 
@@ -42,6 +44,21 @@ def _resolve(pipeline: str, module, arch: str) -> str:
     return resolve_pipeline(pipeline, module, arch, table)
 
 
+def _read_cir(path: Path) -> str:
+    """The text of a .cir file; a binary or non-UTF-8 file is one clear error, not a traceback."""
+    data = path.read_bytes()
+    hint = "give IR text as `compressc opt --spec ...` prints it"
+    if b"\0" in data:
+        raise UserError(f"{path}: not a .cir text file (NUL byte at offset {data.index(0)}): {hint}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path}: not a .cir text file (byte 0x{data[err.start]:02x} at offset {err.start} "
+            f"is not UTF-8): {hint}"
+        ) from None
+
+
 def _spec_options(fn):
     fn = click.option(
         "--weight-dtype",
@@ -65,7 +82,7 @@ def _spec_options(fn):
         "kernel",
         type=click.Choice(KERNELS),
         default=None,
-        help="Kernel of the family (SPEC.md §1).",
+        help="Kernel of the family (docs/kernels.md §1).",
     )(fn)
     return fn
 
@@ -94,11 +111,14 @@ def main() -> None:
       compressc opt --spec c4a --print-ir-after-all     spec IR and each pass's output
       compressc emit --spec c4a                         the generated CuTe DSL kernel
     \b
-    Environment (read once, at start-up):
-      COMPRESSC_CACHE_DIR   the kernel cache (default ~/.cache/compressc)
-      COMPRESSC_NO_JIT      1: the runtime never compiles; a missing kernel is an error
-                            that prints the `compressc build` command to run
-      COMPRESSC_JOBS        compile processes (default: the number of cores)
+    Inspect the set-up:
+      compressc show-config                             versions, GPU, cache, variables, kernel packs
+    \b
+    Documentation (the repository's docs/ folder):
+      docs/kernels.md        what the kernels compute, their inputs and the cache bytes
+      docs/formats.md        cache bytes, IR text, pipeline strings, cache entries, packs
+      docs/architecture.md   the stages from spec to launch, and where each lives
+      docs/pipeline.md       every pass, its options and the schedules they make
     """
 
 
@@ -110,9 +130,13 @@ def main() -> None:
     "--pipeline",
     default=None,
     help=PIPELINE_HELP + " Without -p, FILE is only verified "
-    "and re-printed; with --spec the default pipeline runs.",
+    "and re-printed; with --spec the default pipeline runs. -p '' runs no passes.",
 )
-@click.option("--print-ir-after-all", is_flag=True, help="Print the module after every pass.")
+@click.option(
+    "--print-ir-after-all",
+    is_flag=True,
+    help="Print the input (the spec IR), then the module after every pass.",
+)
 @click.option(
     "--print-ir-after-change", is_flag=True, help="Print the module after each pass that changed it."
 )
@@ -162,10 +186,10 @@ def opt(
         raise UserError("give exactly one of FILE or --spec (e.g. `compressc opt --spec c4a`)")
     try:
         if file is not None:
-            module = parse_module(file.read_text(), str(file))
+            module = parse_module(_read_cir(file), str(file))
         else:
             module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
-            pipeline = pipeline or "default"
+            pipeline = "default" if pipeline is None else pipeline  # -p '' is no passes
         passes = parse_pipeline(_resolve(pipeline or "", module, arch))
         out = PassManager(
             passes,
@@ -223,13 +247,20 @@ def emit(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, arc
 
 from compressc.cli_build import build  # noqa: E402
 from compressc.cli_cache import cache, inspect_cmd, wheel  # noqa: E402
+from compressc.cli_config import show_config  # noqa: E402
 from compressc.cli_tune import tune  # noqa: E402
+from compressc.config import ENV_TABLE  # noqa: E402
 
 main.add_command(build)
 main.add_command(wheel)
 main.add_command(inspect_cmd)
 main.add_command(cache)
 main.add_command(tune)
+main.add_command(show_config)
+# the variables' one description (config.ENV_TABLE), so --help cannot drift from it
+main.help = inspect.cleandoc(main.help or "") + "\n\n\b\nEnvironment (read once, at start-up):\n" + "\n".join(
+    f"  {name:<24} {meaning}" for name, _, meaning in ENV_TABLE
+)
 
 if __name__ == "__main__":
     sys.exit(main())

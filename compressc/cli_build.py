@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from compressc.cli_json import echo_json, json_option
 from compressc.specs.errors import SpecError
 from compressc.specs.family import KERNELS, make_spec
 from compressc.specs.matrix import default_specs
@@ -15,6 +16,7 @@ from compressc.specs.matrix import default_specs
 BUILD_EXTRA_HINT = "pip install 'compressc[build]'  (nvidia-cutlass-dsl[cu13]==4.8.1 and nvidia-nvjitlink)"
 
 
+DEFAULT_ROPE = 64  # make_spec's default: DSv4's rope dims
 # The kernels quantise with cvt.rn.satfinite.e4m3x2.f32, which PTX has from sm_89 on.
 MIN_SM = 89
 
@@ -35,7 +37,7 @@ def _archs(values: tuple[str, ...]) -> list[str]:
     return archs
 
 
-def _specs(kernel, head_size, quant_block, weight_dtype):
+def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
     if kernel is None:
         given = [
             f"--{n}"
@@ -43,6 +45,7 @@ def _specs(kernel, head_size, quant_block, weight_dtype):
                 ("head-size", head_size),
                 ("quant-block", quant_block),
                 ("weight-dtype", weight_dtype),
+                ("rope", rope),
             )
             if v is not None
         ]
@@ -54,7 +57,8 @@ def _specs(kernel, head_size, quant_block, weight_dtype):
         return default_specs()
     try:
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
-        return [make_spec(kernel, head_size, quant_block, weight_dtype=d) for d in dtypes]
+        rope = DEFAULT_ROPE if rope is None else rope
+        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d) for d in dtypes]
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 
@@ -89,24 +93,23 @@ def _config():
         raise click.ClickException(str(err)) from None
 
 
-def console():
-    """stdout console; when piped, wide enough that variant names and commands stay whole."""
+def console(stderr: bool = False):
+    """stdout (or stderr) console; when piped, wide enough that variant names and commands stay whole."""
     import sys
 
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(width=None if stream.isatty() else 200, highlight=False, stderr=stderr)
 
 
 def _reproduce(p, pipeline: str = "default", out: Path | None = None) -> str:
     """The command that builds only `p`'s variant, with the same pipeline and output directory."""
     import shlex
 
-    s = p.spec
-    cmd = (
-        f"compressc build --arch {p.arch} --spec {s.kernel} --head-size {s.head} "
-        f"--quant-block {s.quant_block} --weight-dtype {s.weight_dtype} -j 1"
-    )
+    from compressc.runtime.resolve import build_command
+
+    cmd = build_command(p.spec, p.arch) + " -j 1"  # the runtime's hint, so the two cannot differ
     cmd += f" -p {shlex.quote(pipeline)}" if pipeline != "default" else ""
     return cmd + (f" --out {shlex.quote(str(out))}" if out is not None else "")
 
@@ -117,10 +120,21 @@ def jobs_option(help_text: str):
 
 
 def variant_options(spec_help: str):
-    """--spec, --head-size, --quant-block and --weight-dtype: one variant instead of the matrix."""
+    """--spec, --head-size, --quant-block, --weight-dtype, --rope: one variant instead of the matrix.
+
+    These are every axis of a variant's name (KernelSpec.variant), so any kernel the
+    runtime asks for, and so any `compressc build` command KernelNotFoundError prints, can
+    be built and packed.
+    """
 
     def decorate(command):
         # applied bottom-up, so --help lists them in the order written here
+        command = click.option(
+            "--rope",
+            type=int,
+            default=None,
+            help=f"With --spec: rope dims at the end of the head (default {DEFAULT_ROPE}).",
+        )(command)
         command = click.option(
             "--weight-dtype",
             type=click.Choice(["bf16", "f32"]),
@@ -155,13 +169,15 @@ def variant_options(spec_help: str):
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
+    help="Kernel directory to fill (default: the user cache, $COMPRESSC_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/compressc or ~/.cache/compressc).",
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
-def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jobs):
+@json_option
+def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs, as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
-    Builds the default variant matrix (SPEC.md §1 rows, both weight dtypes) for each
+    Builds the default variant matrix (docs/kernels.md §1 rows, both weight dtypes) for each
     --arch. Nothing needs a GPU. A second run with nothing changed compiles nothing.
 
     \b
@@ -169,10 +185,11 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
       compressc build --arch sm90
       compressc build --arch sm90 --arch sm100 -j 2 --out build/kernels
       compressc build --arch sm90 --spec c4a --head-size 512 --quant-block 64
+      compressc build --arch sm90 --json > build.json     (progress on stderr)
     """
     config = _config()
     archs = _archs(archs)
-    specs = _specs(kernel, head_size, quant_block, weight_dtype)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope)
     _check_build_extra()
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store
@@ -184,13 +201,35 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
         raise click.ClickException(str(err)) from None
     workers = jobs or config.jobs or os.cpu_count() or 1
     started = time.perf_counter()
-    results, built = _run_with_progress(plans, store, workers)
-    _summary(
-        plans, results, built, store, time.perf_counter() - started, lambda p: _reproduce(p, pipeline, out)
-    )
+    results, built = _run_with_progress(plans, store, workers, progress_to_stderr=as_json)
+    rows = summary_rows(plans, results, built, lambda p: _reproduce(p, pipeline, out))
+    seconds = time.perf_counter() - started
+    if as_json:
+        echo_json({"out": str(store.root), "seconds": round(seconds, 3), "kernels": rows})
+    else:
+        _summary(rows, store, seconds)
+    _report_failures(rows)
 
 
-def _run_with_progress(plans, store, workers):
+def unwritable(root: Path) -> str | None:
+    """Why kernels cannot be written under `root` ("not writable (...)"), None if they can.
+
+    Checked before compiling anything: a cache under /proc or a read-only mount used to
+    fail only when the first finished kernel was published. Creates `root` if missing,
+    as the build would.
+    """
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        return f"not writable ({err.strerror or err})"
+    return None
+
+
+def _run_with_progress(plans, store, workers, progress_to_stderr: bool = False):
     """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"}).
 
     "rebuilt" means the store held a corrupt or tampered entry under that key: it was a
@@ -202,10 +241,12 @@ def _run_with_progress(plans, store, workers):
 
     problems = {p.key: store.problem(p.key) for p in plans}
     missing = [p.label for p in plans if problems[p.key]]
-    if store.readonly and missing:
+    why = unwritable(store.root) if missing else None
+    if (store.readonly or why) and missing:
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise click.ClickException(
-            f"{store.root} is read-only and lacks {len(missing)} kernel(s) ({', '.join(missing[:3])}"
-            f"{', ...' if len(missing) > 3 else ''}): build into a writable directory with --out DIR "
+            f"{store.root} is {why or 'read-only'} and lacks {len(missing)} kernel(s) ({listed}): "
+            "build into a writable directory with --out DIR "
             "or COMPRESSC_CACHE_DIR"
         )
     corrupt = {key for key, problem in problems.items() if problem and not problem.startswith("missing")}
@@ -215,7 +256,7 @@ def _run_with_progress(plans, store, workers):
         TextColumn("{task.fields[status]}"),
         BarColumn(bar_width=24),
         TimeElapsedColumn(),
-        console=console(),
+        console=console(stderr=progress_to_stderr),
         transient=False,
     ) as progress:
         overall = progress.add_task("all kernels", total=len(plans), status=f"0/{len(plans)}")
@@ -235,8 +276,28 @@ def _run_with_progress(plans, store, workers):
         return build_plans(plans, store, workers, on_done), compiled
 
 
-def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> None:
-    from rich.markup import escape
+def summary_rows(plans, results, built, reproduce=_reproduce) -> list[dict]:
+    """One record per planned kernel: what the table and `build --json` show."""
+    rows = []
+    for p in plans:
+        outcome = results.get(p.key)
+        row = {"variant": p.spec.variant, "arch": p.arch, "key": p.key}
+        if isinstance(outcome, BaseException) or outcome is None:
+            rows.append(row | {"status": "failed", "error": str(outcome), "reproduce": reproduce(p)})
+            continue
+        m = outcome.manifest
+        rows.append(row | {
+            "status": built.get(p.key, "cached").split(" ")[0],
+            "path": str(outcome.path),
+            "registers": m["registers"],
+            "smem": m["smem_static"] + m["smem_dynamic"],
+            "spills": m["spill_stores"] + m["spill_loads"],
+            "compile_seconds": m["compile_seconds"],
+        })
+    return rows
+
+
+def _summary(rows: list[dict], store, seconds: float) -> None:
     from rich.table import Table
 
     table = Table(title=f"compressc build -> {store.root}", title_justify="left")
@@ -244,29 +305,27 @@ def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> Non
         table.add_column(
             col, justify="right" if col in ("regs", "smem", "spills", "compile s") else "left", no_wrap=True
         )
-    failures = []
-    for p in plans:
-        outcome = results.get(p.key)
-        if isinstance(outcome, BaseException) or outcome is None:
-            failures.append((p, outcome))
-            table.add_row(p.spec.variant, p.arch, "-", "-", "-", "-", "[red]FAILED")
+    for r in rows:
+        if r["status"] == "failed":
+            table.add_row(r["variant"], r["arch"], "-", "-", "-", "-", "[red]FAILED")
             continue
-        m = outcome.manifest
-        status = built.get(p.key, "cached").split(" ")[0]
-        table.add_row(
-            p.spec.variant,
-            p.arch,
-            str(m["registers"]),
-            str(m["smem_static"] + m["smem_dynamic"]),
-            str(m["spill_stores"] + m["spill_loads"]),
-            f"{m['compile_seconds']:.2f}",
-            status,
-        )
+        table.add_row(r["variant"], r["arch"], str(r["registers"]), str(r["smem"]), str(r["spills"]),
+                      f"{r['compile_seconds']:.2f}", r["status"])
     out = console()
     out.print(table)
-    out.print(f"{len(plans) - len(failures)}/{len(plans)} kernels ready in {seconds:.1f} s")
-    for p, err in failures:
-        out.print("[red]error[/red] " + escape(f"{p.label}: {err}"), soft_wrap=True)
-        out.print(f"  reproduce: {reproduce(p)}", markup=False, soft_wrap=True)
+    ready = sum(r["status"] != "failed" for r in rows)
+    out.print(f"{ready}/{len(rows)} kernels ready in {seconds:.1f} s")
+
+
+def _report_failures(rows: list[dict]) -> None:
+    """Each failed variant and the command that rebuilds only it, on stderr; then exit 1."""
+    from rich.markup import escape
+
+    failures = [r for r in rows if r["status"] == "failed"]
+    errors = console(stderr=True)
+    for r in failures:
+        label = f"{r['variant']}@{r['arch']}"
+        errors.print("[red]error[/red] " + escape(f"{label}: {r['error']}"), soft_wrap=True)
+        errors.print(f"  reproduce: {r['reproduce']}", markup=False, soft_wrap=True)
     if failures:
         raise SystemExit(1)

@@ -20,6 +20,7 @@ from compressc.cli_build import (
     jobs_option,
     variant_options,
 )
+from compressc.cli_json import echo_json, json_option
 from compressc.specs.family import KERNELS
 
 # K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.
@@ -69,7 +70,8 @@ def _cache_dir_option(fn):
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
-        help="Cache root (default: $COMPRESSC_CACHE_DIR or ~/.cache/compressc).",
+        help="Cache root (default: $COMPRESSC_CACHE_DIR, else $XDG_CACHE_HOME/compressc or "
+        "~/.cache/compressc).",
     )(fn)
 
 
@@ -82,6 +84,17 @@ def _cache_root(cache_dir: Path | None) -> Path:
         return Config.from_env().cache_dir
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _existing_cache(root: Path) -> Path:
+    """`root` if it is a directory; else one error saying so (an empty listing would hide it)."""
+    if root.is_dir():
+        return root
+    what = "is not a directory" if root.exists() else "does not exist"
+    raise click.ClickException(
+        f"no kernel cache at {root}: the path {what}; build into it with `compressc build`, "
+        "or name an existing cache with --cache-dir or COMPRESSC_CACHE_DIR"
+    )
 
 
 def _console():
@@ -125,12 +138,13 @@ def _dir_size(path: Path) -> int:
 @jobs_option("Compiler processes for kernels the cache lacks (default: $COMPRESSC_JOBS or the cores).")
 @variant_options("Pack one kernel instead of the default matrix.")
 @_cache_dir_option
-def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dtype, cache_dir):
+def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dtype, rope, cache_dir):
     """Write an installable kernel-pack wheel (compiling what the cache lacks).
 
     The wheel, e.g. compressc_kernels_sm90-<version>-py3-none-any.whl, depends only on
     this exact compressc version, serves x86-64 and aarch64 hosts, and is byte-for-byte
     reproducible (set SOURCE_DATE_EPOCH to stamp its files; default 1980-01-01).
+    What a pack holds: docs/formats.md §5.
 
     \b
     Examples:
@@ -143,7 +157,7 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
     from compressc.cache.wheel import WheelError, format_size, write_wheel, zip_time
     from compressc.config import Config, ConfigError
 
-    archs, specs = _archs(archs), _specs(kernel, head_size, quant_block, weight_dtype)
+    archs, specs = _archs(archs), _specs(kernel, head_size, quant_block, weight_dtype, rope)
     try:
         date_time = zip_time(os.environ.get("SOURCE_DATE_EPOCH"))
         workers = jobs or Config.from_env().jobs
@@ -177,11 +191,13 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
 @click.command("inspect")
 @click.option("--arch", default=None, help="Only kernels for this arch (sm90, sm_90a, ...).")
 @_cache_dir_option
-def inspect_cmd(arch, cache_dir):
+@json_option
+def inspect_cmd(arch, cache_dir, as_json):
     """List every kernel from the installed packs and the cache.
 
     'used' marks the entry the runtime would load for each variant@arch: installed
-    packs first, then the cache ($COMPRESSC_CACHE_DIR, default ~/.cache/compressc).
+    packs first, then the cache ($COMPRESSC_CACHE_DIR, default $XDG_CACHE_HOME/compressc
+    or ~/.cache/compressc).
     Each row shows the arch, the source (pack or cache path) and the cubin sha256.
 
     \b
@@ -189,9 +205,8 @@ def inspect_cmd(arch, cache_dir):
       compressc inspect
       compressc inspect --arch sm90
       COMPRESSC_CACHE_DIR=build/kernels compressc inspect
+      compressc inspect --json | jq '.kernels[] | select(.used) | .source'
     """
-    from rich.table import Table
-
     from compressc.cache.store import Store
     from compressc.runtime.resolve import iter_pack_roots, open_store
 
@@ -200,10 +215,9 @@ def inspect_cmd(arch, cache_dir):
         warnings.simplefilter("always")
         stores = [open_store(root) for root in iter_pack_roots()]
     root = _cache_root(cache_dir)
+    if not root.is_dir():
+        _no_cache(root, stores)
     sources = [(getattr(s, "label", str(s.root)), s) for s in stores] + [(f"cache {root}", Store(root, True))]
-    table = Table(title="compressc kernels (packs, then the user cache)", title_justify="left")
-    for col in ("variant", "arch", "source", "key", "cubin sha256", "regs", "smem", "used"):
-        table.add_column(col, justify="right" if col in ("regs", "smem") else "left", no_wrap=col != "source")
     rows, used, problems = [], set(), [str(w.message) for w in caught]
     for label, store in sources:
         for entry in store.entries():
@@ -212,26 +226,55 @@ def inspect_cmd(arch, cache_dir):
                 continue
             chosen = (m["variant"], m["arch"]) not in used and _indexed(store, m, problems) == entry.key
             used |= {(m["variant"], m["arch"])} if chosen else set()
-            rows.append(
-                (
-                    m["variant"],
-                    m["arch"],
-                    label,
-                    entry.key[:12],
-                    m["cubin_sha256"][:12],
-                    str(m["registers"]),
-                    str(m["smem_static"] + m["smem_dynamic"]),
-                    "*" if chosen else "",
-                )
-            )
+            rows.append(_kernel_row(entry, label, chosen))
         problems += [f"{label}: {path}: {problem}" for path, problem in store.verify()]
-    for row in sorted(rows, key=lambda r: (r[0], r[1])):
-        table.add_row(*row)
+    rows.sort(key=lambda r: (r["variant"], r["arch"]))
+    problems = list(dict.fromkeys(problems))
+    if as_json:
+        echo_json({"kernels": rows, "packs": len(stores), "cache": str(root), "warnings": problems})
+    else:
+        _print_kernels(rows, len(stores))
+    for problem in problems:
+        click.echo(f"warning {problem}", err=True)
+
+
+def _kernel_row(entry, source: str, used: bool) -> dict:
+    m = entry.manifest
+    return {
+        "variant": m["variant"],
+        "arch": m["arch"],
+        "source": source,
+        "path": str(entry.path),
+        "key": entry.key,
+        "cubin_sha256": m["cubin_sha256"],
+        "registers": m["registers"],
+        "smem": m["smem_static"] + m["smem_dynamic"],
+        "used": used,
+    }
+
+
+def _print_kernels(rows: list[dict], packs: int) -> None:
+    from rich.table import Table
+
+    table = Table(title="compressc kernels (packs, then the user cache)", title_justify="left")
+    for col in ("variant", "arch", "source", "key", "cubin sha256", "regs", "smem", "used"):
+        table.add_column(col, justify="right" if col in ("regs", "smem") else "left", no_wrap=col != "source")
+    for r in rows:
+        table.add_row(r["variant"], r["arch"], r["source"], r["key"][:12], r["cubin_sha256"][:12],
+                      str(r["registers"]), str(r["smem"]), "*" if r["used"] else "")
     console = _console()
     console.print(table)
-    console.print(f"{len(rows)} kernels from {len(stores)} pack(s) and the cache")
-    for problem in dict.fromkeys(problems):
-        console.print(f"[yellow]warning[/yellow] {problem}", soft_wrap=True)
+    console.print(f"{len(rows)} kernels from {packs} pack(s) and the cache")
+
+
+def _no_cache(root: Path, stores: list) -> None:
+    """A missing cache is a note when packs supply kernels, else the error that nothing can."""
+    if not stores:
+        raise click.ClickException(
+            f"no kernels to list: no kernel pack is installed and the cache {root} does not exist; "
+            "build with `compressc build`, or name the cache with --cache-dir or COMPRESSC_CACHE_DIR"
+        )
+    click.echo(f"note: the cache {root} does not exist; listing the installed packs only", err=True)
 
 
 def _indexed(store, manifest, problems: list[str]) -> str | None:
@@ -249,9 +292,11 @@ def _indexed(store, manifest, problems: list[str]) -> str | None:
 def cache():
     """Manage the user cache of compiled kernels.
 
-    The cache is $COMPRESSC_CACHE_DIR (default ~/.cache/compressc) or --cache-dir.
+    The cache is --cache-dir, else $COMPRESSC_CACHE_DIR, else $XDG_CACHE_HOME/compressc
+    or ~/.cache/compressc.
     A corrupt or tampered entry is never loaded: it is a miss that the next build
-    (or, unless COMPRESSC_NO_JIT=1, the runtime) rebuilds.
+    (or, unless COMPRESSC_NO_JIT=1, the runtime) rebuilds. The layout of an entry and
+    its manifest: docs/formats.md §4.
 
     \b
       compressc cache ls                      entries: variant, arch, key, size, date
@@ -264,44 +309,59 @@ def cache():
 
 @cache.command("ls")
 @_cache_dir_option
-def cache_ls(cache_dir):
+@json_option
+def cache_ls(cache_dir, as_json):
     """List cache entries ('index' marks the build the runtime loads).
 
     \b
     Examples:
       compressc cache ls
       compressc cache ls --cache-dir build/kernels
+      compressc cache ls --json | jq -r '.entries[].key'
     """
+    from compressc.cache.store import Store
+
+    store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
+    entries = sorted(store.entries(), key=lambda e: (e.manifest["variant"], e.manifest["arch"], e.key))
+    rows = [_entry_row(store, e) for e in entries]
+    if as_json:
+        echo_json({"root": str(store.root), "entries": rows, "bytes": sum(r["bytes"] for r in rows)})
+        return
+    _print_entries(store.root, rows)
+
+
+def _entry_row(store, entry) -> dict:
+    return {
+        "variant": entry.manifest["variant"],
+        "arch": entry.manifest["arch"],
+        "key": entry.key,
+        "path": str(entry.path),
+        "bytes": _dir_size(entry.path),
+        "modified": _when(entry.path / "manifest.json"),
+        "indexed": _indexed(store, entry.manifest, []) == entry.key,
+    }
+
+
+def _print_entries(root: Path, rows: list[dict]) -> None:
     from rich.table import Table
 
-    from compressc.cache.store import Store
     from compressc.cache.wheel import format_size
 
-    store = Store(_cache_root(cache_dir), readonly=True)
-    entries = sorted(store.entries(), key=lambda e: (e.manifest["variant"], e.manifest["arch"], e.key))
-    table = Table(title=f"compressc cache {store.root}", title_justify="left")
+    table = Table(title=f"compressc cache {root}", title_justify="left")
     for col in ("variant", "arch", "key", "size", "modified", "index"):
         table.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
-    total = 0
-    for e in entries:
-        size, indexed = _dir_size(e.path), _indexed(store, e.manifest, []) == e.key
-        total += size
-        table.add_row(
-            e.manifest["variant"],
-            e.manifest["arch"],
-            e.key,
-            format_size(size),
-            _when(e.path / "manifest.json"),
-            "*" if indexed else "",
-        )
+    for r in rows:
+        table.add_row(r["variant"], r["arch"], r["key"], format_size(r["bytes"]), r["modified"],
+                      "*" if r["indexed"] else "")
     console = _console()
     console.print(table)
-    console.print(f"{len(entries)} entries, {format_size(total)}")
+    console.print(f"{len(rows)} entries, {format_size(sum(r['bytes'] for r in rows))}")
 
 
 @cache.command("verify")
 @_cache_dir_option
-def cache_verify(cache_dir):
+@json_option
+def cache_verify(cache_dir, as_json):
     """Re-hash every entry; exit 1 naming each bad one.
 
     Checks each manifest, each cubin's sha256, leftover temp dirs of interrupted
@@ -311,20 +371,25 @@ def cache_verify(cache_dir):
     Examples:
       compressc cache verify
       COMPRESSC_CACHE_DIR=build/kernels compressc cache verify
+      compressc cache verify --json     (exit status as without it)
     """
     from compressc.cache.store import Store
 
-    store = Store(_cache_root(cache_dir), readonly=True)
+    store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
     problems = store.verify()
-    for path, problem in problems:
-        click.echo(f"bad {path}: {problem}")
     good = len(store.entries())
+    if as_json:
+        bad = [{"path": str(path), "problem": problem} for path, problem in problems]
+        echo_json({"root": str(store.root), "good": good, "problems": bad, "ok": not problems})
+    for path, problem in problems if not as_json else []:
+        click.echo(f"bad {path}: {problem}", err=True)
     if problems:
         raise click.ClickException(
             f"{len(problems)} problem(s), {good} good entries in {store.root}: bad entries are misses that "
             "`compressc build` replaces; `compressc cache clear` drops everything"
         )
-    click.echo(f"{good} entries OK in {store.root}")
+    if not as_json:
+        click.echo(f"{good} entries OK in {store.root}")
 
 
 @cache.command("prune")

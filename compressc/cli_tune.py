@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from compressc.cli_build import jobs_option
+from compressc.cli_json import echo_json, json_option
 from compressc.specs.family import KERNELS
 from compressc.tune.candidates import MAX_CANDIDATES
 from compressc.tune.measure import KINDS, REPS, T_LIST
@@ -103,12 +104,14 @@ _STEP_OF = {
     default=None,
     help="--apply: the tuned table to update (default: the package's compressc/passes/tuned.json).",
 )
+@json_option
 @click.pass_context
-def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
+def tune(ctx, arch, prepare_dir, measure_dir, results_file, as_json, **opts):
     """Search the legal schedules of the default variants and keep the fastest.
 
     Compiling needs nvidia-cutlass-dsl and measuring needs a GPU, so the search is three
-    steps of this command. Candidates per variant (at most --limit): the derived default,
+    steps of this command (docs/pipeline.md §7). Candidates per variant (at most
+    --limit): the derived default,
     the baseline, the current tuned entry, then window-prefetch rows 1|2|4|8, one CTA per
     row, runs of half and twice the derived run, the run without its .minnctapersm
     occupancy hint, the tiled grid and its longer runs (fewer CTAs per SM), the window
@@ -133,6 +136,7 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
       PYTHONPATH=. python -m compressc.cli tune --measure build/tune    (GPU host, 1-2 min)
       compressc tune --apply build/tune/tune_results.json               (here: write tuned.json)
       compressc build --arch sm90                                       (now with the tuned schedules)
+      compressc tune --apply build/tune/tune_results.json --json        (any step: JSON on stdout)
     """
     steps = {"prepare": prepare_dir, "measure": measure_dir, "apply": results_file}
     chosen = [name for name, value in steps.items() if value is not None]
@@ -144,20 +148,20 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, **opts):
             flag = next(p.opts[-1] for p in ctx.command.params if p.name == name)
             raise click.ClickException(f"{flag} belongs to --{owner}, not --{step}")
     if step == "prepare":
-        _prepare(arch, prepare_dir, opts)
+        _prepare(arch, prepare_dir, opts, as_json)
     elif step == "measure":
-        _measure(measure_dir, opts)
+        _measure(measure_dir, opts, as_json)
     else:
-        _apply(results_file, opts["data"])
+        _apply(results_file, opts["data"], as_json)
 
 
-def _prepare(arch: str, out_dir: Path, opts: dict) -> None:
+def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> None:
     import os
 
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from compressc.cli_build import _archs, _check_build_extra, _config, console
+    from compressc.cli_build import _archs, _check_build_extra, _config, console, unwritable
     from compressc.specs.matrix import default_specs
     from compressc.tune.prepare import PLAN_FILE, prepare
 
@@ -171,8 +175,11 @@ def _prepare(arch: str, out_dir: Path, opts: dict) -> None:
     if not specs:
         raise click.ClickException("no default variant matches --spec/--weight-dtype")
     _check_build_extra()
+    why = unwritable(out_dir)  # before compiling: the candidates are stored under DIR
+    if why:
+        raise click.ClickException(f"--prepare {out_dir} is {why}: give a writable directory")
     workers = opts["jobs"] or _config().jobs or os.cpu_count() or 1
-    out = console()
+    out = console(stderr=as_json)
     with Progress(
         TextColumn("building candidates"),
         BarColumn(bar_width=30),
@@ -190,6 +197,11 @@ def _prepare(arch: str, out_dir: Path, opts: dict) -> None:
             opts["limit"],
             lambda n: progress.update(task, total=n),
         )
+    if as_json:
+        echo_json({"plan": str(out_dir / PLAN_FILE), "arch": arch, "variants": [
+            {"variant": v["variant"], "candidates": len(v["candidates"]), "dropped": v["dropped"]}
+            for v in doc["variants"]
+        ]})
     for v in doc["variants"]:
         out.print(f"{v['variant']}@{arch}: {len(v['candidates'])} candidates, {len(v['dropped'])} dropped")
         for d in v["dropped"]:
@@ -200,12 +212,12 @@ def _prepare(arch: str, out_dir: Path, opts: dict) -> None:
     )
 
 
-def _measure(plan_dir: Path, opts: dict) -> None:
+def _measure(plan_dir: Path, opts: dict, as_json: bool = False) -> None:
     from compressc.cli_build import console
     from compressc.tune.measure import MeasureError, measure
     from compressc.tune.prepare import write_json
 
-    out = console()
+    out = console(stderr=as_json)
     try:
         doc = measure(
             plan_dir,
@@ -218,7 +230,10 @@ def _measure(plan_dir: Path, opts: dict) -> None:
         raise click.ClickException(str(err)) from None
     path = opts["out"] or plan_dir / RESULTS_FILE
     write_json(path, doc)
-    print_results(doc, out)
+    if as_json:
+        echo_json(doc)  # the results file's document
+    else:
+        print_results(doc, out)
     out.print(f"wrote {path}; apply it on the build host with:", soft_wrap=True)
     out.print(f"  compressc tune --apply {path}", markup=False, soft_wrap=True)
 
@@ -252,7 +267,7 @@ def print_results(doc: dict, out) -> None:
         out.print(f"  winner: {v['winner']['pipeline']}", markup=False, soft_wrap=True)
 
 
-def _apply(results_file: Path, data: Path | None) -> None:
+def _apply(results_file: Path, data: Path | None, as_json: bool = False) -> None:
     from compressc.cli_build import console
     from compressc.passes.tuned import TunedFileError
     from compressc.tune.apply import ApplyError, apply
@@ -261,6 +276,9 @@ def _apply(results_file: Path, data: Path | None) -> None:
         path, arch, wins = apply(results_file, data)
     except (ApplyError, TunedFileError) as err:
         raise click.ClickException(str(err)) from None
+    if as_json:
+        echo_json({"tuned": str(path), "arch": arch, "winners": wins})
+        return
     out = console()
     for variant, entry in wins.items():
         derived = entry.get("derived_score_us")

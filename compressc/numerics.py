@@ -1,4 +1,4 @@
-"""Bit-exact rounding rules of SPEC.md §3 steps 5-6, in a torch and a NumPy flavour.
+"""Bit-exact rounding rules of docs/kernels.md §3 steps 5-6, in a torch and a NumPy flavour.
 
 The torch functions back the reference emulation (`compressc.reference`); the NumPy
 ones back the IR interpreter. Both flavours must agree bit for bit, which
@@ -68,7 +68,7 @@ def np_e4m3_decode(code: np.ndarray) -> np.ndarray:
 
 
 def np_ue8m0_byte(raw: np.ndarray) -> np.ndarray:
-    """UE8M0 byte of a positive fp32 scale, rounded up to a power of two (SPEC §3.5)."""
+    """UE8M0 byte of a positive fp32 scale, rounded up to a power of two (docs/kernels.md §3.5)."""
     bits = np.asarray(raw, dtype=np.float32).view(np.uint32).astype(np.int64)
     return (((bits + 0x7FFFFF) >> 23) & 0xFF).astype(np.uint8)
 

@@ -1,16 +1,16 @@
-"""Torch emulation of SPEC.md §3-§5: the bytes every compressc kernel must write.
+"""Torch emulation of docs/kernels.md §3-§5: the bytes every compressc kernel must write.
 
 Runs on CPU and CUDA tensors alike and gives the same bits on both: every step is an
 IEEE-rounded elementwise fp32 operation, except the two places where a device's own
 approximation would leak in, which are evaluated in float64 and rounded once to fp32:
 
-- exp:  e(d) = fp32(exp2_f64(fp32(d * LOG2E_f32)))  (SPEC §3.3 "exact exp"; d <= 0);
+- exp:  e(d) = fp32(exp2_f64(fp32(d * LOG2E_f32)))  (docs/kernels.md §3.3 "exact exp"; d <= 0);
 - RMS:  ss = fp32(sum_f64(x_e^2)) (the fp32 squares are exact in float64), then
         rrms = 1 / sqrt(ss / head + eps), each of `/ head`, `+ eps`, `sqrt`, `1 /`
         one IEEE fp32 operation; y_e = (x_e * rrms) * fp32(w_e).
 
-A kernel may differ from these bytes only as SPEC.md §6 allows.
-Argument lists mirror vLLM's ops (SPEC.md §2); `k_cache` is written in place.
+A kernel may differ from these bytes only as docs/kernels.md §6 allows.
+Argument lists mirror vLLM's ops (docs/kernels.md §2); `k_cache` is written in place.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def pool(
         q = s0 + i
         qc = q.clamp(min=0)
         state = state_cache[block_table[req, qc // bs].long(), qc % bs]
-        # Overlap (C4): the first r rows feed stream A, the rest stream B (SPEC §3.2).
+        # Overlap (C4): the first r rows feed stream A, the rest stream B (docs/kernels.md §3.2).
         col = head if spec.overlap and i >= spec.ratio else 0
         kv, score = state[:, col : col + head], state[:, sw + col : sw + col + head]
         m, den, acc = _online_step(m, den, acc, kv.float(), score.float(), (q >= 0)[:, None])
@@ -154,7 +154,7 @@ def rope_rotate(
 def quant_ue8m0(spec: KernelSpec, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(e4m3 codes uint8[N, C], UE8M0 bytes uint8[N, C / quant_block]) of bf16-valued q.
 
-    raw = max(scale_floor, amax / 448) per block: the floor is on the scale (SPEC §3.5).
+    raw = max(scale_floor, amax / 448) per block: the floor is on the scale (docs/kernels.md §3.5).
     """
     n, width = q.shape
     blocks = q.reshape(n, width // spec.quant_block, spec.quant_block)
@@ -168,7 +168,7 @@ def quant_ue8m0(spec: KernelSpec, q: torch.Tensor) -> tuple[torch.Tensor, torch.
 def quant_f32scale(spec: KernelSpec, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(e4m3 codes uint8[N, C], fp32 scale [N]) with scale = 2^ceil(log2(max(amax, floor) / 448)).
 
-    Here the floor is on amax (SPEC §4 indexer); the UE8M0 rounding gives the ceil exactly.
+    Here the floor is on amax (docs/kernels.md §4 indexer); the UE8M0 rounding gives the ceil exactly.
     """
     amax = q.abs().amax(dim=-1)
     floor = torch.tensor(spec.scale_floor, dtype=torch.float32, device=q.device)
@@ -293,7 +293,7 @@ def c128a_compress(
     compressed_kv: torch.Tensor,
     kv_slot_mapping: torch.Tensor,
 ) -> None:
-    """C128A kernel 1 (SPEC §5): pooled fp32 rows into compressed_kv[t] for active t only."""
+    """C128A kernel 1 (docs/kernels.md §5): pooled fp32 rows into compressed_kv[t] for active t only."""
     _require(spec, ("c128a_compress",))
     rows = _active_index(spec, slot_mapping, token_to_req_indices, positions, kv_slot_mapping)
     if rows.numel() == 0:
@@ -315,7 +315,7 @@ def c128a_store(
     kv_slot_mapping: torch.Tensor,
     kv_cache_block_size: int | torch.Tensor,
 ) -> None:
-    """C128A kernel 2 (SPEC §5): norm, rope, quantise and store compressed_kv's active rows."""
+    """C128A kernel 2 (docs/kernels.md §5): norm, rope, quantise and store compressed_kv's active rows."""
     _require(spec, ("c128a_store",))
     rows = _active_index(spec, slot_mapping, token_to_req_indices, positions, kv_slot_mapping)
     if rows.numel() == 0:

@@ -1,4 +1,4 @@
-"""Realistic random launches of the compressor kernels (SPEC.md §2 inputs, §6 coverage).
+"""Realistic random launches of the compressor kernels (docs/kernels.md §2 inputs, §6 coverage).
 
 `make_scenario(spec, kind, T)` builds every input tensor of one launch, deterministic
 by seed (all random numbers come from a CPU torch.Generator, then move to the device):
@@ -80,7 +80,7 @@ class Scenario:
         return self.slot_mapping.device
 
     def args(self, out: torch.Tensor | None = None) -> tuple:
-        """The kernel's arguments in vLLM op order (SPEC §2); `out` replaces its output tensor."""
+        """The kernel's arguments in vLLM op order (docs/kernels.md §2); `out` replaces its output tensor."""
         common = (self.token_to_req_indices, self.positions, self.slot_mapping)
         kind = self.spec.kernel
         if kind == "c128a_compress":
@@ -106,7 +106,7 @@ class Scenario:
         return out
 
     def active(self) -> torch.Tensor:
-        """bool[T] mask of the rows that write (SPEC §3 step 1)."""
+        """bool[T] mask of the rows that write (docs/kernels.md §3 step 1)."""
         return reference.active_rows(
             self.spec,
             self.T,
@@ -338,7 +338,7 @@ def _state_cache(
 def _nonzero(normal: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """normal * scale in place, with the rare exact 0.0 of torch.randn (about 1 in 25M) set to 1.
 
-    SPEC §6 asks for data that is never zero, so a kernel that skips a row cannot pass.
+    docs/kernels.md §6 asks for data that is never zero, so a kernel that skips a row cannot pass.
     """
     return normal.masked_fill_(normal == 0, 1.0).mul_(scale)
 

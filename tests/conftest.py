@@ -14,7 +14,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-# CI runs the same examples every time (STYLE.md §9); locally HYPOTHESIS_PROFILE=dev explores.
+# CI runs the same examples every time (a derandomised profile); locally HYPOTHESIS_PROFILE=dev explores.
 settings.register_profile("ci", derandomize=True, deadline=None)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci")
@@ -22,5 +22,5 @@ settings.load_profile("ci")
 
 @pytest.fixture
 def sentinel() -> int:
-    """Byte every cache is poisoned with before a launch (SPEC.md §6)."""
+    """Byte every cache is poisoned with before a launch (docs/kernels.md §6)."""
     return 0xA5

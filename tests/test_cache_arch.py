@@ -49,6 +49,20 @@ def test_config_defaults() -> None:
     assert config.jobs >= 1
 
 
+def test_config_honours_xdg_cache_home() -> None:
+    assert Config.from_env({"XDG_CACHE_HOME": "/xdg"}).cache_dir == Path("/xdg/compressc")
+    both = {"XDG_CACHE_HOME": "/xdg", "COMPRESSC_CACHE_DIR": "/mine"}
+    assert Config.from_env(both).cache_dir == Path("/mine")  # the compressc variable wins
+    # the XDG spec: a relative XDG_CACHE_HOME is invalid and ignored
+    assert Config.from_env({"XDG_CACHE_HOME": "rel"}).cache_dir == Path("~/.cache/compressc").expanduser()
+
+
+def test_runtime_reads_the_same_cache_dir_as_the_cli() -> None:
+    from compressc.runtime.resolve import settings_from_environ
+
+    assert settings_from_environ({"XDG_CACHE_HOME": "/xdg"}) == (Path("/xdg/compressc"), True)
+
+
 def test_config_reads_every_variable() -> None:
     env = {"COMPRESSC_CACHE_DIR": "/x/cache", "COMPRESSC_NO_JIT": "Yes", "COMPRESSC_JOBS": "3"}
     assert Config.from_env(env) == Config(cache_dir=Path("/x/cache"), no_jit=True, jobs=3)

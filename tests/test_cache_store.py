@@ -52,7 +52,7 @@ def files(cubin: bytes) -> dict[str, bytes | str]:
     return {
         "kernel.cubin": cubin,
         "spec.cir": "module @c4a\n",
-        "kernel.py": "ENTRY = 'x'\n",
+        "kernel_py.txt": "ENTRY = 'x'\n",
         "kernel.ptx": ".version 9.4\n",
         "jitlink.log": "ptxas info\n",
     }
@@ -74,7 +74,7 @@ def test_publish_then_get(store: Store) -> None:
         "jitlink.log",
         "kernel.cubin",
         "kernel.ptx",
-        "kernel.py",
+        "kernel_py.txt",
         "manifest.json",
         "spec.cir",
     ]

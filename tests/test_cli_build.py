@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from click.testing import CliRunner
 from compressc.cache import compile as compile_module
 from compressc.cache.store import Store
 from compressc.cli import main
+from compressc.runtime.resolve import KernelNotFoundError, find_kernel
+from compressc.specs import make_spec
 
 ONE = ["--spec", "c4a", "--weight-dtype", "bf16", "-j", "1"]
 
@@ -97,6 +101,16 @@ def test_second_build_compiles_nothing(tmp_path, monkeypatch):
     }
     (entry,) = Store(out).entries()
     assert (entry.path / "key.json").is_file()
+    as_json = run("--out", str(out), *ONE, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)  # progress went to stderr: stdout is the document alone
+    assert doc["out"] == str(out) and doc["seconds"] >= 0
+    m = entry.manifest
+    assert doc["kernels"] == [{
+        "variant": "c4a_h512_q64_r64_bf16", "arch": "sm_90a", "key": entry.key, "status": "cached",
+        "path": str(entry.path), "registers": m["registers"], "smem": m["smem_static"] + m["smem_dynamic"],
+        "spills": m["spill_stores"] + m["spill_loads"], "compile_seconds": m["compile_seconds"],
+    }]
 
 
 def test_help():
@@ -128,7 +142,7 @@ def test_arch_before_fp8_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option", [["--head-size", "512"], ["--quant-block", "64"], ["--weight-dtype", "f32"]]
+    "option", [["--head-size", "512"], ["--quant-block", "64"], ["--weight-dtype", "f32"], ["--rope", "32"]]
 )
 def test_variant_options_need_spec(tmp_path, option):
     out = tmp_path / "kernels"
@@ -178,8 +192,8 @@ def test_failed_variant_prints_the_command_that_reproduces_it(tmp_path, monkeypa
     )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    assert "error c4a_h512_q64_r64_bf16@sm_90a: ptxas rejected [the kernel] for sm_90a" in result.output
-    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("  reproduce: ")]
+    assert "error c4a_h512_q64_r64_bf16@sm_90a: ptxas rejected [the kernel] for sm_90a" in result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("  reproduce: ")]
     command = line.removeprefix("  reproduce: ")
     assert command.startswith(
         "compressc build --arch sm_90a --spec c4a --head-size 512 --quant-block 64 "
@@ -267,9 +281,76 @@ def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "spec",
+    [make_spec("c4a", 512, 32, rope=32, weight_dtype="f32"), make_spec("indexer_fp8", weight_dtype="bf16")],
+    ids=lambda s: s.variant,
+)
+def test_the_not_found_hint_is_a_build_command_that_works(tmp_path, monkeypatch, spec):
+    """KernelNotFoundError's `compressc build ...` line, run as printed, builds that very variant."""
+    with pytest.raises(KernelNotFoundError) as err:
+        find_kernel(spec, "sm_90a", pack_roots=[], cache_dir=tmp_path / "none", allow_jit=False)
+    lines = [ln.strip() for ln in str(err.value).splitlines()]
+    (command,) = [ln for ln in lines if ln.startswith("compressc build")]
+    seen = []
+
+    def record(jobs, workers, on_done):
+        for key, source, arch in jobs:
+            seen.append((arch, source))
+            on_done(key, RuntimeError("stop here"))
+
+    monkeypatch.setattr(compile_module, "compile_many", record)
+    out = tmp_path / "kernels"
+    result = run(*shlex.split(command)[2:], "--out", str(out))
+    assert result.exit_code == 1 and "Usage:" not in result.output, result.output
+    assert f"error {spec.variant}@sm_90a: stop here" in result.stderr  # one kernel: exactly this one
+    assert len(seen) == 1 and seen[0][0] == "sm_90a" and f"cutlass_{spec.variant}" in seen[0][1]
+    assert f"  reproduce: {command} -j 1 --out {out}" in result.stderr
+
+
+def test_build_json_reports_a_failed_variant(tmp_path, monkeypatch):
+    def failing(jobs, workers, on_done):
+        for key, _source, _arch in jobs:
+            on_done(key, RuntimeError("ptxas said no"))
+
+    monkeypatch.setattr(compile_module, "compile_many", failing)
+    out = tmp_path / "kernels"
+    result = run("--out", str(out), *ONE, "--json")
+    assert result.exit_code == 1
+    (row,) = json.loads(result.stdout)["kernels"]
+    assert (row["variant"], row["status"]) == ("c4a_h512_q64_r64_bf16", "failed")
+    assert row["error"] == "ptxas said no"
+    assert row["reproduce"].startswith("compressc build --arch sm_90a --spec c4a ")
+    assert f"  reproduce: {row['reproduce']}" in result.stderr
+
+
+def test_wheel_takes_every_variant_axis_too():
+    result = CliRunner().invoke(main, ["wheel", "--help"])
+    for option in ("--spec", "--head-size", "--quant-block", "--weight-dtype", "--rope"):
+        assert option in result.output
+
+
+def test_unwritable_cache_dir_fails_before_compiling(tmp_path, monkeypatch):
+    def no_compiles(jobs, workers, on_done):
+        raise AssertionError("compiled although nothing can be stored")
+
+    monkeypatch.setattr(compile_module, "compile_many", no_compiles)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(main, ["build", *ONE], env={"COMPRESSC_CACHE_DIR": str(blocker / "cache")})
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.stdout == ""
+    assert result.stderr == (
+        f"Error: {blocker / 'cache'} is not writable (Not a directory) and lacks 1 kernel(s) "
+        "(c4a_h512_q64_r64_bf16@sm_90a): build into a writable directory with --out DIR or "
+        "COMPRESSC_CACHE_DIR\n"
+    )
+    assert "reproduce" not in result.output
+
+
+@pytest.mark.parametrize(
     "command",
     [[], ["build"], ["wheel"], ["inspect"], ["emit"], ["opt"], ["cache"]]
-    + [["cache", c] for c in ("ls", "verify", "prune", "clear", "why")],
+    + [["cache", c] for c in ("ls", "verify", "prune", "clear", "why")]
+    + [["show-config"], ["tune"]],
     ids=lambda c: " ".join(c) or "compressc",
 )
 def test_every_help_teaches_by_example(command):

@@ -95,6 +95,72 @@ def test_verify_names_each_bad_entry(cache, built):
     assert "Error: 2 problem(s), 0 good entries" in bad.output
 
 
+def test_verify_reports_bad_entries_on_stderr(cache, built):
+    cubin = entry_dir(cache, built[1]) / "kernel.cubin"
+    cubin.write_bytes(b"x")
+    bad = run("cache", "verify", "--cache-dir", str(cache))
+    assert bad.exit_code == 1 and bad.stdout == ""
+    assert f"bad {entry_dir(cache, built[1])}: tampered: {cubin} has sha256" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["cache", "ls"], ["cache", "verify"]])
+def test_ls_and_verify_of_a_missing_cache_say_so(tmp_path, command):
+    missing = tmp_path / "no-such-cache"
+    for result in (
+        run(*command, "--cache-dir", str(missing)),
+        run(*command, env={"COMPRESSC_CACHE_DIR": str(missing)}),
+    ):
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr == (
+            f"Error: no kernel cache at {missing}: the path does not exist; build into it with "
+            "`compressc build`, or name an existing cache with --cache-dir or COMPRESSC_CACHE_DIR\n"
+        )
+    assert not missing.exists()
+    afile = tmp_path / "file"
+    afile.write_text("")
+    assert "the path is not a directory" in run(*command, env={"COMPRESSC_CACHE_DIR": str(afile)}).stderr
+
+
+def test_inspect_of_a_missing_cache_says_so(built, tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-cache"
+    monkeypatch.setattr(resolve, "iter_pack_roots", lambda: [])
+    result = run("inspect", "--cache-dir", str(missing))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"Error: no kernels to list: no kernel pack is installed and the cache {missing} does not exist; "
+        "build with `compressc build`, or name the cache with --cache-dir or COMPRESSC_CACHE_DIR\n"
+    )
+    cache, entry = built
+    wheel = write_wheel([entry], ["sm90"], tmp_path / "dist").path
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    pack = tmp_path / "site" / "compressc_kernels_sm90" / "store"
+    monkeypatch.setattr(resolve, "iter_pack_roots", lambda: [pack])
+    with_pack = run("inspect", "--cache-dir", str(missing))
+    assert with_pack.exit_code == 0 and SPEC.variant in with_pack.stdout
+    assert with_pack.stderr == f"note: the cache {missing} does not exist; listing the installed packs only\n"
+
+
+def test_ls_and_verify_json(cache, built):
+    entry = built[1]
+    listing = run("cache", "ls", "--json", "--cache-dir", str(cache))
+    assert listing.exit_code == 0 and listing.stderr == ""
+    doc = json.loads(listing.stdout)
+    (row,) = doc["entries"]
+    assert doc["root"] == str(cache) and doc["bytes"] == row["bytes"] > 0
+    assert (row["variant"], row["arch"], row["key"]) == (SPEC.variant, "sm_90a", entry.key) and row["indexed"]
+    assert row["path"] == str(entry_dir(cache, entry))
+    ok = json.loads(run("cache", "verify", "--json", "--cache-dir", str(cache)).stdout)
+    assert ok == {"root": str(cache), "good": 1, "problems": [], "ok": True}
+    (entry_dir(cache, entry) / "kernel.cubin").write_bytes(b"x")
+    bad = run("cache", "verify", "--json", "--cache-dir", str(cache))
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: 2 problem(s), 0 good entries")
+    doc = json.loads(bad.stdout)
+    assert doc["ok"] is False and doc["good"] == 0
+    index = f"{cache / 'index' / LABEL}.json"
+    assert [p["path"] for p in doc["problems"]] == [str(entry_dir(cache, entry)), index]
+    assert doc["problems"][0]["problem"].startswith("tampered: ")
+
+
 # -- prune, clear ---------------------------------------------------------------------------
 def test_prune_keeps_the_cache_under_a_size(cache, built):
     kept = run("cache", "prune", "--max-size", "1GiB", "--cache-dir", str(cache))
@@ -204,6 +270,27 @@ def test_inspect_lists_packs_then_the_cache(built, tmp_path, monkeypatch):
     assert str(entry.manifest["registers"]) in rows[0] and "2 kernels from 1 pack(s)" in result.output
     none = run("inspect", "--arch", "sm100", "--cache-dir", str(cache))
     assert none.exit_code == 0 and "0 kernels" in none.output
+
+
+def test_inspect_json(built, tmp_path, monkeypatch):
+    cache, entry = built
+    monkeypatch.setattr(resolve, "iter_pack_roots", lambda: [])
+    result = run("inspect", "--json", "--cache-dir", str(cache))
+    assert result.exit_code == 0 and result.stderr == ""
+    doc = json.loads(result.stdout)
+    assert (doc["packs"], doc["cache"], doc["warnings"]) == (0, str(cache), [])
+    (row,) = doc["kernels"]
+    assert row == {
+        "variant": SPEC.variant,
+        "arch": "sm_90a",
+        "source": f"cache {cache}",
+        "path": str(entry_dir(cache, entry)),
+        "key": entry.key,
+        "cubin_sha256": entry.manifest["cubin_sha256"],
+        "registers": entry.manifest["registers"],
+        "smem": entry.manifest["smem_static"] + entry.manifest["smem_dynamic"],
+        "used": True,
+    }
 
 
 def test_inspect_warns_about_a_tampered_pack(built, tmp_path, monkeypatch):

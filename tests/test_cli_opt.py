@@ -71,7 +71,23 @@ def test_a_file_through_a_pipeline(spec_file: Path) -> None:
     assert result.stdout == print_module(_lowered())
     dumps = [line for line in result.stderr.splitlines() if line.startswith("// -----//")]
     passes = parse_pipeline(resolve_pipeline("default", module_from_spec(C4A), "sm_90a"))
-    assert dumps == [DUMP.format(p.spelling()) for p in passes] + [DUMP.format("lower-grid")]
+    before = f"// -----// IR Dump Before {passes[0].spelling()} //----- //"
+    assert dumps == [before] + [DUMP.format(p.spelling()) for p in passes] + [DUMP.format("lower-grid")]
+
+
+def test_print_ir_after_all_starts_with_the_spec_ir() -> None:
+    result = _opt("--spec", "c4a", "--print-ir-after-all")
+    assert result.exit_code == 0, result.output
+    first = result.stderr.split("// -----// IR Dump After", 1)[0]
+    assert first.split("//----- //\n", 1)[1].strip() == print_module(module_from_spec(C4A)).strip()
+
+
+def test_an_empty_pipeline_runs_no_passes() -> None:
+    result = _opt("--spec", "c4a", "-p", "", "--print-ir-after-all")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == print_module(module_from_spec(C4A))  # no schedule filled in
+    assert "// -----// IR Dump Before an empty pipeline (no passes) //----- //" in result.stderr
+    assert "IR Dump After" not in result.stderr
 
 
 def test_a_saved_stage_restarts_the_pipeline(tmp_path: Path) -> None:
@@ -204,3 +220,33 @@ def test_exactly_one_of_file_or_spec(spec_file: Path) -> None:
 def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     result = _opt(str(tmp_path / "nope.cir"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_vectorize_without_thread_map_is_one_error() -> None:
+    assert _error(_opt("--spec", "c4a", "-p", "vectorize{bits=256}")) == (
+        "pipeline column 1: bad options of vectorize: vectorize bits=256: must be 32, 64 or 128\n"
+        "  vectorize{bits=256}\n  ^\n"
+    )
+    assert _error(_opt("--spec", "c4a", "-p", "vectorize")) == (
+        "vectorize cannot lower @c4a_h512_q64_r64_bf16: vectorize needs the thread map: run thread-map "
+        "first, e.g. -p 'thread-map,vectorize'\n"
+    )
+
+
+def test_an_op_attribute_that_contradicts_the_module_is_one_error(spec_file: Path) -> None:
+    text = spec_file.read_text()
+    spec_file.write_text(text.replace("overlap = true, head = 512", "overlap = true, head = 511"))
+    assert _error(_opt(str(spec_file))) == (
+        f"{spec_file}:21: cc.window %win: head=511: contradicts the module attributes, which imply head=512\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "data", [b"\xff\xfe\x00binary", b"module @m {\x00\x01}", "m\u00e9".encode("latin-1")]
+)
+def test_a_binary_or_non_utf8_file_is_one_error(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "kernel.cubin.cir"
+    path.write_bytes(data)
+    message = _error(_opt(str(path)))
+    assert message.startswith(f"{path}: not a .cir text file (")
+    assert message.endswith("): give IR text as `compressc opt --spec ...` prints it\n")

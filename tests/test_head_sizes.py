@@ -1,4 +1,4 @@
-"""Every spec-legal (head_size, quant_block) gets a legal derived schedule (SPEC.md §1).
+"""Every spec-legal (head_size, quant_block) gets a legal derived schedule (docs/kernels.md §1).
 
 The derived thread map picks the most channels per lane that lay the head out in whole
 warps; a quant block wider than a warp (the fp8 indexer's one block per head, head > 128

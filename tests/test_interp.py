@@ -1,4 +1,4 @@
-"""The NumPy interpreter of lowered modules against the torch reference (SPEC.md §6 acceptance).
+"""The NumPy interpreter of lowered modules against the torch reference (docs/kernels.md §6 acceptance).
 
 - the thread map is a bijection onto the head for every legal schedule of every default variant;
 - the lowered IR of every default variant reproduces the reference bytes on random launches;
@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from compressc import reference
 from compressc.acceptance import compare_cache_bytes
+from compressc.ir import interp
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, lane_channels, run_module
-from compressc.ir.verifier import VerifyError
+from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.scenarios import KINDS, SENTINEL, make_scenario
@@ -74,7 +75,7 @@ def _active_slots(sc) -> torch.Tensor:
 
 
 def _assert_cache_accepted(spec, got: torch.Tensor, want: torch.Tensor, sc) -> None:
-    """The GPU tests' acceptance (SPEC.md §6): rare one-step fp8 codes only."""
+    """The GPU tests' acceptance (docs/kernels.md §6): rare one-step fp8 codes only."""
     report = compare_cache_bytes(
         spec, got, want, _active_slots(sc), kv_cache_block_size=sc.kv_cache_block_size
     )
@@ -227,13 +228,18 @@ def _report(spec, module, kind: str, T: int, seed: int, **extra):
     return compare_cache_bytes(spec, got, want, _active_slots(sc), kv_cache_block_size=sc.kv_cache_block_size)
 
 
-def test_the_comparison_catches_a_wrong_module() -> None:
+def test_the_comparison_catches_a_wrong_module(monkeypatch) -> None:
     spec = make_spec("c4a")
     assert _report(spec, _lower(spec), "mixed", 12, 11, tiny_block=True).ok
     # Flooring amax instead of the scale (vLLM's Triton fallback) changes the tiny block's scale byte.
     wrong = _lower(spec).replace_ops(
         "cc.quant", lambda op: replace(op, attrs=_set(op.attrs, "floor_on", "amax"))
     )
+    # The verifier refuses such a module (its op contradicts the module's variant); the byte
+    # comparison must catch the wrong bytes on its own, so the interpreter runs it unverified.
+    with pytest.raises(VerifyError, match="floor_on='amax': contradicts the module attributes"):
+        verify(wrong)
+    monkeypatch.setattr(interp, "verify", lambda module: module)
     report = _report(spec, wrong, "mixed", 12, 11, tiny_block=True)
     assert report.scale_mismatches > 0 and not report.ok
     # Rotating at p instead of (p // 4) * 4 changes the rope values.

@@ -125,9 +125,24 @@ def test_vectorize_narrows_to_each_run_and_to_its_option() -> None:
     assert _sched(rows, "cc.load_rows") == {"vector_bits": 64}
 
 
-def test_vectorize_rejects_an_illegal_width_through_the_verifier() -> None:
+@pytest.mark.parametrize("bits", [16, 256])
+def test_vectorize_rejects_an_illegal_width(bits: int) -> None:
+    with pytest.raises(PipelineError, match=rf"bad options of vectorize: vectorize bits={bits}: must be 32"):
+        parse_pipeline(f"thread-map,vectorize{{bits={bits}}}")
+
+
+def test_the_verifier_rejects_an_illegal_vector_width() -> None:
+    module = _run(C4A, "thread-map,vectorize")
+    module = module.replace_ops("cc.window", lambda op: op.with_sched(vector_bits=16))
     with pytest.raises(VerifyError, match=r"cc\.window %win: vector_bits=16: must be 32, 64 or 128"):
-        _run(C4A, "thread-map,vectorize{bits=16}")
+        verify(module)
+
+
+@pytest.mark.parametrize("name", ["vectorize", "lower-reduction", "plan-smem", "window-prefetch"])
+def test_a_pass_after_thread_map_refuses_to_run_without_it(name: str) -> None:
+    with pytest.raises(PipelineError, match=rf"{name} needs the thread map: run thread-map first, e\.g\. "
+                                            rf"-p 'thread-map,{name}'"):
+        _run(C4A, name)
 
 
 # -- lower-reduction ---------------------------------------------------------------------------
@@ -287,11 +302,12 @@ def _manager(**flags) -> tuple[PassManager, list[str]]:
 def test_print_ir_after_all_dumps_every_stage() -> None:
     manager, printed = _manager(print_after_all=True)
     lowered = manager.run(module_from_spec(C4A))
-    assert [p.splitlines()[0] for p in printed] == [
+    assert [p.splitlines()[0] for p in printed] == ["// -----// IR Dump Before thread-map //----- //"] + [
         f"// -----// IR Dump After {name} //----- //" for name in [*DEFAULT_PIPELINE.split(","), "lower-grid"]
     ]
+    assert printed[0].split("\n", 1)[1] == print_module(module_from_spec(C4A))  # the spec IR first
     assert printed[-1].split("\n", 1)[1] == print_module(lowered)
-    assert "elems_per_lane = 8" in printed[0] and "vector_bits" not in printed[0]
+    assert "elems_per_lane = 8" in printed[1] and "vector_bits" not in printed[1]
 
 
 def test_print_ir_after_change_skips_passes_that_change_nothing() -> None:

@@ -1,4 +1,4 @@
-"""The torch reference against bytes worked out independently (SPEC.md §3-§5)."""
+"""The torch reference against bytes worked out independently (docs/kernels.md §3-§5)."""
 
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def test_pool_matches_float64_softmax(kernel, kind):
 
 # -- whole launches: vectorised reference == row-by-row reference -----------------------
 def _row_by_row(sc) -> torch.Tensor:
-    """Apply SPEC §3 one row at a time with plain Python activity checks."""
+    """Apply docs/kernels.md §3 one row at a time with plain Python activity checks."""
     spec, out = sc.spec, sc.poisoned_cache()
     for t in range(sc.T):
         if t >= len(sc.positions) or t >= len(sc.kv_slot_mapping):

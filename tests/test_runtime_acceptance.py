@@ -1,4 +1,4 @@
-"""compare_cache_bytes (SPEC.md §6) on synthetic byte tensors and on reference output."""
+"""compare_cache_bytes (docs/kernels.md §6) on synthetic byte tensors and on reference output."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The runtime imports and works where nvidia-cutlass-dsl is not installed (DESIGN.md §2)."""
+"""The runtime imports and works where nvidia-cutlass-dsl is not installed (docs/architecture.md §2)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -244,6 +246,24 @@ def test_jit_builder_may_return_an_entry_dir(roots, tmp_path):
         builder=lambda spec, arch: entry,
     )
     assert image.cubin == CUBIN
+
+
+def test_a_jit_build_is_logged_at_info(roots, tmp_path, caplog):
+    _, cache = roots
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "manifest.json").write_text(json.dumps(manifest()))
+    (entry / "kernel.cubin").write_bytes(CUBIN)
+    with caplog.at_level(logging.INFO, logger="compressc.runtime"):
+        find_kernel(SPEC, ARCH, pack_roots=[], cache_dir=cache, allow_jit=True,
+                    store_factory=FakeStores({}), builder=lambda spec, arch: entry)
+    (record,) = [r for r in caplog.records if r.name == "compressc.runtime"]
+    assert record.levelno == logging.INFO
+    assert re.fullmatch(
+        rf"compressc: no prebuilt {SPEC.variant} for {ARCH}, compiled it at run time in \d+\.\d s; "
+        rf"stored in {re.escape(str(entry))}",
+        record.getMessage(),
+    )
 
 
 def test_settings_come_from_environment(roots, monkeypatch):

@@ -1,4 +1,4 @@
-"""Scenarios have SPEC §2 dtypes and cover every case SPEC §6 asks for."""
+"""Scenarios have docs/kernels.md §2 dtypes and cover every case docs/kernels.md §6 asks for."""
 
 from __future__ import annotations
 

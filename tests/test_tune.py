@@ -282,6 +282,14 @@ def test_prepare_builds_the_candidates_of_a_subset(tmp_path: Path) -> None:
         assert entry is not None and entry.manifest["pipeline"] == c["pipeline"]
         assert c["key"] == plan(spec, ARCH, c["pipeline"]).key  # what `compressc build -p PIPELINE` makes
     assert cands[0]["key"] == plan(spec, "sm90", "derived").key
+    again = _tune("--arch", "sm90", "--prepare", str(out), "--spec", "indexer_fp8", "--weight-dtype", "bf16",
+                  "--limit", "3", "-j", "1", "--json")  # the candidates are cached now
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == {
+        "plan": str(out / PLAN_FILE),
+        "arch": ARCH,
+        "variants": [{"variant": "indexer_fp8_h128_q128_r64_bf16", "candidates": 3, "dropped": []}],
+    }
 
 
 # -- measure (its GPU part runs on the device machine) --------------------------------------------
@@ -382,6 +390,36 @@ def test_measure_without_a_gpu_is_one_clear_line_and_never_imports_cutlass(tmp_p
         "Error: tune --measure needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
         "run it on the GPU host with the prepared DIR: "
         "PYTHONPATH=. python -m compressc.cli tune --measure DIR\n"
+    )
+
+
+def test_measure_json_prints_the_results_document(tmp_path: Path, monkeypatch) -> None:
+    import compressc.tune.measure as measure_mod
+
+    doc = json.loads(_results(tmp_path).read_text())
+    monkeypatch.setattr(measure_mod, "measure", lambda plan_dir, **kw: (kw["log"]("timing ..."), doc)[1])
+    result = _tune("--measure", str(tmp_path), "--json", "--out", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == doc == json.loads((tmp_path / "r.json").read_text())
+    assert "timing ..." in result.stderr and "apply it on the build host" in result.stderr
+
+
+def test_apply_json_lists_the_winners(tmp_path: Path) -> None:
+    data = tmp_path / "tuned.json"
+    result = _tune("--apply", str(_results(tmp_path)), "--data", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["tuned"], doc["arch"]) == (str(data), ARCH)
+    assert doc["winners"][C4A.variant]["pipeline"] == TUNED_C4A
+    assert doc["winners"][C4A.variant]["score_us"] == 4.47
+
+
+@pytest.mark.skipif(not HAS_BUILD, reason="needs the build extra (nvidia-cutlass-dsl, nvjitlink)")
+def test_prepare_into_an_unwritable_dir_fails_before_compiling(tmp_path: Path) -> None:
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    assert _error(_tune("--prepare", str(blocker / "tune"), "--spec", "c4a")) == (
+        f"--prepare {blocker / 'tune'} is not writable (Not a directory): give a writable directory"
     )
 
 

@@ -109,9 +109,8 @@ def test_wheel_layout_and_metadata(wheel, built):
         for e in entries:
             prefix = f"compressc_kernels_sm90/store/{e.key[:2]}/{e.key}"
             assert read(f"{prefix}/kernel.cubin") == e.cubin_bytes()
-            assert {f"{prefix}/{n}" for n in ("manifest.json", "spec.cir", "kernel.py", "key.json")} < set(
-                names
-            )
+            stages = ("manifest.json", "spec.cir", "kernel_py.txt", "key.json")
+            assert {f"{prefix}/{n}" for n in stages} < set(names)
             index = json.loads(
                 read(f"compressc_kernels_sm90/store/index/{e.manifest['variant']}@{ARCH}.json")
             )
@@ -129,6 +128,32 @@ def test_wheel_layout_and_metadata(wheel, built):
         assert all(
             i.date_time == (1980, 1, 1, 0, 0, 0) and i.external_attr >> 16 == 0o100644 for i in zf.infolist()
         )
+
+
+def test_wheel_has_no_python_file_for_pip_to_byte_compile(wheel):
+    """pip compiles every installed .py (check-wheel-contents W004): only the package's
+    __init__.py may be one; the generated kernel source travels as kernel_py.txt."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        meta = zf.read(f"compressc_kernels_sm90-{__version__}.dist-info/METADATA").decode()
+    assert [n for n in names if n.endswith(".py")] == ["compressc_kernels_sm90/__init__.py"]
+    assert any(n.endswith("/kernel_py.txt") for n in names)
+    assert "License: Apache-2.0\n" in meta
+
+
+def test_legacy_kernel_py_is_packed_under_the_text_name(built, tmp_path):
+    entry = built[1][0]
+    legacy = tmp_path / entry.key
+    legacy.mkdir()
+    for path in entry.path.iterdir():
+        name = "kernel.py" if path.name == "kernel_py.txt" else path.name
+        (legacy / name).write_bytes(path.read_bytes())
+    old = Entry(legacy, entry.manifest)
+    assert old.text("kernel_py.txt") == entry.text("kernel_py.txt")  # readers see one name
+    with zipfile.ZipFile(write_wheel([old], ["sm90"], tmp_path / "dist").path) as zf:
+        names = zf.namelist()
+    assert f"compressc_kernels_sm90/store/{entry.key[:2]}/{entry.key}/kernel_py.txt" in names
+    assert not any(n.endswith("/kernel.py") for n in names)
 
 
 def test_record_hashes_every_member(wheel):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from compressc import __version__
 from compressc.cache.arch import normalize_arch
 from compressc.cache.key import canonical_json, hash_ingredients, key_ingredients, source_fingerprint
+from compressc.cache.store import KERNEL_SOURCE
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.launch import launch_info
 from compressc.ir.printer import print_module
@@ -101,7 +102,7 @@ def entry_files(p: BuildPlan, artifacts) -> tuple[dict, dict[str, bytes | str]]:
         "kernel.cubin": artifacts.cubin,
         "spec.cir": p.spec_ir,
         "lowered.cir": p.lowered_ir,
-        "kernel.py": p.source,
+        KERNEL_SOURCE: p.source,
         "kernel.ptx": artifacts.ptx,
         "jitlink.log": artifacts.log,
     }

@@ -1,6 +1,6 @@
 """Cache keys: sha256 over a canonical JSON of everything that decides a cubin's bytes.
 
-Ingredients (DESIGN.md §4): the printed spec IR, the pipeline string, the arch, the
+Ingredients (docs/architecture.md §4): the printed spec IR, the pipeline string, the arch, the
 compile options, compressc's version, a fingerprint of compressc's compiler sources and
 the toolchain (CuTe DSL version and flavour, nvJitLink version). Nothing here imports
 cutlass, so a key costs milliseconds.

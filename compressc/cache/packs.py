@@ -1,4 +1,4 @@
-"""Kernel packs (DESIGN.md §4): the pack index, the version rule and tamper-evident lookup.
+"""Kernel packs (docs/architecture.md §4): the pack index, the version rule and tamper-evident lookup.
 
 A kernel pack is an installed package (a wheel written by `compressc wheel`) whose
 `ROOT` is a Store-shaped directory plus one more file, the pack index:

@@ -1,8 +1,8 @@
-"""The content-addressed kernel store (DESIGN.md §4): the user cache and kernel packs.
+"""The content-addressed kernel store (docs/architecture.md §4): the user cache and kernel packs.
 
 Layout of a root:
 
-  <key[:2]>/<key>/kernel.cubin, manifest.json, spec.cir, lowered.cir, kernel.py, ...
+  <key[:2]>/<key>/kernel.cubin, manifest.json, spec.cir, lowered.cir, kernel_py.txt, ...
   index/<variant>@<arch>.json   {"key": ...}: the newest build of a variant
   locks/<key>.lock              flock'd while a process builds that key
   tmp/                          entries being written; renamed into place when complete
@@ -32,7 +32,12 @@ from compressc.cache.manifest import validate_manifest
 
 log = logging.getLogger("compressc.cache")
 MANIFEST = "manifest.json"
-STAGE_FILES = ("spec.cir", "lowered.cir", "kernel.py", "kernel.ptx", "jitlink.log")
+# The generated CuTe DSL source is kept as text under a name that is not `*.py`: pip
+# byte-compiles every .py file a wheel installs (check-wheel-contents W004), and this one
+# is a record of the build, never imported. Entries written before the rename hold kernel.py.
+KERNEL_SOURCE = "kernel_py.txt"
+LEGACY_KERNEL_SOURCE = "kernel.py"
+STAGE_FILES = ("spec.cir", "lowered.cir", KERNEL_SOURCE, "kernel.ptx", "jitlink.log")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 Files = Mapping[str, bytes | str]
 BuildFn = Callable[[], "tuple[dict[str, Any], Files] | Entry"]
@@ -78,8 +83,10 @@ class Entry:
         return data
 
     def text(self, name: str) -> str | None:
-        """A stage text of this entry (spec.cir, lowered.cir, kernel.py, ...), None if absent."""
+        """A stage text of this entry (spec.cir, lowered.cir, kernel_py.txt, ...), None if absent."""
         path = self.path / name
+        if name == KERNEL_SOURCE and not path.is_file():
+            path = self.path / LEGACY_KERNEL_SOURCE
         return path.read_text() if path.is_file() else None
 
 

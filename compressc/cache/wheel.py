@@ -1,4 +1,4 @@
-"""Kernel-pack wheels (DESIGN.md §4), written directly with zipfile, byte for byte reproducible.
+"""Kernel-pack wheels (docs/architecture.md §4), written directly with zipfile, byte for byte reproducible.
 
 `compressc_kernels_sm90-0.1.0-py3-none-any.whl` (py3-none-any: cubins are GPU code, so one
 wheel serves x86-64 and aarch64 hosts) holds:
@@ -33,7 +33,7 @@ from pathlib import Path
 from compressc import __version__
 from compressc.cache.arch import normalize_arch, sm_number
 from compressc.cache.packs import ENTRY_POINT_GROUP, PACK_FILE, make_pack_info
-from compressc.cache.store import MANIFEST, Entry
+from compressc.cache.store import KERNEL_SOURCE, LEGACY_KERNEL_SOURCE, MANIFEST, Entry
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can record
 _FILE_MODE = 0o100644 << 16  # regular file, rw-r--r--
@@ -133,10 +133,16 @@ def _entry_files(entry: Entry, prefix: str) -> dict[str, bytes]:
     files = {f"{prefix}/{entry.manifest['cubin']}": entry.cubin_bytes()}
     for path in sorted(entry.path.iterdir()):
         if path.is_file() and path.name not in (MANIFEST, entry.manifest["cubin"]):
-            files[f"{prefix}/{path.name}"] = path.read_bytes()
+            files[f"{prefix}/{_stage_name(path.name)}"] = path.read_bytes()
     manifest = dict(entry.manifest, compile_seconds=0.0)  # wall time: not an input of the build
     files[f"{prefix}/{MANIFEST}"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return files
+
+
+def _stage_name(name: str) -> str:
+    """The packed name of a stage file: entries built before the rename hold kernel.py, which
+    pip would byte-compile into the store on install (check-wheel-contents W004)."""
+    return KERNEL_SOURCE if name == LEGACY_KERNEL_SOURCE else name
 
 
 def _init_py(name: PackName, archs: list[str], version: str) -> str:
@@ -160,6 +166,7 @@ def _metadata(name: PackName, archs: list[str], count: int, version: str) -> str
         f"Version: {version}\n"
         f"Summary: Prebuilt compressc kernels (cubins) for {', '.join(archs)}\n"
         f"Requires-Dist: compressc=={version}\n"
+        "License: Apache-2.0\n"
         "Description-Content-Type: text/plain\n"
         "\n"
         f"{count} DeepSeek-V4 KV-compressor kernels built by compressc {version} for {', '.join(archs)}.\n"

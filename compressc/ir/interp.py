@@ -8,7 +8,7 @@ butterfly over `lane_tree` plus the per-warp partials, the amax butterfly over
 `group_tree`, and every byte the store writes. Values are fp32 and each step is one
 IEEE fp32 operation as on the GPU; ex2 and rsqrt are evaluated in fp32 by NumPy where
 the kernel uses MUFU approximations (an ulp apart), so the interpreter's bytes may
-differ from a kernel's only as SPEC.md §6 allows. A schedule bug (a lane owning the
+differ from a kernel's only as docs/kernels.md §6 allows. A schedule bug (a lane owning the
 wrong channels, a shuffle mask leaving its group, a merge out of order) therefore
 shows up on a CPU, against `compressc.reference`.
 
@@ -113,7 +113,7 @@ def run_module(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
 
 
 def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int) -> Lanes | None:
-    """SPEC §3.1, as the emitted guard reads it: missing entries count as -1."""
+    """docs/kernels.md §3.1, as the emitted guard reads it: missing entries count as -1."""
     pos = int(mem["positions"][row]) if row < mem.scalar("num_positions") else -1
     kv_slot = int(mem["kv_slot_mapping"][row]) if row < mem.scalar("num_kv_slots") else -1
     slot, req = int(mem["slot_mapping"][row]), int(mem["token_to_req_indices"][row])

@@ -25,7 +25,7 @@ def module_abi(module: Module) -> tuple[Param, ...]:
 
 
 def entry_name(module: Module) -> str:
-    # ptxas treats entries named cutlass_* as CuTe DSL's own (DESIGN.md §3)
+    # ptxas treats entries named cutlass_* as CuTe DSL's own (docs/architecture.md §3)
     return f"cutlass_{module.name}"
 
 

@@ -92,6 +92,28 @@ def _verify_spec(module: Module) -> None:
             raise _fail(module, op, "block", op.attr("block"),
                         f"must equal the {hi - lo} quantised channels: the indexer_fp8 layout "
                         "holds one fp32 scale per token")
+    _verify_ops_match_spec(module, spec)
+
+
+def _verify_ops_match_spec(module: Module, spec) -> None:
+    """Every spec op's attributes are the ones the module's attributes imply.
+
+    The module attributes name the variant (and so the cache key and the kernel's
+    ABI); an op that says otherwise (say `head = 511` in cc.window of a head-512
+    module) would compile a kernel that is not the variant it claims to be. Ops the
+    spec does not make (those passes add) and attributes it does not set are left to
+    the rules that own them.
+    """
+    from compressc.ir.from_spec import module_from_spec
+
+    expected = {(op.name, op.result): op for op in module_from_spec(spec).ops}
+    for op in module.ops:
+        want = expected.get((op.name, op.result))
+        for key, value in want.attrs if want is not None else ():
+            got = op.attr(key)
+            if got is not None and got != value:
+                raise _fail(module, op, key, got,
+                            f"contradicts the module attributes, which imply {key}={value!r}")
 
 
 def _verify_args(module: Module, spec) -> None:

@@ -131,7 +131,7 @@ def prologue(src: Source, module: Module) -> None:
 def guard(src: Source, op: Op | None) -> None:
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
-    src.line("# SPEC 3.1: a row is active only at a boundary token with a request, a position and slots")
+    src.line("# docs/kernels.md §3.1: active only at a boundary token with a request, a position and slots")
     src.line("pos = Int64(-1)")
     src.line("if row < num_positions:")
     src.line("    pos = cute.make_tensor(positions, cute.make_layout(num_positions))[row]")

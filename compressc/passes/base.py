@@ -27,6 +27,16 @@ class ModulePass:
         return self.name + ("{" + ",".join(opts) + "}" if opts else "")
 
 
+def require_thread_map(module: Module, pass_name: str) -> None:
+    """Every pass after thread-map sizes its work by the lanes thread-map assigns; without
+    them it would fill the schedule with zeros that the verifier (which checks a schedule
+    only once a thread map is set) cannot see."""
+    if module.get("elems_per_lane") is None:
+        raise ValueError(
+            f"{pass_name} needs the thread map: run thread-map first, e.g. -p 'thread-map,{pass_name}'"
+        )
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

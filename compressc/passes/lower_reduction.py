@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op
-from compressc.passes.base import ModulePass
+from compressc.passes.base import ModulePass, require_thread_map
 
 WARP = 32
 
@@ -45,6 +45,7 @@ class LowerReduction(ModulePass):
             raise ValueError(f"order={self.order!r}: must be 'down' or 'up'")
 
     def apply(self, module: Module) -> Module:
+        require_thread_map(module, self.name)
         head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
         head_warps = max(1, head_lanes // WARP)
         split = int(module.get("window_split", 1)) * int(module.get("cluster_split", 1))  # type: ignore[arg-type]

@@ -142,6 +142,12 @@ def with_final_lowering(passes: list[ModulePass]) -> list[ModulePass]:
     return [*passes, LowerGrid()]
 
 
+def input_header(passes: list[ModulePass]) -> str:
+    """MLIR's dump header for a pipeline's input: "IR Dump Before <first pass>"."""
+    first = passes[0].spelling() if passes else "an empty pipeline (no passes)"
+    return f"// -----// IR Dump Before {first} //----- //"
+
+
 @dataclass
 class PassManager:
     """Run passes in order, verifying after each; optionally print or time them."""
@@ -155,6 +161,8 @@ class PassManager:
 
     def run(self, module: Module) -> Module:
         verify(module)
+        if self.print_after_all:  # the input first (the spec IR), so every stage is on screen
+            self.out(f"{input_header(self.passes)}\n{print_module(module)}")
         for p in with_final_lowering(self.passes):
             start = time.perf_counter()
             try:

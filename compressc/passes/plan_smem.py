@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op
-from compressc.passes.base import ModulePass
+from compressc.passes.base import ModulePass, require_thread_map
 
 WARP = 32
 FP32 = 4
@@ -38,6 +38,7 @@ class PlanSmem(ModulePass):
     name: ClassVar[str] = "plan-smem"
 
     def apply(self, module: Module) -> Module:
+        require_thread_map(module, self.name)
         offset, barriers, ops = 0, 0, []
         for op in module.ops:
             size = self._size(module, op)

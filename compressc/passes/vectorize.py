@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op
-from compressc.passes.base import ModulePass
+from compressc.passes.base import ModulePass, require_thread_map
 
 DTYPE_BITS = {"f32": 32, "bf16": 16, "u8": 8}
 
@@ -27,7 +27,13 @@ class Vectorize(ModulePass):
     name: ClassVar[str] = "vectorize"
     bits: int = 128
 
+    def __post_init__(self) -> None:
+        # 128 bits (ld.global.v4.f32) is the widest global access PTX has
+        if self.bits not in (32, 64, 128):
+            raise ValueError(f"vectorize bits={self.bits}: must be 32, 64 or 128")
+
     def apply(self, module: Module) -> Module:
+        require_thread_map(module, self.name)
         elems = int(module.get("elems_per_lane", 0))  # type: ignore[arg-type]
         fp32_run = self._width(elems * 32)
         for name in ("cc.window", "cc.load_rows", "cc.store_rows"):

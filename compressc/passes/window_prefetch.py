@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressc.ir.core import Module
-from compressc.passes.base import ModulePass, pool_rows_per_group
+from compressc.passes.base import ModulePass, pool_rows_per_group, require_thread_map
 
 DEFAULT_MAX_IN_FLIGHT = 8
 WARP = 32
@@ -135,6 +135,7 @@ class WindowPrefetch(ModulePass):
     cache_hints: str = "stream"
 
     def apply(self, module: Module) -> Module:
+        require_thread_map(module, self.name)
         if self.cache_hints not in ("stream", "none"):
             raise ValueError(f"window-prefetch cache-hints={self.cache_hints!r}: must be 'stream' or 'none'")
         if self.stage not in ("regs", "smem"):

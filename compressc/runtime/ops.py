@@ -1,4 +1,4 @@
-"""Torch-facing compressor ops with vLLM's argument lists (SPEC.md §2).
+"""Torch-facing compressor ops with vLLM's argument lists (docs/kernels.md §2).
 
 Each op checks its arguments (`validate`), finds its kernel once per device
 (`resolve`: kernel packs -> user cache -> JIT build), loads it (`loader`, imported
@@ -89,7 +89,7 @@ def compress_indexer_fp8(
     head_size: int = 128,
     quant_block: int = 128,
 ) -> None:
-    """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (SPEC.md §4)."""
+    """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (docs/kernels.md §4)."""
     _compress_fused("indexer_fp8", head_size, quant_block, locals())
 
 
@@ -111,7 +111,7 @@ def compress_c128a(
     quant_block: int = 64,
     compressed_kv: torch.Tensor | None = None,
 ) -> None:
-    """C128A: c128a_compress (pooling into fp32 rows) then c128a_store (SPEC.md §5).
+    """C128A: c128a_compress (pooling into fp32 rows) then c128a_store (docs/kernels.md §5).
 
     compressed_kv: fp32 [>= T, head_size] for the pooled rows; when None a per-device
     scratch buffer is used (grown outside CUDA graph capture; see reserve_c128a_scratch).

@@ -9,10 +9,12 @@ A pack or cache root is a Store-shaped directory (`compressc.cache.store.Store`)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,10 +25,10 @@ from compressc.runtime.args import grid_rule_problem
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
 
+log = logging.getLogger("compressc.runtime")
 ENTRY_POINT_GROUP = "compressc.kernel_packs"
 MANIFEST_FORMAT = 1
 BUILD_EXTRA_INSTALL = "pip install 'compressc[build]'"
-_FALSE_WORDS = ("", "0", "false", "no", "off")
 _ARCH_RE = re.compile(r"^sm_(\d+)(\d)([af]?)$")
 
 
@@ -91,7 +93,10 @@ def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
 
 
 def build_command(spec: KernelSpec, arch: str) -> str:
-    """The `compressc build` command that puts `spec` for `arch` into the user cache."""
+    """The `compressc build` command that puts `spec` for `arch` into the user cache.
+
+    It names every axis of the variant (build's variant options accept each one).
+    """
     cmd = (
         f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
         f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
@@ -134,20 +139,16 @@ def _pack_dir(obj: object) -> Path:
 
 
 def runtime_settings() -> tuple[Path, bool]:
-    """(user cache dir, JIT allowed), from compressc.config when present, else the environment."""
-    try:
-        from compressc.config import Config
-    except ImportError:
-        return settings_from_environ(os.environ)
-    config = Config.from_env()
-    return Path(config.cache_dir), not config.no_jit
+    """(user cache dir, JIT allowed), from compressc.config (which has no dependencies)."""
+    return settings_from_environ(os.environ)
 
 
-def settings_from_environ(environ: dict[str, str] | os._Environ) -> tuple[Path, bool]:
-    """COMPRESSC_CACHE_DIR (default ~/.cache/compressc) and COMPRESSC_NO_JIT."""
-    cache = environ.get("COMPRESSC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "compressc")
-    no_jit = environ.get("COMPRESSC_NO_JIT", "").strip().lower() not in _FALSE_WORDS
-    return Path(cache), not no_jit
+def settings_from_environ(environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """COMPRESSC_CACHE_DIR (default $XDG_CACHE_HOME/compressc or ~/.cache/compressc), COMPRESSC_NO_JIT."""
+    from compressc.config import Config
+
+    config = Config.from_env(environ)
+    return config.cache_dir, not config.no_jit
 
 
 # -- manifests ------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def find_kernel(
     store_factory: Callable[[Path], Any] = open_store,
     builder: Callable[[KernelSpec, str], Any] | None = None,
 ) -> KernelImage:
-    """The kernel image of `spec` for `arch`, searched in the order of DESIGN.md §4.
+    """The kernel image of `spec` for `arch`, searched in the order of docs/architecture.md §4.
 
     Arguments left as None come from the installed packs and `runtime_settings()`;
     `builder` defaults to `compressc.cache.build.build_one` when it can be imported.
@@ -270,13 +271,23 @@ def _jit_or_raise(
         notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
     unavailable = _build_unavailable_errors()
+    started = time.perf_counter()
     try:
-        image = _image_from_build((builder or _default_builder(cache_dir))(spec, arch))
+        result = (builder or _default_builder(cache_dir))(spec, arch)
+        image = _image_from_build(result)
     except unavailable as exc:
         notes.append(f"JIT build: impossible, the build extra is not installed ({type(exc).__name__}: {exc})")
         hint += f"\nor install the build extra to compile kernels on first use:\n  {BUILD_EXTRA_INSTALL}"
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint)) from exc
     check_manifest(spec, arch, image.manifest)
+    # A first launch that compiles takes seconds: say so, once, where logging is on.
+    log.info(
+        "compressc: no prebuilt %s for %s, compiled it at run time in %.1f s; stored in %s",
+        spec.variant,
+        arch,
+        time.perf_counter() - started,
+        getattr(result, "path", result),
+    )
     return image
 
 

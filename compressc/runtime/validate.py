@@ -1,4 +1,4 @@
-"""Argument checks of the torch-facing ops (SPEC.md §2), runnable on CPU tensors.
+"""Argument checks of the torch-facing ops (docs/kernels.md §2), runnable on CPU tensors.
 
 Each `*_values` function checks one group of the op's arguments and returns the kernel
 ABI values it supplies (pointers as `data_ptr()`, derived scalars as in

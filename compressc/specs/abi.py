@@ -1,7 +1,7 @@
 """The C ABI of every kernel: raw pointers and scalars in declaration order.
 
 CuTe DSL gives a kernel whose parameters are only pointers and Int32/Int64/Float32
-scalars plain C parameters in this order (DESIGN.md §3), so a loader with nothing but
+scalars plain C parameters in this order (docs/architecture.md §3), so a loader with nothing but
 cuda-python can launch it. Tensors are rebuilt inside the kernel from these.
 """
 

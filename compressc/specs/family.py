@@ -1,4 +1,4 @@
-"""The DSv4 KV-compressor kernel family as data (SPEC.md §1-§5).
+"""The DSv4 KV-compressor kernel family as data (docs/kernels.md §1-§5).
 
 A `KernelSpec` says *what* one kernel computes: which stages it runs, the window
 and stream rule, the reduction, rope, quantisation and the byte layout it stores.
@@ -20,7 +20,7 @@ STORE_LAYOUTS = ("fp8_ds_mla", "indexer_fp8", "f32_rows")
 
 @dataclass(frozen=True, slots=True)
 class StoreLayout:
-    """Where one compressed token's bytes go inside a cache page (SPEC.md §4).
+    """Where one compressed token's bytes go inside a cache page (docs/kernels.md §4).
 
     The value region holds `token_stride` bytes per token from the page start; the
     scale region starts at `block_size * token_stride` and holds `scale_dim` bytes
@@ -55,7 +55,7 @@ class KernelSpec:
 
     VECTOR_BYTES: ClassVar[int] = 16
 
-    # -- derived quantities (SPEC.md §1) ------------------------------------------
+    # -- derived quantities (docs/kernels.md §1) ------------------------------------------
     @property
     def overlap(self) -> bool:
         return self.ratio == 4

@@ -1,4 +1,4 @@
-"""The variants `compressc build` ships by default (SPEC.md §1 rows)."""
+"""The variants `compressc build` ships by default (docs/kernels.md §1 rows)."""
 
 from __future__ import annotations
 

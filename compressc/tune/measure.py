@@ -1,6 +1,6 @@
 """`compressc tune --measure DIR`: time every candidate of DIR's plan on this GPU.
 
-Runs where the kernels run: torch + cuda-python, never cutlass (DESIGN.md §2). Each
+Runs where the kernels run: torch + cuda-python, never cutlass (docs/architecture.md §2). Each
 candidate is loaded by cache key from DIR/store and launched through the runtime
 (`loader`, `args`, the ops' argument values) on `make_scenario` inputs: prefill and
 decode at T = 32, 512, 1024, 4096, 16384 launched rows (C128A decode stops at 4096: 16384

@@ -7,7 +7,7 @@ are built on the build host into the kernel directory the GPU suite reads:
     python tests/gpu/test_head_sizes_gpu.py build/kernels        (build host, cutlass)
     COMPRESSC_CACHE_DIR=build/kernels python -m pytest -m gpu tests/gpu   (GPU host)
 
-Each launch writes into a poisoned cache and is compared with the torch reference (SPEC §6).
+Each launch writes into a poisoned cache and is compared with the torch reference (docs/kernels.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""End to end on the GPU: the runtime's ops against the torch reference (SPEC.md §6).
+"""End to end on the GPU: the runtime's ops against the torch reference (docs/kernels.md §6).
 
 Kernels come from the kernel directory in COMPRESSC_CACHE_DIR (built on a CPU host and
 carried here); the ops find them through compressc.runtime.resolve. Each launch writes

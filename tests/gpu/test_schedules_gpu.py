@@ -10,7 +10,7 @@ kernels are built on the build host into a directory of their own and carried ov
 
 Each test finds its kernel by the manifest's variant and pipeline, routes the op's launch of
 that variant to it (the other kernel of C128A stays the shipped one) and checks the cache
-bytes against the torch reference under SPEC §6, the cache poisoned first.
+bytes against the torch reference under docs/kernels.md §6, the cache poisoned first.
 """
 
 from __future__ import annotations
