@@ -12,6 +12,7 @@ from collections.abc import Callable
 from compressc.ir.core import Module, Op
 from compressc.ir.kd import Node, program
 from compressc.kernels import stages
+from compressc.kernels import window as window_emit
 from compressc.kernels.source import Source
 
 Emit = Callable[[Source, Module, Op], None]
@@ -138,7 +139,7 @@ def _staged_rows(src: Source, module: Module, op: Op) -> None:
     src.line("rem = todo")
     src.line("if rem != 0:")
     with src.indent():
-        stages.stage_issue(src, module, window, "ops.lowest_bit(rem)", "0")
+        window_emit.stage_issue(src, module, window, "ops.lowest_bit(rem)", "0")
     src.line("for st_k in cutlass.range(ops.popc(todo), unroll=1):")
     src.depth += 1
     src.line("st_i = ops.lowest_bit(rem)")
@@ -147,7 +148,7 @@ def _staged_rows(src: Source, module: Module, op: Op) -> None:
     src.line("more = rem != 0")
     src.line("if more:")
     with src.indent():
-        stages.stage_issue(src, module, window, "ops.lowest_bit(rem)", "1 - stg")
+        window_emit.stage_issue(src, module, window, "ops.lowest_bit(rem)", "1 - stg")
     src.line("row = blk0 + st_i")
     src.line("# this row's metadata again: the ballot round trip left it in L1")
 
