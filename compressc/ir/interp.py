@@ -20,7 +20,6 @@ arrays addressed flat from their first element (C-contiguous), scalars are numbe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,35 +27,21 @@ from compressc.ir.core import Module
 from compressc.ir.interp_grid import run_program
 from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.launch import grid_rule, module_abi
+from compressc.ir.schedule import Schedule, UnloweredError
 from compressc.ir.verifier import VerifyError, verify
 from compressc.runtime.args import launch_grid
 from compressc.specs.abi import abi
 
 Value = np.ndarray | int | float
-LOWERED = ("elems_per_lane", "head_lanes", "window_split", "threads", "smem_bytes")
 _POINTER_DTYPES = {"f32": np.float32, "bf16": np.float32, "i32": np.int32, "i64": np.int64, "u8": np.uint8}
 
 
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """The kernel-wide schedule fields the lanes are laid out by."""
-
-    elems: int
-    head_lanes: int
-    split: int
-    threads: int
-    cluster: int = 1
-
-    @classmethod
-    def of(cls, module: Module) -> Schedule:
-        for key in LOWERED:
-            if module.get(key) is None:
-                raise VerifyError(
-                    f"module @{module.name}: {key} is unset: the interpreter needs a lowered "
-                    "module (run the default pipeline first)"
-                )
-        cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-        return cls(*(int(module.get(k)) for k in LOWERED[:4]), cluster)  # type: ignore[arg-type]
+def _schedule(module: Module) -> Schedule:
+    try:
+        return Schedule.of(module)
+    except UnloweredError as err:
+        raise VerifyError(f"module @{module.name}: {err.key} is unset: the interpreter needs a lowered "
+                          "module (run the default pipeline first)") from None
 
 
 def lane_channels(module: Module) -> np.ndarray:
@@ -65,7 +50,7 @@ def lane_channels(module: Module) -> np.ndarray:
     Thread `tid` is lane `hlane = tid % head_lanes` of split group `tid // head_lanes`;
     it owns channels [hlane * E, hlane * E + E) (the emitter's `col = hlane * E`).
     """
-    s = Schedule.of(module)
+    s = _schedule(module)
     hlane = np.arange(s.threads) % s.head_lanes
     return hlane[:, None] * s.elems + np.arange(s.elems)
 
@@ -100,7 +85,7 @@ def run_module(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
     default) gives each CTA long runs of rows, so the loops and ballots are exercised.
     """
     verify(module)
-    sched = Schedule.of(module)
+    sched = _schedule(module)
     if module.find("kd.lanes") is None:
         raise VerifyError(f"module @{module.name}: the interpreter needs the kernel dialect's row loop "
                           "(end the pipeline with lower-grid, as the build does)")

@@ -8,6 +8,7 @@ manifest and the interpreter all take them from here.
 from __future__ import annotations
 
 from compressc.ir.core import Module
+from compressc.ir.schedule import Schedule
 from compressc.specs.abi import Param
 from compressc.specs.launch import GridRule, LaunchInfo
 
@@ -31,23 +32,23 @@ def entry_name(module: Module) -> str:
 
 def grid_rule(module: Module) -> GridRule:
     """The module's grid: "rows", "runs:<rows per CTA>" or "wave:<CTAs per SM>[,cluster:S]"."""
-    grid = module.get("grid")
-    if grid == "rows":
+    sched = Schedule.of(module)
+    if sched.grid == "rows":
         return GridRule("rows")
-    if grid == "runs":
-        return GridRule("runs", int(module.get("rows_per_cta")))  # type: ignore[arg-type]
-    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-    return GridRule("wave", int(module.get("ctas_per_sm")), cluster)  # type: ignore[arg-type]
+    if sched.grid == "runs":
+        return GridRule("runs", sched.rows_per_cta)
+    return GridRule("wave", sched.ctas_per_sm, sched.cluster)
 
 
 def launch_info(module: Module) -> LaunchInfo:
     """The launch record of a lowered module (thread-map and window-prefetch have run)."""
+    sched = Schedule.of(module)
     return LaunchInfo(
         entry=entry_name(module),
         params=module_abi(module),
-        block=(int(module.get("threads")), 1, 1),  # type: ignore[arg-type]
+        block=(sched.threads, 1, 1),
         grid=grid_rule(module),
-        smem_dynamic=int(module.get("smem_dynamic", 0)),  # type: ignore[arg-type]
-        programmatic=module.get("grid_dependency") == "wait",
-        min_ctas_per_sm=int(module.get("min_ctas_per_sm", 0)),  # type: ignore[arg-type]
+        smem_dynamic=sched.smem_dynamic,
+        programmatic=sched.grid_dependency == "wait",
+        min_ctas_per_sm=sched.min_ctas_per_sm,
     )

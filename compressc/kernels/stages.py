@@ -8,6 +8,7 @@ register fragments, `s*` shared memory; `col` is the first channel a lane owns.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted, head_barrier, keep_arg, store_words
 from compressc.kernels.stages_store import quant as _quant
@@ -36,13 +37,10 @@ def ballot(src: Source, guard_op: Op, base: str, count: str) -> None:
     src.line("todo = cute.arch.vote_ballot_sync(mine)")
 
 
-def _cluster(module: Module) -> int:
-    return int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-
 
 def row(src: Source, module: Module, operands: bool = True) -> None:
     """The work of one active row: every op's emitter in order."""
-    split = int(module.get("window_split"))  # type: ignore[arg-type]
+    split = Schedule.of(module).split
     depth = src.depth
     if operands:
         operand_loads(src, module)
@@ -53,7 +51,7 @@ def row(src: Source, module: Module, operands: bool = True) -> None:
         if op.name == "cc.pool_softmax" and split > 1:
             src.line("if group == 0:")
             src.depth += 1
-        if op.name == "cc.pool_softmax" and _cluster(module) > 1:
+        if op.name == "cc.pool_softmax" and Schedule.of(module).cluster > 1:
             src.line("if rank == 0:")
             src.depth += 1
     src.depth = depth
@@ -67,24 +65,25 @@ def operand_loads(src: Source, module: Module) -> None:
 
 
 def prologue(src: Source, module: Module) -> None:
-    elems, head_lanes = module.get("elems_per_lane"), int(module.get("head_lanes"))  # type: ignore[arg-type]
+    sched = Schedule.of(module)
+    elems, head_lanes = sched.elems, sched.head_lanes
     src.line("tidx, _, _ = cute.arch.thread_idx()")
     src.line("lane = tidx % 32")
     src.line("warp = tidx // 32")
-    if int(module.get("window_split")) > 1:  # type: ignore[arg-type]
+    if Schedule.of(module).split > 1:
         src.line(f"hlane = tidx % {head_lanes}  # lane within one copy of the head")
         src.line(f"group = tidx // {head_lanes}  # which part of the window this lane pools")
     else:
         src.line("hlane = tidx")
     src.line(f"col = hlane * {elems}  # first channel this lane owns")
-    if _cluster(module) > 1:
+    if Schedule.of(module).cluster > 1:
         src.line("rank = cute.arch.block_idx_in_cluster()  # which part of each window this CTA pools")
-    if int(module.get("smem_dynamic", 0)):  # type: ignore[arg-type]
+    if Schedule.of(module).smem_dynamic:
         src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")
         src.line("sStage = cute.arch.get_dyn_smem(Float32, alignment=16)")
         src.line("stage_base = sStage.toint()")
         src.line("in_page = (Int64(1) << state_block_shift) - 1")
-    smem = int(module.get("smem_bytes"))  # type: ignore[arg-type]
+    smem = Schedule.of(module).smem_bytes
     if smem:
         words = smem // 4
         src.line(f"sBuf = cute.make_tensor(cute.arch.alloc_smem(Float32, {words}, alignment=16), "
@@ -107,7 +106,7 @@ def guard(src: Source, op: Op | None) -> None:
 
 
 def _rows_view(module: Module, op: Op, ptr: str) -> str:
-    elems, vec, head = module.get("elems_per_lane"), _i(op, "vector_bits") // 32, _i(op, "head", False)
+    elems, vec, head = Schedule.of(module).elems, _i(op, "vector_bits") // 32, _i(op, "head", False)
     return (f"cute.make_tensor({ptr} + cute.assume(Int64(row) * {head} + col, divby={vec}), "
             f"cute.make_layout({elems}))")
 
@@ -116,7 +115,7 @@ def _store_rows(src: Source, module: Module, op: Op) -> None:
     if not cache_hinted(module):
         src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
         return
-    elems, head = int(module.get("elems_per_lane")), _i(op, "head", False)
+    elems, head = Schedule.of(module).elems, _i(op, "head", False)
     src.line("# L2 evict_last: the store kernel reads these rows next (cache-hints)")
     src.line(f"kv_at = compressed_kv.toint() + (Int64(row) * {head} + col) * 4")
     words = [f"ops.f32_bits(rX[{e}])" for e in range(elems)]
@@ -124,23 +123,23 @@ def _store_rows(src: Source, module: Module, op: Op) -> None:
 
 
 def _load_rows(src: Source, module: Module, op: Op) -> None:
-    if module.get("grid_dependency") == "wait":
+    if Schedule.of(module).grid_dependency == "wait":
         src.line("# launched early (programmatic stream serialization): the rows are the previous")
         src.line("# grid's output, so wait for it to finish and flush (a no-op once it has)")
         src.line("cute.arch.griddepcontrol_wait()")
-    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({module.get('elems_per_lane')}), Float32)")
+    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({Schedule.of(module).elems}), Float32)")
     src.line(f"cute.autovec_copy({_rows_view(module, op, 'compressed_kv')}, rX)")
 
 
 def _rms(src: Source, module: Module, op: Op) -> None:
-    elems, head = int(module.get("elems_per_lane")), _i(op, "head", False)  # type: ignore[arg-type]
+    elems, head = Schedule.of(module).elems, _i(op, "head", False)
     src.line("ssq = Float32(0.0)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    ssq = ssq + rX[e] * rX[e]")
     for mask in op.get("lane_tree"):  # type: ignore[union-attr]
         src.line(f"ssq = ssq + ops.shfl_xor(ssq, {mask})")
     if op.get("cross_warp") == "smem":
-        base, warps = _i(op, "smem_offset") // 4, int(module.get("head_lanes")) // WARP  # type: ignore[arg-type]
+        base, warps = _i(op, "smem_offset") // 4, Schedule.of(module).head_lanes // WARP
         src.line("# one partial per warp through smem, one barrier")
         src.line("if lane == 0:")
         src.line(f"    sBuf[{base} + warp] = ssq")
@@ -157,7 +156,7 @@ def _rms(src: Source, module: Module, op: Op) -> None:
 
 
 def _rms_weight(src: Source, module: Module, op: Op) -> None:
-    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    elems = Schedule.of(module).elems
     wtype = "BFloat16" if op.attr("weight_dtype") == "bf16" else "Float32"
     wvec = _i(op, "vector_bits") // (16 if wtype == "BFloat16" else 32)
     src.line(f"rW = cute.make_rmem_tensor(cute.make_layout({elems}), {wtype})")
@@ -167,7 +166,7 @@ def _rms_weight(src: Source, module: Module, op: Op) -> None:
 
 def _rope_tables(src: Source, module: Module, op: Op) -> None:
     """This lane's cos and sin values (rope lanes only; others keep them unset)."""
-    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    elems = Schedule.of(module).elems
     dims, first, ratio = _i(op, "dims", False), _i(op, "first", False), _i(op, "ratio", False)
     half, vec = elems // 2, _i(op, "vector_bits") // 32
     src.line(f"rCos = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
@@ -183,7 +182,7 @@ def _rope_tables(src: Source, module: Module, op: Op) -> None:
 
 
 def _rope(src: Source, module: Module, op: Op) -> None:
-    elems, first = int(module.get("elems_per_lane")), _i(op, "first", False)  # type: ignore[arg-type]
+    elems, first = Schedule.of(module).elems, _i(op, "first", False)
     if op.get("load") != "early":
         _rope_tables(src, module, op)
     src.line(f"if col >= {first}:")

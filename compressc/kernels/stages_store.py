@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 
 STORE_BY_WORDS = {1: "ops.st_global_b32", 2: "ops.st_global_v2", 4: "ops.st_global_v4"}
@@ -15,7 +16,7 @@ def _channels(op: Op) -> tuple[int, int]:
 
 def quant(src: Source, module: Module, op: Op) -> None:
     """bf16-round, block absmax over the lane group, UE8M0 scale, e4m3 codes."""
-    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    elems = Schedule.of(module).elems
     lo, hi = _channels(op)
     floor, fp8_max = float(op.attr("scale_floor")), float(op.attr("fp8_max"))  # type: ignore[arg-type]
     src.line(f"rQ = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
@@ -44,11 +45,11 @@ def head_barrier(src: Source, module: Module) -> None:
     bar.sync 0 counts every thread of the CTA: executed by group 0 alone it is a barrier in
     divergent code, which the CUDA model leaves undefined; bar.sync 1, head_lanes is not.
     """
-    if int(module.get("window_split")) == 1:  # type: ignore[arg-type]
+    if Schedule.of(module).split == 1:
         src.line("cute.arch.sync_threads()")
         return
     src.line("# only split group 0 runs from here on: a named barrier over its warps")
-    src.line(f"cute.arch.barrier(barrier_id=1, number_of_threads={module.get('head_lanes')})")
+    src.line(f"cute.arch.barrier(barrier_id=1, number_of_threads={Schedule.of(module).head_lanes})")
 
 
 def _group_amax(src: Source, module: Module, op: Op) -> None:
@@ -80,7 +81,7 @@ def _code_words(src: Source, elems: int) -> list[str]:
 
 def cache_hinted(module: Module) -> bool:
     """window-prefetch{cache-hints=stream}: read-once window loads, L2 evict_last stores."""
-    return module.get("cache_hints") == "stream"
+    return Schedule.of(module).cache_hints == "stream"
 
 
 def keep_arg(module: Module) -> str:
@@ -101,7 +102,7 @@ def store_words(src: Source, addr: str, words: list[str], bits: int, keep: str) 
 
 
 def store(src: Source, module: Module, op: Op) -> None:
-    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    elems = Schedule.of(module).elems
     quant_op = module.find("cc.quant")
     assert quant_op is not None
     stride, scale_dim = int(op.attr("token_stride")), int(op.attr("scale_dim"))  # type: ignore[arg-type]

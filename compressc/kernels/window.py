@@ -7,6 +7,7 @@ shared memory in group order, the CTAs of a cluster in rank 0's shared memory ov
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted
 from compressc.passes.plan_smem import merge_slots
@@ -16,13 +17,11 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
     return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
 
 
-def _cluster(module: Module) -> int:
-    return int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-
 
 def _stage_chunks(module: Module, op: Op) -> tuple[int, int, int]:
     """(16-byte copies per stream and row of a lane, copies per row of a lane, bytes per slot)."""
-    elems, threads = int(module.get("elems_per_lane")), int(module.get("threads"))  # type: ignore[arg-type]
+    sched = Schedule.of(module)
+    elems, threads = sched.elems, sched.threads
     per_stream = elems // 4
     rows = _i(op, "rows_in_flight")
     return per_stream, 2 * per_stream, rows * 2 * per_stream * 16 * threads
@@ -31,7 +30,7 @@ def _stage_chunks(module: Module, op: Op) -> tuple[int, int, int]:
 def stage_issue(src: Source, module: Module, op: Op, which: str, slot: str) -> None:
     """cp.async the window of the block's row `which` into smem slot `slot`, one commit group."""
     window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
-    width, threads = _i(op, "state_width", False), int(module.get("threads"))  # type: ignore[arg-type]
+    width, threads = _i(op, "state_width", False), Schedule.of(module).threads
     per_stream, per_row, slot_bytes = _stage_chunks(module, op)
     src.line(f"srow = blk0 + {which}")
     src.line("s_s0 = cute.make_tensor(positions, cute.make_layout(num_positions))[srow] - " + str(window - 1))
@@ -67,8 +66,9 @@ def window(src: Source, module: Module, op: Op) -> None:
     One batch of `rows_in_flight` rows is unrolled; more batches run as a real loop
     so the compiler cannot hoist every load of a 128-row window into registers.
     """
-    elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
-    window, rows, cluster = _i(op, "window", False), _i(op, "rows_in_flight"), _cluster(module)
+    sched = Schedule.of(module)
+    elems, split = sched.elems, sched.split
+    window, rows, cluster = _i(op, "window", False), _i(op, "rows_in_flight"), Schedule.of(module).cluster
     per_group = window // split // cluster
     chunks = per_group // rows
     src.line(f"s0 = pos - {window - 1}")
@@ -136,7 +136,8 @@ def _l2_prefetch(src: Source, module: Module, op: Op, per_group: int) -> None:
 
 def _window_from_smem(src: Source, module: Module, op: Op) -> None:
     """The online softmax over the rows this lane copied into its smem slot `stg`."""
-    elems, threads = int(module.get("elems_per_lane")), int(module.get("threads"))  # type: ignore[arg-type]
+    sched = Schedule.of(module)
+    elems, threads = sched.elems, sched.threads
     window, ratio = _i(op, "window", False), _i(op, "ratio", False)
     per_stream, per_row, slot_bytes = _stage_chunks(module, op)
     for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
@@ -165,7 +166,7 @@ def _window_from_smem(src: Source, module: Module, op: Op) -> None:
 
 def _window_batch(src: Source, module: Module, op: Op) -> None:
     """Rows i0 .. i0 + rows_in_flight - 1: their loads, then their updates."""
-    elems = int(module.get("elems_per_lane"))  # type: ignore[arg-type]
+    elems = Schedule.of(module).elems
     window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
     width, rows, vec = _i(op, "state_width", False), _i(op, "rows_in_flight"), _i(op, "vector_bits") // 32
     absent = window > ratio  # only an overlapping window can start before position 0
@@ -262,7 +263,8 @@ def _online_update(src: Source, elems: int, score: str, value: str) -> None:
 
 
 def pool(src: Source, module: Module, op: Op) -> None:
-    elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
+    sched = Schedule.of(module)
+    elems, split = sched.elems, sched.split
     head = _i(op, "head", False)
     slots = merge_slots(module)
     if split > 1:
@@ -289,7 +291,7 @@ def pool(src: Source, module: Module, op: Op) -> None:
                     with src.indent():
                         _fold_partial(src, f"sBuf[{base + slots * head} + {slot}]",
                                       f"sBuf[{base + 2 * slots * head} + {slot}]")
-    if _cluster(module) > 1:
+    if Schedule.of(module).cluster > 1:
         _cluster_merge(src, module, op)
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
@@ -316,8 +318,9 @@ def _cluster_merge(src: Source, module: Module, op: Op) -> None:
     load in flight (a DSMEM load is a 64-bit generic LD: +33 registers for C128A's
     merge). Every thread of every CTA reaches both barriers.
     """
-    elems, split = int(module.get("elems_per_lane")), int(module.get("window_split"))  # type: ignore[arg-type]
-    cluster = _cluster(module)
+    sched = Schedule.of(module)
+    elems, split = sched.elems, sched.split
+    cluster = Schedule.of(module).cluster
     head, base, slots = _i(op, "head", False), _i(op, "smem_offset") // 4, merge_slots(module)
     pooled = module.find("cc.window")
     assert pooled is not None
@@ -342,7 +345,8 @@ def _cluster_merge(src: Source, module: Module, op: Op) -> None:
 
 def _fold_ranks(src: Source, module: Module, op: Op, absent: bool) -> None:
     """Rank 0 folds ranks 1..S-1's partials from its own smem, in rank order."""
-    elems, cluster = int(module.get("elems_per_lane")), _cluster(module)  # type: ignore[arg-type]
+    sched = Schedule.of(module)
+    elems, cluster = sched.elems, sched.cluster
     head, base, slots = _i(op, "head", False), _i(op, "smem_offset") // 4, merge_slots(module)
     src.line(f"for k in range_constexpr({cluster - 1}):")
     with src.indent():

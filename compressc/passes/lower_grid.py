@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op, fields
+from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
 
 WARP = 32
@@ -47,10 +48,10 @@ class LowerGrid(ModulePass):
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
         body = [kd("lanes")]
-        if module.get("grid_dependency") == "trigger":
+        if Schedule.of(module).grid_dependency == "trigger":
             body.append(kd("trigger_dependents"))
-        body += _GRIDS[str(module.get("grid"))](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
-        if module.get("grid_dependency") == "wait":
+        body += _GRIDS[Schedule.of(module).grid](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
+        if Schedule.of(module).grid_dependency == "wait":
             body.append(kd("grid_wait"))
         return Module(module.name, module.attrs, module.ops + tuple(body), module.sched)
 
@@ -58,7 +59,7 @@ class LowerGrid(ModulePass):
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:
     """A row a ballot found active: its metadata again, its body, the smem handover."""
     ops = [kd("set_row", **at), kd("guard", ratio=ratio), kd("row", operands=True)]
-    return ops + ([kd("cta_sync")] if int(module.get("smem_bytes", 0)) else [])  # type: ignore[arg-type]
+    return ops + ([kd("cta_sync")] if Schedule.of(module).smem_bytes else [])
 
 
 def _rows(module: Module, ratio: int) -> list[Op]:
@@ -66,7 +67,7 @@ def _rows(module: Module, ratio: int) -> list[Op]:
 
 
 def _runs(module: Module, ratio: int) -> list[Op]:
-    run = int(module.get("rows_per_cta"))  # type: ignore[arg-type]
+    run = Schedule.of(module).rows_per_cta
     return [
         kd("runs_span", rows=run),
         kd("ballot", base="row0", count="per_cta", ratio=ratio),
@@ -77,7 +78,7 @@ def _runs(module: Module, ratio: int) -> list[Op]:
 
 
 def _tiled(module: Module, ratio: int) -> list[Op]:
-    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    cluster = Schedule.of(module).cluster
     window = module.find("cc.window")
     staged = window is not None and window.get("stage") == "smem"
     ops = [kd("cta_index", cluster=cluster)]
@@ -85,7 +86,7 @@ def _tiled(module: Module, ratio: int) -> list[Op]:
         return ops + _blocks(module, ratio, staged=True)
     fast = [kd("one_row_per_cta", cluster=cluster), kd("guard", ratio=ratio), kd("if_active"),
             kd("row", operands=True), END, kd("else")]
-    warps = int(module.get("warps"))  # type: ignore[arg-type]
+    warps = Schedule.of(module).warps
     loops = _sweeps(module, ratio, warps) if warps > 1 else _blocks(module, ratio, staged=False)
     return ops + fast + loops + [END]
 
@@ -94,7 +95,7 @@ def _blocks(module: Module, ratio: int, staged: bool) -> list[Op]:
     """Blocks of 32 rows, one warp ballot each; the staged window pipelines its rows."""
     ops = [kd("tiled_span"), kd("blocks32"), kd("ballot", base="blk0", count="n", ratio=ratio)]
     if staged:
-        sync = [kd("cta_sync")] if int(module.get("smem_bytes", 0)) else []  # type: ignore[arg-type]
+        sync = [kd("cta_sync")] if Schedule.of(module).smem_bytes else []
         rows = [kd("staged_rows"), kd("guard", ratio=ratio), kd("operand_loads"), kd("staged_wait"),
                 kd("row", operands=False), *sync, END]
         return ops + rows + [END]
