@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from compressc.ir.core import Module
 from compressc.ir.interp_stages import STAGES, Lanes, Memory
 from compressc.ir.kd import Node, program
-
-WARP = 32
+from compressc.specs.target import WARP
 
 
 class GridError(RuntimeError):

@@ -15,10 +15,10 @@ import numpy as np
 
 from compressc.ir.core import Module, Op
 from compressc.numerics import np_bf16_rne, np_e4m3_encode
+from compressc.specs.target import WARP
 
 F32 = np.float32
 LOG2E = F32(1.4426950408889634)  # the kernel's `* LOG2E` rounds the constant to fp32 first
-WARP = 32
 
 
 def _ex2(x: np.ndarray) -> np.ndarray:

@@ -10,9 +10,9 @@ from compressc.ir.core import Module, Op
 from compressc.ir.kd import KD_ATTRS, NestingError, program
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
+from compressc.specs.target import DEFAULT_TARGET, WARP
 
-WARP = 32
-SMEM_LIMIT = 48 * 1024
+SMEM_LIMIT = DEFAULT_TARGET.static_smem  # without the opt-in attribute
 
 # op name -> spec attributes it must carry
 OP_ATTRS: dict[str, tuple[str, ...]] = {
@@ -164,8 +164,8 @@ def _verify_thread_map(module: Module, elems: int) -> None:
     if (head - rope) % elems:
         raise _fail(module, None, "elems_per_lane", elems,
                     f"must divide the nope width {head - rope} so no lane straddles nope and rope")
-    if threads % WARP or not 0 < threads <= 1024:
-        hint = " (pick more elems-per-lane)" if threads > 1024 else ""
+    if threads % WARP or not 0 < threads <= DEFAULT_TARGET.max_threads:
+        hint = " (pick more elems-per-lane)" if threads > DEFAULT_TARGET.max_threads else ""
         hint = " (pick fewer elems-per-lane)" if threads < WARP else hint
         raise _fail(module, None, "threads", threads, "must be a whole number of warps, at most 1024" + hint)
     if module.get("warps") != threads // WARP:
@@ -208,9 +208,10 @@ def _verify_grid(module: Module) -> None:
                     "must be 'stream' (read-once window loads, kept cache stores) or unset")
     occupancy = module.get("min_ctas_per_sm")
     threads = int(module.get("threads", 0))  # type: ignore[arg-type]
-    if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= 2048):
+    sm_threads = DEFAULT_TARGET.sm_threads
+    if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= sm_threads):
         raise _fail(module, None, "min_ctas_per_sm", occupancy,
-                    f"must keep min_ctas_per_sm * threads ({threads}) within the SM's 2048 threads")
+                    f"must keep min_ctas_per_sm * threads ({threads}) within the SM's {sm_threads} threads")
 
 
 def _verify_lanes(module: Module, elems: int, threads: int) -> None:

@@ -15,8 +15,7 @@ from compressc.kernels.stages_store import quant as _quant
 from compressc.kernels.stages_store import store as _store
 from compressc.kernels.window import pool as _pool
 from compressc.kernels.window import window as _window
-
-WARP = 32
+from compressc.specs.target import WARP
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:

@@ -17,7 +17,6 @@ from compressc.ir.core import Module, Op, fields
 from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
 
-WARP = 32
 END = Op("kd.end")
 
 

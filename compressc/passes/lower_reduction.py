@@ -7,8 +7,7 @@ from typing import ClassVar
 
 from compressc.ir.core import Module, Op
 from compressc.passes.base import ModulePass, require_thread_map
-
-WARP = 32
+from compressc.specs.target import WARP
 
 
 def butterfly(lanes: int, order: str = "down") -> tuple[int, ...]:

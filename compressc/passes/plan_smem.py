@@ -7,10 +7,10 @@ from typing import ClassVar
 
 from compressc.ir.core import Module, Op
 from compressc.passes.base import ModulePass, require_thread_map
+from compressc.specs.target import DEFAULT_TARGET, WARP
 
-WARP = 32
 FP32 = 4
-SMEM_LIMIT = 48 * 1024  # static shared memory per CTA without an opt-in attribute
+SMEM_LIMIT = DEFAULT_TARGET.static_smem  # without the opt-in attribute
 
 
 def merge_slots(module: Module) -> int:

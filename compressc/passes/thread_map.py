@@ -10,11 +10,11 @@ from compressc.ir.from_spec import spec_from_module
 from compressc.passes.base import ModulePass
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.lanes import derive_elems
+from compressc.specs.target import DEFAULT_TARGET, WARP
 
-WARP = 32
 MAX_UNROLLED_WINDOW = 8  # window rows the emitter unrolls straight-line (C4: 8; C128: a loop)
-MAX_THREADS = 1024  # threads a CTA may have
-SM_THREADS, SM_CTAS = 2048, 32  # Hopper: resident threads and CTAs per multiprocessor
+MAX_THREADS = DEFAULT_TARGET.max_threads
+SM_THREADS, SM_CTAS = DEFAULT_TARGET.sm_threads, DEFAULT_TARGET.sm_ctas  # resident on one SM
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,9 @@ from typing import ClassVar
 
 from compressc.ir.core import Module
 from compressc.passes.base import ModulePass, pool_rows_per_group, require_thread_map
+from compressc.specs.target import WARP
 
 DEFAULT_MAX_IN_FLIGHT = 8
-WARP = 32
 QUADRANTS, QUADRANT_REGISTERS = 4, 16384  # Hopper: an SM's register file, per warp scheduler
 # registers beside the window's data, by how the softmax rescales: C4A straight-line takes
 # 168 - 128 row by row; one rescale per batch keeps the batch's max chain live too (C4A

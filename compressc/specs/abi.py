@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compressc.specs.family import KernelSpec
+from compressc.specs.target import DEFAULT_TARGET
 
 SCALAR_KINDS = ("i32", "i64", "f32")
 POINTER_DTYPES = ("f32", "bf16", "i32", "i64", "u8")
 CTYPE_SIZE = {"ptr": 8, "i32": 4, "i64": 8, "f32": 4}
 # CTAs per thread-block cluster a kernel may be launched in (1: no cluster): powers of two up
 # to 8, the largest cluster every sm_90+ part supports without opting in to a larger one
-CLUSTER_SIZES = (1, 2, 4, 8)
+CLUSTER_SIZES = DEFAULT_TARGET.cluster_sizes
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ checks a lowered module's fields against the same facts.
 from __future__ import annotations
 
 from compressc.specs.family import KernelSpec
+from compressc.specs.target import WARP
 
-WARP = 32
 MAX_ELEMS_PER_LANE = 8  # 8 fp32 = two 128-bit loads per stream and row
 
 
