@@ -3,19 +3,37 @@
 Nothing below the CLI reads the environment: the CLI builds one `Config` and passes
 its fields down (STYLE.md rule 6).
 
-  COMPRESSC_CACHE_DIR  user cache root (default ~/.cache/compressc)
-  COMPRESSC_NO_JIT     1/true/yes/on: never compile at run time, only load prebuilt kernels
-  COMPRESSC_JOBS       parallel compile processes (default: the CPU count)
+  COMPRESSC_CACHE_DIR     user cache root (default: see `default_cache_dir`)
+  COMPRESSC_NO_JIT        1/true/yes/on: never compile at run time, only load prebuilt kernels
+  COMPRESSC_JOBS          parallel compile processes (default: the CPU count)
+  COMPRESSC_LOCK_TIMEOUT  seconds to wait for another process's build of a kernel (default 600)
+  COMPRESSC_CHECK_BOUNDS  1/true/yes/on: check index values on the host before each launch
+                          (one device sync per call; off by default)
+
+The default cache is $XDG_CACHE_HOME/compressc, else $HOME/.cache/compressc, else the
+passwd entry's home. A process with none of them (HOME='' or unset and a uid without a
+home, as in `docker run -u 1234`) gets <tmp>/compressc-cache-<uid>, created 0700 and
+refused unless this uid owns it: a cache that other users can write could serve their
+cubins. An empty variable counts as unset (HOME='' must not mean /.cache).
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_VARS = ("COMPRESSC_CACHE_DIR", "COMPRESSC_NO_JIT", "COMPRESSC_JOBS")
+ENV_VARS = (
+    "COMPRESSC_CACHE_DIR",
+    "COMPRESSC_NO_JIT",
+    "COMPRESSC_JOBS",
+    "COMPRESSC_LOCK_TIMEOUT",
+    "COMPRESSC_CHECK_BOUNDS",
+)
+DEFAULT_LOCK_TIMEOUT = 600.0
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -29,16 +47,56 @@ class Config:
     cache_dir: Path
     no_jit: bool = False
     jobs: int = 1
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    check_bounds: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
         """Read every COMPRESSC_* variable from `environ` (os.environ by default)."""
-        cache = environ.get("COMPRESSC_CACHE_DIR") or "~/.cache/compressc"
+        cache = environ.get("COMPRESSC_CACHE_DIR")
         return cls(
-            cache_dir=Path(cache).expanduser(),
+            cache_dir=Path(cache).expanduser() if cache else default_cache_dir(environ),
             no_jit=_parse_bool("COMPRESSC_NO_JIT", environ.get("COMPRESSC_NO_JIT", "")),
             jobs=_parse_jobs(environ.get("COMPRESSC_JOBS", "")),
+            lock_timeout=_parse_seconds("COMPRESSC_LOCK_TIMEOUT", environ.get("COMPRESSC_LOCK_TIMEOUT", "")),
+            check_bounds=_parse_bool("COMPRESSC_CHECK_BOUNDS", environ.get("COMPRESSC_CHECK_BOUNDS", "")),
         )
+
+
+def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The user cache when COMPRESSC_CACHE_DIR is unset (the order is in the module docstring)."""
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
+        return Path(xdg) / "compressc"
+    home = environ.get("HOME", "") or _passwd_home()
+    if home and home != "/":
+        return Path(home) / ".cache" / "compressc"
+    return _private_temp_cache()
+
+
+def _passwd_home() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir or ""
+    except KeyError:  # a uid with no passwd entry
+        return ""
+
+
+def _private_temp_cache() -> Path:
+    path = Path(tempfile.gettempdir()) / f"compressc-cache-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        owner = path.stat().st_uid
+    except OSError as err:
+        raise ConfigError(
+            f"this process has no home directory (HOME is unset or empty) and {path} cannot be "
+            f"created ({err.strerror}): set COMPRESSC_CACHE_DIR to a writable directory"
+        ) from None
+    if owner != os.getuid():
+        raise ConfigError(
+            f"this process has no home directory and {path} belongs to uid {owner}, not {os.getuid()}: "
+            "set COMPRESSC_CACHE_DIR to a directory you own"
+        )
+    return path
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -62,3 +120,15 @@ def _parse_jobs(raw: str) -> int:
     if jobs < 1:
         raise ConfigError(f"COMPRESSC_JOBS={raw!r} is not a positive integer (number of compile processes)")
     return jobs
+
+
+def _parse_seconds(name: str, raw: str) -> float:
+    if not raw.strip():
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name}={raw!r} is not a positive number of seconds")
+    return seconds

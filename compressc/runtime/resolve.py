@@ -144,8 +144,10 @@ def runtime_settings() -> tuple[Path, bool]:
 
 
 def settings_from_environ(environ: dict[str, str] | os._Environ) -> tuple[Path, bool]:
-    """COMPRESSC_CACHE_DIR (default ~/.cache/compressc) and COMPRESSC_NO_JIT."""
-    cache = environ.get("COMPRESSC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "compressc")
+    """COMPRESSC_CACHE_DIR (default: compressc.config.default_cache_dir) and COMPRESSC_NO_JIT."""
+    from compressc.config import default_cache_dir
+
+    cache = environ.get("COMPRESSC_CACHE_DIR") or default_cache_dir(environ)
     no_jit = environ.get("COMPRESSC_NO_JIT", "").strip().lower() not in _FALSE_WORDS
     return Path(cache), not no_jit
 
