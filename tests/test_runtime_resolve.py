@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from compressc.cache.integrity import seal
 from compressc.runtime import resolve
 from compressc.runtime.resolve import (
     KernelNotFoundError,
@@ -56,7 +57,7 @@ def manifest(spec=SPEC, arch=ARCH, key="ab" + "0" * 62, **changes) -> dict:
         "pipeline": "default",
         "compile_seconds": 0.5,
     }
-    return base | changes
+    return seal(base | changes)
 
 
 @dataclass
