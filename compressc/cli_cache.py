@@ -95,7 +95,9 @@ def _when(path: Path) -> str:
 
 
 def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    from compressc.cache.files import tree_size  # counts files a concurrent clear removes as 0
+
+    return tree_size(path)
 
 
 # -- compressc wheel ----------------------------------------------------------------------
