@@ -177,24 +177,28 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, pipeline, out, jo
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store
 
-    store = Store(out or config.cache_dir)
+    store = Store(out or config.cache_dir, lock_timeout=config.lock_timeout)
     try:
         plans = plan_many(specs, archs, pipeline)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     workers = jobs or config.jobs or os.cpu_count() or 1
     started = time.perf_counter()
-    results, built = _run_with_progress(plans, store, workers)
+    results, built, restored = _run_with_progress(plans, store, workers)
     _summary(
-        plans, results, built, store, time.perf_counter() - started, lambda p: _reproduce(p, pipeline, out)
+        plans, results, built | restored, store, time.perf_counter() - started,
+        lambda p: _reproduce(p, pipeline, out),
     )
 
 
 def _run_with_progress(plans, store, workers):
-    """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"}).
+    """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"},
+    {key: "restored"}).
 
     "rebuilt" means the store held a corrupt or tampered entry under that key: it was a
     miss, was compiled again and replaced (the store also logs what was wrong with it).
+    "restored" means the entry was cached but its variant's index named another build
+    (or none: a kill between publish and index write), and now names it again.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -209,7 +213,12 @@ def _run_with_progress(plans, store, workers):
             "or COMPRESSC_CACHE_DIR"
         )
     corrupt = {key for key, problem in problems.items() if problem and not problem.startswith("missing")}
+    unindexed = set() if store.readonly else {  # cached default builds the index does not name
+        p.key for p in plans
+        if p.serves and not problems[p.key] and store.indexed_key(p.spec.variant, p.arch) != p.key
+    }
     compiled: dict[str, str] = {}
+    restored: dict[str, str] = {}  # not compiled: shown in the summary only
     with Progress(
         TextColumn("{task.description}"),
         TextColumn("{task.fields[status]}"),
@@ -227,12 +236,15 @@ def _run_with_progress(plans, store, workers):
                 status = "failed"
             elif was_compiled:
                 status = compiled[p.key] = "rebuilt (corrupt entry replaced)" if p.key in corrupt else "built"
+            elif p.key in unindexed:
+                status = restored[p.key] = "restored (index repointed)"
             progress.update(tasks[p.key], total=1, completed=1, status=status)
             progress.advance(overall)
             done = progress.tasks[overall].completed
             progress.update(overall, status=f"{done:g}/{len(plans)}")
 
-        return build_plans(plans, store, workers, on_done), compiled
+        results = build_plans(plans, store, workers, on_done)
+    return results, compiled, restored
 
 
 def _summary(plans, results, built, store, seconds, reproduce=_reproduce) -> None:

@@ -157,7 +157,7 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
         plans = plan_many(specs, archs)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    results, built = _run_with_progress(plans, store, workers)
+    results, built, _ = _run_with_progress(plans, store, workers)
     failed = [f"{p.label}: {results.get(p.key)}" for p in plans if not isinstance(results.get(p.key), Entry)]
     if failed:
         raise click.ClickException(

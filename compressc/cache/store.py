@@ -127,6 +127,10 @@ class Store:
     def index_path(self, variant: str, arch: str) -> Path:
         return self.root / "index" / f"{variant}@{normalize_arch(arch)}.json"
 
+    def indexed_key(self, variant: str, arch: str) -> str | None:
+        """The key the index names for (variant, arch); None if there is no readable index."""
+        return _index_key(self.index_path(variant, arch))
+
     def lock_path(self, key: str) -> Path:
         _check_key(key)
         return self.root / "locks" / f"{key}.lock"
@@ -230,7 +234,7 @@ class Store:
         for _, size, key in sized:
             if total <= max_bytes:
                 break
-            self._remove_entry(key)
+            self.remove_entry(key)
             total, removed = total - size, removed + [key]
         self._drop_dangling_index()
         self.remove_stale_temps()
@@ -240,7 +244,7 @@ class Store:
         """Delete every entry, the index and stale temp dirs (lock files and live publishes stay)."""
         self._writable()
         for path in self._entry_dirs():
-            self._remove_entry(path.name)
+            self.remove_entry(path.name)
         shutil.rmtree(self.root / "index", ignore_errors=True)
         self.remove_stale_temps()
 
@@ -294,10 +298,10 @@ class Store:
         if self._load(key)[0] is not None:
             shutil.rmtree(tmp)  # an identical build won the race; keep it
             return
-        self._remove_entry(key)  # a corrupt entry: replace it
+        self.remove_entry(key)  # a corrupt entry: replace it
         os.replace(tmp, target)
 
-    def _remove_entry(self, key: str) -> None:
+    def remove_entry(self, key: str) -> None:
         """Rename the entry away first so no reader ever sees it half-deleted.
 
         An entry another process removed meanwhile (a concurrent clear or prune) is gone
