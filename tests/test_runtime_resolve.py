@@ -85,6 +85,18 @@ class FakeStores:
         return types.SimpleNamespace(find=lambda variant, arch: table.get((variant, arch)))
 
 
+@pytest.fixture(autouse=True)
+def _index_only(monkeypatch):
+    """The fake entries here have no key.json: serve what the index names.
+
+    Which build is served (the wanted key) is tested on real stores in test_runtime_served.py.
+    """
+    def index_only(store, spec, arch, pack):
+        return store.find(spec.variant, arch)
+
+    monkeypatch.setattr(resolve, "served_entry", index_only)
+
+
 @pytest.fixture
 def roots(tmp_path):
     pack, cache = tmp_path / "pack", tmp_path / "cache"

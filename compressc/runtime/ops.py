@@ -14,7 +14,7 @@ from functools import cache
 import torch
 
 from compressc.runtime.args import ArgPacker
-from compressc.runtime.resolve import find_kernel
+from compressc.runtime.resolve import check_image, find_kernel
 from compressc.runtime.validate import (
     Values,
     check_device,
@@ -170,6 +170,7 @@ def kernel_for(spec: KernelSpec, device: torch.device):
     from compressc.runtime import loader  # the one CUDA import, deferred to the first launch
 
     image = find_kernel(spec, loader.device_arch(index))
+    check_image(image)  # the cubin's own .nv.info against the launch fields the loader uses
     kernel = loader.load_kernel(image, index)
     _KERNELS[(index, spec.variant)] = kernel
     return kernel

@@ -38,6 +38,10 @@ class ManifestError(ValueError):
     """A cache entry's manifest does not describe the kernel the runtime asked for."""
 
 
+class StaleEntryError(ValueError):
+    """An entry is another build than the one asked for (older compressc, other pipeline)."""
+
+
 @dataclass(frozen=True)
 class KernelImage:
     """A resolved kernel: its manifest, cubin bytes and where they came from."""
@@ -188,6 +192,19 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         )
 
 
+def check_image(image: KernelImage) -> None:
+    """ManifestError unless the cubin's own .nv.info agrees with the manifest's entry name,
+    block and parameter layout (the check the build makes before publishing)."""
+    from compressc.cache.integrity import cubin_problem
+
+    problem = cubin_problem(image.manifest, image.cubin)
+    if problem is not None:
+        raise ManifestError(
+            f"{image.origin}: {problem}; run `compressc cache verify --repair` (the cache) "
+            "or reinstall the kernel pack"
+        )
+
+
 def read_entry_dir(path: Path) -> tuple[dict[str, Any], bytes]:
     """(manifest, cubin) of an entry directory written by the store or the build driver."""
     manifest = json.loads((path / "manifest.json").read_text())
@@ -243,7 +260,7 @@ def _from_store(
         notes.append(f"{origin}: no such directory")
         return None
     try:
-        entry = factory(root).find(spec.variant, arch)
+        entry = served_entry(factory(root), spec, arch, pack=origin.startswith("kernel pack"))
         if entry is None:
             notes.append(f"{origin}: not found")
             return None
@@ -255,6 +272,34 @@ def _from_store(
             warnings.warn(f"compressc: {exc}", stacklevel=3)
         return None
     return image
+
+
+def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool) -> Any:
+    """The entry of `store` that is this compressc's default build of (spec, arch), or None.
+
+    Candidates, first that is the wanted build wins: the entry of the wanted key (the
+    user cache, where the toolchain is known: found even when its index file is lost),
+    the entry the index names, and (no toolchain here) any entry of the variant@arch.
+    StaleEntryError, naming what differs, when there are candidates but none is wanted.
+    """
+    from compressc.cache.wanted import stale_reason, wanted_build
+
+    want = wanted_build(spec, arch)
+    exact = not pack
+    candidates = [store.get(want.key)] if exact and want.key is not None else []
+    candidates.append(store.find(spec.variant, arch))
+    if exact and want.key is None and hasattr(store, "entries"):
+        label = (spec.variant, arch)  # no index and no toolchain: look at every entry
+        candidates += [e for e in store.entries() if (e.manifest["variant"], e.manifest["arch"]) == label]
+    reasons = []
+    for entry in filter(None, candidates):
+        reason = stale_reason(want, entry, exact=exact)
+        if reason is None:
+            return entry
+        reasons.append(f"{entry.path} is not the build this compressc serves: {reason}")
+    if reasons:
+        raise StaleEntryError(reasons[0])
+    return None
 
 
 def _entry_errors() -> tuple[type[Exception], ...]:
