@@ -185,6 +185,7 @@ def inspect_cmd(arch, cache_dir):
     'used' marks the entry the runtime would load for each variant@arch: installed
     packs first, then the cache ($COMPRESSC_CACHE_DIR, default ~/.cache/compressc).
     Each row shows the arch, the source (pack or cache path) and the cubin sha256.
+    Exits 1 when an entry is bad (see `compressc cache verify`).
 
     \b
     Examples:
@@ -194,6 +195,7 @@ def inspect_cmd(arch, cache_dir):
     """
     from rich.table import Table
 
+    from compressc.cache.repair import deep_problems
     from compressc.cache.store import Store
     from compressc.runtime.resolve import iter_pack_roots, open_store
 
@@ -226,7 +228,7 @@ def inspect_cmd(arch, cache_dir):
                     "*" if chosen else "",
                 )
             )
-        problems += [f"{label}: {path}: {problem}" for path, problem in store.verify()]
+        problems += [f"{label}: {path}: {problem}" for path, problem in deep_problems(store)]
     for row in sorted(rows, key=lambda r: (r[0], r[1])):
         table.add_row(*row)
     console = _console()
@@ -234,6 +236,11 @@ def inspect_cmd(arch, cache_dir):
     console.print(f"{len(rows)} kernels from {len(stores)} pack(s) and the cache")
     for problem in dict.fromkeys(problems):
         console.print(f"[yellow]warning[/yellow] {problem}", soft_wrap=True)
+    if problems:  # a tampered or inconsistent kernel must not look fine to a script
+        raise click.ClickException(
+            f"{len(dict.fromkeys(problems))} problem(s) above: `compressc cache verify --repair` fixes the "
+            "cache; reinstall a pack that is reported"
+        )
 
 
 def _indexed(store, manifest, problems: list[str]) -> str | None:
@@ -302,22 +309,30 @@ def cache_ls(cache_dir):
 
 
 @cache.command("verify")
+@click.option("--repair", is_flag=True, help="Fix what is found: drop bad entries and stale temps, re-index.")
 @_cache_dir_option
-def cache_verify(cache_dir):
-    """Re-hash every entry; exit 1 naming each bad one.
+def cache_verify(repair, cache_dir):
+    """Re-hash every entry; exit 1 naming each bad one (--repair: fix them).
 
-    Checks each manifest, each cubin's sha256, leftover temp dirs of interrupted
-    builds and dangling index files. Read-only: it changes nothing.
+    Checks each manifest, its sealed launch fields and key.json, each cubin's sha256
+    and its .nv.info (entry, block, parameters) against the manifest, leftover temp
+    dirs of interrupted builds and index files. Without --repair it changes nothing;
+    --repair removes bad entries and stale temp dirs and points each variant's index
+    at its default build (after a kill between publish and index write, say).
 
     \b
     Examples:
       compressc cache verify
+      compressc cache verify --repair
       COMPRESSC_CACHE_DIR=build/kernels compressc cache verify
     """
+    from compressc.cache.repair import deep_problems
     from compressc.cache.store import Store
 
-    store = Store(_cache_root(cache_dir), readonly=True)
-    problems = store.verify()
+    store = Store(_cache_root(cache_dir), readonly=not repair)
+    if repair:
+        _repair(store)
+    problems = deep_problems(store)
     for path, problem in problems:
         click.echo(f"bad {path}: {problem}")
     good = len(store.entries())
@@ -327,6 +342,19 @@ def cache_verify(cache_dir):
             "`compressc build` replaces; `compressc cache clear` drops everything"
         )
     click.echo(f"{good} entries OK in {store.root}")
+
+
+def _repair(store) -> None:
+    from compressc.cache.repair import repair
+    from compressc.cache.store import StoreError
+    from compressc.cache.wanted import is_default_build
+
+    try:
+        actions = repair(store, prefer=is_default_build)
+    except StoreError as err:
+        raise click.ClickException(str(err)) from None
+    for action in actions:
+        click.echo(f"repaired: {action}")
 
 
 @cache.command("prune")

@@ -11,6 +11,7 @@ import pytest
 from compressc import config
 from compressc.config import Config, ConfigError, default_cache_dir
 
+
 def test_empty_home_is_not_the_file_system_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "_passwd_home", lambda: "/home/alice")
     assert Config.from_env({"HOME": ""}).cache_dir == Path("/home/alice/.cache/compressc")
@@ -22,7 +23,9 @@ def test_xdg_cache_home_wins_when_absolute() -> None:
     assert default_cache_dir({"XDG_CACHE_HOME": "rel", "HOME": "/h"}) == Path("/h/.cache/compressc")
 
 
-def test_a_uid_without_a_home_gets_a_private_temp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_uid_without_a_home_gets_a_private_temp_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(config, "_passwd_home", lambda: "")
     monkeypatch.setattr(config.tempfile, "gettempdir", lambda: str(tmp_path))
     path = default_cache_dir({"HOME": ""})
@@ -30,7 +33,9 @@ def test_a_uid_without_a_home_gets_a_private_temp_cache(tmp_path: Path, monkeypa
     assert path.is_dir() and path.stat().st_mode & 0o777 == 0o700
 
 
-def test_a_temp_cache_owned_by_another_uid_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_temp_cache_owned_by_another_uid_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(config, "_passwd_home", lambda: "/")
     monkeypatch.setattr(config.tempfile, "gettempdir", lambda: str(tmp_path))
     foreign = tmp_path / f"compressc-cache-{os.getuid()}"
