@@ -19,6 +19,7 @@ from compressc.runtime.validate import (
     Values,
     check_device,
     compressed_values,
+    nonempty,
     row_values,
     state_values,
     store_values,
@@ -148,7 +149,20 @@ def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) ->
         args["k_cache"],
         args["kv_cache_block_size"],
     )
+    nonempty(int(rows["num_rows"]), _tensors(args))
+    if check_bounds_enabled():
+        from compressc.runtime.bounds import check_bounds
+
+        check_bounds(pool_spec, args, int(rows["num_rows"]))
     return rows | state | store
+
+
+@cache
+def check_bounds_enabled() -> bool:
+    """COMPRESSC_CHECK_BOUNDS, read once per process (compressc.config)."""
+    from compressc.config import Config
+
+    return Config.from_env().check_bounds
 
 
 def _tensors(args: dict) -> dict[str, torch.Tensor]:
