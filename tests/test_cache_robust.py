@@ -180,3 +180,42 @@ def test_an_unsealed_manifest_is_refused_at_publish(tmp_path: Path) -> None:
     del unsealed["launch_sha256"]
     with pytest.raises(StoreError, match=r"refusing to publish a1a1.*: the manifest has no launch_sha256"):
         Store(tmp_path).publish(KEY_A, unsealed, files(b"c"))
+
+
+KILLS = 15
+_PUBLISHER = """
+import sys
+from pathlib import Path
+from test_cache_store import files, manifest
+from compressc.cache.store import Store
+store = Store(Path(sys.argv[1]))
+print("ready", flush=True)
+for i in range(10**6):
+    key = f"{int(sys.argv[2]) * 10**6 + i:064x}"
+    store.publish(key, manifest(key, bytes(4096), variant=f"c4a_k{key[-8:]}"), files(bytes(4096)))
+"""
+
+
+def test_a_publisher_killed_at_any_moment_leaves_a_repairable_store(tmp_path: Path) -> None:
+    """SIGKILL mid-publish (before, during or after the rename, before the index write), 15 times."""
+    import random
+    import time
+
+    from compressc.cache.repair import repair
+
+    root, rng, survived = tmp_path / "cache", random.Random(17), 0
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    for kill in range(KILLS):
+        child = subprocess.Popen([sys.executable, "-c", _PUBLISHER, str(root), str(kill)],
+                                 stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.3))
+        child.kill()
+        child.wait()
+        store = Store(root)
+        assert all(store.get(e.key) is not None for e in store.entries())  # never half an entry
+        repair(store, check_cubins=False)  # the cubins here are not ELF files
+        assert store.verify() == [], store.verify()
+        assert all(store.find(e.manifest["variant"], "sm_90a") == e for e in store.entries())
+        survived += 1
+    assert survived == KILLS and len(Store(root).entries()) > 0

@@ -25,20 +25,23 @@ from compressc.cache.store import MANIFEST, Entry, Store
 Prefer = Callable[[Entry], bool]
 
 
-def deep_problems(store: Store) -> list[tuple[Path, str]]:
+def deep_problems(store: Store, check_cubins: bool = True) -> list[tuple[Path, str]]:
     """store.verify() plus each valid entry whose cubin's .nv.info disagrees with its manifest."""
     problems = store.verify()
-    for entry in store.entries():
+    for entry in store.entries() if check_cubins else []:
         problem = cubin_problem(entry.manifest, entry.cubin_bytes())
         if problem:
             problems.append((entry.path, problem))
     return problems
 
 
-def repair(store: Store, prefer: Prefer | None = None) -> list[str]:
-    """Repair `store` in place; one line per action taken ([] when it was consistent)."""
+def repair(store: Store, prefer: Prefer | None = None, *, check_cubins: bool = True) -> list[str]:
+    """Repair `store` in place; one line per action taken ([] when it was consistent).
+
+    check_cubins: also parse each cubin's .nv.info (False only for stores of fake cubins).
+    """
     actions = [f"removed {p}: leftover of an interrupted publish" for p in store.remove_stale_temps()]
-    actions += _remove_bad_entries(store)
+    actions += _remove_bad_entries(store, check_cubins)
     groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     for entry in store.entries():
         groups[(entry.manifest["variant"], entry.manifest["arch"])].append(entry)
@@ -50,9 +53,9 @@ def repair(store: Store, prefer: Prefer | None = None) -> list[str]:
     return actions
 
 
-def _remove_bad_entries(store: Store) -> list[str]:
+def _remove_bad_entries(store: Store, check_cubins: bool) -> list[str]:
     actions = []
-    for path, problem in deep_problems(store):
+    for path, problem in deep_problems(store, check_cubins):
         if path.parent.name == path.name[:2] and path.parent.parent == store.root and path.is_dir():
             store.remove_entry(path.name)
             actions.append(f"removed {path}: {problem}")
