@@ -99,6 +99,8 @@ def main() -> None:
       COMPRESSC_NO_JIT      1: the runtime never compiles; a missing kernel is an error
                             that prints the `compressc build` command to run
       COMPRESSC_JOBS        compile processes (default: the number of cores)
+      COMPRESSC_LOCK_TIMEOUT  seconds to wait for another process's build (default 600)
+      COMPRESSC_CHECK_BOUNDS  1: check index values before each launch (one sync a call)
     """
 
 
