@@ -328,10 +328,17 @@ def _jit_or_raise(
 
 
 def _default_builder(cache_dir: Path) -> Callable[[KernelSpec, str], Any]:
-    """compressc.cache.build.build_one, publishing into the user cache searched above."""
+    """compressc.cache.build.build_one, publishing into the user cache searched above; it waits
+    COMPRESSC_LOCK_TIMEOUT seconds at most for another process building the same kernel."""
     from compressc.cache.build import build_one
+    from compressc.config import Config
 
-    return lambda spec, arch: build_one(spec, arch, store=open_store(cache_dir, readonly=False))
+    def build(spec: KernelSpec, arch: str) -> Any:
+        store = open_store(cache_dir, readonly=False)
+        store.lock_timeout = Config.from_env().lock_timeout
+        return build_one(spec, arch, store=store)
+
+    return build
 
 
 def _build_unavailable_errors() -> tuple[type[Exception], ...]:
