@@ -139,7 +139,7 @@ class _Run:
                     entry = self._lock_or_find(p, waiting)
                 if entry is not None:
                     self._cached(p, entry)
-                elif p.key not in {w.key for w in waiting}:
+                elif not waiting or waiting[-1] is not p:
                     todo.append(p)
             self._compile(todo)
             for p in waiting:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -284,22 +284,26 @@ def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool) -> Any:
     """
     from compressc.cache.wanted import stale_reason, wanted_build
 
-    want = wanted_build(spec, arch)
-    exact = not pack
-    candidates = [store.get(want.key)] if exact and want.key is not None else []
-    candidates.append(store.find(spec.variant, arch))
-    if exact and want.key is None and hasattr(store, "entries"):
-        label = (spec.variant, arch)  # no index and no toolchain: look at every entry
-        candidates += [e for e in store.entries() if (e.manifest["variant"], e.manifest["arch"]) == label]
-    reasons = []
-    for entry in filter(None, candidates):
+    want, exact = wanted_build(spec, arch), not pack
+    first_reason = None
+    for entry in _candidates(store, spec, arch, want.key if exact else None, scan=exact and want.key is None):
         reason = stale_reason(want, entry, exact=exact)
         if reason is None:
             return entry
-        reasons.append(f"{entry.path} is not the build this compressc serves: {reason}")
-    if reasons:
-        raise StaleEntryError(reasons[0])
+        first_reason = first_reason or f"{entry.path} is not the build this compressc serves: {reason}"
+    if first_reason:
+        raise StaleEntryError(first_reason)
     return None
+
+
+def _candidates(store: Any, spec: KernelSpec, arch: str, key: str | None, scan: bool) -> Iterator[Any]:
+    """Entries that may be the wanted build, cheapest first (each costs a cubin hash)."""
+    if key is not None:
+        yield from filter(None, [store.get(key)])
+    yield from filter(None, [store.find(spec.variant, arch)])
+    if scan and hasattr(store, "entries"):  # no index and no toolchain: look at every entry
+        label = (spec.variant, arch)
+        yield from (e for e in store.entries() if (e.manifest["variant"], e.manifest["arch"]) == label)
 
 
 def _entry_errors() -> tuple[type[Exception], ...]:
