@@ -176,3 +176,21 @@ def test_a_resealed_block_edit_is_caught_by_the_cubin_itself(cache, template):
     for command in (["cache", "verify"], ["inspect"]):
         result = cli(*command, "--cache-dir", str(cache))
         assert result.exit_code == 1 and f"the manifest says {block}" in result.output, result.output
+
+
+def test_a_toolchain_upgrade_is_not_served_where_the_toolchain_is_known(cache, template, monkeypatch):
+    real = compile_module.toolchain_fingerprint()
+    monkeypatch.setattr(compile_module, "toolchain_fingerprint", lambda: dict(real, nvjitlink="99.0"))
+    with pytest.raises(KernelNotFoundError) as err:
+        lookup(cache)
+    assert "not the build this compressc serves: built with another toolchain than the one installed here" in str(
+        err.value
+    )
+
+
+def test_an_entry_without_key_json_is_not_served_to_a_pack_user(cache, template, monkeypatch):
+    _, default, _ = template
+    (cache / default.key[:2] / default.key / "key.json").unlink()
+    no_toolchain(monkeypatch)
+    with pytest.raises(KernelNotFoundError, match=r"it has no key.json \(built by an older compressc\)"):
+        lookup(cache)

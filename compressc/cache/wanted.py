@@ -11,6 +11,8 @@ compiler source or a `compressc build -p baseline` is never served to a default 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -34,23 +36,17 @@ class Wanted:
 @cache
 def wanted_build(spec: KernelSpec, arch: str) -> Wanted:
     """The default build of (spec, arch); cached: a process serves one source tree."""
+    from compressc.cache.build import plan_ingredients
     from compressc.cache.compile import ToolchainError, toolchain_fingerprint
 
     try:
         toolchain = toolchain_fingerprint()
     except ToolchainError:
         toolchain = None
-    ingredients = _default_ingredients(spec, arch, toolchain or {})
+    # Unknown toolchain: a placeholder keeps plan_ingredients from looking it up (and failing).
+    ingredients = plan_ingredients(spec, arch, "default", toolchain=toolchain or {"unknown": "toolchain"})
     key = hash_ingredients(ingredients) if toolchain else None
-    del ingredients["toolchain"]
-    return Wanted(ingredients, key)
-
-
-def _default_ingredients(spec: KernelSpec, arch: str, toolchain: dict[str, str]) -> dict[str, Any]:
-    from compressc.cache.build import plan_ingredients
-
-    # a placeholder toolchain when unknown: plan_ingredients would look it up (and fail)
-    return plan_ingredients(spec, arch, "default", toolchain=toolchain or {"unknown": "toolchain"})
+    return Wanted({name: v for name, v in ingredients.items() if name != "toolchain"}, key)
 
 
 def stale_reason(wanted: Wanted, entry: Any, *, exact: bool) -> str | None:
@@ -60,11 +56,11 @@ def stale_reason(wanted: Wanted, entry: Any, *, exact: bool) -> str | None:
     known); otherwise the recorded ingredients must match on everything but the toolchain
     (kernel packs, or no toolchain here).
     """
-    if exact and wanted.key is not None and entry.key != wanted.key:
-        return _differs(wanted, entry) or "built with another toolchain than the one installed here"
-    if exact and wanted.key is not None:
+    if not exact or wanted.key is None:
+        return _differs(wanted, entry)
+    if entry.key == wanted.key:
         return None
-    return _differs(wanted, entry)
+    return _differs(wanted, entry) or "built with another toolchain than the one installed here"
 
 
 def _differs(wanted: Wanted, entry: Any) -> str | None:
@@ -80,8 +76,6 @@ def _differs(wanted: Wanted, entry: Any) -> str | None:
 
 
 def _recorded(entry: Any) -> dict[str, Any] | None:
-    import json
-
     text = entry.text(KEY_FILE) if hasattr(entry, "text") else None
     try:
         value = json.loads(text) if text is not None else None
@@ -98,8 +92,6 @@ def _short(value: Any) -> str:
 
 
 def _digest(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
