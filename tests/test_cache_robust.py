@@ -219,3 +219,33 @@ def test_a_publisher_killed_at_any_moment_leaves_a_repairable_store(tmp_path: Pa
         assert all(store.find(e.manifest["variant"], "sm_90a") == e for e in store.entries())
         survived += 1
     assert survived == KILLS and len(Store(root).entries()) > 0
+
+
+def test_a_full_disk_at_the_index_write_names_it_and_repair_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from compressc.cache.repair import repair
+    from compressc.cache.store import StoreError
+
+    store = Store(tmp_path / "cache")
+    real = os.replace
+
+    def full(src, dst):
+        if Path(dst).parent.name == "index":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(StoreError) as err:
+        publish(store, KEY_A)
+    monkeypatch.undo()
+    index = store.index_path("c4a_h512_q64_r64_bf16", "sm_90a")
+    assert str(err.value) == (
+        f"cannot write {index}: No space left on device; the entry is in place without its index: the next "
+        "build or `compressc cache verify --repair` restores it (free space on that file system, or point "
+        "COMPRESSC_CACHE_DIR elsewhere)"
+    )
+    assert store.get(KEY_A) is not None and list((store.root / "tmp").iterdir()) == []
+    assert repair(store, check_cubins=False) == [f"index c4a_h512_q64_r64_bf16@sm_90a now names {KEY_A}"]

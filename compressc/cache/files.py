@@ -15,10 +15,12 @@ from pathlib import Path
 STALE_TEMP_SECONDS = 24 * 3600  # a temp this old is stale even if its pid is alive (pid reuse)
 
 
-def write_synced(path: Path, data: bytes | str, error: type[Exception] = OSError) -> None:
+def write_synced(
+    path: Path, data: bytes | str, error: type[Exception] = OSError, outcome: str = "nothing was published"
+) -> None:
     """Write and fsync, so a renamed-in entry never holds unflushed (empty) files.
 
-    An OSError (ENOSPC, EDQUOT, EACCES) becomes `error` with a message naming `path`.
+    An OSError (ENOSPC, EDQUOT, EACCES) becomes `error` naming `path` and the `outcome`.
     """
     try:
         with open(path, "wb") as f:
@@ -26,16 +28,18 @@ def write_synced(path: Path, data: bytes | str, error: type[Exception] = OSError
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        raise write_error(path, err, error) from None
+        raise write_error(path, err, error, outcome) from None
 
 
-def write_error(path: Path, err: OSError, error: type[Exception] = OSError) -> Exception:
-    """`error` saying which path could not be written, why, and what to do."""
+def write_error(
+    path: Path, err: OSError, error: type[Exception] = OSError, outcome: str = "nothing was published"
+) -> Exception:
+    """`error` saying which path could not be written, why, what state it left and what to do."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         hint = "free space on that file system, or point COMPRESSC_CACHE_DIR elsewhere"
     else:
         hint = "check the permissions of the cache, or point COMPRESSC_CACHE_DIR elsewhere"
-    return error(f"cannot write {path}: {err.strerror or err}; nothing was published ({hint})")
+    return error(f"cannot write {path}: {err.strerror or err}; {outcome} ({hint})")
 
 
 def is_stale_temp(path: Path) -> bool:

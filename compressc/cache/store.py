@@ -40,6 +40,9 @@ log = logging.getLogger("compressc.cache")
 MANIFEST = "manifest.json"
 STAGE_FILES = ("spec.cir", "lowered.cir", "kernel.py", "kernel.ptx", "jitlink.log")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+_NO_INDEX = (
+    "the entry is in place without its index: the next build or `compressc cache verify --repair` restores it"
+)
 Files = Mapping[str, bytes | str]
 BuildFn = Callable[[], "tuple[dict[str, Any], Files] | Entry"]
 
@@ -193,11 +196,13 @@ class Store:
         try:
             for name, data in files.items():
                 write_synced(tmp / name, data, StoreError)
-            write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        except StoreError:
+            write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n", StoreError)
+            self._move_into_place(key, tmp)
+        except (OSError, StoreError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._move_into_place(key, tmp)
+            if isinstance(err, StoreError):
+                raise
+            raise write_error(self.entry_path(key), err, StoreError) from None
         if index:
             self._write_index(manifest, key)
         self.stats["publishes"] += 1
@@ -318,14 +323,14 @@ class Store:
         tmp = self._new_temp("index", "json", mkdir=False)
         path = self.index_path(manifest["variant"], manifest["arch"])
         try:
-            write_synced(tmp, json.dumps({"key": key}) + "\n", StoreError)
+            write_synced(tmp, json.dumps({"key": key}) + "\n", StoreError, _NO_INDEX)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
         except (OSError, StoreError) as err:
             tmp.unlink(missing_ok=True)
             if isinstance(err, StoreError):
                 raise
-            raise write_error(path, err, StoreError) from None
+            raise write_error(path, err, StoreError, _NO_INDEX) from None
 
     def _drop_dangling_index(self) -> None:
         for path in (self.root / "index").glob("*.json"):
