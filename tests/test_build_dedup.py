@@ -87,3 +87,38 @@ def test_compile_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> Non
     for w in survivors:
         os.kill(w, signal.SIGKILL)
     assert survivors == [], "compile workers outlived their SIGKILLed parent"
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from compressc.cache.lock import file_lock
+with file_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@needs_build
+def test_a_stopped_lock_holder_fails_the_build_naming_its_pid(tmp_path: Path) -> None:
+    from compressc.cache.build import plan_many
+    from compressc.specs import make_spec
+
+    out = tmp_path / "cache"
+    (p,) = plan_many([make_spec("c128a_store", weight_dtype="bf16")], ["sm_90a"])
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(Store(out).lock_path(p.key))],
+                              stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    assert holder.stdout.readline() == "held\n"
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        cmd = [sys.executable, "-m", "compressc.cli", "build", *ONE, "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(COMPRESSC_LOCK_TIMEOUT="1"),
+                              cwd=ROOT, timeout=120)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    text = " ".join(done.stdout.split())  # rich wraps long lines
+    assert f"waiting for {out}/locks/{p.key}.lock, held by pid {holder.pid}" in done.stderr
+    assert f"gave up after 1 s waiting for {out}/locks/{p.key}.lock, held by pid {holder.pid}" in text
+    assert Store(out).entries() == []

@@ -163,9 +163,15 @@ class _Run:
         return entry
 
     def _wait_then_build(self, p: BuildPlan) -> None:
-        from compressc.cache.lock import acquire
+        from compressc.cache.lock import LockTimeoutError, acquire
 
-        self.held[p.key] = acquire(self.store.lock_path(p.key), self.store.lock_timeout)
+        try:
+            self.held[p.key] = acquire(self.store.lock_path(p.key), self.store.lock_timeout)
+        except LockTimeoutError as err:  # a stuck holder fails this kernel, not the whole build
+            self.results[p.key] = err
+            if self.on_done:
+                self.on_done(p, err, False)
+            return
         entry = self.store.get(p.key)
         if entry is not None:
             self._release(p.key)
