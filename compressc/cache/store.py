@@ -3,7 +3,7 @@
 Layout of a root:
 
   <key[:2]>/<key>/kernel.cubin, manifest.json, spec.cir, lowered.cir, kernel.py, ...
-  index/<variant>@<arch>.json   {"key": ...}: the newest build of a variant
+  index/<variant>@<arch>.json   {"key": ...}: the newest default-pipeline build of a variant
   locks/<key>.lock              flock'd while a process builds that key (holds its pid)
   tmp/<kind>.<pid>.<...>        entries being written, entries being deleted, index files
                                 being written; renamed into place when complete
