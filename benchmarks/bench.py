@@ -74,6 +74,9 @@ def _unique_bytes(spec, sc, active: torch.Tensor) -> int:
     return state + int(idx.numel()) * token + sc.T * 28
 
 
+PIPELINES = {"compressc": "default", "derived": "derived", "baseline": "baseline"}  # impl -> `-p`
+
+
 class Bench:
     def __init__(self, dirs: dict[str, Path], arch: str, reps: int) -> None:
         self.dirs = dirs
@@ -82,7 +85,9 @@ class Bench:
                        for _ in range(reps)]
 
     def kernel(self, impl: str, spec):
-        image = find_kernel(spec, self.arch, pack_roots=[], cache_dir=self.dirs[impl], allow_jit=False)
+        # each dir holds one pipeline's builds; the runtime serves a build only by its pipeline
+        image = find_kernel(spec, self.arch, pack_roots=[], cache_dir=self.dirs[impl], allow_jit=False,
+                            pipeline=PIPELINES[impl])
         return load_kernel(image, torch.cuda.current_device())
 
     def time_calls(self, calls) -> list[float]:

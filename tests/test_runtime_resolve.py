@@ -91,7 +91,7 @@ def _index_only(monkeypatch):
 
     Which build is served (the wanted key) is tested on real stores in test_runtime_served.py.
     """
-    def index_only(store, spec, arch, pack):
+    def index_only(store, spec, arch, pack, pipeline="default"):
         return store.find(spec.variant, arch)
 
     monkeypatch.setattr(resolve, "served_entry", index_only)

@@ -90,6 +90,19 @@ def test_the_baseline_build_is_never_served_to_a_default_request(cache, template
         f"pipeline {repr(baseline.manifest['pipeline'])[:60]}... (sha256 " in str(err.value)
 
 
+def test_a_baseline_build_is_served_when_asked_for_by_name(cache, template, monkeypatch):
+    """What benchmarks/bench.py does with a directory built with `-p baseline`."""
+    _, default, baseline = template
+    image = find_kernel(SPEC, ARCH, pack_roots=[], cache_dir=cache, allow_jit=False, pipeline="baseline")
+    assert image.key == baseline.key
+    no_toolchain(monkeypatch)
+    wanted_build.cache_clear()
+    image = find_kernel(SPEC, ARCH, pack_roots=[], cache_dir=cache, allow_jit=False, pipeline="baseline")
+    assert image.key == baseline.key and lookup(cache).key == default.key
+    with pytest.raises(KernelNotFoundError, match=r"--weight-dtype bf16 -p derived$"):  # none built
+        find_kernel(SPEC, ARCH, pack_roots=[], cache_dir=cache, allow_jit=False, pipeline="derived")
+
+
 def test_the_baseline_build_does_not_take_the_index(template):
     _, default, baseline = template
     assert Store(template[0]).indexed_key(SPEC.variant, ARCH) == default.key

@@ -34,8 +34,8 @@ class Wanted:
 
 
 @cache
-def wanted_build(spec: KernelSpec, arch: str) -> Wanted:
-    """The default build of (spec, arch); cached: a process serves one source tree."""
+def wanted_build(spec: KernelSpec, arch: str, pipeline: str = "default") -> Wanted:
+    """The `pipeline` build of (spec, arch); cached: a process serves one source tree."""
     from compressc.cache.build import plan_ingredients
     from compressc.cache.compile import ToolchainError, toolchain_fingerprint
 
@@ -44,7 +44,7 @@ def wanted_build(spec: KernelSpec, arch: str) -> Wanted:
     except ToolchainError:
         toolchain = None
     # Unknown toolchain: a placeholder keeps plan_ingredients from looking it up (and failing).
-    ingredients = plan_ingredients(spec, arch, "default", toolchain=toolchain or {"unknown": "toolchain"})
+    ingredients = plan_ingredients(spec, arch, pipeline, toolchain=toolchain or {"unknown": "toolchain"})
     key = hash_ingredients(ingredients) if toolchain else None
     return Wanted({name: v for name, v in ingredients.items() if name != "toolchain"}, key)
 

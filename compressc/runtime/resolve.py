@@ -94,13 +94,14 @@ def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
     return capability[0] == major and capability[1] >= minor
 
 
-def build_command(spec: KernelSpec, arch: str) -> str:
+def build_command(spec: KernelSpec, arch: str, pipeline: str = "default") -> str:
     """The `compressc build` command that puts `spec` for `arch` into the user cache."""
     cmd = (
         f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
         f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
     )
-    return cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+    cmd = cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+    return cmd if pipeline == "default" else f"{cmd} -p {pipeline}"
 
 
 # -- where to look ----------------------------------------------------------------------
@@ -233,11 +234,14 @@ def find_kernel(
     allow_jit: bool | None = None,
     store_factory: Callable[[Path], Any] = open_store,
     builder: Callable[[KernelSpec, str], Any] | None = None,
+    pipeline: str = "default",
 ) -> KernelImage:
     """The kernel image of `spec` for `arch`, searched in the order of DESIGN.md §4.
 
     Arguments left as None come from the installed packs and `runtime_settings()`;
     `builder` defaults to `compressc.cache.build.build_one` when it can be imported.
+    `pipeline`: the build to serve (the ops always serve "default"; benchmarks ask for
+    "baseline" or "derived" builds by name).
     """
     if cache_dir is None or allow_jit is None:
         env_cache, env_jit = runtime_settings()
@@ -247,20 +251,22 @@ def find_kernel(
     sources = [(f"kernel pack {r}", Path(r)) for r in roots] + [(f"user cache {cache_dir}", Path(cache_dir))]
     notes: list[str] = []
     for origin, root in sources:
-        image = _from_store(spec, arch, origin, root, store_factory, notes)
+        image = _from_store(spec, arch, origin, root, store_factory, notes, pipeline)
         if image is not None:
             return image
-    return _jit_or_raise(spec, arch, Path(cache_dir), allow_jit, builder, notes)
+    return _jit_or_raise(spec, arch, Path(cache_dir), allow_jit, builder, notes, pipeline)
 
 
 def _from_store(
-    spec: KernelSpec, arch: str, origin: str, root: Path, factory: Callable[[Path], Any], notes: list[str]
+    spec: KernelSpec, arch: str, origin: str, root: Path, factory: Callable[[Path], Any], notes: list[str],
+    pipeline: str = "default",
 ) -> KernelImage | None:
     if not root.is_dir():
         notes.append(f"{origin}: no such directory")
         return None
     try:
-        entry = served_entry(factory(root), spec, arch, pack=origin.startswith("kernel pack"))
+        pack = origin.startswith("kernel pack")
+        entry = served_entry(factory(root), spec, arch, pack=pack, pipeline=pipeline)
         if entry is None:
             notes.append(f"{origin}: not found")
             return None
@@ -274,8 +280,8 @@ def _from_store(
     return image
 
 
-def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool) -> Any:
-    """The entry of `store` that is this compressc's default build of (spec, arch), or None.
+def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool, pipeline: str = "default") -> Any:
+    """The entry of `store` that is this compressc's `pipeline` build of (spec, arch), or None.
 
     Candidates, first that is the wanted build wins: the entry of the wanted key (the
     user cache, where the toolchain is known: found even when its index file is lost),
@@ -284,7 +290,7 @@ def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool) -> Any:
     """
     from compressc.cache.wanted import stale_reason, wanted_build
 
-    want, exact = wanted_build(spec, arch), not pack
+    want, exact = wanted_build(spec, arch, pipeline), not pack
     first_reason = None
     for entry in _candidates(store, spec, arch, want.key if exact else None, scan=exact and want.key is None):
         reason = stale_reason(want, entry, exact=exact)
@@ -314,15 +320,16 @@ def _entry_errors() -> tuple[type[Exception], ...]:
 
 
 def _jit_or_raise(
-    spec: KernelSpec, arch: str, cache_dir: Path, allow_jit: bool, builder: Callable | None, notes: list[str]
+    spec: KernelSpec, arch: str, cache_dir: Path, allow_jit: bool, builder: Callable | None, notes: list[str],
+    pipeline: str = "default",
 ) -> KernelImage:
-    hint = f"Build it with:\n  {build_command(spec, arch)}"
+    hint = f"Build it with:\n  {build_command(spec, arch, pipeline)}"
     if not allow_jit:
         notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
     unavailable = _build_unavailable_errors()
     try:
-        image = _image_from_build((builder or _default_builder(cache_dir))(spec, arch))
+        image = _image_from_build((builder or _default_builder(cache_dir, pipeline))(spec, arch))
     except unavailable as exc:
         notes.append(f"JIT build: impossible, the build extra is not installed ({type(exc).__name__}: {exc})")
         hint += f"\nor install the build extra to compile kernels on first use:\n  {BUILD_EXTRA_INSTALL}"
@@ -331,7 +338,7 @@ def _jit_or_raise(
     return image
 
 
-def _default_builder(cache_dir: Path) -> Callable[[KernelSpec, str], Any]:
+def _default_builder(cache_dir: Path, pipeline: str = "default") -> Callable[[KernelSpec, str], Any]:
     """compressc.cache.build.build_one, publishing into the user cache searched above; it waits
     COMPRESSC_LOCK_TIMEOUT seconds at most for another process building the same kernel."""
     from compressc.cache.build import build_one
@@ -340,7 +347,7 @@ def _default_builder(cache_dir: Path) -> Callable[[KernelSpec, str], Any]:
     def build(spec: KernelSpec, arch: str) -> Any:
         store = open_store(cache_dir, readonly=False)
         store.lock_timeout = Config.from_env().lock_timeout
-        return build_one(spec, arch, store=store)
+        return build_one(spec, arch, pipeline=pipeline, store=store)
 
     return build
 
