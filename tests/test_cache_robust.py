@@ -86,6 +86,32 @@ def test_a_read_only_mount_is_a_read_only_store(tmp_path: Path) -> None:
     assert [e.key for e in Store(pack).entries()] == [KEY_A]
 
 
+def test_a_root_without_write_permission_is_read_only(tmp_path: Path) -> None:
+    """Root ignores permission bits only through CAP_DAC_OVERRIDE: drop it (setpriv) and
+    root is refused like any user, so this runs where CI runs."""
+    pack = tmp_path / "pack"
+    publish(Store(pack), KEY_A)
+    for path in [pack, *pack.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from test_cache_store import KEY_A
+        from compressc.cache.store import Store
+        store = Store(Path({str(pack)!r}))
+        print("READONLY", store.readonly, store.get(KEY_A).cubin_bytes())
+    """)
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    try:
+        proc = subprocess.run([*drop, sys.executable, "-c", script], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=120)
+    finally:
+        for path in [pack, *pack.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert proc.returncode == 0, proc.stderr
+    assert "READONLY True b'cubin'" in proc.stdout
+
+
 def test_a_killed_publish_is_stale_and_prune_removes_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "cache")
     publish(store, KEY_A)
