@@ -244,9 +244,18 @@ def inspect_cmd(arch, cache_dir):
 
 
 def _indexed(store, manifest, problems: list[str]) -> str | None:
-    """The key the runtime's lookup finds in `store` for the manifest's variant@arch."""
+    """The key the runtime's lookup serves from `store` for the manifest's variant@arch."""
+    from compressc.cache.packs import PackStore
+    from compressc.cache.wanted import spec_of
+    from compressc.runtime.resolve import StaleEntryError, served_entry
+
+    spec = spec_of(manifest)
     try:
-        entry = store.find(manifest["variant"], manifest["arch"])
+        if spec is None:
+            return None
+        entry = served_entry(store, spec, manifest["arch"], pack=isinstance(store, PackStore))
+    except StaleEntryError:  # only other builds (older compressc, other pipeline): none is used
+        return None
     except Exception as err:  # a tampered pack entry: reported below the table
         problems.append(str(err))
         return None

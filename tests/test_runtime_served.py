@@ -206,3 +206,15 @@ def test_an_entry_without_key_json_is_not_served_to_a_pack_user(cache, template,
     no_toolchain(monkeypatch)
     with pytest.raises(KernelNotFoundError, match=r"it has no key.json \(built by an older compressc\)"):
         lookup(cache)
+
+
+def test_ls_and_inspect_mark_the_build_the_runtime_serves(cache, template):
+    _, default, baseline = template
+    point(cache, baseline)  # the index names the baseline build; the runtime serves the default one
+    listing = cli("cache", "ls", "--cache-dir", str(cache))
+    lines = listing.output.splitlines()
+    rows = {key: line for line in lines for key in (default.key, baseline.key) if key in line}
+    assert rows[default.key].rstrip(" │").endswith("*") and not rows[baseline.key].rstrip(" │").endswith("*")
+    shown = cli("inspect", "--cache-dir", str(cache))
+    used = [line for line in shown.output.splitlines() if "*" in line and SPEC.variant in line]
+    assert len(used) == 1 and default.key[:12] in used[0], shown.output
