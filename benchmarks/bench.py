@@ -82,6 +82,7 @@ def _image_by_variant(root: Path, spec) -> KernelImage:
             cubin = (path.parent / manifest["cubin"]).read_bytes()
             return KernelImage(manifest, cubin, f"before ({path.parent})")
     raise SystemExit(f"--before {root}: no kernel of {spec.variant}")
+PIPELINES = {"compressc": "default", "derived": "derived", "baseline": "baseline"}  # impl -> `-p`
 
 
 class Bench:
@@ -94,7 +95,9 @@ class Bench:
     def kernel(self, impl: str, spec):
         if impl == "before":  # an earlier build, found by variant: its keys are not today's
             return load_kernel(_image_by_variant(self.dirs[impl], spec), torch.cuda.current_device())
-        image = find_kernel(spec, self.arch, pack_roots=[], cache_dir=self.dirs[impl], allow_jit=False)
+        # each dir holds one pipeline's builds; the runtime serves a build only by its pipeline
+        image = find_kernel(spec, self.arch, pack_roots=[], cache_dir=self.dirs[impl], allow_jit=False,
+                            pipeline=PIPELINES[impl])
         return load_kernel(image, torch.cuda.current_device())
 
     def time_calls(self, calls) -> list[float]:

@@ -194,15 +194,15 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, o
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store
 
-    store = Store(out or config.cache_dir)
+    store = Store(out or config.cache_dir, lock_timeout=config.lock_timeout)
     try:
         plans = plan_many(specs, archs, pipeline)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     workers = jobs or config.jobs or os.cpu_count() or 1
     started = time.perf_counter()
-    results, built = _run_with_progress(plans, store, workers, progress_to_stderr=as_json)
-    rows = summary_rows(plans, results, built, lambda p: _reproduce(p, pipeline, out))
+    results, built, restored = _run_with_progress(plans, store, workers, progress_to_stderr=as_json)
+    rows = summary_rows(plans, results, built | restored, lambda p: _reproduce(p, pipeline, out))
     seconds = time.perf_counter() - started
     if as_json:
         echo_json({"out": str(store.root), "seconds": round(seconds, 3), "kernels": rows})
@@ -230,10 +230,13 @@ def unwritable(root: Path) -> str | None:
 
 
 def _run_with_progress(plans, store, workers, progress_to_stderr: bool = False):
-    """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"}).
+    """Build the plans with one progress bar per kernel; returns (results, {key: "built"|"rebuilt"},
+    {key: "restored"}).
 
     "rebuilt" means the store held a corrupt or tampered entry under that key: it was a
     miss, was compiled again and replaced (the store also logs what was wrong with it).
+    "restored" means the entry was cached but its variant's index named another build
+    (or none: a kill between publish and index write), and now names it again.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -250,7 +253,12 @@ def _run_with_progress(plans, store, workers, progress_to_stderr: bool = False):
             "or COMPRESSC_CACHE_DIR"
         )
     corrupt = {key for key, problem in problems.items() if problem and not problem.startswith("missing")}
+    unindexed = set() if store.readonly else {  # cached default builds the index does not name
+        p.key for p in plans
+        if p.serves and not problems[p.key] and store.indexed_key(p.spec.variant, p.arch) != p.key
+    }
     compiled: dict[str, str] = {}
+    restored: dict[str, str] = {}  # not compiled: shown in the summary only
     with Progress(
         TextColumn("{task.description}"),
         TextColumn("{task.fields[status]}"),
@@ -268,12 +276,15 @@ def _run_with_progress(plans, store, workers, progress_to_stderr: bool = False):
                 status = "failed"
             elif was_compiled:
                 status = compiled[p.key] = "rebuilt (corrupt entry replaced)" if p.key in corrupt else "built"
+            elif p.key in unindexed:
+                status = restored[p.key] = "restored (index repointed)"
             progress.update(tasks[p.key], total=1, completed=1, status=status)
             progress.advance(overall)
             done = progress.tasks[overall].completed
             progress.update(overall, status=f"{done:g}/{len(plans)}")
 
-        return build_plans(plans, store, workers, on_done), compiled
+        results = build_plans(plans, store, workers, on_done)
+    return results, compiled, restored
 
 
 def summary_rows(plans, results, built, reproduce=_reproduce) -> list[dict]:

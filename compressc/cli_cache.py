@@ -108,7 +108,9 @@ def _when(path: Path) -> str:
 
 
 def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    from compressc.cache.files import tree_size  # counts files a concurrent clear removes as 0
+
+    return tree_size(path)
 
 
 # -- compressc wheel ----------------------------------------------------------------------
@@ -169,7 +171,7 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
         plans = plan_many(specs, archs)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    results, built = _run_with_progress(plans, store, workers)
+    results, built, _ = _run_with_progress(plans, store, workers)
     failed = [f"{p.label}: {results.get(p.key)}" for p in plans if not isinstance(results.get(p.key), Entry)]
     if failed:
         raise click.ClickException(
@@ -199,6 +201,7 @@ def inspect_cmd(arch, cache_dir, as_json):
     packs first, then the cache ($COMPRESSC_CACHE_DIR, default $XDG_CACHE_HOME/compressc
     or ~/.cache/compressc).
     Each row shows the arch, the source (pack or cache path) and the cubin sha256.
+    Exits 1 when an entry is bad (see `compressc cache verify`).
 
     \b
     Examples:
@@ -207,6 +210,7 @@ def inspect_cmd(arch, cache_dir, as_json):
       COMPRESSC_CACHE_DIR=build/kernels compressc inspect
       compressc inspect --json | jq '.kernels[] | select(.used) | .source'
     """
+    from compressc.cache.repair import deep_problems
     from compressc.cache.store import Store
     from compressc.runtime.resolve import iter_pack_roots, open_store
 
@@ -227,7 +231,7 @@ def inspect_cmd(arch, cache_dir, as_json):
             chosen = (m["variant"], m["arch"]) not in used and _indexed(store, m, problems) == entry.key
             used |= {(m["variant"], m["arch"])} if chosen else set()
             rows.append(_kernel_row(entry, label, chosen))
-        problems += [f"{label}: {path}: {problem}" for path, problem in store.verify()]
+        problems += [f"{label}: {path}: {problem}" for path, problem in deep_problems(store)]
     rows.sort(key=lambda r: (r["variant"], r["arch"]))
     problems = list(dict.fromkeys(problems))
     if as_json:
@@ -236,6 +240,11 @@ def inspect_cmd(arch, cache_dir, as_json):
         _print_kernels(rows, len(stores))
     for problem in problems:
         click.echo(f"warning {problem}", err=True)
+    if problems:  # a tampered or inconsistent kernel must not look fine to a script
+        raise click.ClickException(
+            f"{len(problems)} problem(s) above: `compressc cache verify --repair` fixes the "
+            "cache; reinstall a pack that is reported"
+        )
 
 
 def _kernel_row(entry, source: str, used: bool) -> dict:
@@ -278,9 +287,18 @@ def _no_cache(root: Path, stores: list) -> None:
 
 
 def _indexed(store, manifest, problems: list[str]) -> str | None:
-    """The key the runtime's lookup finds in `store` for the manifest's variant@arch."""
+    """The key the runtime's lookup serves from `store` for the manifest's variant@arch."""
+    from compressc.cache.packs import PackStore
+    from compressc.cache.wanted import spec_of
+    from compressc.runtime.resolve import StaleEntryError, served_entry
+
+    spec = spec_of(manifest)
     try:
-        entry = store.find(manifest["variant"], manifest["arch"])
+        if spec is None:
+            return None
+        entry = served_entry(store, spec, manifest["arch"], pack=isinstance(store, PackStore))
+    except StaleEntryError:  # only other builds (older compressc, other pipeline): none is used
+        return None
     except Exception as err:  # a tampered pack entry: reported below the table
         problems.append(str(err))
         return None
@@ -359,24 +377,32 @@ def _print_entries(root: Path, rows: list[dict]) -> None:
 
 
 @cache.command("verify")
+@click.option("--repair", is_flag=True, help="Fix what is found: drop bad entries and stale temps, re-index.")
 @_cache_dir_option
 @json_option
-def cache_verify(cache_dir, as_json):
-    """Re-hash every entry; exit 1 naming each bad one.
+def cache_verify(repair, cache_dir, as_json):
+    """Re-hash every entry; exit 1 naming each bad one (--repair: fix them).
 
-    Checks each manifest, each cubin's sha256, leftover temp dirs of interrupted
-    builds and dangling index files. Read-only: it changes nothing.
+    Checks each manifest, its sealed launch fields and key.json, each cubin's sha256
+    and its .nv.info (entry, block, parameters) against the manifest, leftover temp
+    dirs of interrupted builds and index files. Without --repair it changes nothing;
+    --repair removes bad entries and stale temp dirs and points each variant's index
+    at its default build (after a kill between publish and index write, say).
 
     \b
     Examples:
       compressc cache verify
+      compressc cache verify --repair
       COMPRESSC_CACHE_DIR=build/kernels compressc cache verify
       compressc cache verify --json     (exit status as without it)
     """
+    from compressc.cache.repair import deep_problems
     from compressc.cache.store import Store
 
-    store = Store(_existing_cache(_cache_root(cache_dir)), readonly=True)
-    problems = store.verify()
+    store = Store(_existing_cache(_cache_root(cache_dir)), readonly=not repair)
+    if repair:
+        _repair(store)
+    problems = deep_problems(store)
     good = len(store.entries())
     if as_json:
         bad = [{"path": str(path), "problem": problem} for path, problem in problems]
@@ -390,6 +416,19 @@ def cache_verify(cache_dir, as_json):
         )
     if not as_json:
         click.echo(f"{good} entries OK in {store.root}")
+
+
+def _repair(store) -> None:
+    from compressc.cache.repair import repair
+    from compressc.cache.store import StoreError
+    from compressc.cache.wanted import is_default_build
+
+    try:
+        actions = repair(store, prefer=is_default_build)
+    except StoreError as err:
+        raise click.ClickException(str(err)) from None
+    for action in actions:
+        click.echo(f"repaired: {action}")
 
 
 @cache.command("prune")

@@ -4,11 +4,19 @@ Nothing below the CLI reads the environment: the CLI builds one `Config` and pas
 its fields down. `ENV_TABLE` is the one description of the variables: `--help`,
 `compressc show-config` and the README's table are written from it (a test keeps the
 README in step).
+
+The default cache is $XDG_CACHE_HOME/compressc, else $HOME/.cache/compressc, else the
+passwd entry's home. A process with none of them (HOME='' or unset and a uid without a
+home, as in `docker run -u 1234`) gets <tmp>/compressc-cache-<uid>, created 0700 and
+refused unless this uid owns it: a cache that other users can write could serve their
+cubins. An empty variable counts as unset (HOME='' must not mean /.cache).
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +34,25 @@ ENV_TABLE: tuple[tuple[str, str, str], ...] = (
         "1/true/yes/on: the runtime never compiles (a missing kernel is an error)",
     ),
     ("COMPRESSC_JOBS", "the number of CPU cores", "compile processes of build, wheel and tune --prepare"),
+    ("COMPRESSC_LOCK_TIMEOUT", "600", "seconds to wait for another process building the same kernel; "
+     "the error names the holder's pid"),
+    ("COMPRESSC_CHECK_BOUNDS", "unset", "1: check every index value the kernels use before a launch, naming "
+     "tensor, row and value (one device sync per call; not during CUDA graph capture)"),
     (
         "COMPRESSC_SCHEDULES_DIR",
         "build/kernels-schedules",
         "tests/gpu only: the non-default schedules test_schedules_gpu.py loads",
     ),
 )
-ENV_VARS = ("COMPRESSC_CACHE_DIR", "COMPRESSC_NO_JIT", "COMPRESSC_JOBS")  # the ones Config reads
+ENV_VARS = (  # the ones Config reads
+    "COMPRESSC_CACHE_DIR",
+    "COMPRESSC_NO_JIT",
+    "COMPRESSC_JOBS",
+    "COMPRESSC_LOCK_TIMEOUT",
+    "COMPRESSC_CHECK_BOUNDS",
+)
+DEFAULT_LOCK_TIMEOUT = 600.0
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -46,6 +66,8 @@ class Config:
     cache_dir: Path
     no_jit: bool = False
     jobs: int = 1
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    check_bounds: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -55,16 +77,45 @@ class Config:
             cache_dir=Path(cache).expanduser() if cache else default_cache_dir(environ),
             no_jit=_parse_bool("COMPRESSC_NO_JIT", environ.get("COMPRESSC_NO_JIT", "")),
             jobs=_parse_jobs(environ.get("COMPRESSC_JOBS", "")),
+            lock_timeout=_parse_seconds("COMPRESSC_LOCK_TIMEOUT", environ.get("COMPRESSC_LOCK_TIMEOUT", "")),
+            check_bounds=_parse_bool("COMPRESSC_CHECK_BOUNDS", environ.get("COMPRESSC_CHECK_BOUNDS", "")),
         )
 
 
 def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """The user cache when COMPRESSC_CACHE_DIR is unset: $XDG_CACHE_HOME/compressc, else
-    ~/.cache/compressc."""
+    """The user cache when COMPRESSC_CACHE_DIR is unset (the order is in the module docstring)."""
     xdg = environ.get("XDG_CACHE_HOME", "")
     if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
         return Path(xdg) / "compressc"
-    return Path("~/.cache/compressc").expanduser()
+    home = environ.get("HOME", "") or _passwd_home()
+    if home and home != "/":
+        return Path(home) / ".cache" / "compressc"
+    return _private_temp_cache()
+
+
+def _passwd_home() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir or ""
+    except KeyError:  # a uid with no passwd entry
+        return ""
+
+
+def _private_temp_cache() -> Path:
+    path = Path(tempfile.gettempdir()) / f"compressc-cache-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        owner = path.stat().st_uid
+    except OSError as err:
+        raise ConfigError(
+            f"this process has no home directory (HOME is unset or empty) and {path} cannot be "
+            f"created ({err.strerror}): set COMPRESSC_CACHE_DIR to a writable directory"
+        ) from None
+    if owner != os.getuid():
+        raise ConfigError(
+            f"this process has no home directory and {path} belongs to uid {owner}, not {os.getuid()}: "
+            "set COMPRESSC_CACHE_DIR to a directory you own"
+        )
+    return path
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -88,3 +139,15 @@ def _parse_jobs(raw: str) -> int:
     if jobs < 1:
         raise ConfigError(f"COMPRESSC_JOBS={raw!r} is not a positive integer (number of compile processes)")
     return jobs
+
+
+def _parse_seconds(name: str, raw: str) -> float:
+    if not raw.strip():
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name}={raw!r} is not a positive number of seconds")
+    return seconds

@@ -28,8 +28,20 @@ params = abi(spec)
 values = {p.name: (4096 if p.kind == "ptr" else 1) for p in params}
 keep, kp = pack_args(params, values)
 assert len(kp) == len(params)
-entry = types.SimpleNamespace(manifest=MANIFEST, path="fake", cubin_bytes=lambda: b"cubin")
-store = types.SimpleNamespace(find=lambda variant, arch: entry if variant == spec.variant else None)
+# The key of the build the runtime wants, computed without cutlass (issue 17).
+from compressc.cache.key import canonical_json, hash_ingredients
+from compressc.cache.wanted import wanted_build
+want = wanted_build(spec, "sm_90a")
+recorded = dict(want.ingredients, toolchain=TOOLCHAIN)
+key = hash_ingredients(recorded)
+assert want.key in (None, key)
+print("WANTED KEY KNOWN:", want.key is not None)
+entry = types.SimpleNamespace(
+    manifest=dict(MANIFEST, key=key), path="fake", key=key, cubin_bytes=lambda: b"cubin",
+    text=lambda name: canonical_json(recorded).decode() if name == "key.json" else None,
+)
+store = types.SimpleNamespace(find=lambda variant, arch: entry if variant == spec.variant else None,
+                              get=lambda k: entry if k == key else None)
 image = rt.find_kernel(spec, "sm_90a", pack_roots=[ROOT], cache_dir=ROOT, allow_jit=True,
                        store_factory=lambda root: store)
 assert image.cubin == b"cubin"
@@ -56,6 +68,16 @@ def _manifest_literal() -> str:
     return repr(manifest())
 
 
+def _toolchain() -> dict:
+    """The toolchain versions of this machine (what a build here would hash), {} without them."""
+    from compressc.cache.compile import ToolchainError, toolchain_fingerprint
+
+    try:
+        return toolchain_fingerprint()
+    except ToolchainError:
+        return {}
+
+
 def test_blocker_really_blocks_cutlass():
     proc = _run(NO_CUTLASS + "import cutlass")
     assert proc.returncode != 0 and "blocked import of cutlass" in proc.stderr
@@ -65,6 +87,7 @@ def test_runtime_works_without_cutlass(tmp_path):
     script = (
         NO_CUTLASS
         + f"MANIFEST = {_manifest_literal()}\nROOT = __import__('pathlib').Path({str(tmp_path)!r})\n"
+        + f"TOOLCHAIN = {_toolchain()!r}\n"
     )
     proc = _run(script + _USE_RUNTIME)
     assert proc.returncode == 0, proc.stderr
@@ -78,12 +101,18 @@ def test_real_store_works_without_cutlass(tmp_path):
         import json, pathlib
         from compressc.runtime import find_kernel
         from compressc.specs import make_spec
+        from compressc.cache.integrity import seal
+        from compressc.cache.key import canonical_json, hash_ingredients
+        from compressc.cache.wanted import wanted_build
+        recorded = dict(wanted_build(make_spec("c4a"), "sm_90a").ingredients, toolchain={_toolchain()!r})
         m = {_manifest_literal()}
+        m = seal(dict(m, key=hash_ingredients(recorded), pipeline=recorded["pipeline"]))
         root = pathlib.Path({str(tmp_path)!r})
         entry = root / m["key"][:2] / m["key"]
         entry.mkdir(parents=True)
         (entry / "kernel.cubin").write_bytes(b"\\x7fELF fake cubin")
         (entry / "manifest.json").write_text(json.dumps(m))
+        (entry / "key.json").write_text(canonical_json(recorded).decode())
         (root / "index").mkdir()
         index = root / "index" / (m["variant"] + "@" + m["arch"] + ".json")
         index.write_text(json.dumps({{"key": m["key"]}}))

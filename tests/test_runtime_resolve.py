@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from compressc.cache.integrity import seal
 from compressc.runtime import resolve
 from compressc.runtime.resolve import (
     KernelNotFoundError,
@@ -58,7 +59,7 @@ def manifest(spec=SPEC, arch=ARCH, key="ab" + "0" * 62, **changes) -> dict:
         "pipeline": "default",
         "compile_seconds": 0.5,
     }
-    return base | changes
+    return seal(base | changes)
 
 
 @dataclass
@@ -84,6 +85,18 @@ class FakeStores:
         self.opened.append(root)
         table = self.entries.get(root, {})
         return types.SimpleNamespace(find=lambda variant, arch: table.get((variant, arch)))
+
+
+@pytest.fixture(autouse=True)
+def _index_only(monkeypatch):
+    """The fake entries here have no key.json: serve what the index names.
+
+    Which build is served (the wanted key) is tested on real stores in test_runtime_served.py.
+    """
+    def index_only(store, spec, arch, pack, pipeline="default"):
+        return store.find(spec.variant, arch)
+
+    monkeypatch.setattr(resolve, "served_entry", index_only)
 
 
 @pytest.fixture

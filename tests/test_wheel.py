@@ -118,6 +118,7 @@ def test_wheel_layout_and_metadata(wheel, built):
             assert pack["kernels"][f"{e.manifest['variant']}@{ARCH}"] == {
                 "key": e.key,
                 "cubin_sha256": e.manifest["cubin_sha256"],
+                "launch_sha256": e.manifest["launch_sha256"],
                 "compressc_version": __version__,
             }
         assert (pack["name"], pack["compressc_version"], pack["archs"]) == (
@@ -243,6 +244,18 @@ def test_tampered_pack_cubin_is_refused(wheel, built, tmp_path):
     assert image.origin.startswith("user cache")
     with pytest.raises(TamperedPackError):
         resolve.open_store(root).find(SPECS[0].variant, ARCH)
+
+
+def test_resealed_pack_manifest_is_refused(wheel, built, tmp_path):
+    """A launch field edited and resealed in the manifest: pack.json's seal still differs."""
+    from compressc.cache.integrity import seal
+
+    root = extract_pack(wheel, tmp_path)
+    path = root / built[1][0].key[:2] / built[1][0].key / "manifest.json"
+    path.write_text(json.dumps(seal(dict(json.loads(path.read_text()), smem_dynamic=1 << 16))))
+    with pytest.raises(TamperedPackError) as err:
+        resolve.open_store(root).find(SPECS[0].variant, ARCH)
+    assert f"the launch fields of {path} do not match {root / 'pack.json'}" in str(err.value)
 
 
 def test_pack_of_another_compressc_version_is_skipped(wheel, tmp_path, monkeypatch):

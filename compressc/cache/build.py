@@ -36,6 +36,7 @@ class BuildPlan:
     key: str
     launch: LaunchInfo  # of the lowered module: what the manifest records and the cubin must match
     ingredients: str = ""  # canonical JSON of the key ingredients: sha256(ingredients) == key
+    serves: bool = True  # the default pipeline's build: what the runtime serves and the index names
 
     @property
     def label(self) -> str:
@@ -49,12 +50,15 @@ def plan(spec: KernelSpec, arch: str, pipeline: str = "default", *, fingerprint:
     module = module_from_spec(spec)
     passes = parse_pipeline(resolve_pipeline(pipeline, module, arch))  # "default": tuned for arch
     canonical = pipeline_string(passes)
+    default = pipeline == "default" or canonical == pipeline_string(
+        parse_pipeline(resolve_pipeline("default", module, arch))
+    )
     spec_ir = print_module(module)
     ingredients = _ingredients(spec_ir, canonical, arch, fingerprint, toolchain)
     lowered = PassManager(passes).run(module)
     return BuildPlan(spec, arch, canonical, spec_ir, print_module(lowered), emit(lowered, canonical),
                      hash_ingredients(ingredients), launch_info(lowered),
-                     canonical_json(ingredients).decode())
+                     canonical_json(ingredients).decode(), default)
 
 
 def plan_ingredients(spec: KernelSpec, arch: str, pipeline: str = "default", *,
@@ -116,36 +120,105 @@ def build_plans(plans: Sequence[BuildPlan], store, workers: int,
     """Compile the plans whose key the store lacks; publish each as it finishes.
 
     Returns key -> Entry (cached or built) or the exception that stopped it;
-    `on_done(plan, outcome, built)` says whether this run compiled it.
+    `on_done(plan, outcome, built)` says whether this run compiled it. A key is
+    compiled under its lock (locks/<key>.lock, the runtime JIT's lock too), so N
+    processes building one variant into one cache compile it once: a key locked by
+    another process is waited for after this run's own compiles, then found. A cached
+    default build gets its index back if a kill or another pipeline's build took it.
     """
-    from compressc.cache.compile import compile_many
-
     results: dict[str, object] = {}
-    todo = []
-    for p in plans:
-        entry = store.get(p.key)
-        if entry is not None:
-            results[p.key] = entry
-            if on_done:
-                on_done(p, entry, False)
-        else:
-            todo.append(p)
-    by_key = {p.key: p for p in todo}
-
-    def publish(key: str, outcome: object) -> None:
-        p = by_key[key]
-        if not isinstance(outcome, BaseException):
-            try:
-                manifest, files = entry_files(p, outcome)
-                outcome = store.publish(key, manifest, files)
-            except Exception as err:  # a cubin that fails its ABI check is a failed build
-                outcome = err
-        results[key] = outcome
-        if on_done:
-            on_done(p, outcome, True)
-
-    compile_many([(p.key, p.source, p.arch) for p in todo], workers, publish)
+    _Run(store, workers, on_done, results).run(plans)
     return results
+
+
+class _Run:
+    """One build_plans call: which keys it holds the lock of, which it waits for."""
+
+    def __init__(self, store, workers: int, on_done, results: dict[str, object]) -> None:
+        self.store, self.workers, self.on_done, self.results = store, workers, on_done, results
+        self.held: dict[str, int] = {}
+
+    def run(self, plans: Sequence[BuildPlan]) -> None:
+        todo, waiting = [], []
+        try:
+            for p in plans:
+                entry = self.store.get(p.key)
+                if entry is None and not self.store.readonly:
+                    entry = self._lock_or_find(p, waiting)
+                if entry is not None:
+                    self._cached(p, entry)
+                elif not waiting or waiting[-1] is not p:
+                    todo.append(p)
+            self._compile(todo)
+            for p in waiting:
+                self._wait_then_build(p)
+        finally:
+            for key in list(self.held):
+                self._release(key)
+
+    def _lock_or_find(self, p: BuildPlan, waiting: list[BuildPlan]):
+        """Take the key's lock (None: compile it) or queue it behind its holder."""
+        from compressc.cache.lock import try_lock
+
+        fd = try_lock(self.store.lock_path(p.key))
+        if fd is None:
+            waiting.append(p)
+            return None
+        self.held[p.key] = fd
+        entry = self.store.get(p.key)  # published by another process before we locked
+        if entry is not None:
+            self._release(p.key)
+        return entry
+
+    def _wait_then_build(self, p: BuildPlan) -> None:
+        from compressc.cache.lock import LockTimeoutError, acquire
+
+        try:
+            self.held[p.key] = acquire(self.store.lock_path(p.key), self.store.lock_timeout)
+        except LockTimeoutError as err:  # a stuck holder fails this kernel, not the whole build
+            self.results[p.key] = err
+            if self.on_done:
+                self.on_done(p, err, False)
+            return
+        entry = self.store.get(p.key)
+        if entry is not None:
+            self._release(p.key)
+            self._cached(p, entry)
+        else:
+            self._compile([p])
+
+    def _release(self, key: str) -> None:
+        from compressc.cache.lock import release
+
+        release(self.held.pop(key))
+
+    def _cached(self, p: BuildPlan, entry) -> None:
+        if p.serves and not self.store.readonly:
+            self.store.point_index(entry)
+        self.results[p.key] = entry
+        if self.on_done:
+            self.on_done(p, entry, False)
+
+    def _compile(self, todo: list[BuildPlan]) -> None:
+        from compressc.cache.compile import compile_many
+
+        by_key = {p.key: p for p in todo}
+
+        def publish(key: str, outcome: object) -> None:
+            p = by_key[key]
+            if not isinstance(outcome, BaseException):
+                try:
+                    manifest, files = entry_files(p, outcome)
+                    outcome = self.store.publish(key, manifest, files, index=p.serves)
+                except Exception as err:  # a cubin that fails its ABI check is a failed build
+                    outcome = err
+            if key in self.held:
+                self._release(key)
+            self.results[key] = outcome
+            if self.on_done:
+                self.on_done(p, outcome, True)
+
+        compile_many([(p.key, p.source, p.arch) for p in todo], self.workers, publish)
 
 
 def build_one(spec: KernelSpec, arch: str, *, pipeline: str = "default", store=None):
@@ -163,4 +236,4 @@ def _compile_and_publish(p: BuildPlan, store):
     from compressc.cache.compile import compile_source
 
     manifest, files = entry_files(p, compile_source(p.source, p.arch))
-    return store.publish(p.key, manifest, files)
+    return store.publish(p.key, manifest, files, index=p.serves)

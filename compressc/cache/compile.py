@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -363,7 +364,8 @@ def compile_many(
     if not jobs:
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))), mp_context=context) as pool:
+    workers = max(1, min(workers, len(jobs)))
+    with ProcessPoolExecutor(workers, context, initializer=watch_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(compile_source, source, arch): key for key, source, arch in jobs}
         for future in as_completed(futures):
             key = futures[future]
@@ -371,3 +373,20 @@ def compile_many(
             if on_done is not None:
                 on_done(key, results[key])
     return results
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Compile-worker initializer: end the worker when `parent` is gone.
+
+    A parent killed with SIGKILL closes nothing cleanly: each worker holds the write end
+    of the pool's call-queue pipe itself, so it never reads EOF and would wait on that
+    pipe forever, orphaned. A daemon thread notices the re-parenting instead
+    (PR_SET_PDEATHSIG is not used: it fires when the *thread* that spawned the worker
+    exits, which in a pool need not be the parent's end).
+    """
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=poll, name="compressc-watch-parent", daemon=True).start()

@@ -4,7 +4,8 @@
  "params": [{"name", "kind", "dtype", "align"}, ...], "block": [x, y, z], "grid",
  "smem_dynamic", "smem_static", "registers", "spill_stores", "spill_loads", "stack",
  "barriers", "cubin": "kernel.cubin", "cubin_sha256", "toolchain": {...}, "pipeline",
- "compile_seconds", "programmatic"}  ("programmatic": optional, false when absent)
+ "compile_seconds", "programmatic", "launch_sha256"}  ("programmatic": optional, false when
+ absent; "launch_sha256": the seal over the launch fields, compressc.cache.integrity)
 
 Pure standard library: the runtime validates manifests with CuTe DSL not installed.
 """
@@ -40,7 +41,7 @@ _STRINGS = (
 )
 _COUNTS = ("smem_dynamic", "smem_static", "registers", "spill_stores", "spill_loads", "stack", "barriers")
 FIELDS = ("format", *_STRINGS, *_COUNTS, "params", "block", "toolchain", "compile_seconds")
-OPTIONAL_FIELDS = ("programmatic",)  # absent in manifests written before it existed: false
+OPTIONAL_FIELDS = ("programmatic", "launch_sha256")  # programmatic: false when absent; seal: integrity.py
 
 
 def make_manifest(
@@ -56,8 +57,10 @@ def make_manifest(
 ) -> dict[str, Any]:
     """The manifest of one build: `launch` is the lowered module's launch record, `artifacts`
     what compile_source returned (entry and block already checked against `launch`)."""
+    from compressc.cache.integrity import seal
+
     report = artifacts.report
-    return {
+    return seal({
         "format": MANIFEST_FORMAT,
         "key": key,
         "compressc_version": compressc_version,
@@ -82,7 +85,7 @@ def make_manifest(
         "pipeline": pipeline,
         "compile_seconds": artifacts.seconds,
         "programmatic": launch.programmatic,
-    }
+    })
 
 
 def manifest_params(manifest: dict[str, Any]) -> tuple[Param, ...]:

@@ -5,7 +5,8 @@ A kernel pack is an installed package (a wheel written by `compressc wheel`) who
 
   pack.json   {"format": 1, "name": "compressc-kernels-sm90", "compressc_version": "0.1.0",
                "archs": ["sm_90a"],
-               "kernels": {"<variant>@<arch>": {"key", "cubin_sha256", "compressc_version"}}}
+               "kernels": {"<variant>@<arch>": {"key", "cubin_sha256", "launch_sha256",
+                                                "compressc_version"}}}
 
 Version rule: a pack serves only the compressc version that built it (exact equality,
 the same pin as the wheel's `Requires-Dist: compressc==X`). The kernel ABI
@@ -123,6 +124,9 @@ class PackStore(Store):
             return f"{label} is not listed in {self.root / PACK_FILE}"
         if (listed.get("key"), listed.get("cubin_sha256")) != (entry.key, entry.manifest["cubin_sha256"]):
             return f"{entry.path / entry.manifest['cubin']} does not match {self.root / PACK_FILE}"
+        # packs written before launch fields were sealed list none; a resealed manifest differs
+        if "launch_sha256" in listed and listed["launch_sha256"] != entry.manifest.get("launch_sha256"):
+            return f"the launch fields of {entry.path / 'manifest.json'} do not match {self.root / PACK_FILE}"
         return None
 
 
@@ -132,6 +136,7 @@ def make_pack_info(name: str, archs: list[str], entries: list[Entry], version: s
         f"{e.manifest['variant']}@{e.manifest['arch']}": {
             "key": e.key,
             "cubin_sha256": e.manifest["cubin_sha256"],
+            "launch_sha256": e.manifest["launch_sha256"],
             "compressc_version": e.manifest["compressc_version"],
         }
         for e in entries

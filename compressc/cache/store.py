@@ -3,12 +3,16 @@
 Layout of a root:
 
   <key[:2]>/<key>/kernel.cubin, manifest.json, spec.cir, lowered.cir, kernel_py.txt, ...
-  index/<variant>@<arch>.json   {"key": ...}: the newest build of a variant
-  locks/<key>.lock              flock'd while a process builds that key
-  tmp/                          entries being written; renamed into place when complete
+  index/<variant>@<arch>.json   {"key": ...}: the newest default-pipeline build of a variant
+  locks/<key>.lock              flock'd while a process builds that key (holds its pid)
+  tmp/<kind>.<pid>.<...>        entries being written, entries being deleted, index files
+                                being written; renamed into place when complete
 
 An entry appears with one `os.replace` of a finished directory, so readers never see
-half an entry; anything unreadable, inconsistent or tampered with is a miss.
+half an entry; anything unreadable, inconsistent or tampered with is a miss. A temp
+whose writer is gone (killed mid-publish) is stale: `verify` reports it, `prune`,
+`clear` and `repair` (compressc.cache.repair) remove it. Removal tolerates entries
+that another process removes at the same time (two `cache clear`s).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from compressc.cache.arch import normalize_arch
-from compressc.cache.lock import file_lock
+from compressc.cache.files import entry_dirs, is_stale_temp, mtime, tree_size, write_error, write_synced
+from compressc.cache.integrity import ingredients_problem, launch_problem, read_ingredients
+from compressc.cache.lock import DEFAULT_TIMEOUT, file_lock
 from compressc.cache.manifest import validate_manifest
 
 log = logging.getLogger("compressc.cache")
@@ -39,6 +45,9 @@ KERNEL_SOURCE = "kernel_py.txt"
 LEGACY_KERNEL_SOURCE = "kernel.py"
 STAGE_FILES = ("spec.cir", "lowered.cir", KERNEL_SOURCE, "kernel.ptx", "jitlink.log")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+_NO_INDEX = (
+    "the entry is in place without its index: the next build or `compressc cache verify --repair` restores it"
+)
 Files = Mapping[str, bytes | str]
 BuildFn = Callable[[], "tuple[dict[str, Any], Files] | Entry"]
 
@@ -91,9 +100,10 @@ class Entry:
 
 
 class Store:
-    def __init__(self, root: Path, readonly: bool = False) -> None:
+    def __init__(self, root: Path, readonly: bool = False, lock_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.root = Path(root)
         self.readonly = readonly or (self.root.exists() and not os.access(self.root, os.W_OK))
+        self.lock_timeout = lock_timeout
         self.stats: Counter[str] = Counter()
 
     def entry_path(self, key: str) -> Path:
@@ -117,18 +127,32 @@ class Store:
 
     def find(self, variant: str, arch: str) -> Entry | None:
         """The entry the index names for (variant, arch), or None."""
-        path = self.index_path(variant, arch)
-        try:
-            key = json.loads(path.read_text())["key"]
-            _check_key(key)
-        except (OSError, ValueError, KeyError, TypeError, StoreError) as err:
+        key = _index_key(self.index_path(variant, arch))
+        if key is None:
             self.stats["misses"] += 1
-            log.debug("index miss %s: %s", path, err)
+            log.debug("index miss %s", self.index_path(variant, arch))
             return None
         return self.get(key)
 
     def index_path(self, variant: str, arch: str) -> Path:
         return self.root / "index" / f"{variant}@{normalize_arch(arch)}.json"
+
+    def indexed_key(self, variant: str, arch: str) -> str | None:
+        """The key the index names for (variant, arch); None if there is no readable index."""
+        return _index_key(self.index_path(variant, arch))
+
+    def lock_path(self, key: str) -> Path:
+        _check_key(key)
+        return self.root / "locks" / f"{key}.lock"
+
+    def point_index(self, entry: Entry) -> bool:
+        """Make the index of the entry's variant@arch name it; True if the index changed."""
+        path = self.index_path(entry.manifest["variant"], entry.manifest["arch"])
+        if _index_key(path) == entry.key:
+            return False
+        self._writable()
+        self._write_index(entry.manifest, entry.key)
+        return True
 
     def _load(self, key: str) -> tuple[Entry | None, str | None]:
         path = self.entry_path(key)
@@ -137,18 +161,17 @@ class Store:
         try:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
+            if not path.is_dir():  # removed since the check above (a concurrent clear)
+                return None, "missing: no entry directory"
             return None, f"corrupt: {path / MANIFEST} is missing (half-written entry)"
         except (OSError, ValueError) as err:
             return None, f"corrupt: {path / MANIFEST} is unreadable: {err}"
         problem = _manifest_problem(key, manifest) or _cubin_problem(path, manifest)
+        problem = problem or ingredients_problem(key, manifest, read_ingredients(path))
         return (None, problem) if problem else (Entry(path, manifest), None)
 
     def _entry_dirs(self) -> list[Path]:
-        dirs = [
-            p
-            for p in self.root.glob("??/*")
-            if p.is_dir() and _KEY.match(p.name) and p.parent.name == p.name[:2]
-        ]
+        dirs = [p for p in entry_dirs(self.root) if _KEY.match(p.name) and p.parent.name == p.name[:2]]
         return sorted(dirs, key=lambda p: p.name)
 
     def entries(self) -> list[Entry]:
@@ -158,7 +181,8 @@ class Store:
     def verify(self) -> list[tuple[Path, str]]:
         """(path, problem) for every bad entry, leftover temp dir and dangling index file."""
         problems = [(p, problem) for p in self._entry_dirs() if (problem := self._load(p.name)[1])]
-        problems += [(p, "leftover temporary directory of an interrupted publish") for p in self._temps()]
+        leftover = "leftover temporary directory of an interrupted publish"
+        problems += [(p, leftover) for p in self.stale_temps()]
         for path in sorted((self.root / "index").glob("*.json")):
             key = _index_key(path)
             if key is None or self._load(key)[0] is None:
@@ -166,16 +190,28 @@ class Store:
         return problems
 
     # -- writing ----------------------------------------------------------------------
-    def publish(self, key: str, manifest: dict[str, Any], files: Files) -> Entry:
-        """Write an entry: files into a temp dir, manifest.json last, one rename into place."""
+    def publish(self, key: str, manifest: dict[str, Any], files: Files, *, index: bool = True) -> Entry:
+        """Write an entry: files into a temp dir, manifest.json last, one rename into place.
+
+        `index`: point variant@arch's index at it (what the runtime's lookup by index
+        serves); builds of a non-default pipeline pass False. On a write error
+        (ENOSPC, EACCES) nothing of the entry is left and StoreError names the path.
+        """
         self._writable()
         _check_publish(key, manifest, files)
-        tmp = self._new_temp(key)
-        for name, data in files.items():
-            _write(tmp / name, data)
-        _write(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        self._move_into_place(key, tmp)
-        self._write_index(manifest, key)
+        tmp = self._new_temp("entry", key)
+        try:
+            for name, data in files.items():
+                write_synced(tmp / name, data, StoreError)
+            write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n", StoreError)
+            self._move_into_place(key, tmp)
+        except (OSError, StoreError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, StoreError):
+                raise
+            raise write_error(self.entry_path(key), err, StoreError) from None
+        if index:
+            self._write_index(manifest, key)
         self.stats["publishes"] += 1
         return Entry(self.entry_path(key), manifest)
 
@@ -191,7 +227,7 @@ class Store:
         if entry is not None:
             return entry
         self._writable()
-        with file_lock(self.root / "locks" / f"{key}.lock"):
+        with file_lock(self.lock_path(key), self.lock_timeout):
             entry, _ = self._load(key)
             if entry is not None:
                 return entry
@@ -205,23 +241,38 @@ class Store:
     def prune(self, max_bytes: int) -> list[str]:
         """Delete entries, oldest manifest mtime first, until the store holds <= max_bytes."""
         self._writable()
-        sized = sorted((_mtime(p), _size(p), p.name) for p in self._entry_dirs())
+        sized = sorted((mtime(p / MANIFEST, p), tree_size(p), p.name) for p in self._entry_dirs())
         total, removed = sum(s for _, s, _ in sized), []
         for _, size, key in sized:
             if total <= max_bytes:
                 break
-            self._remove_entry(key)
+            self.remove_entry(key)
             total, removed = total - size, removed + [key]
         self._drop_dangling_index()
+        self.remove_stale_temps()
         return removed
 
     def clear(self) -> None:
-        """Delete every entry, the index and leftover temp dirs (lock files stay)."""
+        """Delete every entry, the index and stale temp dirs (lock files and live publishes stay)."""
         self._writable()
         for path in self._entry_dirs():
-            self._remove_entry(path.name)
+            self.remove_entry(path.name)
         shutil.rmtree(self.root / "index", ignore_errors=True)
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
+        self.remove_stale_temps()
+
+    def stale_temps(self) -> list[Path]:
+        """Temp dirs and files whose writer is gone (or that are older than a day)."""
+        return [path for path in self._temps() if is_stale_temp(path)]
+
+    def remove_stale_temps(self) -> list[Path]:
+        removed = []
+        for path in self.stale_temps():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
 
     # -- helpers ----------------------------------------------------------------------
     def _writable(self) -> None:
@@ -231,14 +282,22 @@ class Store:
                 "build into the user cache (COMPRESSC_CACHE_DIR) instead"
             )
 
-    def _new_temp(self, key: str) -> Path:
-        path = self.root / "tmp" / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        path.mkdir(parents=True)
+    def _new_temp(self, kind: str, name: str, *, mkdir: bool = True) -> Path:
+        """tmp/<kind>.<pid>.<name>.<random>: the pid says whether its writer still runs."""
+        path = self.root / "tmp" / f"{kind}.{os.getpid()}.{name}.{uuid.uuid4().hex[:8]}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if mkdir:
+                path.mkdir()
+        except OSError as err:
+            raise write_error(path, err, StoreError) from None
         return path
 
     def _temps(self) -> list[Path]:
-        tmp = self.root / "tmp"
-        return sorted(tmp.iterdir()) if tmp.is_dir() else []
+        try:
+            return sorted((self.root / "tmp").iterdir())
+        except FileNotFoundError:
+            return []
 
     def _move_into_place(self, key: str, tmp: Path) -> None:
         target = self.entry_path(key)
@@ -251,22 +310,34 @@ class Store:
         if self._load(key)[0] is not None:
             shutil.rmtree(tmp)  # an identical build won the race; keep it
             return
-        self._remove_entry(key)  # a corrupt entry: replace it
+        self.remove_entry(key)  # a corrupt entry: replace it
         os.replace(tmp, target)
 
-    def _remove_entry(self, key: str) -> None:
-        """Rename the entry away first so no reader ever sees it half-deleted."""
-        trash = self.root / "tmp" / f"trash.{key}.{uuid.uuid4().hex[:8]}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.entry_path(key), trash)
+    def remove_entry(self, key: str) -> None:
+        """Rename the entry away first so no reader ever sees it half-deleted.
+
+        An entry another process removed meanwhile (a concurrent clear or prune) is gone
+        already, which is what was asked.
+        """
+        trash = self._new_temp("trash", key, mkdir=False)
+        try:
+            os.replace(self.entry_path(key), trash)
+        except FileNotFoundError:
+            return
         shutil.rmtree(trash, ignore_errors=True)
 
     def _write_index(self, manifest: dict[str, Any], key: str) -> None:
-        tmp = self.root / "tmp" / f"index.{uuid.uuid4().hex[:8]}.json"
-        _write(tmp, json.dumps({"key": key}) + "\n")
+        tmp = self._new_temp("index", "json", mkdir=False)
         path = self.index_path(manifest["variant"], manifest["arch"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        try:
+            write_synced(tmp, json.dumps({"key": key}) + "\n", StoreError, _NO_INDEX)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        except (OSError, StoreError) as err:
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, StoreError):
+                raise
+            raise write_error(path, err, StoreError, _NO_INDEX) from None
 
     def _drop_dangling_index(self) -> None:
         for path in (self.root / "index").glob("*.json"):
@@ -285,6 +356,8 @@ def _check_publish(key: str, manifest: dict[str, Any], files: Files) -> None:
     problems = validate_manifest(manifest)
     if not problems and manifest["key"] != key:
         problems = [f"manifest key {manifest['key']} differs from the key it is published under"]
+    if not problems and (unsealed := launch_problem(manifest)):
+        problems = [unsealed.split(": ", 1)[1]]
     bad_names = [n for n in files if n == MANIFEST or "/" in n or "\\" in n or n.startswith(".") or not n]
     problems += [f"file name {n!r} is not allowed (plain names only, not {MANIFEST})" for n in bad_names]
     cubin = files.get(manifest.get("cubin", ""))
@@ -302,7 +375,7 @@ def _manifest_problem(key: str, manifest: Any) -> str | None:
         return "corrupt: invalid manifest: " + "; ".join(problems)
     if manifest["key"] != key:
         return f"corrupt: manifest key {manifest['key']} does not match the entry directory"
-    return None
+    return launch_problem(manifest)
 
 
 def _cubin_problem(path: Path, manifest: dict[str, Any]) -> str | None:
@@ -322,20 +395,3 @@ def _index_key(path: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return key if isinstance(key, str) and _KEY.match(key) else None
-
-
-def _write(path: Path, data: bytes | str) -> None:
-    """Write and fsync, so a renamed-in entry never holds unflushed (empty) files."""
-    with open(path, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _mtime(path: Path) -> float:
-    manifest = path / MANIFEST
-    return (manifest if manifest.exists() else path).stat().st_mtime
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

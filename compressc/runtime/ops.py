@@ -14,11 +14,12 @@ from functools import cache
 import torch
 
 from compressc.runtime.args import ArgPacker
-from compressc.runtime.resolve import find_kernel
+from compressc.runtime.resolve import check_image, find_kernel
 from compressc.runtime.validate import (
     Values,
     check_device,
     compressed_values,
+    nonempty,
     row_values,
     state_values,
     store_values,
@@ -156,7 +157,20 @@ def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) ->
         args["k_cache"],
         args["kv_cache_block_size"],
     )
+    nonempty(int(rows["num_rows"]), _tensors(args))
+    if check_bounds_enabled():
+        from compressc.runtime.bounds import check_bounds
+
+        check_bounds(pool_spec, args, int(rows["num_rows"]))
     return rows | state | store
+
+
+@cache
+def check_bounds_enabled() -> bool:
+    """COMPRESSC_CHECK_BOUNDS, read once per process (compressc.config)."""
+    from compressc.config import Config
+
+    return Config.from_env().check_bounds
 
 
 def _tensors(args: dict) -> dict[str, torch.Tensor]:
@@ -178,6 +192,7 @@ def kernel_for(spec: KernelSpec, device: torch.device):
     from compressc.runtime import loader  # the one CUDA import, deferred to the first launch
 
     image = find_kernel(spec, loader.device_arch(index))
+    check_image(image)  # the cubin's own .nv.info against the launch fields the loader uses
     kernel = loader.load_kernel(image, index)
     _KERNELS[(index, spec.variant)] = kernel
     return kernel

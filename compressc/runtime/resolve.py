@@ -14,7 +14,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -38,6 +38,10 @@ class KernelNotFoundError(LookupError):
 
 class ManifestError(ValueError):
     """A cache entry's manifest does not describe the kernel the runtime asked for."""
+
+
+class StaleEntryError(ValueError):
+    """An entry is another build than the one asked for (older compressc, other pipeline)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def arch_runs_on(arch: str, capability: tuple[int, int]) -> bool:
     return capability[0] == major and capability[1] >= minor
 
 
-def build_command(spec: KernelSpec, arch: str) -> str:
+def build_command(spec: KernelSpec, arch: str, pipeline: str = "default") -> str:
     """The `compressc build` command that puts `spec` for `arch` into the user cache.
 
     It names every axis of the variant (build's variant options accept each one).
@@ -101,7 +105,8 @@ def build_command(spec: KernelSpec, arch: str) -> str:
         f"compressc build --arch {arch} --spec {spec.kernel} --head-size {spec.head} "
         f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
     )
-    return cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+    cmd = cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+    return cmd if pipeline == "default" else f"{cmd} -p {pipeline}"
 
 
 # -- where to look ----------------------------------------------------------------------
@@ -187,6 +192,19 @@ def check_manifest(spec: KernelSpec, arch: str, manifest: dict[str, Any]) -> Non
         )
 
 
+def check_image(image: KernelImage) -> None:
+    """ManifestError unless the cubin's own .nv.info agrees with the manifest's entry name,
+    block and parameter layout (the check the build makes before publishing)."""
+    from compressc.cache.integrity import cubin_problem
+
+    problem = cubin_problem(image.manifest, image.cubin)
+    if problem is not None:
+        raise ManifestError(
+            f"{image.origin}: {problem}; run `compressc cache verify --repair` (the cache) "
+            "or reinstall the kernel pack"
+        )
+
+
 def read_entry_dir(path: Path) -> tuple[dict[str, Any], bytes]:
     """(manifest, cubin) of an entry directory written by the store or the build driver."""
     manifest = json.loads((path / "manifest.json").read_text())
@@ -215,11 +233,14 @@ def find_kernel(
     allow_jit: bool | None = None,
     store_factory: Callable[[Path], Any] = open_store,
     builder: Callable[[KernelSpec, str], Any] | None = None,
+    pipeline: str = "default",
 ) -> KernelImage:
     """The kernel image of `spec` for `arch`, searched in the order of docs/architecture.md §4.
 
     Arguments left as None come from the installed packs and `runtime_settings()`;
     `builder` defaults to `compressc.cache.build.build_one` when it can be imported.
+    `pipeline`: the build to serve (the ops always serve "default"; benchmarks ask for
+    "baseline" or "derived" builds by name).
     """
     if cache_dir is None or allow_jit is None:
         env_cache, env_jit = runtime_settings()
@@ -229,20 +250,22 @@ def find_kernel(
     sources = [(f"kernel pack {r}", Path(r)) for r in roots] + [(f"user cache {cache_dir}", Path(cache_dir))]
     notes: list[str] = []
     for origin, root in sources:
-        image = _from_store(spec, arch, origin, root, store_factory, notes)
+        image = _from_store(spec, arch, origin, root, store_factory, notes, pipeline)
         if image is not None:
             return image
-    return _jit_or_raise(spec, arch, Path(cache_dir), allow_jit, builder, notes)
+    return _jit_or_raise(spec, arch, Path(cache_dir), allow_jit, builder, notes, pipeline)
 
 
 def _from_store(
-    spec: KernelSpec, arch: str, origin: str, root: Path, factory: Callable[[Path], Any], notes: list[str]
+    spec: KernelSpec, arch: str, origin: str, root: Path, factory: Callable[[Path], Any], notes: list[str],
+    pipeline: str = "default",
 ) -> KernelImage | None:
     if not root.is_dir():
         notes.append(f"{origin}: no such directory")
         return None
     try:
-        entry = factory(root).find(spec.variant, arch)
+        pack = origin.startswith("kernel pack")
+        entry = served_entry(factory(root), spec, arch, pack=pack, pipeline=pipeline)
         if entry is None:
             notes.append(f"{origin}: not found")
             return None
@@ -256,6 +279,38 @@ def _from_store(
     return image
 
 
+def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool, pipeline: str = "default") -> Any:
+    """The entry of `store` that is this compressc's `pipeline` build of (spec, arch), or None.
+
+    Candidates, first that is the wanted build wins: the entry of the wanted key (the
+    user cache, where the toolchain is known: found even when its index file is lost),
+    the entry the index names, and (no toolchain here) any entry of the variant@arch.
+    StaleEntryError, naming what differs, when there are candidates but none is wanted.
+    """
+    from compressc.cache.wanted import stale_reason, wanted_build
+
+    want, exact = wanted_build(spec, arch, pipeline), not pack
+    first_reason = None
+    for entry in _candidates(store, spec, arch, want.key if exact else None, scan=exact and want.key is None):
+        reason = stale_reason(want, entry, exact=exact)
+        if reason is None:
+            return entry
+        first_reason = first_reason or f"{entry.path} is not the build this compressc serves: {reason}"
+    if first_reason:
+        raise StaleEntryError(first_reason)
+    return None
+
+
+def _candidates(store: Any, spec: KernelSpec, arch: str, key: str | None, scan: bool) -> Iterator[Any]:
+    """Entries that may be the wanted build, cheapest first (each costs a cubin hash)."""
+    if key is not None:
+        yield from filter(None, [store.get(key)])
+    yield from filter(None, [store.find(spec.variant, arch)])
+    if scan and hasattr(store, "entries"):  # no index and no toolchain: look at every entry
+        label = (spec.variant, arch)
+        yield from (e for e in store.entries() if (e.manifest["variant"], e.manifest["arch"]) == label)
+
+
 def _entry_errors() -> tuple[type[Exception], ...]:
     """What reading one store entry raises when the entry is unusable (evaluated on error only)."""
     from compressc.cache.store import StoreError
@@ -264,16 +319,17 @@ def _entry_errors() -> tuple[type[Exception], ...]:
 
 
 def _jit_or_raise(
-    spec: KernelSpec, arch: str, cache_dir: Path, allow_jit: bool, builder: Callable | None, notes: list[str]
+    spec: KernelSpec, arch: str, cache_dir: Path, allow_jit: bool, builder: Callable | None, notes: list[str],
+    pipeline: str = "default",
 ) -> KernelImage:
-    hint = f"Build it with:\n  {build_command(spec, arch)}"
+    hint = f"Build it with:\n  {build_command(spec, arch, pipeline)}"
     if not allow_jit:
         notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
     unavailable = _build_unavailable_errors()
     started = time.perf_counter()
     try:
-        result = (builder or _default_builder(cache_dir))(spec, arch)
+        result = (builder or _default_builder(cache_dir, pipeline))(spec, arch)
         image = _image_from_build(result)
     except unavailable as exc:
         notes.append(f"JIT build: impossible, the build extra is not installed ({type(exc).__name__}: {exc})")
@@ -291,11 +347,18 @@ def _jit_or_raise(
     return image
 
 
-def _default_builder(cache_dir: Path) -> Callable[[KernelSpec, str], Any]:
-    """compressc.cache.build.build_one, publishing into the user cache searched above."""
+def _default_builder(cache_dir: Path, pipeline: str = "default") -> Callable[[KernelSpec, str], Any]:
+    """compressc.cache.build.build_one, publishing into the user cache searched above; it waits
+    COMPRESSC_LOCK_TIMEOUT seconds at most for another process building the same kernel."""
     from compressc.cache.build import build_one
+    from compressc.config import Config
 
-    return lambda spec, arch: build_one(spec, arch, store=open_store(cache_dir, readonly=False))
+    def build(spec: KernelSpec, arch: str) -> Any:
+        store = open_store(cache_dir, readonly=False)
+        store.lock_timeout = Config.from_env().lock_timeout
+        return build_one(spec, arch, pipeline=pipeline, store=store)
+
+    return build
 
 
 def _build_unavailable_errors() -> tuple[type[Exception], ...]:

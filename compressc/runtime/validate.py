@@ -11,6 +11,7 @@ These checks run on every launch: messages are formatted only when a check fails
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -19,6 +20,7 @@ from compressc.specs.family import KernelSpec
 
 Values = dict[str, int | float]
 VECTOR_ALIGN = 16  # bytes: the kernels read and write these buffers with 128-bit accesses
+F32_MAX = 3.4028234663852886e38  # rms_norm_eps travels as an f32 kernel parameter
 _WEIGHT_DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 _DTYPE_OF = {name: dtype for dtype, name in _WEIGHT_DTYPES.items()}
 
@@ -157,6 +159,7 @@ def store_values(
         raise _invalid("rms_norm_weight", f"be a contiguous [head_size] = [{spec.head}] vector", given)
     if isinstance(rms_norm_eps, bool) or not isinstance(rms_norm_eps, (int, float)):
         raise TypeError(f"rms_norm_eps must be a float, got {type(rms_norm_eps).__name__}")
+    _check_eps(rms_norm_eps)
     cos_sin = _tensor("cos_sin_cache", cos_sin_cache, torch.float32)
     if cos_sin.dim() != 2 or cos_sin.shape[1] != spec.rope:
         expected = f"have shape [max_position, rope] with rope = {spec.rope}"
@@ -174,6 +177,17 @@ def store_values(
     }
 
 
+def _check_eps(rms_norm_eps: int | float) -> None:
+    """NaN, inf or a value past f32 would reach the kernel as NaN/inf (or overflow packing)."""
+    try:
+        eps = float(rms_norm_eps)
+    except OverflowError:  # an int beyond any float
+        eps = math.inf
+    if not (math.isfinite(eps) and 0 <= eps <= F32_MAX):
+        expected = f"be a finite float32 value >= 0 (at most {F32_MAX:.7g})"
+        raise _invalid("rms_norm_eps", expected, rms_norm_eps)
+
+
 def _k_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) -> tuple[torch.Tensor, int]:
     cache = _tensor("k_cache", k_cache, torch.uint8)
     if cache.dim() < 2:
@@ -181,6 +195,8 @@ def _k_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) -> 
             "k_cache", "have a page dimension first ([num_pages, ...])", f"shape {tuple(cache.shape)}"
         )
     shift = log2_exact("kv_cache_block_size", kv_cache_block_size)
+    if cache.dim() >= 3 and cache.shape[1] != 1 << shift:  # [num_pages, block_size, bytes per token]
+        raise _invalid("kv_cache_block_size", f"equal k_cache.shape[1] = {cache.shape[1]}", 1 << shift)
     stride, store = cache.stride(0), spec.store
     if stride % VECTOR_ALIGN:
         expected = f"have a page stride (stride(0), bytes) that is a multiple of {VECTOR_ALIGN}"
@@ -192,7 +208,33 @@ def _k_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) -> 
             f"({store.token_stride} + {store.scale_dim}) = {need}"
         )
         raise _invalid("k_cache", expected, stride)
+    _check_extent(cache, need)
     return cache, shift
+
+
+def _check_extent(cache: torch.Tensor, page_bytes: int) -> None:
+    """The kernels write page p at p * stride(0) + [0, page_bytes): the last page must fit in
+    the storage, which a view such as k_cache[:, :16] of a padded buffer does not promise."""
+    available = cache.untyped_storage().nbytes() - cache.storage_offset() * cache.element_size()
+    need = (cache.shape[0] - 1) * cache.stride(0) + page_bytes if cache.shape[0] else 0
+    if available < need:
+        expected = (
+            f"have storage for (num_pages - 1) * stride(0) + kv_cache_block_size * bytes per token = "
+            f"({cache.shape[0]} - 1) * {cache.stride(0)} + {page_bytes} = {need} bytes"
+        )
+        raise _invalid("k_cache", expected, f"{available} bytes")
+
+
+def nonempty(num_rows: int, tensors: Mapping[str, torch.Tensor]) -> None:
+    """With rows to launch, every table the kernels index must have a row (and a column):
+    an empty one would be indexed anyway. `tensors`: name -> tensor of the op's arguments."""
+    if num_rows == 0:
+        return
+    for name in ("state_cache", "block_table", "cos_sin_cache", "k_cache"):
+        t = tensors.get(name)
+        if t is not None and (t.shape[0] == 0 or (name == "block_table" and t.shape[1] == 0)):
+            expected = f"not be empty when T = {num_rows} rows are launched"
+            raise _invalid(name, expected, f"shape {tuple(t.shape)}")
 
 
 def compressed_values(spec: KernelSpec, compressed_kv: object, num_rows: int) -> Values:

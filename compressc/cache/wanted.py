@@ -1,0 +1,119 @@
+"""Which build the runtime may serve: the key ingredients of a variant's default build.
+
+The runtime asks for `wanted_build(spec, arch)`: every key ingredient of the default
+pipeline's build (spec IR, tuned pipeline string, arch, options, compressc version,
+compiler-source fingerprint), computed without cutlass. Where the build toolchain is
+installed its versions complete the key, and only the entry of exactly that key is
+served. Without it (a kernel-pack user) an entry is served when the ingredients its
+key.json records match on everything but the toolchain. So a version bump, an edited
+compiler source or a `compressc build -p baseline` is never served to a default request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from compressc.cache.integrity import KEY_FILE
+from compressc.cache.key import hash_ingredients
+from compressc.specs.family import KernelSpec
+
+_VARIANT = re.compile(r"^(?P<kernel>\w+?)_h(?P<head>\d+)_q(?P<quant>\d+)_r(?P<rope>\d+)_(?P<dtype>bf16|f32)$")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The ingredients of the build to serve; `key` is None where the toolchain is unknown."""
+
+    ingredients: dict[str, Any]
+    key: str | None
+
+
+@cache
+def wanted_build(spec: KernelSpec, arch: str, pipeline: str = "default") -> Wanted:
+    """The `pipeline` build of (spec, arch); cached: a process serves one source tree."""
+    from compressc.cache.build import plan_ingredients
+    from compressc.cache.compile import ToolchainError, toolchain_fingerprint
+
+    try:
+        toolchain = toolchain_fingerprint()
+    except ToolchainError:
+        toolchain = None
+    # Unknown toolchain: a placeholder keeps plan_ingredients from looking it up (and failing).
+    ingredients = plan_ingredients(spec, arch, pipeline, toolchain=toolchain or {"unknown": "toolchain"})
+    key = hash_ingredients(ingredients) if toolchain else None
+    return Wanted({name: v for name, v in ingredients.items() if name != "toolchain"}, key)
+
+
+def stale_reason(wanted: Wanted, entry: Any, *, exact: bool) -> str | None:
+    """Why `entry` is not the wanted build, None if it is.
+
+    exact: the entry's key must be the wanted key (the user cache, when the toolchain is
+    known); otherwise the recorded ingredients must match on everything but the toolchain
+    (kernel packs, or no toolchain here).
+    """
+    if not exact or wanted.key is None:
+        return _differs(wanted, entry)
+    if entry.key == wanted.key:
+        return None
+    return _differs(wanted, entry) or "built with another toolchain than the one installed here"
+
+
+def _differs(wanted: Wanted, entry: Any) -> str | None:
+    recorded = _recorded(entry)
+    if recorded is None:
+        return f"it has no {KEY_FILE} (built by an older compressc), so what built it is unknown"
+    if hash_ingredients(recorded) != entry.key:
+        return f"its {KEY_FILE} does not hash to its key (tampered)"
+    for name, want in wanted.ingredients.items():
+        if recorded.get(name) != want:
+            return f"built with {name} {_short(recorded.get(name))}, this compressc serves {_short(want)}"
+    return None
+
+
+def _recorded(entry: Any) -> dict[str, Any] | None:
+    text = entry.text(KEY_FILE) if hasattr(entry, "text") else None
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= 100:
+        return text
+    return f"{text[:60]}... (sha256 {_digest(text)}, {len(text)} characters)"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def spec_of(manifest: dict[str, Any]) -> KernelSpec | None:
+    """The spec a manifest's variant name stands for, None if it names no valid variant."""
+    from compressc.specs.errors import SpecError
+    from compressc.specs.family import make_spec
+
+    match = _VARIANT.match(str(manifest.get("variant", "")))
+    if match is None or match["kernel"] != manifest.get("kernel"):
+        return None
+    try:
+        spec = make_spec(match["kernel"], int(match["head"]), int(match["quant"]), rope=int(match["rope"]),
+                         weight_dtype=match["dtype"])
+    except SpecError:
+        return None
+    return spec if spec.variant == manifest["variant"] else None
+
+
+def is_default_build(entry: Any) -> bool:
+    """Whether `entry` is what the runtime serves for its variant@arch (the default build)."""
+    spec = spec_of(entry.manifest)
+    if spec is None:
+        return False
+    return stale_reason(wanted_build(spec, entry.manifest["arch"]), entry, exact=True) is None
