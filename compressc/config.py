@@ -6,6 +6,9 @@ its fields down (STYLE.md rule 6).
   COMPRESSC_CACHE_DIR  user cache root (default ~/.cache/compressc)
   COMPRESSC_NO_JIT     1/true/yes/on: never compile at run time, only load prebuilt kernels
   COMPRESSC_JOBS       parallel compile processes (default: the CPU count)
+  COMPRESSC_DEBUG_CHECKS  1: the runtime's ops check every argument on every call and launch
+                       through cuda-bindings (default: once per argument signature, ctypes launch)
+  COMPRESSC_VLLM       0: the vLLM plugin (compressc.integrations.vllm) patches nothing (default 1)
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_VARS = ("COMPRESSC_CACHE_DIR", "COMPRESSC_NO_JIT", "COMPRESSC_JOBS")
+ENV_VARS = ("COMPRESSC_CACHE_DIR", "COMPRESSC_NO_JIT", "COMPRESSC_JOBS", "COMPRESSC_DEBUG_CHECKS",
+            "COMPRESSC_VLLM")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -29,6 +33,8 @@ class Config:
     cache_dir: Path
     no_jit: bool = False
     jobs: int = 1
+    debug_checks: bool = False
+    vllm_plugin: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -38,6 +44,8 @@ class Config:
             cache_dir=Path(cache).expanduser(),
             no_jit=_parse_bool("COMPRESSC_NO_JIT", environ.get("COMPRESSC_NO_JIT", "")),
             jobs=_parse_jobs(environ.get("COMPRESSC_JOBS", "")),
+            debug_checks=_parse_bool("COMPRESSC_DEBUG_CHECKS", environ.get("COMPRESSC_DEBUG_CHECKS", "")),
+            vllm_plugin=_parse_bool("COMPRESSC_VLLM", environ.get("COMPRESSC_VLLM", "1")),
         )
 
 

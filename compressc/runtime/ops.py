@@ -14,6 +14,7 @@ from functools import cache
 import torch
 
 from compressc.runtime.args import ArgPacker
+from compressc.runtime.fastpath import Prepared, SignatureCache, cacheable_index, ident
 from compressc.runtime.resolve import find_kernel
 from compressc.runtime.validate import (
     Values,
@@ -30,6 +31,25 @@ from compressc.specs.family import KernelSpec, make_spec
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
+_SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "c128a": SignatureCache()}
+_debug: list[bool] = []  # [COMPRESSC_DEBUG_CHECKS], read once on the first call
+
+
+def set_debug_checks(enabled: bool | None) -> None:
+    """Check every argument and launch through cuda-bindings on every call (True), use the
+    signature cache (False), or read COMPRESSC_DEBUG_CHECKS again on the next call (None)."""
+    _debug[:] = [] if enabled is None else [bool(enabled)]
+    for signatures in _SIGNATURES.values():
+        signatures.clear()
+
+
+def debug_checks() -> bool:
+    """Whether every call runs the full checks (COMPRESSC_DEBUG_CHECKS=1 or set_debug_checks)."""
+    if not _debug:
+        from compressc.config import Config
+
+        _debug.append(Config.from_env().debug_checks)
+    return _debug[0]
 
 
 @cache
@@ -61,7 +81,11 @@ def compress_c4a(
     quant_block: int = 64,
 ) -> None:
     """C4A: pool the 8-row overlapping window, RMSNorm, rope, fp8-quantise into k_cache."""
-    _compress_fused("c4a", head_size, quant_block, locals())
+    _fused(
+        "c4a", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block,
+    )
 
 
 def compress_indexer_fp8(
@@ -82,7 +106,11 @@ def compress_indexer_fp8(
     quant_block: int = 128,
 ) -> None:
     """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (SPEC.md §4)."""
-    _compress_fused("indexer_fp8", head_size, quant_block, locals())
+    _fused(
+        "indexer_fp8", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block,
+    )
 
 
 def compress_c128a(
@@ -108,31 +136,150 @@ def compress_c128a(
     compressed_kv: fp32 [>= T, head_size] for the pooled rows; when None a per-device
     scratch buffer is used (grown outside CUDA graph capture; see reserve_c128a_scratch).
     """
-    args = locals()
-    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
-    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight_dtype_name(rms_norm_weight))
-    values = _common_values(store_spec, args, pool_spec)
-    tensors = _tensors(args)
-    if compressed_kv is not None:
-        values |= compressed_values(pool_spec, compressed_kv, int(values["num_rows"]))
-    device = check_device(tensors)
-    T = int(values["num_rows"])
-    if T == 0:
-        return
-    if compressed_kv is None:
-        values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
-    _launch(pool_spec, device, values)
-    # right after its compress kernel on the same stream: the store may start under its tail
-    _launch(store_spec, device, values, overlap_previous=True)
+    _c128a(
+        state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block, compressed_kv,
+    )
 
 
-def _compress_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> None:
+# -- the eager path: one signature check, one struct pack, one driver call per kernel ------
+def _step_key(req, pos, slots, bt, kvs, T: int) -> tuple:
+    """What the checks of the per-step index tensors depend on (fastpath module docstring)."""
+    return (
+        req.dtype, req.get_device(), req.stride(), req.numel() >= T, pos.dtype, pos.get_device(),
+        pos.stride(), slots.dtype, slots.get_device(), slots.stride(), kvs.dtype, kvs.get_device(),
+        kvs.stride(), bt.dtype, bt.get_device(), bt.stride(),
+    )
+
+
+def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb) -> None:
+    if _debug[0] if _debug else debug_checks():
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
+        return _launch_checked(_checked_fused(kernel, head, qb, args))
+    try:
+        T = slots.numel()
+        key = (ident(), head, qb, bs, kvbs, eps, id(sc), sc.data_ptr(), id(w), w.data_ptr(),
+               id(cs), cs.data_ptr(), id(kc), kc.data_ptr(), _step_key(req, pos, slots, bt, kvs, T))
+        step = (req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), 0,
+                T, pos.numel(), kvs.numel())
+    except (AttributeError, TypeError):  # not tensors: the checked path names the argument
+        key = None
+    signatures = _SIGNATURES[kernel]
+    prepared = signatures.entries.get(key)
+    if prepared is None:
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
+        checked = _checked_fused(kernel, head, qb, args)
+        if checked is None:
+            return None
+        prepared = _prepare(checked, args)
+        if _cacheable(args):
+            signatures.add(key, prepared, (sc, w, cs, kc))
+    if T:
+        prepared.run(step, T)
+    return None
+
+
+def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv) -> None:
+    if _debug[0] if _debug else debug_checks():
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
+        return _launch_checked(_checked_c128a(head, qb, args))
+    try:
+        T = slots.numel()
+        given = None if ckv is None else (id(ckv), ckv.data_ptr(), ckv.shape[0] >= T)
+        key = (ident(), head, qb, bs, kvbs, eps, id(sc), sc.data_ptr(), id(w), w.data_ptr(),
+               id(cs), cs.data_ptr(), id(kc), kc.data_ptr(), given, _step_key(req, pos, slots, bt, kvs, T))
+    except (AttributeError, TypeError):
+        key = None
+    signatures = _SIGNATURES["c128a"]
+    prepared = signatures.entries.get(key)
+    kv_ptr = None
+    if prepared is None:
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
+        checked = _checked_c128a(head, qb, args)
+        if checked is None:
+            return None
+        prepared, kv_ptr = _prepare(checked, args), checked[0]["compressed_kv"]
+        if _cacheable(args):
+            signatures.add(key, prepared, (sc, w, cs, kc) if ckv is None else (sc, w, cs, kc, ckv))
+    if T:
+        if kv_ptr is None:
+            kv_ptr = _scratch_pointer(prepared, T, head) if ckv is None else ckv.data_ptr()
+        prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(),
+                      kv_ptr, T, pos.numel(), kvs.numel()), T)
+    return None
+
+
+_ARG_NAMES = ("state_cache", "token_to_req_indices", "positions", "slot_mapping", "block_table",
+              "block_size", "rms_norm_weight", "rms_norm_eps", "cos_sin_cache", "k_cache",
+              "kv_slot_mapping", "kv_cache_block_size")
+
+
+def _named(*values: object, **extra: object) -> dict:
+    return dict(zip(_ARG_NAMES, values, strict=True), **extra)
+
+
+_STEP_TENSORS = ("token_to_req_indices", "positions", "slot_mapping", "kv_slot_mapping", "block_table")
+
+
+def _cacheable(args: dict) -> bool:
+    """Checks that passed for this call pass for every call with its signature: plain scalars
+    (a tensor block size could change in place) and index tensors whose layout is length-free."""
+    scalars = (type(args["block_size"]) is int and type(args["kv_cache_block_size"]) is int
+               and type(args["rms_norm_eps"]) in (int, float))
+    return scalars and all(cacheable_index(args[name]) for name in _STEP_TENSORS)
+
+
+def _scratch_pointer(prepared: Prepared, T: int, head: int) -> int:
+    buffers = _SCRATCH.get(prepared.device)
+    if buffers and buffers[-1].numel() >= T * head:
+        return buffers[-1].data_ptr()
+    return scratch_buffer(prepared.device, T, head).data_ptr()
+
+
+def _prepare(checked: tuple, args: dict) -> Prepared:
+    """The argument buffer and loaded kernels of a checked call (a signature-cache miss)."""
+    values, device, specs = checked
+    kernels = [(kernel_for(spec, device), abi(spec), i > 0) for i, spec in enumerate(specs)]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    values = dict(values, compressed_kv=values.get("compressed_kv", 0))
+    return Prepared(kernels, values, index, device)
+
+
+# -- the checked path (every call with COMPRESSC_DEBUG_CHECKS=1) -------------------------
+def _checked_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> tuple | None:
+    """(ABI values, device, specs) after every check; None when there are no rows."""
     spec = kernel_spec(kernel, head_size, quant_block, weight_dtype_name(args["rms_norm_weight"]))
     values = _common_values(spec, args, spec)
     device = check_device(_tensors(args))
-    if values["num_rows"] == 0:
+    return None if values["num_rows"] == 0 else (values, device, (spec,))
+
+
+def _checked_c128a(head_size: int, quant_block: int, args: dict) -> tuple | None:
+    """(ABI values, device, (compress spec, store spec)); a None compressed_kv is the scratch."""
+    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
+    weight = weight_dtype_name(args["rms_norm_weight"])
+    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight)
+    values = _common_values(store_spec, args, pool_spec)
+    compressed_kv = args["compressed_kv"]
+    if compressed_kv is not None:
+        values |= compressed_values(pool_spec, compressed_kv, int(values["num_rows"]))
+    device = check_device(_tensors(args))
+    T = int(values["num_rows"])
+    if T == 0:
+        return None
+    if compressed_kv is None:
+        values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
+    return values, device, (pool_spec, store_spec)
+
+
+def _launch_checked(checked: tuple | None) -> None:
+    if checked is None:
         return
-    _launch(spec, device, values)
+    values, device, specs = checked
+    for i, spec in enumerate(specs):
+        # C128A: the store right after its compress kernel on the same stream may start under its tail
+        _launch(spec, device, values, overlap_previous=i > 0)
 
 
 def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) -> Values:

@@ -1,0 +1,130 @@
+"""The cheapest kernel launch Python has: libcuda's cuLaunchKernel(Ex) called through ctypes.
+
+cuda-bindings wraps every driver call in argument objects (CUstream, CUfunction, a
+CUlaunchConfig built per call) and costs tens of microseconds of host time per launch
+on the fast path; a ctypes call into the same libcuda (cuda-bindings dlopens the same
+`libcuda.so.1`, so handles are shared) with the argument types declared once costs about
+a microsecond. `benchmarks/host_path.py` measures both on the GPU host.
+
+Only the launch goes through here: loading, attributes and errors stay in `loader`
+(cuda-bindings). When libcuda cannot be opened (no driver, an unusual platform),
+`driver_library()` is None and the fast path uses `LoadedKernel.launch` instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from collections.abc import Callable
+from functools import cache
+
+from compressc.runtime.args import launch_grid
+
+_c_uint, _c_void_p = ctypes.c_uint, ctypes.c_void_p
+# cuda.h: CUlaunchAttributeID values (also driver.CUlaunchAttributeID; checked by a test)
+ATTR_CLUSTER_DIMENSION = 4
+ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+class LaunchAttributeValue(ctypes.Union):
+    """cuda.h CUlaunchAttributeValue: a 64-byte union, 8-byte aligned (it holds pointers)."""
+
+    _fields_ = [("pad", ctypes.c_char * 64), ("align", ctypes.c_uint64), ("dims", _c_uint * 3),
+                ("flag", ctypes.c_int)]
+
+
+class LaunchAttribute(ctypes.Structure):
+    """cuda.h CUlaunchAttribute: the id, 4 pad bytes, then the value (72 bytes)."""
+
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", LaunchAttributeValue)]
+
+
+class LaunchConfig(ctypes.Structure):
+    """cuda.h CUlaunchConfig (56 bytes): grid, block, smem, stream, attributes."""
+
+    _fields_ = [("gridDimX", _c_uint), ("gridDimY", _c_uint), ("gridDimZ", _c_uint),
+                ("blockDimX", _c_uint), ("blockDimY", _c_uint), ("blockDimZ", _c_uint),
+                ("sharedMemBytes", _c_uint), ("hStream", _c_void_p),
+                ("attrs", ctypes.POINTER(LaunchAttribute)), ("numAttrs", _c_uint)]
+
+
+@cache
+def driver_library() -> ctypes.CDLL | None:
+    """libcuda with cuLaunchKernel / cuLaunchKernelEx typed, or None where it cannot be opened."""
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", ctypes.util.find_library("cuda")]
+    for name in filter(None, names):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        return _typed(lib)
+    return None
+
+
+def _typed(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.cuLaunchKernel.argtypes = [_c_void_p] + [_c_uint] * 7 + [_c_void_p, _c_void_p, _c_void_p]
+    lib.cuLaunchKernel.restype = ctypes.c_int
+    lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), _c_void_p, _c_void_p, _c_void_p]
+    lib.cuLaunchKernelEx.restype = ctypes.c_int
+    return lib
+
+
+def launch_config(cluster: int, block: tuple[int, int, int], smem: int, programmatic: bool) -> LaunchConfig:
+    """A reusable cuLaunchKernelEx configuration; the caller sets gridDimX and hStream per launch."""
+    attrs = []
+    if cluster > 1:
+        attrs.append(LaunchAttribute(id=ATTR_CLUSTER_DIMENSION))
+        attrs[-1].value.dims[:] = (cluster, 1, 1)
+    if programmatic:
+        attrs.append(LaunchAttribute(id=ATTR_PROGRAMMATIC_STREAM_SERIALIZATION))
+        attrs[-1].value.flag = 1
+    array = (LaunchAttribute * max(len(attrs), 1))(*attrs)
+    config = LaunchConfig(1, 1, 1, *block, smem, None, array, len(attrs))
+    config.keep = array  # the struct holds only a pointer: keep the attributes alive with it
+    return config
+
+
+class FastKernel:
+    """One loaded kernel's launch with everything but grid, stream and arguments fixed.
+
+    `launcher(grid, kernel_params_address, stream) -> CUresult int` is made once per kernel
+    and launch mode (plain, or overlapping the previous grid): a plain cuLaunchKernel, or
+    cuLaunchKernelEx with a prebuilt configuration for clusters and programmatic launches.
+    `grid(num_rows)` memoises the manifest's grid rule per row count.
+    """
+
+    __slots__ = ("kernel", "launcher", "_grids")
+
+    def __init__(self, kernel, lib: ctypes.CDLL, overlap_previous: bool = False) -> None:
+        self.kernel = kernel
+        self.launcher = _launcher(kernel, lib, overlap_previous)
+        self._grids: dict[int, int] = {}
+
+    def grid(self, num_rows: int) -> int:
+        grid = self._grids.get(num_rows)
+        if grid is None:
+            k = self.kernel
+            grid = launch_grid(k.grid, num_rows, k.sm_count, k.resident, k.max_clusters)
+            if len(self._grids) > 4096:  # one entry per distinct T: bound it for long-running servers
+                self._grids.clear()
+            self._grids[num_rows] = grid
+        return grid
+
+
+def _launcher(kernel, lib: ctypes.CDLL, overlap_previous: bool) -> Callable[[int, int, int], int]:
+    function = int(kernel.function)
+    bx, by, bz = kernel.block
+    smem = kernel.smem_dynamic
+    programmatic = kernel.programmatic and overlap_previous
+    if kernel.cluster == 1 and not programmatic:
+        plain = lib.cuLaunchKernel
+        return lambda grid, params, stream: plain(function, grid, 1, 1, bx, by, bz, smem, stream, params, 0)
+    config = launch_config(kernel.cluster, kernel.block, smem, programmatic)
+    ex, ref = lib.cuLaunchKernelEx, ctypes.byref(config)
+
+    def launch_ex(grid: int, params: int, stream: int) -> int:
+        config.gridDimX, config.hStream = grid, stream
+        return ex(ref, function, params, None)
+
+    return launch_ex
