@@ -1,28 +1,27 @@
 """Eager launches in a few microseconds: check once per argument signature, then reuse.
 
-The full checks of `validate` read ~60 tensor attributes and format nothing, yet cost
-tens of microseconds per call; a cuda-bindings launch costs more. Here each op call
-builds a *signature* and looks it up:
+The full checks of `validate` read ~60 tensor attributes per call, and a cuda-bindings
+launch costs more than all of them. Here a call is looked up by its *signature*:
 
-- the per-layer tensors (state_cache, rms_norm_weight, cos_sin_cache, k_cache, and an
-  explicit compressed_kv) by identity and data pointer: an object's shape, strides,
-  dtype and device do not change while it lives, and a weak reference evicts the
-  entry when it dies, so an id is never mistaken for a later object's;
-- the per-step index tensors (new slices every step) by dtype, device index and strides,
-  plus `token_to_req_indices.numel() >= T` (and the scratch rows for C128A);
-- the scalars (block sizes, eps) and the variant (head size, quant block) by value.
+- key: the variant (head size, quant block), the scalars (block sizes, eps), the data
+  pointers of the per-layer tensors (state_cache, rms_norm_weight, cos_sin_cache, k_cache,
+  an explicit compressed_kv) and the calling thread (each packs its own buffer);
+- guard: dtype, device, shape and strides of every tensor argument, with the length of
+  the per-step index tensors left free (a new slice every step). `torch`'s own C++ tensor
+  guard checks them in one call where it exists (the one torch.compile's guards use);
+  a tuple of the same attributes compared in Python otherwise;
+- per call: `token_to_req_indices.numel() >= T` (and `compressed_kv.shape[0] >= T`),
+  the only checks that depend on a length.
 
-A miss runs every check of the checked path (`ops`), resolves and loads the kernels,
-and prepares one argument buffer: the per-step values (5-6 pointers, 3 counts) in one
-struct at its start, every other kernel parameter packed once behind them, and one
-`void*[N]` array per kernel pointing into it. A hit packs the per-step values with one
-`struct.pack_into` and makes one driver call per kernel (`cudalaunch`). A signature is
-cached only when its checks hold for every shape that has it (an index tensor of one
-element may have any stride; such a call is checked in full every time).
-
-What identity does not see: in-place metadata edits of a live per-layer tensor that
-keep its data pointer (`as_strided_`, a shrinking `resize_`). `COMPRESSC_DEBUG_CHECKS=1`
-runs the full checks and the cuda-bindings launch on every call.
+A miss (or a failed guard) runs every check of the checked path (`ops`), resolves and
+loads the kernels, and prepares one argument buffer: the per-step values (6 pointers,
+3 counts) in one struct at its start, every other kernel parameter packed once behind
+them, one `void*[N]` array per kernel pointing into it. A hit packs the per-step values
+with one `struct.pack_into` and makes one driver call per kernel (`cudalaunch`). A
+signature is kept only when its checks hold for every length (an index tensor of one
+element may have any stride: such calls are checked in full every time).
+The same tensor passed twice fails torch's guard: such calls are checked every time too.
+`COMPRESSC_DEBUG_CHECKS=1` runs the full checks and the cuda-bindings launch on every call.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
-import weakref
 from collections.abc import Callable, Sequence
+from functools import cache
 
 import torch
 
@@ -52,7 +51,7 @@ _get_ident = threading.get_ident
 class Prepared:
     """One signature's argument buffer and launches; `run(...)` packs step values and launches."""
 
-    __slots__ = ("buffer", "launches", "index", "device", "refs")
+    __slots__ = ("buffer", "launches", "index", "device", "guard")
 
     def __init__(self, kernels: Sequence[tuple[object, Sequence[Param], bool]], values: dict,
                  device_index: int, device: torch.device | None = None) -> None:
@@ -64,7 +63,7 @@ class Prepared:
         offset |= {p.name: STEP.size + 8 * i for i, p in enumerate(fixed)}
         _pack_fixed(self.buffer, fixed, values)
         self.index, self.device = device_index, device
-        self.refs: list = []
+        self.guard: Callable[..., bool] = _never
         self.launches = tuple(
             _launch_of(kernel, plist, base, offset, overlap) for kernel, plist, overlap in kernels
         )
@@ -120,24 +119,20 @@ def _retry_or_raise(kernel, launcher: Callable, ctas: int, address: int, stream:
 
 
 class SignatureCache:
-    """Prepared launches by signature, one table per op; entries die with their tensors."""
+    """Prepared launches by signature key, one table per op (see the module docstring)."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple, Prepared] = {}
         self._lock = threading.Lock()
 
-    def add(self, key: tuple, prepared: Prepared, owners: Sequence[torch.Tensor]) -> None:
-        """Keep `prepared` under `key` for as long as every tensor of `owners` lives."""
-        entries = self.entries
-
-        def evict(_ref: weakref.ref, key: tuple = key) -> None:
-            entries.pop(key, None)
-
-        prepared.refs = [weakref.ref(t, evict) for t in owners]
+    def add(self, key: tuple, prepared: Prepared, tensors: Sequence[torch.Tensor], free: int) -> None:
+        """Keep `prepared` under `key`, guarded by the metadata of `tensors` (the last `free`
+        of them with free lengths)."""
+        prepared.guard = make_guard(tensors, free)
         with self._lock:
-            if len(entries) >= MAX_ENTRIES:
-                entries.clear()
-            entries[key] = prepared
+            if len(self.entries) >= MAX_ENTRIES:
+                self.entries.clear()
+            self.entries[key] = prepared
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -146,9 +141,48 @@ class SignatureCache:
         self.entries.clear()
 
 
-def step_signature(t: torch.Tensor) -> tuple:
-    """dtype, device index and strides of a per-step tensor (the parts a check depends on)."""
-    return t.dtype, t.get_device(), t.stride()
+def _never(*tensors: object) -> bool:
+    return False
+
+
+def make_guard(tensors: Sequence[torch.Tensor], free: int) -> Callable[..., bool]:
+    """guard(*same_arguments) -> whether every tensor has the dtype, device, shape and strides
+    of `tensors`, the sizes of the last `free` ones not compared."""
+    dynamic = [len(tensors) - i <= free for i in range(len(tensors))]
+    sizes = [[None] * t.dim() if d else list(t.shape) for t, d in zip(tensors, dynamic, strict=True)]
+    native = _native_guard()
+    if native is not None:
+        strides = [list(t.stride()) for t in tensors]
+        return native(*tensors, dynamic_dims_sizes=sizes, dynamic_dims_strides=strides).check
+    want = signature(tensors, dynamic)
+    return lambda *given: len(given) == len(want) and signature(given, dynamic) == want
+
+
+def signature(tensors: Sequence[object], dynamic: Sequence[bool]) -> tuple:
+    """What the guard compares, in Python; a non-tensor gives a signature no tensor has."""
+    try:
+        return tuple((t.dtype, t.device, t.dim() if d else tuple(t.shape), t.stride())
+                     for t, d in zip(tensors, dynamic, strict=True))
+    except (AttributeError, TypeError, ValueError):
+        return ()
+
+
+@cache
+def _native_guard() -> type | None:
+    """torch's C++ TensorGuards when it exists and behaves as the guard above says (checked
+    once here on CPU tensors: a private API must not be trusted blindly)."""
+    try:
+        from torch._C._dynamo.guards import TensorGuards
+
+        a, b = torch.zeros(4, dtype=torch.int64), torch.zeros(2, 3, dtype=torch.int32)
+        guard = TensorGuards(a, b, dynamic_dims_sizes=[[None], [None, None]],
+                             dynamic_dims_strides=[[1], [3, 1]]).check
+        ok = guard(a, b) and guard(torch.zeros(9, dtype=torch.int64), torch.zeros(5, 3, dtype=torch.int32))
+        wrong = (guard(a.int(), b), guard(a, b.t()), guard(a, torch.zeros(2, 3, 1, dtype=torch.int32)),
+                 guard(a[None], b), guard(a, 7))
+    except Exception:  # absent or changed: the Python guard is always there
+        return None
+    return TensorGuards if ok and not any(wrong) else None
 
 
 def cacheable_index(t: torch.Tensor) -> bool:

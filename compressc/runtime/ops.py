@@ -144,39 +144,29 @@ def compress_c128a(
 
 
 # -- the eager path: one signature check, one struct pack, one driver call per kernel ------
-def _step_key(req, pos, slots, bt, kvs, T: int) -> tuple:
-    """What the checks of the per-step index tensors depend on (fastpath module docstring)."""
-    return (
-        req.dtype, req.get_device(), req.stride(), req.numel() >= T, pos.dtype, pos.get_device(),
-        pos.stride(), slots.dtype, slots.get_device(), slots.stride(), kvs.dtype, kvs.get_device(),
-        kvs.stride(), bt.dtype, bt.get_device(), bt.stride(),
-    )
-
-
 def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb) -> None:
     if _debug[0] if _debug else debug_checks():
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
         return _launch_checked(_checked_fused(kernel, head, qb, args))
     try:
+        key = (ident(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr())
         T = slots.numel()
-        key = (ident(), head, qb, bs, kvbs, eps, id(sc), sc.data_ptr(), id(w), w.data_ptr(),
-               id(cs), cs.data_ptr(), id(kc), kc.data_ptr(), _step_key(req, pos, slots, bt, kvs, T))
-        step = (req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), 0,
-                T, pos.numel(), kvs.numel())
+        prepared = _SIGNATURES[kernel].entries.get(key)
+        hit = (prepared is not None and prepared.guard(sc, w, cs, kc, req, pos, slots, kvs, bt)
+               and req.numel() >= T)
     except (AttributeError, TypeError):  # not tensors: the checked path names the argument
-        key = None
-    signatures = _SIGNATURES[kernel]
-    prepared = signatures.entries.get(key)
-    if prepared is None:
+        key, hit = None, False
+    if not hit:
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
         checked = _checked_fused(kernel, head, qb, args)
         if checked is None:
             return None
-        prepared = _prepare(checked, args)
-        if _cacheable(args):
-            signatures.add(key, prepared, (sc, w, cs, kc))
+        prepared, T = _prepare(checked), int(checked[0]["num_rows"])
+        if key is not None and _cacheable(args):
+            _SIGNATURES[kernel].add(key, prepared, (sc, w, cs, kc, req, pos, slots, kvs, bt), free=5)
     if T:
-        prepared.run(step, T)
+        prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), 0,
+                      T, pos.numel(), kvs.numel()), T)
     return None
 
 
@@ -184,27 +174,28 @@ def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv
     if _debug[0] if _debug else debug_checks():
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
         return _launch_checked(_checked_c128a(head, qb, args))
+    owned = (sc, w, cs, kc) if ckv is None else (sc, w, cs, kc, ckv)
     try:
+        key = (ident(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(),
+               None if ckv is None else ckv.data_ptr())
         T = slots.numel()
-        given = None if ckv is None else (id(ckv), ckv.data_ptr(), ckv.shape[0] >= T)
-        key = (ident(), head, qb, bs, kvbs, eps, id(sc), sc.data_ptr(), id(w), w.data_ptr(),
-               id(cs), cs.data_ptr(), id(kc), kc.data_ptr(), given, _step_key(req, pos, slots, bt, kvs, T))
+        prepared = _SIGNATURES["c128a"].entries.get(key)
+        hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
+               and req.numel() >= T and (ckv is None or ckv.shape[0] >= T))
     except (AttributeError, TypeError):
-        key = None
-    signatures = _SIGNATURES["c128a"]
-    prepared = signatures.entries.get(key)
+        key, hit = None, False
     kv_ptr = None
-    if prepared is None:
+    if not hit:
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
         checked = _checked_c128a(head, qb, args)
         if checked is None:
             return None
-        prepared, kv_ptr = _prepare(checked, args), checked[0]["compressed_kv"]
-        if _cacheable(args):
-            signatures.add(key, prepared, (sc, w, cs, kc) if ckv is None else (sc, w, cs, kc, ckv))
+        prepared, T, kv_ptr = _prepare(checked), int(checked[0]["num_rows"]), checked[0]["compressed_kv"]
+        if key is not None and _cacheable(args):
+            _SIGNATURES["c128a"].add(key, prepared, (*owned, req, pos, slots, kvs, bt), free=5)
+    if kv_ptr is None:
+        kv_ptr = _scratch_pointer(prepared, T, head) if ckv is None else ckv.data_ptr()
     if T:
-        if kv_ptr is None:
-            kv_ptr = _scratch_pointer(prepared, T, head) if ckv is None else ckv.data_ptr()
         prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(),
                       kv_ptr, T, pos.numel(), kvs.numel()), T)
     return None
@@ -237,7 +228,7 @@ def _scratch_pointer(prepared: Prepared, T: int, head: int) -> int:
     return scratch_buffer(prepared.device, T, head).data_ptr()
 
 
-def _prepare(checked: tuple, args: dict) -> Prepared:
+def _prepare(checked: tuple) -> Prepared:
     """The argument buffer and loaded kernels of a checked call (a signature-cache miss)."""
     values, device, specs = checked
     kernels = [(kernel_for(spec, device), abi(spec), i > 0) for i, spec in enumerate(specs)]
