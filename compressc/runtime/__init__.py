@@ -17,6 +17,7 @@ from compressc.runtime.ops import (
     kernel_spec,
     reserve_c128a_scratch,
 )
+from compressc.runtime.preload import op_kernels, preload
 from compressc.runtime.resolve import (
     KernelImage,
     KernelNotFoundError,
@@ -44,7 +45,9 @@ __all__ = [
     "iter_pack_roots",
     "kernel_for",
     "kernel_spec",
+    "op_kernels",
     "pack_args",
+    "preload",
     "reserve_c128a_scratch",
 ]
 
