@@ -1,0 +1,84 @@
+"""compressc's kernels in vLLM's JIT warm-up (SPEC_FORMATS.md §16.4).
+
+vLLM collects warmable kernels while a runner sets up (`JitWarmupRegistry`) and compiles
+them in `JitWarmupRegistry.warmup()`, before serving and before CUDA graph capture; with
+`--jit-monitor-mode error` a compile after that is an error. The plugin wraps that method:
+after vLLM's own kernels, `compressc.runtime.preload` loads (building first, when the JIT is
+allowed and no kernel pack has them) every compressc kernel the model's configuration will
+launch, on the runner's device. With COMPRESSC_NO_JIT=1 a missing kernel stops start-up
+with an error naming the variant, the kernel wheel and the `compressc build` command.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+log = logging.getLogger("vllm.compressc")
+WARMUP_MODULE = "vllm.model_executor.warmup.jit_warmup"
+_WEIGHT = {torch.bfloat16: "bf16", torch.float32: "f32"}
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupPlan:
+    """What one model configuration launches through compressc."""
+
+    ops: tuple[str, ...]
+    weight_dtype: str
+
+
+def plan_for(vllm_config: Any) -> WarmupPlan:
+    """The compressc ops a DeepSeek-V4 configuration routes to compressc (none for other models).
+
+    Main KV (C4A on ratio-4 layers, C128A on ratio-128 layers) only with the packed
+    `fp8_ds_mla` cache; the fp8 indexer on ratio-4 layers unless the MXFP4 cache is chosen.
+    The RMSNorm weight has the model's dtype (vLLM builds it under that default dtype).
+    """
+    model = getattr(vllm_config, "model_config", None)
+    ratios = set(getattr(getattr(model, "hf_config", None), "compress_ratios", None) or ())
+    cache_dtype = getattr(getattr(vllm_config, "cache_config", None), "cache_dtype", None)
+    fp4 = bool(getattr(getattr(vllm_config, "attention_config", None), "use_fp4_indexer_cache", False))
+    packed = cache_dtype == "fp8_ds_mla"
+    wanted = {"c4a": 4 in ratios and packed, "indexer_fp8": 4 in ratios and not fp4,
+              "c128a": 128 in ratios and packed}
+    weight = _WEIGHT.get(getattr(model, "dtype", None), "bf16")
+    return WarmupPlan(tuple(op for op, want in wanted.items() if want), weight)
+
+
+def preload_for(vllm_config: Any) -> list[str]:
+    """Load the kernels of `plan_for(vllm_config)` on the current CUDA device; their variants."""
+    from compressc.integrations.vllm import _device_problem
+    from compressc.runtime import preload
+
+    plan = plan_for(vllm_config)
+    if not plan.ops or not torch.cuda.is_available():
+        return []
+    device = torch.cuda.current_device()
+    problem = _device_problem(device)
+    if problem:  # vLLM's own kernels serve every call here: nothing of ours to load
+        log.debug("compressc: no kernels preloaded: %s", problem)
+        return []
+    loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device)
+    log.info("compressc: %d kernels loaded for warm-up on cuda:%d (%s)", len(loaded), device, ", ".join(loaded))
+    return loaded
+
+
+def join_warmup(module: ModuleType) -> None:
+    """Wrap `JitWarmupRegistry.warmup` of vLLM's jit_warmup module (once)."""
+    registry = getattr(module, "JitWarmupRegistry", None)
+    original = getattr(registry, "warmup", None)
+    if original is None or getattr(original, "compressc_joined", False):
+        return
+
+    def warmup(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        preload_for(getattr(self, "vllm_config", None))
+        return result
+
+    warmup.compressc_joined = True
+    warmup.__wrapped__ = original
+    registry.warmup = warmup
