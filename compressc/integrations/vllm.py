@@ -163,13 +163,15 @@ def route_triton(head_dim, rope_head_dim, ratio, use_fp4_cache, quant_block, tok
             problem = f"indexer layout quant_block/token_stride/scale_dim = {layout}, expected (128, 128, 4)"
         return Route(None, problem) if problem else Route(ops.compress_indexer_fp8)
     if layout != (64, 576, 8):
-        return Route(None, f"head_dim={head_dim} with layout {layout}: compressc serves fp8_ds_mla (64, 576, 8)")
+        problem = f"head_dim={head_dim} with layout {layout}: compressc serves fp8_ds_mla (64, 576, 8)"
+        return Route(None, problem)
     return _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer)
 
 
 def _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer: dict) -> Route:
     if head_dim != 512:
-        return Route(None, f"head_dim={head_dim}: compressc serves the 512-wide main KV and the 128-wide indexer")
+        problem = f"head_dim={head_dim}: compressc serves the 512-wide main KV and the 128-wide indexer"
+        return Route(None, problem)
     problem = _common_problem(rope_head_dim, ratio, (4, 128), dtype, dim, device, newer)
     if problem:
         return Route(None, problem)
@@ -270,7 +272,9 @@ def _platform_problem() -> str | None:
         from vllm.platforms import current_platform
     except Exception as exc:  # a vLLM we cannot ask: leave it alone
         return f"vllm.platforms cannot be imported ({type(exc).__name__}: {exc})"
-    return None if current_platform.is_cuda() else f"the platform is not CUDA ({current_platform.device_name})"
+    if current_platform.is_cuda():
+        return None
+    return f"the platform is not CUDA ({current_platform.device_name})"
 
 
 def patch(module: ModuleType, target: Target) -> None:

@@ -39,14 +39,38 @@ def plan_for(vllm_config: Any) -> WarmupPlan:
     The RMSNorm weight has the model's dtype (vLLM builds it under that default dtype).
     """
     model = getattr(vllm_config, "model_config", None)
-    ratios = set(getattr(getattr(model, "hf_config", None), "compress_ratios", None) or ())
+    ratios = compress_ratios(getattr(model, "hf_config", None))
     cache_dtype = getattr(getattr(vllm_config, "cache_config", None), "cache_dtype", None)
-    fp4 = bool(getattr(getattr(vllm_config, "attention_config", None), "use_fp4_indexer_cache", False))
+    fp4 = indexer_uses_mxfp4(getattr(vllm_config, "attention_config", None))
     packed = cache_dtype == "fp8_ds_mla"
     wanted = {"c4a": 4 in ratios and packed, "indexer_fp8": 4 in ratios and not fp4,
               "c128a": 128 in ratios and packed}
     weight = _WEIGHT.get(getattr(model, "dtype", None), "bf16")
     return WarmupPlan(tuple(op for op, want in wanted.items() if want), weight)
+
+
+def compress_ratios(hf_config: Any) -> set[int]:
+    """The layers' compress ratios: `compress_ratios` (per layer), or `compress_rates` (by layer
+    type) over `layer_types` as in the upstream DeepseekV4Config; empty for other models."""
+    listed = getattr(hf_config, "compress_ratios", None)
+    if listed is not None:
+        return set(listed)
+    rates, types = getattr(hf_config, "compress_rates", None), getattr(hf_config, "layer_types", None)
+    if not isinstance(rates, dict) or types is None:
+        return set()
+    return {rates.get(t, 0) for t in types}
+
+
+def indexer_uses_mxfp4(attention_config: Any) -> bool:
+    """Whether the indexer cache is MXFP4: `resolve_indexer_kv_dtype("fp8") == "mxfp4"` (vLLM
+    0.34), or the older `use_fp4_indexer_cache` flag."""
+    resolve = getattr(attention_config, "resolve_indexer_kv_dtype", None)
+    if callable(resolve):
+        try:
+            return resolve("fp8") == "mxfp4"
+        except Exception:  # vLLM rejects the setting itself; its own error comes at model build
+            return False
+    return bool(getattr(attention_config, "use_fp4_indexer_cache", False))
 
 
 def preload_for(vllm_config: Any) -> list[str]:
@@ -63,7 +87,8 @@ def preload_for(vllm_config: Any) -> list[str]:
         log.debug("compressc: no kernels preloaded: %s", problem)
         return []
     loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device)
-    log.info("compressc: %d kernels loaded for warm-up on cuda:%d (%s)", len(loaded), device, ", ".join(loaded))
+    log.info("compressc: %d kernels loaded for warm-up on cuda:%d (%s)", len(loaded), device,
+             ", ".join(loaded))
     return loaded
 
 
