@@ -82,11 +82,19 @@ def bindings(tree: ast.Module, name: str) -> dict | None:
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
             return {"kind": "function", **signature(node, drop_self=False)}
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+        if isinstance(node, ast.Assign) and _assigns(node, name):
             return _instance(tree, node.value)
         if isinstance(node, ast.ImportFrom) and any(a.name == name for a in node.names):
             return {"kind": "import", "from": node.module}
     return None
+
+
+def _assigns(node: ast.Assign, name: str) -> bool:
+    return any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+
+
+def _method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
+    return next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == name), None)
 
 
 def _instance(tree: ast.Module, value: ast.expr) -> dict:
@@ -94,7 +102,7 @@ def _instance(tree: ast.Module, value: ast.expr) -> dict:
         return {"kind": "value"}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == value.func.id:
-            call = next((f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__call__"), None)
+            call = _method(node, "__call__")
             sig = signature(call, drop_self=True) if call else {}
             return {"kind": "instance", "class": node.name, **sig}
     return {"kind": "instance", "class": value.func.id}
@@ -159,7 +167,7 @@ def dispatch_branches(fn: ast.FunctionDef) -> list[dict]:
 
 def _assigned_name(body: list[ast.stmt], var: str) -> str | None:
     for stmt in body:
-        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == var for t in stmt.targets):
+        if isinstance(stmt, ast.Assign) and _assigns(stmt, var):
             return ast.unparse(stmt.value)
     return None
 
@@ -186,7 +194,7 @@ def warmup_registry(tree: ast.Module) -> dict:
         if isinstance(node, ast.ClassDef) and node.name == "JitWarmupRegistry":
             methods = {f.name: signature(f, drop_self=True)["params"] for f in node.body
                        if isinstance(f, ast.FunctionDef)}
-            init = ast.unparse(next(f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"))
+            init = ast.unparse(_method(node, "__init__"))
             return {"methods": methods, "sets_vllm_config": "self.vllm_config = vllm_config" in init}
     return {}
 
