@@ -73,7 +73,8 @@ def test_c128a_op_with_and_without_compressed_kv():
     assert torch.equal(args[9], want)
     given = sc.poisoned_compressed_kv()
     fresh = args[:9] + (sc.poisoned_cache(),) + args[10:]
-    result = torch.library.opcheck(torch.ops.compressc.compress_c128a.default, fresh, {"compressed_kv": given})
+    op = torch.ops.compressc.compress_c128a.default
+    result = torch.library.opcheck(op, fresh, {"compressed_kv": given})
     assert set(result.values()) == {"SUCCESS"}
 
 
