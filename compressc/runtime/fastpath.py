@@ -45,7 +45,6 @@ STEP = struct.Struct("<6Q" + "i4x" * 3)  # 8-byte slots; an i32 count sits in th
 _FIXED = {"ptr": "Q", "i64": "q", "i32": "i4x", "f32": "f4x"}
 MAX_ENTRIES = 4096  # signatures kept per op; more are dropped all at once (a server keeps few)
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-_get_ident = threading.get_ident
 
 
 class Prepared:
@@ -191,7 +190,3 @@ def cacheable_index(t: torch.Tensor) -> bool:
     strides = t.stride()
     return strides == (1,) or (len(strides) == 2 and strides[1] == 1)
 
-
-def ident() -> int:
-    """The calling thread: each thread packs into buffers of its own."""
-    return _get_ident()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from functools import cache
+from threading import get_ident as _thread_id  # each thread packs its own buffers
 
 import torch
 
 from compressc.runtime.args import ArgPacker
-from compressc.runtime.fastpath import Prepared, SignatureCache, cacheable_index, ident
+from compressc.runtime.fastpath import Prepared, SignatureCache, cacheable_index
 from compressc.runtime.resolve import find_kernel
 from compressc.runtime.validate import (
     Values,
@@ -149,7 +150,8 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
         return _launch_checked(_checked_fused(kernel, head, qb, args))
     try:
-        key = (ident(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr())
+        key = (_thread_id(), head, qb, bs, kvbs, eps,
+               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr())
         T = slots.numel()
         prepared = _SIGNATURES[kernel].entries.get(key)
         hit = (prepared is not None and prepared.guard(sc, w, cs, kc, req, pos, slots, kvs, bt)
@@ -176,8 +178,8 @@ def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv
         return _launch_checked(_checked_c128a(head, qb, args))
     owned = (sc, w, cs, kc) if ckv is None else (sc, w, cs, kc, ckv)
     try:
-        key = (ident(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(),
-               None if ckv is None else ckv.data_ptr())
+        key = (_thread_id(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
+               kc.data_ptr(), None if ckv is None else ckv.data_ptr())
         T = slots.numel()
         prepared = _SIGNATURES["c128a"].entries.get(key)
         hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
