@@ -63,6 +63,7 @@ def launches(monkeypatch, caplog):
     monkeypatch.setattr(ops, "check_device", lambda tensors: torch.device("cuda", 0))
     monkeypatch.setattr(ops, "kernel_for", lambda spec, device: FakeKernel(spec, log))
     monkeypatch.setattr(plugin, "_device_problem", lambda device: None)  # a CPU tensor as if on a GPU
+    ops.set_debug_checks(None)  # forget prepared launches of earlier tests' (stand-in) kernels
     monkeypatch.setattr(plugin, "_logged", set())
     caplog.set_level(logging.INFO, logger="vllm.compressc")
     return log
