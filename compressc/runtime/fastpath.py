@@ -92,7 +92,7 @@ def _launch_of(kernel, params: Sequence[Param], base: int, offset: dict, overlap
         def launch_rows(num_rows: int, stream: int) -> None:
             kernel.launch_rows(num_rows, array, overlap_previous=overlap)
 
-        launch_rows.array = array
+        launch_rows.array, launch_rows.kernel = array, kernel
         return launch_rows
     fast = FastKernel(kernel, lib, overlap)
     address, launcher, grid = ctypes.addressof(array), fast.launcher, fast.grid
@@ -102,7 +102,8 @@ def _launch_of(kernel, params: Sequence[Param], base: int, offset: dict, overlap
         if ctas and launcher(ctas, address, stream):
             _retry_or_raise(kernel, launcher, ctas, address, stream)
 
-    launch.array = array  # the driver reads the array during the call: keep it alive
+    # the driver reads the array during the call: keep it alive; the benchmark reads all three
+    launch.array, launch.kernel, launch.address = array, kernel, address
     return launch
 
 
