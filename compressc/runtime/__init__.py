@@ -17,7 +17,6 @@ from compressc.runtime.ops import (
     kernel_spec,
     reserve_c128a_scratch,
 )
-from compressc.runtime.preload import op_kernels, preload
 from compressc.runtime.resolve import (
     KernelImage,
     KernelNotFoundError,
@@ -27,6 +26,7 @@ from compressc.runtime.resolve import (
     find_kernel,
     iter_pack_roots,
 )
+from compressc.runtime.startup import op_kernels, preload
 
 _FROM_LOADER = ("ArchMismatchError", "CudaError")
 
