@@ -63,4 +63,7 @@ def test_the_timed_calls_reach_the_kernels(op, monkeypatch):
     host_path.calls_for(case, "ops")()
     host_path.calls_for(case, "vllm")()  # vLLM's keywords: served, not refused
     kernels = 2 if op == "c128a" else 1
-    assert len(log) == 2 * kernels and log[:kernels] == log[kernels:]
+    # the same kernels on the same tensors (C128A's scratch here is a new stand-in buffer per call)
+    seen = [(variant, rows, {k: v for k, v in values.items() if k != "compressed_kv"})
+            for variant, rows, values in log]
+    assert len(log) == 2 * kernels and seen[:kernels] == seen[kernels:]

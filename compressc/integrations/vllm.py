@@ -45,7 +45,7 @@ UNSERVED_FLAGS = {
     "rotate": "Hadamard-rotated indexer keys (rotate=True)",
 }
 _SERVED_ARCHS = ("sm_90a", "sm_100a", "sm_100f", "sm_103a", "sm_120a")
-_logged: set[str] = set()
+_logged: set[tuple[str, str]] = set()  # (dispatcher, reason) already logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +82,8 @@ class _Dispatcher:
 
 
 def _log_fallback(name: str, reason: str) -> None:
-    if reason not in _logged:
-        _logged.add(reason)
+    if (name, reason) not in _logged:
+        _logged.add((name, reason))
         log.info("compressc: vLLM's own %s runs these calls: %s", name, reason)
 
 
