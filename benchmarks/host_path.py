@@ -166,7 +166,7 @@ def bare_launch(case: SimpleNamespace, impl: str) -> Callable[[], None]:
     if lib is None:
         raise BenchError("libcuda cannot be opened through ctypes on this host")
     fast = FastKernel(kernel, lib)
-    address, grid = ctypes.addressof(array), fast.grid(case.T)
+    address, grid = ctypes.c_void_p(ctypes.addressof(array)), fast.grid(case.T)
     stream = torch.cuda.current_stream().cuda_stream
     return lambda: fast.launcher(grid, address, stream)
 

@@ -191,14 +191,15 @@ class FakeLib:
         self.results = list(results)
 
     def cuLaunchKernel(self, *args):
-        self.calls.append(("plain", *args))
+        # ctypes gets c_void_p for pointers (and None for NULL): record their values
+        self.calls.append(("plain", *(a.value if isinstance(a, ctypes.c_void_p) else a for a in args)))
         return self.results.pop(0) if self.results else 0
 
     def cuLaunchKernelEx(self, config_ref, function, params, extra):
         config = config_ref._obj
         attrs = [(config.attrs[i].id, tuple(config.attrs[i].value.dims), config.attrs[i].value.flag)
                  for i in range(config.numAttrs)]
-        self.calls.append(("ex", config.gridDimX, config.hStream, function, params, attrs))
+        self.calls.append(("ex", config.gridDimX, config.hStream, function.value, params, attrs))
         return 0
 
 
@@ -214,7 +215,7 @@ def test_plain_and_extended_launches():
     cudalaunch.FastKernel(_kernel(cluster=2, grid="wave:8,cluster:2"), lib).launcher(8, 0x2000, 0x66)
     cudalaunch.FastKernel(_kernel(programmatic=True), lib, overlap_previous=True).launcher(3, 0x3000, 0x77)
     cudalaunch.FastKernel(_kernel(programmatic=True), lib).launcher(3, 0x3000, 0x77)  # not overlapping: plain
-    assert lib.calls[0] == ("plain", 0x1234, 7, 1, 1, 128, 1, 1, 512, 0x55, 0x1000, 0)
+    assert lib.calls[0] == ("plain", 0x1234, 7, 1, 1, 128, 1, 1, 512, 0x55, 0x1000, None)
     assert lib.calls[1] == ("ex", 8, 0x66, 0x1234, 0x2000, [(4, (2, 1, 1), 2)])
     assert lib.calls[2][:5] == ("ex", 3, 0x77, 0x1234, 0x3000) and lib.calls[2][5][0][0] == 6
     assert lib.calls[3][0] == "plain"

@@ -63,9 +63,10 @@ def driver_library() -> ctypes.CDLL | None:
 
 
 def _typed(lib: ctypes.CDLL) -> ctypes.CDLL:
-    lib.cuLaunchKernel.argtypes = [_c_void_p] + [_c_uint] * 7 + [_c_void_p, _c_void_p, _c_void_p]
+    # Only the result type is declared: `argtypes` makes ctypes convert each argument through
+    # from_param (~4 us for cuLaunchKernel's 11, measured), while untyped calls pass ints as C
+    # ints (grid, block and smem sizes are below 2**31) and prebuilt c_void_p as pointers (~0.7 us).
     lib.cuLaunchKernel.restype = ctypes.c_int
-    lib.cuLaunchKernelEx.argtypes = [ctypes.POINTER(LaunchConfig), _c_void_p, _c_void_p, _c_void_p]
     lib.cuLaunchKernelEx.restype = ctypes.c_int
     return lib
 
@@ -88,42 +89,43 @@ def launch_config(cluster: int, block: tuple[int, int, int], smem: int, programm
 class FastKernel:
     """One loaded kernel's launch with everything but grid, stream and arguments fixed.
 
-    `launcher(grid, kernel_params_address, stream) -> CUresult int` is made once per kernel
-    and launch mode (plain, or overlapping the previous grid): a plain cuLaunchKernel, or
-    cuLaunchKernelEx with a prebuilt configuration for clusters and programmatic launches.
+    `launcher(grid, kernel_params: c_void_p, stream: int) -> CUresult int` is made once per
+    kernel and launch mode (plain, or overlapping the previous grid): a plain cuLaunchKernel,
+    or cuLaunchKernelEx with a prebuilt configuration for clusters and programmatic launches.
     `grid(num_rows)` memoises the manifest's grid rule per row count.
     """
 
-    __slots__ = ("kernel", "launcher", "_grids")
+    __slots__ = ("kernel", "launcher", "grids")
 
     def __init__(self, kernel, lib: ctypes.CDLL, overlap_previous: bool = False) -> None:
         self.kernel = kernel
         self.launcher = _launcher(kernel, lib, overlap_previous)
-        self._grids: dict[int, int] = {}
+        self.grids: dict[int, int] = {}  # num_rows -> CTAs
 
     def grid(self, num_rows: int) -> int:
-        grid = self._grids.get(num_rows)
+        grid = self.grids.get(num_rows)
         if grid is None:
             k = self.kernel
             grid = launch_grid(k.grid, num_rows, k.sm_count, k.resident, k.max_clusters)
-            if len(self._grids) > 4096:  # one entry per distinct T: bound it for long-running servers
-                self._grids.clear()
-            self._grids[num_rows] = grid
+            if len(self.grids) > 4096:  # one entry per distinct T: bound it for long-running servers
+                self.grids.clear()
+            self.grids[num_rows] = grid
         return grid
 
 
-def _launcher(kernel, lib: ctypes.CDLL, overlap_previous: bool) -> Callable[[int, int, int], int]:
-    function = int(kernel.function)
+def _launcher(kernel, lib: ctypes.CDLL, overlap_previous: bool) -> Callable[[int, _c_void_p, int], int]:
+    function = _c_void_p(int(kernel.function))
     bx, by, bz = kernel.block
     smem = kernel.smem_dynamic
     programmatic = kernel.programmatic and overlap_previous
     if kernel.cluster == 1 and not programmatic:
         plain = lib.cuLaunchKernel
-        return lambda grid, params, stream: plain(function, grid, 1, 1, bx, by, bz, smem, stream, params, 0)
+        return lambda grid, params, stream: plain(function, grid, 1, 1, bx, by, bz, smem, _c_void_p(stream),
+                                                  params, None)
     config = launch_config(kernel.cluster, kernel.block, smem, programmatic)
     ex, ref = lib.cuLaunchKernelEx, ctypes.byref(config)
 
-    def launch_ex(grid: int, params: int, stream: int) -> int:
+    def launch_ex(grid: int, params: _c_void_p, stream: int) -> int:
         config.gridDimX, config.hStream = grid, stream
         return ex(ref, function, params, None)
 

@@ -95,10 +95,14 @@ def _launch_of(kernel, params: Sequence[Param], base: int, offset: dict, overlap
         launch_rows.array, launch_rows.kernel = array, kernel
         return launch_rows
     fast = FastKernel(kernel, lib, overlap)
-    address, launcher, grid = ctypes.addressof(array), fast.launcher, fast.grid
+    address, launcher, grid = ctypes.c_void_p(ctypes.addressof(array)), fast.launcher, fast.grid
+
+    grids = fast.grids
 
     def launch(num_rows: int, stream: int) -> None:
-        ctas = grid(num_rows)
+        ctas = grids.get(num_rows)
+        if ctas is None:
+            ctas = grid(num_rows)
         if ctas and launcher(ctas, address, stream):
             _retry_or_raise(kernel, launcher, ctas, address, stream)
 
@@ -107,7 +111,7 @@ def _launch_of(kernel, params: Sequence[Param], base: int, offset: dict, overlap
     return launch
 
 
-def _retry_or_raise(kernel, launcher: Callable, ctas: int, address: int, stream: int) -> None:
+def _retry_or_raise(kernel, launcher: Callable, ctas: int, address: ctypes.c_void_p, stream: int) -> None:
     """A failed launch: make the device's primary context current (a new thread, or one that
     torch switched to another device) and launch again; raise CudaError if it still fails."""
     from compressc.runtime import loader
