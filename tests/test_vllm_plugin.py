@@ -183,8 +183,14 @@ def test_warmup_preloads_the_plan(monkeypatch):
     monkeypatch.setattr(plugin, "_device_problem", lambda device: None)
     monkeypatch.setattr(runtime, "preload", lambda ops, weight_dtypes, device: calls.append(
         (ops, weight_dtypes, device)) or ["v1", "v2"])
+    reserved = []
+    monkeypatch.setattr(runtime, "reserve_c128a_scratch", lambda *a: reserved.append(a))
     assert vllm_warmup.preload_for(_config(ratios=(4,))) == ["v1", "v2"]
-    assert calls == [(("c4a", "indexer_fp8"), ("bf16",), 3)]
+    assert calls == [(("c4a", "indexer_fp8"), ("bf16",), 3)] and reserved == []
+    config = _config()
+    config.scheduler_config = SimpleNamespace(max_num_batched_tokens=8192)
+    vllm_warmup.preload_for(config)
+    assert reserved == [(8192, 512, torch.device("cuda", 3))]
 
 
 def test_never_imports_cutlass(tmp_path):

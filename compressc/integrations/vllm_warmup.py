@@ -87,9 +87,20 @@ def preload_for(vllm_config: Any) -> list[str]:
         log.debug("compressc: no kernels preloaded: %s", problem)
         return []
     loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device)
+    _reserve_scratch(vllm_config, plan, device)
     log.info("compressc: %d kernels loaded for warm-up on cuda:%d (%s)", len(loaded), device,
              ", ".join(loaded))
     return loaded
+
+
+def _reserve_scratch(vllm_config: Any, plan: WarmupPlan, device: int) -> None:
+    """C128A's scratch for the largest batch, before vLLM captures CUDA graphs (a capture must
+    not allocate it): max_num_batched_tokens rows of 512 fp32."""
+    rows = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_batched_tokens", None)
+    if "c128a" in plan.ops and isinstance(rows, int) and rows > 0:
+        from compressc.runtime import reserve_c128a_scratch
+
+        reserve_c128a_scratch(rows, 512, torch.device("cuda", device))
 
 
 def join_warmup(module: ModuleType) -> None:
