@@ -73,11 +73,10 @@ class _Dispatcher:
         return f"<compressc dispatcher for vLLM's {self.name}>"
 
     def _route(self, key: tuple, decide: Callable[..., Route], *facts: Any) -> Route:
-        route = self.routes.get(key)
-        if route is None:
-            route = self.routes[key] = decide(*facts)
-            if route.op is None:
-                _log_fallback(self.name, route.reason)
+        """A layer signature seen for the first time: decide, remember, and say so if vLLM keeps it."""
+        route = self.routes[key] = decide(*facts)
+        if route.op is None:
+            _log_fallback(self.name, route.reason)
         return route
 
 
@@ -97,12 +96,14 @@ class CuteDispatcher(_Dispatcher):
                  store_full_kv=False, store_full_fp8=False, fp8_scale=None, **newer: Any) -> Any:
         key = (head_dim, rope_head_dim, compress_ratio, store_full_kv, store_full_fp8, kv_cache.dtype,
                kv_cache.dim(), kv_cache.get_device(), _flags(newer) if newer else ())
-        route = self._route(key, route_cute, *key[:8], newer)
+        route = self.routes.get(key) or self._route(key, route_cute, *key[:8], newer)
         if route.op is None:
             return self.original(**_keywords(locals()))
-        route.op(state_cache, token_to_req_indices, positions, _rows(slot_mapping, num_actual), block_table,
-                 block_size, rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache,
-                 k_cache_metadata.slot_mapping, kv_cache.shape[1])
+        if num_actual != slot_mapping.numel():
+            slot_mapping = slot_mapping[:num_actual]
+        route.op(state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+                 rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
+                 kv_cache.shape[1])
         return None
 
 
@@ -115,22 +116,19 @@ class TritonDispatcher(_Dispatcher):
                  rms_norm_weight, rms_norm_eps, quant_block, token_stride, scale_dim, **newer: Any) -> Any:
         key = (head_dim, rope_head_dim, compress_ratio, use_fp4_cache, quant_block, token_stride, scale_dim,
                kv_cache.dtype, kv_cache.dim(), kv_cache.get_device(), _flags(newer) if newer else ())
-        route = self._route(key, route_triton, *key[:10], newer)
+        route = self.routes.get(key) or self._route(key, route_triton, *key[:10], newer)
         if route.op is None:
             return self.original(**_keywords(locals()))
-        route.op(state_cache, token_to_req_indices, positions, _rows(slot_mapping, num_actual), block_table,
-                 block_size, rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache,
-                 k_cache_metadata.slot_mapping, kv_cache.shape[1])
+        if num_actual != slot_mapping.numel():  # vLLM launches num_actual rows (= all, in every version read)
+            slot_mapping = slot_mapping[:num_actual]
+        route.op(state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+                 rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
+                 kv_cache.shape[1])
         return None
 
 
 def _flags(newer: dict) -> tuple:
     return tuple(sorted(name for name in UNSERVED_FLAGS if newer.get(name)))
-
-
-def _rows(slot_mapping: torch.Tensor, num_actual: int) -> torch.Tensor:
-    """vLLM launches num_actual rows (= slot_mapping.shape[0] in every version read)."""
-    return slot_mapping if num_actual == slot_mapping.shape[0] else slot_mapping[:num_actual]
 
 
 def _keywords(frame: dict) -> dict:
