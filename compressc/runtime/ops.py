@@ -195,9 +195,9 @@ def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv
         prepared, T, kv_ptr = _prepare(checked), int(checked[0]["num_rows"]), checked[0]["compressed_kv"]
         if key is not None and _cacheable(args):
             _SIGNATURES["c128a"].add(key, prepared, (*owned, req, pos, slots, kvs, bt), free=5)
-    if kv_ptr is None:
-        kv_ptr = _scratch_pointer(prepared, T, head) if ckv is None else ckv.data_ptr()
     if T:
+        if kv_ptr is None:
+            kv_ptr = _scratch_pointer(prepared, T, head) if ckv is None else ckv.data_ptr()
         prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(),
                       kv_ptr, T, pos.numel(), kvs.numel()), T)
     return None
