@@ -149,3 +149,25 @@ def _live_source() -> Path | None:
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_live_vllm(check):
     check(extractor.extract(extractor.Source(_live_source())))
+
+
+@pytest.mark.skipif(_live_source() is None or _live_source().suffix == ".whl",
+                    reason="needs an installed (or unpacked) vLLM: COMPRESSC_TEST_VLLM_SOURCE=<dir>")
+def test_live_vllm_register_never_raises():
+    """register() on the real package, in a fresh process: it patches, or says in one line why not
+    (here without vLLM's dependencies or a GPU: its platform cannot be determined)."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import logging, sys
+        sys.path.insert(0, {str(_live_source())!r})
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s %(message)s")
+        from compressc.integrations import vllm as plugin
+        plugin.register()
+        plugin.register()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vllm.compressc ")]
+    assert len(lines) == 1, lines

@@ -110,8 +110,10 @@ def test_register_twice_patches_once(fake_vllm, caplog):
         (None, None, "vLLM is not installed"),
         ({"model": False}, None, "this vLLM has no DeepSeek-V4 model (vllm.models.deepseek_v4)"),
         ({"cuda": False}, None, "the platform is not CUDA (rocm)"),
+        ({"cuda": None}, None, "vLLM's platform cannot be determined (ModuleNotFoundError: "
+                               "No module named 'psutil_missing_here')"),
     ],
-    ids=["off", "no-vllm", "no-model", "not-cuda"],
+    ids=["off", "no-vllm", "no-model", "not-cuda", "platform-fails"],
 )
 def test_inactive_with_one_debug_line(fake_vllm, caplog, monkeypatch, options, env, reason):
     if options is not None:

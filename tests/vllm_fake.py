@@ -75,6 +75,8 @@ class _Platform:
     device_name = "{name}"
 
     def is_cuda(self):
+        if {cuda} is None:
+            import psutil_missing_here  # as vLLM's platform detection can fail
         return {cuda}
 
 
@@ -92,8 +94,9 @@ class JitWarmupRegistry:
 """
 
 
-def write_tree(root: Path, *, cutlass: bool = False, cuda: bool = True, model: bool = True) -> Path:
-    """A fake vLLM under `root` (put `root` on sys.path); returns `root`."""
+def write_tree(root: Path, *, cutlass: bool = False, cuda: bool | None = True, model: bool = True) -> Path:
+    """A fake vLLM under `root` (put `root` on sys.path); returns `root`. cuda=None: asking the
+    platform fails."""
     data = interface()
     files = {
         "vllm/__init__.py": "",

@@ -266,13 +266,15 @@ def _find_spec(name: str):
 
 
 def _platform_problem() -> str | None:
-    try:
+    try:  # vLLM resolves its platform on first use: that may import anything
         from vllm.platforms import current_platform
+
+        if current_platform.is_cuda():
+            return None
+        name = getattr(current_platform, "device_name", "unknown")
     except Exception as exc:  # a vLLM we cannot ask: leave it alone
-        return f"vllm.platforms cannot be imported ({type(exc).__name__}: {exc})"
-    if current_platform.is_cuda():
-        return None
-    return f"the platform is not CUDA ({current_platform.device_name})"
+        return f"vLLM's platform cannot be determined ({type(exc).__name__}: {exc})"
+    return f"the platform is not CUDA ({name})"
 
 
 def patch(module: ModuleType, target: Target) -> None:
