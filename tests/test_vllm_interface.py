@@ -167,7 +167,8 @@ def test_live_vllm_register_never_raises():
         plugin.register()
         plugin.register()
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("vllm.compressc ")]
     assert len(lines) == 1, lines
