@@ -218,3 +218,13 @@ def test_host_time_of_a_cached_call(cuda_device):
         ops.set_debug_checks(None)
     print(f"host time per call: cached {cached:.2f} us, checked {checked:.2f} us")
     assert cached < 10 and cached < checked / 3
+
+
+@pytest.mark.parametrize("kernel", ["c4a", "indexer_fp8"])
+def test_torch_op_opcheck_on_cuda(cuda_device, kernel):
+    """opcheck with the CUDA impl (the kernels): declared mutations, fake impl, AOT dispatch."""
+    torch_ops.register()
+    spec, sc = _fused(kernel, "mixed", 64, cuda_device, "bf16" if kernel == "c4a" else "f32")
+    op = getattr(torch.ops.compressc, f"compress_{kernel}").default
+    result = torch.library.opcheck(op, sc.args(sc.poisoned_cache()))
+    assert set(result.values()) == {"SUCCESS"}
