@@ -130,6 +130,14 @@ def test_extractor_reads_a_vllm_tree(tmp_path):
                      "names": ["_SPARSE_ATTN_COMPRESSOR_CUTEDSL_KERNEL"]}]
 
 
+def test_relative_imports_resolve_from_the_importing_module():
+    node = extractor.ast.parse("from ..common.ops import x").body[0]
+    got = extractor.absolute(node, "vllm.models.deepseek_v4.nvidia.model")
+    assert got == "vllm.models.deepseek_v4.common.ops"
+    node = extractor.ast.parse("from . import y").body[0]
+    assert extractor.absolute(node, "vllm.models.deepseek_v4.compressor") == "vllm.models.deepseek_v4"
+
+
 def test_extractor_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match="nowhere: no such file or directory"):
         extractor.main([str(tmp_path / "nowhere")])

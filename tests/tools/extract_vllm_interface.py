@@ -108,22 +108,24 @@ def _instance(tree: ast.Module, value: ast.expr) -> dict:
     return {"kind": "instance", "class": value.func.id}
 
 
-def lazy_imports(tree: ast.Module) -> list[dict]:
-    """Imports of the patched names inside functions (resolved at call time)."""
+def lazy_imports(tree: ast.Module, module: str) -> list[dict]:
+    """Imports of the patched names inside functions of `module` (resolved at call time)."""
     found = []
     for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
         for node in ast.walk(fn):
             if isinstance(node, ast.ImportFrom):
                 names = [a.name for a in node.names if a.name in PATCHED]
                 if names:
-                    found.append({"function": fn.name, "from": _absolute(node), "names": names})
+                    found.append({"function": fn.name, "from": absolute(node, module), "names": names})
     return found
 
 
-def _absolute(node: ast.ImportFrom) -> str:
-    # relative imports in vllm/models/deepseek_v4/compressor.py: one dot is the package
-    base = "vllm.models.deepseek_v4"
-    return node.module if not node.level else ".".join([base, *(([node.module]) if node.module else [])])
+def absolute(node: ast.ImportFrom, module: str) -> str:
+    """The imported module's full name; a relative import counts its dots from `module`'s package."""
+    if not node.level:
+        return node.module or ""
+    package = module.rsplit(".", node.level)[0]
+    return f"{package}.{node.module}" if node.module else package
 
 
 def call_sites(module: str, tree: ast.Module) -> list[dict]:
@@ -212,7 +214,7 @@ def extract(src: Source) -> dict:
         tree = trees.get(key)
         out["modules"][module] = None if tree is None else {
             "bindings": {name: bindings(tree, name) for name in PATCHED if bindings(tree, name)},
-            "lazy_imports": lazy_imports(tree)}
+            "lazy_imports": lazy_imports(tree, module)}
     out["call_sites"] = [site for name in src.names() if name.startswith(MODEL_DIR)
                          for site in call_sites(name[:-3].replace("/", "."), ast.parse(src.read(name) or ""))]
     out["plugin_group"] = plugin_group(src.read(PLUGINS) or "")
