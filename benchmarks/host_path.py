@@ -165,10 +165,9 @@ def bare_launch(case: SimpleNamespace, impl: str) -> Callable[[], None]:
     lib = driver_library()
     if lib is None:
         raise BenchError("libcuda cannot be opened through ctypes on this host")
-    fast = FastKernel(kernel, lib)
-    address, grid = ctypes.c_void_p(ctypes.addressof(array)), fast.grid(case.T)
+    launch = FastKernel(kernel, lib).launcher(ctypes.c_void_p(ctypes.addressof(array)))
     stream = torch.cuda.current_stream().cuda_stream
-    return lambda: fast.launcher(grid, address, stream)
+    return lambda: launch(case.T, stream)
 
 
 def measure(case: SimpleNamespace, impl: str, calls: int, repeat: int) -> dict:

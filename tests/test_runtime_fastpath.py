@@ -199,7 +199,7 @@ class FakeLib:
         config = config_ref._obj
         attrs = [(config.attrs[i].id, tuple(config.attrs[i].value.dims), config.attrs[i].value.flag)
                  for i in range(config.numAttrs)]
-        self.calls.append(("ex", config.gridDimX, config.hStream, function.value, params, attrs))
+        self.calls.append(("ex", config.gridDimX, config.hStream, function.value, params.value, attrs))
         return 0
 
 
@@ -210,15 +210,20 @@ def _kernel(**changes) -> SimpleNamespace:
 
 
 def test_plain_and_extended_launches():
-    lib = FakeLib()
-    cudalaunch.FastKernel(_kernel(), lib).launcher(7, 0x1000, 0x55)
-    cudalaunch.FastKernel(_kernel(cluster=2, grid="wave:8,cluster:2"), lib).launcher(8, 0x2000, 0x66)
-    cudalaunch.FastKernel(_kernel(programmatic=True), lib, overlap_previous=True).launcher(3, 0x3000, 0x77)
-    cudalaunch.FastKernel(_kernel(programmatic=True), lib).launcher(3, 0x3000, 0x77)  # not overlapping: plain
+    lib, V = FakeLib(), ctypes.c_void_p
+
+    def launch(kernel, rows, params, stream, overlap=False) -> int:
+        return cudalaunch.FastKernel(kernel, lib, overlap).launcher(V(params))(rows, stream)
+
+    assert launch(_kernel(), 7, 0x1000, 0x55) == 0
+    launch(_kernel(cluster=2, grid="wave:8,cluster:2"), 8, 0x2000, 0x66)  # 8 clusters of 2 CTAs
+    launch(_kernel(programmatic=True), 3, 0x3000, 0x77, overlap=True)
+    launch(_kernel(programmatic=True), 3, 0x3000, 0x77)  # not overlapping: a plain launch
+    assert launch(_kernel(), 0, 0x1000, 0x55) == 0  # no rows: no call
     assert lib.calls[0] == ("plain", 0x1234, 7, 1, 1, 128, 1, 1, 512, 0x55, 0x1000, None)
-    assert lib.calls[1] == ("ex", 8, 0x66, 0x1234, 0x2000, [(4, (2, 1, 1), 2)])
-    assert lib.calls[2][:5] == ("ex", 3, 0x77, 0x1234, 0x3000) and lib.calls[2][5][0][0] == 6
-    assert lib.calls[3][0] == "plain"
+    assert lib.calls[1][:4] == ("ex", 16, 0x66, 0x1234) and lib.calls[1][5] == [(4, (2, 1, 1), 2)]
+    assert lib.calls[2][:4] == ("ex", 3, 0x77, 0x1234) and lib.calls[2][5][0][0] == 6
+    assert lib.calls[3][0] == "plain" and len(lib.calls) == 4
 
 
 def test_grid_is_the_manifest_rule_memoised():
@@ -239,6 +244,7 @@ def test_prepared_launch_retries_once_with_the_context(monkeypatch):
     values = {p.name: 16 if p.kind == "ptr" else (1.0 if p.kind == "f32" else 1) for p in abi(spec)}
     prepared = fastpath.Prepared([(_kernel(), abi(spec), False)], values, 0)
     prepared.run((32, 48, 64, 80, 96, 0, 5, 5, 5), 5)
+    assert [launch.via for launch in prepared.launches] == ["libcuda"]
     assert contexts == [0] and len(lib.calls) == 2 and lib.calls[1][2] == 5 and lib.calls[1][9] == 0x99
     params = ctypes.cast(lib.calls[1][10], ctypes.POINTER(ctypes.c_void_p))
     names = [p.name for p in abi(spec)]

@@ -87,19 +87,19 @@ def launch_config(cluster: int, block: tuple[int, int, int], smem: int, programm
 
 
 class FastKernel:
-    """One loaded kernel's launch with everything but grid, stream and arguments fixed.
+    """One loaded kernel's launches with everything but the rows, the stream and the argument
+    buffer fixed: a plain cuLaunchKernel, or cuLaunchKernelEx with a prebuilt configuration
+    for clusters and for a programmatic launch overlapping the previous grid.
 
-    `launcher(grid, kernel_params: c_void_p, stream: int) -> CUresult int` is made once per
-    kernel and launch mode (plain, or overlapping the previous grid): a plain cuLaunchKernel,
-    or cuLaunchKernelEx with a prebuilt configuration for clusters and programmatic launches.
-    `grid(num_rows)` memoises the manifest's grid rule per row count.
+    `launcher(kernel_params)` gives `launch(num_rows, stream) -> CUresult int` for one argument
+    buffer (0: launched, or no rows): the grid rule, memoised per row count, and the driver
+    call in one Python frame.
     """
 
-    __slots__ = ("kernel", "launcher", "grids")
+    __slots__ = ("kernel", "grids", "_lib", "_overlap")
 
     def __init__(self, kernel, lib: ctypes.CDLL, overlap_previous: bool = False) -> None:
-        self.kernel = kernel
-        self.launcher = _launcher(kernel, lib, overlap_previous)
+        self.kernel, self._lib, self._overlap = kernel, lib, overlap_previous
         self.grids: dict[int, int] = {}  # num_rows -> CTAs
 
     def grid(self, num_rows: int) -> int:
@@ -112,21 +112,30 @@ class FastKernel:
             self.grids[num_rows] = grid
         return grid
 
+    def launcher(self, params: _c_void_p) -> Callable[[int, int], int]:
+        kernel, grids, grid_of = self.kernel, self.grids, self.grid
+        function = _c_void_p(int(kernel.function))
+        bx, by, bz = kernel.block
+        smem = kernel.smem_dynamic
+        programmatic = kernel.programmatic and self._overlap
+        if kernel.cluster == 1 and not programmatic:
+            plain = self._lib.cuLaunchKernel
 
-def _launcher(kernel, lib: ctypes.CDLL, overlap_previous: bool) -> Callable[[int, _c_void_p, int], int]:
-    function = _c_void_p(int(kernel.function))
-    bx, by, bz = kernel.block
-    smem = kernel.smem_dynamic
-    programmatic = kernel.programmatic and overlap_previous
-    if kernel.cluster == 1 and not programmatic:
-        plain = lib.cuLaunchKernel
-        return lambda grid, params, stream: plain(function, grid, 1, 1, bx, by, bz, smem, _c_void_p(stream),
-                                                  params, None)
-    config = launch_config(kernel.cluster, kernel.block, smem, programmatic)
-    ex, ref = lib.cuLaunchKernelEx, ctypes.byref(config)
+            def launch(num_rows: int, stream: int) -> int:
+                ctas = grids.get(num_rows) or grid_of(num_rows)
+                if not ctas:
+                    return 0
+                return plain(function, ctas, 1, 1, bx, by, bz, smem, _c_void_p(stream), params, None)
 
-    def launch_ex(grid: int, params: _c_void_p, stream: int) -> int:
-        config.gridDimX, config.hStream = grid, stream
-        return ex(ref, function, params, None)
+            return launch
+        config = launch_config(kernel.cluster, kernel.block, smem, programmatic)
+        ex, ref = self._lib.cuLaunchKernelEx, ctypes.byref(config)
 
-    return launch_ex
+        def launch_ex(num_rows: int, stream: int) -> int:
+            ctas = grids.get(num_rows) or grid_of(num_rows)
+            if not ctas:
+                return 0
+            config.gridDimX, config.hStream = ctas, stream
+            return ex(ref, function, params, None)
+
+        return launch_ex

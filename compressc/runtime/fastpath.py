@@ -72,7 +72,8 @@ class Prepared:
         STEP.pack_into(self.buffer, 0, *step)
         stream = _raw_stream(self.index) if _raw_stream is not None else 0
         for launch in self.launches:
-            launch(num_rows, stream)
+            if launch(num_rows, stream):
+                _retry_or_raise(launch, num_rows, stream)
 
 
 def _pack_fixed(buffer: ctypes.Array, fixed: Sequence[Param], values: dict) -> None:
@@ -85,41 +86,30 @@ def _pack_fixed(buffer: ctypes.Array, fixed: Sequence[Param], values: dict) -> N
 
 
 def _launch_of(kernel, params: Sequence[Param], base: int, offset: dict, overlap: bool) -> Callable:
+    """launch(num_rows, stream) -> CUresult int of one kernel on the prepared buffer."""
     array = (ctypes.c_void_p * len(params))(*(base + offset[p.name] for p in params))
     lib = driver_library() if hasattr(kernel, "function") else None
     if lib is None:
-        # no libcuda through ctypes (or a stand-in kernel): the loader's own launch
-        def launch_rows(num_rows: int, stream: int) -> None:
+        # no libcuda through ctypes (or a stand-in kernel): the loader's own launch, which raises
+        def launch(num_rows: int, stream: int) -> int:
             kernel.launch_rows(num_rows, array, overlap_previous=overlap)
-
-        launch_rows.array, launch_rows.kernel = array, kernel
-        return launch_rows
-    fast = FastKernel(kernel, lib, overlap)
-    address, launcher, grid = ctypes.c_void_p(ctypes.addressof(array)), fast.launcher, fast.grid
-
-    grids = fast.grids
-
-    def launch(num_rows: int, stream: int) -> None:
-        ctas = grids.get(num_rows)
-        if ctas is None:
-            ctas = grid(num_rows)
-        if ctas and launcher(ctas, address, stream):
-            _retry_or_raise(kernel, launcher, ctas, address, stream)
-
-    # the driver reads the array during the call: keep it alive; the benchmark reads all three
-    launch.array, launch.kernel, launch.address = array, kernel, address
+            return 0
+    else:
+        launch = FastKernel(kernel, lib, overlap).launcher(ctypes.c_void_p(ctypes.addressof(array)))
+    # the driver reads the array during the call: keep it alive with the launch
+    launch.array, launch.kernel, launch.via = array, kernel, "loader" if lib is None else "libcuda"
     return launch
 
 
-def _retry_or_raise(kernel, launcher: Callable, ctas: int, address: ctypes.c_void_p, stream: int) -> None:
+def _retry_or_raise(launch: Callable, num_rows: int, stream: int) -> None:
     """A failed launch: make the device's primary context current (a new thread, or one that
     torch switched to another device) and launch again; raise CudaError if it still fails."""
     from compressc.runtime import loader
 
-    loader.ensure_context(kernel.device_index)
-    result = launcher(ctas, address, stream)
+    loader.ensure_context(launch.kernel.device_index)
+    result = launch(num_rows, stream)
     if result:
-        raise loader.launch_error(kernel.entry, result)
+        raise loader.launch_error(launch.kernel.entry, result)
 
 
 class SignatureCache:
