@@ -238,8 +238,8 @@ def register() -> None:
         when_imported(target.module, lambda module, t=target: patch(module, t))
     when_imported(vllm_warmup.WARMUP_MODULE, vllm_warmup.join_warmup)
     names = sorted({f"{t.module.rsplit('.', 1)[-1]}.{t.attr}" for t in TARGETS})
-    log.info("compressc: vLLM DeepSeek-V4 compressor calls go to compressc kernels (%s; "
-             "COMPRESSC_VLLM=0 turns this off)", ", ".join(names))
+    log.info("compressc: vLLM DeepSeek-V4 compressor calls go to compressc kernels (replacing, as their "
+             "modules load: %s; COMPRESSC_VLLM=0 turns this off)", ", ".join(names))
 
 
 def _why_not() -> str | None:
