@@ -217,3 +217,19 @@ def test_never_imports_cutlass(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "DISPATCHER TritonDispatcher" in proc.stdout
     assert "CUTLASS []" in proc.stdout and "BLOCKED cutlass" in proc.stdout
+
+
+def test_a_failing_patch_never_breaks_the_import(fake_vllm, caplog):
+    fake_vllm()
+    seen = []
+
+    def broken(module):
+        raise RuntimeError("boom")
+
+    after_import.when_imported(vllm_fake.TRITON, broken)
+    after_import.when_imported(vllm_fake.TRITON, seen.append)
+    module = importlib.import_module(vllm_fake.TRITON)
+    assert seen == [module] and after_import.pending() == {}
+    (warning,) = _messages(caplog, logging.WARNING)
+    assert warning == f"compressc: patching {vllm_fake.TRITON} failed; vLLM's own kernels stay in place"
+    assert module.__loader__.get_filename(vllm_fake.TRITON).endswith("fused_compress_quant_cache.py")
