@@ -67,3 +67,18 @@ def test_the_timed_calls_reach_the_kernels(op, monkeypatch):
     seen = [(variant, rows, {k: v for k, v in values.items() if k != "compressed_kv"})
             for variant, rows, values in log]
     assert len(log) == 2 * kernels and seen[:kernels] == seen[kernels:]
+
+
+def test_a_missing_kernel_is_reported(monkeypatch, capsys):
+    from compressc.runtime.resolve import KernelNotFoundError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def run(args):
+        raise KernelNotFoundError("no compressc kernel c4a_h512_q64_r64_bf16 for sm_90a.")
+
+    monkeypatch.setattr(host_path, "run", run)
+    assert host_path.main([]) == 2
+    err = capsys.readouterr().err
+    assert err == ("host_path.py: a kernel is missing:\n"
+                   "no compressc kernel c4a_h512_q64_r64_bf16 for sm_90a.\n")

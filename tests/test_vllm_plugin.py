@@ -176,7 +176,8 @@ def test_warmup_plan_reads_upstream_layer_types():
     assert vllm_warmup.indexer_uses_mxfp4(legacy) and not vllm_warmup.indexer_uses_mxfp4(None)
 
 
-def test_warmup_preloads_the_plan(monkeypatch):
+def test_warmup_preloads_the_plan(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
     import compressc.runtime as runtime
 
     calls = []
@@ -193,6 +194,7 @@ def test_warmup_preloads_the_plan(monkeypatch):
     config.scheduler_config = SimpleNamespace(max_num_batched_tokens=8192)
     vllm_warmup.preload_for(config)
     assert reserved == [(8192, 512, torch.device("cuda", 3))]
+    assert "compressc: 2 kernels loaded for warm-up on cuda:3 (v1, v2)" in caplog.messages
 
 
 def test_never_imports_cutlass(tmp_path):
