@@ -138,9 +138,19 @@ def test_relative_imports_resolve_from_the_importing_module():
     assert extractor.absolute(node, "vllm.models.deepseek_v4.compressor") == "vllm.models.deepseek_v4"
 
 
-def test_extractor_cli_errors(tmp_path, capsys):
+def test_extractor_cli_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="nowhere: no such file or directory"):
         extractor.main([str(tmp_path / "nowhere")])
+    monkeypatch.setattr(extractor.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="no SOURCE given and no vllm installed: pass a wheel or a dir"):
+        extractor.main([])
+
+
+def test_extractor_writes_the_fixture_format(tmp_path):
+    out = tmp_path / "interface.json"
+    assert extractor.main([str(vllm_fake.write_tree(tmp_path / "site")), "--out", str(out)]) == 0
+    data = extractor.json.loads(out.read_text())
+    assert set(data) == set(vllm_fake.interface()) and data["plugin_group"] is None  # the stand-in has none
 
 
 def _live_source() -> Path | None:
