@@ -38,11 +38,16 @@ ENV_TABLE: tuple[tuple[str, str, str], ...] = (
      "the error names the holder's pid"),
     ("COMPRESSC_CHECK_BOUNDS", "unset", "1: check every index value the kernels use before a launch, naming "
      "tensor, row and value (one device sync per call; not during CUDA graph capture)"),
+    ("COMPRESSC_DEBUG_CHECKS", "unset", "1: the runtime's ops check every argument on every call and launch "
+     "through cuda-bindings (default: once per argument signature, ctypes launch)"),
+    ("COMPRESSC_VLLM", "1", "0: the vLLM plugin (compressc.integrations.vllm) patches nothing"),
     (
         "COMPRESSC_SCHEDULES_DIR",
         "build/kernels-schedules",
         "tests/gpu only: the non-default schedules test_schedules_gpu.py loads",
     ),
+    ("COMPRESSC_TEST_VLLM_SOURCE", "unset",
+     "tests only: a vLLM wheel or directory the live interface tests read"),
 )
 ENV_VARS = (  # the ones Config reads
     "COMPRESSC_CACHE_DIR",
@@ -50,6 +55,8 @@ ENV_VARS = (  # the ones Config reads
     "COMPRESSC_JOBS",
     "COMPRESSC_LOCK_TIMEOUT",
     "COMPRESSC_CHECK_BOUNDS",
+    "COMPRESSC_DEBUG_CHECKS",
+    "COMPRESSC_VLLM",
 )
 DEFAULT_LOCK_TIMEOUT = 600.0
 
@@ -68,6 +75,8 @@ class Config:
     jobs: int = 1
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     check_bounds: bool = False
+    debug_checks: bool = False
+    vllm_plugin: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -79,6 +88,8 @@ class Config:
             jobs=_parse_jobs(environ.get("COMPRESSC_JOBS", "")),
             lock_timeout=_parse_seconds("COMPRESSC_LOCK_TIMEOUT", environ.get("COMPRESSC_LOCK_TIMEOUT", "")),
             check_bounds=_parse_bool("COMPRESSC_CHECK_BOUNDS", environ.get("COMPRESSC_CHECK_BOUNDS", "")),
+            debug_checks=_parse_bool("COMPRESSC_DEBUG_CHECKS", environ.get("COMPRESSC_DEBUG_CHECKS", "")),
+            vllm_plugin=_parse_bool("COMPRESSC_VLLM", environ.get("COMPRESSC_VLLM", "1")),
         )
 
 

@@ -344,6 +344,7 @@ def launches(monkeypatch):
     monkeypatch.setattr(FakeKernel, "overlaps", [])
     monkeypatch.setattr(ops, "check_device", lambda tensors: torch.device("cuda", 0))
     monkeypatch.setattr(ops, "kernel_for", lambda spec, device: FakeKernel(spec, log))
+    ops.set_debug_checks(None)  # forget prepared launches of earlier tests' (stand-in) kernels
     return log
 
 

@@ -26,6 +26,7 @@ from compressc.runtime.resolve import (
     find_kernel,
     iter_pack_roots,
 )
+from compressc.runtime.startup import op_kernels, preload
 
 _FROM_LOADER = ("ArchMismatchError", "CudaError")
 
@@ -44,7 +45,9 @@ __all__ = [
     "iter_pack_roots",
     "kernel_for",
     "kernel_spec",
+    "op_kernels",
     "pack_args",
+    "preload",
     "reserve_c128a_scratch",
 ]
 

@@ -41,6 +41,11 @@ class ArchMismatchError(RuntimeError):
     """The kernel's cubin was built for another GPU architecture than the device's."""
 
 
+def launch_error(entry: str, code: int) -> CudaError:
+    """The error of a launch made through ctypes (`cudalaunch`), which returns a bare CUresult int."""
+    return CudaError(f"cuLaunchKernel({entry})", driver.CUresult(code))
+
+
 def _error_name(result: driver.CUresult) -> str:
     err, name = driver.cuGetErrorName(result)
     if err != driver.CUresult.CUDA_SUCCESS or name is None:

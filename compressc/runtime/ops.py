@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 from functools import cache
+from threading import get_ident as _thread_id  # each thread packs its own buffers
 
 import torch
 
 from compressc.runtime.args import ArgPacker
+from compressc.runtime.fastpath import Prepared, SignatureCache, cacheable_index
 from compressc.runtime.resolve import check_image, find_kernel
 from compressc.runtime.validate import (
     Values,
@@ -33,6 +35,28 @@ from compressc.specs.lanes import derive_elems
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
+_SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "c128a": SignatureCache()}
+_debug: list[bool] = []  # [COMPRESSC_DEBUG_CHECKS], read once on the first call
+
+
+def set_debug_checks(enabled: bool | None) -> None:
+    """Check every argument and launch through cuda-bindings on every call (True), use the
+    signature cache (False), or read COMPRESSC_DEBUG_CHECKS again on the next call (None)."""
+    _debug[:] = [] if enabled is None else [bool(enabled)]
+    for signatures in _SIGNATURES.values():
+        signatures.clear()
+
+
+def debug_checks() -> bool:
+    """Whether every call runs the full checks (COMPRESSC_DEBUG_CHECKS=1, COMPRESSC_CHECK_BOUNDS=1
+    or set_debug_checks)."""
+    if not _debug:
+        from compressc.config import Config
+
+        config = Config.from_env()
+        # the bounds mode reads the index values of every call: no call may skip the checks
+        _debug.append(config.debug_checks or config.check_bounds)
+    return _debug[0]
 
 
 @cache
@@ -70,7 +94,11 @@ def compress_c4a(
     quant_block: int = 64,
 ) -> None:
     """C4A: pool the 8-row overlapping window, RMSNorm, rope, fp8-quantise into k_cache."""
-    _compress_fused("c4a", head_size, quant_block, locals())
+    _fused(
+        "c4a", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block,
+    )
 
 
 def compress_indexer_fp8(
@@ -91,7 +119,11 @@ def compress_indexer_fp8(
     quant_block: int = 128,
 ) -> None:
     """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (docs/kernels.md §4)."""
-    _compress_fused("indexer_fp8", head_size, quant_block, locals())
+    _fused(
+        "indexer_fp8", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block,
+    )
 
 
 def compress_c128a(
@@ -117,31 +149,142 @@ def compress_c128a(
     compressed_kv: fp32 [>= T, head_size] for the pooled rows; when None a per-device
     scratch buffer is used (grown outside CUDA graph capture; see reserve_c128a_scratch).
     """
-    args = locals()
-    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
-    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight_dtype_name(rms_norm_weight))
-    values = _common_values(store_spec, args, pool_spec)
-    tensors = _tensors(args)
-    if compressed_kv is not None:
-        values |= compressed_values(pool_spec, compressed_kv, int(values["num_rows"]))
-    device = check_device(tensors)
-    T = int(values["num_rows"])
-    if T == 0:
-        return
-    if compressed_kv is None:
-        values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
-    _launch(pool_spec, device, values)
-    # right after its compress kernel on the same stream: the store may start under its tail
-    _launch(store_spec, device, values, overlap_previous=True)
+    _c128a(
+        state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block, compressed_kv,
+    )
 
 
-def _compress_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> None:
+# -- the eager path: one signature check, one struct pack, one driver call per kernel ------
+def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb) -> None:
+    if _debug[0] if _debug else debug_checks():
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
+        return _launch_checked(_checked_fused(kernel, head, qb, args))
+    try:
+        key = (_thread_id(), head, qb, bs, kvbs, eps,
+               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr())
+        T = slots.numel()
+        prepared = _SIGNATURES[kernel].entries.get(key)
+        hit = (prepared is not None and prepared.guard(sc, w, cs, kc, req, pos, slots, kvs, bt)
+               and req.numel() >= T)
+    except (AttributeError, TypeError):  # not tensors: the checked path names the argument
+        key, hit = None, False
+    if not hit:
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
+        checked = _checked_fused(kernel, head, qb, args)
+        if checked is None:
+            return None
+        prepared, T = _prepare(checked), int(checked[0]["num_rows"])
+        if key is not None and _cacheable(args):
+            _SIGNATURES[kernel].add(key, prepared, (sc, w, cs, kc, req, pos, slots, kvs, bt), free=5)
+    if T:
+        prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), 0,
+                      T, pos.numel(), kvs.numel()), T)
+    return None
+
+
+def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv) -> None:
+    if _debug[0] if _debug else debug_checks():
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
+        return _launch_checked(_checked_c128a(head, qb, args))
+    owned = (sc, w, cs, kc) if ckv is None else (sc, w, cs, kc, ckv)
+    try:
+        key = (_thread_id(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
+               kc.data_ptr(), None if ckv is None else ckv.data_ptr())
+        T = slots.numel()
+        prepared = _SIGNATURES["c128a"].entries.get(key)
+        hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
+               and req.numel() >= T and (ckv is None or ckv.shape[0] >= T))
+    except (AttributeError, TypeError):
+        key, hit = None, False
+    kv_ptr = None
+    if not hit:
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
+        checked = _checked_c128a(head, qb, args)
+        if checked is None:
+            return None
+        prepared, T, kv_ptr = _prepare(checked), int(checked[0]["num_rows"]), checked[0]["compressed_kv"]
+        if key is not None and _cacheable(args):
+            _SIGNATURES["c128a"].add(key, prepared, (*owned, req, pos, slots, kvs, bt), free=5)
+    if T:
+        if kv_ptr is None:
+            kv_ptr = _scratch_pointer(prepared, T, head) if ckv is None else ckv.data_ptr()
+        prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(),
+                      kv_ptr, T, pos.numel(), kvs.numel()), T)
+    return None
+
+
+_ARG_NAMES = ("state_cache", "token_to_req_indices", "positions", "slot_mapping", "block_table",
+              "block_size", "rms_norm_weight", "rms_norm_eps", "cos_sin_cache", "k_cache",
+              "kv_slot_mapping", "kv_cache_block_size")
+
+
+def _named(*values: object, **extra: object) -> dict:
+    return dict(zip(_ARG_NAMES, values, strict=True), **extra)
+
+
+_STEP_TENSORS = ("token_to_req_indices", "positions", "slot_mapping", "kv_slot_mapping", "block_table")
+
+
+def _cacheable(args: dict) -> bool:
+    """Checks that passed for this call pass for every call with its signature: plain scalars
+    (a tensor block size could change in place) and index tensors whose layout is length-free."""
+    scalars = (type(args["block_size"]) is int and type(args["kv_cache_block_size"]) is int
+               and type(args["rms_norm_eps"]) in (int, float))
+    return scalars and all(cacheable_index(args[name]) for name in _STEP_TENSORS)
+
+
+def _scratch_pointer(prepared: Prepared, T: int, head: int) -> int:
+    buffers = _SCRATCH.get(prepared.device)
+    if buffers and buffers[-1].numel() >= T * head:
+        return buffers[-1].data_ptr()
+    return scratch_buffer(prepared.device, T, head).data_ptr()
+
+
+def _prepare(checked: tuple) -> Prepared:
+    """The argument buffer and loaded kernels of a checked call (a signature-cache miss)."""
+    values, device, specs = checked
+    kernels = [(kernel_for(spec, device), abi(spec), i > 0) for i, spec in enumerate(specs)]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    values = dict(values, compressed_kv=values.get("compressed_kv", 0))
+    return Prepared(kernels, values, index, device)
+
+
+# -- the checked path (every call with COMPRESSC_DEBUG_CHECKS=1) -------------------------
+def _checked_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> tuple | None:
+    """(ABI values, device, specs) after every check; None when there are no rows."""
     spec = kernel_spec(kernel, head_size, quant_block, weight_dtype_name(args["rms_norm_weight"]))
     values = _common_values(spec, args, spec)
     device = check_device(_tensors(args))
-    if values["num_rows"] == 0:
+    return None if values["num_rows"] == 0 else (values, device, (spec,))
+
+
+def _checked_c128a(head_size: int, quant_block: int, args: dict) -> tuple | None:
+    """(ABI values, device, (compress spec, store spec)); a None compressed_kv is the scratch."""
+    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
+    weight = weight_dtype_name(args["rms_norm_weight"])
+    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight)
+    values = _common_values(store_spec, args, pool_spec)
+    compressed_kv = args["compressed_kv"]
+    if compressed_kv is not None:
+        values |= compressed_values(pool_spec, compressed_kv, int(values["num_rows"]))
+    device = check_device(_tensors(args))
+    T = int(values["num_rows"])
+    if T == 0:
+        return None
+    if compressed_kv is None:
+        values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
+    return values, device, (pool_spec, store_spec)
+
+
+def _launch_checked(checked: tuple | None) -> None:
+    if checked is None:
         return
-    _launch(spec, device, values)
+    values, device, specs = checked
+    for i, spec in enumerate(specs):
+        # C128A: the store right after its compress kernel on the same stream may start under its tail
+        _launch(spec, device, values, overlap_previous=i > 0)
 
 
 def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) -> Values:

@@ -109,6 +109,16 @@ def build_command(spec: KernelSpec, arch: str, pipeline: str = "default") -> str
     return cmd if pipeline == "default" else f"{cmd} -p {pipeline}"
 
 
+def kernel_wheel(arch: str) -> str:
+    """The kernel-pack distribution that ships `arch`'s kernels ("compressc-kernels-sm90")."""
+    from compressc.cache.wheel import pack_name
+
+    try:
+        return pack_name([arch]).dist
+    except ValueError:  # an arch no pack is named after: say which pattern to look for
+        return f"compressc-kernels-{arch.replace('_', '')}"
+
+
 # -- where to look ----------------------------------------------------------------------
 def iter_pack_roots() -> list[Path]:
     """Directories of the installed kernel packs (entry-point group "compressc.kernel_packs").
@@ -325,6 +335,8 @@ def _jit_or_raise(
     hint = f"Build it with:\n  {build_command(spec, arch, pipeline)}"
     if not allow_jit:
         notes.append("JIT build: disabled (COMPRESSC_NO_JIT is set)")
+        hint = f"Install the prebuilt kernels:\n  pip install {kernel_wheel(arch)}\nor build it with:\n  " + (
+            build_command(spec, arch, pipeline))
         raise KernelNotFoundError(_not_found(spec, arch, notes, hint))
     unavailable = _build_unavailable_errors()
     started = time.perf_counter()

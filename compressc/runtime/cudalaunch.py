@@ -1,0 +1,141 @@
+"""The cheapest kernel launch Python has: libcuda's cuLaunchKernel(Ex) called through ctypes.
+
+cuda-bindings wraps every driver call in argument objects (CUstream, CUfunction, a
+CUlaunchConfig built per call) and costs tens of microseconds of host time per launch
+on the fast path; a ctypes call into the same libcuda (cuda-bindings dlopens the same
+`libcuda.so.1`, so handles are shared) with the argument types declared once costs about
+a microsecond. `benchmarks/host_path.py` measures both on the GPU host.
+
+Only the launch goes through here: loading, attributes and errors stay in `loader`
+(cuda-bindings). When libcuda cannot be opened (no driver, an unusual platform),
+`driver_library()` is None and the fast path uses `LoadedKernel.launch` instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from collections.abc import Callable
+from functools import cache
+
+from compressc.runtime.args import launch_grid
+
+_c_uint, _c_void_p = ctypes.c_uint, ctypes.c_void_p
+# cuda.h: CUlaunchAttributeID values (also driver.CUlaunchAttributeID; checked by a test)
+ATTR_CLUSTER_DIMENSION = 4
+ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+class LaunchAttributeValue(ctypes.Union):
+    """cuda.h CUlaunchAttributeValue: a 64-byte union, 8-byte aligned (it holds pointers)."""
+
+    _fields_ = [("pad", ctypes.c_char * 64), ("align", ctypes.c_uint64), ("dims", _c_uint * 3),
+                ("flag", ctypes.c_int)]
+
+
+class LaunchAttribute(ctypes.Structure):
+    """cuda.h CUlaunchAttribute: the id, 4 pad bytes, then the value (72 bytes)."""
+
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", LaunchAttributeValue)]
+
+
+class LaunchConfig(ctypes.Structure):
+    """cuda.h CUlaunchConfig (56 bytes): grid, block, smem, stream, attributes."""
+
+    _fields_ = [("gridDimX", _c_uint), ("gridDimY", _c_uint), ("gridDimZ", _c_uint),
+                ("blockDimX", _c_uint), ("blockDimY", _c_uint), ("blockDimZ", _c_uint),
+                ("sharedMemBytes", _c_uint), ("hStream", _c_void_p),
+                ("attrs", ctypes.POINTER(LaunchAttribute)), ("numAttrs", _c_uint)]
+
+
+@cache
+def driver_library() -> ctypes.CDLL | None:
+    """libcuda with cuLaunchKernel / cuLaunchKernelEx typed, or None where it cannot be opened."""
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", ctypes.util.find_library("cuda")]
+    for name in filter(None, names):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        return _typed(lib)
+    return None
+
+
+def _typed(lib: ctypes.CDLL) -> ctypes.CDLL:
+    # Only the result type is declared: `argtypes` makes ctypes convert each argument through
+    # from_param (~4 us for cuLaunchKernel's 11, measured), while untyped calls pass ints as C
+    # ints (grid, block and smem sizes are below 2**31) and prebuilt c_void_p as pointers (~0.7 us).
+    lib.cuLaunchKernel.restype = ctypes.c_int
+    lib.cuLaunchKernelEx.restype = ctypes.c_int
+    return lib
+
+
+def launch_config(cluster: int, block: tuple[int, int, int], smem: int, programmatic: bool) -> LaunchConfig:
+    """A reusable cuLaunchKernelEx configuration; the caller sets gridDimX and hStream per launch."""
+    attrs = []
+    if cluster > 1:
+        attrs.append(LaunchAttribute(id=ATTR_CLUSTER_DIMENSION))
+        attrs[-1].value.dims[:] = (cluster, 1, 1)
+    if programmatic:
+        attrs.append(LaunchAttribute(id=ATTR_PROGRAMMATIC_STREAM_SERIALIZATION))
+        attrs[-1].value.flag = 1
+    array = (LaunchAttribute * max(len(attrs), 1))(*attrs)
+    config = LaunchConfig(1, 1, 1, *block, smem, None, array, len(attrs))
+    config.keep = array  # the struct holds only a pointer: keep the attributes alive with it
+    return config
+
+
+class FastKernel:
+    """One loaded kernel's launches with everything but the rows, the stream and the argument
+    buffer fixed: a plain cuLaunchKernel, or cuLaunchKernelEx with a prebuilt configuration
+    for clusters and for a programmatic launch overlapping the previous grid.
+
+    `launcher(kernel_params)` gives `launch(num_rows, stream) -> CUresult int` for one argument
+    buffer (0: launched, or no rows): the grid rule, memoised per row count, and the driver
+    call in one Python frame.
+    """
+
+    __slots__ = ("kernel", "grids", "_lib", "_overlap")
+
+    def __init__(self, kernel, lib: ctypes.CDLL, overlap_previous: bool = False) -> None:
+        self.kernel, self._lib, self._overlap = kernel, lib, overlap_previous
+        self.grids: dict[int, int] = {}  # num_rows -> CTAs
+
+    def grid(self, num_rows: int) -> int:
+        grid = self.grids.get(num_rows)
+        if grid is None:
+            k = self.kernel
+            grid = launch_grid(k.grid, num_rows, k.sm_count, k.resident, k.max_clusters)
+            if len(self.grids) > 4096:  # one entry per distinct T: bound it for long-running servers
+                self.grids.clear()
+            self.grids[num_rows] = grid
+        return grid
+
+    def launcher(self, params: _c_void_p) -> Callable[[int, int], int]:
+        kernel, grids, grid_of = self.kernel, self.grids, self.grid
+        function = _c_void_p(int(kernel.function))
+        bx, by, bz = kernel.block
+        smem = kernel.smem_dynamic
+        programmatic = kernel.programmatic and self._overlap
+        if kernel.cluster == 1 and not programmatic:
+            plain = self._lib.cuLaunchKernel
+
+            def launch(num_rows: int, stream: int) -> int:
+                ctas = grids.get(num_rows) or grid_of(num_rows)
+                if not ctas:
+                    return 0
+                return plain(function, ctas, 1, 1, bx, by, bz, smem, _c_void_p(stream), params, None)
+
+            return launch
+        config = launch_config(kernel.cluster, kernel.block, smem, programmatic)
+        ex, ref = self._lib.cuLaunchKernelEx, ctypes.byref(config)
+
+        def launch_ex(num_rows: int, stream: int) -> int:
+            ctas = grids.get(num_rows) or grid_of(num_rows)
+            if not ctas:
+                return 0
+            config.gridDimX, config.hStream = ctas, stream
+            return ex(ref, function, params, None)
+
+        return launch_ex

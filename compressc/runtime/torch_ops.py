@@ -1,0 +1,106 @@
+"""The compressor ops as torch.library custom ops: `torch.ops.compressc.*`.
+
+    from compressc.runtime import torch_ops
+    torch_ops.register()          # once; later calls return the same ops
+    torch.ops.compressc.compress_c4a(state_cache, ..., k_cache, kv_slot_mapping, B)
+
+Each op declares what it writes (`mutates_args`: k_cache, and C128A's compressed_kv when
+given) and returns nothing, so torch.compile (fullgraph) keeps the call in its graph and
+orders it against the cache's readers; the fake impl does nothing (no output to shape).
+CUDA tensors run the compressc kernels (`compressc.runtime.ops`, after the same checks);
+CPU tensors run the torch reference (`compressc.reference`), which writes the same bytes
+as docs/kernels.md §6 allows the kernels to: a slow but exact implementation, which also lets
+`torch.library.opcheck` run the op for real on a machine without a GPU.
+
+Eager callers on a hot path should call `compressc.runtime.ops` directly: a custom op adds
+torch's dispatcher (several microseconds) to every call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compressc import reference
+from compressc.runtime import ops
+from compressc.runtime.validate import compressed_values, weight_dtype_name
+
+NAMESPACE = "compressc"
+_registered: dict[str, object] = {}
+
+
+def register() -> dict[str, object]:
+    """Define torch.ops.compressc.{compress_c4a, compress_indexer_fp8, compress_c128a} (once)."""
+    if not _registered:
+        _registered.update(_define())
+    return dict(_registered)
+
+
+def _define() -> dict[str, object]:
+    lib_ops = {}
+    for name, head, block in (("compress_c4a", 512, 64), ("compress_indexer_fp8", 128, 128)):
+        lib_ops[name] = _fused_op(name, head, block)
+    lib_ops["compress_c128a"] = _c128a_op()
+    return lib_ops
+
+
+def _fused_op(name: str, head: int, block: int):
+    kernel = "c4a" if name == "compress_c4a" else "indexer_fp8"
+    run_cuda = getattr(ops, name)
+
+    def impl(state_cache: torch.Tensor, token_to_req_indices: torch.Tensor, positions: torch.Tensor,
+             slot_mapping: torch.Tensor, block_table: torch.Tensor, block_size: int,
+             rms_norm_weight: torch.Tensor, rms_norm_eps: float, cos_sin_cache: torch.Tensor,
+             k_cache: torch.Tensor, kv_slot_mapping: torch.Tensor, kv_cache_block_size: int,
+             head_size: int = head, quant_block: int = block) -> None:
+        args = (state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+                rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size)
+        if k_cache.device.type == "cuda":
+            run_cuda(*args, head_size=head_size, quant_block=quant_block)
+            return
+        spec = ops.kernel_spec(kernel, head_size, quant_block, weight_dtype_name(rms_norm_weight))
+        ops._common_values(spec, ops._named(*args), spec)  # the argument checks of the CUDA path
+        reference.compress_fused(spec, *args)
+
+    op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=("k_cache",))
+    op.register_fake(_nothing)
+    return op
+
+
+def _c128a_op():
+    def compress_c128a(state_cache: torch.Tensor, token_to_req_indices: torch.Tensor,
+                       positions: torch.Tensor, slot_mapping: torch.Tensor, block_table: torch.Tensor,
+                       block_size: int, rms_norm_weight: torch.Tensor, rms_norm_eps: float,
+                       cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, kv_slot_mapping: torch.Tensor,
+                       kv_cache_block_size: int, head_size: int = 512, quant_block: int = 64,
+                       compressed_kv: torch.Tensor | None = None) -> None:
+        args = (state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+                rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size)
+        if k_cache.device.type == "cuda":
+            ops.compress_c128a(*args, head_size=head_size, quant_block=quant_block,
+                               compressed_kv=compressed_kv)
+            return
+        _c128a_reference(args, head_size, quant_block, compressed_kv)
+
+    op = torch.library.custom_op(f"{NAMESPACE}::compress_c128a", compress_c128a,
+                                 mutates_args=("k_cache", "compressed_kv"))
+    op.register_fake(_nothing)
+    return op
+
+
+def _c128a_reference(args: tuple, head: int, block: int, compressed_kv: torch.Tensor | None) -> None:
+    pool = ops.kernel_spec("c128a_compress", head, block, "f32")
+    store = ops.kernel_spec("c128a_store", head, block, weight_dtype_name(args[6]))
+    named = ops._named(*args)
+    values = ops._common_values(store, named, pool)
+    T = int(values["num_rows"])
+    if compressed_kv is not None:
+        compressed_values(pool, compressed_kv, T)
+    pooled = torch.zeros(T, head) if compressed_kv is None else compressed_kv
+    sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs = args
+    reference.c128a_compress(pool, sc, req, pos, slots, bt, bs, pooled, kvs)
+    reference.c128a_store(store, pooled, req, pos, slots, w, eps, cs, kc, kvs, kvbs)
+
+
+def _nothing(*args: object, **kwargs: object) -> None:
+    """The fake (meta) impl: the ops only write their mutated arguments, which keep their shapes."""
+    return None
