@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=None, help="kernel dir built with -p baseline")
     ap.add_argument("--before", type=Path, default=None,
                     help="kernel dir of an earlier build (impl 'before': the same kernels, side by side)")
+    ap.add_argument("--before-first", action="store_true",
+                    help="time 'before' ahead of compressc in each case (to see an order effect)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--kernel", action="append", choices=["c4a", "c128a", "indexer_fp8"], default=None)
     ap.add_argument("--scenario", action="append", choices=["prefill", "decode"], default=None)
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     empty = empty_launch_us(bench)
     print(f"{torch.cuda.get_device_name()}: copy {copy:.0f} GB/s, empty launch {empty:.2f} us", flush=True)
     impls = list(dirs)
+    if args.before_first and "before" in impls:
+        impls.remove("before")
+        impls.insert(0, "before")
     rows = []
     started = time.perf_counter()
     for kernel in args.kernel or ["c4a", "c128a", "indexer_fp8"]:

@@ -241,7 +241,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         for T in args.T or T_LIST:
             case = make_case(op, T, device)
             for impl in args.impl or IMPLS:
-                r = measure(case, impl, args.calls, args.repeat)
+                try:
+                    r = measure(case, impl, args.calls, args.repeat)
+                except (IndexError, StopIteration, AttributeError) as exc:  # a bare launch it cannot isolate
+                    if not impl.startswith("launch_"):
+                        raise
+                    print(f"{op:12s} {impl:16s} {T:6d}   not measured: {type(exc).__name__}: {exc}",
+                          flush=True)
+                    continue
                 rows.append(r)
                 print(f"{op:12s} {impl:16s} {T:6d} {r['host_us']:9.2f} {r['gpu_us']:9.2f}", flush=True)
     return rows
