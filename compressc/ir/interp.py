@@ -29,8 +29,8 @@ from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.launch import grid_rule, module_abi
 from compressc.ir.schedule import Schedule, UnloweredError
 from compressc.ir.verifier import VerifyError, verify
-from compressc.runtime.args import launch_grid
 from compressc.specs.abi import abi
+from compressc.specs.launch import launch_grid
 
 Value = np.ndarray | int | float
 _POINTER_DTYPES = {"f32": np.float32, "bf16": np.float32, "i32": np.int32, "i64": np.int64, "u8": np.uint8}

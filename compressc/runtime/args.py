@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from compressc.specs.abi import Param
 from compressc.specs.launch import GridRule, rule_problem
+from compressc.specs.launch import launch_grid as launch_grid  # the runtime's grid rule, where callers look
 
 Scalar = int | float
 
@@ -140,36 +141,3 @@ def parse_grid(policy: str) -> GridRule:
     """The typed rule of a manifest's grid text (parsed once, when a kernel is loaded);
     GridRuleError (a ValueError) naming the rule otherwise."""
     return GridRule.parse(policy)
-
-
-def launch_grid(rule: GridRule, num_rows: int, sm_count: int, resident: int = 0,
-                max_clusters: int = 0) -> int:
-    """CTAs to launch for `num_rows` launched rows under a kernel's grid `rule`.
-
-    "rows": one CTA per row. "wave:N" (a tiled kernel): one wave of at most N CTAs per SM, and no more
-    than the `resident` CTAs an SM can hold of this kernel (its occupancy, 0 = unknown):
-    a second wave would run the active rows one wave after another. Each CTA takes
-    ceil(num_rows / grid) consecutive rows (the kernel derives its run from gridDim, so
-    any grid up to num_rows is correct). "wave:N,cluster:S": the same in clusters of S
-    CTAs, each cluster taking the rows a CTA would; one wave is the SMs' CTA slots / S,
-    and at most `max_clusters` (the driver's count of co-resident clusters; 0 = unknown).
-    "runs:R": the kernel unrolls up to R rows per
-    CTA, so the grid is at least ceil(num_rows / R); below that, one row per CTA while
-    the SMs have room (`resident` CTAs each): at small T a CTA's rows would otherwise
-    run one after another while SMs idle.
-    """
-    if num_rows <= 0:
-        return 0
-    kind, count, cluster = rule.kind, rule.count, rule.cluster
-    if kind == "rows":
-        return num_rows
-    if kind == "runs":
-        grid = min(num_rows, max(-(-num_rows // count), resident * sm_count))
-    else:
-        ctas = min(count, resident) if resident > 0 else count
-        units = max(1, ctas * sm_count // cluster)
-        if cluster > 1 and max_clusters > 0:
-            units = min(units, max_clusters)
-        grid = min(num_rows, units)
-    per_cta = -(-num_rows // grid)
-    return -(-num_rows // per_cta) * cluster
