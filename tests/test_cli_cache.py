@@ -17,7 +17,7 @@ from compressc.cache.build import build_plans, plan_many
 from compressc.cache.store import Entry, Store
 from compressc.cache.wheel import write_wheel
 from compressc.cli import main
-from compressc.cli_cache import SIZE
+from compressc.cli.cache import SIZE
 from compressc.runtime import resolve
 from compressc.specs import make_spec
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 
-from compressc.cli_json import echo_json, json_option
+from compressc.cli.options import DEFAULT_ROPE, variant_options
+from compressc.cli.output import echo_json, json_option
 from compressc.specs.errors import SpecError
-from compressc.specs.family import KERNELS, make_spec
+from compressc.specs.family import make_spec
 from compressc.specs.matrix import default_specs
 
 BUILD_EXTRA_HINT = "pip install 'compressc[build]'  (nvidia-cutlass-dsl[cu13]==4.8.1 and nvidia-nvjitlink)"
 
 
-DEFAULT_ROPE = 64  # make_spec's default: DSv4's rope dims
 # The kernels quantise with cvt.rn.satfinite.e4m3x2.f32, which PTX has from sm_89 on.
 MIN_SM = 89
 
@@ -119,41 +119,6 @@ def jobs_option(help_text: str):
     return click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help=help_text)
 
 
-def variant_options(spec_help: str):
-    """--spec, --head-size, --quant-block, --weight-dtype, --rope: one variant instead of the matrix.
-
-    These are every axis of a variant's name (KernelSpec.variant), so any kernel the
-    runtime asks for, and so any `compressc build` command KernelNotFoundError prints, can
-    be built and packed.
-    """
-
-    def decorate(command):
-        # applied bottom-up, so --help lists them in the order written here
-        command = click.option(
-            "--rope",
-            type=int,
-            default=None,
-            help=f"With --spec: rope dims at the end of the head (default {DEFAULT_ROPE}).",
-        )(command)
-        command = click.option(
-            "--weight-dtype",
-            type=click.Choice(["bf16", "f32"]),
-            default=None,
-            help="With --spec: rms_norm_weight dtype (default: both).",
-        )(command)
-        command = click.option(
-            "--quant-block", type=int, default=None, help="With --spec: channels per quant scale."
-        )(command)
-        command = click.option(
-            "--head-size", type=int, default=None, help="With --spec: channels per token."
-        )(command)
-        return click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None, help=spec_help)(
-            command
-        )
-
-    return decorate
-
-
 @click.command()
 @click.option(
     "--arch",
@@ -163,7 +128,7 @@ def variant_options(spec_help: str):
     show_default=True,
     help="GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.",
 )
-@variant_options("Build one kernel instead of the default matrix.")
+@variant_options("Build one kernel instead of the default matrix.", matrix=True)
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline or 'baseline'.")
 @click.option(
     "--out",

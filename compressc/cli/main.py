@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 
 import click
 
 from compressc import __version__
+from compressc.cli.options import variant_options
 from compressc.specs.errors import SpecError
-from compressc.specs.family import KERNELS, make_spec
+from compressc.specs.family import make_spec
 
 PIPELINE_HELP = (
     "Pass pipeline: 'default' (the tuned schedule of the variant and --arch when "
@@ -59,32 +59,7 @@ def _read_cir(path: Path) -> str:
         ) from None
 
 
-def _spec_options(fn):
-    fn = click.option(
-        "--weight-dtype",
-        type=click.Choice(["bf16", "f32"]),
-        default="bf16",
-        show_default=True,
-        help="dtype of rms_norm_weight (a variant axis).",
-    )(fn)
-    fn = click.option(
-        "--rope", type=int, default=64, show_default=True, help="Rope dims at the end of the head."
-    )(fn)
-    fn = click.option(
-        "--quant-block",
-        type=int,
-        default=None,
-        help="Channels per quant scale (default: the kernel's shipped value).",
-    )(fn)
-    fn = click.option("--head-size", type=int, default=None, help="Channels per compressed token.")(fn)
-    fn = click.option(
-        "--spec",
-        "kernel",
-        type=click.Choice(KERNELS),
-        default=None,
-        help="Kernel of the family (docs/kernels.md §1).",
-    )(fn)
-    return fn
+_spec_options = variant_options("Kernel of the family (docs/kernels.md §1).")
 
 
 def _make_spec(kernel, head_size, quant_block, rope, weight_dtype):
@@ -245,10 +220,11 @@ def emit(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, arc
         raise UserError(str(err)) from None
 
 
-from compressc.cli_build import build  # noqa: E402
-from compressc.cli_cache import cache, inspect_cmd, wheel  # noqa: E402
-from compressc.cli_config import show_config  # noqa: E402
-from compressc.cli_tune import tune  # noqa: E402
+from compressc.cli.build import build  # noqa: E402
+from compressc.cli.cache import cache  # noqa: E402
+from compressc.cli.config import show_config  # noqa: E402
+from compressc.cli.packs import inspect_cmd, wheel  # noqa: E402
+from compressc.cli.tune import tune  # noqa: E402
 from compressc.config import ENV_TABLE  # noqa: E402
 
 main.add_command(build)
@@ -261,6 +237,3 @@ main.add_command(show_config)
 main.help = inspect.cleandoc(main.help or "") + "\n\n\b\nEnvironment (read once, at start-up):\n" + "\n".join(
     f"  {name:<24} {meaning}" for name, _, meaning in ENV_TABLE
 )
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from compressc.cli_build import jobs_option
-from compressc.cli_json import echo_json, json_option
+from compressc.cli.build import jobs_option
+from compressc.cli.output import echo_json, json_option
 from compressc.specs.family import KERNELS
 from compressc.tune.candidates import MAX_CANDIDATES
 from compressc.tune.measure import KINDS, REPS, T_LIST
@@ -161,7 +161,7 @@ def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> Non
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from compressc.cli_build import _archs, _check_build_extra, _config, console, unwritable
+    from compressc.cli.build import _archs, _check_build_extra, _config, console, unwritable
     from compressc.specs.matrix import default_specs
     from compressc.tune.prepare import PLAN_FILE, prepare
 
@@ -213,7 +213,7 @@ def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> Non
 
 
 def _measure(plan_dir: Path, opts: dict, as_json: bool = False) -> None:
-    from compressc.cli_build import console
+    from compressc.cli.build import console
     from compressc.tune.measure import MeasureError, measure
     from compressc.tune.prepare import write_json
 
@@ -268,7 +268,7 @@ def print_results(doc: dict, out) -> None:
 
 
 def _apply(results_file: Path, data: Path | None, as_json: bool = False) -> None:
-    from compressc.cli_build import console
+    from compressc.cli.build import console
     from compressc.passes.tuned import TunedFileError
     from compressc.tune.apply import ApplyError, apply
 

@@ -1,0 +1,86 @@
+"""The option groups the commands share: one variant's axes, named once."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from compressc.specs.family import KERNELS
+
+DEFAULT_ROPE = 64
+WEIGHT_DTYPES = click.Choice(["bf16", "f32"])
+
+
+def variant_options(spec_help: str, *, matrix: bool = False, required: bool = False):
+    """--spec, --head-size, --quant-block, --weight-dtype, --rope: every axis of a variant's
+    name (KernelSpec.variant), so any kernel the runtime asks for, and so any `compressc
+    build` command KernelNotFoundError prints, can be named on every command.
+
+    `matrix` (build, wheel): the axes narrow the default matrix to one kernel and default to
+    None (both weight dtypes, the shipped rope); otherwise (opt, emit, cache why) they name
+    one variant, bf16 and rope 64 unless given. `required`: --spec must be given.
+    """
+    with_spec = "With --spec: " if matrix else ""
+    # (help text, default) per axis: narrowing the matrix, or naming one variant
+    rope = (f"rope dims at the end of the head (default {DEFAULT_ROPE}).", None) if matrix \
+        else ("rope dims at the end of the head.", DEFAULT_ROPE)
+    weight = ("rms_norm_weight dtype (default: both).", None) if matrix \
+        else ("rms_norm_weight dtype (a variant axis).", "bf16")
+    block = "channels per quant scale" + ("." if matrix else " (default: the kernel's shipped value).")
+
+    def decorate(command):
+        # applied bottom-up, so --help lists them in the order written here
+        command = click.option("--rope", type=int, default=rope[1], show_default=not matrix,
+                               help=with_spec + rope[0])(command)
+        command = click.option("--weight-dtype", type=WEIGHT_DTYPES, default=weight[1],
+                               show_default=not matrix, help=with_spec + weight[0])(command)
+        command = click.option("--quant-block", type=int, default=None, help=with_spec + block)(command)
+        command = click.option("--head-size", type=int, default=None,
+                               help=f"{with_spec}channels per token.")(command)
+        return click.option("--spec", "kernel", type=click.Choice(KERNELS), default=None, required=required,
+                            help=spec_help)(command)
+
+    return decorate
+
+
+# K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 2**40,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*$")
+
+
+class SizeType(click.ParamType):
+    """A byte count: 1000000, 10MB (10**7), 1GiB (2**30), 512K (2**19)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value).lower())
+        if match is None or match[2] not in _UNITS:
+            self.fail(
+                f"{value!r} is not a size: give bytes, or a number with KB/MB/GB (powers of 1000) "
+                "or KiB/MiB/GiB (powers of 1024), e.g. 10MB or 1GiB",
+                param,
+                ctx,
+            )
+        return int(float(match[1]) * _UNITS[match[2]])
+
+
+SIZE = SizeType()
