@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_interp import _active_slots, _assert_cache_accepted, _assert_pooled_close, _seed
+from test_interp import _assert_cache_accepted, _assert_pooled_close, _seed
 
-from compressc.acceptance import compare_cache_bytes
 from compressc.cli import main
 from compressc.ir import parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
-from compressc.ir.interp_grid import GridError
+from compressc.ir.interp_grid import GridError, run_program
 from compressc.ir.kd import kd_ops
 from compressc.ir.verifier import VerifyError, verify
 from compressc.passes import PassManager, parse_pipeline
+from compressc.passes.manager import PipelineError
 from compressc.scenarios import make_scenario
 from compressc.specs import default_specs, make_spec
 from compressc.tune.candidates import candidates
@@ -106,17 +106,31 @@ def _mutate(module, name: str, **attrs):
     return replace(module, ops=tuple(change(op) if op.name == name else op for op in module.ops))
 
 
-def test_a_run_shorter_than_the_launch_leaves_rows_unwritten() -> None:
+def _run_unverified(module, spec, sc, gpu):
+    """The interpreter's row loop on a program the verifier would refuse (what a buggy
+    lowering would produce): it must fail on its own."""
+    from compressc.ir import interp
+    from compressc.ir.launch import grid_rule
+    from compressc.specs.launch import launch_grid
+
+    args = args_from_scenario(sc, sc.poisoned_cache())
+    mem, sched = interp._memory(module, args), interp._schedule(module)
+    ratio = int(module.find("cc.row_guard").attr("ratio"))
+    grid = launch_grid(grid_rule(module), mem.scalar("num_rows"), *gpu)
+    return run_program(module, mem, grid, lambda row: interp._guard(module, sched, mem, row, ratio))
+
+
+def test_a_run_shorter_than_the_launch_is_refused_and_caught() -> None:
     spec = make_spec("c4a")
     module = _lower(spec, "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,"
                           "window-prefetch")
     short = _mutate(module, "kd.unrolled_rows", rows=2)  # the launch still gives CTAs 8 rows
+    with pytest.raises(VerifyError, match=r"kd\.unrolled_rows: program='kd\.unrolled_rows': must be "
+                                          r"kd\.unrolled_rows \{'rows': 8\}"):
+        verify(short)
     sc = make_scenario(spec, "prefill", 400, seed=3)
-    got, rows = _run(short, spec, sc, GPUS[0])
-    assert len(rows) < int(sc.active().sum())
-    report = compare_cache_bytes(spec, got, sc.run_reference(), _active_slots(sc),
-                                 kv_cache_block_size=sc.kv_cache_block_size)
-    assert not report.ok
+    with pytest.raises(GridError, match=r"active row\(s\) never ran"):
+        _run_unverified(short, spec, sc, GPUS[0])
 
 
 def test_a_row_body_without_its_ballot_bit_is_an_error() -> None:
@@ -125,9 +139,24 @@ def test_a_row_body_without_its_ballot_bit_is_an_error() -> None:
     ops = [op for op in module.ops if op.name != "kd.if_todo_bit"]
     ops.remove(next(op for op in reversed(ops) if op.name == "kd.end"))
     broken = replace(module, ops=tuple(ops))
+    with pytest.raises(VerifyError, match="lower-grid"):
+        verify(broken)
     sc = make_scenario(spec, "prefill", 64, seed=5)
     with pytest.raises(GridError, match=r"kd\.row ran row \d+, which its guard did not find active"):
-        _run(broken, spec, sc, GPUS[0])
+        _run_unverified(broken, spec, sc, GPUS[0])
+
+
+def test_an_edited_program_attribute_is_refused() -> None:
+    module = _lower(make_spec("c4a"))
+    want = r"kd\.guard: program='kd\.guard': must be kd\.guard \{'ratio': 4\}"
+    with pytest.raises(VerifyError, match=want):
+        verify(_mutate(module, "kd.guard", ratio=8))
+
+
+def test_lower_grid_named_before_the_schedule_is_complete_is_refused() -> None:
+    with pytest.raises(PipelineError, match=r"lower-grid needs the whole schedule, and smem_bytes, "
+                                            r"rows_in_flight \(window-prefetch\) is unset"):
+        _lower(make_spec("c4a"), "thread-map,lower-grid,vectorize,lower-reduction,plan-smem,window-prefetch")
 
 
 @pytest.mark.parametrize(
@@ -137,14 +166,22 @@ def test_a_row_body_without_its_ballot_bit_is_an_error() -> None:
         (lambda ops: [*ops, ops[-1]], "kd.end: closes a body that was never opened"),
         (lambda ops: [*ops[:-2], replace(ops[-1], name="kd.else"), *ops[-2:]],
          "kd.else: only kd.one_row_per_cta has an else branch"),
+        (lambda ops: _two_elses(ops), "kd.else: a second else branch"),
     ],
-    ids=["unclosed", "stray-end", "else"],
+    ids=["unclosed", "stray-end", "else", "second-else"],
 )
 def test_nesting_errors_name_the_op_and_line(edit, message: str) -> None:
-    module = _lower(make_spec("c4a"))
+    pipeline = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch"
+    module = _lower(make_spec("c4a"), pipeline if "second" in message else "default")
     text = print_module(replace(module, ops=tuple(edit(list(module.ops)))))
     with pytest.raises(VerifyError, match=r"^k\.cir:\d+: " + message.replace(".", r"\.")):
         verify(parse_module(text, "k.cir"))
+
+
+def _two_elses(ops):
+    """The tiled program's kd.else repeated: a third branch the tree must refuse."""
+    at = next(i for i, op in enumerate(ops) if op.name == "kd.else")
+    return [*ops[:at + 2], ops[at], *ops[at + 2:]]
 
 
 def test_the_lowered_text_round_trips_with_its_program() -> None:

@@ -40,11 +40,13 @@ class Cta:
 def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], Lanes | None]) -> list[int]:
     """Run the module's program on every CTA of a `grid`-CTA launch; the rows it ran."""
     done: list[int] = []
+    seen: set[int] = set()
 
     def run_row(lanes: Lanes) -> None:
-        if lanes.row in done:
+        if lanes.row in seen:
             raise GridError(f"row {lanes.row} ran twice")
         done.append(lanes.row)
+        seen.add(lanes.row)
         for op in module.ops:
             stage = STAGES.get(op.name)
             if stage is not None:
@@ -55,6 +57,10 @@ def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], L
     num_rows = mem.scalar("num_rows")
     for block in range(grid // cluster):
         _walk(nodes, Cta(block, grid, guard, run_row, num_rows))
+    missed = [row for row in range(num_rows) if row not in seen and guard(row) is not None]
+    if missed:
+        raise GridError(f"{len(missed)} active row(s) never ran, first {missed[:5]}: the row loop "
+                        f"does not cover the {grid}-CTA launch")
     return done
 
 

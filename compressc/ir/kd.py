@@ -85,6 +85,8 @@ def _block(ops: list[Op], i: int, opener: Op | None) -> tuple[tuple[Node, ...], 
             if op.name != "kd.one_row_per_cta":
                 raise NestingError(f"{_at(ops[i])}: only kd.one_row_per_cta has an else branch")
             orelse, i = _block(ops, i + 1, op)
+            if i < len(ops) and ops[i].name == "kd.else":
+                raise NestingError(f"{_at(ops[i])}: a second else branch (close the first with kd.end)")
         if i >= len(ops):
             raise NestingError(f"{_at(op)}: its body is never closed with kd.end")
         nodes.append(Node(op, body, orelse))

@@ -51,6 +51,7 @@ def verify(module: Module) -> Module:
     _verify_structure(module)
     _verify_spec(module)
     _verify_schedule(module)
+    _verify_program(module)  # last: the schedule it is checked against must be legal first
     return module
 
 
@@ -76,6 +77,27 @@ def _verify_structure(module: Module) -> None:
         program(module)
     except NestingError as err:
         raise VerifyError(str(err)) from None
+
+
+def _verify_program(module: Module) -> None:
+    """A kernel-dialect program must be the one lower-grid writes for the rest of the module:
+    an edited, stale or early program would not match the schedule it runs."""
+    ops = [op for op in module.ops if op.name.startswith("kd.")]
+    if not ops:
+        return
+    from compressc.passes.lower_grid import expected_program
+
+    try:
+        want = expected_program(module)
+    except ValueError as err:
+        raise VerifyError(f"module @{module.name}: a kd program on an unfinished schedule: {err}") from None
+    for op, expected in zip(ops, want, strict=False):
+        if (op.name, op.attrs) != (expected.name, expected.attrs):
+            raise _fail(module, op, "program", op.name,
+                        f"must be {expected.name} {dict(expected.attrs)}: the kd ops are lower-grid's "
+                        "lowering of the module's schedule (re-run it on the module without them)")
+    if len(ops) != len(want):
+        raise _fail(module, None, "program", len(ops), f"must have the {len(want)} kd ops lower-grid writes")
 
 
 def _verify_spec(module: Module) -> None:

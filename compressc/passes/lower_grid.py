@@ -10,7 +10,7 @@ interpreter executes them CTA by CTA, so every grid strategy is checked on a CPU
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op, fields
@@ -46,13 +46,34 @@ class LowerGrid(ModulePass):
         guard = module.find("cc.row_guard")
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
+        _require_scheduled(module)
+        sched = Schedule.of(module)
         body = [kd("lanes")]
-        if Schedule.of(module).grid_dependency == "trigger":
+        if sched.grid_dependency == "trigger":
             body.append(kd("trigger_dependents"))
-        body += _GRIDS[Schedule.of(module).grid](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
-        if Schedule.of(module).grid_dependency == "wait":
+        body += _GRIDS[sched.grid](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
+        if sched.grid_dependency == "wait":
             body.append(kd("grid_wait"))
-        return Module(module.name, module.attrs, module.ops + tuple(body), module.sched)
+        return replace(module, ops=module.ops + tuple(body))
+
+
+def expected_program(module: Module) -> tuple[Op, ...]:
+    """The kd ops lower-grid writes for `module`'s other ops and schedule: the verifier holds
+    a module's program to this (the pass has no options, so nothing else is legal)."""
+    rest = replace(module, ops=tuple(op for op in module.ops if not op.name.startswith("kd.")))
+    return tuple(op for op in LowerGrid().apply(rest).ops if op.name.startswith("kd."))
+
+
+def _require_scheduled(module: Module) -> None:
+    """The row loop depends on the whole schedule: lowered before it is complete, it would
+    keep a stale one (a missing smem handover, the wrong staging)."""
+    window = module.find("cc.window")
+    missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
+    if window is not None and window.get("rows_in_flight") is None:
+        missing.append("rows_in_flight (window-prefetch)")
+    if missing:
+        raise ValueError(f"lower-grid needs the whole schedule, and {', '.join(missing)} is unset: "
+                         "it runs last (every pipeline ends with it; do not name it earlier)")
 
 
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:

@@ -134,10 +134,11 @@ def pipeline_string(passes: list[ModulePass]) -> str:
 
 
 def with_final_lowering(passes: list[ModulePass]) -> list[ModulePass]:
-    """`passes`, then lower-grid where they schedule the window (window-prefetch) and do
-    not lower the grid themselves: the row loop is always the kernel dialect's."""
+    """`passes`, then lower-grid where they complete the schedule (plan-smem and
+    window-prefetch) and do not lower the grid themselves: the row loop is always the kernel
+    dialect's."""
     kinds = {type(p) for p in passes}
-    if LowerGrid in kinds or WindowPrefetch not in kinds:
+    if LowerGrid in kinds or not {WindowPrefetch, PlanSmem} <= kinds:
         return list(passes)
     return [*passes, LowerGrid()]
 
