@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from compressc.cli.options import DEFAULT_ROPE, variant_options
+from compressc.cli.options import DEFAULT_ROPE, archs_option, variant_options
 from compressc.cli.output import echo_json, json_option
 from compressc.specs.errors import SpecError
 from compressc.specs.family import make_spec
@@ -120,14 +120,7 @@ def jobs_option(help_text: str):
 
 
 @click.command()
-@click.option(
-    "--arch",
-    "archs",
-    multiple=True,
-    default=("sm90",),
-    show_default=True,
-    help="GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.",
-)
+@archs_option("GPU arch: sm90, sm_90, sm_90a, 90a (all mean sm_90a), sm100 ... Repeatable.")
 @variant_options("Build one kernel instead of the default matrix.", matrix=True)
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline or 'baseline'.")
 @click.option(

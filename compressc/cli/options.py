@@ -12,6 +12,12 @@ DEFAULT_ROPE = 64
 WEIGHT_DTYPES = click.Choice(["bf16", "f32"])
 
 
+def archs_option(help_text: str):
+    """--arch, repeatable, into `archs` (default sm90): build and wheel."""
+    return click.option("--arch", "archs", multiple=True, default=("sm90",), show_default=True,
+                        help=help_text)
+
+
 def variant_options(spec_help: str, *, matrix: bool = False, required: bool = False):
     """--spec, --head-size, --quant-block, --weight-dtype, --rope: every axis of a variant's
     name (KernelSpec.variant), so any kernel the runtime asks for, and so any `compressc

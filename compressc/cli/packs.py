@@ -22,19 +22,12 @@ from compressc.cli.cache import (
     _console,
     _indexed,
 )
-from compressc.cli.options import variant_options
+from compressc.cli.options import archs_option, variant_options
 from compressc.cli.output import echo_json, json_option
 
 
 @click.command()
-@click.option(
-    "--arch",
-    "archs",
-    multiple=True,
-    default=("sm90",),
-    show_default=True,
-    help="GPU arch of the pack (sm90, sm100, ...). Repeatable: one wheel for all.",
-)
+@archs_option("GPU arch of the pack (sm90, sm100, ...). Repeatable: one wheel for all.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
