@@ -4,7 +4,8 @@
         --derived build/kernels-derived --baseline build/kernels-baseline --out benchmarks/results
 
 For each default kernel (C4A, C128A as both kernels with the scratch buffer, the fp8
-indexer; bf16 RMSNorm weight), scenario (prefill: one sequence at positions 0..T-1;
+and MXFP4 indexers, each in every cache format it ships: `c4a_full_bf16`, `c128a_full_fp8`,
+`indexer_mxfp4_rot`, ...; bf16 RMSNorm weight), scenario (prefill: one sequence at positions 0..T-1;
 decode: T requests, every row a boundary) and T, it times in one process and on the
 same inputs: compressc's default schedule, the baseline schedule, and the torch
 reference. Method: CUDA events around each call, calls queued behind torch.cuda._sleep
@@ -45,20 +46,55 @@ SLEEP_CYCLES = 4_000_000  # ~2 ms at 1.98 GHz: longer than the host needs to que
 BATCH = 16
 
 
+# bench kernel -> (family kernel, cache format, rotate): every format the matrix ships
+KERNELS = {
+    "c4a": ("c4a", "fp8_ds_mla", False),
+    "c4a_full_bf16": ("c4a", "full_bf16", False),
+    "c4a_full_fp8": ("c4a", "full_fp8", False),
+    "c128a": ("c128a", "fp8_ds_mla", False),
+    "c128a_full_bf16": ("c128a", "full_bf16", False),
+    "c128a_full_fp8": ("c128a", "full_fp8", False),
+    "indexer_fp8": ("indexer_fp8", "indexer_fp8", False),
+    "indexer_fp8_rot": ("indexer_fp8", "indexer_fp8", True),
+    "indexer_mxfp4": ("indexer_mxfp4", "indexer_mxfp4", False),
+    "indexer_mxfp4_rot": ("indexer_mxfp4", "indexer_mxfp4", True),
+}
+DEFAULT_KERNELS = ("c4a", "c128a", "indexer_fp8")
+
+
 @dataclass
 class Case:
-    kernel: str  # "c4a" | "c128a" | "indexer_fp8"
+    kernel: str  # a KERNELS name
     scenario: str  # "prefill" | "decode"
     T: int
 
+    @property
+    def family(self) -> str:
+        return KERNELS[self.kernel][0]
+
 
 def _pool_spec(kernel: str):
-    if kernel == "c128a":
+    family, fmt, rotate = KERNELS[kernel]
+    if family == "c128a":
         return make_spec("c128a_compress", 512, 64, weight_dtype="f32")
-    return make_spec(kernel, weight_dtype="bf16")
+    return make_spec(family, weight_dtype="bf16", cache_format=fmt, rotate=rotate)
 
 
-def _unique_bytes(spec, sc, active: torch.Tensor) -> int:
+def _store_spec(kernel: str):
+    family, fmt, _ = KERNELS[kernel]
+    return kernel_spec("c128a_store", 512, 64, "bf16", fmt) if family == "c128a" else _pool_spec(kernel)
+
+
+def _out_cache(kernel: str, sc) -> torch.Tensor:
+    """The poisoned k_cache of the kernel's format, as many pages as the scenario's."""
+    from compressc.scenarios import SENTINEL, page_bytes
+
+    spec, B = _store_spec(kernel), sc.kv_cache_block_size
+    stride = page_bytes(spec, B)
+    return torch.full((sc.k_cache.shape[0], B, stride // B), SENTINEL, dtype=torch.uint8, device="cuda")
+
+
+def _unique_bytes(kernel: str, spec, sc, active: torch.Tensor) -> int:
     """State rows read once (per stream), cache bytes written, row metadata read."""
     idx = active.nonzero().flatten()
     pos = sc.positions[idx]
@@ -71,8 +107,8 @@ def _unique_bytes(spec, sc, active: torch.Tensor) -> int:
     row_id = (page.long() * sc.block_size + q.clamp_min(0) % sc.block_size) * 2 + stream
     rows = torch.unique(row_id[ok]).numel()
     state = rows * spec.head * 2 * 4
-    token = 584 if spec.head == 512 else 132
-    return state + int(idx.numel()) * token + sc.T * 28
+    store = _store_spec(kernel).store
+    return state + int(idx.numel()) * (store.token_stride + store.scale_dim) + sc.T * 28
 
 
 def _image_by_variant(root: Path, spec) -> KernelImage:
@@ -147,19 +183,20 @@ def rotated_tables(sc, state_bytes_per_call: int, max_pool_bytes: int) -> tuple[
 
 
 def make_calls(bench: Bench, impl: str, case: Case, sc, pool, tables, out, scratch):
-    pool_spec = _pool_spec(case.kernel)
+    pool_spec, store_spec = _pool_spec(case.kernel), _store_spec(case.kernel)
     args = dict(state_cache=pool, token_to_req_indices=sc.token_to_req_indices, positions=sc.positions,
                 slot_mapping=sc.slot_mapping, block_table=tables[0], block_size=sc.block_size,
                 rms_norm_weight=sc.rms_norm_weight, rms_norm_eps=sc.rms_norm_eps,
                 cos_sin_cache=sc.cos_sin_cache,
                 k_cache=out, kv_slot_mapping=sc.kv_slot_mapping, kv_cache_block_size=sc.kv_cache_block_size)
+    if store_spec.cache_format == "full_fp8":
+        args["fp8_scale"] = torch.ones(1, device="cuda")
     if impl == "torch":
         return [_torch_call(case, pool_spec, args, t, scratch) for t in tables[:8]]
-    store_spec = kernel_spec("c128a_store", 512, 64, "bf16") if case.kernel == "c128a" else pool_spec
     values = _common_values(store_spec, args, pool_spec)
-    if case.kernel == "c128a":
+    if case.family == "c128a":
         values |= compressed_values(pool_spec, scratch, case.T)
-    specs = [pool_spec, store_spec] if case.kernel == "c128a" else [pool_spec]
+    specs = [pool_spec, store_spec] if case.family == "c128a" else [pool_spec]
     kernels = [(bench.kernel(impl, s), abi(s)) for s in specs]
     calls = []
     for t in tables:
@@ -173,9 +210,9 @@ def make_calls(bench: Bench, impl: str, case: Case, sc, pool, tables, out, scrat
 
 def _torch_call(case: Case, pool_spec, args: dict, table, scratch):
     a = args | {"block_table": table}
-    if case.kernel != "c128a":
+    if case.family != "c128a":
         return lambda: reference.compress_fused(pool_spec, *a.values())
-    store_spec = make_spec("c128a_store", 512, 64, weight_dtype="bf16")
+    store_spec = _store_spec(case.kernel)
 
     def run() -> None:
         reference.c128a_compress(pool_spec, a["state_cache"], a["token_to_req_indices"], a["positions"],
@@ -184,7 +221,7 @@ def _torch_call(case: Case, pool_spec, args: dict, table, scratch):
         reference.c128a_store(store_spec, scratch, a["token_to_req_indices"], a["positions"],
                               a["slot_mapping"],
                               a["rms_norm_weight"], a["rms_norm_eps"], a["cos_sin_cache"], a["k_cache"],
-                              a["kv_slot_mapping"], a["kv_cache_block_size"])
+                              a["kv_slot_mapping"], a["kv_cache_block_size"], fp8_scale=a.get("fp8_scale"))
     return run
 
 
@@ -210,11 +247,11 @@ def run_case(bench: Bench, case: Case, copy: float, impls: list[str], max_pool: 
     spec = _pool_spec(case.kernel)
     sc = make_scenario(spec, case.scenario, case.T, device="cuda", seed=case.T, weight_dtype="bf16")
     active = sc.active()
-    nbytes = _unique_bytes(spec, sc, active)
-    if case.kernel == "c128a":
+    nbytes = _unique_bytes(case.kernel, spec, sc, active)
+    if case.family == "c128a":
         nbytes += 2 * int(active.sum()) * spec.head * 4  # scratch rows written then read
     pool, tables = rotated_tables(sc, nbytes, max_pool)
-    out = sc.poisoned_cache()
+    out = _out_cache(case.kernel, sc)
     scratch = torch.empty((case.T, 512), device="cuda", dtype=torch.float32)
     rows = []
     for impl in impls:
@@ -268,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before-first", action="store_true",
                     help="time 'before' ahead of compressc in each case (to see an order effect)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--kernel", action="append", choices=["c4a", "c128a", "indexer_fp8"], default=None)
+    ap.add_argument("--kernel", action="append", choices=list(KERNELS), default=None,
+                    help=f"repeatable; default {', '.join(DEFAULT_KERNELS)}")
     ap.add_argument("--scenario", action="append", choices=["prefill", "decode"], default=None)
     ap.add_argument("--T", type=int, action="append", default=None)
     ap.add_argument("--reps", type=int, default=64)
@@ -291,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         impls.insert(0, "before")
     rows = []
     started = time.perf_counter()
-    for kernel in args.kernel or ["c4a", "c128a", "indexer_fp8"]:
+    for kernel in args.kernel or list(DEFAULT_KERNELS):
         for scenario in args.scenario or ["prefill", "decode"]:
             for T in args.T or T_LIST:
                 case = Case(kernel, scenario, T)

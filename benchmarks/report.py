@@ -20,7 +20,7 @@ def print_table(rows: list[dict]) -> None:
     """One line per (case, impl); compressc rows carry its speed-ups over an earlier build of the
     same kernels, derived, baseline, torch and the same-size copy (below 1.0x: slower than
     copying its bytes)."""
-    head = (f"{'kernel':<12}{'scenario':<9}{'T':>6}{'impl':>11}{'us':>10}{'graph us':>10}{'MB':>9}"
+    head = (f"{'kernel':<18}{'scenario':<9}{'T':>6}{'impl':>11}{'us':>10}{'graph us':>10}{'MB':>9}"
             f"{'GB/s':>8}{'% copy':>8}{'vs before':>10}{'vs deriv':>9}{'vs base':>9}{'vs torch':>9}"
             f"{'vs copy':>9}")
     print(head)
@@ -28,7 +28,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         others = ("before", "derived", "baseline", "torch", "copy")
         extra = [_speedup(rows, r, o) if r["impl"] == "compressc" else "" for o in others]
-        print(f"{r['kernel']:<12}{r['scenario']:<9}{r['T']:>6}{r['impl']:>11}{r['us']:>10.2f}"
+        print(f"{r['kernel']:<18}{r['scenario']:<9}{r['T']:>6}{r['impl']:>11}{r['us']:>10.2f}"
               f"{r['graph_us']:>10.2f}{r['bytes'] / 1e6:>9.2f}{r['gbps']:>8.0f}{r['pct_of_copy']:>8.1f}"
               + f"{extra[0]:>10}" + "".join(f"{e:>9}" for e in extra[1:]))
 

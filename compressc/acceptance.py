@@ -78,20 +78,27 @@ class Report:
 class _Layout:
     """Where each kind of byte sits inside one token's value and scale regions."""
 
-    codes: int  # leading value bytes that are e4m3 codes
-    rope: int  # bf16 values after the codes (0 for the indexer, which quantises rope too)
+    codes: int  # leading value bytes that are codes (e4m3 bytes, or e2m1 nibble pairs)
+    rope: int  # bf16 values after the codes (the full bf16 cache: every channel)
     scales: int  # leading scale bytes that are scales (the rest is pad)
-    block: int  # codes that share one scale
+    block: int  # code bytes that share one scale
     scale_bytes_per_group: int  # 1 for a UE8M0 byte, 4 for an fp32 scale
+    codec: str = "e4m3"
 
 
 def _layout(spec: KernelSpec) -> _Layout:
-    store = spec.store
-    if store is None or store.name not in ("fp8_ds_mla", "indexer_fp8"):
-        raise ValueError(f"{spec.variant} stores no quantised cache tokens (store {store and store.name!r})")
-    if store.name == "fp8_ds_mla":
+    name = spec.cache_format
+    if name == "fp8_ds_mla":
         return _Layout(spec.nope, spec.rope, spec.nope // spec.quant_block, spec.quant_block, 1)
-    return _Layout(spec.head, 0, 4, spec.head, 4)
+    if name == "indexer_fp8":
+        return _Layout(spec.head, 0, 4, spec.head, 4)
+    if name == "indexer_mxfp4":
+        return _Layout(spec.head // 2, 0, spec.head // 32, 16, 1, "e2m1")
+    if name == "full_bf16":
+        return _Layout(0, spec.head, 0, 1, 1)
+    if name == "full_fp8":  # one per-tensor scale, not in the cache: every code under the same scale
+        return _Layout(spec.head, 0, 0, spec.head, 1)
+    raise ValueError(f"{spec.variant} stores no quantised cache tokens (store {spec.store and spec.store.name!r})")
 
 
 def compare_cache_bytes(
@@ -114,7 +121,8 @@ def compare_cache_bytes(
     flat_got, flat_want = _flat(got), _flat(want)
     slots = torch.unique(kv_slots_active.to(device=got.device, dtype=torch.int64))
     slots = slots[slots >= 0]
-    vidx, sidx = _token_spans(spec, slots, B, got.stride(0))
+    row_stride = got.stride(1) if got.dim() >= 3 else 0
+    vidx, sidx = _token_spans(spec, slots, B, got.stride(0), row_stride)
     report = Report(tokens=int(slots.numel()), bytes_compared=int(flat_got.numel()))
     _outside(report, flat_got, flat_want, vidx, sidx)
     scale_eq = _scales(report, layout, flat_got[sidx], flat_want[sidx], slots)
@@ -146,13 +154,14 @@ def _flat(k_cache: torch.Tensor) -> torch.Tensor:
 
 
 def _token_spans(
-    spec: KernelSpec, slots: torch.Tensor, B: int, page_stride: int
+    spec: KernelSpec, slots: torch.Tensor, B: int, page_stride: int, row_stride: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Byte indices [N, token_stride] of each slot's values and [N, scale_dim] of its scales."""
     ts, sd = spec.store.token_stride, spec.store.scale_dim
     base = (slots // B) * page_stride
     off = slots % B
-    vidx = (base + off * ts)[:, None] + torch.arange(ts, device=slots.device)
+    rows = row_stride if spec.format is not None and spec.format.row_stride == "runtime" else ts
+    vidx = (base + off * rows)[:, None] + torch.arange(ts, device=slots.device)
     sidx = (base + B * ts + off * sd)[:, None] + torch.arange(sd, device=slots.device)
     return vidx, sidx
 
@@ -184,6 +193,8 @@ def _scales(
     _example(report, bad_scale, slots, "scale byte", got[:, :n_scale], want[:, :n_scale])
     _example(report, bad_pad, slots, "scale pad byte", got[:, n_scale:], want[:, n_scale:])
     per_group = layout.scale_bytes_per_group
+    if n_scale == 0:  # no scales in the cache (a per-tensor scale): every code under the same one
+        return torch.ones(got.shape[0], 1, dtype=torch.bool, device=got.device)
     groups = bad_scale.reshape(bad_scale.shape[0], n_scale // per_group, per_group).any(dim=-1)
     return ~groups
 
@@ -196,10 +207,13 @@ def _codes(
     scale_eq: torch.Tensor,
     slots: torch.Tensor,
 ) -> None:
+    if layout.codec == "e2m1":  # two nibbles a byte: compare each as a code of its own
+        got, want = _nibbles(got), _nibbles(want)
     differ = got != want
-    step = (_ordinal(got) - _ordinal(want)).abs() <= 1
-    not_nan = ((got & 0x7F) != _E4M3_NAN) & ((want & 0x7F) != _E4M3_NAN)
-    under_equal_scale = scale_eq.repeat_interleave(layout.block, dim=1)
+    step = (_ordinal(got, layout.codec) - _ordinal(want, layout.codec)).abs() <= 1
+    not_nan = ((got & 0x7F) != _E4M3_NAN) & ((want & 0x7F) != _E4M3_NAN) if layout.codec == "e4m3" else True
+    block = layout.block * (2 if layout.codec == "e2m1" else 1)
+    under_equal_scale = scale_eq.repeat_interleave(block, dim=1) if scale_eq.shape[1] > 1 else scale_eq
     rare = differ & step & not_nan & under_equal_scale
     bad = differ & ~rare
     report.codes += int(got.numel())
@@ -208,10 +222,16 @@ def _codes(
     _example(report, bad, slots, "fp8 code", got, want)
 
 
-def _ordinal(codes: torch.Tensor) -> torch.Tensor:
-    """Position of each e4m3 code in value order (sign-magnitude -> signed integer)."""
-    mag = (codes & 0x7F).to(torch.int16)
-    return torch.where(codes >= 0x80, -mag, mag)
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 2C] nibbles of [N, C] bytes, the low nibble (the even element) first."""
+    return torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+
+
+def _ordinal(codes: torch.Tensor, codec: str = "e4m3") -> torch.Tensor:
+    """Position of each code in value order (sign-magnitude -> signed integer)."""
+    sign = 0x8 if codec == "e2m1" else 0x80
+    mag = (codes & (sign - 1)).to(torch.int16)
+    return torch.where(codes >= sign, -mag, mag)
 
 
 def _rope(report: Report, got: torch.Tensor, want: torch.Tensor, slots: torch.Tensor) -> None:

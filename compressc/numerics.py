@@ -10,6 +10,9 @@ Formats:
   smallest subnormal 2^-9; 0x7F / 0xFF are NaN. We encode *satfinite*: |x| > 448
   (including inf) becomes +-448.
 - UE8M0: an unsigned power-of-two exponent byte, value 2^(e8 - 127).
+- e2m1 (MXFP4 element, docs/kernels.md §8): 1 sign bit (bit 3) and a magnitude code 0..7
+  for {0, 0.5, 1, 1.5, 2, 3, 4, 6}; RNE with ties to the even code, saturating at 6; the
+  sign bit is the fp32 sign bit, so -0.0 and negatives that round to zero give 0x8.
 """
 
 from __future__ import annotations
@@ -79,6 +82,23 @@ def np_pow2_from_ue8m0(e8: np.ndarray) -> np.ndarray:
     return np.ldexp(np.ones(k.shape, dtype=np.float64), k).astype(np.float32)
 
 
+# |x| thresholds of e2m1 codes 1..7, and whether reaching the threshold exactly counts (the
+# ties that go to the upper, even code)
+_E2M1_THRESHOLDS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True),
+                    (5.0, False))
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def np_e2m1_encode(x: np.ndarray) -> np.ndarray:
+    """e2m1 nibbles (uint8 0..15) of fp32 values by the threshold rule the kernels use."""
+    x32 = np.asarray(x, dtype=np.float32)
+    mag = np.abs(x32)
+    code = np.zeros(x32.shape, dtype=np.uint8)
+    for t, inclusive in _E2M1_THRESHOLDS:
+        code += (mag >= t) if inclusive else (mag > t)
+    return (code | ((x32.view(np.uint32) >> 28) & 8).astype(np.uint8)).astype(np.uint8)
+
+
 # -- torch flavour ------------------------------------------------------------------
 def bf16_rne(x: torch.Tensor) -> torch.Tensor:
     """Round fp32 to bf16 (torch's cast is RNE on CPU and CUDA); returned as fp32."""
@@ -123,3 +143,27 @@ def pow2_f32(k: torch.Tensor) -> torch.Tensor:
     subnormal = torch.ones_like(k) << (k + 149).clamp(min=0, max=22)
     bits = torch.where(k >= -126, normal, subnormal)
     return bits.to(torch.int32).view(torch.float32)
+
+
+def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
+    """e2m1 nibbles (uint8 0..15) of fp32 values: the nearest of the eight magnitudes, a tie
+    to the even code, |x| above 6 saturating; the sign bit from x's fp32 sign bit."""
+    x = x.float()
+    grid = torch.tensor(E2M1_VALUES, dtype=torch.float64, device=x.device)
+    mag = x.abs().double().clamp(max=6.0)[..., None]
+    dist = (mag - grid).abs()
+    best = dist.min(dim=-1, keepdim=True).values
+    codes = torch.arange(8, device=x.device)
+    # among the nearest codes (two at a tie) the even one: ties go to even, lone codes stand
+    tie_even = torch.where(dist == best, torch.where(codes % 2 == 0, codes, codes + 8), 99)
+    code = tie_even.min(dim=-1).values % 8
+    sign = (x.contiguous().view(torch.int32) < 0).to(torch.int64) * 8
+    return (code + sign).to(torch.uint8)
+
+
+def e2m1_decode(nibble: torch.Tensor) -> torch.Tensor:
+    """fp32 value of e2m1 nibbles."""
+    grid = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=nibble.device)
+    n = nibble.to(torch.int64)
+    mag = grid[n & 7]
+    return torch.where(n & 8 != 0, -mag, mag)

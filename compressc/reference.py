@@ -20,6 +20,7 @@ import torch
 from compressc.numerics import (
     FP8_MAX,
     bf16_rne,
+    e2m1_encode,
     e4m3_encode,
     inv_scale_from_ue8m0,
     scale_from_ue8m0,
@@ -28,7 +29,7 @@ from compressc.numerics import (
 from compressc.specs import KernelSpec
 
 LOG2E = 1.4426950408889634
-_FUSED = ("c4a", "indexer_fp8")
+_FUSED = ("c4a", "indexer_fp8", "indexer_mxfp4")
 
 
 # -- §3 step 1: which rows write -------------------------------------------------------
@@ -177,6 +178,37 @@ def quant_f32scale(spec: KernelSpec, q: torch.Tensor) -> tuple[torch.Tensor, tor
     return codes, scale_from_ue8m0(e8)
 
 
+def quant_mxfp4(q: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed e2m1 bytes uint8[N, C / 2], UE8M0 bytes uint8[N, C / block]), docs/kernels.md §8:
+    amax floored at 6 * 2^-126, times fp32(1/6), the power of two rounded up; values times
+    2^(127 - e8) exactly, then to e2m1; element 2j in the low nibble of byte j."""
+    n, width = q.shape
+    blocks = q.reshape(n, width // block, block)
+    floor = torch.tensor(6.0 * 2.0**-126, dtype=torch.float32, device=q.device)
+    sixth = torch.tensor(1.0 / 6.0, dtype=torch.float32, device=q.device)
+    e8 = ue8m0_byte(torch.maximum(blocks.abs().amax(dim=-1), floor) * sixth)
+    nib = e2m1_encode(blocks * inv_scale_from_ue8m0(e8)[..., None]).reshape(n, width)
+    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8), e8
+
+
+def quant_tensor(q: torch.Tensor, fp8_scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 codes of q * RN(1 / fp8_scale[0]) (docs/kernels.md §8: a product, not a division)."""
+    inv = 1.0 / fp8_scale.reshape(-1)[:1].to(device=q.device, dtype=torch.float32)
+    return e4m3_encode(q * inv)
+
+
+def hadamard(v: torch.Tensor) -> torch.Tensor:
+    """docs/kernels.md §8: for spans S = n/2, ..., 1, each group of 2S values with halves
+    (a, b) becomes (a + b, a - b) in fp32; then every value times fp32(n^-1/2)."""
+    n, width = v.shape
+    span = width // 2
+    while span:
+        g = v.reshape(n, width // (2 * span), 2, span)
+        v = torch.stack((g[:, :, 0] + g[:, :, 1], g[:, :, 0] - g[:, :, 1]), dim=2).reshape(n, width)
+        span //= 2
+    return v * torch.tensor(width**-0.5, dtype=torch.float32, device=v.device)
+
+
 def norm_rope_quant(
     spec: KernelSpec,
     x: torch.Tensor,
@@ -184,27 +216,36 @@ def norm_rope_quant(
     rms_norm_weight: torch.Tensor,
     rms_norm_eps: float,
     cos_sin_cache: torch.Tensor,
+    fp8_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(value_bytes uint8[N, token_stride], scale_bytes uint8[N, scale_dim]) for the spec's layout."""
+    """(value_bytes uint8[N, token_stride], scale_bytes uint8[N, scale_dim]) of the spec's
+    cache format: v = bf16([y_nope | rot(y_rope)]) (then the Hadamard rotation when the spec
+    rotates), encoded as docs/kernels.md §4 and §8 say."""
     y = rms_norm(x, rms_norm_weight, float(rms_norm_eps))
     rope = rope_rotate(spec, y[:, spec.nope :], positions_of_rows, cos_sin_cache)
-    nope = bf16_rne(y[:, : spec.nope])
-    store = spec.store
+    v = torch.cat((bf16_rne(y[:, : spec.nope]), rope), dim=1)
+    if spec.rotate:
+        v = hadamard(v)
+    store, fmt = spec.store, spec.cache_format
     values = _filled(x.shape[0], store.token_stride, store.pad_byte, x.device)
     scales = _filled(x.shape[0], store.scale_dim, store.pad_byte, x.device)
-    if store.name == "fp8_ds_mla":
-        codes, e8 = quant_ue8m0(spec, nope)
+    if fmt == "fp8_ds_mla":
+        codes, e8 = quant_ue8m0(spec, v[:, : spec.nope])
         values[:, : spec.nope] = codes
         values[:, spec.nope : spec.nope + 2 * spec.rope] = _bf16_bytes(rope)
         scales[:, : e8.shape[1]] = e8
-    elif store.name == "indexer_fp8":
-        if spec.quant_block != spec.head:
-            raise ValueError(
-                f"indexer_fp8 has one fp32 scale per token: quant_block must equal head={spec.head}"
-            )
-        codes, scale = quant_f32scale(spec, torch.cat((nope, rope), dim=1))
+    elif fmt == "indexer_fp8":
+        codes, scale = quant_f32scale(spec, v)
         values[:, : spec.head] = codes
         scales[:, :4] = scale.contiguous().view(torch.uint8).reshape(-1, 4)
+    elif fmt == "indexer_mxfp4":
+        values[:, : spec.head // 2], scales[:, : spec.head // 32] = quant_mxfp4(v)
+    elif fmt == "full_bf16":
+        values[:, :] = _bf16_bytes(v)
+    elif fmt == "full_fp8":
+        if fp8_scale is None:
+            raise ValueError("the full_fp8 cache needs fp8_scale (a float32 tensor of one element)")
+        values[:, :] = quant_tensor(v, fp8_scale)
     else:
         raise ValueError(f"store layout {store.name!r} holds no quantised tokens")
     return values, scales
@@ -233,6 +274,8 @@ def store_bytes(
     B, ts, sd = int(kv_cache_block_size), spec.store.token_stride, spec.store.scale_dim
     if k_cache.dtype != torch.uint8:
         raise ValueError(f"k_cache must be uint8 (strides are bytes), got {k_cache.dtype}")
+    if spec.format is not None and spec.format.row_stride == "runtime":
+        ts = k_cache.stride(1)  # a full cache's rows: k_cache.stride(1) bytes apart, no scales
     if B * (ts + sd) > k_cache.stride(0):
         raise ValueError(f"page stride {k_cache.stride(0)} cannot hold {B} tokens of {ts}+{sd} bytes")
     flat = _flat_bytes(k_cache)
@@ -240,7 +283,8 @@ def store_bytes(
     base = (slots // B) * k_cache.stride(0)
     off = slots % B
     flat[_span(base + off * ts, value_bytes.shape[1])] = value_bytes
-    flat[_span(base + B * ts + off * sd, scale_bytes.shape[1])] = scale_bytes
+    if sd:
+        flat[_span(base + B * ts + off * sd, scale_bytes.shape[1])] = scale_bytes
 
 
 def _flat_bytes(k_cache: torch.Tensor) -> torch.Tensor:
@@ -268,14 +312,17 @@ def compress_fused(
     k_cache: torch.Tensor,
     kv_slot_mapping: torch.Tensor,
     kv_cache_block_size: int | torch.Tensor,
+    fp8_scale: torch.Tensor | None = None,
 ) -> None:
-    """C4A / indexer: pool, norm, rope, quantise and store every active row into k_cache."""
+    """C4A / indexer: pool, norm, rope, quantise and store every active row into k_cache
+    (`fp8_scale`: the full_fp8 cache's per-tensor scale)."""
     _require(spec, _FUSED)
     rows = _active_index(spec, slot_mapping, token_to_req_indices, positions, kv_slot_mapping)
     if rows.numel() == 0:
         return
     x = pool(spec, state_cache, token_to_req_indices, positions, block_table, block_size, rows)
-    values, scales = norm_rope_quant(spec, x, positions[rows], rms_norm_weight, rms_norm_eps, cos_sin_cache)
+    values, scales = norm_rope_quant(spec, x, positions[rows], rms_norm_weight, rms_norm_eps, cos_sin_cache,
+                                     fp8_scale)
     store_bytes(spec, k_cache, kv_slot_mapping[rows], values, scales, kv_cache_block_size)
 
 
@@ -314,6 +361,7 @@ def c128a_store(
     k_cache: torch.Tensor,
     kv_slot_mapping: torch.Tensor,
     kv_cache_block_size: int | torch.Tensor,
+    fp8_scale: torch.Tensor | None = None,
 ) -> None:
     """C128A kernel 2 (docs/kernels.md §5): norm, rope, quantise and store compressed_kv's active rows."""
     _require(spec, ("c128a_store",))
@@ -321,7 +369,8 @@ def c128a_store(
     if rows.numel() == 0:
         return
     x = compressed_kv[rows].float()
-    values, scales = norm_rope_quant(spec, x, positions[rows], rms_norm_weight, rms_norm_eps, cos_sin_cache)
+    values, scales = norm_rope_quant(spec, x, positions[rows], rms_norm_weight, rms_norm_eps, cos_sin_cache,
+                                     fp8_scale)
     store_bytes(spec, k_cache, kv_slot_mapping[rows], values, scales, kv_cache_block_size)
 
 

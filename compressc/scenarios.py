@@ -53,6 +53,7 @@ class Scenario:
     kv_cache_block_size: int
     compressed_kv: torch.Tensor
     kv_block_table: torch.Tensor
+    fp8_scale: torch.Tensor | None = None  # the full_fp8 cache's per-tensor scale (fp32 [1])
 
     @property
     def T(self) -> int:
@@ -92,6 +93,24 @@ class Scenario:
             return (self.compressed_kv, *common, *tail, self.kv_cache_block_size)
         return (self.state_cache, *common, self.block_table, self.block_size, *tail, self.kv_cache_block_size)
 
+    def op_kwargs(self) -> dict:
+        """The runtime op's keywords for this spec's format (cache_format and fp8_scale of the
+        main KV ops, rotate of the indexers), besides head_size and quant_block."""
+        spec = self.spec
+        kwargs: dict = {"head_size": spec.head, "quant_block": spec.quant_block}
+        if spec.kernel in ("c4a", "c128a_store"):
+            kwargs["cache_format"] = spec.cache_format
+            if self.fp8_scale is not None:
+                kwargs["fp8_scale"] = self.fp8_scale
+        elif spec.kernel.startswith("indexer"):
+            kwargs["rotate"] = spec.rotate
+        return kwargs
+
+    def typed(self, cache: torch.Tensor) -> torch.Tensor:
+        """`cache` (uint8) as vLLM hands it over: a full cache as its bf16 / fp8 [pages, B, head]."""
+        dtype = {"full_bf16": torch.bfloat16, "full_fp8": torch.float8_e4m3fn}.get(self.spec.cache_format)
+        return cache if dtype is None else cache.view(dtype)
+
     def run_reference(self, sentinel: int = SENTINEL) -> torch.Tensor:
         """The reference output written over a sentinel-poisoned copy of the output tensor."""
         pooled_only = self.spec.kernel == "c128a_compress"
@@ -99,10 +118,12 @@ class Scenario:
         entry = {
             "c4a": reference.compress_fused,
             "indexer_fp8": reference.compress_fused,
+            "indexer_mxfp4": reference.compress_fused,
             "c128a_compress": reference.c128a_compress,
             "c128a_store": reference.c128a_store,
         }[self.spec.kernel]
-        entry(self.spec, *self.args(out))
+        extra = {"fp8_scale": self.fp8_scale} if self.fp8_scale is not None else {}
+        entry(self.spec, *self.args(out), **extra)
         return out
 
     def active(self) -> torch.Tensor:
@@ -129,13 +150,15 @@ def make_scenario(
     max_position: int = 2048,
     nonboundary_kv: str = "collide",
     short_positions: bool = False,
+    fp8_scale: float = 0.37,
 ) -> Scenario:
     """Build one launch of `spec` with T rows (see the module docstring for the kinds).
 
     tiny_block: shrink one quant block below amax 0.0448 so the scale floor applies
     (kv scaled by 1e-4; for the indexer, whose block is the whole RMS-normed head, the
     weight is scaled by 1e-5 instead). short_positions: drop the last positions entry
-    (that row then has no position). weight_dtype overrides spec.weight_dtype.
+    (that row then has no position). weight_dtype overrides spec.weight_dtype. fp8_scale:
+    the full_fp8 cache's per-tensor scale (vLLM passes 1.0; the default tests the product rule).
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
@@ -151,6 +174,9 @@ def make_scenario(
     cpu = _tensors(spec, rows, gen, weight_dtype or spec.weight_dtype, tiny_block)
     moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu.items()}
     state = _state_cache(spec, rows["num_state_pages"], gen, tiny_block, device) if spec.pools else None
+    if spec.format is not None and spec.format.scale_operand:
+        # not a power of two: the kernel multiplies by RN(1 / scale), never divides
+        moved["fp8_scale"] = torch.tensor([fp8_scale], dtype=torch.float32, device=device)
     return Scenario(spec=spec, kind=kind, state_cache=state, **moved)
 
 
@@ -370,7 +396,7 @@ def page_bytes(spec: KernelSpec, block: int) -> int:
     """Compressed page stride: values + scales rounded up (to 576 for fp8_ds_mla, 16 otherwise)."""
     store = spec.store
     need = block * (store.token_stride + store.scale_dim)
-    unit = store.token_stride if store.name == "fp8_ds_mla" else 16
+    unit = store.token_stride if store.name == "fp8_ds_mla" else 512 if store.scale_dim == 0 else 16
     return -(-need // unit) * unit
 
 

@@ -205,7 +205,7 @@ def test_an_unknown_pass_gives_the_column() -> None:
     message = _error(_opt("--spec", "c4a", "-p", "thread-map,vectorise"))
     assert message.splitlines() == [
         "pipeline column 12: unknown pass 'vectorise'; passes: thread-map, vectorize, lower-reduction, "
-        "plan-smem, window-prefetch, lower-grid",
+        "plan-smem, window-prefetch, quant-convert, lower-grid",
         "  thread-map,vectorise",
         "             ^",
     ]

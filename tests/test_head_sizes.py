@@ -14,7 +14,7 @@ from compressc.cache.build import plan
 from compressc.cache.compile import compile_source
 from compressc.cache.cubin import check_cubin
 from compressc.ir.from_spec import module_from_spec
-from compressc.passes import PassManager, parse_pipeline
+from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.passes.manager import PipelineError
 from compressc.specs import make_spec
 from compressc.specs.abi import abi
@@ -35,7 +35,8 @@ def _legal_specs():
 
 
 def _derive(spec):
-    return PassManager(parse_pipeline("derived")).run(module_from_spec(spec))
+    module = module_from_spec(spec)
+    return PassManager(parse_pipeline(resolve_pipeline("derived", module))).run(module)
 
 
 def test_every_spec_legal_pair_whose_head_fills_whole_warps_is_scheduled() -> None:

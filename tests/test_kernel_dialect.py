@@ -24,7 +24,7 @@ from compressc.ir.interp import args_from_scenario, run_module
 from compressc.ir.interp_grid import GridError, run_program
 from compressc.ir.kd import kd_ops
 from compressc.ir.verifier import VerifyError, verify
-from compressc.passes import PassManager, parse_pipeline
+from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.passes.manager import PipelineError
 from compressc.scenarios import make_scenario
 from compressc.specs import default_specs, make_spec
@@ -35,7 +35,8 @@ GPUS = ((1, 1), (3, 2), (132, 8))  # (SMs, CTAs an SM holds): long runs per CTA 
 
 
 def _lower(spec, pipeline: str = "default"):
-    return PassManager(parse_pipeline(pipeline)).run(module_from_spec(spec))
+    module = module_from_spec(spec)
+    return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
 
 
 def _run(module, spec, sc, gpu):

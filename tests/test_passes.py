@@ -107,18 +107,19 @@ def test_vectorize_gives_128_bit_accesses_where_a_lane_owns_16_bytes() -> None:
     assert _sched(module, "cc.window") == {"vector_bits": 128}
     assert _sched(module, "cc.rms_norm") == {"vector_bits": 128}  # 8 bf16 weights
     assert _sched(module, "cc.rope") == {"vector_bits": 128}  # 4 cos and 4 sin fp32 values
-    assert _sched(module, "cc.store") == {"value_bits": 64, "rope_bits": 128}  # 8 fp8 codes, 8 bf16 rope
-    assert _line(module, "cc.store").endswith("sched {value_bits = 64, rope_bits = 128}")
+    codes, rope = (op.get("value_bits") for op in module.iter("cc.store"))
+    assert (codes, rope) == (64, 128)  # 8 fp8 codes, 8 bf16 rope values
+    assert _line(module, "cc.store").endswith("sched {value_bits = 64}")
 
 
 def test_vectorize_narrows_to_each_run_and_to_its_option() -> None:
     two = _run(C4A, "thread-map{elems-per-lane=2},vectorize")
     assert _sched(two, "cc.window") == {"vector_bits": 64}
     assert _sched(two, "cc.rope") == {"vector_bits": 32}
-    assert _sched(two, "cc.store") == {"value_bits": 16, "rope_bits": 32}
+    assert [op.get("value_bits") for op in two.iter("cc.store")] == [16, 32]
     narrow = _run(C4A, "thread-map,vectorize{bits=32}")
     assert _sched(narrow, "cc.window") == {"vector_bits": 32}
-    assert _sched(narrow, "cc.store") == {"value_bits": 32, "rope_bits": 32}
+    assert [op.get("value_bits") for op in narrow.iter("cc.store")] == [32, 32]
     f32_weight = _run(make_spec("c4a", weight_dtype="f32"), "thread-map{elems-per-lane=2},vectorize")
     assert _sched(f32_weight, "cc.rms_norm") == {"vector_bits": 64}
     rows = _run(C128_STORE, "thread-map,vectorize{bits=64}")
@@ -225,8 +226,9 @@ def test_passes_only_fill_schedule_fields(spec, pipeline: str) -> None:
 def test_every_pass_is_listed_once_with_a_kebab_case_name() -> None:
     names = [p.name for p in ALL_PASSES]
     assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "window-prefetch",
-                     "lower-grid"]
-    assert DEFAULT_PIPELINE == ",".join(names[:-1])  # lower-grid ends every pipeline by itself
+                     "quant-convert", "lower-grid"]
+    # lower-grid ends every pipeline by itself; quant-convert is the target's (resolve_pipeline)
+    assert DEFAULT_PIPELINE == ",".join(names[:-2])
 
 
 # -- pipeline strings ------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ THREAD_MAP_OPTIONS = ", ".join(f.name.replace("_", "-") for f in dataclasses.fie
             "thread-map,bogus",
             12,
             "unknown pass 'bogus'; passes: thread-map, vectorize, lower-reduction, "
-            "plan-smem, window-prefetch, lower-grid",
+            "plan-smem, window-prefetch, quant-convert, lower-grid",
         ),
         (
             "thread-map{elems=4}",

@@ -100,6 +100,34 @@ def test_triton_indexer_and_head_512(launches):
     assert launches[0][2]["k_cache_page_stride"] == 64 * 132
 
 
+def test_full_caches_reach_their_format(launches, monkeypatch):
+    monkeypatch.setattr(ops, "scratch_buffer", lambda device, rows, head: torch.zeros(rows, head))
+    dispatcher = plugin.CuteDispatcher(Original(), "cute")
+    dispatcher(**vllm_kwargs("c4a", store_full_kv=True, kv_cache=torch.zeros(3, 64, 512, dtype=torch.bfloat16)))
+    scale = torch.tensor([0.5])
+    fp8 = torch.zeros(3, 64, 512, dtype=torch.float8_e4m3fn)
+    dispatcher(**vllm_kwargs("c4a", store_full_kv=True, store_full_fp8=True, fp8_scale=scale, kv_cache=fp8))
+    dispatcher(**vllm_kwargs("c128a", store_full_kv=True, store_full_fp8=True, fp8_scale=None,
+                             kv_cache=torch.zeros(3, 2, 512, dtype=torch.float8_e4m3fn)))
+    assert _variants(launches) == ["c4a_h512_q64_r64_bf16_full_bf16", "c4a_h512_q64_r64_bf16_full_fp8",
+                                   "c128a_compress_h512_q64_r64_f32", "c128a_store_h512_q64_r64_bf16_full_fp8"]
+    assert launches[0][2]["k_cache_token_stride"] == 1024 and launches[1][2]["k_cache_token_stride"] == 512
+    assert launches[1][2]["fp8_scale"] == scale.data_ptr()
+    assert launches[3][2]["fp8_scale"] != 0  # vLLM's stand-in for a missing scale: ones(1)
+
+
+def test_triton_mxfp4_and_rotated_indexers(launches):
+    dispatcher = plugin.TritonDispatcher(Original(), "triton")
+    mxfp4 = {"use_fp4_cache": True, "quant_block": 32, "token_stride": 64,
+             "kv_cache": torch.zeros(3, 64, 68, dtype=torch.uint8)}
+    dispatcher(**vllm_kwargs("indexer", **mxfp4))
+    dispatcher(**vllm_kwargs("indexer", **mxfp4), rotate=True)
+    dispatcher(**vllm_kwargs("indexer"), rotate=True)
+    assert _variants(launches) == ["indexer_mxfp4_h128_q32_r64_bf16", "indexer_mxfp4_h128_q32_r64_bf16_rot",
+                                   "indexer_fp8_h128_q128_r64_bf16_rot"]
+    assert launches[0][2]["k_cache_page_stride"] == 64 * 68
+
+
 def test_newer_keywords_are_accepted_and_ignored(launches):
     extra = {"kv": torch.zeros(1), "score": torch.zeros(1), "is_circular": False, "int8_ds_mla": False,
              "some_later_keyword": object()}
@@ -113,20 +141,19 @@ def test_num_actual_limits_the_rows(launches):
 
 
 FALLBACKS = [
-    ("cute", {"store_full_kv": True, "kv_cache": torch.zeros(3, 64, 512, dtype=torch.bfloat16)},
-     "the full bf16 cache (store_full_kv=True) is not a compressc format yet"),
-    ("cute", {"store_full_kv": True, "store_full_fp8": True, "fp8_scale": torch.ones(1),
-              "kv_cache": torch.zeros(3, 64, 512, dtype=torch.float8_e4m3fn)},
-     "the full fp8 cache (store_full_fp8=True) is not a compressc format yet"),
+    ("cute", {"store_full_fp8": True, "kv_cache": torch.zeros(3, 64, 512, dtype=torch.float8_e4m3fn)},
+     "store_full_fp8=True without store_full_kv=True (vLLM rejects it too)"),
+    ("cute", {"store_full_kv": True, "kv_cache": torch.zeros(3, 64, 1024, dtype=torch.uint8)},
+     "kv_cache is 3-D torch.uint8: compressc writes this cache as 3-D torch.bfloat16 [pages, block, ...]"),
     ("cute", {"is_circular": True, "query_start_loc": torch.zeros(2, dtype=torch.int32)},
      "the C128 ring state (is_circular=True) is not a compressc format yet"),
     ("cute", {"int8_ds_mla": True}, "the int8_ds_mla cache (int8_ds_mla=True) is not a compressc format yet"),
     ("cute", {"rope_head_dim": 32}, "rope_head_dim=32: compressc kernels rotate 64 dims"),
     ("cute", {"kv_cache": torch.zeros(3, 64 * 584, dtype=torch.uint8)},
-     "kv_cache is 2-D torch.uint8: compressc writes uint8 [pages, block, bytes] caches"),
-    ("triton", {"use_fp4_cache": True, "quant_block": 32, "token_stride": 64},
-     "the MXFP4 indexer cache (use_fp4_cache=True) is not a compressc format yet"),
-    ("triton", {"rotate": True}, "Hadamard-rotated indexer keys (rotate=True) is not a compressc format yet"),
+     "kv_cache is 2-D torch.uint8: compressc writes this cache as 3-D torch.uint8 [pages, block, ...]"),
+    ("triton", {"use_fp4_cache": True, "quant_block": 32, "token_stride": 128},
+     "indexer layout quant_block/token_stride/scale_dim = (32, 128, 4), expected (32, 64, 4)"),
+    ("cute", {"rotate": True}, "Hadamard-rotated keys (rotate=True) is not a compressc format yet"),
     ("triton", {"head_dim": 256, "quant_block": 64, "token_stride": 576, "scale_dim": 8},
      "head_dim=256: compressc serves the 512-wide main KV and the 128-wide indexer"),
     ("triton", {"compress_ratio": 128}, "compress_ratio=128: expected one of (4,)"),

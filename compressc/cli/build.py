@@ -37,7 +37,7 @@ def _archs(values: tuple[str, ...]) -> list[str]:
     return archs
 
 
-def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
+def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format=None, rotate=None):
     if kernel is None:
         given = [
             f"--{n}"
@@ -46,6 +46,8 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
                 ("quant-block", quant_block),
                 ("weight-dtype", weight_dtype),
                 ("rope", rope),
+                ("cache-format", cache_format),
+                ("rotate", rotate),
             )
             if v is not None
         ]
@@ -58,7 +60,9 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
     try:
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
         rope = DEFAULT_ROPE if rope is None else rope
-        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d) for d in dtypes]
+        # one variant per weight dtype: the kernel's first format, unrotated, unless given
+        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d, cache_format=cache_format,
+                          rotate=bool(rotate)) for d in dtypes]
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 
@@ -132,7 +136,8 @@ def jobs_option(help_text: str):
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 @json_option
-def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs, as_json):
+def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, pipeline, out, jobs,
+          as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
     Builds the default variant matrix (docs/kernels.md §1 rows, both weight dtypes) for each
@@ -147,7 +152,7 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, o
     """
     config = _config()
     archs = _archs(archs)
-    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate)
     _check_build_extra()
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store

@@ -7,6 +7,7 @@ import re
 import click
 
 from compressc.specs.family import KERNELS
+from compressc.specs.formats import FORMATS
 
 DEFAULT_ROPE = 64
 WEIGHT_DTYPES = click.Choice(["bf16", "f32"])
@@ -19,9 +20,10 @@ def archs_option(help_text: str):
 
 
 def variant_options(spec_help: str, *, matrix: bool = False, required: bool = False):
-    """--spec, --head-size, --quant-block, --weight-dtype, --rope: every axis of a variant's
-    name (KernelSpec.variant), so any kernel the runtime asks for, and so any `compressc
-    build` command KernelNotFoundError prints, can be named on every command.
+    """--spec, --head-size, --quant-block, --weight-dtype, --rope, --cache-format, --rotate:
+    every axis of a variant's name (KernelSpec.variant), so any kernel the runtime asks
+    for, and so any `compressc build` command KernelNotFoundError prints, can be named on
+    every command.
 
     `matrix` (build, wheel): the axes narrow the default matrix to one kernel and default to
     None (both weight dtypes, the shipped rope); otherwise (opt, emit, cache why) they name
@@ -35,8 +37,17 @@ def variant_options(spec_help: str, *, matrix: bool = False, required: bool = Fa
         else ("rms_norm_weight dtype (a variant axis).", "bf16")
     block = "channels per quant scale" + ("." if matrix else " (default: the kernel's shipped value).")
 
+    fmt = ("the cache format (docs/kernels.md §8; default: the kernel's first, fp8_ds_mla for the "
+           "main KV).", None)
+    rotate = ("the indexer's Hadamard rotation (default: off).", None) if matrix \
+        else ("the indexer's Hadamard rotation.", False)
+
     def decorate(command):
         # applied bottom-up, so --help lists them in the order written here
+        command = click.option("--rotate/--no-rotate", default=rotate[1], show_default=not matrix,
+                               help=with_spec + rotate[0])(command)
+        command = click.option("--cache-format", type=click.Choice(list(FORMATS)), default=fmt[1],
+                               help=with_spec + fmt[0])(command)
         command = click.option("--rope", type=int, default=rope[1], show_default=not matrix,
                                help=with_spec + rope[0])(command)
         command = click.option("--weight-dtype", type=WEIGHT_DTYPES, default=weight[1],

@@ -9,6 +9,7 @@ import click
 from compressc.cli.build import jobs_option
 from compressc.cli.output import echo_json, json_option
 from compressc.specs.family import KERNELS
+from compressc.specs.formats import FORMATS
 from compressc.tune.candidates import MAX_CANDIDATES
 from compressc.tune.measure import KINDS, REPS, T_LIST
 
@@ -17,6 +18,8 @@ RESULTS_FILE = "tune_results.json"
 _STEP_OF = {
     "kernels": "prepare",
     "weight_dtype": "prepare",
+    "cache_format": "prepare",
+    "rotate": "prepare",
     "limit": "prepare",
     "jobs": "prepare",
     "out": "measure",
@@ -62,6 +65,17 @@ _STEP_OF = {
     type=click.Choice(["bf16", "f32"]),
     default=None,
     help="--prepare: only variants with this RMSNorm weight dtype.",
+)
+@click.option(
+    "--cache-format",
+    type=click.Choice(list(FORMATS)),
+    default=None,
+    help="--prepare: only variants writing this cache format.",
+)
+@click.option(
+    "--rotate/--no-rotate",
+    default=None,
+    help="--prepare: only the rotated (or unrotated) indexer variants.",
 )
 @click.option(
     "--limit",
@@ -171,6 +185,8 @@ def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> Non
         for s in default_specs()
         if (not opts["kernels"] or s.kernel in opts["kernels"])
         and opts["weight_dtype"] in (None, s.weight_dtype)
+        and opts["cache_format"] in (None, s.cache_format)
+        and opts["rotate"] in (None, s.rotate)
     ]
     if not specs:
         raise click.ClickException("no default variant matches --spec/--weight-dtype")

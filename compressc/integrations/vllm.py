@@ -9,10 +9,11 @@ CuTe; imported at module load, so the consumer modules' names are replaced too).
 
 `CuteDispatcher` and `TritonDispatcher` take exactly those parameters, in vLLM's order, and
 any newer keyword (ignored unless it asks for a format compressc lacks). Each call is routed
-by its layer-constant keywords (head, ratio, cache dtype, flags) to `compress_c4a`,
-`compress_c128a` or `compress_indexer_fp8`; what compressc does not serve (full bf16/fp8
-caches, MXFP4, rotation, the C128 ring, int8, other GPUs) goes to vLLM's own callable, with
-one INFO line per reason. `register` is the `vllm.general_plugins` entry point.
+by its layer-constant keywords (head, ratio, cache dtype, flags) to `compress_c4a` or
+`compress_c128a` (packed, full bf16 or full fp8 cache), `compress_indexer_fp8` or
+`compress_indexer_mxfp4` (either one rotated on `rotate=True`); what compressc does not
+serve (the C128 ring, int8, other GPUs) goes to vLLM's own callable, with one INFO line per
+reason. `register` is the `vllm.general_plugins` entry point.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ MODEL_PACKAGE = "vllm.models.deepseek_v4"
 UNSERVED_FLAGS = {
     "is_circular": "the C128 ring state (is_circular=True)",
     "int8_ds_mla": "the int8_ds_mla cache (int8_ds_mla=True)",
-    "rotate": "Hadamard-rotated indexer keys (rotate=True)",
+    "rotate": "Hadamard-rotated keys (rotate=True)",  # served for the head-128 indexer only
 }
 _SERVED_ARCHS = ("sm_90a", "sm_100a", "sm_100f", "sm_103a", "sm_120a")
 _logged: set[tuple[str, str]] = set()  # (dispatcher, reason) already logged
@@ -54,6 +55,24 @@ class Route:
 
     op: Callable[..., None] | None
     reason: str = ""
+    kwargs: tuple[tuple[str, Any], ...] = ()  # the format's keywords (cache_format, rotate)
+    scale: bool = False  # pass the call's fp8_scale (the full fp8 cache)
+
+    def run(self, args: tuple, fp8_scale: Any = None) -> None:
+        extra = dict(self.kwargs)
+        if self.scale:
+            extra["fp8_scale"] = fp8_scale if fp8_scale is not None else _ones(args[9].device)
+        self.op(*args, **extra)  # type: ignore[misc]
+
+
+_ONES: dict = {}
+
+
+def _ones(device: torch.device) -> torch.Tensor:
+    """vLLM's stand-in for a missing fp8_scale, one per device (allocated outside any graph)."""
+    if device not in _ONES:
+        _ONES[device] = torch.ones(1, dtype=torch.float32, device=device)
+    return _ONES[device]
 
 
 class _Dispatcher:
@@ -101,9 +120,9 @@ class CuteDispatcher(_Dispatcher):
             return self.original(**_keywords(locals()))
         if num_actual != slot_mapping.numel():
             slot_mapping = slot_mapping[:num_actual]
-        route.op(state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
-                 rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
-                 kv_cache.shape[1])
+        route.run((state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+                   rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
+                   kv_cache.shape[1]), fp8_scale)
         return None
 
 
@@ -121,9 +140,9 @@ class TritonDispatcher(_Dispatcher):
             return self.original(**_keywords(locals()))
         if num_actual != slot_mapping.numel():  # vLLM launches num_actual rows (= all, in every version read)
             slot_mapping = slot_mapping[:num_actual]
-        route.op(state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
-                 rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
-                 kv_cache.shape[1])
+        route.run((state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+                   rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
+                   kv_cache.shape[1]))
         return None
 
 
@@ -142,11 +161,13 @@ def _keywords(frame: dict) -> dict:
 def route_cute(head_dim, rope_head_dim, ratio, store_full_kv, store_full_fp8, dtype, dim, device,
                newer: dict) -> Route:
     """The compressc op for a CuTe dispatcher call, or why vLLM's own kernel must run it."""
-    if store_full_fp8:
-        return Route(None, "the full fp8 cache (store_full_fp8=True) is not a compressc format yet")
-    if store_full_kv:
-        return Route(None, "the full bf16 cache (store_full_kv=True) is not a compressc format yet")
-    return _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer)
+    if store_full_fp8 and not store_full_kv:
+        return Route(None, "store_full_fp8=True without store_full_kv=True (vLLM rejects it too)")
+    fmt = "full_fp8" if store_full_fp8 else "full_bf16" if store_full_kv else "fp8_ds_mla"
+    route = _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer, fmt)
+    if route.op is None or fmt == "fp8_ds_mla":
+        return route
+    return Route(route.op, kwargs=(("cache_format", fmt),), scale=fmt == "full_fp8")
 
 
 def route_triton(head_dim, rope_head_dim, ratio, use_fp4_cache, quant_block, token_stride, scale_dim,
@@ -154,29 +175,36 @@ def route_triton(head_dim, rope_head_dim, ratio, use_fp4_cache, quant_block, tok
     """The compressc op for a Triton launcher call (indexer or packed main KV), or why not."""
     layout = (quant_block, token_stride, scale_dim)
     if head_dim == 128:
-        if use_fp4_cache:
-            return Route(None, "the MXFP4 indexer cache (use_fp4_cache=True) is not a compressc format yet")
-        problem = _common_problem(rope_head_dim, ratio, (4,), dtype, dim, device, newer)
-        if problem is None and layout != (128, 128, 4):
-            problem = f"indexer layout quant_block/token_stride/scale_dim = {layout}, expected (128, 128, 4)"
-        return Route(None, problem) if problem else Route(ops.compress_indexer_fp8)
+        rotate = bool(newer.get("rotate"))
+        served = {k: v for k, v in newer.items() if k != "rotate"}
+        problem = _common_problem(rope_head_dim, ratio, (4,), dtype, dim, device, served)
+        want, op = ((32, 64, 4), ops.compress_indexer_mxfp4) if use_fp4_cache else \
+            ((128, 128, 4), ops.compress_indexer_fp8)
+        if problem is None and layout != want:
+            problem = f"indexer layout quant_block/token_stride/scale_dim = {layout}, expected {want}"
+        return Route(None, problem) if problem else Route(op, kwargs=(("rotate", True),) if rotate else ())
     if layout != (64, 576, 8):
         problem = f"head_dim={head_dim} with layout {layout}: compressc serves fp8_ds_mla (64, 576, 8)"
         return Route(None, problem)
     return _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer)
 
 
-def _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer: dict) -> Route:
+_CACHE_DTYPES = {"fp8_ds_mla": torch.uint8, "full_bf16": torch.bfloat16, "full_fp8": torch.float8_e4m3fn}
+
+
+def _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer: dict,
+                fmt: str = "fp8_ds_mla") -> Route:
     if head_dim != 512:
         problem = f"head_dim={head_dim}: compressc serves the 512-wide main KV and the 128-wide indexer"
         return Route(None, problem)
-    problem = _common_problem(rope_head_dim, ratio, (4, 128), dtype, dim, device, newer)
+    problem = _common_problem(rope_head_dim, ratio, (4, 128), dtype, dim, device, newer, _CACHE_DTYPES[fmt])
     if problem:
         return Route(None, problem)
     return Route(ops.compress_c4a if ratio == 4 else ops.compress_c128a)
 
 
-def _common_problem(rope, ratio, ratios, dtype, dim, device, newer: dict) -> str | None:
+def _common_problem(rope, ratio, ratios, dtype, dim, device, newer: dict,
+                    cache_dtype: torch.dtype = torch.uint8) -> str | None:
     flags = _flags(newer)
     if flags:
         return f"{UNSERVED_FLAGS[flags[0]]} is not a compressc format yet"
@@ -184,8 +212,8 @@ def _common_problem(rope, ratio, ratios, dtype, dim, device, newer: dict) -> str
         return f"rope_head_dim={rope}: compressc kernels rotate 64 dims"
     if ratio not in ratios:
         return f"compress_ratio={ratio}: expected one of {ratios}"
-    if dtype != torch.uint8 or dim != 3:
-        return f"kv_cache is {dim}-D {dtype}: compressc writes uint8 [pages, block, bytes] caches"
+    if dtype != cache_dtype or dim != 3:
+        return f"kv_cache is {dim}-D {dtype}: compressc writes this cache as 3-D {cache_dtype} [pages, block, ...]"
     return _device_problem(device)
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from compressc.ir.core import Module, Op, fields
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec, make_spec
+from compressc.specs.formats import formats_for
 
 
 def spec_attrs(spec: KernelSpec) -> tuple:
-    """The module attributes that identify the variant; `spec_from_module` inverts them."""
+    """The module attributes that identify the variant; `spec_from_module` inverts them.
+    A kernel's first cache format and rotate=false are left out (the packed kernels' IR
+    reads as it always has)."""
+    extra: dict = {}
+    if spec.cache_format != _default_format(spec.kernel):
+        extra["cache_format"] = spec.cache_format
+    if spec.rotate:
+        extra["rotate"] = True
     return fields(
         kernel=spec.kernel,
         head=spec.head,
@@ -16,16 +26,24 @@ def spec_attrs(spec: KernelSpec) -> tuple:
         quant_block=spec.quant_block,
         ratio=spec.ratio,
         weight_dtype=spec.weight_dtype,
+        **extra,
     )
 
 
+def _default_format(kernel: str) -> str:
+    return (formats_for(kernel) or [""])[0]
+
+
 def spec_from_module(module: Module) -> KernelSpec:
+    kernel = str(module.attr("kernel"))
     return make_spec(
-        str(module.attr("kernel")),
+        kernel,
         int(module.attr("head")),  # type: ignore[arg-type]
         int(module.attr("quant_block")),  # type: ignore[arg-type]
         rope=int(module.attr("rope")),  # type: ignore[arg-type]
         weight_dtype=str(module.attr("weight_dtype")),
+        cache_format=str(module.attr("cache_format", _default_format(kernel))),
+        rotate=bool(module.attr("rotate", False)),
     )
 
 
@@ -55,25 +73,48 @@ def _pool(spec: KernelSpec) -> list[Op]:
     return [window, pool]
 
 
-def _norm_rope_quant_store(spec: KernelSpec, source: str) -> list[Op]:
-    store = spec.store
-    assert store is not None
-    everything = spec.quant_format == "f32scale_e4m3"
-    quant_channels = (0, spec.head) if everything else (0, spec.nope)
+def _norm_rope(spec: KernelSpec, source: str) -> list[Op]:
     return [
         Op("cc.rms_norm", "y", (source, "rms_norm_weight", "rms_norm_eps"),
            fields(head=spec.head, weight_dtype=spec.weight_dtype)),
         Op("cc.rope", "yr", ("y", "cos_sin_cache", "positions"),
            fields(dims=spec.rope, first=spec.nope, pairing="gptj", position="ratio_floor",
                   ratio=spec.ratio)),
-        Op("cc.quant", "q", ("yr",),
-           fields(format=spec.quant_format, block=spec.quant_block, channels=quant_channels,
-                  bf16_first=True, scale_floor=spec.scale_floor, fp8_max=spec.fp8_max,
-                  floor_on="amax" if everything else "scale")),
-        Op("cc.store", "", ("q", "k_cache", "kv_slot_mapping"),
-           fields(layout=store.name, token_stride=store.token_stride,
-                  scale_dim=store.scale_dim, pad=store.pad_byte)),
     ]
+
+
+def _encode_store(spec: KernelSpec) -> list[Op]:
+    """The generic lowering of a cache format: per region a cc.quant (when it has a scale)
+    and a cc.store, the values bf16-rounded first (or Hadamard-rotated after that)."""
+    fmt, store = spec.format, spec.store
+    assert fmt is not None and store is not None
+    ops, value = [], "yr"
+    if spec.rotate:
+        ops.append(Op("cc.hadamard", "h", ("yr",),
+                      fields(size=spec.head, round="bf16", scale=float(np.float32(spec.head ** -0.5)))))
+        value = "h"
+    for i, (region, lo, hi, offset, scale_offset) in enumerate(fmt.layout(spec.head, spec.rope, spec.quant_block)):
+        source = value
+        if region.scale is not None:
+            ops.append(_quant(spec, region.codec, region.scale, (lo, hi), value, f"q{i}" if i else "q"))
+            source = ops[-1].result
+        pad = fmt.pad_scales if region.scale is not None and region.scale.stored != "none" else 0
+        ops.append(Op("cc.store", "", (source, "k_cache", "kv_slot_mapping"),
+                      fields(layout=fmt.name, codec=region.codec, channels=(lo, hi), offset=offset,
+                             token_stride=store.token_stride, rows=fmt.row_stride,
+                             scale_dim=store.scale_dim, scale_offset=scale_offset, pad=pad)))
+    return ops
+
+
+def _quant(spec: KernelSpec, codec: str, rule, channels: tuple[int, int], value: str, result: str) -> Op:
+    lo, hi = channels
+    scalar = spec.format.scale_operand if rule.kind == "tensor" else ""  # type: ignore[union-attr]
+    operands = (value, scalar) if scalar else (value,)
+    block = spec.quant_block if rule.kind == "block" else hi - lo
+    return Op("cc.quant", result, operands,
+              fields(codec=codec, scale=rule.kind, block=block, channels=channels,
+                     bf16_first=not spec.rotate, scale_floor=rule.floor, qmax=rule.qmax,
+                     floor_on=rule.floor_on, divide=rule.divide, stored=rule.stored))
 
 
 def module_from_spec(spec: KernelSpec) -> Module:
@@ -84,7 +125,7 @@ def module_from_spec(spec: KernelSpec) -> Module:
         ops.append(Op("cc.store_rows", "", ("x", "compressed_kv"), fields(head=spec.head)))
     elif spec.kernel == "c128a_store":
         ops.append(Op("cc.load_rows", "x", ("compressed_kv", "active"), fields(head=spec.head)))
-        ops += _norm_rope_quant_store(spec, "x")
+        ops += _norm_rope(spec, "x") + _encode_store(spec)
     else:
-        ops += _pool(spec) + _norm_rope_quant_store(spec, "x")
+        ops += _pool(spec) + _norm_rope(spec, "x") + _encode_store(spec)
     return Module(spec.variant, spec_attrs(spec), tuple(ops))

@@ -125,7 +125,8 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
     values = validate.row_values(s.token_to_req_indices, s.positions, s.slot_mapping, s.kv_slot_mapping)
     if spec.normalises:
         values |= validate.store_values(
-            spec, s.rms_norm_weight, s.rms_norm_eps, s.cos_sin_cache, cache, s.kv_cache_block_size
+            spec, s.rms_norm_weight, s.rms_norm_eps, s.cos_sin_cache, cache, s.kv_cache_block_size,
+            s.fp8_scale,
         )
     if spec.pools:
         values |= validate.state_values(spec, s.state_cache, s.block_table, s.block_size)
@@ -140,6 +141,7 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
         "k_cache": cache,
         "kv_slot_mapping": s.kv_slot_mapping,
         "compressed_kv": out if compress else s.compressed_kv,
+        "fp8_scale": s.fp8_scale,
     }
     args: dict[str, Value] = {}
     for p in abi(spec):
@@ -152,5 +154,9 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
 
 def _storage(t):
     """A flat view of `t`'s storage from its first element on (page padding included)."""
+    import torch
+
+    if t.dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        t = t.view(torch.uint8)  # a full cache: the kernel addresses its bytes
     extent = t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
     return t.as_strided((extent,), (1,))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compressc.ir.core import Module, Op
-from compressc.numerics import np_bf16_rne, np_e4m3_encode
+from compressc.numerics import np_bf16_rne, np_e2m1_encode, np_e4m3_encode
 from compressc.specs.target import WARP
 
 F32 = np.float32
@@ -63,7 +63,6 @@ class Lanes:
     q: np.ndarray | None = None  # bf16-rounded y
     e8: np.ndarray | None = None  # UE8M0 exponent byte per lane (equal within a quant group)
     inv: np.ndarray | None = None
-    in_quant: np.ndarray | None = None
 
     @property
     def col(self) -> np.ndarray:
@@ -223,12 +222,33 @@ def rope(lanes: Lanes, op: Op) -> None:
     lanes.y = y
 
 
-# -- cc.quant, cc.store --------------------------------------------------------------
+# -- cc.hadamard, cc.quant, cc.store --------------------------------------------------
+def hadamard(lanes: Lanes, op: Op) -> None:
+    """bf16 round, the butterfly over the head (spans size/2 .. 1: across lanes by the
+    lane_masks shuffles, then inside each lane), then the fp32 1/sqrt(size) scale."""
+    q, lane, E = np_bf16_rne(lanes.y), np.arange(lanes.head_lanes), lanes.elems
+    for mask in op.get("lane_masks"):  # type: ignore[union-attr]
+        upper = ((lane // mask) % 2 == 1)[:, None]
+        other = q[lane ^ mask]
+        q = np.where(upper, other - q, q + other).astype(F32)
+    span = E // 2
+    while span:
+        for g in range(0, E, 2 * span):
+            a, b = q[:, g:g + span].copy(), q[:, g + span:g + 2 * span].copy()
+            q[:, g:g + span], q[:, g + span:g + 2 * span] = a + b, a - b
+        span //= 2
+    lanes.q = q * F32(op.attr("scale"))  # type: ignore[arg-type]
+
+
 def quant(lanes: Lanes, op: Op) -> None:
-    """bf16 round, per-lane amax, the group_tree max butterfly, UE8M0 byte and 2^(127-e8)."""
-    lo, hi = op.attr("channels")  # type: ignore[misc]
-    floor, fp8_max = F32(op.attr("scale_floor")), F32(op.attr("fp8_max"))  # type: ignore[arg-type]
-    q = np_bf16_rne(lanes.y)
+    """bf16 round (unless rotated), then a block's amax through group_tree (and smem across
+    warps) to its UE8M0 byte and 2^(127-e8), or the per-tensor RN(1 / scale[0])."""
+    q = np_bf16_rne(lanes.y) if op.attr("bf16_first") else lanes.q
+    lanes.q = q
+    if op.attr("scale") == "tensor":
+        scale = lanes.mem[op.operands[1]][0]
+        lanes.inv = np.full(lanes.head_lanes, F32(1.0) / F32(scale), F32)
+        return
     amax = np.zeros(lanes.head_lanes, F32)
     for e in range(lanes.elems):
         amax = np.fmax(amax, np.abs(q[:, e]))
@@ -240,43 +260,55 @@ def quant(lanes: Lanes, op: Op) -> None:
         warps = int(op.get("lanes_per_group")) // WARP  # type: ignore[arg-type]
         partial = amax[0::WARP].reshape(-1, warps).max(axis=1)
         amax = np.repeat(partial, warps * WARP).astype(F32)
-    if op.attr("floor_on") == "scale":
-        raw = np.fmax(floor, amax / fp8_max)
-    else:
-        raw = np.fmax(amax, floor) / fp8_max
+    floor, qmax = F32(op.attr("scale_floor")), F32(op.attr("qmax"))  # type: ignore[arg-type]
+    quotient = (lambda v: v / qmax) if op.attr("divide") else (lambda v: v * F32(1.0 / float(qmax)))
+    with np.errstate(under="ignore"):
+        raw = np.fmax(floor, quotient(amax)) if op.attr("floor_on") == "scale" else quotient(np.fmax(amax, floor))
     e8 = ((raw.astype(F32).view(np.uint32).astype(np.int64) + 0x7FFFFF) >> 23) & 0xFF
     lanes.inv = (((254 - e8) << 23) & 0xFFFFFFFF).astype(np.uint32).view(F32)
-    lanes.q, lanes.e8 = q, e8
-    lanes.in_quant = (lanes.col >= lo) & (lanes.col < hi)
+    lanes.e8 = e8
 
 
 def store(lanes: Lanes, op: Op) -> None:
-    """Codes, scales, pad and rope bytes at the addresses the emitted store computes."""
-    mem, kv_slot = lanes.mem, lanes.kv_slot
-    shift, stride = mem.scalar("kv_block_shift"), int(op.attr("token_stride"))
+    """One region's codes, scales and pad bytes at the addresses the emitted store computes."""
+    mem, kv_slot, E = lanes.mem, lanes.kv_slot, lanes.elems
+    shift = mem.scalar("kv_block_shift")
+    stride = mem.scalar("k_cache_token_stride") if op.attr("rows") == "runtime" else int(op.attr("token_stride"))  # type: ignore[arg-type]
     page_base = (kv_slot >> shift) * mem.scalar("k_cache_page_stride")
     kv_off = kv_slot & ((1 << shift) - 1)
     token = page_base + kv_off * stride
-    scales = page_base + (1 << shift) * stride + kv_off * int(op.attr("scale_dim"))  # type: ignore[arg-type]
-    quant_op = lanes.module.find("cc.quant")
-    block, group = int(quant_op.attr("block")), int(quant_op.get("lanes_per_group"))  # type: ignore
-    codes = np_e4m3_encode(lanes.q * lanes.inv[:, None])
-    leader = np.arange(lanes.head_lanes) % group == 0
-    cache, col = mem["k_cache"], lanes.col
-    if op.attr("layout") != "fp8_ds_mla":
-        cache[lanes.span(token + col)] = codes
-        cache[(scales + 4 * (col[leader] // block))[:, None] + np.arange(4)] = _bytes(
-            lanes.e8[leader] << 23, "<u4"
-        )
+    lo, hi = op.attr("channels")  # type: ignore[misc]
+    mine, codec = (lanes.col >= lo) & (lanes.col < hi), op.attr("codec")
+    col, cache, offset = lanes.col[mine], mem["k_cache"], int(op.attr("offset"))  # type: ignore[arg-type]
+    if codec == "bf16":
+        bits = np_bf16_rne(lanes.y[mine]).view(np.uint32) >> 16
+        cache[(token + offset + 2 * (col - lo))[:, None] + np.arange(2 * E)] = _bytes(bits, "<u2")
         return
-    nope, iq = int(quant_op.attr("channels")[1]), lanes.in_quant
-    cache[lanes.span(token + col[iq])] = codes[iq]
-    cache[scales + col[iq & leader] // block] = lanes.e8[iq & leader]
-    if iq[0]:  # thread 0 writes the pad bytes after the scales
-        cache[scales + np.arange(nope // block, int(op.attr("scale_dim")))] = int(op.attr("pad"))  # type: ignore
-    rope_bits = np_bf16_rne(lanes.y[~iq]).view(np.uint32) >> 16
-    start = token + nope + 2 * (col[~iq] - nope)
-    cache[start[:, None] + np.arange(2 * lanes.elems)] = _bytes(rope_bits, "<u2")
+    scaled = lanes.q[mine] * lanes.inv[mine][:, None]
+    if codec == "e2m1":
+        nib = np_e2m1_encode(scaled)
+        packed = (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
+        cache[(token + offset + (col - lo) // 2)[:, None] + np.arange(E // 2)] = packed
+    else:
+        cache[(token + offset + (col - lo))[:, None] + np.arange(E)] = np_e4m3_encode(scaled)
+    quant_op = next(q for q in lanes.module.iter("cc.quant") if q.result == op.operands[0])
+    if quant_op.attr("stored") != "none":
+        _store_scales(lanes, op, quant_op, page_base + (1 << shift) * stride + kv_off * int(op.attr("scale_dim")), mine)  # type: ignore[arg-type]
+
+
+def _store_scales(lanes: Lanes, op: Op, quant_op: Op, scales: int, mine: np.ndarray) -> None:
+    lo, hi = op.attr("channels")  # type: ignore[misc]
+    block, group = int(quant_op.attr("block")), int(quant_op.get("lanes_per_group"))  # type: ignore
+    first, cache = int(op.attr("scale_offset")), lanes.mem["k_cache"]  # type: ignore[arg-type]
+    leader = mine & (np.arange(lanes.head_lanes) % group == 0)
+    index = (lanes.col[leader] - lo) // block
+    if quant_op.attr("stored") == "f32":
+        cache[(scales + first + 4 * index)[:, None] + np.arange(4)] = _bytes(lanes.e8[leader] << 23, "<u4")
+        end = first + 4 * (hi - lo) // block
+    else:
+        cache[scales + first + index] = lanes.e8[leader]
+        end = first + (hi - lo) // block
+    cache[scales + np.arange(end, end + int(op.attr("pad")))] = 0  # type: ignore[arg-type]
 
 
 def _bytes(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -291,6 +323,7 @@ STAGES: dict[str, Callable[[Lanes, Op], None]] = {
     "cc.load_rows": load_rows,
     "cc.rms_norm": rms_norm,
     "cc.rope": rope,
+    "cc.hadamard": hadamard,
     "cc.quant": quant,
     "cc.store": store,
 }

@@ -24,8 +24,11 @@ OP_ATTRS: dict[str, tuple[str, ...]] = {
     "cc.store_rows": ("head",),
     "cc.rms_norm": ("head", "weight_dtype"),
     "cc.rope": ("dims", "first", "pairing", "position", "ratio"),
-    "cc.quant": ("format", "block", "channels", "bf16_first", "scale_floor", "fp8_max", "floor_on"),
-    "cc.store": ("layout", "token_stride", "scale_dim", "pad"),
+    "cc.hadamard": ("size", "round", "scale"),
+    "cc.quant": ("codec", "scale", "block", "channels", "bf16_first", "scale_floor", "qmax", "floor_on",
+                 "divide", "stored"),
+    "cc.store": ("layout", "codec", "channels", "offset", "token_stride", "rows", "scale_dim",
+                 "scale_offset", "pad"),
 }
 OP_ATTRS.update(KD_ATTRS)
 MODULE_ATTRS = ("kernel", "head", "rope", "quant_block", "ratio", "weight_dtype")
@@ -108,12 +111,6 @@ def _verify_spec(module: Module) -> None:
     except SpecError as err:
         raise _fail(module, None, err.field, err.value, err.rule) from None
     _verify_args(module, spec)
-    for op in module.iter("cc.quant"):
-        lo, hi = op.attr("channels")  # type: ignore[misc]
-        if op.attr("format") == "f32scale_e4m3" and op.attr("block") != hi - lo:
-            raise _fail(module, op, "block", op.attr("block"),
-                        f"must equal the {hi - lo} quantised channels: the indexer_fp8 layout "
-                        "holds one fp32 scale per token")
     _verify_ops_match_spec(module, spec)
 
 
@@ -128,9 +125,15 @@ def _verify_ops_match_spec(module: Module, spec) -> None:
     """
     from compressc.ir.from_spec import module_from_spec
 
-    expected = {(op.name, op.result): op for op in module_from_spec(spec).ops}
-    for op in module.ops:
-        want = expected.get((op.name, op.result))
+    def keyed(ops) -> dict:  # the i-th op of each (name, result): a format has several cc.store
+        seen: dict = {}
+        for op in ops:
+            seen.setdefault((op.name, op.result), []).append(op)
+        return {(*key, i): op for key, group in seen.items() for i, op in enumerate(group)}
+
+    expected = keyed(module_from_spec(spec).ops)
+    for key, op in keyed(module.ops).items():
+        want = expected.get(key)
         for key, value in want.attrs if want is not None else ():
             got = op.attr(key)
             if got is not None and got != value:
@@ -278,6 +281,8 @@ def _verify_op_schedule(module: Module, op: Op, elems: int) -> None:
                     f"must be 32, 64 or 128 and fit one lane's run ({run} bits)")
     if op.name == "cc.quant":
         _verify_quant(module, op, elems)
+    if op.name == "cc.hadamard":
+        _verify_hadamard(module, op, elems)
     if op.name == "cc.window":
         _verify_window(module, op)
     if op.name == "cc.rms_norm":
@@ -310,8 +315,30 @@ def _verify_rms(module: Module, op: Op) -> None:
                     f"must be {want!r}: one head spans {head_lanes // lanes} warp(s)")
 
 
+def _verify_hadamard(module: Module, op: Op, elems: int) -> None:
+    from compressc.passes.lower_reduction import hadamard_masks
+
+    head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
+    if head_lanes > WARP:
+        raise _fail(module, op, "size", op.attr("size"),
+                    f"the butterfly shuffles within one warp: the head's {head_lanes} lanes must be at most 32 "
+                    "(pick more elems-per-lane)")
+    masks, want = op.get("lane_masks"), hadamard_masks(op, elems)
+    if masks is not None and tuple(masks) != want:  # type: ignore[arg-type]
+        raise _fail(module, op, "lane_masks", masks,
+                    f"must be {want}: spans size/2 .. elems_per_lane={elems} as lane masks, widest first")
+
+
 def _verify_quant(module: Module, op: Op, elems: int) -> None:
     block = int(op.attr("block"))  # type: ignore[arg-type]
+    convert = op.get("convert")
+    if convert not in (None, "sw", "hw") or (convert is not None and op.attr("codec") != "e2m1"):
+        raise _fail(module, op, "convert", convert, "must be 'sw' or 'hw', and only on an e2m1 quantisation")
+    if op.attr("scale") == "tensor":
+        if op.get("group_tree") not in (None, ()) or op.get("cross_warp") not in (None, "none"):
+            raise _fail(module, op, "group_tree", op.get("group_tree"),
+                        "must be empty with cross_warp 'none': a per-tensor scale reduces nothing")
+        return
     lanes = op.get("lanes_per_group")
     if lanes is None:
         return

@@ -84,6 +84,32 @@ def e4m3x2(lo, hi, *, loc=None, ip=None) -> Uint32:
 
 
 @dsl_user_op
+def e2m1x2(lo, hi, *, loc=None, ip=None) -> Uint32:
+    """Two fp32 -> e2m1 nibbles (RNE, satfinite), `lo` in bits 0-3 (sm_100a and later: ptxas
+    refuses cvt...e2m1x2 for sm_90a)."""
+    text = "{ .reg .b8 b; cvt.rn.satfinite.e2m1x2.f32 b, $1, $2; cvt.u32.u8 $0, b; }"
+    args = [_f(hi, loc, ip), _f(lo, loc, ip)]
+    return Uint32(_asm(T.i32(), args, text, "=r,f,f"))
+
+
+# |s| thresholds of the e2m1 codes 1..7 (docs/kernels.md §8): > 0.25, >= 0.75, > 1.25,
+# >= 1.75, > 2.5, >= 3.5, > 5 (round to nearest, ties to the even code, saturating at 6)
+_E2M1_STEPS = (("gt", "3E800000"), ("ge", "3F400000"), ("gt", "3FA00000"), ("ge", "3FE00000"),
+               ("gt", "40200000"), ("ge", "40600000"), ("gt", "40A00000"))
+
+
+@dsl_user_op
+def e2m1_sw(x, *, loc=None, ip=None) -> Uint32:
+    """fp32 -> one e2m1 nibble in integer logic (any target): the magnitude code counts the
+    thresholds |x| passes, bit 3 is x's fp32 sign bit (so -0.0 gives 0x8)."""
+    steps = " ".join(f"setp.{cmp}.f32 p, a, 0f{bits}; selp.u32 t, 1, 0, p; add.u32 c, c, t;"
+                     for cmp, bits in _E2M1_STEPS)
+    text = ("{ .reg .pred p; .reg .f32 a; .reg .b32 c, t; abs.f32 a, $1; mov.u32 c, 0; " + steps +
+            " mov.b32 t, $1; shr.u32 t, t, 28; and.b32 t, t, 8; or.b32 $0, c, t; }")
+    return Uint32(_asm(T.i32(), [_f(x, loc, ip)], text, "=r,f"))
+
+
+@dsl_user_op
 def pack_u16x2(lo, hi, *, loc=None, ip=None) -> Uint32:
     """lo | hi << 16 in one PRMT."""
     args = [_i(lo, loc, ip), _i(hi, loc, ip)]

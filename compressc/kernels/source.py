@@ -18,12 +18,12 @@ class Source:
         self.lines.append("")
 
     @contextmanager
-    def indent(self) -> Iterator[None]:
-        self.depth += 1
+    def indent(self, levels: int = 1) -> Iterator[None]:
+        self.depth += levels
         try:
             yield
         finally:
-            self.depth -= 1
+            self.depth -= levels
 
     def text(self) -> str:
         return "\n".join(line.rstrip() for line in self.lines) + "\n"

@@ -11,6 +11,7 @@ from compressc.ir.core import Module, Op
 from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted, head_barrier, keep_arg, store_words
+from compressc.kernels.stages_store import hadamard as _hadamard
 from compressc.kernels.stages_store import quant as _quant
 from compressc.kernels.stages_store import store as _store
 from compressc.kernels.window import pool as _pool
@@ -205,6 +206,7 @@ _EMITTERS = {
     "cc.load_rows": _load_rows,
     "cc.rms_norm": _rms,
     "cc.rope": _rope,
+    "cc.hadamard": _hadamard,
     "cc.quant": _quant,
     "cc.store": _store,
 }

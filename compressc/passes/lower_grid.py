@@ -71,6 +71,8 @@ def _require_scheduled(module: Module) -> None:
     missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
     if window is not None and window.get("rows_in_flight") is None:
         missing.append("rows_in_flight (window-prefetch)")
+    if any(op.attr("codec") == "e2m1" and op.get("convert") is None for op in module.iter("cc.quant")):
+        missing.append("the e2m1 convert (quant-convert)")
     if missing:
         raise ValueError(f"lower-grid needs the whole schedule, and {', '.join(missing)} is unset: "
                          "it runs last (every pipeline ends with it; do not name it earlier)")

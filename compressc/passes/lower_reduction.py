@@ -20,6 +20,13 @@ def butterfly(lanes: int, order: str = "down") -> tuple[int, ...]:
     return tuple(reversed(masks)) if order == "down" else masks
 
 
+def hadamard_masks(op: Op, elems: int) -> tuple[int, ...]:
+    """Shuffle masks of the Hadamard butterfly's spans size/2, ..., elems (a span S pairs
+    channel c with c ^ S: lane l with lane l ^ (S / elems)); smaller spans stay in a lane."""
+    size = int(op.attr("size"))  # type: ignore[arg-type]
+    return tuple(span // elems for span in (size >> k for k in range(1, size.bit_length())) if span >= elems)
+
+
 @dataclass(frozen=True, slots=True)
 class LowerReduction(ModulePass):
     """Choose the shuffle trees and cross-warp exchanges of every reduction.
@@ -30,8 +37,10 @@ class LowerReduction(ModulePass):
              else "none"); cc.quant `group_tree` (amax butterfly masked to the
              quant group, or the whole warp) and `cross_warp` ("smem" + one barrier when
              a quant block spans several warps, as the indexer's one block of a head
-             wider than 32 lanes does; else "none"); cc.pool_softmax `merge` ("smem" when the window is split
-             across lane groups or the CTAs of a cluster, else "none").
+             wider than 32 lanes does; else "none"; a per-tensor scale reduces nothing:
+             an empty tree); cc.hadamard `lane_masks` (the butterfly's spans of a lane or
+             more, as shuffle masks, widest first); cc.pool_softmax `merge` ("smem" when
+             the window is split across lane groups or the CTAs of a cluster, else "none").
     Options: order ("down": masks 16, 8, ..., 1; "up": 1, 2, ..., 16). Both are
              legal; the sum's rounding may differ by an ulp, never the bytes rule.
     """
@@ -53,10 +62,14 @@ class LowerReduction(ModulePass):
         module = module.replace_ops(
             "cc.rms_norm", lambda op: op.with_sched(lane_tree=lane_tree, cross_warp=cross))
         module = module.replace_ops("cc.quant", self._quant)
+        elems = int(module.get("elems_per_lane", 1))  # type: ignore[arg-type]
+        module = module.replace_ops("cc.hadamard", lambda op: op.with_sched(lane_masks=hadamard_masks(op, elems)))
         merge = "smem" if split > 1 else "none"
         return module.replace_ops("cc.pool_softmax", lambda op: op.with_sched(merge=merge))
 
     def _quant(self, op: Op) -> Op:
+        if op.attr("scale") == "tensor":
+            return op.with_sched(group_tree=(), cross_warp="none")
         lanes = int(op.get("lanes_per_group", 1))  # type: ignore[arg-type]
         cross = "smem" if lanes > WARP else "none"
         return op.with_sched(group_tree=butterfly(min(WARP, lanes), self.order), cross_warp=cross)

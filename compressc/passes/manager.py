@@ -18,13 +18,15 @@ from compressc.passes.base import ModulePass
 from compressc.passes.lower_grid import LowerGrid
 from compressc.passes.lower_reduction import LowerReduction
 from compressc.passes.plan_smem import PlanSmem
+from compressc.passes.quant_convert import QuantConvert
 from compressc.passes.thread_map import ThreadMap
 from compressc.passes.tuned import Table, tuned_entry
 from compressc.passes.vectorize import Vectorize
 from compressc.passes.window_prefetch import WindowPrefetch
+from compressc.specs.target import TARGETS
 
 ALL_PASSES: tuple[type[ModulePass], ...] = (
-    ThreadMap, Vectorize, LowerReduction, PlanSmem, WindowPrefetch, LowerGrid
+    ThreadMap, Vectorize, LowerReduction, PlanSmem, WindowPrefetch, QuantConvert, LowerGrid
 )
 PASSES_BY_NAME = {p.name: p for p in ALL_PASSES}
 
@@ -50,11 +52,23 @@ def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: 
     """
     if text.strip() == "default":
         entry = tuned_entry(module.name, arch, tuned)
-        return str(entry["pipeline"]) if entry is not None else DEFAULT_PIPELINE
+        return _for_target(str(entry["pipeline"]) if entry is not None else DEFAULT_PIPELINE, module, arch)
     if text.strip() == "baseline":
-        elems = max(2, int(module.attr("quant_block")) // 32)  # type: ignore[arg-type]
-        return BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}")
-    return NAMED_PIPELINES.get(text.strip(), text)
+        # 2 a lane, more where a quant block (or a rotation's butterfly) would leave one warp
+        spread = int(module.attr("head")) if module.find("cc.hadamard") is not None else int(module.attr("quant_block"))  # type: ignore[arg-type]
+        elems = max(2, spread // 32)
+        return _for_target(BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}"), module, arch)
+    return _for_target(NAMED_PIPELINES.get(text.strip(), text), module, arch)
+
+
+def _for_target(pipeline: str, module: Module, arch: str | None) -> str:
+    """A pipeline plus the target's decisions it leaves out: an e2m1 quantisation converts
+    in hardware where the target has the instruction (sm_100a), in software elsewhere (and
+    without an arch). A pipeline that names quant-convert keeps its own choice."""
+    if "quant-convert" in pipeline or not any(op.attr("codec") == "e2m1" for op in module.iter("cc.quant")):
+        return pipeline
+    target = TARGETS.get(arch or "")
+    return pipeline + (",quant-convert{e2m1=hw}" if target is not None and target.hw_e2m1 else ",quant-convert")
 
 
 class PipelineError(ValueError):

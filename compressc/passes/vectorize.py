@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from compressc.ir.core import Module, Op
 from compressc.passes.base import ModulePass, require_thread_map
+from compressc.specs.formats import CODEC_BITS
 
 DTYPE_BITS = {"f32": 32, "bf16": 16, "u8": 8}
 
@@ -18,7 +19,7 @@ class Vectorize(ModulePass):
     Expects: module sched `elems_per_lane` (run `thread-map` first).
     Leaves:  `vector_bits` on cc.window, cc.load_rows, cc.store_rows (fp32 runs),
              cc.rms_norm (the weight run), cc.rope (cos/sin runs) and cc.store
-             (`value_bits` for fp8 codes, `rope_bits` for bf16 rope values); each is
+             (`value_bits`: one lane's run of its region's codes, CODEC_BITS each); each is
              min(bits, the run's size), so a 16-byte vector is only used where a
              lane owns 16 contiguous bytes. 128 bits is the widest global access.
     Options: bits (32, 64 or 128).
@@ -49,4 +50,4 @@ class Vectorize(ModulePass):
         return op.with_sched(vector_bits=self._width(elems * DTYPE_BITS[str(op.attr("weight_dtype"))]))
 
     def _store(self, op: Op, elems: int) -> Op:
-        return op.with_sched(value_bits=self._width(elems * 8), rope_bits=self._width(elems * 16))
+        return op.with_sched(value_bits=self._width(elems * CODEC_BITS[str(op.attr("codec"))]))

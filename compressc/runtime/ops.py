@@ -35,7 +35,8 @@ from compressc.specs.lanes import derive_elems
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
-_SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "c128a": SignatureCache()}
+_SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "indexer_mxfp4": SignatureCache(),
+               "c128a": SignatureCache()}
 _debug: list[bool] = []  # [COMPRESSC_DEBUG_CHECKS], read once on the first call
 
 
@@ -60,10 +61,12 @@ def debug_checks() -> bool:
 
 
 @cache
-def kernel_spec(kernel: str, head_size: int, quant_block: int, weight_dtype: str) -> KernelSpec:
-    """The validated spec of one variant (SpecError names a bad head_size/quant_block, or a
-    head no lane layout fits: checked here, before any lookup, build or launch)."""
-    spec = make_spec(kernel, head_size, quant_block, weight_dtype=weight_dtype)
+def kernel_spec(kernel: str, head_size: int, quant_block: int, weight_dtype: str,
+                cache_format: str | None = None, rotate: bool = False) -> KernelSpec:
+    """The validated spec of one variant (SpecError names a bad head_size/quant_block/format,
+    or a head no lane layout fits: checked here, before any lookup, build or launch)."""
+    spec = make_spec(kernel, head_size, quant_block, weight_dtype=weight_dtype, cache_format=cache_format,
+                     rotate=rotate)
     try:
         derive_elems(spec)
     except ValueError as err:
@@ -92,12 +95,17 @@ def compress_c4a(
     *,
     head_size: int = 512,
     quant_block: int = 64,
+    cache_format: str = "fp8_ds_mla",
+    fp8_scale: torch.Tensor | None = None,
 ) -> None:
-    """C4A: pool the 8-row overlapping window, RMSNorm, rope, fp8-quantise into k_cache."""
+    """C4A: pool the 8-row overlapping window, RMSNorm, rope, and store into k_cache as
+    `cache_format`: "fp8_ds_mla" (packed uint8 pages), "full_bf16" (k_cache bf16
+    [pages, B, 512]) or "full_fp8" (k_cache float8_e4m3fn [pages, B, 512], values times
+    1 / fp8_scale[0]; fp8_scale a float32 device tensor, vLLM's is ones(1))."""
     _fused(
         "c4a", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
         rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
-        head_size, quant_block,
+        head_size, quant_block, (cache_format, False), fp8_scale,
     )
 
 
@@ -117,12 +125,42 @@ def compress_indexer_fp8(
     *,
     head_size: int = 128,
     quant_block: int = 128,
+    rotate: bool = False,
 ) -> None:
-    """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (docs/kernels.md §4)."""
+    """Indexer KV (ratio 4): like C4A, with one fp32 scale per token (docs/kernels.md §4);
+    rotate: the 128-point Hadamard rotation before quantisation (SGLang, TRT-LLM; merged
+    vLLM does not rotate)."""
     _fused(
         "indexer_fp8", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
         rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
-        head_size, quant_block,
+        head_size, quant_block, ("indexer_fp8", bool(rotate)), None,
+    )
+
+
+def compress_indexer_mxfp4(
+    state_cache: torch.Tensor,
+    token_to_req_indices: torch.Tensor,
+    positions: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    rms_norm_weight: torch.Tensor,
+    rms_norm_eps: float,
+    cos_sin_cache: torch.Tensor,
+    k_cache: torch.Tensor,
+    kv_slot_mapping: torch.Tensor,
+    kv_cache_block_size: int,
+    *,
+    head_size: int = 128,
+    quant_block: int = 32,
+    rotate: bool = False,
+) -> None:
+    """Indexer KV as MXFP4 (docs/kernels.md §8): 64 bytes of e2m1 nibbles and 4 UE8M0 block
+    scales per token, k_cache uint8 [pages, B, 68]; on sm_90a too (software e2m1)."""
+    _fused(
+        "indexer_mxfp4", state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
+        rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
+        head_size, quant_block, ("indexer_mxfp4", bool(rotate)), None,
     )
 
 
@@ -143,55 +181,59 @@ def compress_c128a(
     head_size: int = 512,
     quant_block: int = 64,
     compressed_kv: torch.Tensor | None = None,
+    cache_format: str = "fp8_ds_mla",
+    fp8_scale: torch.Tensor | None = None,
 ) -> None:
     """C128A: c128a_compress (pooling into fp32 rows) then c128a_store (docs/kernels.md §5).
 
     compressed_kv: fp32 [>= T, head_size] for the pooled rows; when None a per-device
     scratch buffer is used (grown outside CUDA graph capture; see reserve_c128a_scratch).
+    cache_format, fp8_scale: as compress_c4a's.
     """
     _c128a(
         state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
         rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size,
-        head_size, quant_block, compressed_kv,
+        head_size, quant_block, compressed_kv, (cache_format, False), fp8_scale,
     )
 
 
 # -- the eager path: one signature check, one struct pack, one driver call per kernel ------
-def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb) -> None:
+def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, fmt, scale) -> None:
     if _debug[0] if _debug else debug_checks():
-        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
-        return _launch_checked(_checked_fused(kernel, head, qb, args))
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, fp8_scale=scale)
+        return _launch_checked(_checked_fused(kernel, head, qb, fmt, args))
+    owned = (sc, w, cs, kc) if scale is None else (sc, w, cs, kc, scale)
     try:
-        key = (_thread_id(), head, qb, bs, kvbs, eps,
-               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr())
+        key = (_thread_id(), head, qb, fmt, bs, kvbs, eps,
+               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(), None if scale is None else scale.data_ptr())
         T = slots.numel()
         prepared = _SIGNATURES[kernel].entries.get(key)
-        hit = (prepared is not None and prepared.guard(sc, w, cs, kc, req, pos, slots, kvs, bt)
+        hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
                and req.numel() >= T)
     except (AttributeError, TypeError):  # not tensors: the checked path names the argument
         key, hit = None, False
     if not hit:
-        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs)
-        checked = _checked_fused(kernel, head, qb, args)
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, fp8_scale=scale)
+        checked = _checked_fused(kernel, head, qb, fmt, args)
         if checked is None:
             return None
         prepared, T = _prepare(checked), int(checked[0]["num_rows"])
         if key is not None and _cacheable(args):
-            _SIGNATURES[kernel].add(key, prepared, (sc, w, cs, kc, req, pos, slots, kvs, bt), free=5)
+            _SIGNATURES[kernel].add(key, prepared, (*owned, req, pos, slots, kvs, bt), free=5)
     if T:
         prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), 0,
                       T, pos.numel(), kvs.numel()), T)
     return None
 
 
-def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv) -> None:
+def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv, fmt, scale) -> None:
     if _debug[0] if _debug else debug_checks():
-        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
-        return _launch_checked(_checked_c128a(head, qb, args))
-    owned = (sc, w, cs, kc) if ckv is None else (sc, w, cs, kc, ckv)
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv, fp8_scale=scale)
+        return _launch_checked(_checked_c128a(head, qb, fmt, args))
+    owned = tuple(t for t in (sc, w, cs, kc, ckv, scale) if t is not None)
     try:
-        key = (_thread_id(), head, qb, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
-               kc.data_ptr(), None if ckv is None else ckv.data_ptr())
+        key = (_thread_id(), head, qb, fmt, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
+               kc.data_ptr(), None if ckv is None else ckv.data_ptr(), None if scale is None else scale.data_ptr())
         T = slots.numel()
         prepared = _SIGNATURES["c128a"].entries.get(key)
         hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
@@ -200,8 +242,8 @@ def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv
         key, hit = None, False
     kv_ptr = None
     if not hit:
-        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv)
-        checked = _checked_c128a(head, qb, args)
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv, fp8_scale=scale)
+        checked = _checked_c128a(head, qb, fmt, args)
         if checked is None:
             return None
         prepared, T, kv_ptr = _prepare(checked), int(checked[0]["num_rows"]), checked[0]["compressed_kv"]
@@ -252,19 +294,19 @@ def _prepare(checked: tuple) -> Prepared:
 
 
 # -- the checked path (every call with COMPRESSC_DEBUG_CHECKS=1) -------------------------
-def _checked_fused(kernel: str, head_size: int, quant_block: int, args: dict) -> tuple | None:
+def _checked_fused(kernel: str, head_size: int, quant_block: int, fmt: tuple, args: dict) -> tuple | None:
     """(ABI values, device, specs) after every check; None when there are no rows."""
-    spec = kernel_spec(kernel, head_size, quant_block, weight_dtype_name(args["rms_norm_weight"]))
+    spec = kernel_spec(kernel, head_size, quant_block, weight_dtype_name(args["rms_norm_weight"]), *fmt)
     values = _common_values(spec, args, spec)
     device = check_device(_tensors(args))
     return None if values["num_rows"] == 0 else (values, device, (spec,))
 
 
-def _checked_c128a(head_size: int, quant_block: int, args: dict) -> tuple | None:
+def _checked_c128a(head_size: int, quant_block: int, fmt: tuple, args: dict) -> tuple | None:
     """(ABI values, device, (compress spec, store spec)); a None compressed_kv is the scratch."""
     pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
     weight = weight_dtype_name(args["rms_norm_weight"])
-    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight)
+    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight, *fmt)
     values = _common_values(store_spec, args, pool_spec)
     compressed_kv = args["compressed_kv"]
     if compressed_kv is not None:
@@ -299,6 +341,7 @@ def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) ->
         args["cos_sin_cache"],
         args["k_cache"],
         args["kv_cache_block_size"],
+        args.get("fp8_scale"),
     )
     nonempty(int(rows["num_rows"]), _tensors(args))
     if check_bounds_enabled():
@@ -317,6 +360,7 @@ def check_bounds_enabled() -> bool:
 
 
 def _tensors(args: dict) -> dict[str, torch.Tensor]:
+    """The op's tensor arguments by name (None for an absent optional one is left out)."""
     return {name: value for name, value in args.items() if isinstance(value, torch.Tensor)}
 
 

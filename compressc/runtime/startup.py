@@ -15,23 +15,28 @@ import torch
 
 from compressc.specs.family import KernelSpec
 
-OPS = ("c4a", "c128a", "indexer_fp8")
+OPS = ("c4a", "c128a", "indexer_fp8", "indexer_mxfp4")
+_HEADS = {"indexer_fp8": (128, 128), "indexer_mxfp4": (128, 32)}
 WEIGHT_DTYPES = {"bf16": "bf16", "f32": "f32", torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
 def op_kernels(op: str, weight_dtype: str = "bf16", head_size: int | None = None,
-               quant_block: int | None = None) -> list[KernelSpec]:
-    """The kernels one op launches: C128A is its fp32 compress kernel and its store."""
+               quant_block: int | None = None, cache_format: str | None = None,
+               rotate: bool = False) -> list[KernelSpec]:
+    """The kernels one op launches: C128A is its fp32 compress kernel and its store.
+    cache_format: the main KV ops' ("fp8_ds_mla", "full_bf16", "full_fp8"); rotate: the
+    indexers' Hadamard rotation."""
     from compressc.runtime.ops import kernel_spec
 
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}: expected one of {', '.join(OPS)}")
-    head = head_size or (128 if op == "indexer_fp8" else 512)
-    block = quant_block or (128 if op == "indexer_fp8" else 64)
+    head, block = _HEADS.get(op, (512, 64))
+    head, block = head_size or head, quant_block or block
     if op == "c128a":
         return [kernel_spec("c128a_compress", head, block, "f32"),
-                kernel_spec("c128a_store", head, block, weight_dtype)]
-    return [kernel_spec(op, head, block, weight_dtype)]
+                kernel_spec("c128a_store", head, block, weight_dtype, cache_format)]
+    fmt = cache_format if op == "c4a" else None
+    return [kernel_spec(op, head, block, weight_dtype, fmt, rotate)]
 
 
 def preload(ops: Iterable[str] = OPS, *, weight_dtypes: Iterable[str | torch.dtype] = ("bf16",),

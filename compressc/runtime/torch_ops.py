@@ -29,7 +29,8 @@ _registered: dict[str, object] = {}
 
 
 def register() -> dict[str, object]:
-    """Define torch.ops.compressc.{compress_c4a, compress_indexer_fp8, compress_c128a} (once)."""
+    """Define torch.ops.compressc.{compress_c4a, compress_indexer_fp8, compress_indexer_mxfp4,
+    compress_c128a} (once)."""
     if not _registered:
         _registered.update(_define())
     return dict(_registered)
@@ -37,29 +38,34 @@ def register() -> dict[str, object]:
 
 def _define() -> dict[str, object]:
     lib_ops = {}
-    for name, head, block in (("compress_c4a", 512, 64), ("compress_indexer_fp8", 128, 128)):
+    for name, head, block in (("compress_c4a", 512, 64), ("compress_indexer_fp8", 128, 128),
+                              ("compress_indexer_mxfp4", 128, 32)):
         lib_ops[name] = _fused_op(name, head, block)
     lib_ops["compress_c128a"] = _c128a_op()
     return lib_ops
 
 
 def _fused_op(name: str, head: int, block: int):
-    kernel = "c4a" if name == "compress_c4a" else "indexer_fp8"
+    kernel = name.removeprefix("compress_")
     run_cuda = getattr(ops, name)
+    main = kernel == "c4a"
 
     def impl(state_cache: torch.Tensor, token_to_req_indices: torch.Tensor, positions: torch.Tensor,
              slot_mapping: torch.Tensor, block_table: torch.Tensor, block_size: int,
              rms_norm_weight: torch.Tensor, rms_norm_eps: float, cos_sin_cache: torch.Tensor,
              k_cache: torch.Tensor, kv_slot_mapping: torch.Tensor, kv_cache_block_size: int,
-             head_size: int = head, quant_block: int = block) -> None:
+             head_size: int = head, quant_block: int = block, cache_format: str = "",
+             rotate: bool = False, fp8_scale: torch.Tensor | None = None) -> None:
         args = (state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
                 rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size)
+        fmt = cache_format or ("fp8_ds_mla" if main else kernel)
+        extra = {"cache_format": fmt, "fp8_scale": fp8_scale} if main else {"rotate": rotate}
         if k_cache.device.type == "cuda":
-            run_cuda(*args, head_size=head_size, quant_block=quant_block)
+            run_cuda(*args, head_size=head_size, quant_block=quant_block, **extra)
             return
-        spec = ops.kernel_spec(kernel, head_size, quant_block, weight_dtype_name(rms_norm_weight))
-        ops._common_values(spec, ops._named(*args), spec)  # the argument checks of the CUDA path
-        reference.compress_fused(spec, *args)
+        spec = ops.kernel_spec(kernel, head_size, quant_block, weight_dtype_name(rms_norm_weight), fmt, rotate)
+        ops._common_values(spec, ops._named(*args, fp8_scale=fp8_scale), spec)  # the CUDA path's checks
+        reference.compress_fused(spec, *args[:9], k_cache.view(torch.uint8), *args[10:], fp8_scale=fp8_scale)
 
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=("k_cache",))
     op.register_fake(_nothing)
@@ -72,14 +78,15 @@ def _c128a_op():
                        block_size: int, rms_norm_weight: torch.Tensor, rms_norm_eps: float,
                        cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, kv_slot_mapping: torch.Tensor,
                        kv_cache_block_size: int, head_size: int = 512, quant_block: int = 64,
-                       compressed_kv: torch.Tensor | None = None) -> None:
+                       compressed_kv: torch.Tensor | None = None, cache_format: str = "fp8_ds_mla",
+                       fp8_scale: torch.Tensor | None = None) -> None:
         args = (state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
                 rms_norm_weight, rms_norm_eps, cos_sin_cache, k_cache, kv_slot_mapping, kv_cache_block_size)
         if k_cache.device.type == "cuda":
             ops.compress_c128a(*args, head_size=head_size, quant_block=quant_block,
-                               compressed_kv=compressed_kv)
+                               compressed_kv=compressed_kv, cache_format=cache_format, fp8_scale=fp8_scale)
             return
-        _c128a_reference(args, head_size, quant_block, compressed_kv)
+        _c128a_reference(args, head_size, quant_block, compressed_kv, cache_format, fp8_scale)
 
     op = torch.library.custom_op(f"{NAMESPACE}::compress_c128a", compress_c128a,
                                  mutates_args=("k_cache", "compressed_kv"))
@@ -87,10 +94,11 @@ def _c128a_op():
     return op
 
 
-def _c128a_reference(args: tuple, head: int, block: int, compressed_kv: torch.Tensor | None) -> None:
+def _c128a_reference(args: tuple, head: int, block: int, compressed_kv: torch.Tensor | None,
+                     cache_format: str, fp8_scale: torch.Tensor | None) -> None:
     pool = ops.kernel_spec("c128a_compress", head, block, "f32")
-    store = ops.kernel_spec("c128a_store", head, block, weight_dtype_name(args[6]))
-    named = ops._named(*args)
+    store = ops.kernel_spec("c128a_store", head, block, weight_dtype_name(args[6]), cache_format)
+    named = ops._named(*args, fp8_scale=fp8_scale)
     values = ops._common_values(store, named, pool)
     T = int(values["num_rows"])
     if compressed_kv is not None:
@@ -98,7 +106,8 @@ def _c128a_reference(args: tuple, head: int, block: int, compressed_kv: torch.Te
     pooled = torch.zeros(T, head) if compressed_kv is None else compressed_kv
     sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs = args
     reference.c128a_compress(pool, sc, req, pos, slots, bt, bs, pooled, kvs)
-    reference.c128a_store(store, pooled, req, pos, slots, w, eps, cs, kc, kvs, kvbs)
+    reference.c128a_store(store, pooled, req, pos, slots, w, eps, cs, kc.view(torch.uint8), kvs, kvbs,
+                          fp8_scale=fp8_scale)
 
 
 def _nothing(*args: object, **kwargs: object) -> None:

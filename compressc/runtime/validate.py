@@ -151,8 +151,10 @@ def store_values(
     cos_sin_cache: object,
     k_cache: object,
     kv_cache_block_size: object,
+    fp8_scale: object = None,
 ) -> Values:
-    """RMSNorm weight and eps, the rope table and the compressed-KV cache pages."""
+    """RMSNorm weight and eps, the rope table, the compressed-KV cache pages and (full fp8
+    cache) the per-tensor scale."""
     weight = _tensor("rms_norm_weight", rms_norm_weight, _DTYPE_OF[spec.weight_dtype])
     if weight.shape != (spec.head,) or (weight.stride(0) != 1 and spec.head > 1):
         given = f"shape {tuple(weight.shape)}, strides {weight.stride()}"
@@ -166,8 +168,11 @@ def store_values(
         raise _invalid("cos_sin_cache", expected, f"shape {tuple(cos_sin.shape)}")
     if not cos_sin.is_contiguous():
         raise _invalid("cos_sin_cache", "be contiguous", f"strides {cos_sin.stride()}")
-    cache, shift = _k_cache(spec, k_cache, kv_cache_block_size)
-    return {
+    fmt = spec.format
+    full = fmt is not None and fmt.row_stride == "runtime"
+    cache, shift = _full_cache(spec, k_cache, kv_cache_block_size) if full else \
+        _k_cache(spec, k_cache, kv_cache_block_size)
+    values = {
         "rms_norm_weight": _aligned("rms_norm_weight", weight),
         "cos_sin_cache": _aligned("cos_sin_cache", cos_sin),
         "k_cache": _aligned("k_cache", cache),
@@ -175,6 +180,59 @@ def store_values(
         "k_cache_page_stride": cache.stride(0),  # uint8: elements are bytes
         "kv_block_shift": shift,
     }
+    if full:
+        values["k_cache_token_stride"] = cache.stride(1)
+    if fmt is not None and fmt.scale_operand:
+        values[fmt.scale_operand] = _scale_tensor(fmt.scale_operand, fp8_scale, fmt.name)
+    elif fp8_scale is not None:
+        raise _invalid("fp8_scale", f"be None for the {spec.cache_format} cache (only full_fp8 has a scale)",
+                       type(fp8_scale).__name__)
+    return values
+
+
+_FULL_DTYPES = {"full_bf16": torch.bfloat16, "full_fp8": torch.float8_e4m3fn}
+
+
+def _full_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) -> tuple[torch.Tensor, int]:
+    """A full cache [num_pages, B, head] of bf16 / float8_e4m3fn (or its uint8 byte view):
+    rows k_cache.stride(1) bytes apart, pages stride(0) bytes apart (docs/kernels.md §8)."""
+    want = _FULL_DTYPES[spec.cache_format]
+    if not isinstance(k_cache, torch.Tensor):
+        raise TypeError(f"k_cache must be a torch.Tensor, got {type(k_cache).__name__}")
+    if k_cache.dtype not in (want, torch.uint8):
+        raise TypeError(f"k_cache must have dtype {want} (or its uint8 view) for the {spec.cache_format} "
+                        f"cache, got {k_cache.dtype}")
+    row_bytes = spec.store.token_stride
+    if k_cache.dim() != 3 or k_cache.shape[2] * k_cache.element_size() != row_bytes:
+        expected = f"be 3-D [num_pages, B, {spec.head}] ({row_bytes} bytes a row) for the {spec.cache_format} cache"
+        raise _invalid("k_cache", expected, f"shape {tuple(k_cache.shape)} of {k_cache.dtype}")
+    cache = k_cache.view(torch.uint8)
+    shift = log2_exact("kv_cache_block_size", kv_cache_block_size)
+    if cache.shape[1] != 1 << shift:
+        raise _invalid("kv_cache_block_size", f"equal k_cache.shape[1] = {cache.shape[1]}", 1 << shift)
+    if cache.stride(2) != 1 or cache.stride(1) % VECTOR_ALIGN or cache.stride(1) < row_bytes:
+        expected = (f"have contiguous rows whose byte stride (stride(1)) is a multiple of {VECTOR_ALIGN} "
+                    f"and at least {row_bytes}")
+        raise _invalid("k_cache", expected, f"byte strides {cache.stride()}")
+    need = (cache.shape[1] - 1) * cache.stride(1) + row_bytes
+    if cache.stride(0) % VECTOR_ALIGN or cache.stride(0) < need:
+        expected = f"have a page stride (stride(0), bytes) that is a multiple of {VECTOR_ALIGN} and at least {need}"
+        raise _invalid("k_cache", expected, cache.stride(0))
+    _check_extent(cache, need)
+    return cache, shift
+
+
+def _scale_tensor(name: str, value: object, fmt: str) -> int:
+    if value is None:
+        raise _invalid(name, f"be given for the {fmt} cache: a float32 tensor of one element on the cache's "
+                       "device (vLLM passes torch.ones(1))", None)
+    t = _tensor(name, value, torch.float32)
+    if t.numel() < 1:
+        raise _invalid(name, "hold at least one element (the kernel reads scale[0])", f"shape {tuple(t.shape)}")
+    ptr = t.data_ptr()
+    if ptr % 4:
+        raise _invalid(name, "start at a 4-byte aligned address", f"{ptr:#x}")
+    return ptr
 
 
 def _check_eps(rms_norm_eps: int | float) -> None:

@@ -67,8 +67,12 @@ def abi(spec: KernelSpec) -> tuple[Param, ...]:
     if spec.kernel == "c128a_compress":
         ptrs = _STATE + _ROW_META + (block_table, compressed, kv_slots)
         return ptrs + _SCALARS_ROWS + _SCALARS_STATE
+    fmt = spec.format
+    # a format's device scalar (full fp8: fp8_scale[0]) and run-time token row stride
+    scalar = (_ptr(fmt.scale_operand, "f32", 4),) if fmt is not None and fmt.scale_operand else ()
+    rows = (Param("k_cache_token_stride", "i64"),) if fmt is not None and fmt.row_stride == "runtime" else ()
     if spec.kernel == "c128a_store":
-        ptrs = (compressed,) + _ROW_META + store_ptrs + (kv_slots,)
-        return ptrs + _SCALARS_ROWS + _SCALARS_STORE
-    ptrs = _STATE + _ROW_META + (block_table,) + store_ptrs + (kv_slots,)
-    return ptrs + _SCALARS_ROWS + _SCALARS_STATE + _SCALARS_STORE
+        ptrs = (compressed,) + _ROW_META + store_ptrs + (kv_slots,) + scalar
+        return ptrs + _SCALARS_ROWS + _SCALARS_STORE + rows
+    ptrs = _STATE + _ROW_META + (block_table,) + store_ptrs + (kv_slots,) + scalar
+    return ptrs + _SCALARS_ROWS + _SCALARS_STATE + _SCALARS_STORE + rows

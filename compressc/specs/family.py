@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from compressc.specs.errors import SpecError
+from compressc.specs.formats import FORMATS, CacheFormat, formats_for
 
-KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8")
+KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4")
 WEIGHT_DTYPES = ("bf16", "f32")
-QUANT_FORMATS = ("ue8m0_e4m3", "f32scale_e4m3", "none")
-STORE_LAYOUTS = ("fp8_ds_mla", "indexer_fp8", "f32_rows")
+STORE_LAYOUTS = ("f32_rows", *FORMATS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,9 @@ class KernelSpec:
 
     kernel: which member (see KERNELS); head: channels per compressed token;
     rope: trailing channels rotated by GPT-J pairs; quant_block: channels sharing
-    one scale; ratio: tokens per compressed token; weight_dtype: RMSNorm gamma dtype.
+    one scale; ratio: tokens per compressed token; weight_dtype: RMSNorm gamma dtype;
+    cache_format: the bytes it writes (compressc.specs.formats; "" for c128a_compress's
+    fp32 rows); rotate: the indexer's 128-point Hadamard before quantisation.
     """
 
     kernel: str
@@ -48,7 +50,8 @@ class KernelSpec:
     quant_block: int
     ratio: int
     weight_dtype: str = "bf16"
-    quant_format: str = "ue8m0_e4m3"
+    cache_format: str = ""
+    rotate: bool = False
     store: StoreLayout | None = None
     scale_floor: float = 1e-4
     fp8_max: float = 448.0
@@ -81,10 +84,17 @@ class KernelSpec:
         return self.kernel != "c128a_compress"
 
     @property
+    def format(self) -> CacheFormat | None:
+        return FORMATS.get(self.cache_format)
+
+    @property
     def variant(self) -> str:
-        """Short name used in entry points and cache listings."""
+        """Short name used in entry points and cache listings; a format other than the
+        kernel's first, and the rotation, are suffixes (`..._full_bf16`, `..._rot`)."""
         tail = f"h{self.head}_q{self.quant_block}_r{self.rope}_{self.weight_dtype}"
-        return f"{self.kernel}_{tail}"
+        fmt = self.format
+        suffix = f"_{fmt.suffix}" if fmt is not None and fmt.suffix else ""
+        return f"{self.kernel}_{tail}{suffix}{'_rot' if self.rotate else ''}"
 
     def with_(self, **changes: object) -> KernelSpec:
         return replace(self, **changes)
@@ -97,15 +107,20 @@ def make_spec(
     *,
     rope: int = 64,
     weight_dtype: str = "bf16",
+    cache_format: str | None = None,
+    rotate: bool = False,
 ) -> KernelSpec:
-    """Build and validate the spec of `kernel` for one (head, quant_block) variant."""
+    """Build and validate the spec of `kernel` for one (head, quant_block, format) variant;
+    `cache_format` None is the kernel's first format (compressc.specs.formats)."""
     if kernel not in KERNELS:
         raise SpecError("kernel", kernel, f"must be one of {', '.join(KERNELS)}")
     defaults = _DEFAULTS[kernel]
     head = defaults["head"] if head is None else head
     if quant_block is None:
         # the fp8 indexer has one scale per token: its quant block is the whole head
-        quant_block = head if defaults["quant_format"] == "f32scale_e4m3" else defaults["quant_block"]
+        quant_block = head if defaults["quant_block"] == 0 else defaults["quant_block"]
+    if cache_format is None:
+        cache_format = (formats_for(kernel) or [""])[0]
     spec = KernelSpec(
         kernel=kernel,
         head=head,
@@ -113,28 +128,32 @@ def make_spec(
         quant_block=quant_block,
         ratio=defaults["ratio"],
         weight_dtype=weight_dtype,
-        quant_format=defaults["quant_format"],
+        cache_format=cache_format,
+        rotate=rotate,
     )
     spec = spec.with_(store=_store_for(spec))
     validate(spec)
     return spec
 
 
+# quant_block 0: the head (one scale per token)
 _DEFAULTS: dict[str, dict] = {
-    "c4a": {"head": 512, "quant_block": 64, "ratio": 4, "quant_format": "ue8m0_e4m3"},
-    "c128a_compress": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "none"},
-    "c128a_store": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "ue8m0_e4m3"},
-    "indexer_fp8": {"head": 128, "quant_block": 128, "ratio": 4, "quant_format": "f32scale_e4m3"},
+    "c4a": {"head": 512, "quant_block": 64, "ratio": 4},
+    "c128a_compress": {"head": 512, "quant_block": 64, "ratio": 128},
+    "c128a_store": {"head": 512, "quant_block": 64, "ratio": 128},
+    "indexer_fp8": {"head": 128, "quant_block": 0, "ratio": 4},
+    "indexer_mxfp4": {"head": 128, "quant_block": 32, "ratio": 4},
 }
 
 
 def _store_for(spec: KernelSpec) -> StoreLayout:
-    if spec.kernel == "c128a_compress":
+    fmt = spec.format
+    if fmt is None:
         return StoreLayout("f32_rows", token_stride=4 * spec.head, scale_dim=0)
-    if spec.kernel == "indexer_fp8":
-        return StoreLayout("indexer_fp8", token_stride=spec.head, scale_dim=4)
-    nope_blocks = max(spec.head - spec.rope, 0) // max(spec.quant_block, 1)
-    return StoreLayout("fp8_ds_mla", token_stride=spec.nope + 2 * spec.rope, scale_dim=nope_blocks + 1)
+    qb = max(spec.quant_block, 1)
+    rope = min(max(spec.rope, 0), spec.head)
+    return StoreLayout(fmt.name, token_stride=fmt.token_bytes(spec.head, rope),
+                       scale_dim=fmt.scale_bytes(spec.head, rope, qb))
 
 
 def validate(spec: KernelSpec) -> None:
@@ -144,14 +163,13 @@ def validate(spec: KernelSpec) -> None:
     _check(spec.quant_block > 0, "quant_block", spec.quant_block, "must be positive")
     _check(spec.weight_dtype in WEIGHT_DTYPES, "weight_dtype", spec.weight_dtype,
            f"must be one of {', '.join(WEIGHT_DTYPES)}")
-    _check(spec.quant_format in QUANT_FORMATS, "quant_format", spec.quant_format,
-           f"must be one of {', '.join(QUANT_FORMATS)}")
+    _check_format(spec)
     _check(spec.ratio in (4, 128), "ratio", spec.ratio, "must be 4 (overlapping C4) or 128 (C128)")
     _check(spec.head % 8 == 0, "head_size", spec.head,
            "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")
     _check(spec.head % spec.quant_block == 0, "head_size", spec.head,
            f"must be a multiple of quant_block={spec.quant_block} (head_size % quant_block == 0)")
-    if spec.quant_format == "f32scale_e4m3":
+    if spec.kernel == "indexer_fp8":
         _check(spec.quant_block == spec.head, "quant_block", spec.quant_block,
                f"must equal head_size={spec.head}: the {spec.kernel} cache holds one fp32 scale per token "
                "(leave --quant-block out)")
@@ -160,13 +178,36 @@ def validate(spec: KernelSpec) -> None:
         _check_store(spec)
 
 
+def _check_format(spec: KernelSpec) -> None:
+    allowed = formats_for(spec.kernel)
+    if not allowed:
+        _check(spec.cache_format == "", "cache_format", spec.cache_format,
+               f"must be empty: {spec.kernel} writes fp32 rows, not a cache format")
+        _check(not spec.rotate, "rotate", spec.rotate, f"must be off: {spec.kernel} does not quantise")
+        return
+    _check(spec.cache_format in allowed, "cache_format", spec.cache_format,
+           f"must be one of {', '.join(allowed)} for {spec.kernel}")
+    fmt = FORMATS[spec.cache_format]
+    if fmt.heads:
+        _check(spec.head in fmt.heads, "head_size", spec.head,
+               f"must be {' or '.join(map(str, fmt.heads))} for the {fmt.name} cache ({fmt.doc})")
+    if fmt.quant_block:
+        _check(spec.quant_block == fmt.quant_block, "quant_block", spec.quant_block,
+               f"must be {fmt.quant_block} for the {fmt.name} cache (leave --quant-block out)")
+    if spec.rotate:
+        _check(fmt.rotatable, "rotate", spec.rotate,
+               f"is only for the indexer caches; {fmt.name} is never rotated (drop --rotate)")
+        _check(spec.head & (spec.head - 1) == 0, "head_size", spec.head,
+               "must be a power of two for the Hadamard rotation (--rotate)")
+
+
 def _check_rope(spec: KernelSpec) -> None:
     _check(spec.rope % 2 == 0, "rope", spec.rope, "must be even (GPT-J rotates pairs)")
     inside = f"must lie inside the head (0 < rope < head_size={spec.head})"
     _check(0 < spec.rope < spec.head, "rope", spec.rope, inside)
     vectors = "must be a multiple of 8 so rope bf16 stores are 16-byte vectors"
     _check(spec.rope % 8 == 0, "rope", spec.rope, vectors)
-    if spec.quant_format == "ue8m0_e4m3":
+    if spec.format is not None and spec.format.name == "fp8_ds_mla":
         _check(spec.nope % spec.quant_block == 0, "quant_block", spec.quant_block,
                f"must divide the nope width head_size - rope = {spec.nope}")
 
@@ -175,12 +216,12 @@ def _check_store(spec: KernelSpec) -> None:
     store = spec.store
     if store is None:
         raise SpecError("store", None, "must be set (use make_spec)")
-    if store.name == "fp8_ds_mla":
-        need_stride, need_scales = spec.nope + 2 * spec.rope, spec.nope // spec.quant_block + 1
-    else:
-        need_stride, need_scales = spec.head, 4
+    fmt = spec.format
+    assert fmt is not None
+    need_stride = fmt.token_bytes(spec.head, spec.rope)
+    need_scales = fmt.scale_bytes(spec.head, spec.rope, spec.quant_block)
     _check(store.token_stride >= need_stride, "store.token_stride", store.token_stride,
-           f"must hold nope + 2*rope = {need_stride} bytes")
+           f"must hold the {need_stride} value bytes of a {fmt.name} token")
     _check(store.scale_dim >= need_scales, "store.scale_dim", store.scale_dim,
            f"must hold {need_scales} bytes of scales and pad")
     _check(store.token_stride % 16 == 0, "store.token_stride", store.token_stride,

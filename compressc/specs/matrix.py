@@ -1,22 +1,27 @@
-"""The variants `compressc build` ships by default (docs/kernels.md §1 rows)."""
+"""The variants `compressc build` ships by default (docs/kernels.md §1 rows, every confirmed
+cache format of docs/kernels.md §8)."""
 
 from __future__ import annotations
 
 from compressc.specs.family import KernelSpec, make_spec
 
-# (kernel, head_size, quant_block); each is built for both RMSNorm weight dtypes.
-DEFAULT_MATRIX: tuple[tuple[str, int, int], ...] = (
-    ("c4a", 512, 64),
-    ("c128a_compress", 512, 64),
-    ("c128a_store", 512, 64),
-    ("indexer_fp8", 128, 128),
+# (kernel, head_size, quant_block, cache formats, rotations); each is built for both RMSNorm
+# weight dtypes. The indexer ships unrotated (merged vLLM) and rotated (SGLang, TRT-LLM,
+# vLLM PR #55459).
+DEFAULT_MATRIX: tuple[tuple[str, int, int, tuple[str, ...], tuple[bool, ...]], ...] = (
+    ("c4a", 512, 64, ("fp8_ds_mla", "full_bf16", "full_fp8"), (False,)),
+    ("c128a_compress", 512, 64, ("",), (False,)),
+    ("c128a_store", 512, 64, ("fp8_ds_mla", "full_bf16", "full_fp8"), (False,)),
+    ("indexer_fp8", 128, 128, ("indexer_fp8",), (False, True)),
+    ("indexer_mxfp4", 128, 32, ("indexer_mxfp4",), (False, True)),
 )
 
 
 def default_specs() -> list[KernelSpec]:
     """Every default variant; c128a_compress has no weight, so it appears once."""
     specs = []
-    for kernel, head, quant_block in DEFAULT_MATRIX:
+    for kernel, head, quant_block, formats, rotations in DEFAULT_MATRIX:
         dtypes = ("f32",) if kernel == "c128a_compress" else ("bf16", "f32")
-        specs += [make_spec(kernel, head, quant_block, weight_dtype=d) for d in dtypes]
+        specs += [make_spec(kernel, head, quant_block, weight_dtype=d, cache_format=f, rotate=r)
+                  for f in formats for r in rotations for d in dtypes]
     return specs

@@ -80,6 +80,7 @@ def candidates(
     module = module_from_spec(spec)
     seen: dict[str, Candidate] = {}
     for origin, text in proposals(module, arch, tuned):
+        text = resolve_pipeline(text, module, arch)  # plus the target's decisions (quant-convert)
         lowered = _lower(module, text)
         if lowered is None or print_module(lowered) in seen:
             continue
@@ -96,7 +97,7 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     yield "baseline", resolve_pipeline("baseline", module)
     current = resolve_pipeline("default", module, arch, tuned)
     yield "tuned", current
-    derived = PassManager(parse_pipeline(DEFAULT_PIPELINE)).run(module)
+    derived = PassManager(parse_pipeline(resolve_pipeline(DEFAULT_PIPELINE, module, arch))).run(module)
     windowed = module.find("cc.window") is not None
     if windowed:
         # the same schedules with the softmax rescaled row by row (a longer ex2 count, a
@@ -151,7 +152,7 @@ def row_rescale(pipeline: str) -> str:
 def _lower(module: Module, pipeline: str) -> Module | None:
     """The lowered module, or None when the pipeline is not a legal schedule of it."""
     try:
-        return PassManager(parse_pipeline(pipeline)).run(module)
+        return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
     except (VerifyError, PipelineError):
         return None
 

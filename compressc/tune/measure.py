@@ -41,7 +41,8 @@ SLEEP_CYCLES = 2_000_000  # ~1 ms at 1.98 GHz: longer than the host needs to que
 FLUSH_BYTES = 256 << 20
 MAX_SETS = 1024
 DEVICE = "cuda"  # tests run the input preparation on "cpu"
-FAMILY = {"c4a": "c4a", "indexer_fp8": "indexer_fp8", "c128a_compress": "c128a", "c128a_store": "c128a"}
+FAMILY = {"c4a": "c4a", "indexer_fp8": "indexer_fp8", "indexer_mxfp4": "indexer_mxfp4",
+          "c128a_compress": "c128a", "c128a_store": "c128a"}
 
 
 class MeasureError(RuntimeError):
@@ -253,9 +254,10 @@ class _Inputs:
             rms_norm_weight=weight,
             rms_norm_eps=sc.rms_norm_eps,
             cos_sin_cache=sc.cos_sin_cache,
-            k_cache=sc.k_cache,
+            k_cache=_cache_for(store_spec, sc),
             kv_slot_mapping=sc.kv_slot_mapping,
             kv_cache_block_size=sc.kv_cache_block_size,
+            fp8_scale=torch.ones(1, device=sc.device) if store_spec.cache_format == "full_fp8" else None,
         )
         values = _common_values(store_spec, args, self.pool_spec)
         params = abi(spec)
@@ -266,6 +268,18 @@ class _Inputs:
                 v |= compressed_values(self.pool_spec, self.kv[k % len(self.kv)], self.case.T)
             out.append(pack_args(params, {p.name: v[p.name] for p in params})[1])
         return out
+
+
+def _cache_for(spec, sc):
+    """A zeroed k_cache of `spec`'s format with as many pages as the scenario's (the family's
+    variants share one scenario; their cache formats differ)."""
+    import torch
+
+    from compressc.scenarios import page_bytes
+
+    B = sc.kv_cache_block_size
+    stride = page_bytes(spec, B)
+    return torch.zeros((sc.k_cache.shape[0], B, stride // B), dtype=torch.uint8, device=sc.device)
 
 
 def _sets(bytes_per_set: int) -> int:

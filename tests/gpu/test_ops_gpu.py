@@ -30,9 +30,10 @@ from compressc.specs.abi import Param
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 ROWS = (1, 7, 64, 1000, 4096)
-FUSED = [s for s in default_specs() if s.kernel in ("c4a", "indexer_fp8")]
+FUSED = [s for s in default_specs() if s.kernel in ("c4a", "indexer_fp8", "indexer_mxfp4")]
 STORES = [s for s in default_specs() if s.kernel == "c128a_store"]
-FUSED_OPS = {"c4a": ops.compress_c4a, "indexer_fp8": ops.compress_indexer_fp8}
+FUSED_OPS = {"c4a": ops.compress_c4a, "indexer_fp8": ops.compress_indexer_fp8,
+             "indexer_mxfp4": ops.compress_indexer_mxfp4}
 
 
 def _seed(*parts: object) -> int:
@@ -55,7 +56,8 @@ def _assert_same_bytes(spec, got: torch.Tensor, want: torch.Tensor, sc) -> None:
 
 
 def _run_fused(spec, sc, cache: torch.Tensor) -> None:
-    FUSED_OPS[spec.kernel](*sc.args(cache), head_size=spec.head, quant_block=spec.quant_block)
+    """The op as vLLM calls it: a full cache as its bf16 / fp8 tensor, the format's keywords."""
+    FUSED_OPS[spec.kernel](*sc.args(sc.typed(cache)), **sc.op_kwargs())
 
 
 # -- fused kernels: C4A and the indexer ---------------------------------------------------
@@ -131,6 +133,7 @@ def _c128a_reference(pool_spec, store_spec, sc, state: torch.Tensor) -> torch.Te
         want,
         sc.kv_slot_mapping,
         sc.kv_cache_block_size,
+        fp8_scale=sc.fp8_scale,
     )
     return want
 
@@ -141,7 +144,7 @@ def _c128a_reference(pool_spec, store_spec, sc, state: torch.Tensor) -> torch.Te
 def test_c128a_matches_reference(cuda_device, spec, kind, T):
     pool_spec, sc, state = _c128a_case(spec, kind, T, cuda_device)
     got = sc.poisoned_cache()
-    ops.compress_c128a(*_c128a_args(sc, state, got), head_size=spec.head, quant_block=spec.quant_block)
+    ops.compress_c128a(*_c128a_args(sc, state, sc.typed(got)), **sc.op_kwargs())
     _assert_same_bytes(spec, got, _c128a_reference(pool_spec, spec, sc, state), sc)
 
 
@@ -153,7 +156,7 @@ def test_c128a_edge_cases_with_caller_buffer(cuda_device, spec, extra):
     pool_spec, sc, state = _c128a_case(spec, "mixed", 300, cuda_device, **extra)
     got = sc.poisoned_cache()
     scratch = torch.empty(sc.T + 5, spec.head, device=cuda_device)
-    ops.compress_c128a(*_c128a_args(sc, state, got), compressed_kv=scratch)
+    ops.compress_c128a(*_c128a_args(sc, state, sc.typed(got)), compressed_kv=scratch, **sc.op_kwargs())
     _assert_same_bytes(spec, got, _c128a_reference(pool_spec, spec, sc, state), sc)
 
 
@@ -192,7 +195,7 @@ def test_c128a_tiled_runs_match_reference(cuda_device, monkeypatch, spec, kind, 
     _force_rows_per_cta(monkeypatch, per_cta)
     pool_spec, sc, state = _c128a_case(spec, kind, 1000, cuda_device)
     got = sc.poisoned_cache()
-    ops.compress_c128a(*_c128a_args(sc, state, got), head_size=spec.head, quant_block=spec.quant_block)
+    ops.compress_c128a(*_c128a_args(sc, state, sc.typed(got)), **sc.op_kwargs())
     _assert_same_bytes(spec, got, _c128a_reference(pool_spec, spec, sc, state), sc)
 
 
