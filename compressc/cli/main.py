@@ -30,7 +30,7 @@ ARCH_HELP = "GPU arch whose tuned schedule 'default' picks (sm90 = sm_90a)."
 def _resolve(pipeline: str, module, arch: str) -> str:
     """resolve_pipeline, saying on stderr whether 'default' is a tuned or the derived schedule."""
     from compressc.cache.arch import normalize_arch
-    from compressc.passes.manager import resolve_pipeline
+    from compressc.passes.manager import format_sibling, resolve_pipeline
     from compressc.passes.tuned import TunedFileError, describe, load_tuned, tuned_entry
 
     try:
@@ -39,7 +39,7 @@ def _resolve(pipeline: str, module, arch: str) -> str:
     except (ValueError, TunedFileError) as err:
         raise UserError(str(err)) from None
     if pipeline.strip() == "default":
-        source = describe(tuned_entry(module.name, arch, table), module.name, arch)
+        source = describe(tuned_entry(module.name, arch, table, format_sibling(module)), module.name, arch)
         click.echo(f"// pipeline 'default' = {source}", err=True)
     return resolve_pipeline(pipeline, module, arch, table)
 

@@ -51,7 +51,7 @@ def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: 
     entry or an arch it is the derived default, which "derived" always names.
     """
     if text.strip() == "default":
-        entry = tuned_entry(module.name, arch, tuned)
+        entry = tuned_entry(module.name, arch, tuned, inherit=format_sibling(module))
         return _for_target(str(entry["pipeline"]) if entry is not None else DEFAULT_PIPELINE, module, arch)
     if text.strip() == "baseline":
         # 2 a lane, more where a quant block (or a rotation's butterfly) would leave one warp
@@ -59,6 +59,17 @@ def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: 
         elems = max(2, spread // 32)
         return _for_target(BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}"), module, arch)
     return _for_target(NAMED_PIPELINES.get(text.strip(), text), module, arch)
+
+
+def format_sibling(module: Module) -> str | None:
+    """The variant whose tuned schedule `module` inherits: the same kernel, head, quant block,
+    rope and weight in the kernel's first cache format, unrotated (None: it is that one)."""
+    if module.attr("cache_format") is None and not module.attr("rotate", False):
+        return None
+    from compressc.ir.from_spec import spec_from_module
+
+    spec = spec_from_module(module)
+    return spec.with_(cache_format="", rotate=False).variant
 
 
 def _for_target(pipeline: str, module: Module, arch: str | None) -> str:

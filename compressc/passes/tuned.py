@@ -57,12 +57,19 @@ def _check_table(path: Path, table: object) -> None:
                 raise TunedFileError(f"{path}: [{arch!r}][{variant!r}] needs a 'pipeline' string")
 
 
-def tuned_entry(variant: str, arch: str | None, table: Table | None = None) -> Mapping[str, Any] | None:
-    """The tuned entry of (variant, arch), or None (no arch given, or none measured)."""
+def tuned_entry(variant: str, arch: str | None, table: Table | None = None,
+                inherit: str | None = None) -> Mapping[str, Any] | None:
+    """The tuned entry of (variant, arch), else of `inherit` (the variant in its kernel's
+    first cache format, unrotated: a format changes only the store, not the window the
+    tuning measures), else None (no arch given, or none measured)."""
     if arch is None:
         return None
     table = load_tuned() if table is None else table
-    return table.get(arch, {}).get(variant)
+    entries = table.get(arch, {})
+    own = entries.get(variant)
+    if own is not None or inherit is None or inherit not in entries:
+        return own
+    return dict(entries[inherit], inherited_from=inherit)
 
 
 def describe(entry: Mapping[str, Any] | None, variant: str, arch: str | None) -> str:
@@ -73,6 +80,9 @@ def describe(entry: Mapping[str, Any] | None, variant: str, arch: str | None) ->
     score = entry.get("score_us")
     measured = ", ".join(str(x) for x in (entry.get("gpu"), entry.get("date")) if x)
     score_text = f", score {score:.2f} us" if isinstance(score, (int, float)) else ""
+    source = entry.get("inherited_from")
+    if source:
+        return f"tuned for {source} @ {arch} ({measured}{score_text}), which {variant} inherits"
     return f"tuned for {variant} @ {arch} ({measured}{score_text})"
 
 
