@@ -216,6 +216,8 @@ def check_environment(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compressc.runtime.resolve import KernelNotFoundError
+
     args = parse_args(argv)
     try:
         check_environment(args)
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"host_path.py: {exc}", file=sys.stderr)
         return 2
-    except LookupError as exc:  # KernelNotFoundError: its message says what to build or install
+    except KernelNotFoundError as exc:  # its message says what to build or install (not any LookupError:
+        # an IndexError inside a call is a bug to see with its traceback)
         print(f"host_path.py: a kernel is missing:\n{exc}", file=sys.stderr)
         return 2
     meta = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
