@@ -239,7 +239,7 @@ def test_a_pack_of_this_compressc_is_served_from_its_wanted_json(cache, template
     monkeypatch.setattr(wanted, "wanted_build", lambda *a: pytest.fail("computed the wanted build"))
     assert _pack_lookup(root).key == default.key
     point(root, baseline)  # the recorded default build still refuses the baseline build
-    with pytest.raises(KernelNotFoundError, match="is not the build this compressc serves: built with pipeline"):
+    with pytest.raises(KernelNotFoundError, match="not the build this compressc serves: built with pipeline"):
         _pack_lookup(root)
 
 

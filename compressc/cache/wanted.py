@@ -76,7 +76,8 @@ def served_fingerprint() -> str:
 def wanted_file(labels: list[tuple[KernelSpec, str]]) -> dict[str, Any]:
     """The `wanted.json` of a pack holding the default builds of (spec, arch) `labels`."""
     builds = {f"{spec.variant}@{arch}": wanted_build(spec, arch).ingredients for spec, arch in labels}
-    return {"format": WANTED_FORMAT, "fingerprint": served_fingerprint(), "builds": dict(sorted(builds.items()))}
+    return {"format": WANTED_FORMAT, "fingerprint": served_fingerprint(),
+            "builds": dict(sorted(builds.items()))}
 
 
 def packed_wanted(root: Path, spec: KernelSpec, arch: str, pipeline: str = "default") -> Wanted | None:

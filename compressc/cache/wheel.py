@@ -33,8 +33,8 @@ from pathlib import Path
 from compressc import __version__
 from compressc.cache.arch import normalize_arch, sm_number
 from compressc.cache.packs import ENTRY_POINT_GROUP, PACK_FILE, make_pack_info
-from compressc.cache.wanted import WANTED_FILE, spec_of, wanted_file
 from compressc.cache.store import KERNEL_SOURCE, LEGACY_KERNEL_SOURCE, MANIFEST, Entry
+from compressc.cache.wanted import WANTED_FILE, spec_of, wanted_file
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can record
 _FILE_MODE = 0o100644 << 16  # regular file, rw-r--r--
