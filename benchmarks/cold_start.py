@@ -65,6 +65,8 @@ def main() -> int:
     from compressc.runtime import loader
 
     origin = find_kernel(spec, loader.device_arch(0)).origin
+    # the pack's wanted.json spares the lookup the compiler's import (compressc.cache.wanted)
+    compiler = sorted(m for m in ("compressc.passes", "compressc.ir", "compressc.kernels") if m in sys.modules)
     print(json.dumps({
         "import_ms": round(t_import * 1e3, 2),
         "first_launch_ms": round(t_launch * 1e3, 2),
@@ -72,6 +74,7 @@ def main() -> int:
         "second_launch_ms": round(t_warm * 1e3, 3),
         "origin": origin,
         **parts,
+        "compiler_imported": compiler,
         "no_jit": os.environ.get("COMPRESSC_NO_JIT"),
         "python": sys.version.split()[0],
     }))

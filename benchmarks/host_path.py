@@ -13,8 +13,11 @@ measures, on decode inputs (every row a boundary):
 Paths ("impl"): `ops` (compressc.runtime.ops, the signature cache), `ops_checked`
 (COMPRESSC_DEBUG_CHECKS: every check, cuda-bindings launch), `vllm` (the plugin's dispatcher
 called with vLLM's keywords), `torch_op` (torch.ops.compressc.*), and the bare launch of a
-prepacked argument buffer through cuda-bindings (`launch_bindings`) and through ctypes on
-libcuda (`launch_ctypes`). Rows go into --out with "kernel": "host_enqueue"; other rows
+prepacked argument buffer through cuda-bindings (`launch_bindings`), through ctypes on
+libcuda's 11-argument cuLaunchKernel (`launch_ctypes`) and on cuLaunchKernelEx with a prebuilt
+configuration (`launch_ctypes_ex`: what the `ops` path calls). `ops` minus `launch_ctypes_ex`
+is the Python cost of the signature check and packing.
+Rows go into --out with "kernel": "host_enqueue"; other rows
 of an existing file are kept, earlier host_enqueue rows replaced.
 """
 
@@ -34,7 +37,7 @@ from types import SimpleNamespace
 import torch
 
 OPS = ("c4a", "c128a", "indexer_fp8")
-IMPLS = ("ops", "ops_checked", "vllm", "torch_op", "launch_bindings", "launch_ctypes")
+IMPLS = ("ops", "ops_checked", "vllm", "torch_op", "launch_bindings", "launch_ctypes", "launch_ctypes_ex")
 T_LIST = (1, 128, 4096)
 SLEEP_CYCLES = 20_000_000  # ~10 ms at 2 GHz: longer than the host needs to queue a batch
 ROW_KIND = "host_enqueue"
@@ -42,6 +45,10 @@ ROW_KIND = "host_enqueue"
 
 class BenchError(RuntimeError):
     """Why the benchmark cannot run here; main() prints it and exits 2."""
+
+
+class NotMeasured(RuntimeError):
+    """A bare launch that this kernel cannot take (the row is skipped with the reason)."""
 
 
 def host_us(call: Callable[[], None], calls: int, repeat: int,
@@ -165,9 +172,16 @@ def bare_launch(case: SimpleNamespace, impl: str) -> Callable[[], None]:
     lib = driver_library()
     if lib is None:
         raise BenchError("libcuda cannot be opened through ctypes on this host")
-    launch = FastKernel(kernel, lib).launcher(ctypes.c_void_p(ctypes.addressof(array)))
     stream = torch.cuda.current_stream().cuda_stream
-    return lambda: launch(case.T, stream)
+    params = ctypes.c_void_p(ctypes.addressof(array))
+    if impl == "launch_ctypes_ex":
+        launch = FastKernel(kernel, lib).launcher(params)
+        return lambda: launch(case.T, stream)
+    if kernel.cluster > 1:
+        raise NotMeasured("a cluster launch needs cuLaunchKernelEx")
+    grid, (bx, by, bz), V = FastKernel(kernel, lib).grid(case.T), kernel.block, ctypes.c_void_p
+    function, smem, plain = V(int(kernel.function)), kernel.smem_dynamic, lib.cuLaunchKernel
+    return lambda: plain(function, grid, 1, 1, bx, by, bz, smem, V(stream), params, None)
 
 
 def measure(case: SimpleNamespace, impl: str, calls: int, repeat: int) -> dict:
@@ -216,6 +230,8 @@ def check_environment(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compressc.runtime.resolve import KernelNotFoundError
+
     args = parse_args(argv)
     try:
         check_environment(args)
@@ -223,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"host_path.py: {exc}", file=sys.stderr)
         return 2
-    except LookupError as exc:  # KernelNotFoundError: its message says what to build or install
+    except KernelNotFoundError as exc:  # its message says what to build or install (not any LookupError:
+        # an IndexError inside a call is a bug to see with its traceback)
         print(f"host_path.py: a kernel is missing:\n{exc}", file=sys.stderr)
         return 2
     meta = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
@@ -243,7 +260,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             for impl in args.impl or IMPLS:
                 try:
                     r = measure(case, impl, args.calls, args.repeat)
-                except (IndexError, StopIteration, AttributeError) as exc:  # a bare launch it cannot isolate
+                # a bare launch it cannot isolate
+                except (IndexError, StopIteration, AttributeError, NotMeasured) as exc:
                     if not impl.startswith("launch_"):
                         raise
                     print(f"{op:12s} {impl:16s} {T:6d}   not measured: {type(exc).__name__}: {exc}",

@@ -185,23 +185,20 @@ def test_launch_structs_match_cuda_h():
 
 
 class FakeLib:
-    """libcuda's two launch entry points, recording their arguments; results pop from `results`."""
+    """libcuda's cuLaunchKernelEx, recording the configuration it reads; results pop from `results`."""
 
     def __init__(self, results=()) -> None:
         self.calls: list[tuple] = []
         self.results = list(results)
 
-    def cuLaunchKernel(self, *args):
-        # ctypes gets c_void_p for pointers (and None for NULL): record their values
-        self.calls.append(("plain", *(a.value if isinstance(a, ctypes.c_void_p) else a for a in args)))
-        return self.results.pop(0) if self.results else 0
-
     def cuLaunchKernelEx(self, config_ref, function, params, extra):
         config = config_ref._obj
         attrs = [(config.attrs[i].id, tuple(config.attrs[i].value.dims), config.attrs[i].value.flag)
                  for i in range(config.numAttrs)]
-        self.calls.append(("ex", config.gridDimX, config.hStream, function.value, params.value, attrs))
-        return 0
+        block = (config.blockDimX, config.blockDimY, config.blockDimZ)
+        self.calls.append(("ex", config.gridDimX, config.hStream, function.value, params.value, attrs,
+                           block, config.sharedMemBytes, extra))
+        return self.results.pop(0) if self.results else 0
 
 
 def _kernel(**changes) -> SimpleNamespace:
@@ -211,7 +208,7 @@ def _kernel(**changes) -> SimpleNamespace:
     return SimpleNamespace(**(fields | changes))
 
 
-def test_plain_and_extended_launches():
+def test_every_launch_is_one_cuLaunchKernelEx_with_a_prebuilt_configuration():
     lib, V = FakeLib(), ctypes.c_void_p
 
     def launch(kernel, rows, params, stream, overlap=False) -> int:
@@ -221,12 +218,12 @@ def test_plain_and_extended_launches():
     # 8 clusters of 2 CTAs
     launch(_kernel(cluster=2, grid=GridRule.parse("wave:8,cluster:2")), 8, 0x2000, 0x66)
     launch(_kernel(programmatic=True), 3, 0x3000, 0x77, overlap=True)
-    launch(_kernel(programmatic=True), 3, 0x3000, 0x77)  # not overlapping: a plain launch
+    launch(_kernel(programmatic=True), 3, 0x3000, 0x77)  # not overlapping: no attribute
     assert launch(_kernel(), 0, 0x1000, 0x55) == 0  # no rows: no call
-    assert lib.calls[0] == ("plain", 0x1234, 7, 1, 1, 128, 1, 1, 512, 0x55, 0x1000, None)
+    assert lib.calls[0] == ("ex", 7, 0x55, 0x1234, 0x1000, [], (128, 1, 1), 512, None)
     assert lib.calls[1][:4] == ("ex", 16, 0x66, 0x1234) and lib.calls[1][5] == [(4, (2, 1, 1), 2)]
     assert lib.calls[2][:4] == ("ex", 3, 0x77, 0x1234) and lib.calls[2][5][0][0] == 6
-    assert lib.calls[3][0] == "plain" and len(lib.calls) == 4
+    assert lib.calls[3][5] == [] and len(lib.calls) == 4
 
 
 def test_grid_is_the_manifest_rule_memoised():
@@ -248,8 +245,8 @@ def test_prepared_launch_retries_once_with_the_context(monkeypatch):
     prepared = fastpath.Prepared([(_kernel(), abi(spec), False)], values, 0)
     prepared.run((32, 48, 64, 80, 96, 0, 5, 5, 5), 5)
     assert [launch.via for launch in prepared.launches] == ["libcuda"]
-    assert contexts == [0] and len(lib.calls) == 2 and lib.calls[1][2] == 5 and lib.calls[1][9] == 0x99
-    params = ctypes.cast(lib.calls[1][10], ctypes.POINTER(ctypes.c_void_p))
+    assert contexts == [0] and len(lib.calls) == 2 and lib.calls[1][1:3] == (5, 0x99)
+    params = ctypes.cast(lib.calls[1][4], ctypes.POINTER(ctypes.c_void_p))
     names = [p.name for p in abi(spec)]
     read = {n: ctypes.c_uint64.from_address(params[i]).value for i, n in enumerate(names)
             if n != "rms_norm_eps"}
@@ -273,6 +270,31 @@ def test_a_launch_that_fails_again_names_the_kernel_and_the_error(monkeypatch):
     spec = make_spec("c4a")
     values = {p.name: 16 if p.kind == "ptr" else (1.0 if p.kind == "f32" else 1) for p in abi(spec)}
     prepared = fastpath.Prepared([(_kernel(entry="c4a_entry"), abi(spec), False)], values, 0)
-    message = r"^cuLaunchKernel\(c4a_entry\) failed: CUDA_ERROR_INVALID_CONTEXT \(201\)$"
+    message = r"^cuLaunchKernelEx\(c4a_entry\) failed: CUDA_ERROR_INVALID_CONTEXT \(201\)$"
     with pytest.raises(loader.CudaError, match=message):
         prepared.run((32, 48, 64, 80, 96, 0, 5, 5, 5), 5)
+
+
+def test_a_cached_launch_patches_only_the_step_values(monkeypatch):
+    """run() writes the per-step struct and the configuration's grid and stream; the packed
+    layer values, the kernel_params array and the call's arguments stay as prepared."""
+    from compressc.specs import make_spec
+    from compressc.specs.abi import abi
+
+    lib = FakeLib()
+    monkeypatch.setattr(fastpath, "driver_library", lambda: lib)
+    streams = iter([0x71, 0x72])
+    monkeypatch.setattr(fastpath, "_raw_stream", lambda index: next(streams))
+    spec = make_spec("c4a")
+    values = {p.name: 16 * (i + 1) if p.kind == "ptr" else (1.0 if p.kind == "f32" else i)
+              for i, p in enumerate(abi(spec))}
+    prepared = fastpath.Prepared([(_kernel(), abi(spec), False)], values, 0)
+    fixed = prepared.buffer.raw[fastpath.STEP.size:]
+    (launch,) = prepared.launches
+    array = list(launch.array)
+    for step, rows in (((32, 48, 64, 80, 96, 0, 5, 5, 5), 5), ((112, 128, 144, 160, 176, 0, 9, 9, 9), 9)):
+        prepared.run(step, rows)
+        assert prepared.buffer.raw[:fastpath.STEP.size] == fastpath.STEP.pack(*step)
+        assert prepared.buffer.raw[fastpath.STEP.size:] == fixed and list(launch.array) == array
+    assert [c[1:3] for c in lib.calls] == [(5, 0x71), (9, 0x72)]
+    assert {c[4] for c in lib.calls} == {ctypes.addressof(launch.array)}

@@ -141,3 +141,15 @@ def test_import_rules(path):
     cuda = {n for n in names if n == "cuda" or n.startswith("cuda.")}
     assert not cuda or path.name == "loader.py", f"{path.name} imports {cuda}: only loader.py may"
     assert "compressc.kernels" not in names and not any(n.startswith("compressc.passes") for n in names)
+
+
+def test_the_runtime_imports_no_compiler_and_no_cli():
+    """import compressc.runtime (the cold start's first step) loads neither the compiler, the
+    command line, nor cutlass; the cache modules it needs load on the first lookup."""
+    script = ("import sys, compressc.runtime\n"
+              "heavy = ('cutlass', 'click', 'rich', 'hypothesis', 'compressc.passes', 'compressc.ir',\n"
+              "         'compressc.kernels', 'compressc.cache.build', 'compressc.cli')\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n")
+    out = _run(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from compressc.cache import build as build_module
 from compressc.cache import compile as compile_module
+from compressc.cache import wanted
 from compressc.cache.build import build_plans, plan_many
 from compressc.cache.compile import ToolchainError
 from compressc.cache.integrity import seal
@@ -218,3 +219,57 @@ def test_ls_and_inspect_mark_the_build_the_runtime_serves(cache, template):
     shown = cli("inspect", "--cache-dir", str(cache))
     used = [line for line in shown.output.splitlines() if "*" in line and SPEC.variant in line]
     assert len(used) == 1 and default.key[:12] in used[0], shown.output
+
+
+# -- the pack's wanted.json: what this compressc serves, without importing the compiler -----------
+def _as_pack(cache: Path, baseline_index: bool = False) -> Path:
+    """`cache` with a wanted.json as `compressc wheel` writes one (no pack.json: a plain root)."""
+    (cache / wanted.WANTED_FILE).write_text(json.dumps(wanted.wanted_file([(SPEC, ARCH)])))
+    return cache
+
+
+def _pack_lookup(root: Path):
+    return find_kernel(SPEC, ARCH, pack_roots=[root], cache_dir=root / "no-cache", allow_jit=False)
+
+
+def test_a_pack_of_this_compressc_is_served_from_its_wanted_json(cache, template, monkeypatch):
+    _, default, baseline = template
+    root = _as_pack(cache)
+    wanted._packed_builds.cache_clear()
+    monkeypatch.setattr(wanted, "wanted_build", lambda *a: pytest.fail("computed the wanted build"))
+    assert _pack_lookup(root).key == default.key
+    point(root, baseline)  # the recorded default build still refuses the baseline build
+    with pytest.raises(KernelNotFoundError, match="not the build this compressc serves: built with pipeline"):
+        _pack_lookup(root)
+
+
+@pytest.mark.parametrize("change", ["fingerprint", "format"])
+def test_a_wanted_json_of_another_compressc_is_not_trusted(cache, template, monkeypatch, change):
+    _, default, _ = template
+    root = _as_pack(cache)
+    data = json.loads((root / wanted.WANTED_FILE).read_text())
+    data[change] = "0" * 64 if change == "fingerprint" else 2
+    data["builds"][f"{SPEC.variant}@{ARCH}"]["pipeline"] = "forged"  # would refuse the default build
+    (root / wanted.WANTED_FILE).write_text(json.dumps(data))
+    wanted._packed_builds.cache_clear()
+    assert wanted.packed_wanted(root, SPEC, ARCH) is None
+    assert _pack_lookup(root).key == default.key  # computed instead: the default build is served
+
+
+def test_the_served_fingerprint_covers_sources_and_the_tuned_table(monkeypatch, tmp_path):
+    from compressc.passes.tuned import TUNED_FILE
+
+    assert wanted.TUNED_TABLE == TUNED_FILE.resolve()
+    before = wanted.served_fingerprint()
+    table = tmp_path / "tuned.json"
+    table.write_text('{"edited": true}')
+    monkeypatch.setattr(wanted, "TUNED_TABLE", table)
+    wanted.served_fingerprint.cache_clear()
+    try:
+        assert wanted.served_fingerprint() != before
+        monkeypatch.setattr(wanted, "source_fingerprint", lambda: "edited sources")
+        wanted.served_fingerprint.cache_clear()
+        assert wanted.served_fingerprint() != before
+        assert wanted.packed_wanted(tmp_path, SPEC, ARCH, "baseline") is None  # only default builds
+    finally:
+        wanted.served_fingerprint.cache_clear()

@@ -128,3 +128,21 @@ def test_compile_aot_eager_functionalizes_the_write():
     got = sc.poisoned_cache()
     torch.compile(step, fullgraph=True, backend="aot_eager")(got, *(args[:9] + args[10:]))
     assert torch.equal(got, sc.run_reference())
+
+
+def test_c128a_version_bump_reads_a_dropped_compressed_kv_as_none(monkeypatch):
+    """torch <= 2.11's custom_op indexed args[14] here: the dispatcher drops trailing arguments
+    equal to their defaults (compressed_kv=None), so the call raised IndexError on any device."""
+    seen = []
+    real = torch_ops._bump_versions
+    monkeypatch.setattr(torch_ops, "_bump_versions",
+                        lambda op, written, keyset, args, kwargs: seen.append(len(args)) or real(
+                            op, written, keyset, args, kwargs))
+    pool, store, sc, args = _c128a_case(seed=5)
+    before = args[9]._version
+    torch.ops.compressc.compress_c128a(*args)
+    assert seen == [12] and args[9]._version > before  # k_cache bumped, compressed_kv dropped
+    given = sc.poisoned_compressed_kv()
+    kv_before = given._version
+    torch.ops.compressc.compress_c128a(*args, compressed_kv=given)
+    assert seen[-1] == 15 and given._version > kv_before

@@ -7,6 +7,14 @@ installed its versions complete the key, and only the entry of exactly that key 
 served. Without it (a kernel-pack user) an entry is served when the ingredients its
 key.json records match on everything but the toolchain. So a version bump, an edited
 compiler source or a `compressc build -p baseline` is never served to a default request.
+
+Computing the ingredients imports the compiler (IR, passes, emitter: ~20 ms of a cold
+start). A kernel pack therefore carries them, computed when the wheel was written:
+`wanted.json` = {"format", "fingerprint", "builds": {"<variant>@<arch>": ingredients}}, the
+default builds of the pack's kernels. The runtime uses them only when the pack's
+fingerprint equals `served_fingerprint()`, a hash of this compressc's version, the bytes
+of every compiler source and the tuned table, all of which the ingredients are a function
+of (read and hashed at start-up, ~2 ms); otherwise it computes them as before.
 """
 
 from __future__ import annotations
@@ -16,12 +24,16 @@ import json
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from compressc.cache.integrity import KEY_FILE
-from compressc.cache.key import hash_ingredients
+from compressc.cache.key import canonical_json, hash_ingredients, source_fingerprint
 from compressc.specs.family import KernelSpec
 
+WANTED_FILE = "wanted.json"
+WANTED_FORMAT = 1
+TUNED_TABLE = Path(__file__).resolve().parents[1] / "passes" / "tuned.json"  # passes.tuned.TUNED_FILE
 _VARIANT = re.compile(r"^(?P<kernel>\w+?)_h(?P<head>\d+)_q(?P<quant>\d+)_r(?P<rope>\d+)_(?P<dtype>bf16|f32)$")
 
 
@@ -47,6 +59,48 @@ def wanted_build(spec: KernelSpec, arch: str, pipeline: str = "default") -> Want
     ingredients = plan_ingredients(spec, arch, pipeline, toolchain=toolchain or {"unknown": "toolchain"})
     key = hash_ingredients(ingredients) if toolchain else None
     return Wanted({name: v for name, v in ingredients.items() if name != "toolchain"}, key)
+
+
+@cache
+def served_fingerprint() -> str:
+    """What the default builds' ingredients are a function of: compressc's version, the compiler
+    sources' fingerprint and the tuned table (data beside the sources, not in their fingerprint)."""
+    from compressc import __version__
+
+    tuned = TUNED_TABLE.read_bytes() if TUNED_TABLE.is_file() else b""
+    parts = {"compressc_version": __version__, "source_fingerprint": source_fingerprint(),
+             "tuned_sha256": hashlib.sha256(tuned).hexdigest()}
+    return hashlib.sha256(canonical_json(parts)).hexdigest()
+
+
+def wanted_file(labels: list[tuple[KernelSpec, str]]) -> dict[str, Any]:
+    """The `wanted.json` of a pack holding the default builds of (spec, arch) `labels`."""
+    builds = {f"{spec.variant}@{arch}": wanted_build(spec, arch).ingredients for spec, arch in labels}
+    return {"format": WANTED_FORMAT, "fingerprint": served_fingerprint(),
+            "builds": dict(sorted(builds.items()))}
+
+
+def packed_wanted(root: Path, spec: KernelSpec, arch: str, pipeline: str = "default") -> Wanted | None:
+    """The default build of (spec, arch) as the pack at `root` recorded it, when that record is
+    of this very compressc (same served_fingerprint); None otherwise (compute it instead)."""
+    if pipeline != "default":
+        return None
+    builds = _packed_builds(Path(root))
+    ingredients = builds.get(f"{spec.variant}@{arch}") if builds else None
+    return Wanted(dict(ingredients), None) if isinstance(ingredients, dict) else None
+
+
+@cache
+def _packed_builds(root: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((root / WANTED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != WANTED_FORMAT:
+        return None
+    if data.get("fingerprint") != served_fingerprint() or not isinstance(data.get("builds"), dict):
+        return None
+    return data["builds"]
 
 
 def stale_reason(wanted: Wanted, entry: Any, *, exact: bool) -> str | None:

@@ -34,6 +34,7 @@ from compressc import __version__
 from compressc.cache.arch import normalize_arch, sm_number
 from compressc.cache.packs import ENTRY_POINT_GROUP, PACK_FILE, make_pack_info
 from compressc.cache.store import KERNEL_SOURCE, LEGACY_KERNEL_SOURCE, MANIFEST, Entry
+from compressc.cache.wanted import WANTED_FILE, spec_of, wanted_file
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can record
 _FILE_MODE = 0o100644 << 16  # regular file, rw-r--r--
@@ -106,6 +107,8 @@ def pack_files(
         files[f"{root}/index/{label}.json"] = (json.dumps({"key": entry.key}) + "\n").encode()
     info = make_pack_info(name.dist, archs, list(entries), version)
     files[f"{root}/{PACK_FILE}"] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    if version == __version__:  # what this compressc serves, so that the runtime need not compute it
+        files[f"{root}/{WANTED_FILE}"] = (json.dumps(_wanted(entries), sort_keys=True) + "\n").encode()
     dist_info = f"{name.package}-{version}.dist-info"
     files[f"{dist_info}/METADATA"] = _metadata(name, archs, len(entries), version).encode()
     files[f"{dist_info}/WHEEL"] = _wheel_file(version).encode()
@@ -114,6 +117,12 @@ def pack_files(
     )
     files[f"{dist_info}/top_level.txt"] = f"{name.package}\n".encode()
     return files
+
+
+def _wanted(entries: Sequence[Entry]) -> dict:
+    """wanted.json: the default builds of the packed entries' variants (cache/wanted.py)."""
+    labels = [(spec_of(e.manifest), e.manifest["arch"]) for e in entries]
+    return wanted_file([(spec, arch) for spec, arch in labels if spec is not None])
 
 
 def _check_entries(entries: Sequence[Entry], archs: list[str]) -> None:

@@ -1,10 +1,11 @@
-"""The cheapest kernel launch Python has: libcuda's cuLaunchKernel(Ex) called through ctypes.
+"""The cheapest kernel launch Python has: libcuda's cuLaunchKernelEx called through ctypes.
 
 cuda-bindings wraps every driver call in argument objects (CUstream, CUfunction, a
-CUlaunchConfig built per call) and costs tens of microseconds of host time per launch
-on the fast path; a ctypes call into the same libcuda (cuda-bindings dlopens the same
-`libcuda.so.1`, so handles are shared) with the argument types declared once costs about
-a microsecond. `benchmarks/host_path.py` measures both on the GPU host.
+CUlaunchConfig built per call) and cost 9.1-9.6 us per launch on the H200 host; a ctypes
+call into the same libcuda (cuda-bindings dlopens the same `libcuda.so.1`, so handles are
+shared) of cuLaunchKernelEx with its configuration built once passes 4 prebuilt ctypes
+objects (0.3 us of ctypes on the build host, against 0.6 us for cuLaunchKernel's 11
+arguments). `benchmarks/host_path.py` measures the three on the GPU host.
 
 Only the launch goes through here: loading, attributes and errors stay in `loader`
 (cuda-bindings). When libcuda cannot be opened (no driver, an unusual platform),
@@ -88,12 +89,15 @@ def launch_config(cluster: int, block: tuple[int, int, int], smem: int, programm
 
 class FastKernel:
     """One loaded kernel's launches with everything but the rows, the stream and the argument
-    buffer fixed: a plain cuLaunchKernel, or cuLaunchKernelEx with a prebuilt configuration
-    for clusters and for a programmatic launch overlapping the previous grid.
+    buffer fixed: cuLaunchKernelEx with a configuration built once (clusters and the
+    programmatic launch overlapping the previous grid are launch attributes in it).
 
-    `launcher(kernel_params)` gives `launch(num_rows, stream) -> CUresult int` for one argument
-    buffer (0: launched, or no rows): the grid rule, memoised per row count, and the driver
-    call in one Python frame.
+    cuLaunchKernelEx takes 4 arguments where cuLaunchKernel takes 11: ctypes converts each
+    Python argument per call, and 4 prebuilt ctypes objects cost about 0.5 us less than 11
+    Python ints (benchmarks/host_path_cpu.py); the driver then reads grid and stream from the
+    configuration, whose two fields are written per launch. `plan(kernel_params)` gives what
+    `fastpath.Prepared.run` launches with; `launcher(kernel_params)` the same as one call,
+    `launch(num_rows, stream) -> CUresult int` (0: launched, or no rows).
     """
 
     __slots__ = ("kernel", "grids", "_lib", "_overlap")
@@ -112,30 +116,25 @@ class FastKernel:
             self.grids[num_rows] = grid
         return grid
 
-    def launcher(self, params: _c_void_p) -> Callable[[int, int], int]:
-        kernel, grids, grid_of = self.kernel, self.grids, self.grid
-        function = _c_void_p(int(kernel.function))
-        bx, by, bz = kernel.block
-        smem = kernel.smem_dynamic
+    def plan(self, params: _c_void_p) -> tuple:
+        """(config, grids, grid, cuLaunchKernelEx, its 4 arguments) for one argument buffer: the
+        caller sets config.gridDimX (grids.get(T) or grid(T)) and config.hStream, then calls."""
+        kernel = self.kernel
         programmatic = kernel.programmatic and self._overlap
-        if kernel.cluster == 1 and not programmatic:
-            plain = self._lib.cuLaunchKernel
+        config = launch_config(kernel.cluster, kernel.block, kernel.smem_dynamic, programmatic)
+        function = _c_void_p(int(kernel.function))
+        args = (ctypes.byref(config), function, params, None)
+        return config, self.grids, self.grid, self._lib.cuLaunchKernelEx, args
 
-            def launch(num_rows: int, stream: int) -> int:
-                ctas = grids.get(num_rows) or grid_of(num_rows)
-                if not ctas:
-                    return 0
-                return plain(function, ctas, 1, 1, bx, by, bz, smem, _c_void_p(stream), params, None)
+    def launcher(self, params: _c_void_p) -> Callable[[int, int], int]:
+        config, grids, grid_of, ex, args = self.plan(params)
 
-            return launch
-        config = launch_config(kernel.cluster, kernel.block, smem, programmatic)
-        ex, ref = self._lib.cuLaunchKernelEx, ctypes.byref(config)
-
-        def launch_ex(num_rows: int, stream: int) -> int:
+        def launch(num_rows: int, stream: int) -> int:
             ctas = grids.get(num_rows) or grid_of(num_rows)
             if not ctas:
                 return 0
             config.gridDimX, config.hStream = ctas, stream
-            return ex(ref, function, params, None)
+            return ex(*args)
 
-        return launch_ex
+        launch.plan = (config, grids, grid_of, ex, args)
+        return launch

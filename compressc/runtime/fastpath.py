@@ -16,8 +16,10 @@ launch costs more than all of them. Here a call is looked up by its *signature*:
 A miss (or a failed guard) runs every check of the checked path (`ops`), resolves and
 loads the kernels, and prepares one argument buffer: the per-step values (6 pointers,
 3 counts) in one struct at its start, every other kernel parameter packed once behind
-them, one `void*[N]` array per kernel pointing into it. A hit packs the per-step values
-with one `struct.pack_into` and makes one driver call per kernel (`cudalaunch`). A
+them, one `void*[N]` array per kernel pointing into it, and one cuLaunchKernelEx
+configuration per kernel. A hit patches only the per-step values, with one
+`struct.pack_into`, writes grid and stream into the configuration and makes one driver
+call per kernel (`cudalaunch`), with no Python object built but the step tuple. A
 signature is kept only when its checks hold for every length (an index tensor of one
 element may have any stride: such calls are checked in full every time).
 The same tensor passed twice fails torch's guard: such calls are checked every time too.
@@ -50,7 +52,7 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 class Prepared:
     """One signature's argument buffer and launches; `run(...)` packs step values and launches."""
 
-    __slots__ = ("buffer", "launches", "index", "device", "guard")
+    __slots__ = ("buffer", "launches", "index", "device", "guard", "_plans")
 
     def __init__(self, kernels: Sequence[tuple[object, Sequence[Param], bool]], values: dict,
                  device_index: int, device: torch.device | None = None) -> None:
@@ -66,14 +68,25 @@ class Prepared:
         self.launches = tuple(
             _launch_of(kernel, plist, base, offset, overlap) for kernel, plist, overlap in kernels
         )
+        # libcuda launches run inline in run() (one Python frame less per kernel); None: any is not
+        plans = tuple(getattr(launch, "plan", None) for launch in self.launches)
+        self._plans = None if None in plans else plans
 
     def run(self, step: tuple, num_rows: int) -> None:
         """Pack the per-step values and launch every kernel on torch's current stream."""
         STEP.pack_into(self.buffer, 0, *step)
         stream = _raw_stream(self.index) if _raw_stream is not None else 0
-        for launch in self.launches:
-            if launch(num_rows, stream):
-                _retry_or_raise(launch, num_rows, stream)
+        plans = self._plans
+        if plans is None:
+            for launch in self.launches:
+                if launch(num_rows, stream):
+                    _retry_or_raise(launch, num_rows, stream)
+            return
+        for i, (config, grids, grid_of, ex, args) in enumerate(plans):
+            config.gridDimX = grids.get(num_rows) or grid_of(num_rows)
+            config.hStream = stream
+            if config.gridDimX and ex(*args):
+                _retry_or_raise(self.launches[i], num_rows, stream)
 
 
 def _pack_fixed(buffer: ctypes.Array, fixed: Sequence[Param], values: dict) -> None:

@@ -43,7 +43,7 @@ class ArchMismatchError(RuntimeError):
 
 def launch_error(entry: str, code: int) -> CudaError:
     """The error of a launch made through ctypes (`cudalaunch`), which returns a bare CUresult int."""
-    return CudaError(f"cuLaunchKernel({entry})", driver.CUresult(code))
+    return CudaError(f"cuLaunchKernelEx({entry})", driver.CUresult(code))
 
 
 def _error_name(result: driver.CUresult) -> str:

@@ -297,9 +297,11 @@ def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool, pipelin
     the entry the index names, and (no toolchain here) any entry of the variant@arch.
     StaleEntryError, naming what differs, when there are candidates but none is wanted.
     """
-    from compressc.cache.wanted import stale_reason, wanted_build
+    from compressc.cache.wanted import packed_wanted, stale_reason, wanted_build
 
-    want, exact = wanted_build(spec, arch, pipeline), not pack
+    # a pack records what this compressc serves (when it is this compressc): no compiler import
+    want = packed_wanted(store.root, spec, arch, pipeline) if pack and hasattr(store, "root") else None
+    want, exact = want or wanted_build(spec, arch, pipeline), not pack
     first_reason = None
     for entry in _candidates(store, spec, arch, want.key if exact else None, scan=exact and want.key is None):
         reason = stale_reason(want, entry, exact=exact)

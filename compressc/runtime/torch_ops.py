@@ -14,6 +14,12 @@ as docs/kernels.md §6 allows the kernels to: a slow but exact implementation, w
 
 Eager callers on a hot path should call `compressc.runtime.ops` directly: a custom op adds
 torch's dispatcher (several microseconds) to every call.
+
+The ops are defined with `torch.library.Library` rather than `torch.library.custom_op`: the
+dispatcher drops trailing arguments equal to their defaults before calling a Python kernel, and
+custom_op's version-bump kernel of torch <= 2.11 indexes the mutated arguments by position
+(`args[14]`, C128A's `compressed_kv`), an IndexError whenever compressed_kv is left None. Our
+ADInplaceOrView kernel (`_bump_versions`) reads a dropped argument as its default instead.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from compressc.runtime.validate import compressed_values, weight_dtype_name
 
 NAMESPACE = "compressc"
 _registered: dict[str, object] = {}
+_libraries: list[torch.library.Library] = []  # a Library's registrations live as long as it does
 
 
 def register() -> dict[str, object]:
@@ -67,9 +74,7 @@ def _fused_op(name: str, head: int, block: int):
         ops._common_values(spec, ops._named(*args, fp8_scale=fp8_scale), spec)  # the CUDA path's checks
         reference.compress_fused(spec, *args[:9], k_cache.view(torch.uint8), *args[10:], fp8_scale=fp8_scale)
 
-    op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=("k_cache",))
-    op.register_fake(_nothing)
-    return op
+    return define_op(name, impl, ("k_cache",))
 
 
 def _c128a_op():
@@ -88,10 +93,35 @@ def _c128a_op():
             return
         _c128a_reference(args, head_size, quant_block, compressed_kv, cache_format, fp8_scale)
 
-    op = torch.library.custom_op(f"{NAMESPACE}::compress_c128a", compress_c128a,
-                                 mutates_args=("k_cache", "compressed_kv"))
-    op.register_fake(_nothing)
+    return define_op("compress_c128a", compress_c128a, ("k_cache", "compressed_kv"))
+
+
+def define_op(name: str, impl, mutates_args: tuple[str, ...], namespace: str = NAMESPACE):
+    """torch.ops.<namespace>.<name>.default: `impl` for every device, its schema inferred from its
+    annotations with `mutates_args` written, a fake impl that does nothing, and the version bump
+    of the written tensors (what torch.library.custom_op registers, robust to dropped defaults)."""
+    lib = torch.library.Library(namespace, "FRAGMENT")
+    lib.define(name + torch.library.infer_schema(impl, mutates_args=mutates_args),
+               tags=(torch.Tag.pt2_compliant_tag,))
+    lib.impl(name, impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{namespace}::{name}", _nothing, lib=lib)
+    op = getattr(getattr(torch.ops, namespace), name).default
+    written = [(i, a.name) for i, a in enumerate(op._schema.arguments)
+               if a.alias_info is not None and a.alias_info.is_write]
+    lib.impl(name, lambda keyset, *args, **kwargs: _bump_versions(op, written, keyset, args, kwargs),
+             "ADInplaceOrView", with_keyset=True)
+    _libraries.append(lib)
     return op
+
+
+def _bump_versions(op, written: list[tuple[int, str]], keyset, args: tuple, kwargs: dict) -> None:
+    """ADInplaceOrView: bump the version counter of every written tensor, then run the op. A
+    written argument past len(args) was dropped by the dispatcher for equalling its default (None)."""
+    for index, name in written:
+        value = args[index] if index < len(args) else kwargs.get(name)
+        if isinstance(value, torch.Tensor):
+            torch.autograd.graph.increment_version(value)
+    return op.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, *args, **kwargs)
 
 
 def _c128a_reference(args: tuple, head: int, block: int, compressed_kv: torch.Tensor | None,
