@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op, fields
+from compressc.ir.online import online_ops
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec, make_spec
 
@@ -78,6 +79,8 @@ def _norm_rope_quant_store(spec: KernelSpec, source: str) -> list[Op]:
 
 def module_from_spec(spec: KernelSpec) -> Module:
     """The spec-level module of `spec`: arguments, guard, then the stages it runs."""
+    if spec.segmented:
+        return Module(spec.variant, spec_attrs(spec), tuple(_args(spec) + online_ops(spec.head, spec.ratio)))
     ops = _args(spec) + [_guard(spec)]
     if spec.kernel == "c128a_compress":
         ops += _pool(spec)

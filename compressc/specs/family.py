@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from compressc.specs.errors import SpecError
 
-KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8")
+KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "c128a_online")
 WEIGHT_DTYPES = ("bf16", "f32")
 QUANT_FORMATS = ("ue8m0_e4m3", "f32scale_e4m3", "none")
 STORE_LAYOUTS = ("fp8_ds_mla", "indexer_fp8", "f32_rows")
@@ -78,7 +78,12 @@ class KernelSpec:
 
     @property
     def normalises(self) -> bool:
-        return self.kernel != "c128a_compress"
+        return self.kernel not in ("c128a_compress", "c128a_online")
+
+    @property
+    def segmented(self) -> bool:
+        """The online C128 merge (SPEC_FORMATS §14): one CTA per segment of rows, no paged state."""
+        return self.kernel == "c128a_online"
 
     @property
     def variant(self) -> str:
@@ -125,11 +130,12 @@ _DEFAULTS: dict[str, dict] = {
     "c128a_compress": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "none"},
     "c128a_store": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "ue8m0_e4m3"},
     "indexer_fp8": {"head": 128, "quant_block": 128, "ratio": 4, "quant_format": "f32scale_e4m3"},
+    "c128a_online": {"head": 512, "quant_block": 64, "ratio": 128, "quant_format": "none"},
 }
 
 
 def _store_for(spec: KernelSpec) -> StoreLayout:
-    if spec.kernel == "c128a_compress":
+    if spec.kernel in ("c128a_compress", "c128a_online"):
         return StoreLayout("f32_rows", token_stride=4 * spec.head, scale_dim=0)
     if spec.kernel == "indexer_fp8":
         return StoreLayout("indexer_fp8", token_stride=spec.head, scale_dim=4)
