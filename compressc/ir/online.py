@@ -51,7 +51,8 @@ def online_problem(module: Module) -> tuple[Op | None, str, object, str] | None:
         return None
     grid = module.get("grid")
     if grid not in (None, "rows"):
-        return None, "grid", grid, "must be 'rows': the online merge runs one CTA per segment (SPEC_FORMATS §14.1)"
+        rule = "must be 'rows': the online merge runs one CTA per segment (SPEC_FORMATS §14.1)"
+        return None, "grid", grid, rule
     rows = merge.get("rows_in_flight")
     if rows is not None and not (isinstance(rows, int) and 1 <= rows <= MAX_ROWS_IN_FLIGHT):
         rule = f"must be 1..{MAX_ROWS_IN_FLIGHT} token rows loaded before their updates"

@@ -57,7 +57,8 @@ def _batch_loads(src: Source, module: Module, op: Op, elems: int, rows: int, vec
     """Every load of the batch before its first update; a tail row past the segment loads its
     last row again (in bounds) and is not counted."""
     ratio, head = _i(op, "ratio", False), _i(op, "head", False)
-    src.line(f"# {3 * rows * elems // vec} loads of {vec * 32} bits in flight per lane before the first update")
+    loads = 3 * rows * elems // vec
+    src.line(f"# {loads} loads of {vec * 32} bits in flight per lane before the first update")
     for name in ("rKV", "rSC", "rAP"):
         src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
     src.line(f"for r in range_constexpr({rows}):")
