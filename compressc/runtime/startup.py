@@ -15,19 +15,23 @@ import torch
 
 from compressc.specs.family import KernelSpec
 
-OPS = ("c4a", "c128a", "indexer_fp8")
+OPS = ("c4a", "c128a", "indexer_fp8", "c128a_online")
 WEIGHT_DTYPES = {"bf16": "bf16", "f32": "f32", torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
 def op_kernels(op: str, weight_dtype: str = "bf16", head_size: int | None = None,
                quant_block: int | None = None) -> list[KernelSpec]:
-    """The kernels one op launches: C128A is its fp32 compress kernel and its store."""
+    """The kernels one op launches: C128A is its fp32 compress kernel and its store; the online
+    C128A step its merge kernel and the same store."""
     from compressc.runtime.ops import kernel_spec
 
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}: expected one of {', '.join(OPS)}")
     head = head_size or (128 if op == "indexer_fp8" else 512)
     block = quant_block or (128 if op == "indexer_fp8" else 64)
+    if op == "c128a_online":
+        return [kernel_spec("c128a_online", head, block, "f32"),
+                kernel_spec("c128a_store", head, block, weight_dtype)]
     if op == "c128a":
         return [kernel_spec("c128a_compress", head, block, "f32"),
                 kernel_spec("c128a_store", head, block, weight_dtype)]

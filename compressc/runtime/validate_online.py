@@ -30,8 +30,10 @@ def _rows_2d(name: str, value: object, width: int, row_align: int, need: str) ->
 
 
 def online_values(spec: KernelSpec, kv: object, score: object, ape: object, positions: object,
-                  run_state: object, segments: object, compressed_kv: object) -> Values:
-    """The ABI values of one merge launch; T = kv.shape[0] token rows."""
+                  run_state: object, segments: object, compressed_kv: object, *,
+                  table_name: str = "segments") -> Values:
+    """The ABI values of one merge launch; T = kv.shape[0] token rows. `table_name`: what the
+    caller calls `segments` (its errors name it)."""
     head = spec.head
     kv_t = _rows_2d("kv", kv, head, 4, f"[T, {head}]")
     T = kv_t.shape[0]
@@ -45,7 +47,7 @@ def online_values(spec: KernelSpec, kv: object, score: object, ape: object, posi
                        f"shape {tuple(ape_t.shape)}, strides {ape_t.stride()}")
     pos = _positions(positions, T)
     state = _rows_2d("run_state", run_state, 3 * head, STATE_ROW_ALIGN, f"[max_num_reqs, {3 * head}]")
-    table = _segments(segments)
+    table = _segments(table_name, segments)
     out = _compressed(compressed_kv, T, head)
     return {
         "kv": kv_t.data_ptr(), "score": score_t.data_ptr(), "ape": _aligned("ape", ape_t),
@@ -63,12 +65,12 @@ def _positions(positions: object, T: int) -> torch.Tensor:
     return pos
 
 
-def _segments(segments: object) -> torch.Tensor:
-    table = _tensor("segments", segments, torch.int32)
+def _segments(name: str, segments: object) -> torch.Tensor:
+    table = _tensor(name, segments, torch.int32)
     if table.dim() != 2 or table.shape[1] != SEGMENT_COLUMNS or not table.is_contiguous():
         expected = ("be a contiguous [n, 5] tensor of (row_base, num_rows, read_row, emit_token, write_row) "
                     "(compressc.online.plan_online_c128_segments makes them)")
-        raise _invalid("segments", expected, f"shape {tuple(table.shape)}, strides {table.stride()}")
+        raise _invalid(name, expected, f"shape {tuple(table.shape)}, strides {table.stride()}")
     return table
 
 
