@@ -1,4 +1,4 @@
-"""The host plan of the online C128 merge (SPEC_FORMATS §14.2): which segments a step launches.
+"""The host plan of the online C128 merge (docs/kernels.md §8.2): which segments a step launches.
 
 For request r with state row rsi >= 0 and chunk rows [qs, qe) ending at seq_len, the first
 position is f = seq_len - (qe - qs). The chunk is cut after every row whose position p has

@@ -1,4 +1,4 @@
-"""Realistic steps of the online C128A path (SPEC_FORMATS §14) for tests, on CPU or GPU tensors.
+"""Realistic steps of the online C128A path (docs/kernels.md §8) for tests, on CPU or GPU tensors.
 
 A step has a few requests, each a sequence start (first position 0), a chunk from the middle of
 a sequence or a decode token, in consecutive rows, then padding rows (slot -1, no request). The
@@ -67,7 +67,7 @@ class OnlineStep:
 
     def run_reference(self, run_state: torch.Tensor, k_cache: torch.Tensor,
                       compressed_kv: torch.Tensor) -> None:
-        """SPEC_FORMATS §14.4 in torch: emit segments, update segments, resets, then the store."""
+        """docs/kernels.md §8.4 in torch: emit segments, update segments, resets, then the store."""
         emit, update, reset = self.plan.tensors("cpu")
         merge_in = (self.kv, self.score, self.ape, self.positions, run_state)
         reference.online_c128_merge(*merge_in, emit, compressed_kv)

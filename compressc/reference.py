@@ -344,7 +344,7 @@ def _require(spec: KernelSpec, kernels: tuple[str, ...]) -> None:
         )
 
 
-# -- SPEC_FORMATS §14.3: the online C128 merge ---------------------------------------------
+# -- docs/kernels.md §8.3: the online C128 merge ---------------------------------------------
 def online_c128_merge(
     kv: torch.Tensor,
     score: torch.Tensor,
@@ -386,7 +386,7 @@ def _online_seed(state: torch.Tensor, read: int, head: int, device: torch.device
 
 
 def online_state_reset(run_state: torch.Tensor, rows: torch.Tensor, head: int) -> None:
-    """SPEC_FORMATS §14.1's reset value (-inf, 0, 0) into run_state[rows]."""
+    """docs/kernels.md §8.1's reset value (-inf, 0, 0) into run_state[rows]."""
     rows = rows.to(device=run_state.device, dtype=torch.int64)
     run_state[rows, :head] = float("-inf")
     run_state[rows, head : 3 * head] = 0.0

@@ -1,4 +1,4 @@
-"""The online C128 merge (SPEC_FORMATS §14) on a CPU: plan, reference, interpreter, emitter, compile."""
+"""The online C128 merge (docs/kernels.md §8) on a CPU: plan, reference, interpreter, emitter, compile."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_plan_pieces_cover_each_chunk_and_emit_exactly_its_boundaries(chunks) ->
         assert (read >= 0) == (base in starts and position[base] % 128 > 0)
 
 
-# -- §14.3: the reference is the pooling of SPEC §3.3 ---------------------------------------------
+# -- docs/kernels.md §8.3: the reference is the pooling of docs/kernels.md §3 step 3 ---------------
 def test_online_reference_pools_the_window_like_the_paged_reference() -> None:
     gen = torch.Generator().manual_seed(7)
     kv, score, ape = (torch.randn(128, HEAD, generator=gen) for _ in range(3))
@@ -214,9 +214,9 @@ def test_the_online_merge_runs_one_cta_per_segment() -> None:
     assert lowered.get("grid") == "rows" and lowered.get("threads") == 64
     assert [op.name for op in lowered.ops if op.name.startswith("kd.")] == [
         "kd.lanes", "kd.cta_row", "kd.segment", "kd.row"]
-    assert _lower("baseline").get("threads") == 256  # SPEC_FORMATS §14.1's 2 columns a thread
+    assert _lower("baseline").get("threads") == 256  # docs/kernels.md §8.1's 2 columns a thread
     with pytest.raises(VerifyError, match=r"grid='tiled': must be 'rows': the online merge runs one CTA "
-                                          r"per segment \(SPEC_FORMATS §14.1\)"):
+                                          r"per segment \(docs/kernels.md §8.1\)"):
         _lower("thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch")
 
 
@@ -311,3 +311,41 @@ def test_segment_bounds_name_the_bad_segment() -> None:
                                          r"T = 10 token rows; .* \(run_state has 4\)"):
         check_segment_bounds(table, 10, 4)
     check_segment_bounds(table[:1], 10, 4)
+
+
+# -- shipping: the default build, inspect and tune ------------------------------------------------
+def test_the_default_matrix_holds_the_online_merge_once() -> None:
+    from compressc.specs import default_specs
+
+    online = [s.variant for s in default_specs() if s.segmented]
+    assert online == ["c128a_online_h512_q64_r64_f32"]
+
+
+def test_tune_refuses_the_online_merge(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from compressc.cli.main import main
+
+    result = CliRunner().invoke(main, ["tune", "--arch", "sm90", "--prepare", str(tmp_path / "t"),
+                                       "--spec", "c128a_online"])
+    assert result.exit_code == 1
+    assert ("--spec c128a_online: compressc tune measures the paged-state kernels (c4a, indexer_fp8, "
+            "c128a_compress, c128a_store) only") in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
+def test_build_and_inspect_list_the_online_merge(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from compressc.cli.main import main
+
+    out = tmp_path / "kernels"
+    built = CliRunner().invoke(main, ["build", "--arch", "sm90", "--spec", "c128a_online", "--weight-dtype",
+                                      "f32", "-j", "1", "--out", str(out)])
+    assert built.exit_code == 0, built.output
+    assert "│ c128a_online_h512_q64_r64_f32 │ sm_90a │" in built.output
+    assert "1/1 kernels ready" in built.output
+    monkeypatch.setenv("COMPRESSC_CACHE_DIR", str(out))
+    listed = CliRunner().invoke(main, ["inspect", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert "c128a_online_h512_q64_r64_f32" in listed.output

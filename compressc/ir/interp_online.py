@@ -1,4 +1,4 @@
-"""A NumPy interpreter of the lowered online C128 merge (SPEC_FORMATS §14), lane by lane.
+"""A NumPy interpreter of the lowered online C128 merge (docs/kernels.md §8), lane by lane.
 
 `run_online` executes what the emitted kernel does: one CTA per segment (the "rows" grid of the
 runtime's `launch_grid`), each walking the kernel-dialect program (`kd.cta_row`, `kd.segment`,
@@ -123,7 +123,7 @@ def _load(lanes: SegmentLanes, t: int, ratio: int, head: int) -> tuple:
 
 
 def _update(m, l, a, kv, sc, ap):  # noqa: E741
-    """SPEC_FORMATS §14.3 for one row, each operation rounded to fp32."""
+    """docs/kernels.md §8.3 for one row, each operation rounded to fp32."""
     s = (sc + ap).astype(F32)
     with np.errstate(invalid="ignore"):
         m_new = np.fmax(m, s)

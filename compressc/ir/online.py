@@ -1,4 +1,4 @@
-"""The online C128 merge's row ops (SPEC_FORMATS §14): one CTA per segment of token rows.
+"""The online C128 merge's row ops (docs/kernels.md §8): one CTA per segment of token rows.
 
     %seg = cc.segment(%segments)                      the CTA's (row_base, num_rows, read_row,
                                                       emit_token, write_row)
@@ -51,7 +51,7 @@ def online_problem(module: Module) -> tuple[Op | None, str, object, str] | None:
         return None
     grid = module.get("grid")
     if grid not in (None, "rows"):
-        rule = "must be 'rows': the online merge runs one CTA per segment (SPEC_FORMATS §14.1)"
+        rule = "must be 'rows': the online merge runs one CTA per segment (docs/kernels.md §8.1)"
         return None, "grid", grid, rule
     rows = merge.get("rows_in_flight")
     if rows is not None and not (isinstance(rows, int) and 1 <= rows <= MAX_ROWS_IN_FLIGHT):

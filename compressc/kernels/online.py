@@ -1,4 +1,4 @@
-"""Emitters of the online C128 merge (SPEC_FORMATS §14): the segment's metadata, the running
+"""Emitters of the online C128 merge (docs/kernels.md §8): the segment's metadata, the running
 softmax over its token rows and the two stores. One function per op, no decisions: the batch
 of rows in flight, the vector widths and the cache hints are the passes'.
 """
@@ -20,7 +20,7 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
 
 def segment(src: Source, module: Module, op: Op) -> None:
     """kd.segment: CTA `row` reads its segment's five int32 fields (one broadcast load each)."""
-    src.line("# SPEC_FORMATS §14.1: this CTA's segment (row_base, num_rows, read_row, emit_token,")
+    src.line("# docs/kernels.md §8.1: this CTA's segment (row_base, num_rows, read_row, emit_token,")
     src.line("# write_row); -1 disables the read, the emit and the write")
     src.line(f"mSeg = cute.make_tensor(segments + Int64(row) * {len(SEGMENT_FIELDS)}, "
              f"cute.make_layout({len(SEGMENT_FIELDS)}))")
@@ -88,7 +88,7 @@ def _stream_loads(src: Source, frag: str, ptr: str, at: str, elems: int, vec: in
 
 
 def _batch_updates(src: Source, elems: int, rows: int) -> None:
-    """SPEC_FORMATS §14.3, row by row in order: s = score + ape; m' = max(m, s);
+    """docs/kernels.md §8.3, row by row in order: s = score + ape; m' = max(m, s);
     alpha = ex2((m - m') log2e), beta = ex2((s - m') log2e); l = l alpha + beta; a = a alpha + kv beta."""
     src.line(f"for r in range_constexpr({rows}):")
     with src.indent():

@@ -81,7 +81,7 @@ def _require_scheduled(module: Module) -> None:
 
 
 def _segments() -> list[Op]:
-    """The online merge (SPEC_FORMATS §14.1): CTA i runs segment i, whatever its fields say."""
+    """The online merge (docs/kernels.md §8.1): CTA i runs segment i, whatever its fields say."""
     return [kd("lanes"), kd("cta_row"), kd("segment"), kd("row", operands=False)]
 
 

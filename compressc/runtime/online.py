@@ -1,4 +1,4 @@
-"""The online C128 ops (SPEC_FORMATS §14): one merge launch, and a step's composition (§14.4).
+"""The online C128 ops (docs/kernels.md §8): one merge launch, and a step's composition (§14.4).
 
 `online_c128_merge` launches the c128a_online kernel over one segment table (one CTA a
 segment). `compress_c128a_online` runs a step as vLLM's online path does: the emit segments
@@ -31,7 +31,7 @@ MERGE = "c128a_online"
 def online_c128_merge(kv: torch.Tensor, score: torch.Tensor, ape: torch.Tensor, positions: torch.Tensor,
                       run_state: torch.Tensor, segments: torch.Tensor, compressed_kv: torch.Tensor, *,
                       head_size: int = 512) -> None:
-    """SPEC_FORMATS §14.3 for every segment of `segments` (int32 [n, 5]): compressed_kv[emit_token]
+    """docs/kernels.md §8.3 for every segment of `segments` (int32 [n, 5]): compressed_kv[emit_token]
     and run_state[write_row] are written in place, nothing else."""
     spec = kernel_spec(MERGE, head_size, 64, "f32")
     values = online_values(spec, kv, score, ape, positions, run_state, segments, compressed_kv)
@@ -65,7 +65,7 @@ def compress_c128a_online(
     quant_block: int = 64,
     compressed_kv: torch.Tensor | None = None,
 ) -> None:
-    """One step of the online C128A path (SPEC_FORMATS §14.4) into k_cache.
+    """One step of the online C128A path (docs/kernels.md §8.4) into k_cache.
 
     emit_segments, update_segments: int32 [n, 5] (`OnlinePlan.tensors`); reset_rows: int64 [k]
     run_state rows set to (-inf, 0, 0) after the merges. compressed_kv: fp32 [>= T, head_size]

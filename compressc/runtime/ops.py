@@ -381,5 +381,5 @@ def reserve_c128a_scratch(
     scratch_buffer(device, num_rows, head_size)
 
 
-# the online C128 ops (SPEC_FORMATS §14) live in runtime/online.py; imported last, as they use the above
+# the online C128 ops (docs/kernels.md §8) live in runtime/online.py; imported last, as they use the above
 from compressc.runtime.online import compress_c128a_online, online_c128_merge  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""Argument checks of the online C128 merge (SPEC_FORMATS §14.1), runnable on CPU tensors.
+"""Argument checks of the online C128 merge (docs/kernels.md §8.1), runnable on CPU tensors.
 
 Like `validate`, each check names the argument, what was expected and what was given, reads only
 metadata (no device synchronisation) and returns the kernel ABI values. The segment table's values
@@ -13,7 +13,7 @@ from compressc.runtime.validate import Values, _aligned, _invalid, _tensor
 from compressc.specs.family import KernelSpec
 
 SEGMENT_COLUMNS = 5
-STATE_ROW_ALIGN = 16  # run_state rows: fp32 elements (64 bytes), SPEC_FORMATS §14.1
+STATE_ROW_ALIGN = 16  # run_state rows: fp32 elements (64 bytes), docs/kernels.md §8.1
 
 
 def _rows_2d(name: str, value: object, width: int, row_align: int, need: str) -> torch.Tensor:

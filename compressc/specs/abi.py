@@ -57,7 +57,7 @@ _SCALARS_STORE = (
 )
 
 
-# the online C128 merge (SPEC_FORMATS §14.1): num_rows counts the segments, one CTA each (the
+# the online C128 merge (docs/kernels.md §8.1): num_rows counts the segments, one CTA each (the
 # rows of its launch grid); the strides are in fp32 elements
 _ONLINE = (
     _ptr("kv", "f32", 16),

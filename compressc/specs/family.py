@@ -82,7 +82,7 @@ class KernelSpec:
 
     @property
     def segmented(self) -> bool:
-        """The online C128 merge (SPEC_FORMATS §14): one CTA per segment of rows, no paged state."""
+        """The online C128 merge (docs/kernels.md §8): one CTA per segment of rows, no paged state."""
         return self.kernel == "c128a_online"
 
     @property

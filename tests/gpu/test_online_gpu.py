@@ -1,4 +1,4 @@
-"""The online C128A path on the GPU (SPEC_FORMATS §14) against the torch reference.
+"""The online C128A path on the GPU (docs/kernels.md §8) against the torch reference.
 
 Kernels come from COMPRESSC_CACHE_DIR (c128a_online_h512_q64_r64_f32 and c128a_store, built on a
 CPU host). Outputs are poisoned with a sentinel first: the merge may write only its emit rows of
