@@ -22,7 +22,7 @@ RATIO = 128
 
 @dataclass(frozen=True)
 class OnlinePlan:
-    """emit and update segments in request order, and the state rows to reset (§14.4 order)."""
+    """emit and update segments in request order, and the state rows to reset (§8.4 order)."""
 
     emit: tuple[Segment, ...] = ()
     update: tuple[Segment, ...] = ()

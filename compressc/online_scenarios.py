@@ -5,7 +5,7 @@ a sequence or a decode token, in consecutive rows, then padding rows (slot -1, n
 running state rows hold plausible (max, sum >= 1, weighted sum) values; kv, score and ape are
 fresh random fp32 (never zeros); kv and score may have padded row strides. Rows that compress
 get distinct cache slots; some other rows carry a real slot too (a kernel that ignores the
-boundary rule overwrites it). `run_reference` is the composition of §14.4 in torch.
+boundary rule overwrites it). `run_reference` is the composition of §8.4 in torch.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def _lower(pipeline: str = "default", spec=SPEC):
     return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
 
 
-# -- §14.2: the plan -----------------------------------------------------------------------------
+# -- §8.2: the plan -----------------------------------------------------------------------------
 def test_the_spec_example_plans_exactly() -> None:
     rsi = 5
     plan = plan_online_c128_segments([0, 300], [420], [rsi])  # rows 0..299 at positions 120..419
@@ -187,7 +187,7 @@ def _store_args(module, step, compressed_kv: torch.Tensor, k_cache: torch.Tensor
 
 @pytest.mark.parametrize("weight_dtype", ["bf16", "f32"])
 def test_the_step_composition_writes_the_reference_cache_bytes(weight_dtype: str) -> None:
-    """§14.4 through the interpreters: emit, update, reset, then the unchanged c128a_store."""
+    """§8.4 through the interpreters: emit, update, reset, then the unchanged c128a_store."""
     step = make_online_step(400, 6, weight_dtype=weight_dtype)
     assert step.plan.reset and step.plan.emit
     merge, store = _lower(), _lower(spec=step.store_spec)

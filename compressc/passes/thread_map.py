@@ -117,7 +117,7 @@ class ThreadMap(ModulePass):
     def _grid(self, module: Module) -> str:
         if self.grid != "auto":
             return self.grid
-        if module.find("cc.segment") is not None:  # the online merge: one CTA per segment (§14.1)
+        if module.find("cc.segment") is not None:  # the online merge: one CTA per segment (§8.1)
             return "rows"
         if self.cluster_split > 1:
             return "tiled"

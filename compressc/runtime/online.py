@@ -1,4 +1,4 @@
-"""The online C128 ops (docs/kernels.md §8): one merge launch, and a step's composition (§14.4).
+"""The online C128 ops (docs/kernels.md §8): one merge launch, and a step's composition (§8.4).
 
 `online_c128_merge` launches the c128a_online kernel over one segment table (one CTA a
 segment). `compress_c128a_online` runs a step as vLLM's online path does: the emit segments
