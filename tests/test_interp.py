@@ -28,7 +28,8 @@ from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.scenarios import KINDS, SENTINEL, make_scenario
 from compressc.specs import default_specs, make_spec
 
-DEFAULTS = default_specs()
+# the paged family; the online merge (segments, no paged state) has tests/test_online.py
+DEFAULTS = [s for s in default_specs() if not s.segmented]
 POOL_ONLY = "c128a_compress"
 
 

@@ -309,7 +309,7 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
         "d16384",
     ]
     assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d1024", "d4096"]
-    assert set(FAMILY) == {s.kernel for s in default_specs()}
+    assert set(FAMILY) == {s.kernel for s in default_specs() if not s.segmented}  # tune measures these
 
 
 def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wins() -> None:
@@ -471,7 +471,7 @@ def test_measure_inputs_pack_every_variants_abi_on_the_cpu(monkeypatch) -> None:
 
     monkeypatch.setattr(measure, "DEVICE", "cpu")
     monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
-    for spec in default_specs():
+    for spec in (s for s in default_specs() if s.kernel in FAMILY):
         inputs = measure._Inputs(spec, measure.Case("decode", 32))
         packed = inputs.packed(spec)
         assert len(packed) == max(len(inputs.tables), len(inputs.kv)) >= 2

@@ -177,13 +177,19 @@ def _prepare(arch: str, out_dir: Path, opts: dict, as_json: bool = False) -> Non
 
     from compressc.cli.build import _archs, _check_build_extra, _config, console, unwritable
     from compressc.specs.matrix import default_specs
+    from compressc.tune.measure import FAMILY
     from compressc.tune.prepare import PLAN_FILE, prepare
 
     (arch,) = _archs((arch,))
+    untunable = sorted(set(opts["kernels"] or ()) - set(FAMILY))
+    if untunable:
+        raise click.ClickException(
+            f"--spec {untunable[0]}: compressc tune measures the paged-state kernels "
+            f"({', '.join(FAMILY)}) only; build {untunable[0]} with the derived schedule (-p default)")
     specs = [
         s
         for s in default_specs()
-        if (not opts["kernels"] or s.kernel in opts["kernels"])
+        if s.kernel in FAMILY and (not opts["kernels"] or s.kernel in opts["kernels"])
         and opts["weight_dtype"] in (None, s.weight_dtype)
         and opts["cache_format"] in (None, s.cache_format)
         and opts["rotate"] in (None, s.rotate)

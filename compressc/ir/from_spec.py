@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from compressc.ir.core import Module, Op, fields
+from compressc.ir.online import online_ops
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec, make_spec
 from compressc.specs.formats import formats_for
@@ -119,6 +120,8 @@ def _quant(spec: KernelSpec, codec: str, rule, channels: tuple[int, int], value:
 
 def module_from_spec(spec: KernelSpec) -> Module:
     """The spec-level module of `spec`: arguments, guard, then the stages it runs."""
+    if spec.segmented:
+        return Module(spec.variant, spec_attrs(spec), tuple(_args(spec) + online_ops(spec.head, spec.ratio)))
     ops = _args(spec) + [_guard(spec)]
     if spec.kernel == "c128a_compress":
         ops += _pool(spec)

@@ -35,6 +35,7 @@ KD_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.staged_rows": (),
     "kd.operand_loads": (),
     "kd.staged_wait": (),
+    "kd.segment": (),
     "kd.else": (),
     "kd.end": (),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.kd import KD_ATTRS, NestingError, program
+from compressc.ir.online import ONLINE_ATTRS, online_problem
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
 from compressc.specs.target import DEFAULT_TARGET, WARP
@@ -31,6 +32,7 @@ OP_ATTRS: dict[str, tuple[str, ...]] = {
                  "scale_offset", "pad"),
 }
 OP_ATTRS.update(KD_ATTRS)
+OP_ATTRS.update(ONLINE_ATTRS)
 MODULE_ATTRS = ("kernel", "head", "rope", "quant_block", "ratio", "weight_dtype")
 
 
@@ -176,6 +178,9 @@ def _verify_schedule(module: Module) -> None:
     _verify_thread_map(module, int(elems))  # type: ignore[arg-type]
     for op in module.ops:
         _verify_op_schedule(module, op, int(elems))  # type: ignore[arg-type]
+    problem = online_problem(module)
+    if problem is not None:
+        raise _fail(module, *problem)
     smem = int(module.get("smem_bytes", 0))  # type: ignore[arg-type]
     if smem > SMEM_LIMIT:
         raise _fail(module, None, "smem_bytes", smem, f"must be at most {SMEM_LIMIT} (static shared memory)")

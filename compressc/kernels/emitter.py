@@ -45,6 +45,7 @@ _OP_FIELDS = {
     "cc.window": (("vector_bits", "vectorize"), ("rows_in_flight", "window-prefetch")),
     "cc.rms_norm": (("lane_tree", "lower-reduction"),),
     "cc.quant": (("group_tree", "lower-reduction"),),
+    "cc.online_merge": (("vector_bits", "vectorize"), ("rows_in_flight", "window-prefetch")),
 }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from compressc.ir.core import Module, Op
 from compressc.ir.kd import Node, program
-from compressc.kernels import stages
+from compressc.kernels import online, stages
 from compressc.kernels import window as window_emit
 from compressc.kernels.source import Source
 
@@ -194,6 +194,7 @@ _EMIT: dict[str, Emit] = {
     "kd.sweeps": _sweeps,
     "kd.staged_rows": _staged_rows,
     "kd.operand_loads": _operand_loads,
+    "kd.segment": online.segment,
     "kd.staged_wait": _lines(
         "if more:",
         "    ops.cp_async_wait(1)  # this row's copies landed; the next row's may fly",

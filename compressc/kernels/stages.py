@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.schedule import Schedule
+from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted, head_barrier, keep_arg, store_words
 from compressc.kernels.stages_store import hadamard as _hadamard
@@ -209,4 +210,5 @@ _EMITTERS = {
     "cc.hadamard": _hadamard,
     "cc.quant": _quant,
     "cc.store": _store,
+    **ONLINE_EMITTERS,
 }

@@ -36,6 +36,7 @@ class LowerGrid(ModulePass):
              one ballot); "tiled" (one wave of CTAs: a row per CTA while the grid covers
              T, else blocks of 32 rows a ballot, several warps balloting a sweep of 32 x
              warps rows at once; the staged window's software pipeline over a block).
+             The online merge (cc.segment): one CTA per segment, `kd.segment` its metadata.
     """
 
     name: ClassVar[str] = "lower-grid"
@@ -43,6 +44,9 @@ class LowerGrid(ModulePass):
     def apply(self, module: Module) -> Module:
         if module.find("kd.lanes") is not None:
             return module
+        if module.find("cc.segment") is not None:
+            _require_scheduled(module)
+            return replace(module, ops=module.ops + tuple(_segments()))
         guard = module.find("cc.row_guard")
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
@@ -67,7 +71,7 @@ def expected_program(module: Module) -> tuple[Op, ...]:
 def _require_scheduled(module: Module) -> None:
     """The row loop depends on the whole schedule: lowered before it is complete, it would
     keep a stale one (a missing smem handover, the wrong staging)."""
-    window = module.find("cc.window")
+    window = module.find("cc.window") or module.find("cc.online_merge")
     missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
     if window is not None and window.get("rows_in_flight") is None:
         missing.append("rows_in_flight (window-prefetch)")
@@ -76,6 +80,11 @@ def _require_scheduled(module: Module) -> None:
     if missing:
         raise ValueError(f"lower-grid needs the whole schedule, and {', '.join(missing)} is unset: "
                          "it runs last (every pipeline ends with it; do not name it earlier)")
+
+
+def _segments() -> list[Op]:
+    """The online merge (docs/kernels.md §9.1): CTA i runs segment i, whatever its fields say."""
+    return [kd("lanes"), kd("cta_row"), kd("segment"), kd("row", operands=False)]
 
 
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:

@@ -117,6 +117,8 @@ class ThreadMap(ModulePass):
     def _grid(self, module: Module) -> str:
         if self.grid != "auto":
             return self.grid
+        if module.find("cc.segment") is not None:  # the online merge: one CTA per segment (§9.1)
+            return "rows"
         if self.cluster_split > 1:
             return "tiled"
         window = module.find("cc.window")

@@ -17,7 +17,8 @@ class Vectorize(ModulePass):
     """Split each lane's contiguous run of channels into `bits`-wide accesses.
 
     Expects: module sched `elems_per_lane` (run `thread-map` first).
-    Leaves:  `vector_bits` on cc.window, cc.load_rows, cc.store_rows (fp32 runs),
+    Leaves:  `vector_bits` on cc.window, cc.load_rows, cc.store_rows, cc.online_merge and
+             cc.online_store (fp32 runs),
              cc.rms_norm (the weight run), cc.rope (cos/sin runs) and cc.store
              (`value_bits`: one lane's run of its region's codes, CODEC_BITS each); each is
              min(bits, the run's size), so a 16-byte vector is only used where a
@@ -37,7 +38,7 @@ class Vectorize(ModulePass):
         require_thread_map(module, self.name)
         elems = int(module.get("elems_per_lane", 0))  # type: ignore[arg-type]
         fp32_run = self._width(elems * 32)
-        for name in ("cc.window", "cc.load_rows", "cc.store_rows"):
+        for name in ("cc.window", "cc.load_rows", "cc.store_rows", "cc.online_merge", "cc.online_store"):
             module = module.replace_ops(name, lambda op: op.with_sched(vector_bits=fp32_run))
         module = module.replace_ops("cc.rms_norm", lambda op: self._weights(op, elems))
         module = module.replace_ops("cc.rope", lambda op: op.with_sched(vector_bits=self._width(elems * 16)))

@@ -10,6 +10,7 @@ from compressc.passes.base import ModulePass, pool_rows_per_group, require_threa
 from compressc.specs.target import WARP
 
 DEFAULT_MAX_IN_FLIGHT = 8
+ONLINE_IN_FLIGHT = 4  # the online merge's token rows a batch: 3 x 8 fp32 registers each at 8 a lane
 QUADRANTS, QUADRANT_REGISTERS = 4, 16384  # Hopper: an SM's register file, per warp scheduler
 # registers beside the window's data, by how the softmax rescales: C4A straight-line takes
 # 168 - 128 row by row; one rescale per batch keeps the batch's max chain live too (C4A
@@ -107,7 +108,9 @@ class WindowPrefetch(ModulePass):
     The smem-staged window keeps its cp.async.cg copies (L2 only, no policy).
 
     Expects: thread-map has run (`window_split`, `head_lanes`).
-    Leaves:  cc.window `rows_in_flight` (divides the rows of a split group) and
+    Leaves:  cc.online_merge `rows_in_flight` (`rows`, default ONLINE_IN_FLIGHT: its segment's
+             token rows loaded before their updates, the tail predicated);
+             cc.window `rows_in_flight` (divides the rows of a split group) and
              `page_lookup` ("lane" or "row") and `rescale` ("batch" or "row"); cc.rms_norm and cc.rope `load`
              ("early" or "late"); module `min_ctas_per_sm` (runs grid, see Occupancy);
              module `grid_dependency` ("trigger" on a kernel that writes pooled rows,
@@ -156,6 +159,8 @@ class WindowPrefetch(ModulePass):
             "cc.window",
             lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup, rescale=self.rescale),
         )
+        module = module.replace_ops(
+            "cc.online_merge", lambda op: op.with_sched(rows_in_flight=self.rows or ONLINE_IN_FLIGHT))
         if self.stage == "smem":
             module = self._stage_in_smem(module, rows)
         if self.l2_prefetch:

@@ -12,10 +12,12 @@ from compressc.runtime.args import pack_args
 from compressc.runtime.ops import (
     compress_c4a,
     compress_c128a,
+    compress_c128a_online,
     compress_indexer_fp8,
     compress_indexer_mxfp4,
     kernel_for,
     kernel_spec,
+    online_c128_merge,
     reserve_c128a_scratch,
 )
 from compressc.runtime.resolve import (
@@ -40,6 +42,7 @@ __all__ = [
     "arch_for_capability",
     "build_command",
     "compress_c128a",
+    "compress_c128a_online",
     "compress_c4a",
     "compress_indexer_fp8",
     "compress_indexer_mxfp4",
@@ -47,6 +50,7 @@ __all__ = [
     "iter_pack_roots",
     "kernel_for",
     "kernel_spec",
+    "online_c128_merge",
     "op_kernels",
     "pack_args",
     "preload",

@@ -423,3 +423,7 @@ def reserve_c128a_scratch(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     scratch_buffer(device, num_rows, head_size)
+
+
+# the online C128 ops (docs/kernels.md §9) live in runtime/online.py; imported last, as they use the above
+from compressc.runtime.online import compress_c128a_online, online_c128_merge  # noqa: E402, F401

@@ -15,7 +15,7 @@ import torch
 
 from compressc.specs.family import KernelSpec
 
-OPS = ("c4a", "c128a", "indexer_fp8", "indexer_mxfp4")
+OPS = ("c4a", "c128a", "indexer_fp8", "indexer_mxfp4", "c128a_online")
 _HEADS = {"indexer_fp8": (128, 128), "indexer_mxfp4": (128, 32)}
 WEIGHT_DTYPES = {"bf16": "bf16", "f32": "f32", torch.bfloat16: "bf16", torch.float32: "f32"}
 
@@ -23,15 +23,18 @@ WEIGHT_DTYPES = {"bf16": "bf16", "f32": "f32", torch.bfloat16: "bf16", torch.flo
 def op_kernels(op: str, weight_dtype: str = "bf16", head_size: int | None = None,
                quant_block: int | None = None, cache_format: str | None = None,
                rotate: bool = False) -> list[KernelSpec]:
-    """The kernels one op launches: C128A is its fp32 compress kernel and its store.
-    cache_format: the main KV ops' ("fp8_ds_mla", "full_bf16", "full_fp8"); rotate: the
-    indexers' Hadamard rotation."""
+    """The kernels one op launches: C128A is its fp32 compress kernel and its store; the online
+    C128A step its merge kernel and the same store. cache_format: the main KV ops'
+    ("fp8_ds_mla", "full_bf16", "full_fp8"); rotate: the indexers' Hadamard rotation."""
     from compressc.runtime.ops import kernel_spec
 
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}: expected one of {', '.join(OPS)}")
     head, block = _HEADS.get(op, (512, 64))
     head, block = head_size or head, quant_block or block
+    if op == "c128a_online":
+        return [kernel_spec("c128a_online", head, block, "f32"),
+                kernel_spec("c128a_store", head, block, weight_dtype, cache_format)]
     if op == "c128a":
         return [kernel_spec("c128a_compress", head, block, "f32"),
                 kernel_spec("c128a_store", head, block, weight_dtype, cache_format)]

@@ -57,8 +57,27 @@ _SCALARS_STORE = (
 )
 
 
+# the online C128 merge (docs/kernels.md §9.1): num_rows counts the segments, one CTA each (the
+# rows of its launch grid); the strides are in fp32 elements
+_ONLINE = (
+    _ptr("kv", "f32", 16),
+    _ptr("score", "f32", 16),
+    _ptr("ape", "f32", 16),
+    _ptr("positions", "i64", 8),
+    _ptr("run_state", "f32", 16),
+    _ptr("segments", "i32", 4),
+    _ptr("compressed_kv", "f32", 16),
+    Param("num_rows", "i32"),
+    Param("kv_stride", "i32"),
+    Param("score_stride", "i32"),
+    Param("run_state_stride", "i32"),
+)
+
+
 def abi(spec: KernelSpec) -> tuple[Param, ...]:
     """The parameter list of `spec`'s entry point."""
+    if spec.kernel == "c128a_online":
+        return _ONLINE
     weight = _ptr("rms_norm_weight", spec.weight_dtype, 16)
     kv_slots = _ptr("kv_slot_mapping", "i64", 8)
     block_table = _ptr("block_table", "i32", 4)

@@ -13,7 +13,7 @@ from typing import ClassVar
 from compressc.specs.errors import SpecError
 from compressc.specs.formats import FORMATS, CacheFormat, formats_for
 
-KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4")
+KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4", "c128a_online")
 WEIGHT_DTYPES = ("bf16", "f32")
 STORE_LAYOUTS = ("f32_rows", *FORMATS)
 
@@ -81,7 +81,12 @@ class KernelSpec:
 
     @property
     def normalises(self) -> bool:
-        return self.kernel != "c128a_compress"
+        return self.kernel not in ("c128a_compress", "c128a_online")
+
+    @property
+    def segmented(self) -> bool:
+        """The online C128 merge (docs/kernels.md §9): one CTA per segment of rows, no paged state."""
+        return self.kernel == "c128a_online"
 
     @property
     def format(self) -> CacheFormat | None:
@@ -143,6 +148,7 @@ _DEFAULTS: dict[str, dict] = {
     "c128a_store": {"head": 512, "quant_block": 64, "ratio": 128},
     "indexer_fp8": {"head": 128, "quant_block": 0, "ratio": 4},
     "indexer_mxfp4": {"head": 128, "quant_block": 32, "ratio": 4},
+    "c128a_online": {"head": 512, "quant_block": 64, "ratio": 128},
 }
 
 

@@ -14,14 +14,15 @@ DEFAULT_MATRIX: tuple[tuple[str, int, int, tuple[str, ...], tuple[bool, ...]], .
     ("c128a_store", 512, 64, ("fp8_ds_mla", "full_bf16", "full_fp8"), (False,)),
     ("indexer_fp8", 128, 128, ("indexer_fp8",), (False, True)),
     ("indexer_mxfp4", 128, 32, ("indexer_mxfp4",), (False, True)),
+    ("c128a_online", 512, 64, ("",), (False,)),
 )
 
 
 def default_specs() -> list[KernelSpec]:
-    """Every default variant; c128a_compress has no weight, so it appears once."""
+    """Every default variant; c128a_compress and c128a_online have no weight: they appear once."""
     specs = []
     for kernel, head, quant_block, formats, rotations in DEFAULT_MATRIX:
-        dtypes = ("f32",) if kernel == "c128a_compress" else ("bf16", "f32")
+        dtypes = ("f32",) if kernel in ("c128a_compress", "c128a_online") else ("bf16", "f32")
         specs += [make_spec(kernel, head, quant_block, weight_dtype=d, cache_format=f, rotate=r)
                   for f in formats for r in rotations for d in dtypes]
     return specs
