@@ -342,3 +342,12 @@ def _require(spec: KernelSpec, kernels: tuple[str, ...]) -> None:
         raise ValueError(
             f"spec.kernel={spec.kernel!r}: this reference entry point handles {', '.join(kernels)}"
         )
+
+
+
+# -- docs/kernels.md §8: the C128 ring state, in its own module (re-exported here) ---------
+from compressc.reference_ring import c128a_compress_ring as c128a_compress_ring  # noqa: E402
+from compressc.reference_ring import ring_capacity as ring_capacity  # noqa: E402
+from compressc.reference_ring import ring_rows as ring_rows  # noqa: E402
+from compressc.reference_ring import ring_slots as ring_slots  # noqa: E402
+from compressc.reference_ring import save_ring_tail as save_ring_tail  # noqa: E402

@@ -22,7 +22,9 @@ from compressc.cache.integrity import KEY_FILE
 from compressc.cache.key import hash_ingredients
 from compressc.specs.family import KernelSpec
 
-_VARIANT = re.compile(r"^(?P<kernel>\w+?)_h(?P<head>\d+)_q(?P<quant>\d+)_r(?P<rope>\d+)_(?P<dtype>bf16|f32)$")
+_VARIANT = re.compile(
+    r"^(?P<kernel>\w+?)(?:_(?P<layout>ring))?_h(?P<head>\d+)_q(?P<quant>\d+)_r(?P<rope>\d+)_(?P<dtype>bf16|f32)$"
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def spec_of(manifest: dict[str, Any]) -> KernelSpec | None:
         return None
     try:
         spec = make_spec(match["kernel"], int(match["head"]), int(match["quant"]), rope=int(match["rope"]),
-                         weight_dtype=match["dtype"])
+                         weight_dtype=match["dtype"], state_layout=match["layout"] or "paged")
     except SpecError:
         return None
     return spec if spec.variant == manifest["variant"] else None

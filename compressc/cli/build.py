@@ -37,7 +37,7 @@ def _archs(values: tuple[str, ...]) -> list[str]:
     return archs
 
 
-def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
+def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, state_layout=None):
     if kernel is None:
         given = [
             f"--{n}"
@@ -46,6 +46,7 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
                 ("quant-block", quant_block),
                 ("weight-dtype", weight_dtype),
                 ("rope", rope),
+                ("state-layout", state_layout),
             )
             if v is not None
         ]
@@ -58,7 +59,9 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None):
     try:
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
         rope = DEFAULT_ROPE if rope is None else rope
-        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d) for d in dtypes]
+        layout = state_layout or "paged"
+        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d, state_layout=layout)
+                for d in dtypes]
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 
@@ -132,7 +135,8 @@ def jobs_option(help_text: str):
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 @json_option
-def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, out, jobs, as_json):
+def build(archs, kernel, head_size, quant_block, weight_dtype, rope, state_layout, pipeline, out, jobs,
+          as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
     Builds the default variant matrix (docs/kernels.md §1 rows, both weight dtypes) for each
@@ -147,7 +151,7 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, pipeline, o
     """
     config = _config()
     archs = _archs(archs)
-    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, state_layout)
     _check_build_extra()
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store

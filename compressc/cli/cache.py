@@ -270,7 +270,8 @@ def cache_clear(yes, cache_dir):
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline.")
 @click.option("--full", is_flag=True, help="Also print the spec IR ingredient in full.")
 @_cache_dir_option
-def cache_why(kernel, head_size, quant_block, rope, weight_dtype, arch, pipeline, full, cache_dir):
+def cache_why(kernel, head_size, quant_block, rope, weight_dtype, state_layout, arch, pipeline, full,
+              cache_dir):
     """Print a kernel's key ingredients; on a miss, what changed.
 
     The key is the sha256 of the spec IR, pipeline, arch, compile options, compressc
@@ -287,7 +288,7 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, arch, pipeline
     from compressc.cache.store import Store
 
     arch = _archs((arch,))[0]
-    spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype)
+    spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype, state_layout)
     now = _ingredients(spec, arch, pipeline)
     key = hash_ingredients(now)
     store = Store(_cache_root(cache_dir), readonly=True)
@@ -302,12 +303,13 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, arch, pipeline
     _explain(store, key, spec, arch, now)
 
 
-def _why_spec(kernel, head_size, quant_block, rope, weight_dtype):
+def _why_spec(kernel, head_size, quant_block, rope, weight_dtype, state_layout=None):
     from compressc.specs.errors import SpecError
     from compressc.specs.family import make_spec
 
     try:
-        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype)
+        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
+                         state_layout=state_layout or "paged")
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 

@@ -62,9 +62,10 @@ def _read_cir(path: Path) -> str:
 _spec_options = variant_options("Kernel of the family (docs/kernels.md §1).")
 
 
-def _make_spec(kernel, head_size, quant_block, rope, weight_dtype):
+def _make_spec(kernel, head_size, quant_block, rope, weight_dtype, state_layout=None):
     try:
-        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype)
+        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
+                         state_layout=state_layout or "paged")
     except SpecError as err:
         raise UserError(str(err)) from None
 
@@ -124,6 +125,7 @@ def opt(
     quant_block,
     rope,
     weight_dtype,
+    state_layout,
     pipeline,
     print_ir_after_all,
     print_ir_after_change,
@@ -163,7 +165,8 @@ def opt(
         if file is not None:
             module = parse_module(_read_cir(file), str(file))
         else:
-            module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
+            spec = _make_spec(kernel, head_size, quant_block, rope, weight_dtype, state_layout)
+            module = module_from_spec(spec)
             pipeline = "default" if pipeline is None else pipeline  # -p '' is no passes
         passes = parse_pipeline(_resolve(pipeline or "", module, arch))
         out = PassManager(
@@ -184,7 +187,7 @@ def opt(
 @click.option("-p", "--pipeline", default=None,
               help=PIPELINE_HELP + " Default with --spec: default; a FILE is emitted as it is.")
 @click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
-def emit(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, arch):
+def emit(file, kernel, head_size, quant_block, rope, weight_dtype, state_layout, pipeline, arch):
     """Print the CuTe DSL kernel module generated for one variant, or for a saved stage.
 
     \b
@@ -210,7 +213,8 @@ def emit(file, kernel, head_size, quant_block, rope, weight_dtype, pipeline, arc
             module = parse_module(file.read_text(), str(file))
             label = f"restarted from {file.name}"
         else:
-            module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype))
+            spec = _make_spec(kernel, head_size, quant_block, rope, weight_dtype, state_layout)
+            module = module_from_spec(spec)
             pipeline = pipeline or "default"
         if pipeline is not None:
             passes = parse_pipeline(_resolve(pipeline, module, arch))

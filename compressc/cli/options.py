@@ -6,7 +6,7 @@ import re
 
 import click
 
-from compressc.specs.family import KERNELS
+from compressc.specs.family import KERNELS, STATE_LAYOUTS
 
 DEFAULT_ROPE = 64
 WEIGHT_DTYPES = click.Choice(["bf16", "f32"])
@@ -19,7 +19,7 @@ def archs_option(help_text: str):
 
 
 def variant_options(spec_help: str, *, matrix: bool = False, required: bool = False):
-    """--spec, --head-size, --quant-block, --weight-dtype, --rope: every axis of a variant's
+    """--spec, --head-size, --quant-block, --weight-dtype, --rope, --state-layout: every axis of a variant's
     name (KernelSpec.variant), so any kernel the runtime asks for, and so any `compressc
     build` command KernelNotFoundError prints, can be named on every command.
 
@@ -37,6 +37,9 @@ def variant_options(spec_help: str, *, matrix: bool = False, required: bool = Fa
 
     def decorate(command):
         # applied bottom-up, so --help lists them in the order written here
+        command = click.option("--state-layout", type=click.Choice(STATE_LAYOUTS), default=None,
+                               help=with_spec + "where the window's state lives: 'paged' (default) or "
+                               "'ring' (c128a_compress only, docs/kernels.md §8).")(command)
         command = click.option("--rope", type=int, default=rope[1], show_default=not matrix,
                                help=with_spec + rope[0])(command)
         command = click.option("--weight-dtype", type=WEIGHT_DTYPES, default=weight[1],

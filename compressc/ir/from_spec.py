@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op, fields
+from compressc.ir.ring import ring_ops
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec, make_spec
 
@@ -16,7 +17,7 @@ def spec_attrs(spec: KernelSpec) -> tuple:
         quant_block=spec.quant_block,
         ratio=spec.ratio,
         weight_dtype=spec.weight_dtype,
-    )
+    ) + (() if spec.state_layout == "paged" else fields(state_layout=spec.state_layout))
 
 
 def spec_from_module(module: Module) -> KernelSpec:
@@ -26,6 +27,7 @@ def spec_from_module(module: Module) -> KernelSpec:
         int(module.attr("quant_block")),  # type: ignore[arg-type]
         rope=int(module.attr("rope")),  # type: ignore[arg-type]
         weight_dtype=str(module.attr("weight_dtype")),
+        state_layout=str(module.attr("state_layout", "paged")),
     )
 
 
@@ -44,6 +46,9 @@ def _guard(spec: KernelSpec) -> Op:
 
 
 def _pool(spec: KernelSpec) -> list[Op]:
+    pool = Op("cc.pool_softmax", "x", ("win",), fields(head=spec.head, order="ascending"))
+    if spec.state_layout == "ring":
+        return ring_ops(spec.ratio, spec.window, spec.head, spec.state_width) + [pool]
     window = Op(
         "cc.window",
         "win",
@@ -51,7 +56,6 @@ def _pool(spec: KernelSpec) -> list[Op]:
         fields(ratio=spec.ratio, window=spec.window, overlap=spec.overlap,
                head=spec.head, state_width=spec.state_width),
     )
-    pool = Op("cc.pool_softmax", "x", ("win",), fields(head=spec.head, order="ascending"))
     return [window, pool]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.kd import KD_ATTRS, NestingError, program
+from compressc.ir.ring import RING_ATTRS, RING_OP, verify_ring
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
 from compressc.specs.target import DEFAULT_TARGET, WARP
@@ -27,6 +28,7 @@ OP_ATTRS: dict[str, tuple[str, ...]] = {
     "cc.quant": ("format", "block", "channels", "bf16_first", "scale_floor", "fp8_max", "floor_on"),
     "cc.store": ("layout", "token_stride", "scale_dim", "pad"),
 }
+OP_ATTRS[RING_OP] = RING_ATTRS
 OP_ATTRS.update(KD_ATTRS)
 MODULE_ATTRS = ("kernel", "head", "rope", "quant_block", "ratio", "weight_dtype")
 
@@ -115,6 +117,7 @@ def _verify_spec(module: Module) -> None:
                         f"must equal the {hi - lo} quantised channels: the indexer_fp8 layout "
                         "holds one fp32 scale per token")
     _verify_ops_match_spec(module, spec)
+    verify_ring(module, _fail)
 
 
 def _verify_ops_match_spec(module: Module, spec) -> None:

@@ -379,3 +379,8 @@ def reserve_c128a_scratch(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     scratch_buffer(device, num_rows, head_size)
+
+
+# -- docs/kernels.md §8: the C128 ring state (compressc.runtime.ring; last, as it uses the above)
+from compressc.runtime.ring import compress_c128a_ring as compress_c128a_ring  # noqa: E402
+from compressc.runtime.ring import save_ring_tail as save_ring_tail  # noqa: E402

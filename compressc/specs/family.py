@@ -16,6 +16,10 @@ KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8")
 WEIGHT_DTYPES = ("bf16", "f32")
 QUANT_FORMATS = ("ue8m0_e4m3", "f32scale_e4m3", "none")
 STORE_LAYOUTS = ("fp8_ds_mla", "indexer_fp8", "f32_rows")
+# where a pooling kernel finds its window: the paged state (docs/kernels.md §3.2) or, for the
+# C128 compress kernel only, this launch's rows plus one ring per request (docs/kernels.md §8)
+STATE_LAYOUTS = ("paged", "ring")
+RING_KERNELS = ("c128a_compress",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class KernelSpec:
     store: StoreLayout | None = None
     scale_floor: float = 1e-4
     fp8_max: float = 448.0
+    state_layout: str = "paged"
 
     VECTOR_BYTES: ClassVar[int] = 16
 
@@ -84,7 +89,8 @@ class KernelSpec:
     def variant(self) -> str:
         """Short name used in entry points and cache listings."""
         tail = f"h{self.head}_q{self.quant_block}_r{self.rope}_{self.weight_dtype}"
-        return f"{self.kernel}_{tail}"
+        layout = "" if self.state_layout == "paged" else f"_{self.state_layout}"
+        return f"{self.kernel}{layout}_{tail}"
 
     def with_(self, **changes: object) -> KernelSpec:
         return replace(self, **changes)
@@ -97,6 +103,7 @@ def make_spec(
     *,
     rope: int = 64,
     weight_dtype: str = "bf16",
+    state_layout: str = "paged",
 ) -> KernelSpec:
     """Build and validate the spec of `kernel` for one (head, quant_block) variant."""
     if kernel not in KERNELS:
@@ -114,6 +121,7 @@ def make_spec(
         ratio=defaults["ratio"],
         weight_dtype=weight_dtype,
         quant_format=defaults["quant_format"],
+        state_layout=state_layout,
     )
     spec = spec.with_(store=_store_for(spec))
     validate(spec)
@@ -146,6 +154,11 @@ def validate(spec: KernelSpec) -> None:
            f"must be one of {', '.join(WEIGHT_DTYPES)}")
     _check(spec.quant_format in QUANT_FORMATS, "quant_format", spec.quant_format,
            f"must be one of {', '.join(QUANT_FORMATS)}")
+    _check(spec.state_layout in STATE_LAYOUTS, "state_layout", spec.state_layout,
+           f"must be one of {', '.join(STATE_LAYOUTS)}")
+    _check(spec.state_layout == "paged" or spec.kernel in RING_KERNELS, "state_layout", spec.state_layout,
+           f"'ring' is a state layout of {', '.join(RING_KERNELS)} only (the ring holds C128 state rows; "
+           f"{spec.kernel} reads the paged state)")
     _check(spec.ratio in (4, 128), "ratio", spec.ratio, "must be 4 (overlapping C4) or 128 (C128)")
     _check(spec.head % 8 == 0, "head_size", spec.head,
            "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")
