@@ -29,6 +29,7 @@ class RingScenario:
 
     spec: KernelSpec
     store_spec: KernelSpec
+    kind: str
     capacity: int
     state_cache: torch.Tensor
     kv: torch.Tensor
@@ -56,6 +57,10 @@ class RingScenario:
     def poisoned_compressed_kv(self, sentinel: int = SENTINEL) -> torch.Tensor:
         raw = torch.full((self.T, self.spec.head * 4), sentinel, dtype=torch.uint8, device=self.kv.device)
         return raw.view(torch.float32)
+
+    def run_reference(self, sentinel: int = SENTINEL) -> torch.Tensor:
+        """The reference rows over a sentinel-poisoned compressed_kv (Scenario's interface)."""
+        return self.reference_compress(self.poisoned_compressed_kv(sentinel))
 
     def active(self) -> torch.Tensor:
         return reference.active_rows(self.spec, self.T, self.token_to_req_indices, self.positions,
@@ -102,6 +107,7 @@ def make_ring_scenario(
     device: str | torch.device = "cpu",
     strided: bool = False,
     weight_dtype: str = "bf16",
+    kind: str = "mixed",
 ) -> RingScenario:
     """One step: request r's chunk is positions chunks[r] = (start, length); `dead` requests
     have ring block -1; `strided` gives kv and score as column views of one [T, 1040] tensor."""
@@ -111,12 +117,13 @@ def make_ring_scenario(
     head = spec.head
     ape = torch.randn(128, head, generator=gen)
     spread = torch.exp(0.5 * torch.randn(head, generator=gen))  # per-channel kv magnitudes
-    history = [(torch.randn(s + n, head, generator=gen) * spread,
-                2.0 * torch.randn(s + n, head, generator=gen)) for s, n in chunks]
+    # rows of positions lo .. s + n - 1, lo = s - capacity: all a launch can read
+    history = [(torch.randn(s + n - _lo(s, capacity), head, generator=gen) * spread,
+                2.0 * torch.randn(s + n - _lo(s, capacity), head, generator=gen)) for s, n in chunks]
     rows = _rows(chunks, padding, capacity, dead, gen)
     kv, score = _launch_rows(history, chunks, padding, gen, strided)
     ring = _ring(history, chunks, rows["block_table"], capacity, ape, gen)
-    paged, paged_bt = _paged(history, chunks, ape, gen)
+    paged, paged_bt = _paged(history, chunks, capacity, ape, gen)
     k_cache = torch.zeros((rows["num_kv_pages"], KV_B, page_bytes(store, KV_B) // KV_B), dtype=torch.uint8)
     weight = 1.0 + 0.3 * torch.randn(head, generator=gen)
     values = dict(
@@ -127,8 +134,36 @@ def make_ring_scenario(
                                 "tail_slot_mapping", "block_table", "kv_slot_mapping")},
     )
     moved = {k: v.to(device) for k, v in values.items()}
-    return RingScenario(spec=spec, store_spec=store, capacity=capacity, rms_norm_eps=1e-6,
+    return RingScenario(spec=spec, store_spec=store, kind=kind, capacity=capacity, rms_norm_eps=1e-6,
                         kv_cache_block_size=KV_B, **moved)
+
+
+def ring_scenario(spec: KernelSpec, kind: str, T: int, *, device: str | torch.device = "cpu",
+                  seed: int = 0, capacity: int = 256) -> RingScenario:
+    """`compressc.scenarios.make_scenario`'s kinds for a ring kernel, T rows in all:
+    prefill (one sequence from 0), chunked (one sequence resuming mid-window: a chunk of
+    T > capacity rows is longer than the ring), decode (T requests of one boundary token),
+    mixed (up to 4 requests mid-sequence, one with ring block -1, 1/8 padding rows)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    if kind == "prefill":
+        chunks, pad, dead = [(0, T)], 0, ()
+    elif kind == "chunked":
+        chunks, pad, dead = [(128 * _randint(gen, 1, 6) + _randint(gen, 1, 128), T)], 0, ()
+    elif kind == "decode":
+        chunks, pad, dead = [(128 * _randint(gen, 1, 16) + 127, 1) for _ in range(T)], 0, ()
+    else:
+        pad = max(1, T // 8) if T >= 2 else 0
+        n = max(1, min(4, (T - pad) // 2))
+        cuts = sorted(torch.randperm(T - pad - 1, generator=gen)[: n - 1].add(1).tolist())
+        lengths = [b - a for a, b in zip([0, *cuts], [*cuts, T - pad], strict=True)]
+        chunks = [(128 * _randint(gen, 1, 8) + _randint(gen, 0, 128), m) for m in lengths]
+        dead = (n - 1,) if n > 2 else ()
+    return make_ring_scenario(chunks, capacity=capacity, padding=pad, dead=dead, seed=seed, device=device,
+                              weight_dtype=spec.weight_dtype if spec.normalises else "bf16", kind=kind)
+
+
+def _randint(gen: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi, (1,), generator=gen))
 
 
 def _rows(chunks, padding: int, capacity: int, dead, gen) -> dict:
@@ -159,9 +194,13 @@ def _rows(chunks, padding: int, capacity: int, dead, gen) -> dict:
             "num_kv_pages": kv_pages.numel()}
 
 
+def _lo(start: int, capacity: int) -> int:
+    return max(0, start - capacity)
+
+
 def _launch_rows(history, chunks, padding: int, gen, strided: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    kv = torch.cat([h[0][s:] for h, (s, _) in zip(history, chunks, strict=True)])
-    score = torch.cat([h[1][s:] for h, (s, _) in zip(history, chunks, strict=True)])
+    kv = torch.cat([h[0][-n:] for h, (_, n) in zip(history, chunks, strict=True)])
+    score = torch.cat([h[1][-n:] for h, (_, n) in zip(history, chunks, strict=True)])
     head = kv.shape[1]
     kv = torch.cat((kv, torch.randn(padding, head, generator=gen)))
     score = torch.cat((score, torch.randn(padding, head, generator=gen)))
@@ -174,29 +213,35 @@ def _launch_rows(history, chunks, padding: int, gen, strided: bool) -> tuple[tor
 
 def _ring(history, chunks, table, capacity: int, ape, gen) -> torch.Tensor:
     """The ring blocks: the `capacity` rows before each chunk, random everywhere else."""
-    head = ape.shape[1]
-    ring = 3.0 * torch.randn(len(chunks) + 2, capacity, 2 * head, generator=gen)
+    shape = (len(chunks) + 2, capacity, 2 * ape.shape[1])
+    # rows nothing saved: random, or (a large launch) a constant that no history row has
+    small = shape[0] * capacity <= 1 << 15
+    ring = 3.0 * torch.randn(shape, generator=gen) if small else torch.full(shape, 7.0)
     for r, (s, _) in enumerate(chunks):
         block = int(table[r, 0])
         if block < 0:
             continue
-        q = torch.arange(max(0, s - capacity), s)
-        ring[block, q % capacity] = torch.cat((history[r][0][q], history[r][1][q] + ape[q % 128]), dim=1)
+        q = torch.arange(_lo(s, capacity), s)
+        k = q - _lo(s, capacity)
+        ring[block, q % capacity] = torch.cat((history[r][0][k], history[r][1][k] + ape[q % 128]), dim=1)
     return ring
 
 
-def _paged(history, chunks, ape, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every position's state row [kv | score + ape], in scattered pages of 8."""
+def _paged(history, chunks, capacity: int, ape, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """The history's state rows [kv | score + ape] in scattered pages of 8 (earlier logical
+    pages, never read, point at page 0)."""
     head = ape.shape[1]
-    need = [-(-(s + n) // PAGED_BS) for s, n in chunks]
-    perm = torch.randperm(sum(need) + 1, generator=gen)
-    state = torch.randn(sum(need) + 1, PAGED_BS, 2 * head, generator=gen)
-    table = torch.zeros(len(chunks), max(need), dtype=torch.int32)
+    spans = [range(_lo(s, capacity) // PAGED_BS, (s + n - 1) // PAGED_BS + 1) for s, n in chunks]
+    total = sum(len(p) for p in spans) + 1
+    perm = torch.randperm(total, generator=gen)
+    state = torch.zeros(total, PAGED_BS, 2 * head)
+    table = torch.zeros(len(chunks), max(p.stop for p in spans), dtype=torch.int32)
     used = 0
     for r, (s, n) in enumerate(chunks):
-        table[r, : need[r]] = perm[used : used + need[r]].int()
-        used += need[r]
-        q = torch.arange(s + n)
+        table[r, spans[r].start : spans[r].stop] = perm[used : used + len(spans[r])].int()
+        used += len(spans[r])
+        q = torch.arange(_lo(s, capacity), s + n)
+        k = q - _lo(s, capacity)
         state[table[r, q // PAGED_BS].long(), q % PAGED_BS] = torch.cat(
-            (history[r][0][q], history[r][1][q] + ape[q % 128]), dim=1)
+            (history[r][0][k], history[r][1][k] + ape[q % 128]), dim=1)
     return state, table

@@ -62,4 +62,5 @@ def args_from_ring_scenario(scenario, out) -> dict:
                "positions": s.positions, "slot_mapping": s.slot_mapping, "block_table": s.block_table,
                "compressed_kv": out, "kv_slot_mapping": s.kv_slot_mapping, "kv": s.kv, "score": s.score,
                "ape": s.ape, "query_start_loc": s.query_start_loc}
-    return {p.name: _storage(tensors[p.name]).numpy() if p.kind == "ptr" else values[p.name] for p in abi(spec)}
+    params = abi(spec)
+    return {p.name: _storage(tensors[p.name]).numpy() if p.kind == "ptr" else values[p.name] for p in params}
