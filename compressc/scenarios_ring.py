@@ -42,8 +42,8 @@ class RingScenario:
     tail_slot_mapping: torch.Tensor
     block_table: torch.Tensor
     kv_slot_mapping: torch.Tensor
-    paged_state: torch.Tensor
-    paged_block_table: torch.Tensor
+    paged_state: torch.Tensor | None
+    paged_block_table: torch.Tensor | None
     rms_norm_weight: torch.Tensor
     rms_norm_eps: float
     cos_sin_cache: torch.Tensor
@@ -75,6 +75,8 @@ class RingScenario:
 
     def paged_compress(self, out: torch.Tensor) -> torch.Tensor:
         """The paged kernel's reference on the same history (what the ring must reproduce)."""
+        if self.paged_state is None:
+            raise ValueError("this scenario has no paged copy: make_ring_scenario(..., paged=True)")
         paged = make_spec("c128a_compress", self.spec.head, self.spec.quant_block, weight_dtype="f32")
         reference.c128a_compress(paged, self.paged_state, self.token_to_req_indices, self.positions,
                                  self.slot_mapping, self.paged_block_table, PAGED_BS, out,
@@ -108,47 +110,54 @@ def make_ring_scenario(
     strided: bool = False,
     weight_dtype: str = "bf16",
     kind: str = "mixed",
+    paged: bool | None = None,
 ) -> RingScenario:
     """One step: request r's chunk is positions chunks[r] = (start, length); `dead` requests
-    have ring block -1; `strided` gives kv and score as column views of one [T, 1040] tensor."""
+    have ring block -1; `strided` gives kv and score as column views of one [T, 1040] tensor;
+    `paged` builds the paged copy of the history (None: when it holds at most 64K rows)."""
     gen = torch.Generator().manual_seed(seed)
     spec = make_spec("c128a_compress", weight_dtype="f32", state_layout="ring")
     store = make_spec("c128a_store", weight_dtype=weight_dtype)
     head = spec.head
     ape = torch.randn(128, head, generator=gen)
     spread = torch.exp(0.5 * torch.randn(head, generator=gen))  # per-channel kv magnitudes
-    # rows of positions lo .. s + n - 1, lo = s - capacity: all a launch can read
+    # rows of positions lo .. s + n - 1 (lo = s - 127): all a launch can read
     history = [(torch.randn(s + n - _lo(s, capacity), head, generator=gen) * spread,
                 2.0 * torch.randn(s + n - _lo(s, capacity), head, generator=gen)) for s, n in chunks]
     rows = _rows(chunks, padding, capacity, dead, gen)
     kv, score = _launch_rows(history, chunks, padding, gen, strided)
     ring = _ring(history, chunks, rows["block_table"], capacity, ape, gen)
-    paged, paged_bt = _paged(history, chunks, capacity, ape, gen)
+    if paged is None:
+        paged = sum(len(h[0]) for h in history) <= 1 << 16
+    paged_state, paged_bt = _paged(history, chunks, capacity, ape, gen) if paged else (None, None)
     k_cache = torch.zeros((rows["num_kv_pages"], KV_B, page_bytes(store, KV_B) // KV_B), dtype=torch.uint8)
     weight = 1.0 + 0.3 * torch.randn(head, generator=gen)
     values = dict(
-        state_cache=ring, kv=kv, score=score, ape=ape, paged_state=paged, paged_block_table=paged_bt,
+        state_cache=ring, kv=kv, score=score, ape=ape,
         rms_norm_weight=weight.to(torch.bfloat16 if weight_dtype == "bf16" else torch.float32),
         cos_sin_cache=cos_sin_cache(store.rope, int(rows["positions"].max()) + 1), k_cache=k_cache,
         **{k: rows[k] for k in ("query_start_loc", "token_to_req_indices", "positions", "slot_mapping",
                                 "tail_slot_mapping", "block_table", "kv_slot_mapping")},
     )
     moved = {k: v.to(device) for k, v in values.items()}
+    pages = {"paged_state": paged_state, "paged_block_table": paged_bt}
     return RingScenario(spec=spec, store_spec=store, kind=kind, capacity=capacity, rms_norm_eps=1e-6,
-                        kv_cache_block_size=KV_B, **moved)
+                        kv_cache_block_size=KV_B, **moved,
+                        **{k: None if v is None else v.to(device) for k, v in pages.items()})
 
 
 def ring_scenario(spec: KernelSpec, kind: str, T: int, *, device: str | torch.device = "cpu",
-                  seed: int = 0, capacity: int = 256) -> RingScenario:
+                  seed: int = 0, capacity: int = 256, paged: bool | None = None) -> RingScenario:
     """`compressc.scenarios.make_scenario`'s kinds for a ring kernel, T rows in all:
     prefill (one sequence from 0), chunked (one sequence resuming mid-window: a chunk of
     T > capacity rows is longer than the ring), decode (T requests of one boundary token),
-    mixed (up to 4 requests mid-sequence, one with ring block -1, 1/8 padding rows)."""
+    mixed (up to 4 requests mid-sequence, one with ring block -1, 1/8 padding rows); every
+    chunk of chunked and mixed holds a boundary row."""
     gen = torch.Generator().manual_seed(seed + 1)
     if kind == "prefill":
         chunks, pad, dead = [(0, T)], 0, ()
-    elif kind == "chunked":
-        chunks, pad, dead = [(128 * _randint(gen, 1, 6) + _randint(gen, 1, 128), T)], 0, ()
+    elif kind == "chunked":  # a chunk with a boundary row, starting mid-window (T > 1)
+        chunks, pad, dead = [(_with_boundary(T, gen, 6), T)], 0, ()
     elif kind == "decode":
         chunks, pad, dead = [(128 * _randint(gen, 1, 16) + 127, 1) for _ in range(T)], 0, ()
     else:
@@ -156,10 +165,16 @@ def ring_scenario(spec: KernelSpec, kind: str, T: int, *, device: str | torch.de
         n = max(1, min(4, (T - pad) // 2))
         cuts = sorted(torch.randperm(T - pad - 1, generator=gen)[: n - 1].add(1).tolist())
         lengths = [b - a for a, b in zip([0, *cuts], [*cuts, T - pad], strict=True)]
-        chunks = [(128 * _randint(gen, 1, 8) + _randint(gen, 0, 128), m) for m in lengths]
+        chunks = [(_with_boundary(m, gen, 8), m) for m in lengths]
         dead = (n - 1,) if n > 2 else ()
     return make_ring_scenario(chunks, capacity=capacity, padding=pad, dead=dead, seed=seed, device=device,
-                              weight_dtype=spec.weight_dtype if spec.normalises else "bf16", kind=kind)
+                              weight_dtype=spec.weight_dtype if spec.normalises else "bf16", kind=kind,
+                              paged=paged)
+
+
+def _with_boundary(length: int, gen: torch.Generator, kmax: int) -> int:
+    """A start whose chunk of `length` rows holds a boundary position 128k + 127."""
+    return 128 * _randint(gen, 1, kmax) + 127 - _randint(gen, 0, min(length, 128))
 
 
 def _randint(gen: torch.Generator, lo: int, hi: int) -> int:
@@ -195,7 +210,8 @@ def _rows(chunks, padding: int, capacity: int, dead, gen) -> dict:
 
 
 def _lo(start: int, capacity: int) -> int:
-    return max(0, start - capacity)
+    """The first position a launch can read: a window reaches 127 rows before its chunk."""
+    return max(0, start - min(capacity, 127))
 
 
 def _launch_rows(history, chunks, padding: int, gen, strided: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -206,5 +206,7 @@ def _scatter_tail(state, kv, score, ape, pos, tail, capacity: int) -> None:
     slot = torch.where(valid, tail, 0)
     rows = ring_rows(kv[: tail.numel()], score[: tail.numel()], ape, pos)
     writes0 = valid & (slot == 0)
-    final0 = torch.where(writes0.any(), rows[writes0.int().argmax()], ring[0, 0])
+    # index_select, not rows[tensor]: a 0-d index tensor would be read back to the host
+    first = rows.index_select(0, writes0.int().argmax().reshape(1))[0]
+    final0 = torch.where(writes0.any(), first, ring[0, 0])
     ring[slot // capacity, slot % capacity] = torch.where(valid[:, None], rows, final0)
