@@ -153,11 +153,7 @@ class WindowPrefetch(ModulePass):
         per_group = pool_rows_per_group(module)
         rows = self.rows or min(per_group, DEFAULT_MAX_IN_FLIGHT)
         load = "early" if self.operands_early else "late"
-        lookup = self.page_lookup
-        if lookup == "auto":
-            lookup = "lane" if lane_lookup_fits(module) and not is_ring(module) else "row"
-        if is_ring(module):
-            self._refuse_for_ring(lookup)
+        lookup = self._lookup(module)
         module = module.replace_ops(
             "cc.window",
             lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup, rescale=self.rescale),
@@ -179,6 +175,15 @@ class WindowPrefetch(ModulePass):
         elif self.overlap_launch and module.find("cc.store_rows") is not None:
             module = module.with_sched(grid_dependency="trigger")
         return module
+
+    def _lookup(self, module: Module) -> str:
+        """page-lookup with "auto" resolved; a ring window's paged options refused."""
+        lookup = self.page_lookup
+        if lookup == "auto":
+            lookup = "lane" if lane_lookup_fits(module) and not is_ring(module) else "row"
+        if is_ring(module):
+            self._refuse_for_ring(lookup)
+        return lookup
 
     def _refuse_for_ring(self, lookup: str) -> None:
         """A ring window (docs/kernels.md §8) has one state block per request and no pages."""
