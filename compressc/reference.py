@@ -439,3 +439,10 @@ def online_state_reset(run_state: torch.Tensor, rows: torch.Tensor, head: int) -
     rows = rows.to(device=run_state.device, dtype=torch.int64)
     run_state[rows, :head] = float("-inf")
     run_state[rows, head : 3 * head] = 0.0
+
+# -- docs/kernels.md §10: the C128 ring state, in its own module (re-exported here) ---------
+from compressc.reference_ring import c128a_compress_ring as c128a_compress_ring  # noqa: E402
+from compressc.reference_ring import ring_capacity as ring_capacity  # noqa: E402
+from compressc.reference_ring import ring_rows as ring_rows  # noqa: E402
+from compressc.reference_ring import ring_slots as ring_slots  # noqa: E402
+from compressc.reference_ring import save_ring_tail as save_ring_tail  # noqa: E402

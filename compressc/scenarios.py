@@ -162,6 +162,10 @@ def make_scenario(
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
+    if spec.state_layout == "ring":  # docs/kernels.md §10: its own inputs (compressc.scenarios_ring)
+        from compressc.scenarios_ring import ring_scenario
+
+        return ring_scenario(spec, kind, T, device=device, seed=seed)
     if T < 1:
         raise ValueError(f"T={T}: a launch has at least one row")
     if nonboundary_kv not in ("collide", "none"):

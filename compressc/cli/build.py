@@ -37,7 +37,8 @@ def _archs(values: tuple[str, ...]) -> list[str]:
     return archs
 
 
-def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format=None, rotate=None):
+def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format=None, rotate=None,
+           state_layout=None):
     if kernel is None:
         given = [
             f"--{n}"
@@ -48,6 +49,7 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format
                 ("rope", rope),
                 ("cache-format", cache_format),
                 ("rotate", rotate),
+                ("state-layout", state_layout),
             )
             if v is not None
         ]
@@ -60,9 +62,9 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format
     try:
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
         rope = DEFAULT_ROPE if rope is None else rope
-        # one variant per weight dtype: the kernel's first format, unrotated, unless given
+        # one variant per weight dtype: the kernel's first format, unrotated, paged, unless given
         return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d, cache_format=cache_format,
-                          rotate=bool(rotate)) for d in dtypes]
+                          rotate=bool(rotate), state_layout=state_layout or "paged") for d in dtypes]
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 
@@ -136,7 +138,8 @@ def jobs_option(help_text: str):
 )
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 @json_option
-def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, pipeline, out, jobs,
+def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout,
+          pipeline, out, jobs,
           as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
@@ -152,7 +155,7 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_forma
     """
     config = _config()
     archs = _archs(archs)
-    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout)
     _check_build_extra()
     from compressc.cache.build import plan_many
     from compressc.cache.store import Store

@@ -270,7 +270,8 @@ def cache_clear(yes, cache_dir):
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline.")
 @click.option("--full", is_flag=True, help="Also print the spec IR ingredient in full.")
 @_cache_dir_option
-def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, arch, pipeline, full,
+def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout, arch,
+              pipeline, full,
               cache_dir):
     """Print a kernel's key ingredients; on a miss, what changed.
 
@@ -288,7 +289,7 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, 
     from compressc.cache.store import Store
 
     arch = _archs((arch,))[0]
-    spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate)
+    spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout)
     now = _ingredients(spec, arch, pipeline)
     key = hash_ingredients(now)
     store = Store(_cache_root(cache_dir), readonly=True)
@@ -303,13 +304,14 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, 
     _explain(store, key, spec, arch, now)
 
 
-def _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=None, rotate=False):
+def _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=None, rotate=False,
+              state_layout=None):
     from compressc.specs.errors import SpecError
     from compressc.specs.family import make_spec
 
     try:
         return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
-                         cache_format=cache_format, rotate=rotate)
+                         cache_format=cache_format, rotate=rotate, state_layout=state_layout or "paged")
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 

@@ -62,10 +62,11 @@ def _read_cir(path: Path) -> str:
 _spec_options = variant_options("Kernel of the family (docs/kernels.md §1).")
 
 
-def _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=None, rotate=False):
+def _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=None, rotate=False,
+               state_layout=None):
     try:
         return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
-                         cache_format=cache_format, rotate=rotate)
+                         cache_format=cache_format, rotate=rotate, state_layout=state_layout or "paged")
     except SpecError as err:
         raise UserError(str(err)) from None
 
@@ -127,6 +128,7 @@ def opt(
     weight_dtype,
     cache_format,
     rotate,
+    state_layout,
     pipeline,
     print_ir_after_all,
     print_ir_after_change,
@@ -166,7 +168,9 @@ def opt(
         if file is not None:
             module = parse_module(_read_cir(file), str(file))
         else:
-            module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate))
+            spec = _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate,
+                              state_layout)
+            module = module_from_spec(spec)
             pipeline = "default" if pipeline is None else pipeline  # -p '' is no passes
         passes = parse_pipeline(_resolve(pipeline or "", module, arch))
         out = PassManager(
@@ -187,7 +191,8 @@ def opt(
 @click.option("-p", "--pipeline", default=None,
               help=PIPELINE_HELP + " Default with --spec: default; a FILE is emitted as it is.")
 @click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
-def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, pipeline, arch):
+def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout, pipeline,
+         arch):
     """Print the CuTe DSL kernel module generated for one variant, or for a saved stage.
 
     \b
@@ -213,7 +218,9 @@ def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format,
             module = parse_module(file.read_text(), str(file))
             label = f"restarted from {file.name}"
         else:
-            module = module_from_spec(_make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate))
+            spec = _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate,
+                              state_layout)
+            module = module_from_spec(spec)
             pipeline = pipeline or "default"
         if pipeline is not None:
             passes = parse_pipeline(_resolve(pipeline, module, arch))

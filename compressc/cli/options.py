@@ -6,7 +6,7 @@ import re
 
 import click
 
-from compressc.specs.family import KERNELS
+from compressc.specs.family import KERNELS, STATE_LAYOUTS
 from compressc.specs.formats import FORMATS
 
 DEFAULT_ROPE = 64
@@ -20,10 +20,10 @@ def archs_option(help_text: str):
 
 
 def variant_options(spec_help: str, *, matrix: bool = False, required: bool = False):
-    """--spec, --head-size, --quant-block, --weight-dtype, --rope, --cache-format, --rotate:
-    every axis of a variant's name (KernelSpec.variant), so any kernel the runtime asks
-    for, and so any `compressc build` command KernelNotFoundError prints, can be named on
-    every command.
+    """--spec, --head-size, --quant-block, --weight-dtype, --rope, --cache-format, --rotate,
+    --state-layout: every axis of a variant's name (KernelSpec.variant), so any kernel the
+    runtime asks for, and so any `compressc build` command KernelNotFoundError prints, can be
+    named on every command.
 
     `matrix` (build, wheel): the axes narrow the default matrix to one kernel and default to
     None (both weight dtypes, the shipped rope); otherwise (opt, emit, cache why) they name
@@ -44,6 +44,9 @@ def variant_options(spec_help: str, *, matrix: bool = False, required: bool = Fa
 
     def decorate(command):
         # applied bottom-up, so --help lists them in the order written here
+        command = click.option("--state-layout", type=click.Choice(STATE_LAYOUTS), default=None,
+                               help=with_spec + "where the window's state lives: 'paged' (default) or "
+                               "'ring' (c128a_compress only, docs/kernels.md §10).")(command)
         command = click.option("--rotate/--no-rotate", default=rotate[1], show_default=not matrix,
                                help=with_spec + rotate[0])(command)
         command = click.option("--cache-format", type=click.Choice(list(FORMATS)), default=fmt[1],

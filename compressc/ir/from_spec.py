@@ -6,6 +6,7 @@ import numpy as np
 
 from compressc.ir.core import Module, Op, fields
 from compressc.ir.online import online_ops
+from compressc.ir.ring import ring_ops
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec, make_spec
 from compressc.specs.formats import formats_for
@@ -28,7 +29,7 @@ def spec_attrs(spec: KernelSpec) -> tuple:
         ratio=spec.ratio,
         weight_dtype=spec.weight_dtype,
         **extra,
-    )
+    ) + (() if spec.state_layout == "paged" else fields(state_layout=spec.state_layout))
 
 
 def _default_format(kernel: str) -> str:
@@ -45,6 +46,7 @@ def spec_from_module(module: Module) -> KernelSpec:
         weight_dtype=str(module.attr("weight_dtype")),
         cache_format=str(module.attr("cache_format", _default_format(kernel))),
         rotate=bool(module.attr("rotate", False)),
+        state_layout=str(module.attr("state_layout", "paged")),
     )
 
 
@@ -63,6 +65,9 @@ def _guard(spec: KernelSpec) -> Op:
 
 
 def _pool(spec: KernelSpec) -> list[Op]:
+    pool = Op("cc.pool_softmax", "x", ("win",), fields(head=spec.head, order="ascending"))
+    if spec.state_layout == "ring":
+        return ring_ops(spec.ratio, spec.window, spec.head, spec.state_width) + [pool]
     window = Op(
         "cc.window",
         "win",
@@ -70,7 +75,6 @@ def _pool(spec: KernelSpec) -> list[Op]:
         fields(ratio=spec.ratio, window=spec.window, overlap=spec.overlap,
                head=spec.head, state_width=spec.state_width),
     )
-    pool = Op("cc.pool_softmax", "x", ("win",), fields(head=spec.head, order="ascending"))
     return [window, pool]
 
 

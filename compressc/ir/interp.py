@@ -119,6 +119,10 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
     """
     from compressc.runtime import validate
 
+    if scenario.spec.state_layout == "ring":  # its own inputs (docs/kernels.md §10)
+        from compressc.ir.interp_ring import args_from_ring_scenario
+
+        return args_from_ring_scenario(scenario, out)
     spec, s = scenario.spec, scenario
     compress = spec.kernel == "c128a_compress"
     cache = s.k_cache if compress else out

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compressc.ir import interp_ring
 from compressc.ir.core import Module, Op
+from compressc.ir.ring import window_source
 from compressc.numerics import np_bf16_rne, np_e2m1_encode, np_e4m3_encode
 from compressc.specs.target import WARP
 
@@ -63,6 +65,7 @@ class Lanes:
     q: np.ndarray | None = None  # bf16-rounded y
     e8: np.ndarray | None = None  # UE8M0 exponent byte per lane (equal within a quant group)
     inv: np.ndarray | None = None
+    ring: tuple[int, int, int] | None = None  # (t0, ring_split, ring_base) of a ring window
 
     @property
     def col(self) -> np.ndarray:
@@ -88,9 +91,11 @@ def window(lanes: Lanes, op: Op) -> None:
     s0 = lanes.pos - (W - 1)
     shape = (lanes.threads * lanes.cluster, lanes.elems)
     m, l, a = np.full(shape, -np.inf, F32), np.zeros(shape, F32), np.zeros(shape, F32)  # noqa: E741
+    source = window_source(lanes.module, op)
+    load = _load_row if source is None else ROW_LOADS[source.name]
     for chunk in range(per // rows):
         i0 = group * per + chunk * rows
-        batch = [_load_row(lanes, op, s0, i0 + r, col, absent=W > ratio) for r in range(rows)]
+        batch = [load(lanes, op, s0, i0 + r, col, absent=W > ratio) for r in range(rows)]
         present = [(s0 + i0 + r >= 0)[:, None] for r in range(rows)]
         if op.get("rescale") == "batch":
             m, l, a = _batch(m, l, a, batch, present, guarded=W > ratio)  # noqa: E741
@@ -316,7 +321,11 @@ def _bytes(values: np.ndarray, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(values.astype(dtype)).view(np.uint8).reshape(len(values), -1)
 
 
+# a window's row loads by the op that defines its state operand (a kernel argument: paged)
+ROW_LOADS = {"cc.ring_state": interp_ring.load_row}
+
 STAGES: dict[str, Callable[[Lanes, Op], None]] = {
+    "cc.ring_state": interp_ring.ring_state,
     "cc.window": window,
     "cc.pool_softmax": pool,
     "cc.store_rows": store_rows,

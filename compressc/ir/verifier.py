@@ -9,6 +9,7 @@ from __future__ import annotations
 from compressc.ir.core import Module, Op
 from compressc.ir.kd import KD_ATTRS, NestingError, program
 from compressc.ir.online import ONLINE_ATTRS, online_problem
+from compressc.ir.ring import RING_ATTRS, RING_OP, verify_ring
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
 from compressc.specs.target import DEFAULT_TARGET, WARP
@@ -31,6 +32,7 @@ OP_ATTRS: dict[str, tuple[str, ...]] = {
     "cc.store": ("layout", "codec", "channels", "offset", "token_stride", "rows", "scale_dim",
                  "scale_offset", "pad"),
 }
+OP_ATTRS[RING_OP] = RING_ATTRS
 OP_ATTRS.update(KD_ATTRS)
 OP_ATTRS.update(ONLINE_ATTRS)
 MODULE_ATTRS = ("kernel", "head", "rope", "quant_block", "ratio", "weight_dtype")
@@ -114,6 +116,7 @@ def _verify_spec(module: Module) -> None:
         raise _fail(module, None, err.field, err.value, err.rule) from None
     _verify_args(module, spec)
     _verify_ops_match_spec(module, spec)
+    verify_ring(module, _fail)
 
 
 def _verify_ops_match_spec(module: Module, spec) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from compressc.ir.core import Module, Op
 from compressc.ir.schedule import Schedule
 from compressc.kernels.online import ONLINE_EMITTERS
+from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted, head_barrier, keep_arg, store_words
 from compressc.kernels.stages_store import hadamard as _hadamard
@@ -201,6 +202,7 @@ def _rope(src: Source, module: Module, op: Op) -> None:
 _OPERAND_LOADS = {"cc.rms_norm": _rms_weight, "cc.rope": _rope_tables}
 
 _EMITTERS = {
+    "cc.ring_state": _ring_state,
     "cc.window": _window,
     "cc.pool_softmax": _pool,
     "cc.store_rows": _store_rows,

@@ -7,7 +7,9 @@ shared memory in group order, the CTAs of a cluster in rank 0's shared memory ov
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.ir.ring import window_source
 from compressc.ir.schedule import Schedule
+from compressc.kernels import ring
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted
 from compressc.passes.plan_smem import merge_slots
@@ -75,9 +77,8 @@ def window(src: Source, module: Module, op: Op) -> None:
     if op.get("stage") == "smem":
         _window_from_smem(src, module, op)
         return
-    src.line("mBT = cute.make_tensor(block_table + req * block_table_stride, "
-             "cute.make_layout(block_table_stride))")
-    src.line("in_page = (Int64(1) << state_block_shift) - 1")
+    setup, _ = _source(module, op)
+    setup(src, module, op)
     for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
         src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
         src.line(f"{name}.fill({init})")
@@ -167,31 +168,17 @@ def _window_from_smem(src: Source, module: Module, op: Op) -> None:
 def _window_batch(src: Source, module: Module, op: Op) -> None:
     """Rows i0 .. i0 + rows_in_flight - 1: their loads, then their updates."""
     elems = Schedule.of(module).elems
-    window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
-    width, rows, vec = _i(op, "state_width", False), _i(op, "rows_in_flight"), _i(op, "vector_bits") // 32
+    window, ratio = _i(op, "window", False), _i(op, "ratio", False)
+    rows, vec = _i(op, "rows_in_flight"), _i(op, "vector_bits") // 32
     absent = window > ratio  # only an overlapping window can start before position 0
     src.line(f"# {2 * rows * elems // vec} loads of {vec * 32} bits in flight per lane before the "
              "first update")
     src.line(f"rKV = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
     src.line(f"rSC = cute.make_rmem_tensor(cute.make_layout(({elems}, {rows})), Float32)")
+    _, row_loads = _source(module, op)
     src.line(f"for r in range_constexpr({rows}):")
     with src.indent():
-        src.line("q = s0 + i0 + r")
-        if absent:
-            src.line("q = q if q >= 0 else Int64(0)  # absent rows load a harmless row, masked below")
-        stream = "0" if ratio == window else f"((i0 + r) // {ratio}) * {head}"
-        if op.get("page_lookup") == "lane":
-            src.line("page = Int64(ops.shfl_idx(wpage, Int32(k0 + r)))  # row k0 + r of this group")
-        else:
-            src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
-        src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
-        for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
-            if cache_hinted(module):
-                _stream_loads(src, frag, f"base{offset}", elems, vec)
-                continue
-            src.line("cute.autovec_copy(cute.make_tensor(state_cache + "
-                     f"cute.assume(base{offset}, divby={vec}), "
-                     f"cute.make_layout({elems})), {frag}[None, r])")
+        row_loads(src, module, op)
     if op.get("rescale") == "batch":
         _batch_update(src, elems, rows, absent)
         return
@@ -203,6 +190,45 @@ def _window_batch(src: Source, module: Module, op: Op) -> None:
                 _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
         else:
             _online_update(src, elems, "rSC[e, r]", "rKV[e, r]")
+
+
+def _paged_setup(src: Source, module: Module, op: Op) -> None:
+    src.line("mBT = cute.make_tensor(block_table + req * block_table_stride, "
+             "cute.make_layout(block_table_stride))")
+    src.line("in_page = (Int64(1) << state_block_shift) - 1")
+
+
+def _paged_row(src: Source, module: Module, op: Op) -> None:
+    """Window row i0 + r of the paged state into rKV[:, r], rSC[:, r] (docs/kernels.md §3.2)."""
+    elems = Schedule.of(module).elems
+    window, ratio, head = _i(op, "window", False), _i(op, "ratio", False), _i(op, "head", False)
+    width, vec = _i(op, "state_width", False), _i(op, "vector_bits") // 32
+    src.line("q = s0 + i0 + r")
+    if window > ratio:
+        src.line("q = q if q >= 0 else Int64(0)  # absent rows load a harmless row, masked below")
+    stream = "0" if ratio == window else f"((i0 + r) // {ratio}) * {head}"
+    if op.get("page_lookup") == "lane":
+        src.line("page = Int64(ops.shfl_idx(wpage, Int32(k0 + r)))  # row k0 + r of this group")
+    else:
+        src.line("page = Int64(mBT[Int32(q >> state_block_shift)])  # page size is a power of two")
+    src.line(f"base = page * state_page_stride + (q & in_page) * {2 * width} + {stream} + col")
+    for frag, offset in (("rKV", ""), ("rSC", f" + {width}")):
+        if cache_hinted(module):
+            _stream_loads(src, frag, f"base{offset}", elems, vec)
+            continue
+        src.line("cute.autovec_copy(cute.make_tensor(state_cache + "
+                 f"cute.assume(base{offset}, divby={vec}), "
+                 f"cute.make_layout({elems})), {frag}[None, r])")
+
+
+# where a window's rows come from, by the op that defines its state operand (a kernel
+# argument: the paged state): (per-window setup, one row's loads)
+_SOURCES = {"cc.ring_state": (ring.window_setup, ring.row_loads)}
+
+
+def _source(module: Module, op: Op):
+    source = window_source(module, op)
+    return _SOURCES[source.name] if source is not None else (_paged_setup, _paged_row)
 
 
 def _stream_loads(src: Source, frag: str, at: str, elems: int, vec: int) -> None:

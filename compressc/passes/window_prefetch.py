@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressc.ir.core import Module
+from compressc.ir.ring import is_ring
 from compressc.passes.base import ModulePass, pool_rows_per_group, require_thread_map
 from compressc.specs.target import WARP
 
@@ -107,6 +108,9 @@ class WindowPrefetch(ModulePass):
     spent 14 us of its 143 on its 9.6 MB of stores that way (benchmarks/NOTES.md, change 15).
     The smem-staged window keeps its cp.async.cg copies (L2 only, no policy).
 
+    Ring state (a `cc.ring_state` window, docs/kernels.md §10): the page lookups, the L2 page
+    prefetch and the smem stage are paged-state paths and are refused; page_lookup is "row".
+
     Expects: thread-map has run (`window_split`, `head_lanes`).
     Leaves:  cc.online_merge `rows_in_flight` (`rows`, default ONLINE_IN_FLIGHT: its segment's
              token rows loaded before their updates, the tail predicated);
@@ -152,9 +156,7 @@ class WindowPrefetch(ModulePass):
         per_group = pool_rows_per_group(module)
         rows = self.rows or min(per_group, DEFAULT_MAX_IN_FLIGHT)
         load = "early" if self.operands_early else "late"
-        lookup = self.page_lookup
-        if lookup == "auto":
-            lookup = "lane" if lane_lookup_fits(module) else "row"
+        lookup = self._lookup(module)
         module = module.replace_ops(
             "cc.window",
             lambda op: op.with_sched(rows_in_flight=rows, page_lookup=lookup, rescale=self.rescale),
@@ -178,6 +180,25 @@ class WindowPrefetch(ModulePass):
         elif self.overlap_launch and module.find("cc.store_rows") is not None:
             module = module.with_sched(grid_dependency="trigger")
         return module
+
+    def _lookup(self, module: Module) -> str:
+        """page-lookup with "auto" resolved; a ring window's paged options refused."""
+        lookup = self.page_lookup
+        if lookup == "auto":
+            lookup = "lane" if lane_lookup_fits(module) and not is_ring(module) else "row"
+        if is_ring(module):
+            self._refuse_for_ring(lookup)
+        return lookup
+
+    def _refuse_for_ring(self, lookup: str) -> None:
+        """A ring window (docs/kernels.md §10) has one state block per request and no pages."""
+        bad = [f"page-lookup={lookup}"] if lookup != "row" else []
+        bad += ["l2-prefetch=true"] if self.l2_prefetch else []
+        bad += ["stage=smem"] if self.stage == "smem" else []
+        if bad:
+            raise ValueError(f"window-prefetch {', '.join(bad)}: a ring window reads one state block per "
+                             "request, not pages (leave page-lookup, l2-prefetch and stage at their "
+                             "defaults)")
 
     @staticmethod
     def _prefetch_to_l2(module: Module) -> Module:

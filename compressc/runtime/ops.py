@@ -427,3 +427,6 @@ def reserve_c128a_scratch(
 
 # the online C128 ops (docs/kernels.md §9) live in runtime/online.py; imported last, as they use the above
 from compressc.runtime.online import compress_c128a_online, online_c128_merge  # noqa: E402, F401
+# -- docs/kernels.md §10: the C128 ring state (compressc.runtime.ring; last, as it uses the above)
+from compressc.runtime.ring import compress_c128a_ring as compress_c128a_ring  # noqa: E402
+from compressc.runtime.ring import save_ring_tail as save_ring_tail  # noqa: E402

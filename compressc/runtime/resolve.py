@@ -106,6 +106,7 @@ def build_command(spec: KernelSpec, arch: str, pipeline: str = "default") -> str
         f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
     )
     cmd = cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+    cmd = cmd if spec.state_layout == "paged" else f"{cmd} --state-layout {spec.state_layout}"
     return cmd if pipeline == "default" else f"{cmd} -p {pipeline}"
 
 

@@ -72,6 +72,21 @@ _ONLINE = (
     Param("score_stride", "i32"),
     Param("run_state_stride", "i32"),
 )
+# the ring compress kernel (docs/kernels.md §10): this launch's raw rows, the position table
+# and query starts; the state is one ring block of `ring_capacity` rows per request
+_RING_INPUTS = (
+    _ptr("kv", "f32", 16),
+    _ptr("score", "f32", 16),
+    _ptr("ape", "f32", 16),
+    _ptr("query_start_loc", "i32", 4),
+)
+_SCALARS_RING = (
+    Param("block_table_stride", "i32"),
+    Param("ring_block_stride", "i64"),
+    Param("ring_capacity", "i32"),
+    Param("kv_row_stride", "i64"),
+    Param("score_row_stride", "i64"),
+)
 
 
 def abi(spec: KernelSpec) -> tuple[Param, ...]:
@@ -83,6 +98,9 @@ def abi(spec: KernelSpec) -> tuple[Param, ...]:
     block_table = _ptr("block_table", "i32", 4)
     store_ptrs = (weight, _ptr("cos_sin_cache", "f32", 16), _ptr("k_cache", "u8", 16))
     compressed = _ptr("compressed_kv", "f32", 16)
+    if spec.kernel == "c128a_compress" and spec.state_layout == "ring":
+        ptrs = _STATE + _ROW_META + (block_table, compressed, kv_slots) + _RING_INPUTS
+        return ptrs + _SCALARS_ROWS + _SCALARS_RING
     if spec.kernel == "c128a_compress":
         ptrs = _STATE + _ROW_META + (block_table, compressed, kv_slots)
         return ptrs + _SCALARS_ROWS + _SCALARS_STATE

@@ -16,6 +16,10 @@ from compressc.specs.formats import FORMATS, CacheFormat, formats_for
 KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4", "c128a_online")
 WEIGHT_DTYPES = ("bf16", "f32")
 STORE_LAYOUTS = ("f32_rows", *FORMATS)
+# where a pooling kernel finds its window: the paged state (docs/kernels.md §3.2) or, for the
+# C128 compress kernel only, this launch's rows plus one ring per request (docs/kernels.md §10)
+STATE_LAYOUTS = ("paged", "ring")
+RING_KERNELS = ("c128a_compress",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class KernelSpec:
     store: StoreLayout | None = None
     scale_floor: float = 1e-4
     fp8_max: float = 448.0
+    state_layout: str = "paged"
 
     VECTOR_BYTES: ClassVar[int] = 16
 
@@ -99,7 +104,8 @@ class KernelSpec:
         tail = f"h{self.head}_q{self.quant_block}_r{self.rope}_{self.weight_dtype}"
         fmt = self.format
         suffix = f"_{fmt.suffix}" if fmt is not None and fmt.suffix else ""
-        return f"{self.kernel}_{tail}{suffix}{'_rot' if self.rotate else ''}"
+        layout = "" if self.state_layout == "paged" else f"_{self.state_layout}"
+        return f"{self.kernel}{layout}_{tail}{suffix}{'_rot' if self.rotate else ''}"
 
     def with_(self, **changes: object) -> KernelSpec:
         return replace(self, **changes)
@@ -114,6 +120,7 @@ def make_spec(
     weight_dtype: str = "bf16",
     cache_format: str | None = None,
     rotate: bool = False,
+    state_layout: str = "paged",
 ) -> KernelSpec:
     """Build and validate the spec of `kernel` for one (head, quant_block, format) variant;
     `cache_format` None is the kernel's first format (compressc.specs.formats)."""
@@ -135,6 +142,7 @@ def make_spec(
         weight_dtype=weight_dtype,
         cache_format=cache_format,
         rotate=rotate,
+        state_layout=state_layout,
     )
     spec = spec.with_(store=_store_for(spec))
     validate(spec)
@@ -170,6 +178,11 @@ def validate(spec: KernelSpec) -> None:
     _check(spec.weight_dtype in WEIGHT_DTYPES, "weight_dtype", spec.weight_dtype,
            f"must be one of {', '.join(WEIGHT_DTYPES)}")
     _check_format(spec)
+    _check(spec.state_layout in STATE_LAYOUTS, "state_layout", spec.state_layout,
+           f"must be one of {', '.join(STATE_LAYOUTS)}")
+    _check(spec.state_layout == "paged" or spec.kernel in RING_KERNELS, "state_layout", spec.state_layout,
+           f"'ring' is a state layout of {', '.join(RING_KERNELS)} only (the ring holds C128 state rows; "
+           f"{spec.kernel} reads the paged state)")
     _check(spec.ratio in (4, 128), "ratio", spec.ratio, "must be 4 (overlapping C4) or 128 (C128)")
     _check(spec.head % 8 == 0, "head_size", spec.head,
            "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")

@@ -16,13 +16,19 @@ DEFAULT_MATRIX: tuple[tuple[str, int, int, tuple[str, ...], tuple[bool, ...]], .
     ("indexer_mxfp4", 128, 32, ("indexer_mxfp4",), (False, True)),
     ("c128a_online", 512, 64, ("",), (False,)),
 )
+# kernels also shipped with another state layout (docs/kernels.md §10: the C128 ring)
+EXTRA_STATE_LAYOUTS: dict[str, tuple[str, ...]] = {"c128a_compress": ("ring",)}
 
 
 def default_specs() -> list[KernelSpec]:
-    """Every default variant; c128a_compress and c128a_online have no weight: they appear once."""
+    """Every default variant; c128a_compress and c128a_online have no weight: they appear once
+    (c128a_compress once per state layout)."""
     specs = []
     for kernel, head, quant_block, formats, rotations in DEFAULT_MATRIX:
         dtypes = ("f32",) if kernel in ("c128a_compress", "c128a_online") else ("bf16", "f32")
-        specs += [make_spec(kernel, head, quant_block, weight_dtype=d, cache_format=f, rotate=r)
+        specs += [make_spec(kernel, head, quant_block, weight_dtype=d, cache_format=f or None, rotate=r)
                   for f in formats for r in rotations for d in dtypes]
+        for layout in EXTRA_STATE_LAYOUTS.get(kernel, ()):
+            specs += [make_spec(kernel, head, quant_block, weight_dtype=d, state_layout=layout)
+                      for d in dtypes]
     return specs

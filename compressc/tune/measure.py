@@ -214,7 +214,7 @@ class _Inputs:
 
         self.case = case
         self.pool_spec = spec
-        if FAMILY[spec.kernel] == "c128a":
+        if FAMILY[spec.kernel] == "c128a" and spec.state_layout == "paged":
             self.pool_spec = make_spec(
                 "c128a_compress", spec.head, spec.quant_block, rope=spec.rope, weight_dtype="f32"
             )
@@ -232,10 +232,7 @@ class _Inputs:
         """Packed kernel parameters of `spec`, one per rotation set."""
         import torch
 
-        from compressc.runtime.args import pack_args
         from compressc.runtime.ops import _common_values
-        from compressc.runtime.validate import compressed_values
-        from compressc.specs.abi import abi
         from compressc.specs.family import make_spec
 
         sc, store_spec = self.sc, spec
@@ -244,6 +241,8 @@ class _Inputs:
                 "c128a_store", spec.head, spec.quant_block, rope=spec.rope, weight_dtype="bf16"
             )
         weight = sc.rms_norm_weight.to(torch.float32 if store_spec.weight_dtype == "f32" else torch.bfloat16)
+        if spec.state_layout == "ring":
+            return self._pack(spec, _ring_values(spec, sc, self.state, self.tables[0]))
         args = dict(
             state_cache=self.state,
             token_to_req_indices=sc.token_to_req_indices,
@@ -259,7 +258,13 @@ class _Inputs:
             kv_cache_block_size=sc.kv_cache_block_size,
             fp8_scale=torch.ones(1, device=sc.device) if store_spec.cache_format == "full_fp8" else None,
         )
-        values = _common_values(store_spec, args, self.pool_spec)
+        return self._pack(spec, _common_values(store_spec, args, self.pool_spec))
+
+    def _pack(self, spec, values: dict) -> list:
+        from compressc.runtime.args import pack_args
+        from compressc.runtime.validate import compressed_values
+        from compressc.specs.abi import abi
+
         params = abi(spec)
         out = []
         for k in range(max(len(self.tables), len(self.kv))):
@@ -280,6 +285,15 @@ def _cache_for(spec, sc):
     B = sc.kv_cache_block_size
     stride = page_bytes(spec, B)
     return torch.zeros((sc.k_cache.shape[0], B, stride // B), dtype=torch.uint8, device=sc.device)
+
+
+def _ring_values(spec, sc, state, table) -> dict:
+    """The ring compress kernel's ABI values (docs/kernels.md §10) over the rotated ring copies."""
+    from compressc.runtime import ring, validate
+
+    values = validate.row_values(sc.token_to_req_indices, sc.positions, sc.slot_mapping, sc.kv_slot_mapping)
+    values |= ring.ring_state_values(spec, state, table, sc.capacity)
+    return values | ring.ring_input_values(spec, sc.kv, sc.score, sc.ape, sc.query_start_loc, sc.T)
 
 
 def _sets(bytes_per_set: int) -> int:
