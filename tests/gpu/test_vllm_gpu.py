@@ -155,15 +155,33 @@ def test_new_thread_gets_the_context(cuda_device):
     _assert_same_bytes(spec, got, sc.run_reference(), sc)
 
 
-def test_unserved_full_cache_goes_to_vllm(cuda_device):
-    spec, sc = _fused("c4a", "decode", 64, cuda_device)
-    shape = (sc.num_pages, sc.kv_cache_block_size, 512)
-    full = torch.full(shape, 7.0, dtype=torch.bfloat16, device=cuda_device)
-    calls = []
-    dispatcher = plugin.CuteDispatcher(lambda **kw: calls.append(kw), "cute")
-    dispatcher(**(vllm_keywords("c4a", sc, sc.state_cache) | {"kv_cache": full}), store_full_kv=True)
-    torch.cuda.synchronize()
-    assert len(calls) == 1 and calls[0]["kv_cache"] is full and bool((full == 7.0).all())
+@pytest.mark.parametrize("fmt", ["full_bf16", "full_fp8"])
+@pytest.mark.parametrize("kernel", ["c4a", "c128a"])
+def test_cute_dispatcher_full_caches(cuda_device, kernel, fmt):
+    """store_full_kv (and store_full_fp8) as vLLM passes them: the bf16 / float8 [pages, B, 512]
+    tensor, fp8_scale ones(1) (or None, which vLLM replaces by ones(1) too)."""
+    if kernel == "c4a":
+        spec = make_spec("c4a", cache_format=fmt)
+        sc = make_scenario(spec, "mixed", 300, device=cuda_device, seed=_seed("vllm", fmt), fp8_scale=1.0)
+        state, want = sc.state_cache, sc.run_reference()
+    else:
+        spec = make_spec("c128a_store", cache_format=fmt)
+        pool_spec, sc, state = _c128a_case(spec, "mixed", 300, cuda_device, fp8_scale=1.0)
+        want = _c128a_reference(pool_spec, spec, sc, state)
+    got = sc.poisoned_cache()
+    flags = {"store_full_kv": True, "store_full_fp8": fmt == "full_fp8",
+             "fp8_scale": sc.fp8_scale if kernel == "c4a" else None}
+    _cute()(**(vllm_keywords(kernel, sc, state) | {"kv_cache": sc.typed(got)}), **flags)
+    _assert_same_bytes(spec, got, want, sc)
+
+
+def test_mxfp4_indexer_through_the_triton_dispatcher(cuda_device):
+    spec = make_spec("indexer_mxfp4")
+    sc = make_scenario(spec, "mixed", 300, device=cuda_device, seed=_seed("vllm", "mxfp4"))
+    got = sc.poisoned_cache()
+    layout = {"use_fp4_cache": True, "quant_block": 32, "token_stride": 64, "scale_dim": 4}
+    _triton()(**(vllm_keywords("indexer_fp8", sc, sc.state_cache) | {"kv_cache": got} | layout))
+    _assert_same_bytes(spec, got, sc.run_reference(), sc)
 
 
 def test_ctypes_launch_is_in_use(cuda_device):
