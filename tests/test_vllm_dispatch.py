@@ -128,6 +128,28 @@ def test_triton_mxfp4_and_rotated_indexers(launches):
     assert launches[0][2]["k_cache_page_stride"] == 64 * 68
 
 
+def test_a_c128_ring_call_reaches_the_ring_kernel(launches, monkeypatch):
+    from compressc.runtime import ring as ring_ops
+
+    monkeypatch.setattr(ring_ops, "check_device", lambda tensors: torch.device("cuda", 0))
+    monkeypatch.setattr(ring_ops, "scratch_buffer", lambda device, rows, head: torch.zeros(rows, head))
+    kwargs = vllm_kwargs("c128a", block_size=128, state_cache=torch.randn(3, 128, 1024))
+    ring = {"is_circular": True, "kv": torch.randn(T, 512), "score": torch.randn(T, 512),
+            "ape": torch.randn(128, 512), "query_start_loc": torch.tensor([0, T], dtype=torch.int32)}
+    plugin.CuteDispatcher(Original(), "cute")(**kwargs, **ring)
+    assert _variants(launches) == ["c128a_compress_ring_h512_q64_r64_f32", "c128a_store_h512_q64_r64_bf16"]
+    assert launches[0][2]["kv"] == ring["kv"].data_ptr() and launches[0][2]["ring_capacity"] == 128
+
+
+def test_a_ring_call_without_its_rows_goes_to_vllm(launches, caplog):
+    original = Original()
+    kwargs = vllm_kwargs("c128a") | {"is_circular": True, "query_start_loc": torch.zeros(2, dtype=torch.int32)}
+    assert plugin.CuteDispatcher(original, "cute")(**kwargs) == "vllm ran it" and launches == []
+    assert [r.getMessage() for r in caplog.records if r.name == "vllm.compressc"] == [
+        "compressc: vLLM's own cute runs these calls: is_circular=True without kv, score, ape: the ring "
+        "kernel reads this launch's raw rows"]
+
+
 def test_newer_keywords_are_accepted_and_ignored(launches):
     extra = {"kv": torch.zeros(1), "score": torch.zeros(1), "is_circular": False, "int8_ds_mla": False,
              "some_later_keyword": object()}

@@ -155,18 +155,20 @@ def _config(ratios=(0, 4, 128), cache="fp8_ds_mla", dtype=torch.bfloat16, indexe
 
 
 @pytest.mark.parametrize(
-    "config,ops,weight",
+    "config,ops,weight,fmt",
     [
-        (_config(), ("c4a", "indexer_fp8", "c128a"), "bf16"),
-        (_config(dtype=torch.float32, ratios=(4,)), ("c4a", "indexer_fp8"), "f32"),
-        (_config(cache="bfloat16"), ("indexer_fp8",), "bf16"),  # full bf16 main KV: vLLM's own
-        (_config(indexer="mxfp4"), ("c4a", "c128a"), "bf16"),  # MXFP4 indexer: vLLM's own
-        (_config(ratios=()), (), "bf16"),  # not DeepSeek-V4
+        (_config(), ("c4a", "indexer_fp8", "c128a"), "bf16", "fp8_ds_mla"),
+        (_config(dtype=torch.float32, ratios=(4,)), ("c4a", "indexer_fp8"), "f32", "fp8_ds_mla"),
+        (_config(cache="bfloat16"), ("c4a", "indexer_fp8", "c128a"), "bf16", "full_bf16"),
+        (_config(cache="fp8_e4m3"), ("c4a", "indexer_fp8", "c128a"), "bf16", "full_fp8"),
+        (_config(indexer="mxfp4"), ("c4a", "indexer_mxfp4", "c128a"), "bf16", "fp8_ds_mla"),
+        (_config(cache="int8_ds_mla"), ("indexer_fp8",), "bf16", "fp8_ds_mla"),  # int8: vLLM's own
+        (_config(ratios=()), (), "bf16", "fp8_ds_mla"),  # not DeepSeek-V4
     ],
-    ids=["dsv4", "f32-c4-only", "full-cache", "mxfp4", "other-model"],
+    ids=["dsv4", "f32-c4-only", "full-bf16", "full-fp8", "mxfp4", "int8", "other-model"],
 )
-def test_warmup_plan(config, ops, weight):
-    assert vllm_warmup.plan_for(config) == vllm_warmup.WarmupPlan(ops, weight)
+def test_warmup_plan(config, ops, weight, fmt):
+    assert vllm_warmup.plan_for(config) == vllm_warmup.WarmupPlan(ops, weight, fmt)
 
 
 def test_warmup_plan_reads_upstream_layer_types():
@@ -184,7 +186,7 @@ def test_warmup_preloads_the_plan(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     monkeypatch.setattr(plugin, "_device_problem", lambda device: None)
-    monkeypatch.setattr(runtime, "preload", lambda ops, weight_dtypes, device: calls.append(
+    monkeypatch.setattr(runtime, "preload", lambda ops, weight_dtypes, device, cache_format: calls.append(
         (ops, weight_dtypes, device)) or ["v1", "v2"])
     reserved = []
     monkeypatch.setattr(runtime, "reserve_c128a_scratch", lambda *a: reserved.append(a))

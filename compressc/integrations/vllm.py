@@ -40,8 +40,9 @@ COMPRESSOR_MODULE = "vllm.models.deepseek_v4.compressor"
 HW_AGNOSTIC_MODULE = "vllm.models.deepseek_v4.hw_agnostic.attention.compressor"
 MODEL_PACKAGE = "vllm.models.deepseek_v4"
 # keywords of newer vLLM versions that ask for something compressc does not compute yet
+RING_KEYWORDS = ("kv", "score", "ape", "query_start_loc")  # what a ring call adds (is_circular=True)
 UNSERVED_FLAGS = {
-    "is_circular": "the C128 ring state (is_circular=True)",
+    "is_circular": "the C128 ring state (is_circular=True)",  # served for the packed C128 cache
     "int8_ds_mla": "the int8_ds_mla cache (int8_ds_mla=True)",
     "rotate": "Hadamard-rotated keys (rotate=True)",  # served for the head-128 indexer only
 }
@@ -57,11 +58,14 @@ class Route:
     reason: str = ""
     kwargs: tuple[tuple[str, Any], ...] = ()  # the format's keywords (cache_format, rotate)
     scale: bool = False  # pass the call's fp8_scale (the full fp8 cache)
+    forward: tuple[str, ...] = ()  # newer keywords handed on per call (the ring's kv, score, ...)
 
-    def run(self, args: tuple, fp8_scale: Any = None) -> None:
+    def run(self, args: tuple, fp8_scale: Any = None, newer: dict | None = None) -> None:
         extra = dict(self.kwargs)
         if self.scale:
             extra["fp8_scale"] = fp8_scale if fp8_scale is not None else _ones(args[9].device)
+        for name in self.forward:
+            extra[name] = (newer or {})[name]
         self.op(*args, **extra)  # type: ignore[misc]
 
 
@@ -122,7 +126,7 @@ class CuteDispatcher(_Dispatcher):
             slot_mapping = slot_mapping[:num_actual]
         route.run((state_cache, token_to_req_indices, positions, slot_mapping, block_table, block_size,
                    rms_norm_weight, rms_norm_eps, cos_sin_cache, kv_cache, k_cache_metadata.slot_mapping,
-                   kv_cache.shape[1]), fp8_scale)
+                   kv_cache.shape[1]), fp8_scale, newer)
         return None
 
 
@@ -164,6 +168,8 @@ def route_cute(head_dim, rope_head_dim, ratio, store_full_kv, store_full_fp8, dt
     if store_full_fp8 and not store_full_kv:
         return Route(None, "store_full_fp8=True without store_full_kv=True (vLLM rejects it too)")
     fmt = "full_fp8" if store_full_fp8 else "full_bf16" if store_full_kv else "fp8_ds_mla"
+    if newer.get("is_circular") and ratio == 128 and fmt == "fp8_ds_mla":
+        return _route_ring(head_dim, rope_head_dim, dtype, dim, device, newer)
     route = _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer, fmt)
     if route.op is None or fmt == "fp8_ds_mla":
         return route
@@ -187,6 +193,18 @@ def route_triton(head_dim, rope_head_dim, ratio, use_fp4_cache, quant_block, tok
         problem = f"head_dim={head_dim} with layout {layout}: compressc serves fp8_ds_mla (64, 576, 8)"
         return Route(None, problem)
     return _route_main(head_dim, rope_head_dim, ratio, dtype, dim, device, newer)
+
+
+def _route_ring(head_dim, rope_head_dim, dtype, dim, device, newer: dict) -> Route:
+    """is_circular=True (docs/kernels.md §10): the ring compress kernel and the unchanged store,
+    with the call's raw rows; vLLM saves the ring's tail itself afterwards."""
+    missing = [name for name in RING_KEYWORDS if newer.get(name) is None]
+    if missing:
+        return Route(None, f"is_circular=True without {', '.join(missing)}: the ring kernel reads this "
+                           "launch's raw rows")
+    served = {k: v for k, v in newer.items() if k != "is_circular"}
+    route = _route_main(head_dim, rope_head_dim, 128, dtype, dim, device, served)
+    return route if route.op is None else Route(ops.compress_c128a_ring, forward=RING_KEYWORDS)
 
 
 _CACHE_DTYPES = {"fp8_ds_mla": torch.uint8, "full_bf16": torch.bfloat16, "full_fp8": torch.float8_e4m3fn}

@@ -29,24 +29,31 @@ class WarmupPlan:
 
     ops: tuple[str, ...]
     weight_dtype: str
+    cache_format: str = "fp8_ds_mla"  # the main KV ops' (c4a, c128a)
 
 
 def plan_for(vllm_config: Any) -> WarmupPlan:
     """The compressc ops a DeepSeek-V4 configuration routes to compressc (none for other models).
 
-    Main KV (C4A on ratio-4 layers, C128A on ratio-128 layers) only with the packed
-    `fp8_ds_mla` cache; the fp8 indexer on ratio-4 layers unless the MXFP4 cache is chosen.
-    The RMSNorm weight has the model's dtype (vLLM builds it under that default dtype).
+    Main KV (C4A on ratio-4 layers, C128A on ratio-128 layers) in the cache format the cache
+    dtype selects (`fp8_ds_mla` packed; `auto`/`bfloat16` the full bf16 rows; `fp8`/`fp8_e4m3`
+    the full fp8 rows); the fp8 or MXFP4 indexer on ratio-4 layers. The RMSNorm weight has the
+    model's dtype (vLLM builds it under that default dtype).
     """
     model = getattr(vllm_config, "model_config", None)
     ratios = compress_ratios(getattr(model, "hf_config", None))
     cache_dtype = getattr(getattr(vllm_config, "cache_config", None), "cache_dtype", None)
     fp4 = indexer_uses_mxfp4(getattr(vllm_config, "attention_config", None))
-    packed = cache_dtype == "fp8_ds_mla"
-    wanted = {"c4a": 4 in ratios and packed, "indexer_fp8": 4 in ratios and not fp4,
-              "c128a": 128 in ratios and packed}
+    fmt = _MAIN_FORMATS.get(cache_dtype)
+    wanted = {"c4a": 4 in ratios and fmt is not None, "indexer_fp8": 4 in ratios and not fp4,
+              "indexer_mxfp4": 4 in ratios and fp4, "c128a": 128 in ratios and fmt is not None}
     weight = _WEIGHT.get(getattr(model, "dtype", None), "bf16")
-    return WarmupPlan(tuple(op for op, want in wanted.items() if want), weight)
+    return WarmupPlan(tuple(op for op, want in wanted.items() if want), weight, fmt or "fp8_ds_mla")
+
+
+# vLLM's cache dtype -> the main KV cache format compressc writes for it (docs/kernels.md §8)
+_MAIN_FORMATS = {"fp8_ds_mla": "fp8_ds_mla", "auto": "full_bf16", "bfloat16": "full_bf16",
+                 "fp8": "full_fp8", "fp8_e4m3": "full_fp8"}
 
 
 def compress_ratios(hf_config: Any) -> set[int]:
@@ -86,7 +93,7 @@ def preload_for(vllm_config: Any) -> list[str]:
     if problem:  # vLLM's own kernels serve every call here: nothing of ours to load
         log.debug("compressc: no kernels preloaded: %s", problem)
         return []
-    loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device)
+    loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device, cache_format=plan.cache_format)
     _reserve_scratch(vllm_config, plan, device)
     log.info("compressc: %d kernels loaded for warm-up on cuda:%d (%s)", len(loaded), device,
              ", ".join(loaded))

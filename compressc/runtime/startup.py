@@ -15,7 +15,7 @@ import torch
 
 from compressc.specs.family import KernelSpec
 
-OPS = ("c4a", "c128a", "indexer_fp8", "indexer_mxfp4", "c128a_online")
+OPS = ("c4a", "c128a", "indexer_fp8", "indexer_mxfp4", "c128a_online", "c128a_ring")
 _HEADS = {"indexer_fp8": (128, 128), "indexer_mxfp4": (128, 32)}
 WEIGHT_DTYPES = {"bf16": "bf16", "f32": "f32", torch.bfloat16: "bf16", torch.float32: "f32"}
 
@@ -35,6 +35,11 @@ def op_kernels(op: str, weight_dtype: str = "bf16", head_size: int | None = None
     if op == "c128a_online":
         return [kernel_spec("c128a_online", head, block, "f32"),
                 kernel_spec("c128a_store", head, block, weight_dtype, cache_format)]
+    if op == "c128a_ring":  # the ring compress kernel (docs/kernels.md §10) and the same store
+        from compressc.specs.family import make_spec
+
+        return [make_spec("c128a_compress", head, block, weight_dtype="f32", state_layout="ring"),
+                kernel_spec("c128a_store", head, block, weight_dtype, cache_format)]
     if op == "c128a":
         return [kernel_spec("c128a_compress", head, block, "f32"),
                 kernel_spec("c128a_store", head, block, weight_dtype, cache_format)]
@@ -43,16 +48,17 @@ def op_kernels(op: str, weight_dtype: str = "bf16", head_size: int | None = None
 
 
 def preload(ops: Iterable[str] = OPS, *, weight_dtypes: Iterable[str | torch.dtype] = ("bf16",),
-            device: torch.device | str | int | None = None) -> list[str]:
+            device: torch.device | str | int | None = None, cache_format: str | None = None) -> list[str]:
     """Load every kernel of `ops` x `weight_dtypes` (RMSNorm weight dtypes) on `device`
-    (default: the current CUDA device); returns their variant names, in load order."""
+    (default: the current CUDA device), the main KV ops' in `cache_format` (default packed);
+    returns their variant names, in load order."""
     from compressc.runtime.ops import kernel_for
 
     target = _device(device)
     loaded: list[str] = []
     for op in ops:
         for dtype in weight_dtypes:
-            for spec in op_kernels(op, _weight_name(dtype)):
+            for spec in op_kernels(op, _weight_name(dtype), cache_format=cache_format):
                 if spec.variant not in loaded:
                     kernel_for(spec, target)
                     loaded.append(spec.variant)
