@@ -66,7 +66,8 @@ def main() -> int:
 
     origin = find_kernel(spec, loader.device_arch(0)).origin
     # the pack's wanted.json spares the lookup the compiler's import (compressc.cache.wanted)
-    compiler = sorted(m for m in ("compressc.passes", "compressc.ir", "compressc.kernels") if m in sys.modules)
+    compiler = sorted(m for m in ("compressc.passes", "compressc.ir", "compressc.kernels")
+                      if m in sys.modules)
     print(json.dumps({
         "import_ms": round(t_import * 1e3, 2),
         "first_launch_ms": round(t_launch * 1e3, 2),

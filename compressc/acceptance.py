@@ -106,7 +106,8 @@ def _layout(spec: KernelSpec) -> _Layout:
         return _Layout(0, spec.head, 0, 1, 1)
     if name == "full_fp8":  # one per-tensor scale, not in the cache: every code under the same scale
         return _Layout(spec.head, 0, 0, spec.head, 1)
-    raise ValueError(f"{spec.variant} stores no quantised cache tokens (store {spec.store and spec.store.name!r})")
+    store = spec.store and spec.store.name
+    raise ValueError(f"{spec.variant} stores no quantised cache tokens (store {store!r})")
 
 
 def compare_cache_bytes(

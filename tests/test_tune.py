@@ -65,7 +65,8 @@ def test_candidates_are_legal_distinct_and_start_with_derived_and_baseline(spec)
     module = module_from_spec(spec)
     found = candidates(spec, ARCH, tuned={})
     assert 2 <= len(found) <= MAX_CANDIDATES
-    derived = pipeline_string(parse_pipeline(resolve_pipeline(DERIVED, module, ARCH)))  # + the target's passes
+    # the derived pipeline plus the target's passes
+    derived = pipeline_string(parse_pipeline(resolve_pipeline(DERIVED, module, ARCH)))
     assert (found[0].origin, found[0].pipeline) == ("derived", derived)
     baseline = pipeline_string(parse_pipeline(resolve_pipeline("baseline", module, ARCH)))
     assert (found[1].origin, found[1].pipeline) == ("baseline", baseline)

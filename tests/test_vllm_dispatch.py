@@ -103,14 +103,16 @@ def test_triton_indexer_and_head_512(launches):
 def test_full_caches_reach_their_format(launches, monkeypatch):
     monkeypatch.setattr(ops, "scratch_buffer", lambda device, rows, head: torch.zeros(rows, head))
     dispatcher = plugin.CuteDispatcher(Original(), "cute")
-    dispatcher(**vllm_kwargs("c4a", store_full_kv=True, kv_cache=torch.zeros(3, 64, 512, dtype=torch.bfloat16)))
+    bf16 = torch.zeros(3, 64, 512, dtype=torch.bfloat16)
+    dispatcher(**vllm_kwargs("c4a", store_full_kv=True, kv_cache=bf16))
     scale = torch.tensor([0.5])
     fp8 = torch.zeros(3, 64, 512, dtype=torch.float8_e4m3fn)
     dispatcher(**vllm_kwargs("c4a", store_full_kv=True, store_full_fp8=True, fp8_scale=scale, kv_cache=fp8))
     dispatcher(**vllm_kwargs("c128a", store_full_kv=True, store_full_fp8=True, fp8_scale=None,
                              kv_cache=torch.zeros(3, 2, 512, dtype=torch.float8_e4m3fn)))
     assert _variants(launches) == ["c4a_h512_q64_r64_bf16_full_bf16", "c4a_h512_q64_r64_bf16_full_fp8",
-                                   "c128a_compress_h512_q64_r64_f32", "c128a_store_h512_q64_r64_bf16_full_fp8"]
+                                   "c128a_compress_h512_q64_r64_f32",
+                                   "c128a_store_h512_q64_r64_bf16_full_fp8"]
     assert launches[0][2]["k_cache_token_stride"] == 1024 and launches[1][2]["k_cache_token_stride"] == 512
     assert launches[1][2]["fp8_scale"] == scale.data_ptr()
     assert launches[3][2]["fp8_scale"] != 0  # vLLM's stand-in for a missing scale: ones(1)
@@ -143,7 +145,8 @@ def test_a_c128_ring_call_reaches_the_ring_kernel(launches, monkeypatch):
 
 def test_a_ring_call_without_its_rows_goes_to_vllm(launches, caplog):
     original = Original()
-    kwargs = vllm_kwargs("c128a") | {"is_circular": True, "query_start_loc": torch.zeros(2, dtype=torch.int32)}
+    ring = {"is_circular": True, "query_start_loc": torch.zeros(2, dtype=torch.int32)}
+    kwargs = vllm_kwargs("c128a") | ring
     assert plugin.CuteDispatcher(original, "cute")(**kwargs) == "vllm ran it" and launches == []
     assert [r.getMessage() for r in caplog.records if r.name == "vllm.compressc"] == [
         "compressc: vLLM's own cute runs these calls: is_circular=True without kv, score, ape: the ring "

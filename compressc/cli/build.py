@@ -63,8 +63,10 @@ def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format
         dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
         rope = DEFAULT_ROPE if rope is None else rope
         # one variant per weight dtype: the kernel's first format, unrotated, paged, unless given
-        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d, cache_format=cache_format,
-                          rotate=bool(rotate), state_layout=state_layout or "paged") for d in dtypes]
+        layout = state_layout or "paged"
+        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d,
+                          cache_format=cache_format, rotate=bool(rotate), state_layout=layout)
+                for d in dtypes]
     except SpecError as err:
         raise click.ClickException(str(err)) from None
 
@@ -139,8 +141,7 @@ def jobs_option(help_text: str):
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 @json_option
 def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout,
-          pipeline, out, jobs,
-          as_json):
+          pipeline, out, jobs, as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
     Builds the default variant matrix (docs/kernels.md §1 rows, both weight dtypes) for each

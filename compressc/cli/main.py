@@ -191,8 +191,8 @@ def opt(
 @click.option("-p", "--pipeline", default=None,
               help=PIPELINE_HELP + " Default with --spec: default; a FILE is emitted as it is.")
 @click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
-def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout, pipeline,
-         arch):
+def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout,
+         pipeline, arch):
     """Print the CuTe DSL kernel module generated for one variant, or for a saved stage.
 
     \b

@@ -231,7 +231,8 @@ def _common_problem(rope, ratio, ratios, dtype, dim, device, newer: dict,
     if ratio not in ratios:
         return f"compress_ratio={ratio}: expected one of {ratios}"
     if dtype != cache_dtype or dim != 3:
-        return f"kv_cache is {dim}-D {dtype}: compressc writes this cache as 3-D {cache_dtype} [pages, block, ...]"
+        return (f"kv_cache is {dim}-D {dtype}: compressc writes this cache as 3-D {cache_dtype} "
+                "[pages, block, ...]")
     return _device_problem(device)
 
 

@@ -93,7 +93,8 @@ def preload_for(vllm_config: Any) -> list[str]:
     if problem:  # vLLM's own kernels serve every call here: nothing of ours to load
         log.debug("compressc: no kernels preloaded: %s", problem)
         return []
-    loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device, cache_format=plan.cache_format)
+    loaded = preload(plan.ops, weight_dtypes=(plan.weight_dtype,), device=device,
+                     cache_format=plan.cache_format)
     _reserve_scratch(vllm_config, plan, device)
     log.info("compressc: %d kernels loaded for warm-up on cuda:%d (%s)", len(loaded), device,
              ", ".join(loaded))

@@ -98,7 +98,8 @@ def _encode_store(spec: KernelSpec) -> list[Op]:
         ops.append(Op("cc.hadamard", "h", ("yr",),
                       fields(size=spec.head, round="bf16", scale=float(np.float32(spec.head ** -0.5)))))
         value = "h"
-    for i, (region, lo, hi, offset, scale_offset) in enumerate(fmt.layout(spec.head, spec.rope, spec.quant_block)):
+    regions = fmt.layout(spec.head, spec.rope, spec.quant_block)
+    for i, (region, lo, hi, offset, scale_offset) in enumerate(regions):
         source = value
         if region.scale is not None:
             ops.append(_quant(spec, region.codec, region.scale, (lo, hi), value, f"q{i}" if i else "q"))

@@ -268,7 +268,8 @@ def quant(lanes: Lanes, op: Op) -> None:
     floor, qmax = F32(op.attr("scale_floor")), F32(op.attr("qmax"))  # type: ignore[arg-type]
     quotient = (lambda v: v / qmax) if op.attr("divide") else (lambda v: v * F32(1.0 / float(qmax)))
     with np.errstate(under="ignore"):
-        raw = np.fmax(floor, quotient(amax)) if op.attr("floor_on") == "scale" else quotient(np.fmax(amax, floor))
+        on_scale = op.attr("floor_on") == "scale"
+        raw = np.fmax(floor, quotient(amax)) if on_scale else quotient(np.fmax(amax, floor))
     e8 = ((raw.astype(F32).view(np.uint32).astype(np.int64) + 0x7FFFFF) >> 23) & 0xFF
     lanes.inv = (((254 - e8) << 23) & 0xFFFFFFFF).astype(np.uint32).view(F32)
     lanes.e8 = e8
@@ -278,7 +279,8 @@ def store(lanes: Lanes, op: Op) -> None:
     """One region's codes, scales and pad bytes at the addresses the emitted store computes."""
     mem, kv_slot, E = lanes.mem, lanes.kv_slot, lanes.elems
     shift = mem.scalar("kv_block_shift")
-    stride = mem.scalar("k_cache_token_stride") if op.attr("rows") == "runtime" else int(op.attr("token_stride"))  # type: ignore[arg-type]
+    runtime = op.attr("rows") == "runtime"
+    stride = mem.scalar("k_cache_token_stride") if runtime else int(op.attr("token_stride"))  # type: ignore[arg-type]
     page_base = (kv_slot >> shift) * mem.scalar("k_cache_page_stride")
     kv_off = kv_slot & ((1 << shift) - 1)
     token = page_base + kv_off * stride
@@ -298,7 +300,8 @@ def store(lanes: Lanes, op: Op) -> None:
         cache[(token + offset + (col - lo))[:, None] + np.arange(E)] = np_e4m3_encode(scaled)
     quant_op = next(q for q in lanes.module.iter("cc.quant") if q.result == op.operands[0])
     if quant_op.attr("stored") != "none":
-        _store_scales(lanes, op, quant_op, page_base + (1 << shift) * stride + kv_off * int(op.attr("scale_dim")), mine)  # type: ignore[arg-type]
+        scales = page_base + (1 << shift) * stride + kv_off * int(op.attr("scale_dim"))  # type: ignore[arg-type]
+        _store_scales(lanes, op, quant_op, scales, mine)
 
 
 def _store_scales(lanes: Lanes, op: Op, quant_op: Op, scales: int, mine: np.ndarray) -> None:

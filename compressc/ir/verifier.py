@@ -329,7 +329,8 @@ def _verify_hadamard(module: Module, op: Op, elems: int) -> None:
     head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
     if head_lanes > WARP:
         raise _fail(module, op, "size", op.attr("size"),
-                    f"the butterfly shuffles within one warp: the head's {head_lanes} lanes must be at most 32 "
+                    f"the butterfly shuffles within one warp: the head's {head_lanes} lanes must be "
+                    "at most 32 "
                     "(pick more elems-per-lane)")
     masks, want = op.get("lane_masks"), hadamard_masks(op, elems)
     if masks is not None and tuple(masks) != want:  # type: ignore[arg-type]

@@ -170,7 +170,8 @@ def _row_addresses(src: Source, op: Op) -> None:
     src.line("page_base = k_cache.toint() + (kv_slot >> kv_block_shift) * k_cache_page_stride")
     src.line(f"token = page_base + kv_off * {stride}")
     if int(op.attr("scale_dim")):  # type: ignore[arg-type]
-        src.line(f"scales = page_base + (Int64(1) << kv_block_shift) * {stride} + kv_off * {op.attr('scale_dim')}")
+        scale_dim = op.attr("scale_dim")
+        src.line(f"scales = page_base + (Int64(1) << kv_block_shift) * {stride} + kv_off * {scale_dim}")
 
 
 def _at(base: str, offset: int, lo: int, bits: int) -> str:

@@ -63,7 +63,8 @@ class LowerReduction(ModulePass):
             "cc.rms_norm", lambda op: op.with_sched(lane_tree=lane_tree, cross_warp=cross))
         module = module.replace_ops("cc.quant", self._quant)
         elems = int(module.get("elems_per_lane", 1))  # type: ignore[arg-type]
-        module = module.replace_ops("cc.hadamard", lambda op: op.with_sched(lane_masks=hadamard_masks(op, elems)))
+        module = module.replace_ops(
+            "cc.hadamard", lambda op: op.with_sched(lane_masks=hadamard_masks(op, elems)))
         merge = "smem" if split > 1 else "none"
         return module.replace_ops("cc.pool_softmax", lambda op: op.with_sched(merge=merge))
 

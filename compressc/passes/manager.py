@@ -55,9 +55,11 @@ def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: 
         return _for_target(str(entry["pipeline"]) if entry is not None else DEFAULT_PIPELINE, module, arch)
     if text.strip() == "baseline":
         # 2 a lane, more where a quant block (or a rotation's butterfly) would leave one warp
-        spread = int(module.attr("head")) if module.find("cc.hadamard") is not None else int(module.attr("quant_block"))  # type: ignore[arg-type]
+        rotates = module.find("cc.hadamard") is not None
+        spread = int(module.attr("head" if rotates else "quant_block"))  # type: ignore[arg-type]
         elems = max(2, spread // 32)
-        return _for_target(BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}"), module, arch)
+        baseline = BASELINE_PIPELINE.replace("elems-per-lane=2", f"elems-per-lane={elems}")
+        return _for_target(baseline, module, arch)
     return _for_target(NAMED_PIPELINES.get(text.strip(), text), module, arch)
 
 
@@ -79,7 +81,8 @@ def _for_target(pipeline: str, module: Module, arch: str | None) -> str:
     if "quant-convert" in pipeline or not any(op.attr("codec") == "e2m1" for op in module.iter("cc.quant")):
         return pipeline
     target = TARGETS.get(arch or "")
-    return pipeline + (",quant-convert{e2m1=hw}" if target is not None and target.hw_e2m1 else ",quant-convert")
+    hardware = target is not None and target.hw_e2m1
+    return pipeline + (",quant-convert{e2m1=hw}" if hardware else ",quant-convert")
 
 
 class PipelineError(ValueError):

@@ -205,7 +205,7 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
     owned = (sc, w, cs, kc) if scale is None else (sc, w, cs, kc, scale)
     try:
         key = (_thread_id(), head, qb, fmt, bs, kvbs, eps,
-               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(), None if scale is None else scale.data_ptr())
+               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(), _ptr_or_none(scale))
         T = slots.numel()
         prepared = _SIGNATURES[kernel].entries.get(key)
         hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
@@ -228,12 +228,13 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
 
 def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv, fmt, scale) -> None:
     if _debug[0] if _debug else debug_checks():
-        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv, fp8_scale=scale)
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs,
+                      compressed_kv=ckv, fp8_scale=scale)
         return _launch_checked(_checked_c128a(head, qb, fmt, args))
     owned = tuple(t for t in (sc, w, cs, kc, ckv, scale) if t is not None)
     try:
         key = (_thread_id(), head, qb, fmt, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
-               kc.data_ptr(), None if ckv is None else ckv.data_ptr(), None if scale is None else scale.data_ptr())
+               kc.data_ptr(), _ptr_or_none(ckv), _ptr_or_none(scale))
         T = slots.numel()
         prepared = _SIGNATURES["c128a"].entries.get(key)
         hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
@@ -242,7 +243,8 @@ def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv
         key, hit = None, False
     kv_ptr = None
     if not hit:
-        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, compressed_kv=ckv, fp8_scale=scale)
+        args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs,
+                      compressed_kv=ckv, fp8_scale=scale)
         checked = _checked_c128a(head, qb, fmt, args)
         if checked is None:
             return None
@@ -255,6 +257,10 @@ def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv
         prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(),
                       kv_ptr, T, pos.numel(), kvs.numel()), T)
     return None
+
+
+def _ptr_or_none(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 _ARG_NAMES = ("state_cache", "token_to_req_indices", "positions", "slot_mapping", "block_table",
@@ -427,6 +433,7 @@ def reserve_c128a_scratch(
 
 # the online C128 ops (docs/kernels.md §9) live in runtime/online.py; imported last, as they use the above
 from compressc.runtime.online import compress_c128a_online, online_c128_merge  # noqa: E402, F401
+
 # -- docs/kernels.md §10: the C128 ring state (compressc.runtime.ring; last, as it uses the above)
 from compressc.runtime.ring import compress_c128a_ring as compress_c128a_ring  # noqa: E402
 from compressc.runtime.ring import save_ring_tail as save_ring_tail  # noqa: E402

@@ -70,7 +70,8 @@ def _fused_op(name: str, head: int, block: int):
         if k_cache.device.type == "cuda":
             run_cuda(*args, head_size=head_size, quant_block=quant_block, **extra)
             return
-        spec = ops.kernel_spec(kernel, head_size, quant_block, weight_dtype_name(rms_norm_weight), fmt, rotate)
+        weight = weight_dtype_name(rms_norm_weight)
+        spec = ops.kernel_spec(kernel, head_size, quant_block, weight, fmt, rotate)
         ops._common_values(spec, ops._named(*args, fp8_scale=fp8_scale), spec)  # the CUDA path's checks
         reference.compress_fused(spec, *args[:9], k_cache.view(torch.uint8), *args[10:], fp8_scale=fp8_scale)
 

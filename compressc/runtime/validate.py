@@ -204,7 +204,8 @@ def _full_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) 
                         f"cache, got {k_cache.dtype}")
     row_bytes = spec.store.token_stride
     if k_cache.dim() != 3 or k_cache.shape[2] * k_cache.element_size() != row_bytes:
-        expected = f"be 3-D [num_pages, B, {spec.head}] ({row_bytes} bytes a row) for the {spec.cache_format} cache"
+        expected = (f"be 3-D [num_pages, B, {spec.head}] ({row_bytes} bytes a row) for the "
+                    f"{spec.cache_format} cache")
         raise _invalid("k_cache", expected, f"shape {tuple(k_cache.shape)} of {k_cache.dtype}")
     cache = k_cache.view(torch.uint8)
     shift = log2_exact("kv_cache_block_size", kv_cache_block_size)
@@ -216,7 +217,8 @@ def _full_cache(spec: KernelSpec, k_cache: object, kv_cache_block_size: object) 
         raise _invalid("k_cache", expected, f"byte strides {cache.stride()}")
     need = (cache.shape[1] - 1) * cache.stride(1) + row_bytes
     if cache.stride(0) % VECTOR_ALIGN or cache.stride(0) < need:
-        expected = f"have a page stride (stride(0), bytes) that is a multiple of {VECTOR_ALIGN} and at least {need}"
+        expected = (f"have a page stride (stride(0), bytes) that is a multiple of {VECTOR_ALIGN} "
+                    f"and at least {need}")
         raise _invalid("k_cache", expected, cache.stride(0))
     _check_extent(cache, need)
     return cache, shift
@@ -228,7 +230,8 @@ def _scale_tensor(name: str, value: object, fmt: str) -> int:
                        "device (vLLM passes torch.ones(1))", None)
     t = _tensor(name, value, torch.float32)
     if t.numel() < 1:
-        raise _invalid(name, "hold at least one element (the kernel reads scale[0])", f"shape {tuple(t.shape)}")
+        raise _invalid(name, "hold at least one element (the kernel reads scale[0])",
+                       f"shape {tuple(t.shape)}")
     ptr = t.data_ptr()
     if ptr % 4:
         raise _invalid(name, "start at a 4-byte aligned address", f"{ptr:#x}")

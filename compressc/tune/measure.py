@@ -151,7 +151,13 @@ class _Variant:
             entry["quant_block"],
             rope=entry["rope"],
             weight_dtype=entry["weight_dtype"],
+            cache_format=entry.get("cache_format") or None,  # plans of older compressc lack the axes
+            rotate=bool(entry.get("rotate", False)),
+            state_layout=entry.get("state_layout", "paged"),
         )
+        if spec.variant != entry["variant"]:
+            raise ValueError(f"plan variant {entry['variant']!r} is not {spec.variant!r}: its axes are missing "
+                             "(re-run compressc tune --prepare)")
         return cls(entry, spec, [_load(store, spec, arch, c, device) for c in entry["candidates"]])
 
     def run(self, inputs: _Inputs, reps: int) -> None:

@@ -88,6 +88,9 @@ def _variant_entry(spec: KernelSpec) -> dict:
         "quant_block": spec.quant_block,
         "rope": spec.rope,
         "weight_dtype": spec.weight_dtype,
+        "cache_format": spec.cache_format,
+        "rotate": spec.rotate,
+        "state_layout": spec.state_layout,
         "candidates": [],
         "dropped": [],
     }
