@@ -18,13 +18,7 @@ from __future__ import annotations
 import torch
 
 from compressc.numerics import (
-    FP8_MAX,
     bf16_rne,
-    e2m1_encode,
-    e4m3_encode,
-    inv_scale_from_ue8m0,
-    scale_from_ue8m0,
-    ue8m0_byte,
 )
 from compressc.specs import KernelSpec
 
@@ -152,63 +146,6 @@ def rope_rotate(
     return bf16_rne(out.reshape(y_rope.shape))
 
 
-def quant_ue8m0(spec: KernelSpec, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(e4m3 codes uint8[N, C], UE8M0 bytes uint8[N, C / quant_block]) of bf16-valued q.
-
-    raw = max(scale_floor, amax / 448) per block: the floor is on the scale (docs/kernels.md §3.5).
-    """
-    n, width = q.shape
-    blocks = q.reshape(n, width // spec.quant_block, spec.quant_block)
-    amax = blocks.abs().amax(dim=-1)
-    floor = torch.tensor(spec.scale_floor, dtype=torch.float32, device=q.device)
-    e8 = ue8m0_byte(torch.maximum(floor, amax / FP8_MAX))
-    codes = e4m3_encode(blocks * inv_scale_from_ue8m0(e8)[..., None])
-    return codes.reshape(n, width), e8
-
-
-def quant_f32scale(spec: KernelSpec, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(e4m3 codes uint8[N, C], fp32 scale [N]) with scale = 2^ceil(log2(max(amax, floor) / 448)).
-
-    Here the floor is on amax (docs/kernels.md §4 indexer); the UE8M0 rounding gives the ceil exactly.
-    """
-    amax = q.abs().amax(dim=-1)
-    floor = torch.tensor(spec.scale_floor, dtype=torch.float32, device=q.device)
-    e8 = ue8m0_byte(torch.maximum(amax, floor) / FP8_MAX)
-    codes = e4m3_encode(q * inv_scale_from_ue8m0(e8)[:, None])
-    return codes, scale_from_ue8m0(e8)
-
-
-def quant_mxfp4(q: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed e2m1 bytes uint8[N, C / 2], UE8M0 bytes uint8[N, C / block]), docs/kernels.md §8:
-    amax floored at 6 * 2^-126, times fp32(1/6), the power of two rounded up; values times
-    2^(127 - e8) exactly, then to e2m1; element 2j in the low nibble of byte j."""
-    n, width = q.shape
-    blocks = q.reshape(n, width // block, block)
-    floor = torch.tensor(6.0 * 2.0**-126, dtype=torch.float32, device=q.device)
-    sixth = torch.tensor(1.0 / 6.0, dtype=torch.float32, device=q.device)
-    e8 = ue8m0_byte(torch.maximum(blocks.abs().amax(dim=-1), floor) * sixth)
-    nib = e2m1_encode(blocks * inv_scale_from_ue8m0(e8)[..., None]).reshape(n, width)
-    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8), e8
-
-
-def quant_tensor(q: torch.Tensor, fp8_scale: torch.Tensor) -> torch.Tensor:
-    """e4m3 codes of q * RN(1 / fp8_scale[0]) (docs/kernels.md §8: a product, not a division)."""
-    inv = 1.0 / fp8_scale.reshape(-1)[:1].to(device=q.device, dtype=torch.float32)
-    return e4m3_encode(q * inv)
-
-
-def hadamard(v: torch.Tensor) -> torch.Tensor:
-    """docs/kernels.md §8: for spans S = n/2, ..., 1, each group of 2S values with halves
-    (a, b) becomes (a + b, a - b) in fp32; then every value times fp32(n^-1/2)."""
-    n, width = v.shape
-    span = width // 2
-    while span:
-        g = v.reshape(n, width // (2 * span), 2, span)
-        v = torch.stack((g[:, :, 0] + g[:, :, 1], g[:, :, 0] - g[:, :, 1]), dim=2).reshape(n, width)
-        span //= 2
-    return v * torch.tensor(width**-0.5, dtype=torch.float32, device=v.device)
-
-
 def norm_rope_quant(
     spec: KernelSpec,
     x: torch.Tensor,
@@ -223,6 +160,7 @@ def norm_rope_quant(
     rotates), encoded as docs/kernels.md §4 and §8 say."""
     y = rms_norm(x, rms_norm_weight, float(rms_norm_eps))
     rope = rope_rotate(spec, y[:, spec.nope :], positions_of_rows, cos_sin_cache)
+
     v = torch.cat((bf16_rne(y[:, : spec.nope]), rope), dim=1)
     if spec.rotate:
         v = hadamard(v)
@@ -393,56 +331,20 @@ def _require(spec: KernelSpec, kernels: tuple[str, ...]) -> None:
         )
 
 
-# -- docs/kernels.md §9.3: the online C128 merge ---------------------------------------------
-def online_c128_merge(
-    kv: torch.Tensor,
-    score: torch.Tensor,
-    ape: torch.Tensor,
-    positions: torch.Tensor,
-    run_state: torch.Tensor,
-    segments: torch.Tensor,
-    compressed_kv: torch.Tensor,
-) -> None:
-    """One launch of `online_c128_merge`: every segment (row_base, num_rows, read_row, emit_token,
-    write_row) of `segments`, each reading the running state committed before the launch.
-
-    Per column, fp32: seed (m, l, a) from run_state[read_row] (max | sum | weighted sum) or
-    (-inf, 0, 0); for each row t in order, s = score[t] + ape[p mod ratio]; m' = max(m, s);
-    alpha = e(m - m'), beta = e(s - m'); l = l * alpha + beta; a = a * alpha + kv[t] * beta;
-    m = m'. Then compressed_kv[emit_token] = a / l and run_state[write_row] = (m, l, a) where >= 0.
-    """
-    head, ratio = kv.shape[1], ape.shape[0]
-    committed = run_state.clone()
-    for base, rows, read, emit, write in segments.tolist():
-        m, den, acc = _online_seed(committed, read, head, kv.device)
-        for t in range(base, base + rows):
-            s = score[t].float() + ape[int(positions[t]) % ratio].float()
-            m_new = torch.maximum(m, s)
-            alpha, beta = exact_exp(m - m_new), exact_exp(s - m_new)
-            den, acc, m = den * alpha + beta, acc * alpha + kv[t].float() * beta, m_new
-        if emit >= 0:
-            compressed_kv[emit] = acc / den
-        if write >= 0:
-            run_state[write, : 3 * head] = torch.cat((m, den, acc))
-
-
-def _online_seed(state: torch.Tensor, read: int, head: int, device: torch.device) -> tuple:
-    if read >= 0:
-        row = state[read].float()
-        return row[:head].clone(), row[head : 2 * head].clone(), row[2 * head : 3 * head].clone()
-    m = torch.full((head,), float("-inf"), dtype=torch.float32, device=device)
-    return m, torch.zeros_like(m), torch.zeros_like(m)
-
-
-def online_state_reset(run_state: torch.Tensor, rows: torch.Tensor, head: int) -> None:
-    """docs/kernels.md §9.1's reset value (-inf, 0, 0) into run_state[rows]."""
-    rows = rows.to(device=run_state.device, dtype=torch.int64)
-    run_state[rows, :head] = float("-inf")
-    run_state[rows, head : 3 * head] = 0.0
-
-# -- docs/kernels.md §10: the C128 ring state, in its own module (re-exported here) ---------
-from compressc.reference_ring import c128a_compress_ring as c128a_compress_ring  # noqa: E402
-from compressc.reference_ring import ring_capacity as ring_capacity  # noqa: E402
-from compressc.reference_ring import ring_rows as ring_rows  # noqa: E402
-from compressc.reference_ring import ring_slots as ring_slots  # noqa: E402
-from compressc.reference_ring import save_ring_tail as save_ring_tail  # noqa: E402
+# -- the quantisers of each cache format (docs/kernels.md §3.5, §8), the online C128 merge
+# (§9.3) and the C128 ring state (§10), in their own modules, re-exported here
+from compressc.reference_online import online_c128_merge, online_state_reset  # noqa: E402, F401
+from compressc.reference_quant import (  # noqa: E402, F401
+    hadamard,
+    quant_f32scale,
+    quant_mxfp4,
+    quant_tensor,
+    quant_ue8m0,
+)
+from compressc.reference_ring import (  # noqa: E402, F401
+    c128a_compress_ring,
+    ring_capacity,
+    ring_rows,
+    ring_slots,
+    save_ring_tail,
+)

@@ -156,8 +156,8 @@ class _Variant:
             state_layout=entry.get("state_layout", "paged"),
         )
         if spec.variant != entry["variant"]:
-            raise ValueError(f"plan variant {entry['variant']!r} is not {spec.variant!r}: its axes are missing "
-                             "(re-run compressc tune --prepare)")
+            raise ValueError(f"plan variant {entry['variant']!r} is not {spec.variant!r}: its axes are "
+                             "missing (re-run compressc tune --prepare)")
         return cls(entry, spec, [_load(store, spec, arch, c, device) for c in entry["candidates"]])
 
     def run(self, inputs: _Inputs, reps: int) -> None:
