@@ -37,9 +37,11 @@ ENV_TABLE: tuple[tuple[str, str, str], ...] = (
     ("COMPRESSC_LOCK_TIMEOUT", "600", "seconds to wait for another process building the same kernel; "
      "the error names the holder's pid"),
     ("COMPRESSC_CHECK_BOUNDS", "unset", "1: check every index value the kernels use before a launch, naming "
-     "tensor, row and value (one device sync per call; not during CUDA graph capture)"),
+     "tensor, row and value (one device sync per call; not during CUDA graph capture); kernel: serve the "
+     "checked builds, which skip and record an out-of-range row on the GPU (graph safe; raised after each "
+     "eager call, or by compressc.runtime.check_kernel_bounds())"),
     ("COMPRESSC_DEBUG_CHECKS", "unset", "1: the runtime's ops check every argument on every call and launch "
-     "through cuda-bindings (default: once per argument signature, ctypes launch)"),
+     "through the loader's own launch (default: once per argument signature, the prepared ctypes launch)"),
     ("COMPRESSC_VLLM", "1", "0: the vLLM plugin (compressc.integrations.vllm) patches nothing"),
     (
         "COMPRESSC_SCHEDULES_DIR",
@@ -75,6 +77,7 @@ class Config:
     jobs: int = 1
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     check_bounds: bool = False
+    bounds_in_kernel: bool = False  # COMPRESSC_CHECK_BOUNDS=kernel (check_bounds is set too)
     debug_checks: bool = False
     vllm_plugin: bool = True
 
@@ -82,12 +85,15 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
         """Read every COMPRESSC_* variable from `environ` (os.environ by default)."""
         cache = environ.get("COMPRESSC_CACHE_DIR")
+        bounds = environ.get("COMPRESSC_CHECK_BOUNDS", "")
+        in_kernel = bounds.strip().lower() == "kernel"
         return cls(
             cache_dir=Path(cache).expanduser() if cache else default_cache_dir(environ),
             no_jit=_parse_bool("COMPRESSC_NO_JIT", environ.get("COMPRESSC_NO_JIT", "")),
             jobs=_parse_jobs(environ.get("COMPRESSC_JOBS", "")),
             lock_timeout=_parse_seconds("COMPRESSC_LOCK_TIMEOUT", environ.get("COMPRESSC_LOCK_TIMEOUT", "")),
-            check_bounds=_parse_bool("COMPRESSC_CHECK_BOUNDS", environ.get("COMPRESSC_CHECK_BOUNDS", "")),
+            check_bounds=in_kernel or _parse_bool("COMPRESSC_CHECK_BOUNDS", bounds, "kernel"),
+            bounds_in_kernel=in_kernel,
             debug_checks=_parse_bool("COMPRESSC_DEBUG_CHECKS", environ.get("COMPRESSC_DEBUG_CHECKS", "")),
             vllm_plugin=_parse_bool("COMPRESSC_VLLM", environ.get("COMPRESSC_VLLM", "1")),
         )
@@ -129,14 +135,15 @@ def _private_temp_cache() -> Path:
     return path
 
 
-def _parse_bool(name: str, raw: str) -> bool:
+def _parse_bool(name: str, raw: str, extra: str = "") -> bool:
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
+    also = f" (or {extra})" if extra else ""
     raise ConfigError(
-        f"{name}={raw!r} is not a boolean: use one of {', '.join(_TRUE)} or {', '.join(_FALSE[1:])}"
+        f"{name}={raw!r} is not a boolean: use one of {', '.join(_TRUE)} or {', '.join(_FALSE[1:])}{also}"
     )
 
 

@@ -220,27 +220,26 @@ def test_cluster_grid_counts_clusters():
 def test_cluster_launch_config_carries_the_cluster_dimension():
     from cuda.bindings import driver
 
-    from compressc.runtime.loader import launch_config
+    from compressc.runtime.cudalaunch import launch_config
 
-    config = launch_config(4, 64, (512, 1, 1), 0, 0)
-    assert (config.gridDimX, config.gridDimY, config.gridDimZ) == (64, 1, 1)
+    config = launch_config(4, (512, 1, 1), 0, False)
     assert (config.blockDimX, config.blockDimY, config.blockDimZ) == (512, 1, 1)
     assert config.numAttrs == 1
     attr = config.attrs[0]
-    assert attr.id == driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-    assert (attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z) == (4, 1, 1)
+    assert attr.id == int(driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+    assert tuple(attr.value.dims) == (4, 1, 1)
 
 
 def test_programmatic_launch_config_allows_stream_overlap():
     from cuda.bindings import driver
 
-    from compressc.runtime.loader import launch_config
+    from compressc.runtime.cudalaunch import launch_config
 
-    config = launch_config(1, 132, (64, 1, 1), 0, 0, programmatic=True)
+    config = launch_config(1, (64, 1, 1), 0, True)
     assert config.numAttrs == 1
     attr = config.attrs[0]
-    assert attr.id == driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-    assert attr.value.programmaticStreamSerializationAllowed == 1
-    both = launch_config(2, 132, (64, 1, 1), 0, 0, programmatic=True)
-    assert both.numAttrs == 2 and both.attrs[0].value.clusterDim.x == 2
-    assert launch_config(1, 8, (64, 1, 1), 0, 0).numAttrs == 0
+    assert attr.id == int(driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+    assert attr.value.flag == 1
+    both = launch_config(2, (64, 1, 1), 0, True)
+    assert both.numAttrs == 2 and tuple(both.attrs[0].value.dims) == (2, 1, 1)
+    assert launch_config(1, (64, 1, 1), 0, False).numAttrs == 0

@@ -255,8 +255,6 @@ def test_prepared_launch_retries_once_with_the_context(monkeypatch):
 
 
 def test_a_launch_that_fails_again_names_the_kernel_and_the_error(monkeypatch):
-    from cuda.bindings import driver
-
     from compressc.runtime import loader
     from compressc.specs import make_spec
     from compressc.specs.abi import abi
@@ -265,8 +263,7 @@ def test_a_launch_that_fails_again_names_the_kernel_and_the_error(monkeypatch):
     monkeypatch.setattr(fastpath, "driver_library", lambda: lib)
     monkeypatch.setattr(fastpath, "_raw_stream", lambda index: 0)
     monkeypatch.setattr(loader, "ensure_context", lambda index: None)
-    monkeypatch.setattr(loader.driver, "cuGetErrorName",
-                        lambda result: (driver.CUresult.CUDA_SUCCESS, b"CUDA_ERROR_INVALID_CONTEXT"))
+    monkeypatch.setattr(loader.cudriver, "error_name", lambda result: "CUDA_ERROR_INVALID_CONTEXT")
     spec = make_spec("c4a")
     values = {p.name: 16 if p.kind == "ptr" else (1.0 if p.kind == "f32" else 1) for p in abi(spec)}
     prepared = fastpath.Prepared([(_kernel(entry="c4a_entry"), abi(spec), False)], values, 0)

@@ -21,6 +21,8 @@ def spec_attrs(spec: KernelSpec) -> tuple:
         extra["cache_format"] = spec.cache_format
     if spec.rotate:
         extra["rotate"] = True
+    if spec.bounds:
+        extra["bounds"] = True
     return fields(
         kernel=spec.kernel,
         head=spec.head,
@@ -47,6 +49,7 @@ def spec_from_module(module: Module) -> KernelSpec:
         cache_format=str(module.attr("cache_format", _default_format(kernel))),
         rotate=bool(module.attr("rotate", False)),
         state_layout=str(module.attr("state_layout", "paged")),
+        bounds=bool(module.attr("bounds", False)),
     )
 
 
@@ -62,6 +65,23 @@ def _args(spec: KernelSpec) -> list[Op]:
 def _guard(spec: KernelSpec) -> Op:
     operands = ("token_to_req_indices", "positions", "slot_mapping", "kv_slot_mapping")
     return Op("cc.row_guard", "active", operands, fields(ratio=spec.ratio))
+
+
+def bounds_checks(spec: KernelSpec) -> str:
+    """The checks of a checked build (docs/kernels.md §3, "Checked builds"), by what the kernel indexes:
+    request, column and page where it reads the paged state, rope and kv where it stores."""
+    state = ("request", "column", "page") if spec.pools else ()
+    checks = state + (("rope", "kv") if spec.normalises else ())
+    return ",".join(checks)
+
+
+def _bounds(spec: KernelSpec) -> list[Op]:
+    """cc.bounds: the checked build's guard extension; the error record and the extents are
+    the `bounds_*` kernel parameters (specs/abi.py)."""
+    if not spec.bounds:
+        return []
+    return [Op("cc.bounds", "", ("active", "bounds_error"),
+               fields(checks=bounds_checks(spec), window=spec.window if spec.pools else 0, ratio=spec.ratio))]
 
 
 def _pool(spec: KernelSpec) -> list[Op]:
@@ -127,7 +147,7 @@ def module_from_spec(spec: KernelSpec) -> Module:
     """The spec-level module of `spec`: arguments, guard, then the stages it runs."""
     if spec.segmented:
         return Module(spec.variant, spec_attrs(spec), tuple(_args(spec) + online_ops(spec.head, spec.ratio)))
-    ops = _args(spec) + [_guard(spec)]
+    ops = _args(spec) + [_guard(spec)] + _bounds(spec)
     if spec.kernel == "c128a_compress":
         ops += _pool(spec)
         ops.append(Op("cc.store_rows", "", ("x", "compressed_kv"), fields(head=spec.head)))

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from compressc.ir.core import Module
+from compressc.ir.interp_bounds import bounds_failure, record
 from compressc.ir.interp_grid import run_program
 from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.launch import grid_rule, module_abi
@@ -104,6 +105,11 @@ def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int) -
     slot, req = int(mem["slot_mapping"][row]), int(mem["token_to_req_indices"][row])
     if slot < 0 or req < 0 or pos < 0 or kv_slot < 0 or (pos + 1) % ratio:
         return None
+    checked = module.find("cc.bounds")
+    failure = bounds_failure(checked, mem, row, pos, req, kv_slot) if checked is not None else None
+    if failure is not None:
+        record(mem, row, failure)
+        return None
     return Lanes(
         module, sched.elems, sched.head_lanes, sched.split, sched.threads, mem, row, pos, req, kv_slot,
         sched.cluster,
@@ -123,6 +129,8 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
         from compressc.ir.interp_ring import args_from_ring_scenario
 
         return args_from_ring_scenario(scenario, out)
+    import torch
+
     spec, s = scenario.spec, scenario
     compress = spec.kernel == "c128a_compress"
     cache = s.k_cache if compress else out
@@ -147,6 +155,11 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
         "compressed_kv": out if compress else s.compressed_kv,
         "fp8_scale": s.fp8_scale,
     }
+    if spec.bounds:  # a checked build: a fresh error record and the extents of these tensors
+        from compressc.runtime.bounds_kernel import extents
+
+        values |= extents(tensors)
+        tensors["bounds_error"] = torch.zeros(8, dtype=torch.int64)
     args: dict[str, Value] = {}
     for p in abi(spec):
         if p.kind == "ptr":

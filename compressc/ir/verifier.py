@@ -21,6 +21,7 @@ SMEM_LIMIT = DEFAULT_TARGET.static_smem  # without the opt-in attribute
 OP_ATTRS: dict[str, tuple[str, ...]] = {
     "cc.arg": ("name", "kind"),
     "cc.row_guard": ("ratio",),
+    "cc.bounds": ("checks", "window", "ratio"),
     "cc.window": ("ratio", "window", "overlap", "head", "state_width"),
     "cc.pool_softmax": ("head", "order"),
     "cc.load_rows": ("head",),
@@ -117,6 +118,7 @@ def _verify_spec(module: Module) -> None:
         raise _fail(module, None, err.field, err.value, err.rule) from None
     _verify_args(module, spec)
     _verify_ops_match_spec(module, spec)
+    _verify_bounds(module, spec)
     verify_ring(module, _fail)
 
 
@@ -145,6 +147,21 @@ def _verify_ops_match_spec(module: Module, spec) -> None:
             if got is not None and got != value:
                 raise _fail(module, op, key, got,
                             f"contradicts the module attributes, which imply {key}={value!r}")
+
+
+def _verify_bounds(module: Module, spec) -> None:
+    """A checked build (module attribute bounds=true) has one cc.bounds, right after its guard;
+    any other has none: the op changes the ABI and which rows run."""
+    ops = [i for i, op in enumerate(module.ops) if op.name == "cc.bounds"]
+    want = 1 if spec.bounds else 0
+    if len(ops) != want:
+        rule = ("a checked build (bounds = true) needs one" if want
+                else "needs the module attribute bounds = true")
+        raise _fail(module, module.ops[ops[1]] if len(ops) > 1 else (module.ops[ops[0]] if ops else None),
+                    "cc.bounds", len(ops), rule)
+    if ops and module.ops[ops[0] - 1].name != "cc.row_guard":
+        raise _fail(module, module.ops[ops[0]], "position", ops[0],
+                    "must follow cc.row_guard (it extends the guard)")
 
 
 def _verify_args(module: Module, spec) -> None:

@@ -271,3 +271,18 @@ def prefetch_l2_bulk(gmem_addr, nbytes, *, loc=None, ip=None) -> None:
     `gmem_addr` 16-byte aligned, `nbytes` a multiple of 16."""
     args = [Int64(gmem_addr).ir_value(loc=loc, ip=ip), _i(nbytes, loc, ip)]
     llvm.inline_asm(None, args, "cp.async.bulk.prefetch.L2.global [$0], $1;", "l,r", has_side_effects=True)
+
+
+@dsl_user_op
+def record_bounds_error(addr, code, row, value, at, limit, aux, *, loc=None, ip=None) -> None:
+    """A checked build's first violation (docs/kernels.md §3, "Checked builds"): claim the record
+    at `addr` with atom.global.cas.b32 (0 -> 1: one thread of the launch, and of every later
+    launch until the runtime clears it, wins), and only the winner stores the check code and the
+    int64 fields behind it, so the record is one violation's, whichever thread got there first."""
+    text = ("{ .reg .b32 old; .reg .pred won; atom.global.cas.b32 old, [$0], 0, 1; "
+            "setp.eq.b32 won, old, 0; @won st.global.b32 [$0+4], $1; @won st.global.b64 [$0+8], $2; "
+            "@won st.global.b64 [$0+16], $3; @won st.global.b64 [$0+24], $4; "
+            "@won st.global.b64 [$0+32], $5; @won st.global.b64 [$0+40], $6; }")
+    wide = [Int64(v).ir_value(loc=loc, ip=ip) for v in (row, value, at, limit, aux)]
+    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(code, loc, ip), *wide]
+    llvm.inline_asm(None, args, text, "l,r,l,l,l,l,l,~{memory}", has_side_effects=True)

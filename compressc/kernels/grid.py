@@ -48,7 +48,7 @@ def _lines(*lines: str, indent: bool = False) -> Emit:
 
 
 def _guard(src: Source, module: Module, op: Op) -> None:
-    stages.guard(src, op)
+    stages.guard(src, op, module)
 
 
 def _row(src: Source, module: Module, op: Op) -> None:
@@ -68,7 +68,7 @@ def _runs_span(src: Source, module: Module, op: Op) -> None:
 
 
 def _ballot(src: Source, module: Module, op: Op) -> None:
-    stages.ballot(src, op, str(op.attr("base")), str(op.attr("count")))
+    stages.ballot(src, op, str(op.attr("base")), str(op.attr("count")), module)
 
 
 def _set_row(src: Source, module: Module, op: Op) -> None:
@@ -110,7 +110,7 @@ def _sweeps(src: Source, module: Module, op: Op) -> None:
     src.line("blk0 = sw0 + warp * 32")
     src.line("left = row0 + per_cta - blk0")
     src.line("n = left if left < 32 else Int32(32)")
-    stages.ballot(src, op, "blk0", "n")
+    stages.ballot(src, op, "blk0", "n", module)
     src.line("if lane == 0:")
     src.line("    sTodo[warp] = Int32(todo)")
     src.line("cute.arch.sync_threads()")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.schedule import Schedule
+from compressc.kernels.bounds import bounds as bounds_emit
 from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.source import Source
@@ -25,7 +26,7 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
     return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
 
 
-def ballot(src: Source, guard_op: Op, base: str, count: str) -> None:
+def ballot(src: Source, guard_op: Op, base: str, count: str, module: Module | None = None) -> None:
     """Lane i reads row base + i's metadata (one round trip for 32 rows); a ballot hands
     every lane the set of active rows, so inactive rows cost nothing more."""
     src.line(f"# in every warp, lane i reads row {base} + i's metadata (one round trip for the block)")
@@ -34,7 +35,7 @@ def ballot(src: Source, guard_op: Op, base: str, count: str) -> None:
     src.line("mine = cutlass.Boolean(False)")
     src.line(f"if lane < {count} and row < num_rows:")
     with src.indent():
-        guard(src, guard_op)
+        guard(src, guard_op, module)
         src.line("mine = active")
     src.line("todo = cute.arch.vote_ballot_sync(mine)")
 
@@ -92,7 +93,8 @@ def prologue(src: Source, module: Module) -> None:
                  f"cute.make_layout({words}))")
 
 
-def guard(src: Source, op: Op | None) -> None:
+def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
+    """The row's metadata and whether it is active; a checked build's cc.bounds after it."""
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
     src.line("# docs/kernels.md §3.1: active only at a boundary token with a request, a position and slots")
@@ -105,6 +107,9 @@ def guard(src: Source, op: Op | None) -> None:
     src.line("slot = cute.make_tensor(slot_mapping, cute.make_layout(num_rows))[row]")
     src.line("req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[row]")
     src.line(f"active = (slot >= 0) & (req >= 0) & (pos >= 0) & (kv_slot >= 0) & ((pos + 1) % {ratio} == 0)")
+    checked = module.find("cc.bounds") if module is not None else None
+    if checked is not None:
+        bounds_emit(src, checked)
 
 
 def _rows_view(module: Module, op: Op, ptr: str) -> str:

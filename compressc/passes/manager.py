@@ -66,12 +66,13 @@ def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: 
 def format_sibling(module: Module) -> str | None:
     """The variant whose tuned schedule `module` inherits: the same kernel, head, quant block,
     rope and weight in the kernel's first cache format, unrotated (None: it is that one)."""
-    if module.attr("cache_format") is None and not module.attr("rotate", False):
+    plain = not module.attr("rotate", False) and not module.attr("bounds")  # bounds: the checked build
+    if module.attr("cache_format") is None and plain:
         return None
     from compressc.ir.from_spec import spec_from_module
 
     spec = spec_from_module(module)
-    return spec.with_(cache_format="", rotate=False).variant
+    return spec.with_(cache_format="", rotate=False, bounds=False).variant
 
 
 def _for_target(pipeline: str, module: Module, arch: str | None) -> str:

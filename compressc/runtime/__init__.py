@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from compressc.runtime.args import pack_args
+from compressc.runtime.bounds_kernel import check_kernel_bounds
 from compressc.runtime.ops import (
     compress_c4a,
     compress_c128a,
@@ -41,6 +42,7 @@ __all__ = [
     "ManifestError",
     "arch_for_capability",
     "build_command",
+    "check_kernel_bounds",
     "compress_c128a",
     "compress_c128a_online",
     "compress_c4a",

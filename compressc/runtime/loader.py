@@ -1,9 +1,13 @@
-"""Load cubins and launch them through cuda-python's driver API.
+"""Load cubins and launch them through the CUDA driver API.
 
-The only module of compressc that imports `cuda.bindings`. Kernels are loaded once
-per (process, device, cache key) into the device's primary context, which torch's
-CUDA runtime shares, and launched on torch's current stream. The launch path makes
-no host synchronisation, so it is safe inside CUDA graph capture.
+The driver calls go through ctypes on libcuda (`cudriver`, `cudalaunch`): a call of any
+`cuda.bindings.driver` function would make cuda-bindings resolve every driver entry point,
+and a driver older than the bindings refuses the newer ones (the 34 CUDA_ERROR_INVALID_VALUE
+of cuGetProcAddress_v2 compute-sanitizer reported; `cudriver` says more). The only module of
+compressc that imports `cuda.bindings`, for its CUresult names only (an enum: no driver call).
+Kernels are loaded once per (process, device, cache key) into the device's primary context,
+which torch's CUDA runtime shares, and launched on torch's current stream. The launch path
+makes no host synchronisation, so it is safe inside CUDA graph capture.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from cuda.bindings import driver
 
+from compressc.runtime import cudalaunch, cudriver
 from compressc.runtime.args import launch_grid, parse_grid
 from compressc.runtime.resolve import KernelImage, arch_for_capability, arch_runs_on
 from compressc.specs.launch import GridRule
@@ -31,10 +36,10 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 class CudaError(RuntimeError):
     """A CUDA driver call failed; the message names the call and the CUresult."""
 
-    def __init__(self, call: str, result: driver.CUresult, hint: str = "") -> None:
-        self.call, self.result = call, result
-        name = _error_name(result)
-        super().__init__(f"{call} failed: {name} ({int(result)}){hint}")
+    def __init__(self, call: str, result: int, hint: str = "") -> None:
+        self.call, self.result = call, int(result)
+        name = _error_name(self.result)
+        super().__init__(f"{call} failed: {name} ({self.result}){hint}")
 
 
 class ArchMismatchError(RuntimeError):
@@ -43,20 +48,24 @@ class ArchMismatchError(RuntimeError):
 
 def launch_error(entry: str, code: int) -> CudaError:
     """The error of a launch made through ctypes (`cudalaunch`), which returns a bare CUresult int."""
-    return CudaError(f"cuLaunchKernelEx({entry})", driver.CUresult(code))
+    return CudaError(f"cuLaunchKernelEx({entry})", code)
 
 
-def _error_name(result: driver.CUresult) -> str:
-    err, name = driver.cuGetErrorName(result)
-    if err != driver.CUresult.CUDA_SUCCESS or name is None:
-        return getattr(result, "name", str(result))
-    return name.decode() if isinstance(name, bytes) else str(name)
+def _error_name(result: int) -> str:
+    """The driver's name of a CUresult, else cuda-bindings' enum name (which calls no driver)."""
+    name = cudriver.error_name(result)
+    if name is not None:
+        return name
+    try:
+        return driver.CUresult(result).name
+    except ValueError:
+        return f"CUresult {result}"
 
 
 def _check(call: str, out: tuple, hint: str = ""):
-    """Raise CudaError unless out[0] is CUDA_SUCCESS; return the remaining output."""
+    """Raise CudaError unless out[0] is CUDA_SUCCESS (0); return the remaining output."""
     err, *rest = out
-    if err != driver.CUresult.CUDA_SUCCESS:
+    if err != 0:
         raise CudaError(call, err, hint)
     return rest[0] if len(rest) == 1 else tuple(rest)
 
@@ -69,10 +78,10 @@ def _primary_context(device_index: int) -> int:
     if ctx is not None:
         return ctx
     if not _initialised:
-        _check("cuInit", driver.cuInit(0))
+        _check("cuInit", cudriver.cuInit(0))
         _initialised = True
-    device = _check("cuDeviceGet", driver.cuDeviceGet(device_index))
-    ctx = int(_check("cuDevicePrimaryCtxRetain", driver.cuDevicePrimaryCtxRetain(device)))
+    device = _check("cuDeviceGet", cudriver.cuDeviceGet(device_index))
+    ctx = int(_check("cuDevicePrimaryCtxRetain", cudriver.cuDevicePrimaryCtxRetain(device)))
     _PRIMARY[device_index] = ctx
     return ctx
 
@@ -80,9 +89,9 @@ def _primary_context(device_index: int) -> int:
 def ensure_context(device_index: int) -> None:
     """Make the device's primary context current on this thread (a no-op when it is)."""
     want = _primary_context(device_index)
-    current = _check("cuCtxGetCurrent", driver.cuCtxGetCurrent())
+    current = _check("cuCtxGetCurrent", cudriver.cuCtxGetCurrent())
     if int(current) != want:
-        _check("cuCtxSetCurrent", driver.cuCtxSetCurrent(driver.CUcontext(want)))
+        _check("cuCtxSetCurrent", cudriver.cuCtxSetCurrent(want))
 
 
 # -- architectures ----------------------------------------------------------------------
@@ -118,8 +127,8 @@ class LoadedKernel:
     device_index: int
     block: tuple[int, int, int]
     smem_dynamic: int
-    module: driver.CUmodule
-    function: driver.CUfunction
+    module: int  # CUmodule handle
+    function: int  # CUfunction handle
     grid: GridRule = GridRule("rows")  # the manifest's launch rule, see compressc.runtime.args.launch_grid
     sm_count: int = 1
     resident: int = 0  # CTAs of this kernel one SM holds (the driver's occupancy); 0 = unknown
@@ -146,54 +155,19 @@ class LoadedKernel:
         if stream is None:
             stream = current_stream(self.device_index)
         ensure_context(self.device_index)
-        bx, by, bz = self.block
+        lib = cudriver.library()
+        params, function = ctypes.c_void_p(ctypes.addressof(kernel_params)), ctypes.c_void_p(self.function)
         programmatic = self.programmatic and overlap_previous
         if self.cluster > 1 or programmatic:
-            config = launch_config(self.cluster, grid_x, self.block, self.smem_dynamic, stream, programmatic)
-            out = driver.cuLaunchKernelEx(config, self.function, ctypes.addressof(kernel_params), 0)
-            _check(f"cuLaunchKernelEx({self.entry})", out)
+            config = cudalaunch.launch_config(self.cluster, self.block, self.smem_dynamic, programmatic)
+            config.gridDimX, config.hStream = grid_x, stream
+            out = lib.cuLaunchKernelEx(ctypes.byref(config), function, params, None)
+            _check(f"cuLaunchKernelEx({self.entry})", (out,))
             return
-        out = driver.cuLaunchKernel(
-            self.function,
-            grid_x,
-            1,
-            1,
-            bx,
-            by,
-            bz,
-            self.smem_dynamic,
-            driver.CUstream(stream),
-            ctypes.addressof(kernel_params),
-            0,
-        )
-        _check(f"cuLaunchKernel({self.entry})", out)
-
-
-def launch_config(cluster: int, grid_x: int, block: tuple[int, int, int], smem: int,
-                  stream: int, programmatic: bool = False) -> driver.CUlaunchConfig:
-    """A cuLaunchKernelEx configuration for `grid_x` CTAs: as clusters of `cluster` when > 1
-    (a launch attribute: the kernel's PTX does not carry it), and with programmatic stream
-    serialization when `programmatic` (the kernel may start while the previous grid on the
-    stream still runs, once that grid allows it, and waits for it with griddepcontrol.wait)."""
-    attrs = []
-    if cluster > 1:
-        attr = driver.CUlaunchAttribute()
-        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-        attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
-        attrs.append(attr)
-    if programmatic:
-        attr = driver.CUlaunchAttribute()
-        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-        attr.value.programmaticStreamSerializationAllowed = 1
-        attrs.append(attr)
-    config = driver.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = grid_x, 1, 1
-    config.blockDimX, config.blockDimY, config.blockDimZ = block
-    config.sharedMemBytes = smem
-    config.hStream = driver.CUstream(stream)
-    config.attrs = attrs
-    config.numAttrs = len(attrs)
-    return config
+        bx, by, bz = self.block
+        out = lib.cuLaunchKernel(function, grid_x, 1, 1, bx, by, bz, self.smem_dynamic,
+                                 ctypes.c_void_p(stream), params, None)
+        _check(f"cuLaunchKernel({self.entry})", (out,))
 
 
 def current_stream(device_index: int) -> int:
@@ -227,29 +201,31 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
     cluster = grid.cluster
     # The driver copies the image during the call; the buffer only has to outlive it.
     buffer = ctypes.create_string_buffer(image.cubin, len(image.cubin))
-    module = _check("cuModuleLoadData", driver.cuModuleLoadData(ctypes.addressof(buffer)), hint)
+    module = _check("cuModuleLoadData", cudriver.cuModuleLoadData(ctypes.addressof(buffer)), hint)
     try:
         function = _check(
-            "cuModuleGetFunction", driver.cuModuleGetFunction(module, image.entry.encode()), hint
+            "cuModuleGetFunction", cudriver.cuModuleGetFunction(module, image.entry.encode()), hint
         )
         if image.smem_dynamic > _DEFAULT_SMEM_LIMIT:
-            attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            _check("cuFuncSetAttribute", driver.cuFuncSetAttribute(function, attr, image.smem_dynamic), hint)
+            attr = cudriver.FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            out = cudriver.cuFuncSetAttribute(function, attr, image.smem_dynamic)
+            _check("cuFuncSetAttribute", out, hint)
         threads = image.block[0] * image.block[1] * image.block[2]
         resident = _check(
             "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-            driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, image.smem_dynamic),
+            cudriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, image.smem_dynamic),
             hint,
         )
         max_clusters = 0
         if cluster > 1:
             # how many clusters fit at once: clusters live inside one GPC, so this can be less
             # than the SMs' CTA slots / cluster
-            config = launch_config(cluster, cluster, image.block, image.smem_dynamic, 0)
+            config = cudalaunch.launch_config(cluster, image.block, image.smem_dynamic, False)
+            config.gridDimX = cluster
             max_clusters = _check("cuOccupancyMaxActiveClusters",
-                                  driver.cuOccupancyMaxActiveClusters(function, config), hint)
+                                  cudriver.cuOccupancyMaxActiveClusters(function, config), hint)
     except CudaError:
-        driver.cuModuleUnload(module)
+        cudriver.cuModuleUnload(module)
         raise
     sm_count = torch.cuda.get_device_properties(device_index).multi_processor_count
     return LoadedKernel(

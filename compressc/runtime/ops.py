@@ -62,11 +62,12 @@ def debug_checks() -> bool:
 
 @cache
 def kernel_spec(kernel: str, head_size: int, quant_block: int, weight_dtype: str,
-                cache_format: str | None = None, rotate: bool = False) -> KernelSpec:
+                cache_format: str | None = None, rotate: bool = False, bounds: bool = False) -> KernelSpec:
     """The validated spec of one variant (SpecError names a bad head_size/quant_block/format,
-    or a head no lane layout fits: checked here, before any lookup, build or launch)."""
+    or a head no lane layout fits: checked here, before any lookup, build or launch);
+    `bounds`: its checked build (COMPRESSC_CHECK_BOUNDS=kernel)."""
     spec = make_spec(kernel, head_size, quant_block, weight_dtype=weight_dtype, cache_format=cache_format,
-                     rotate=rotate)
+                     rotate=rotate, bounds=bounds)
     try:
         derive_elems(spec)
     except ValueError as err:
@@ -247,17 +248,21 @@ def _prepare(checked: tuple) -> Prepared:
 # -- the checked path (every call with COMPRESSC_DEBUG_CHECKS=1) -------------------------
 def _checked_fused(kernel: str, head_size: int, quant_block: int, fmt: tuple, args: dict) -> tuple | None:
     """(ABI values, device, specs) after every check; None when there are no rows."""
-    spec = kernel_spec(kernel, head_size, quant_block, weight_dtype_name(args["rms_norm_weight"]), *fmt)
+    weight = weight_dtype_name(args["rms_norm_weight"])
+    spec = kernel_spec(kernel, head_size, quant_block, weight, *fmt, bounds=bounds_in_kernel())
     values = _common_values(spec, args, spec)
     device = check_device(_tensors(args))
-    return None if values["num_rows"] == 0 else (values, device, (spec,))
+    if values["num_rows"] == 0:
+        return None
+    return _with_record(values, args, device, spec), device, (spec,)
 
 
 def _checked_c128a(head_size: int, quant_block: int, fmt: tuple, args: dict) -> tuple | None:
     """(ABI values, device, (compress spec, store spec)); a None compressed_kv is the scratch."""
-    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32")
+    checked = bounds_in_kernel()
+    pool_spec = kernel_spec("c128a_compress", head_size, quant_block, "f32", bounds=checked)
     weight = weight_dtype_name(args["rms_norm_weight"])
-    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight, *fmt)
+    store_spec = kernel_spec("c128a_store", head_size, quant_block, weight, *fmt, bounds=checked)
     values = _common_values(store_spec, args, pool_spec)
     compressed_kv = args["compressed_kv"]
     if compressed_kv is not None:
@@ -268,7 +273,16 @@ def _checked_c128a(head_size: int, quant_block: int, fmt: tuple, args: dict) -> 
         return None
     if compressed_kv is None:
         values |= compressed_values(pool_spec, scratch_buffer(device, T, head_size), T)
-    return values, device, (pool_spec, store_spec)
+    return _with_record(values, args, device, pool_spec), device, (pool_spec, store_spec)
+
+
+def _with_record(values: Values, args: dict, device: torch.device, spec: KernelSpec) -> Values:
+    """A checked build's values: the device's error record and the extents its rows index."""
+    if not spec.bounds:
+        return values
+    from compressc.runtime.bounds_kernel import kernel_values
+
+    return values | kernel_values(args, device)
 
 
 def _launch_checked(checked: tuple | None) -> None:
@@ -278,6 +292,10 @@ def _launch_checked(checked: tuple | None) -> None:
     for i, spec in enumerate(specs):
         # C128A: the store right after its compress kernel on the same stream may start under its tail
         _launch(spec, device, values, overlap_previous=i > 0)
+    if specs[0].bounds:
+        from compressc.runtime.bounds_kernel import after_launch
+
+        after_launch(device)
 
 
 def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) -> Values:
@@ -295,7 +313,7 @@ def _common_values(store_spec: KernelSpec, args: dict, pool_spec: KernelSpec) ->
         args.get("fp8_scale"),
     )
     nonempty(int(rows["num_rows"]), _tensors(args))
-    if check_bounds_enabled():
+    if check_bounds_enabled() and not pool_spec.bounds:  # a checked build checks on the GPU
         from compressc.runtime.bounds import check_bounds
 
         check_bounds(pool_spec, args, int(rows["num_rows"]))
@@ -308,6 +326,14 @@ def check_bounds_enabled() -> bool:
     from compressc.config import Config
 
     return Config.from_env().check_bounds
+
+
+@cache
+def bounds_in_kernel() -> bool:
+    """COMPRESSC_CHECK_BOUNDS=kernel: the ops with a checked build serve it (runtime/bounds_kernel.py)."""
+    from compressc.config import Config
+
+    return Config.from_env().bounds_in_kernel
 
 
 def _tensors(args: dict) -> dict[str, torch.Tensor]:

@@ -89,8 +89,28 @@ _SCALARS_RING = (
 )
 
 
+# a checked build's extra parameters (docs/kernels.md §3, "Checked builds"): the error record, then
+# the extents
+# of what its rows index (rows of block_table before its columns; pages of state and k_cache)
+BOUNDS_RECORD = _ptr("bounds_error", "i64", 8)
+# the record: 8 int64 words, word 0 = claimed (1) | check code << 32, then row, value, at, limit, aux
+BOUNDS_CODES = {"request": 1, "column": 2, "page": 3, "rope": 4, "kv": 5}
+BOUNDS_WORDS = 8
+_BOUNDS_STATE = (Param("bounds_table_rows", "i32"), Param("bounds_table_cols", "i32"),
+                 Param("bounds_state_pages", "i32"))
+_BOUNDS_STORE = (Param("bounds_cos_sin_rows", "i32"), Param("bounds_kv_pages", "i32"))
+
+
 def abi(spec: KernelSpec) -> tuple[Param, ...]:
-    """The parameter list of `spec`'s entry point."""
+    """The parameter list of `spec`'s entry point (a checked build's: the plain one's, then
+    the bounds record and extents)."""
+    if not spec.bounds:
+        return _abi(spec)
+    extents = (_BOUNDS_STATE if spec.pools else ()) + (_BOUNDS_STORE if spec.normalises else ())
+    return _abi(spec) + (BOUNDS_RECORD,) + extents
+
+
+def _abi(spec: KernelSpec) -> tuple[Param, ...]:
     if spec.kernel == "c128a_online":
         return _ONLINE
     weight = _ptr("rms_norm_weight", spec.weight_dtype, 16)

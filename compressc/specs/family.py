@@ -45,7 +45,9 @@ class KernelSpec:
     rope: trailing channels rotated by GPT-J pairs; quant_block: channels sharing
     one scale; ratio: tokens per compressed token; weight_dtype: RMSNorm gamma dtype;
     cache_format: the bytes it writes (compressc.specs.formats; "" for c128a_compress's
-    fp32 rows); rotate: the indexer's 128-point Hadamard before quantisation.
+    fp32 rows); rotate: the indexer's 128-point Hadamard before quantisation; bounds:
+    the checked build (COMPRESSC_CHECK_BOUNDS=kernel, docs/kernels.md §3, "Checked builds"): every index an
+    active row uses is checked in the kernel, a bad row is skipped and recorded.
     """
 
     kernel: str
@@ -60,6 +62,7 @@ class KernelSpec:
     scale_floor: float = 1e-4
     fp8_max: float = 448.0
     state_layout: str = "paged"
+    bounds: bool = False
 
     VECTOR_BYTES: ClassVar[int] = 16
 
@@ -105,7 +108,8 @@ class KernelSpec:
         fmt = self.format
         suffix = f"_{fmt.suffix}" if fmt is not None and fmt.suffix else ""
         layout = "" if self.state_layout == "paged" else f"_{self.state_layout}"
-        return f"{self.kernel}{layout}_{tail}{suffix}{'_rot' if self.rotate else ''}"
+        checked = "_bounds" if self.bounds else ""
+        return f"{self.kernel}{layout}_{tail}{suffix}{'_rot' if self.rotate else ''}{checked}"
 
     def with_(self, **changes: object) -> KernelSpec:
         return replace(self, **changes)
@@ -121,6 +125,7 @@ def make_spec(
     cache_format: str | None = None,
     rotate: bool = False,
     state_layout: str = "paged",
+    bounds: bool = False,
 ) -> KernelSpec:
     """Build and validate the spec of `kernel` for one (head, quant_block, format) variant;
     `cache_format` None is the kernel's first format (compressc.specs.formats)."""
@@ -143,6 +148,7 @@ def make_spec(
         cache_format=cache_format,
         rotate=rotate,
         state_layout=state_layout,
+        bounds=bounds,
     )
     spec = spec.with_(store=_store_for(spec))
     validate(spec)
@@ -183,6 +189,9 @@ def validate(spec: KernelSpec) -> None:
     _check(spec.state_layout == "paged" or spec.kernel in RING_KERNELS, "state_layout", spec.state_layout,
            f"'ring' is a state layout of {', '.join(RING_KERNELS)} only (the ring holds C128 state rows; "
            f"{spec.kernel} reads the paged state)")
+    _check(not spec.bounds or (spec.state_layout == "paged" and not spec.segmented), "bounds", spec.bounds,
+           "the kernel-side bounds checks are for the paged kernels (the ring and the online merge "
+           "keep the host checks)")
     _check(spec.ratio in (4, 128), "ratio", spec.ratio, "must be 4 (overlapping C4) or 128 (C128)")
     _check(spec.head % 8 == 0, "head_size", spec.head,
            "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")
