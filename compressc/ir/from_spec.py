@@ -21,6 +21,8 @@ def spec_attrs(spec: KernelSpec) -> tuple:
         extra["cache_format"] = spec.cache_format
     if spec.rotate:
         extra["rotate"] = True
+    if spec.indexer:
+        extra["indexer"] = spec.indexer
     return fields(
         kernel=spec.kernel,
         head=spec.head,
@@ -47,6 +49,7 @@ def spec_from_module(module: Module) -> KernelSpec:
         cache_format=str(module.attr("cache_format", _default_format(kernel))),
         rotate=bool(module.attr("rotate", False)),
         state_layout=str(module.attr("state_layout", "paged")),
+        indexer=str(module.attr("indexer", "")) or None,
     )
 
 
@@ -124,6 +127,10 @@ def _quant(spec: KernelSpec, codec: str, rule, channels: tuple[int, int], value:
 
 def module_from_spec(spec: KernelSpec) -> Module:
     """The spec-level module of `spec`: arguments, guard, then the stages it runs."""
+    if spec.kernel == "csa":  # two part modules in one (compressc.ir.fused)
+        from compressc.ir.fused import fused_module
+
+        return fused_module(spec)
     if spec.segmented:
         return Module(spec.variant, spec_attrs(spec), tuple(_args(spec) + online_ops(spec.head, spec.ratio)))
     ops = _args(spec) + [_guard(spec)]

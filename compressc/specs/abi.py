@@ -91,6 +91,10 @@ _SCALARS_RING = (
 
 def abi(spec: KernelSpec) -> tuple[Param, ...]:
     """The parameter list of `spec`'s entry point."""
+    if spec.kernel == "csa":  # both parts' parameters (compressc.specs.csa)
+        from compressc.specs.csa import csa_abi
+
+        return csa_abi(spec)
     if spec.kernel == "c128a_online":
         return _ONLINE
     weight = _ptr("rms_norm_weight", spec.weight_dtype, 16)
