@@ -156,7 +156,7 @@ class LoadedKernel:
         out = driver.cuLaunchKernel(
             self.function,
             grid_x,
-            1,
+            self.grid.parts,  # a fused kernel: one row of CTAs per part (docs/kernels.md §11)
             1,
             bx,
             by,

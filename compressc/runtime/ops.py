@@ -430,3 +430,6 @@ from compressc.runtime.online import compress_c128a_online, online_c128_merge  #
 # -- docs/kernels.md §10: the C128 ring state (compressc.runtime.ring; last, as it uses the above)
 from compressc.runtime.ring import compress_c128a_ring as compress_c128a_ring  # noqa: E402
 from compressc.runtime.ring import save_ring_tail as save_ring_tail  # noqa: E402
+# -- docs/kernels.md §11: one launch for a CSA layer (compressc.runtime.csa; last, as it uses the above)
+from compressc.runtime.csa import compress_csa as compress_csa  # noqa: E402
+from compressc.runtime.csa import csa_arguments as csa_arguments  # noqa: E402
