@@ -137,6 +137,14 @@ class PerPart(ModulePass):
         return FuseParts().apply(with_parts(module, lowered))
 
 
+def _one_warp_rows(thread_map, head: int):
+    """A narrower part's thread map: a row per warp (its head in one warp's lanes), grid=rows."""
+    elems = thread_map.elems_per_lane
+    if elems and elems * 32 < head:  # e.g. the baseline's 2 a lane: 64 lanes, a cross-warp exchange
+        elems = head // 32
+    return replace(thread_map, grid="rows", elems_per_lane=elems)
+
+
 def resolve_parts(text: str, module: Module, arch: str | None, tuned=None) -> str:
     """`P_main | P_indexer` for a fused module: each part's own resolution of its piece (a
     named pipeline such as "default" is each part's tuned schedule); a single pipeline is
@@ -152,6 +160,7 @@ def resolve_parts(text: str, module: Module, arch: str | None, tuned=None) -> st
     for i, part in enumerate(parts):
         passes = parse_pipeline(resolve_pipeline(pieces[i] if pieces else text, part, arch, tuned))
         if pieces is None and i > 0:  # the indexer: one warp a row, several rows a CTA
-            passes = [replace(p, grid="rows") if isinstance(p, ThreadMap) else p for p in passes]
+            passes = [_one_warp_rows(p, int(part.attr("head"))) if isinstance(p, ThreadMap) else p  # type: ignore[arg-type]
+                      for p in passes]
         out.append(pipeline_string(passes))
     return SEPARATOR.join(out)

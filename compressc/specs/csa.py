@@ -62,7 +62,24 @@ def validate_csa(spec: KernelSpec) -> None:
     parts(spec)  # make_spec validates each part as the kernel it is
 
 
-def csa_specs(weight_dtypes: tuple[str, ...] = ("bf16", "f32")) -> list[KernelSpec]:
-    """Every shipped format pair: 3 main formats x 2 indexers x unrotated/rotated x weight dtypes."""
+# What the default matrix ships (docs/kernels.md §11): the pairs an engine running merged vLLM's
+# layers meets, unrotated (merged vLLM never rotates), bf16 weights: every main format with the
+# fp8 indexer (vLLM's default, and the only indexer cache vLLM builds for sm_90), and the packed
+# main cache with the MXFP4 indexer. A fused entry is ~47 KB in a wheel (both bodies, cubin and
+# PTX): these 4 keep the sm_90 pack under 1 MB (6 pairs: 1,001,940 bytes). Every other pair
+# (full caches with MXFP4, rotated, f32 weights) builds on request: `compressc build --spec csa`
+# with its options, or the runtime's JIT.
+SHIPPED_PAIRS = (("fp8_ds_mla", "indexer_fp8"), ("full_bf16", "indexer_fp8"), ("full_fp8", "indexer_fp8"),
+                 ("fp8_ds_mla", "indexer_mxfp4"))
+
+
+def csa_specs(pairs: tuple[tuple[str, str], ...] = SHIPPED_PAIRS, weight_dtypes: tuple[str, ...] = ("bf16",),
+              rotations: tuple[bool, ...] = (False,)) -> list[KernelSpec]:
+    """The fused variants of (main format, indexer kernel) `pairs` at `rotations` and `weight_dtypes`."""
     return [make_spec("csa", 512, 64, weight_dtype=d, cache_format=f, indexer=i, rotate=r)
-            for f in formats_for("c4a") for i in INDEXERS for r in (False, True) for d in weight_dtypes]
+            for f, i in pairs for r in rotations for d in weight_dtypes]
+
+
+def all_pairs() -> tuple[tuple[str, str], ...]:
+    """Every (main format, indexer kernel) pair the csa kernel accepts."""
+    return tuple((f, i) for f in formats_for("c4a") for i in INDEXERS)
