@@ -45,15 +45,19 @@ def run_csa_case(bench, case, copy: float, max_pool: int) -> list[dict]:
     pools = [rotated_tables(s, b, max_pool // 2) for s, b in zip(parts, sizes, strict=True)]
     outs = list(sc.poisoned_caches())
     scratch = torch.empty((1, 512), device="cuda", dtype=torch.float32)
-    single = [make_calls(bench, "compressc", Case(n, case.scenario, case.T), s, pool, tables, out, scratch)
-              for n, s, (pool, tables), out in zip(names, parts, pools, outs, strict=True)]
+    single = [
+        make_calls(bench, "compressc", Case(n, case.scenario, case.T), s, pool, tables, out, scratch)
+        for n, s, (pool, tables), out in zip(names, parts, pools, outs, strict=True)
+    ]
     n = min(len(single[0]), len(single[1]))
     separate = [lambda a=single[0][k], b=single[1][k]: (a(), b()) for k in range(n)]
     fused = _fused_calls(bench, spec, sc, pools, outs, n)
     nbytes = sum(sizes)
-    rows = [timed_row(bench, case, "fused", fused, nbytes, copy, graph=True),
-            timed_row(bench, case, "separate", separate, nbytes, copy, graph=True),
-            timed_row(bench, case, "c4a", single[0], sizes[0], copy, graph=True)]
+    rows = [
+        timed_row(bench, case, "fused", fused, nbytes, copy, graph=True),
+        timed_row(bench, case, "separate", separate, nbytes, copy, graph=True),
+        timed_row(bench, case, "c4a", single[0], sizes[0], copy, graph=True),
+    ]
     del pools, outs, single, separate, fused
     torch.cuda.empty_cache()
     return rows
@@ -62,7 +66,9 @@ def run_csa_case(bench, case, copy: float, max_pool: int) -> list[dict]:
 def _fused_calls(bench, spec, sc, pools, outs, n: int) -> list:
     """The fused kernel's launches over the same rotated page tables as the separate calls."""
     kwargs = sc.op_kwargs(*outs)
-    args = {k: v for k, v in kwargs.items() if k not in ("main_cache_format", "indexer_kernel", "indexer_rotate")}
+    args = {
+        k: v for k, v in kwargs.items() if k not in ("main_cache_format", "indexer_kernel", "indexer_rotate")
+    }
     for name, (pool, _) in zip(("main", "indexer"), pools, strict=True):
         args[f"{name}_state_cache"] = pool
     if spec.cache_format == "full_fp8":
@@ -71,7 +77,10 @@ def _fused_calls(bench, spec, sc, pools, outs, n: int) -> list:
     kernel, params = bench.kernel("compressc", spec), abi(spec)
     calls = []
     for k in range(n):
-        v = values | {"main_block_table": pools[0][1][k].data_ptr(), "indexer_block_table": pools[1][1][k].data_ptr()}
+        v = values | {
+            "main_block_table": pools[0][1][k].data_ptr(),
+            "indexer_block_table": pools[1][1][k].data_ptr(),
+        }
         packed = pack_args(params, {p.name: v[p.name] for p in params})
         calls.append(lambda packed=packed: kernel.launch_rows(sc.T, packed[1]))
     return calls

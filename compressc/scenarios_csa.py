@@ -17,8 +17,18 @@ from compressc.scenarios import SENTINEL, Scenario, make_scenario
 from compressc.specs import KernelSpec
 from compressc.specs.csa import PART_NAMES, parts
 
-_OP_ARGS = ("state_cache", "slot_mapping", "block_table", "block_size", "rms_norm_weight", "rms_norm_eps",
-            "cos_sin_cache", "k_cache", "kv_slot_mapping", "kv_cache_block_size")
+_OP_ARGS = (
+    "state_cache",
+    "slot_mapping",
+    "block_table",
+    "block_size",
+    "rms_norm_weight",
+    "rms_norm_eps",
+    "cos_sin_cache",
+    "k_cache",
+    "kv_slot_mapping",
+    "kv_cache_block_size",
+)
 
 
 @dataclass
@@ -42,7 +52,9 @@ class CsaScenario:
         """Both caches as the two separate kernels' reference writes them (uint8 bytes)."""
         return self.main.run_reference(sentinel), self.indexer.run_reference(sentinel)
 
-    def op_kwargs(self, main_cache: torch.Tensor | None = None, indexer_cache: torch.Tensor | None = None) -> dict:
+    def op_kwargs(
+        self, main_cache: torch.Tensor | None = None, indexer_cache: torch.Tensor | None = None
+    ) -> dict:
         """`compress_csa`'s keywords; the caches (uint8, as poisoned_caches gives) as vLLM types them."""
         out = {"token_to_req_indices": self.main.token_to_req_indices, "positions": self.main.positions}
         caches = (main_cache, indexer_cache)
@@ -57,8 +69,9 @@ class CsaScenario:
         return out
 
 
-def csa_scenario(spec: KernelSpec, kind: str, T: int, *, device: str | torch.device = "cpu", seed: int = 0,
-                 **options) -> CsaScenario:
+def csa_scenario(
+    spec: KernelSpec, kind: str, T: int, *, device: str | torch.device = "cpu", seed: int = 0, **options
+) -> CsaScenario:
     """The fused launch of `spec` (a csa spec) with T rows of `kind` (compressc.scenarios)."""
     main_spec, indexer_spec = parts(spec)
     main = make_scenario(main_spec, kind, T, device=device, seed=seed, **options)

@@ -20,7 +20,13 @@ from compressc.ir.interp_fused import args_from_csa_scenario, run_fused
 from compressc.ir.launch import launch_info
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
-from compressc.passes.manager import PassManager, PipelineError, parse_pipeline, pipeline_string, resolve_pipeline
+from compressc.passes.manager import (
+    PassManager,
+    PipelineError,
+    parse_pipeline,
+    pipeline_string,
+    resolve_pipeline,
+)
 from compressc.runtime import ops
 from compressc.scenarios import SENTINEL
 from compressc.scenarios_csa import csa_scenario
@@ -45,7 +51,10 @@ def test_variant_names_and_parts():
     spec = make_spec("csa", cache_format="full_fp8", indexer="indexer_mxfp4", rotate=True)
     assert spec.variant == "csa_h512_q64_r64_bf16_full_fp8_idxmxfp4_rot"
     main, indexer = parts(spec)
-    assert (main.variant, indexer.variant) == ("c4a_h512_q64_r64_bf16_full_fp8", "indexer_mxfp4_h128_q32_r64_bf16_rot")
+    assert (main.variant, indexer.variant) == (
+        "c4a_h512_q64_r64_bf16_full_fp8",
+        "indexer_mxfp4_h128_q32_r64_bf16_rot",
+    )
 
 
 def test_spec_errors_name_the_field():
@@ -60,13 +69,22 @@ def test_spec_errors_name_the_field():
 def test_abi_shares_only_the_token_metadata():
     names = [p.name for p in abi(make_spec("csa"))]
     assert "positions" in names and "token_to_req_indices" in names and "num_rows" in names
-    for per_part in ("block_table", "state_cache", "k_cache", "kv_slot_mapping", "slot_mapping", "state_block_shift"):
+    for per_part in (
+        "block_table",
+        "state_cache",
+        "k_cache",
+        "kv_slot_mapping",
+        "slot_mapping",
+        "state_block_shift",
+    ):
         assert f"main_{per_part}" in names and f"indexer_{per_part}" in names
     assert len(names) == len(set(names))
 
 
 def test_default_matrix_ships_the_documented_subset():
-    shipped = {(s.cache_format, s.indexer, s.rotate, s.weight_dtype) for s in default_specs() if s.kernel == "csa"}
+    shipped = {
+        (s.cache_format, s.indexer, s.rotate, s.weight_dtype) for s in default_specs() if s.kernel == "csa"
+    }
     assert shipped == {(f, i, False, "bf16") for f, i in SHIPPED_PAIRS}
     assert {f for f, _ in SHIPPED_PAIRS} == set(FORMATS) and {i for _, i in SHIPPED_PAIRS} == set(INDEXERS)
     assert len(all_pairs()) == len(FORMATS) * len(INDEXERS)
@@ -109,7 +127,9 @@ def test_main_part_keeps_its_tuned_schedule():
 
 def test_a_runs_indexer_cannot_be_fused():
     module = module_from_spec(make_spec("csa"))
-    text = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch | " + IDX_ROWS.replace("{grid=rows}", "")
+    text = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch | " + IDX_ROWS.replace(
+        "{grid=rows}", ""
+    )
     with pytest.raises(PipelineError, match="needs grid=rows and no shared memory"):
         PassManager(parse_pipeline(text)).run(module)
 
@@ -129,16 +149,24 @@ def _edit(module, pick, change):
 
 def test_verifier_refuses_a_wrong_part():
     module = module_from_spec(make_spec("csa"))
-    bad = _edit(module, lambda op: op.name == "cc.part" and op.attr("part") == "indexer",
-                lambda op: replace(op, attrs=tuple((k, 256 if k == "head" else v) for k, v in op.attrs)))
+    bad = _edit(
+        module,
+        lambda op: op.name == "cc.part" and op.attr("part") == "indexer",
+        lambda op: replace(op, attrs=tuple((k, 256 if k == "head" else v) for k, v in op.attrs)),
+    )
     with pytest.raises(VerifyError, match="the part of csa_h512_q64_r64_bf16_idxfp8 is indexer_fp8"):
         verify(bad)
 
 
 def test_verifier_refuses_a_wrong_binding():
     module = module_from_spec(make_spec("csa"))
-    bad = _edit(module, lambda op: op.name == PART_ARG and op.attr("binds") == "indexer_block_table",
-                lambda op: replace(op, attrs=tuple((k, "main_block_table" if k == "binds" else v) for k, v in op.attrs)))
+    bad = _edit(
+        module,
+        lambda op: op.name == PART_ARG and op.attr("binds") == "indexer_block_table",
+        lambda op: replace(
+            op, attrs=tuple((k, "main_block_table" if k == "binds" else v) for k, v in op.attrs)
+        ),
+    )
     with pytest.raises(VerifyError, match="binds='main_block_table'.*'indexer_block_table'"):
         verify(bad)
 
@@ -175,8 +203,13 @@ def _interpret(spec, kind, T, pipeline="default", seed=0, **options):
 def _accepted(spec, got, sc) -> None:
     """docs/kernels.md §6 against the reference: rare one-step codes only, sentinels kept."""
     n = min(sc.T, sc.kv_slot_mapping.numel())
-    report = compare_cache_bytes(spec, got, sc.run_reference(), sc.kv_slot_mapping[:n][sc.active()[:n]],
-                                 kv_cache_block_size=sc.kv_cache_block_size)
+    report = compare_cache_bytes(
+        spec,
+        got,
+        sc.run_reference(),
+        sc.kv_slot_mapping[:n][sc.active()[:n]],
+        kv_cache_block_size=sc.kv_cache_block_size,
+    )
     assert report.ok and report.code_steps <= max(1, 1e-4 * report.codes), str(report)
     assert report.tokens == int(sc.active().sum()) and (got == SENTINEL).any()
 
@@ -194,7 +227,7 @@ def test_interpreter_writes_both_caches_as_the_reference(spec, kind):
 
 def test_interpreter_row_groups_loop_over_a_narrow_grid():
     """A tiled main part on a 4-SM GPU launches 4 CTAs: each row group takes several rows."""
-    tiled = "thread-map{elems-per-lane=2,grid=tiled,ctas-per-sm=1},vectorize,lower-reduction,plan-smem,window-prefetch"
+    tiled = IDX_ROWS.replace("{grid=rows}", "{elems-per-lane=2,grid=tiled,ctas-per-sm=1}")
     spec = make_spec("csa", cache_format="full_bf16", weight_dtype="f32")
     sc, done, main, idx = _interpret(spec, "decode", 100, f"{tiled} | {IDX_ROWS}")
     assert len(done["indexer"]) == int(sc.indexer.active().sum()) == 100
@@ -210,8 +243,13 @@ def test_interpreter_catches_a_part_reading_the_other_parts_table():
     args = args_from_csa_scenario(sc, got_main, got_idx)
     args["indexer_kv_slot_mapping"] = args["main_kv_slot_mapping"]
     run_fused(out, args)
-    assert not compare_cache_bytes(parts(spec)[1], got_idx, sc.run_reference()[1], sc.indexer.kv_slot_mapping,
-                                   kv_cache_block_size=sc.indexer.kv_cache_block_size).ok
+    assert not compare_cache_bytes(
+        parts(spec)[1],
+        got_idx,
+        sc.run_reference()[1],
+        sc.indexer.kv_slot_mapping,
+        kv_cache_block_size=sc.indexer.kv_cache_block_size,
+    ).ok
 
 
 # -- emitted source and cubins ---------------------------------------------------------------
@@ -220,7 +258,9 @@ def test_emitted_source_dispatches_to_part_methods():
     src = emit(out, pipeline)
     assert "_, part, _ = cute.arch.block_idx()" in src
     assert "self.part_main(main_state_cache, token_to_req_indices, positions, main_slot_mapping" in src
-    assert "self.part_indexer(indexer_state_cache, token_to_req_indices, positions, indexer_slot_mapping" in src
+    assert (
+        "self.part_indexer(indexer_state_cache, token_to_req_indices, positions, indexer_slot_mapping" in src
+    )
     assert src.count("@cute.jit") == 3 and "def part_indexer(self, state_cache: cute.Pointer" in src
     assert "rgroup = tidx // 32" in src and "row = cta + ctas * (rgroup + 8 * rg_k)" in src
     assert "ops.e2m1_sw(" in src  # the indexer part's own emitters (sm_90a: software e2m1)
@@ -244,22 +284,37 @@ def _kwargs(**over):
     return sc.op_kwargs() | over
 
 
-@pytest.mark.parametrize("over, error, text", [
-    ({"indexer_block_table": "long"}, TypeError, "indexer_block_table must have dtype torch.int32"),
-    ({"main_block_size": 3}, ValueError, "main_block_size must be a power of two"),
-    ({"main_fp8_scale": None}, ValueError, "main_fp8_scale must be given for the full_fp8 cache"),
-    ({"indexer_rms_norm_weight": "float"}, TypeError, "indexer_rms_norm_weight must have the dtype of main"),
-    ({"indexer_slot_mapping": "short"}, ValueError, "indexer_slot_mapping must have T = main_slot_mapping"),
-    ({"indexer_kernel": "indexer_x"}, ValueError, "indexer_kernel must be one of"),
-    ({"main_cache_format": "int8_ds_mla"}, ValueError, "main_cache_format must be one of"),
-    ({"indexer_state_cache": "wide"}, ValueError, "indexer_state_cache must have shape"),
-    ({}, ValueError, "must be on a CUDA device"),
-])
+@pytest.mark.parametrize(
+    "over, error, text",
+    [
+        ({"indexer_block_table": "long"}, TypeError, "indexer_block_table must have dtype torch.int32"),
+        ({"main_block_size": 3}, ValueError, "main_block_size must be a power of two"),
+        ({"main_fp8_scale": None}, ValueError, "main_fp8_scale must be given for the full_fp8 cache"),
+        (
+            {"indexer_rms_norm_weight": "float"},
+            TypeError,
+            "indexer_rms_norm_weight must have the dtype of main",
+        ),
+        (
+            {"indexer_slot_mapping": "short"},
+            ValueError,
+            "indexer_slot_mapping must have T = main_slot_mapping",
+        ),
+        ({"indexer_kernel": "indexer_x"}, ValueError, "indexer_kernel must be one of"),
+        ({"main_cache_format": "int8_ds_mla"}, ValueError, "main_cache_format must be one of"),
+        ({"indexer_state_cache": "wide"}, ValueError, "indexer_state_cache must have shape"),
+        ({}, ValueError, "must be on a CUDA device"),
+    ],
+)
 def test_runtime_names_each_bad_argument(monkeypatch, over, error, text):
     monkeypatch.setattr(ops, "kernel_for", lambda *a: pytest.fail("looked up a kernel before the checks"))
     kwargs = _kwargs()
-    changes = {"long": lambda t: t.long(), "float": lambda t: t.float(), "short": lambda t: t[:5],
-               "wide": lambda t: torch.zeros(4, 4, 100)}
+    changes = {
+        "long": lambda t: t.long(),
+        "float": lambda t: t.float(),
+        "short": lambda t: t[:5],
+        "wide": lambda t: torch.zeros(4, 4, 100),
+    }
     for name, value in over.items():
         kwargs[name] = changes[value](kwargs[name]) if value in changes else value
     with pytest.raises(error, match=text):
@@ -276,3 +331,19 @@ def test_csa_arguments_maps_two_separate_calls():
     got = ops.csa_arguments(main, indexer, main_cache_format="full_fp8", indexer_kernel="indexer_fp8")
     assert set(got) == set(kwargs) - {"indexer_rotate"}
     assert all(got[k] is kwargs[k] for k in got if k not in ("main_cache_format", "indexer_kernel"))
+
+
+def test_cli_opt_and_emit_show_the_fused_kernel():
+    from click.testing import CliRunner
+
+    from compressc.cli import main
+
+    opt = CliRunner().invoke(main, ["opt", "--spec", "csa", "--cache-format", "full_bf16"])
+    assert opt.exit_code == 0, opt.output
+    assert 'cc.part {part = "indexer", kernel = "indexer_fp8"' in opt.output and "kd.part_index" in opt.output
+    emitted = CliRunner().invoke(main, ["emit", "--spec", "csa", "--rotate"])
+    assert emitted.exit_code == 0, emitted.output
+    assert (
+        "def part_indexer" in emitted.output
+        and 'ENTRY = "cutlass_csa_h512_q64_r64_bf16_idxfp8_rot"' in emitted.output
+    )

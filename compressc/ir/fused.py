@@ -45,8 +45,12 @@ def fused_module(spec: KernelSpec) -> Module:
 
 def _part_body(name: str, ops: tuple[Op, ...]) -> list[Op]:
     """A part's ops with its `cc.arg`s as `cc.part_arg`s bound to the fused parameters."""
-    return [Op(PART_ARG, op.result, (), op.attrs + fields(binds=bound_name(name, str(op.attr("name")))))
-            if op.name == "cc.arg" else op for op in ops]
+    return [
+        Op(PART_ARG, op.result, (), op.attrs + fields(binds=bound_name(name, str(op.attr("name")))))
+        if op.name == "cc.arg"
+        else op
+        for op in ops
+    ]
 
 
 def _spans(module: Module) -> list[tuple[int, int]]:
@@ -85,8 +89,12 @@ def part_modules(module: Module) -> tuple[Module, ...]:
     for a, b in _spans(module):
         head = module.ops[a]
         attrs = tuple((k, v) for k, v in head.attrs if k != "part")
-        body = tuple(Op("cc.arg", op.result, (), tuple((k, v) for k, v in op.attrs if k != "binds"), loc=op.loc)
-                     if op.name == PART_ARG else op for op in module.ops[a + 1:b])
+        body = tuple(
+            Op("cc.arg", op.result, (), tuple((k, v) for k, v in op.attrs if k != "binds"), loc=op.loc)
+            if op.name == PART_ARG
+            else op
+            for op in module.ops[a + 1 : b]
+        )
         out.append(Module(_variant(attrs), attrs, body, head.sched))
     return tuple(out)
 

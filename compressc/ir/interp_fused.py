@@ -22,8 +22,9 @@ from compressc.specs.csa import PART_NAMES, bound_name
 from compressc.specs.launch import launch_grid
 
 
-def run_fused(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
-              resident: int = 1) -> dict[str, list[int]]:
+def run_fused(
+    module: Module, args: Mapping[str, Value], *, sm_count: int = 4, resident: int = 1
+) -> dict[str, list[int]]:
     """Run one launch of the fused, lowered `module` with `args` by the fused ABI's names;
     the rows each part ran (its output arrays in `args` are written in place)."""
     verify(module)
@@ -35,7 +36,9 @@ def run_fused(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
         mem = _memory(part, {p.name: args[bound_name(name, p.name)] for p in module_abi(part)})
         sched, guard = _schedule(part), part.find("cc.row_guard")
         ratio = int(guard.attr("ratio"))  # type: ignore[union-attr, arg-type]
-        done[name] = run_program(part, mem, grid, lambda row, p=part, s=sched, m=mem: _guard(p, s, m, row, ratio))
+        done[name] = run_program(
+            part, mem, grid, lambda row, p=part, s=sched, m=mem, r=ratio: _guard(p, s, m, row, r)
+        )
     return done
 
 

@@ -35,13 +35,23 @@ def verify_fused(module: Module) -> Module:
     _verify_top(module, spec)
     heads = part_ops(module)
     if [op.attr("part") for op in heads] != list(PART_NAMES):
-        raise _fail(module, None, "parts", [op.attr("part") for op in heads],
-                    f"must be one cc.part ... cc.part_end body per part: {', '.join(PART_NAMES)}")
+        raise _fail(
+            module,
+            None,
+            "parts",
+            [op.attr("part") for op in heads],
+            f"must be one cc.part ... cc.part_end body per part: {', '.join(PART_NAMES)}",
+        )
     for head, part_spec in zip(heads, parts(spec), strict=True):
         want = (("part", head.attr("part")), *spec_attrs(part_spec))
         if head.attrs != want:
-            raise _fail(module, head, "attrs", dict(head.attrs), f"must be {dict(want)}: the part of "
-                        f"{spec.variant} is {part_spec.variant}")
+            raise _fail(
+                module,
+                head,
+                "attrs",
+                dict(head.attrs),
+                f"must be {dict(want)}: the part of {spec.variant} is {part_spec.variant}",
+            )
     _verify_bindings(module)
     _verify_parts(module)
     return module
@@ -50,17 +60,29 @@ def verify_fused(module: Module) -> Module:
 def _verify_top(module: Module, spec) -> None:
     for op in top_ops(module):
         if op.name not in _TOP:
-            rule = "outside a cc.part body (or a body never closed with cc.part_end)" if op.name in PART_ATTRS \
+            rule = (
+                "outside a cc.part body (or a body never closed with cc.part_end)"
+                if op.name in PART_ATTRS
                 else f"a fused module holds cc.arg, its parts and the dispatch ops {', '.join(_TOP[1:])}"
+            )
             raise _fail(module, op, "name", op.name, rule)
-    args = [(str(op.attr("name")), op.attr("kind"), op.attr("dtype", ""), op.attr("align", 0))
-            for op in module.iter("cc.arg")]
+    args = [
+        (str(op.attr("name")), op.attr("kind"), op.attr("dtype", ""), op.attr("align", 0))
+        for op in module.iter("cc.arg")
+    ]
     want = [(p.name, p.kind, p.dtype, p.align) for p in csa_abi(spec)]
     if args != want:
-        first = next((i for i, (a, w) in enumerate(zip(args, want, strict=False)) if a != w), min(len(args), len(want)))
-        raise _fail(module, None, "cc.arg", args[first] if first < len(args) else None,
-                    f"parameter {first} must be {want[first] if first < len(want) else 'absent'} "
-                    f"(the ABI of {spec.variant})")
+        first = next(
+            (i for i, (a, w) in enumerate(zip(args, want, strict=False)) if a != w), min(len(args), len(want))
+        )
+        raise _fail(
+            module,
+            None,
+            "cc.arg",
+            args[first] if first < len(args) else None,
+            f"parameter {first} must be {want[first] if first < len(want) else 'absent'} "
+            f"(the ABI of {spec.variant})",
+        )
 
 
 def _verify_bindings(module: Module) -> None:
@@ -68,15 +90,24 @@ def _verify_bindings(module: Module) -> None:
 
     fused = {str(op.attr("name")): op for op in module.iter("cc.arg")}
     for (a, b), name in zip(_spans(module), PART_NAMES, strict=True):
-        for op in module.ops[a + 1:b]:
+        for op in module.ops[a + 1 : b]:
             if op.name != PART_ARG:
                 continue
             binds, want = op.attr("binds"), bound_name(name, str(op.attr("name")))
             target = fused.get(str(binds))
-            if binds != want or target is None or target.attr("kind") != op.attr("kind") \
-                    or target.attr("dtype") != op.attr("dtype"):
-                raise _fail(module, op, "binds", binds, f"must be the fused parameter {want!r} of the same "
-                            "kind and dtype")
+            if (
+                binds != want
+                or target is None
+                or target.attr("kind") != op.attr("kind")
+                or target.attr("dtype") != op.attr("dtype")
+            ):
+                raise _fail(
+                    module,
+                    op,
+                    "binds",
+                    binds,
+                    f"must be the fused parameter {want!r} of the same kind and dtype",
+                )
 
 
 def _verify_parts(module: Module) -> None:
@@ -101,9 +132,17 @@ def _verify_parts(module: Module) -> None:
         want = part_program(replace(part, ops=part.ops + expected_program(part)), g)
         got = tuple(op for op in kept.ops if op.name.startswith("kd."))
         if [(o.name, o.attrs) for o in got] != [(o.name, o.attrs) for o in want]:
-            raise _fail(module, None, "program", part.name, "a part's kd ops must be its lower-grid program "
-                        "as fuse-parts rewrites it (re-run the pipeline)")
+            raise _fail(
+                module,
+                None,
+                "program",
+                part.name,
+                "a part's kd ops must be its lower-grid program "
+                "as fuse-parts rewrites it (re-run the pipeline)",
+            )
     if [(o.name, o.attrs) for o in program] != [(o.name, o.attrs) for o in dispatch_program()]:
         raise _fail(module, program[0], "program", program[0].name, "must be fuse-parts' dispatch program")
     if module.get("threads") != threads or module.get("parts") != len(bare):
-        raise _fail(module, None, "sched", dict(module.sched), f"must be threads = {threads}, parts = {len(bare)}")
+        raise _fail(
+            module, None, "sched", dict(module.sched), f"must be threads = {threads}, parts = {len(bare)}"
+        )

@@ -35,8 +35,10 @@ def emit_fused(module: Module, pipeline: str) -> str:
     typed = ", ".join(f"{p.name}: {_annotation(p.kind)}" for p in launch.params)
     src.line(f"class {class_name(module)}:")
     with src.indent():
-        src.line(f'"""Fused CSA kernel: CTAs of {launch.threads} threads; grid row y runs part y '
-                 f'({", ".join(p.name for p in part_modules(module))})."""')
+        src.line(
+            f'"""Fused CSA kernel: CTAs of {launch.threads} threads; grid row y runs part y '
+            f'({", ".join(p.name for p in part_modules(module))})."""'
+        )
         src.blank()
         src.line("@cute.jit")
         src.line(f"def __call__(self, {typed}):")
@@ -62,8 +64,11 @@ def emit_fused(module: Module, pipeline: str) -> str:
 def _launch(src: Source, launch) -> None:
     names = ", ".join(p.name for p in launch.params)
     # .minnctapersm as the main part asks for it (emitter._launch: the carveout stays host-side)
-    bounds = f", min_blocks_per_mp={launch.min_ctas_per_sm}, preferred_smem_carveout=-1" \
-        if launch.min_ctas_per_sm else ""
+    bounds = (
+        f", min_blocks_per_mp={launch.min_ctas_per_sm}, preferred_smem_carveout=-1"
+        if launch.min_ctas_per_sm
+        else ""
+    )
     block = ", ".join(map(str, launch.block))
     # the real grid is the runtime's (the main part's rule in x, one row per part in y)
     src.line(f"self.kernel({names}).launch(grid=[num_rows, {launch.grid.parts}, 1], block=[{block}]{bounds})")
@@ -83,7 +88,7 @@ def call_part(src: Source, module: Module, op: Op) -> None:
     """The part's method with the fused parameters its `cc.part_arg`s are bound to."""
     index = PART_NAMES.index(str(op.attr("part")))
     a, b = _spans(module)[index]
-    binds = [str(o.attr("binds")) for o in module.ops[a + 1:b] if o.name == PART_ARG]
+    binds = [str(o.attr("binds")) for o in module.ops[a + 1 : b] if o.name == PART_ARG]
     src.line(f"self.part_{op.attr('part')}({', '.join(binds)})")
 
 

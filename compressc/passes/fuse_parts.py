@@ -46,8 +46,10 @@ def fusion_problem(part: Module, groups: int, threads: int) -> str | None:
     if threads % sched.threads or sched.threads % 32:
         return f"its {sched.threads} threads are not whole warps dividing the fused CTA's {threads}"
     if sched.grid != "rows" or sched.smem_bytes or sched.smem_dynamic or sched.split > 1:
-        return (f"a part with fewer threads than the CTA ({sched.threads} < {threads}) runs several rows a "
-                "CTA, one per row group: it needs grid=rows and no shared memory (run thread-map{grid=rows})")
+        return (
+            f"a part with fewer threads than the CTA ({sched.threads} < {threads}) runs several rows a "
+            "CTA, one per row group: it needs grid=rows and no shared memory (run thread-map{grid=rows})"
+        )
     return None
 
 
@@ -57,7 +59,7 @@ def part_program(part: Module, groups: int) -> tuple[Op, ...]:
     if groups == 1:
         return ops
     cut = next(i for i, op in enumerate(ops) if op.name == "kd.cta_row")
-    return ops[:cut] + (_kd("row_groups", groups=groups),) + ops[cut + 1:] + (END,)
+    return ops[:cut] + (_kd("row_groups", groups=groups),) + ops[cut + 1 :] + (END,)
 
 
 def dispatch_program() -> tuple[Op, ...]:
@@ -94,8 +96,10 @@ class FuseParts(ModulePass):
             problem = fusion_problem(part, g, threads)
             if problem:
                 raise ValueError(f"part {part.name}: {problem}")
-        fused_parts = tuple(replace(p, ops=tuple(op for op in p.ops if not op.name.startswith("kd."))
-                                    + part_program(p, g)) for p, g in zip(lowered, groups, strict=True))
+        fused_parts = tuple(
+            replace(p, ops=tuple(op for op in p.ops if not op.name.startswith("kd.")) + part_program(p, g))
+            for p, g in zip(lowered, groups, strict=True)
+        )
         out = with_parts(module, fused_parts)
         return replace(out, ops=out.ops + dispatch_program()).with_sched(threads=threads, parts=len(lowered))
 
@@ -126,11 +130,15 @@ class PerPart(ModulePass):
         from compressc.passes.manager import PassManager
 
         if not is_fused(module):
-            raise ValueError(f"a pipeline with '|' lowers the parts of a fused module; @{module.name} has none")
+            raise ValueError(
+                f"a pipeline with '|' lowers the parts of a fused module; @{module.name} has none"
+            )
         parts = part_modules(strip_program(module))
         if len(parts) != len(self.pipelines):
-            raise ValueError(f"@{module.name} has {len(parts)} parts and the pipeline {len(self.pipelines)} "
-                             "pipelines (one per part, separated by '|')")
+            raise ValueError(
+                f"@{module.name} has {len(parts)} parts and the pipeline {len(self.pipelines)} "
+                "pipelines (one per part, separated by '|')"
+            )
         lowered = tuple(PassManager(list(p)).run(part) for p, part in zip(self.pipelines, parts, strict=True))
         if any(p.find("kd.lanes") is None for p in lowered):
             return with_parts(strip_program(module), lowered)  # a partial pipeline: not fused yet
@@ -160,7 +168,9 @@ def resolve_parts(text: str, module: Module, arch: str | None, tuned=None) -> st
     for i, part in enumerate(parts):
         passes = parse_pipeline(resolve_pipeline(pieces[i] if pieces else text, part, arch, tuned))
         if pieces is None and i > 0:  # the indexer: one warp a row, several rows a CTA
-            passes = [_one_warp_rows(p, int(part.attr("head"))) if isinstance(p, ThreadMap) else p  # type: ignore[arg-type]
-                      for p in passes]
+            passes = [
+                _one_warp_rows(p, int(part.attr("head"))) if isinstance(p, ThreadMap) else p  # type: ignore[arg-type]
+                for p in passes
+            ]
         out.append(pipeline_string(passes))
     return SEPARATOR.join(out)

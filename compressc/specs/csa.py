@@ -28,8 +28,14 @@ SHARED = ("token_to_req_indices", "positions", "num_rows", "num_positions")
 
 def parts(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     """(main c4a spec, indexer spec) of a csa spec."""
-    main = make_spec("c4a", spec.head, spec.quant_block, rope=spec.rope, weight_dtype=spec.weight_dtype,
-                     cache_format=spec.cache_format)
+    main = make_spec(
+        "c4a",
+        spec.head,
+        spec.quant_block,
+        rope=spec.rope,
+        weight_dtype=spec.weight_dtype,
+        cache_format=spec.cache_format,
+    )
     indexer = make_spec(spec.indexer, rope=spec.rope, weight_dtype=spec.weight_dtype, rotate=spec.rotate)
     return main, indexer
 
@@ -45,7 +51,9 @@ def csa_abi(spec: KernelSpec) -> tuple[Param, ...]:
     seen: dict[str, Param] = {}
     for name, part in zip(PART_NAMES, parts(spec), strict=True):
         for p in abi(part):
-            seen.setdefault(bound_name(name, p.name), Param(bound_name(name, p.name), p.kind, p.dtype, p.align))
+            seen.setdefault(
+                bound_name(name, p.name), Param(bound_name(name, p.name), p.kind, p.dtype, p.align)
+            )
     params = list(seen.values())
     return tuple([p for p in params if p.kind == "ptr"] + [p for p in params if p.kind != "ptr"])
 
@@ -55,8 +63,11 @@ def validate_csa(spec: KernelSpec) -> None:
     if spec.indexer not in INDEXERS:
         raise SpecError("indexer", spec.indexer, f"must be one of {', '.join(INDEXERS)} for csa")
     if spec.cache_format not in formats_for("c4a"):
-        raise SpecError("cache_format", spec.cache_format,
-                        f"must be one of {', '.join(formats_for('c4a'))} for csa (its main part is a c4a)")
+        raise SpecError(
+            "cache_format",
+            spec.cache_format,
+            f"must be one of {', '.join(formats_for('c4a'))} for csa (its main part is a c4a)",
+        )
     if spec.ratio != 4 or spec.state_layout != "paged":
         raise SpecError("ratio", spec.ratio, "must be 4 with the paged state: csa fuses ratio-4 compressors")
     parts(spec)  # make_spec validates each part as the kernel it is
@@ -69,15 +80,26 @@ def validate_csa(spec: KernelSpec) -> None:
 # PTX): these 4 keep the sm_90 pack under 1 MB (6 pairs: 1,001,940 bytes). Every other pair
 # (full caches with MXFP4, rotated, f32 weights) builds on request: `compressc build --spec csa`
 # with its options, or the runtime's JIT.
-SHIPPED_PAIRS = (("fp8_ds_mla", "indexer_fp8"), ("full_bf16", "indexer_fp8"), ("full_fp8", "indexer_fp8"),
-                 ("fp8_ds_mla", "indexer_mxfp4"))
+SHIPPED_PAIRS = (
+    ("fp8_ds_mla", "indexer_fp8"),
+    ("full_bf16", "indexer_fp8"),
+    ("full_fp8", "indexer_fp8"),
+    ("fp8_ds_mla", "indexer_mxfp4"),
+)
 
 
-def csa_specs(pairs: tuple[tuple[str, str], ...] = SHIPPED_PAIRS, weight_dtypes: tuple[str, ...] = ("bf16",),
-              rotations: tuple[bool, ...] = (False,)) -> list[KernelSpec]:
+def csa_specs(
+    pairs: tuple[tuple[str, str], ...] = SHIPPED_PAIRS,
+    weight_dtypes: tuple[str, ...] = ("bf16",),
+    rotations: tuple[bool, ...] = (False,),
+) -> list[KernelSpec]:
     """The fused variants of (main format, indexer kernel) `pairs` at `rotations` and `weight_dtypes`."""
-    return [make_spec("csa", 512, 64, weight_dtype=d, cache_format=f, indexer=i, rotate=r)
-            for f, i in pairs for r in rotations for d in weight_dtypes]
+    return [
+        make_spec("csa", 512, 64, weight_dtype=d, cache_format=f, indexer=i, rotate=r)
+        for f, i in pairs
+        for r in rotations
+        for d in weight_dtypes
+    ]
 
 
 def all_pairs() -> tuple[tuple[str, str], ...]:
