@@ -90,9 +90,8 @@ def test_fused_equals_the_two_separate_kernels(cuda_device, spec, kind):
 
 def test_fused_rotated_f32_is_served_too(cuda_device):
     """A pair outside the shipped subset (JIT or `compressc build --spec csa`) behaves the same."""
-    spec = make_spec(
-        "csa", cache_format="full_bf16", indexer="indexer_mxfp4", rotate=True, weight_dtype="f32"
-    )
+    # built by: compressc build --arch sm90 --spec csa --cache-format full_bf16 --rotate --weight-dtype f32
+    spec = make_spec("csa", cache_format="full_bf16", indexer="indexer_fp8", rotate=True, weight_dtype="f32")
     sc = csa_scenario(spec, "mixed", 200, device=cuda_device, seed=11)
     _check(sc, *_fused(sc))
 
