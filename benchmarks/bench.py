@@ -60,6 +60,8 @@ KERNELS = {
     "indexer_mxfp4_rot": ("indexer_mxfp4", "indexer_mxfp4", True),
 }
 DEFAULT_KERNELS = ("c4a", "c128a", "indexer_fp8")
+# the fused CSA launch against the two separate ones (benchmarks/bench_csa.py; not a default)
+CSA_CHOICES = ("csa", "csa_full_bf16", "csa_full_fp8", "csa_mxfp4")
 
 
 @dataclass
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before-first", action="store_true",
                     help="time 'before' ahead of compressc in each case (to see an order effect)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--kernel", action="append", choices=list(KERNELS), default=None,
+    ap.add_argument("--kernel", action="append", choices=[*KERNELS, *CSA_CHOICES], default=None,
                     help=f"repeatable; default {', '.join(DEFAULT_KERNELS)}")
     ap.add_argument("--scenario", action="append", choices=["prefill", "decode"], default=None)
     ap.add_argument("--T", type=int, action="append", default=None)
@@ -333,8 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in args.scenario or ["prefill", "decode"]:
             for T in args.T or T_LIST:
                 case = Case(kernel, scenario, T)
-                rows += run_case(bench, case, copy, impls, int(args.max_pool_gib * (1 << 30)))
-                if not args.no_torch:
+                if kernel in CSA_CHOICES:  # impls fused, separate and c4a; no torch row
+                    from benchmarks.bench_csa import run_csa_case
+
+                    rows += run_csa_case(bench, case, copy, int(args.max_pool_gib * (1 << 30)))
+                else:
+                    rows += run_case(bench, case, copy, impls, int(args.max_pool_gib * (1 << 30)))
+                if not args.no_torch and kernel not in CSA_CHOICES:
                     rows += run_case(slow, case, copy, ["torch"], int(args.max_pool_gib * (1 << 30)))
                 print(f"  {kernel} {scenario} T={T}: " + ", ".join(
                     f"{r['impl']} {r['us']} us" for r in rows if r["T"] == T and r["kernel"] == kernel

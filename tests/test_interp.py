@@ -28,8 +28,9 @@ from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.scenarios import KINDS, SENTINEL, make_scenario
 from compressc.specs import default_specs, make_spec
 
-# the paged family; the online merge (segments, no paged state) has tests/test_online.py
-DEFAULTS = [s for s in default_specs() if not s.segmented]
+# the paged family; the online merge (segments, no paged state) has tests/test_online.py, the fused
+# CSA kernel (two parts, docs/kernels.md §12) tests/test_csa.py
+DEFAULTS = [s for s in default_specs() if not s.segmented and s.kernel != "csa"]
 POOL_ONLY = "c128a_compress"
 
 

@@ -57,7 +57,9 @@ def _check(module, spec, kind: str, T: int, gpu, seed: int) -> None:
 
 
 def _tune_cases():
-    for spec in (s for s in default_specs() if s.weight_dtype == "bf16" or s.kernel == POOL_ONLY):
+    # csa (docs/kernels.md §12) is not tuned: its parts are; tests/test_csa.py runs it
+    tuned = (s for s in default_specs() if s.kernel != "csa")
+    for spec in (s for s in tuned if s.weight_dtype == "bf16" or s.kernel == POOL_ONLY):
         for i, cand in enumerate(candidates(spec, "sm_90a", limit=40)):
             yield pytest.param(spec, cand.pipeline, id=f"{spec.variant}-{i}")
 

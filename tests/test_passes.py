@@ -213,8 +213,9 @@ def test_window_prefetch_rejects_rows_that_do_not_divide_the_group() -> None:
 
 # -- all passes ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pipeline", ["default", "baseline"])
-@pytest.mark.parametrize("spec", default_specs(), ids=lambda s: s.variant)
+@pytest.mark.parametrize("spec", [s for s in default_specs() if s.kernel != "csa"], ids=lambda s: s.variant)
 def test_passes_only_fill_schedule_fields(spec, pipeline: str) -> None:
+    # csa's per-part pipeline rewrites its parts' programs (fuse-parts): tests/test_csa.py
     module = module_from_spec(spec)
     for p in parse_pipeline(resolve_pipeline(pipeline, module)):
         after = verify(p.apply(module))

@@ -310,7 +310,8 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
         "d16384",
     ]
     assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d1024", "d4096"]
-    assert set(FAMILY) == {s.kernel for s in default_specs() if not s.segmented}  # tune measures these
+    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12)
+    assert set(FAMILY) == {s.kernel for s in default_specs() if not s.segmented and s.kernel != "csa"}
 
 
 def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wins() -> None:

@@ -36,7 +36,7 @@ WANTED_FORMAT = 1
 TUNED_TABLE = Path(__file__).resolve().parents[1] / "passes" / "tuned.json"  # passes.tuned.TUNED_FILE
 _VARIANT = re.compile(
     r"^(?P<kernel>\w+?)(?:_(?P<layout>ring))?_h(?P<head>\d+)_q(?P<quant>\d+)_r(?P<rope>\d+)_(?P<dtype>bf16|f32)"
-    r"(?:_(?P<format>full_bf16|full_fp8))?(?P<rotate>_rot)?(?P<bounds>_bounds)?$"
+    r"(?:_(?P<format>full_bf16|full_fp8))?(?:_idx(?P<indexer>fp8|mxfp4))?(?P<rotate>_rot)?(?P<bounds>_bounds)?$"
 )
 
 
@@ -164,7 +164,8 @@ def spec_of(manifest: dict[str, Any]) -> KernelSpec | None:
         spec = make_spec(match["kernel"], int(match["head"]), int(match["quant"]), rope=int(match["rope"]),
                          weight_dtype=match["dtype"], state_layout=match["layout"] or "paged",
                          cache_format=match["format"], rotate=bool(match["rotate"]),
-                         bounds=bool(match["bounds"]))
+                         bounds=bool(match["bounds"]),
+                         indexer=f"indexer_{match['indexer']}" if match["indexer"] else None)
     except SpecError:
         return None
     return spec if spec.variant == manifest["variant"] else None

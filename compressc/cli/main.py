@@ -38,7 +38,9 @@ def _resolve(pipeline: str, module, arch: str) -> str:
         table = load_tuned()
     except (ValueError, TunedFileError) as err:
         raise UserError(str(err)) from None
-    if pipeline.strip() == "default":
+    if pipeline.strip() == "default" and module.attr("kernel") == "csa":
+        click.echo("// pipeline 'default' = each part's own default, fused (docs/pipeline.md §9)", err=True)
+    elif pipeline.strip() == "default":
         source = describe(tuned_entry(module.name, arch, table, format_sibling(module)), module.name, arch)
         click.echo(f"// pipeline 'default' = {source}", err=True)
     return resolve_pipeline(pipeline, module, arch, table)

@@ -23,6 +23,8 @@ def spec_attrs(spec: KernelSpec) -> tuple:
         extra["rotate"] = True
     if spec.bounds:
         extra["bounds"] = True
+    if spec.indexer:
+        extra["indexer"] = spec.indexer
     return fields(
         kernel=spec.kernel,
         head=spec.head,
@@ -50,6 +52,7 @@ def spec_from_module(module: Module) -> KernelSpec:
         rotate=bool(module.attr("rotate", False)),
         state_layout=str(module.attr("state_layout", "paged")),
         bounds=bool(module.attr("bounds", False)),
+        indexer=str(module.attr("indexer", "")) or None,
     )
 
 
@@ -145,6 +148,10 @@ def _quant(spec: KernelSpec, codec: str, rule, channels: tuple[int, int], value:
 
 def module_from_spec(spec: KernelSpec) -> Module:
     """The spec-level module of `spec`: arguments, guard, then the stages it runs."""
+    if spec.kernel == "csa":  # two part modules in one (compressc.ir.fused)
+        from compressc.ir.fused import fused_module
+
+        return fused_module(spec)
     if spec.segmented:
         return Module(spec.variant, spec_attrs(spec), tuple(_args(spec) + online_ops(spec.head, spec.ratio)))
     ops = _args(spec) + [_guard(spec)] + _bounds(spec)

@@ -197,6 +197,18 @@ def _cta_row(node: Node, cta: Cta) -> None:
     cta.env["row"] = cta.block
 
 
+def _row_groups(node: Node, cta: Cta) -> None:
+    """A fused kernel's narrower part (docs/kernels.md §12): group g of the CTA runs rows
+    cta + grid * (g + groups * k), k = 0, 1, ..., as kernels/fused.py emits it."""
+    groups = int(node.op.attr("groups"))  # type: ignore[arg-type]
+    for k in range(-(-cta.num_rows // (cta.grid * groups))):
+        for g in range(groups):
+            row = cta.block + cta.grid * (g + groups * k)
+            if row < cta.num_rows:
+                cta.env["row"] = row
+                _walk(node.body, cta)
+
+
 def _nothing(node: Node, cta: Cta) -> None:
     """Launch order, barriers and operand loads change no byte a CTA writes."""
 
@@ -224,4 +236,5 @@ _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.ballot_rows": _ballot_rows,
     "kd.sweeps": _sweeps,
     "kd.staged_rows": _staged_rows,
+    "kd.row_groups": _row_groups,
 }

@@ -36,11 +36,17 @@ KD_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.operand_loads": (),
     "kd.staged_wait": (),
     "kd.segment": (),
+    # a fused kernel (docs/kernels.md §12): a part's row groups, the dispatch to its parts
+    "kd.row_groups": ("groups",),
+    "kd.part_index": (),
+    "kd.if_part": ("index",),
+    "kd.call_part": ("part",),
     "kd.else": (),
     "kd.end": (),
 }
 OPENERS = frozenset({"kd.if_active", "kd.unrolled_rows", "kd.if_todo_bit", "kd.one_row_per_cta",
-                     "kd.blocks32", "kd.ballot_rows", "kd.sweeps", "kd.staged_rows"})
+                     "kd.blocks32", "kd.ballot_rows", "kd.sweeps", "kd.staged_rows", "kd.row_groups",
+                     "kd.if_part"})
 # where each row-body variable a `kd.set_row` names comes from
 ROW_BASES = ("row0", "blk0", "sw0")
 

@@ -42,6 +42,10 @@ def grid_rule(module: Module) -> GridRule:
 
 def launch_info(module: Module) -> LaunchInfo:
     """The launch record of a lowered module (thread-map and window-prefetch have run)."""
+    if module.attr("kernel") == "csa":  # a fused module (compressc.ir.fused)
+        from compressc.ir.fused import fused_launch_info
+
+        return fused_launch_info(module)
     sched = Schedule.of(module)
     return LaunchInfo(
         entry=entry_name(module),

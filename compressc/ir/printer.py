@@ -49,10 +49,10 @@ def _indented(ops: tuple[Op, ...]) -> list[tuple[str, Op]]:
 
     out, depth = [], 1
     for op in ops:
-        if op.name in ("kd.end", "kd.else"):
+        if op.name in ("kd.end", "kd.else", "cc.part_end"):
             depth -= 1
         out.append(("  " * depth, op))
-        if op.name in OPENERS or op.name == "kd.else":
+        if op.name in OPENERS or op.name in ("kd.else", "cc.part"):  # cc.part: a fused module's part
             depth += 1
     return out
 

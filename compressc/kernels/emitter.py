@@ -66,6 +66,10 @@ def emit(module: Module, pipeline: str) -> str:
 
     A scheduled module without its kernel-dialect program is lowered by lower-grid first
     (the build always runs it last; a .cir saved before it restarts here)."""
+    if module.attr("kernel") == "csa":  # one method per part, the kernel their dispatch
+        from compressc.kernels.fused import emit_fused
+
+        return emit_fused(module, pipeline)
     _require_lowered(module)
     module = verify(LowerGrid().apply(module))
     spec = spec_from_module(module)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from compressc.ir.core import Module, Op
 from compressc.ir.kd import Node, program
-from compressc.kernels import online, stages
+from compressc.kernels import fused, online, stages
 from compressc.kernels import window as window_emit
 from compressc.kernels.source import Source
 
@@ -195,6 +195,11 @@ _EMIT: dict[str, Emit] = {
     "kd.staged_rows": _staged_rows,
     "kd.operand_loads": _operand_loads,
     "kd.segment": online.segment,
+    # a fused kernel (docs/kernels.md §12): a narrower part's row groups, the dispatch
+    "kd.row_groups": fused.row_groups,
+    "kd.part_index": fused.part_index,
+    "kd.if_part": fused.if_part,
+    "kd.call_part": fused.call_part,
     "kd.staged_wait": _lines(
         "if more:",
         "    ops.cp_async_wait(1)  # this row's copies landed; the next row's may fly",

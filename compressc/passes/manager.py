@@ -48,8 +48,13 @@ def resolve_pipeline(text: str, module: Module, arch: str | None = None, tuned: 
 
     "default" is the pipeline `compressc tune` measured fastest for (module's variant,
     `arch`) when the tuned table (`tuned`, else passes/tuned.json) has one; without an
-    entry or an arch it is the derived default, which "derived" always names.
+    entry or an arch it is the derived default, which "derived" always names. A fused
+    module's pipeline is one per part (`compressc.passes.fuse_parts.resolve_parts`).
     """
+    if module.attr("kernel") == "csa":
+        from compressc.passes.fuse_parts import resolve_parts
+
+        return resolve_parts(text, module, arch, tuned)
     if text.strip() == "default":
         entry = tuned_entry(module.name, arch, tuned, inherit=format_sibling(module))
         return _for_target(str(entry["pipeline"]) if entry is not None else DEFAULT_PIPELINE, module, arch)
@@ -151,6 +156,10 @@ def parse_pipeline(text: str) -> list[ModulePass]:
     (`resolve_pipeline`).
     """
     text = NAMED_PIPELINES.get(text.strip(), text)
+    if "|" in text:  # one pipeline per part of a fused module (compressc.passes.fuse_parts)
+        from compressc.passes.fuse_parts import PerPart
+
+        return [PerPart.parse(text)]
     if not text.strip():
         return []
     return [_make_pass(text, pos, piece) for pos, piece in _split_top(text)]

@@ -122,6 +122,7 @@ class FastKernel:
         kernel = self.kernel
         programmatic = kernel.programmatic and self._overlap
         config = launch_config(kernel.cluster, kernel.block, kernel.smem_dynamic, programmatic)
+        config.gridDimY = getattr(kernel.grid, "parts", 1)  # a fused kernel: a row of CTAs per part
         function = _c_void_p(int(kernel.function))
         args = (ctypes.byref(config), function, params, None)
         return config, self.grids, self.grid, self._lib.cuLaunchKernelEx, args

@@ -52,17 +52,19 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 class Prepared:
     """One signature's argument buffer and launches; `run(...)` packs step values and launches."""
 
-    __slots__ = ("buffer", "launches", "index", "device", "guard", "_plans")
+    __slots__ = ("buffer", "launches", "index", "device", "guard", "_plans", "_step")
 
     def __init__(self, kernels: Sequence[tuple[object, Sequence[Param], bool]], values: dict,
-                 device_index: int, device: torch.device | None = None) -> None:
-        params = [p for _, plist, _ in kernels for p in plist if p.name not in STEP_NAMES]
+                 device_index: int, device: torch.device | None = None,
+                 step_names: tuple[str, ...] = STEP_NAMES) -> None:
+        self._step = STEP if step_names == STEP_NAMES else step_struct(step_names)
+        params = [p for _, plist, _ in kernels for p in plist if p.name not in step_names]
         fixed = list({p.name: p for p in params}.values())
-        self.buffer = ctypes.create_string_buffer(STEP.size + 8 * max(len(fixed), 1))
+        self.buffer = ctypes.create_string_buffer(self._step.size + 8 * max(len(fixed), 1))
         base = ctypes.addressof(self.buffer)
-        offset = {name: 8 * i for i, name in enumerate(STEP_NAMES)}
-        offset |= {p.name: STEP.size + 8 * i for i, p in enumerate(fixed)}
-        _pack_fixed(self.buffer, fixed, values)
+        offset = {name: 8 * i for i, name in enumerate(step_names)}
+        offset |= {p.name: self._step.size + 8 * i for i, p in enumerate(fixed)}
+        _pack_fixed(self.buffer, fixed, values, self._step.size)
         self.index, self.device = device_index, device
         self.guard: Callable[..., bool] = _never
         self.launches = tuple(
@@ -74,7 +76,7 @@ class Prepared:
 
     def run(self, step: tuple, num_rows: int) -> None:
         """Pack the per-step values and launch every kernel on torch's current stream."""
-        STEP.pack_into(self.buffer, 0, *step)
+        self._step.pack_into(self.buffer, 0, *step)
         stream = _raw_stream(self.index) if _raw_stream is not None else 0
         plans = self._plans
         if plans is None:
@@ -89,10 +91,19 @@ class Prepared:
                 _retry_or_raise(self.launches[i], num_rows, stream)
 
 
-def _pack_fixed(buffer: ctypes.Array, fixed: Sequence[Param], values: dict) -> None:
+def step_struct(names: Sequence[str]) -> struct.Struct:
+    """Another op's per-step values (a fused kernel's): pointers first, then the i32 counts
+    (names starting with "num_" or holding "_num_"), 8-byte slots as STEP."""
+    counts = [n.startswith("num_") or "_num_" in n for n in names]
+    if counts != sorted(counts):
+        raise ValueError(f"step values {names}: pointers must come before the counts")
+    return struct.Struct("<" + "".join("i4x" if c else "Q" for c in counts))
+
+
+def _pack_fixed(buffer: ctypes.Array, fixed: Sequence[Param], values: dict, at: int = STEP.size) -> None:
     layout = struct.Struct("<" + "".join(_FIXED[p.kind] for p in fixed))
     try:
-        layout.pack_into(buffer, STEP.size, *[values[p.name] for p in fixed])
+        layout.pack_into(buffer, at, *[values[p.name] for p in fixed])
     except (KeyError, struct.error, TypeError, OverflowError):
         pack_args(fixed, values)  # raises the error naming the parameter
         raise

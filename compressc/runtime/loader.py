@@ -160,12 +160,13 @@ class LoadedKernel:
         programmatic = self.programmatic and overlap_previous
         if self.cluster > 1 or programmatic:
             config = cudalaunch.launch_config(self.cluster, self.block, self.smem_dynamic, programmatic)
-            config.gridDimX, config.hStream = grid_x, stream
+            config.gridDimX, config.gridDimY, config.hStream = grid_x, self.grid.parts, stream
             out = lib.cuLaunchKernelEx(ctypes.byref(config), function, params, None)
             _check(f"cuLaunchKernelEx({self.entry})", (out,))
             return
         bx, by, bz = self.block
-        out = lib.cuLaunchKernel(function, grid_x, 1, 1, bx, by, bz, self.smem_dynamic,
+        # grid y: a fused kernel's row of CTAs per part (docs/kernels.md §12)
+        out = lib.cuLaunchKernel(function, grid_x, self.grid.parts, 1, bx, by, bz, self.smem_dynamic,
                                  ctypes.c_void_p(stream), params, None)
         _check(f"cuLaunchKernel({self.entry})", (out,))
 

@@ -404,6 +404,9 @@ def reserve_c128a_scratch(
 
 # the online C128 ops (docs/kernels.md §9) live in runtime/online.py; imported last, as they use the above
 # the indexer ops (compressc.runtime.indexer_ops; last, as they use the above)
+# -- docs/kernels.md §12: one launch for a CSA layer (compressc.runtime.csa; last, as it uses the above)
+from compressc.runtime.csa import compress_csa as compress_csa  # noqa: E402
+from compressc.runtime.csa import csa_arguments as csa_arguments  # noqa: E402
 from compressc.runtime.indexer_ops import compress_indexer_fp8, compress_indexer_mxfp4  # noqa: E402, F401
 from compressc.runtime.online import compress_c128a_online, online_c128_merge  # noqa: E402, F401
 

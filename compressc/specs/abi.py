@@ -104,6 +104,10 @@ _BOUNDS_STORE = (Param("bounds_cos_sin_rows", "i32"), Param("bounds_kv_pages", "
 def abi(spec: KernelSpec) -> tuple[Param, ...]:
     """The parameter list of `spec`'s entry point (a checked build's: the plain one's, then
     the bounds record and extents)."""
+    if spec.kernel == "csa":  # both parts' parameters (compressc.specs.csa)
+        from compressc.specs.csa import csa_abi
+
+        return csa_abi(spec)
     if not spec.bounds:
         return _abi(spec)
     extents = (_BOUNDS_STATE if spec.pools else ()) + (_BOUNDS_STORE if spec.normalises else ())

@@ -13,7 +13,7 @@ from typing import ClassVar
 from compressc.specs.errors import SpecError
 from compressc.specs.formats import FORMATS, CacheFormat, formats_for
 
-KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4", "c128a_online")
+KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4", "c128a_online", "csa")
 WEIGHT_DTYPES = ("bf16", "f32")
 STORE_LAYOUTS = ("f32_rows", *FORMATS)
 # where a pooling kernel finds its window: the paged state (docs/kernels.md §3.2) or, for the
@@ -48,6 +48,8 @@ class KernelSpec:
     fp32 rows); rotate: the indexer's 128-point Hadamard before quantisation; bounds:
     the checked build (COMPRESSC_CHECK_BOUNDS=kernel, docs/kernels.md §3, "Checked builds"): every index an
     active row uses is checked in the kernel, a bad row is skipped and recorded.
+    indexer: for "csa" (a C4A and an indexer compressor in one launch, docs/kernels.md §12) the
+    indexer kernel, whose format and rotation it writes (head, quant block and the rest are the C4A's).
     """
 
     kernel: str
@@ -63,6 +65,7 @@ class KernelSpec:
     fp8_max: float = 448.0
     state_layout: str = "paged"
     bounds: bool = False
+    indexer: str = ""
 
     VECTOR_BYTES: ClassVar[int] = 16
 
@@ -108,8 +111,10 @@ class KernelSpec:
         fmt = self.format
         suffix = f"_{fmt.suffix}" if fmt is not None and fmt.suffix else ""
         layout = "" if self.state_layout == "paged" else f"_{self.state_layout}"
+        # csa: the indexer part after the main format (csa_..._bf16_full_fp8_idxmxfp4_rot)
+        indexer = f"_idx{self.indexer.removeprefix('indexer_')}" if self.indexer else ""
         checked = "_bounds" if self.bounds else ""
-        return f"{self.kernel}{layout}_{tail}{suffix}{'_rot' if self.rotate else ''}{checked}"
+        return f"{self.kernel}{layout}_{tail}{suffix}{indexer}{'_rot' if self.rotate else ''}{checked}"
 
     def with_(self, **changes: object) -> KernelSpec:
         return replace(self, **changes)
@@ -126,6 +131,7 @@ def make_spec(
     rotate: bool = False,
     state_layout: str = "paged",
     bounds: bool = False,
+    indexer: str | None = None,
 ) -> KernelSpec:
     """Build and validate the spec of `kernel` for one (head, quant_block, format) variant;
     `cache_format` None is the kernel's first format (compressc.specs.formats)."""
@@ -149,6 +155,7 @@ def make_spec(
         rotate=rotate,
         state_layout=state_layout,
         bounds=bounds,
+        indexer=(indexer or "indexer_fp8") if kernel == "csa" else (indexer or ""),
     )
     spec = spec.with_(store=_store_for(spec))
     validate(spec)
@@ -163,6 +170,7 @@ _DEFAULTS: dict[str, dict] = {
     "indexer_fp8": {"head": 128, "quant_block": 0, "ratio": 4},
     "indexer_mxfp4": {"head": 128, "quant_block": 32, "ratio": 4},
     "c128a_online": {"head": 512, "quant_block": 64, "ratio": 128},
+    "csa": {"head": 512, "quant_block": 64, "ratio": 4},
 }
 
 
@@ -178,6 +186,12 @@ def _store_for(spec: KernelSpec) -> StoreLayout:
 
 def validate(spec: KernelSpec) -> None:
     """Raise SpecError naming the field, its value and the rule it breaks."""
+    if spec.kernel == "csa":
+        from compressc.specs.csa import validate_csa  # its parts are validated as kernels of their own
+
+        validate_csa(spec)
+        return
+    _check(not spec.indexer, "indexer", spec.indexer, "is only for the csa kernel (drop --indexer)")
     _check(spec.kernel in KERNELS, "kernel", spec.kernel, f"must be one of {', '.join(KERNELS)}")
     _check(spec.head > 0, "head_size", spec.head, "must be positive")
     _check(spec.quant_block > 0, "quant_block", spec.quant_block, "must be positive")

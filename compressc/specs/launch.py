@@ -29,12 +29,15 @@ class GridRule:
 
     kind "rows": one CTA per launched row; "runs": a CTA per run of at most `count`
     rows, unrolled; "wave": one wave of at most `count` CTAs per SM looping over their
-    rows, in thread-block clusters of `cluster` CTAs when `cluster` > 1.
+    rows, in thread-block clusters of `cluster` CTAs when `cluster` > 1. `parts` > 1: the
+    grid's y dimension, one row of CTAs per part of a fused kernel (docs/kernels.md §12),
+    each as wide as the rule gives for T.
     """
 
     kind: str
     count: int = 0
     cluster: int = 1
+    parts: int = 1
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -48,14 +51,18 @@ class GridRule:
             return "'rows' takes no count; 'runs' and 'wave' take a positive one"
         if self.cluster not in CLUSTER_SIZES or (self.cluster > 1 and self.kind != "wave"):
             return "a cluster of 2, 4 or 8 CTAs needs the 'wave' kind"
+        if self.parts not in (1, 2) or (self.parts > 1 and self.cluster > 1):
+            return "a fused kernel has 2 parts ('parts:2'), without clusters"
         return None
 
     def spelling(self) -> str:
-        """The manifest's text: "rows", "runs:R", "wave:N" or "wave:N,cluster:S"."""
+        """The manifest's text: "rows", "runs:R", "wave:N" or "wave:N,cluster:S"; a fused
+        kernel's adds ",parts:2"."""
+        parts = f",parts:{self.parts}" if self.parts > 1 else ""
         if self.kind == "rows":
-            return "rows"
+            return "rows" + parts
         suffix = f",cluster:{self.cluster}" if self.cluster > 1 else ""
-        return f"{self.kind}:{self.count}{suffix}"
+        return f"{self.kind}:{self.count}{suffix}{parts}"
 
     @classmethod
     def parse(cls, text: str) -> GridRule:
@@ -63,15 +70,24 @@ class GridRule:
         problem = rule_problem(text)
         if problem is not None:
             raise GridRuleError(f"grid rule {text!r}: {problem}")
+        text, parts = _parts(text)
         if text == "rows":
-            return cls("rows")
+            return cls("rows", parts=parts)
         rule, _, suffix = text.partition(",")
         kind, _, count = rule.partition(":")
-        return cls(kind, int(count), int(suffix.partition(":")[2]) if suffix else 1)
+        return cls(kind, int(count), int(suffix.partition(":")[2]) if suffix else 1, parts)
+
+
+def _parts(text: str) -> tuple[str, int]:
+    """(the rule without a ",parts:2" suffix, its parts: 1 without one)."""
+    return (text[: -len(",parts:2")], 2) if text.endswith(",parts:2") else (text, 1)
 
 
 def rule_problem(text: str) -> str | None:
     """What is wrong with a manifest's grid rule text, or None when it can be launched."""
+    text, parts = _parts(text)
+    if parts > 1 and ",cluster:" in text:
+        return "a fused kernel's rule ',parts:2' takes no cluster"
     if text == "rows":
         return None
     rule, comma, suffix = text.partition(",")

@@ -16,6 +16,8 @@ DEFAULT_MATRIX: tuple[tuple[str, int, int, tuple[str, ...], tuple[bool, ...]], .
     ("indexer_mxfp4", 128, 32, ("indexer_mxfp4",), (False, True)),
     ("c128a_online", 512, 64, ("",), (False,)),
 )
+# "csa" (docs/kernels.md §12): every main format x indexer x rotation, both weight dtypes
+# (compressc.specs.csa.csa_specs), after the rows above
 # kernels also shipped with another state layout (docs/kernels.md §10: the C128 ring)
 EXTRA_STATE_LAYOUTS: dict[str, tuple[str, ...]] = {"c128a_compress": ("ring",)}
 
@@ -31,4 +33,6 @@ def default_specs() -> list[KernelSpec]:
         for layout in EXTRA_STATE_LAYOUTS.get(kernel, ()):
             specs += [make_spec(kernel, head, quant_block, weight_dtype=d, state_layout=layout)
                       for d in dtypes]
-    return specs
+    from compressc.specs.csa import csa_specs
+
+    return specs + csa_specs()
