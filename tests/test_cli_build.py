@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from compressc.cache import compile as compile_module
 from compressc.cache.store import Store
 from compressc.cli import main
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.runtime.resolve import KernelNotFoundError, find_kernel
 from compressc.specs import make_spec
 
@@ -187,7 +188,7 @@ def test_failed_variant_prints_the_command_that_reproduces_it(tmp_path, monkeypa
         "--out",
         str(out),
         "-p",
-        "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem,window-prefetch",
+        f"thread-map{{elems-per-lane=4}},vectorize{{bits=64}},lower-reduction,plan-smem,{DEFAULT_FETCH}",
         *ONE,
     )
     assert result.exit_code == 1, result.output

@@ -18,12 +18,13 @@ from compressc.cache.store import Entry, Store
 from compressc.cache.wheel import write_wheel
 from compressc.cli import main
 from compressc.cli.cache import SIZE
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.runtime import resolve
 from compressc.specs import make_spec
 
 SPEC = make_spec("c4a", weight_dtype="bf16")
 LABEL = f"{SPEC.variant}@sm_90a"
-OTHER_PIPELINE = "thread-map{elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
+OTHER_PIPELINE = f"thread-map{{elems-per-lane=4}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def grid_rule(module: Module) -> GridRule:
 
 
 def launch_info(module: Module) -> LaunchInfo:
-    """The launch record of a lowered module (thread-map and window-prefetch have run)."""
+    """The launch record of a lowered module (thread-map and the window passes have run)."""
     sched = Schedule.of(module)
     return LaunchInfo(
         entry=entry_name(module),

@@ -367,7 +367,7 @@ def _verify_quant(module: Module, op: Op, elems: int) -> None:
 
 
 def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:
-    """A window staged in smem (window-prefetch stage=smem) and the module's slots agree."""
+    """A window staged in smem (the smem-stage pass) and the module's slots agree."""
     stage, dynamic = op.get("stage"), module.get("smem_dynamic")
     if stage not in (None, "regs", "smem"):
         raise _fail(module, op, "stage", stage, "must be 'regs' or 'smem'")
@@ -425,4 +425,4 @@ def _verify_window(module: Module, op: Op) -> None:
     if lookup == "lane" and not (per_group <= 32 and head_lanes % 32 == 0):
         raise _fail(module, op, "page_lookup", lookup,
                     f"'lane' needs at most 32 rows per split group (have {per_group}) and warps "
-                    f"inside one group (head_lanes {head_lanes} a multiple of 32); use page-lookup=row")
+                    f"inside one group (head_lanes {head_lanes} a multiple of 32); use page-lookup{{by=row}}")
