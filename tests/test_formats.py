@@ -11,7 +11,7 @@ import torch
 
 from compressc import reference
 from compressc.acceptance import compare_cache_bytes
-from compressc.cache.build import plan
+from compressc.driver.plan import plan
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.printer import print_module
 from compressc.numerics import e2m1_encode, np_e2m1_encode
@@ -147,7 +147,7 @@ def test_formats_print_and_parse_back() -> None:
 
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_100a"])
 def test_mxfp4_compiles_with_its_conversion(arch) -> None:
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     p = plan(make_spec("indexer_mxfp4", rotate=True), arch)
     artifacts = compile_source(p.source, arch)
@@ -157,7 +157,7 @@ def test_mxfp4_compiles_with_its_conversion(arch) -> None:
 
 
 def test_the_full_fp8_kernel_compiles_and_reads_its_scale() -> None:
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     p = plan(make_spec("c128a_store", cache_format="full_fp8"), "sm_90a")
     assert "ops.div_rn(Float32(1.0), cute.make_tensor(fp8_scale" in p.source

@@ -253,8 +253,8 @@ def test_emitted_source_follows_the_schedule() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_100a"])
 def test_the_kernel_compiles_to_a_cubin_with_its_abi(arch: str) -> None:
-    from compressc.cache.compile import compile_source
-    from compressc.cache.cubin import check_cubin
+    from compressc.driver.compile import compile_source
+    from compressc.driver.cubin import check_cubin
 
     module = _lower()
     art = compile_source(emit(module, "default"), arch)

@@ -570,7 +570,7 @@ def test_emitted_cluster_kernel_meets_at_two_cluster_barriers_and_stores_from_ra
 
 def test_cluster_kernel_compiles_to_a_cubin_with_cluster_barriers_and_dsmem_stores():
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
     from compressc.kernels.emitter import emit
 
     artifacts = compile_source(emit(_lower("c128a_compress", _CLUSTER), _CLUSTER), "sm_90a")
@@ -693,7 +693,7 @@ def test_l2_prefetch_bulk_copies_each_page_run_of_a_c128_window():
     with pytest.raises(VerifyError, match="l2_prefetch=True: needs page_lookup='lane'"):
         verify(module.replace_ops("cc.window", lambda op: op.with_sched(page_lookup="row")))
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     assert compile_source(text, "sm_90a").ptx.count("cp.async.bulk.prefetch.L2.global") == 2  # two row bodies
 
@@ -730,7 +730,7 @@ def test_cache_hints_stream_the_window_and_keep_the_written_rows():
 
 def test_cache_hints_compile_to_policy_loads_and_stores():
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
     from compressc.kernels.emitter import emit
     from compressc.passes.manager import BASELINE_PIPELINE
 

@@ -10,16 +10,16 @@ import torch
 from click.testing import CliRunner
 
 from compressc import reference
-from compressc.cache.compile import compile_source
-from compressc.cache.cubin import check_cubin
-from compressc.cache.wanted import spec_of
 from compressc.cli import main
+from compressc.driver.compile import compile_source
+from compressc.driver.cubin import check_cubin
 from compressc.ir import parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
 from compressc.ir.launch import launch_info
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
+from compressc.packs.wanted import spec_of
 from compressc.passes import PassManager, PipelineError, parse_pipeline, resolve_pipeline
 from compressc.runtime import ops
 from compressc.runtime.resolve import build_command

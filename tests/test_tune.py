@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from no_cutlass import NO_CUTLASS
 
-from compressc.cache.build import plan
 from compressc.cli import main
+from compressc.driver.plan import plan
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.printer import print_module
 from compressc.passes import tuned as tuned_mod
