@@ -65,7 +65,7 @@ def main() -> int:
     from compressc.runtime import loader
 
     origin = find_kernel(spec, loader.device_arch(0)).origin
-    # the pack's wanted.json spares the lookup the compiler's import (compressc.cache.wanted)
+    # the pack's wanted.json spares the lookup the compiler's import (compressc.packs.wanted)
     compiler = sorted(m for m in ("compressc.passes", "compressc.ir", "compressc.kernels")
                       if m in sys.modules)
     print(json.dumps({

@@ -108,7 +108,7 @@ def buffer_bytes(pattern: str, read: int) -> int:
 
 
 def build(out: Path) -> int:
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     out.mkdir(parents=True, exist_ok=True)
     for pattern in PATTERNS:

@@ -124,7 +124,7 @@ def packs(arch: str | None) -> list[dict[str, Any]]:
     """Each installed kernel pack: name, version, archs, kernels, and whether it can be used."""
     import warnings
 
-    from compressc.cache.packs import read_pack_info
+    from compressc.packs.installed import read_pack_info
     from compressc.runtime.resolve import ENTRY_POINT_GROUP
 
     rows = []

@@ -14,16 +14,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from compressc.cache.compile import compile_source
-from compressc.cache.cubin import check_cubin
-from compressc.cache.wanted import spec_of
 from compressc.config import Config, ConfigError
+from compressc.driver.compile import compile_source
+from compressc.driver.cubin import check_cubin
 from compressc.ir.core import Op
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
 from compressc.ir.launch import launch_info
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
+from compressc.packs.wanted import spec_of
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.runtime import bounds_kernel, ops
 from compressc.runtime.bounds import IndexOutOfBoundsError, _Rows
@@ -258,7 +258,7 @@ def test_the_kernel_mode_serves_the_checked_builds_with_their_values(monkeypatch
 
 
 def test_the_checked_build_has_its_own_cache_key() -> None:
-    from compressc.cache.wanted import wanted_build
+    from compressc.packs.wanted import wanted_build
 
     plain = wanted_build(make_spec("c4a"), "sm_90a")
     checked = wanted_build(make_spec("c4a", bounds=True), "sm_90a")

@@ -47,7 +47,7 @@ def test_n_processes_building_one_variant_compile_it_once(tmp_path: Path) -> Non
 _HANG = "import os, sys, time\nopen(os.environ['MARKS'] + f'/{os.getpid()}', 'w').close()\ntime.sleep(120)\n"
 
 _PARENT = f"""
-from compressc.cache.compile import compile_many
+from compressc.driver.compile import compile_many
 compile_many([(1, {_HANG!r}, "sm_90a"), (2, {_HANG!r}, "sm_90a")], 2)
 """
 
@@ -101,7 +101,7 @@ with file_lock(Path(sys.argv[1])):
 
 @needs_build
 def test_a_stopped_lock_holder_fails_the_build_naming_its_pid(tmp_path: Path) -> None:
-    from compressc.cache.build import plan_many
+    from compressc.driver.plan import plan_many
     from compressc.specs import make_spec
 
     out = tmp_path / "cache"

@@ -23,7 +23,7 @@ N = 8
 
 def _ask(root: str, log: str, barrier: Any, results: Any) -> None:
     """One process: count its own compiles, then resolve the kernel through the runtime (spawned)."""
-    from compressc.cache import compile as compile_module
+    from compressc.driver import compile as compile_module
     from compressc.runtime.resolve import find_kernel
     from compressc.specs import make_spec
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import compressc
-from compressc.cache.key import (
+from compressc.driver.key import (
     cache_key,
     canonical_json,
     compiler_sources,
@@ -96,7 +96,7 @@ def test_canonical_json_is_compact_and_sorted() -> None:
 def test_same_key_in_separate_processes() -> None:
     code = (
         "import json, sys\n"
-        "from compressc.cache.key import cache_key\n"
+        "from compressc.driver.key import cache_key\n"
         "v = json.loads(sys.argv[1])\n"
         "print(cache_key(v.pop('spec_ir_text'), v.pop('pipeline'), v.pop('arch'), v.pop('options'), **v))\n"
     )
@@ -122,7 +122,7 @@ def _tree(root: Path) -> Path:
         "passes/vectorize.py": "C = 3\n",
         "kernels/emitter.py": "D = 4\n",
         "specs/family.py": "E = 5\n",
-        "cache/compile.py": "F = 6\n",
+        "driver/compile.py": "F = 6\n",
         "cache/store.py": "G = 7\n",
         "runtime/loader.py": "H = 8\n",
     }.items():
@@ -135,7 +135,7 @@ def test_fingerprint_covers_the_compiler_sources(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     names = [p.relative_to(root).as_posix() for p in compiler_sources(root)]
     assert names == [
-        "cache/compile.py",
+        "driver/compile.py",
         "ir/core.py",
         "ir/sub/deep.py",
         "kernels/emitter.py",

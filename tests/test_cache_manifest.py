@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from compressc.cache.compile import Artifacts, Resources
 from compressc.cache.manifest import (
     FIELDS,
     OPTIONAL_FIELDS,
@@ -15,6 +14,7 @@ from compressc.cache.manifest import (
     manifest_params,
     validate_manifest,
 )
+from compressc.driver.compile import Artifacts, Resources
 from compressc.specs import make_spec
 from compressc.specs.abi import abi
 from compressc.specs.launch import GridRule, LaunchInfo

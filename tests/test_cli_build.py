@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from compressc.cache import compile as compile_module
 from compressc.cache.store import Store
 from compressc.cli import main
+from compressc.driver import compile as compile_module
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.runtime.resolve import KernelNotFoundError, find_kernel
 from compressc.specs import make_spec
 
@@ -175,7 +176,7 @@ def test_missing_nvjitlink_wheel_names_the_pip_command(tmp_path, monkeypatch):
 
 
 def test_failed_variant_prints_the_command_that_reproduces_it(tmp_path, monkeypatch):
-    from compressc.cache.compile import CompileError
+    from compressc.driver.compile import CompileError
 
     def failing(jobs, workers, on_done):
         for key, _source, arch in jobs:
@@ -187,7 +188,7 @@ def test_failed_variant_prints_the_command_that_reproduces_it(tmp_path, monkeypa
         "--out",
         str(out),
         "-p",
-        "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem,window-prefetch",
+        f"thread-map{{elems-per-lane=4}},vectorize{{bits=64}},lower-reduction,plan-smem,{DEFAULT_FETCH}",
         *ONE,
     )
     assert result.exit_code == 1, result.output
@@ -226,7 +227,7 @@ def test_arch_spellings_and_several_archs_compile(tmp_path):
     assert len(row) == 1 and row[0].rstrip().endswith("built  │")
     archs = sorted(e.manifest["arch"] for e in Store(out).entries())
     assert archs == ["sm_100a", "sm_90a"]
-    from compressc.cache.cubin import read_cubin
+    from compressc.driver.cubin import read_cubin
 
     by_arch = {
         e.manifest["arch"]: read_cubin(e.cubin_bytes(), e.manifest["entry"]) for e in Store(out).entries()

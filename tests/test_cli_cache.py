@@ -12,18 +12,20 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from compressc.cache import build as build_module
-from compressc.cache.build import build_plans, plan_many
 from compressc.cache.store import Entry, Store
-from compressc.cache.wheel import write_wheel
 from compressc.cli import main
 from compressc.cli.cache import SIZE
+from compressc.driver import plan as plan_module
+from compressc.driver.build import build_plans
+from compressc.driver.plan import plan_many
+from compressc.packs.wheel import write_wheel
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.runtime import resolve
 from compressc.specs import make_spec
 
 SPEC = make_spec("c4a", weight_dtype="bf16")
 LABEL = f"{SPEC.variant}@sm_90a"
-OTHER_PIPELINE = "thread-map{elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
+OTHER_PIPELINE = f"thread-map{{elems-per-lane=4}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +221,7 @@ def test_why_miss_names_the_differing_ingredient(built):
 def test_why_after_a_source_change(built, monkeypatch):
     cache, entry = built
     recorded = json.loads((entry_dir(cache, entry) / "key.json").read_text())
-    monkeypatch.setattr(build_module, "source_fingerprint", lambda: "0" * 64)
+    monkeypatch.setattr(plan_module, "source_fingerprint", lambda: "0" * 64)
     result = run("cache", "why", "--spec", "c4a", "--cache-dir", str(cache))
     assert f"differs: source_fingerprint: '{recorded['source_fingerprint']}' -> '{'0' * 64}'" in result.output
     assert "differs: pipeline" not in result.output

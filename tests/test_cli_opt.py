@@ -12,6 +12,7 @@ from compressc.cli import main
 from compressc.ir import parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.specs import make_spec
 
 C4A = make_spec("c4a", 512, 64)
@@ -93,9 +94,9 @@ def test_an_empty_pipeline_runs_no_passes() -> None:
 def test_a_saved_stage_restarts_the_pipeline(tmp_path: Path) -> None:
     half = tmp_path / "half.cir"
     half.write_text(print_module(_lowered(pipeline="thread-map{elems-per-lane=4},vectorize{bits=64}")))
-    result = _opt(str(half), "-p", "lower-reduction,plan-smem,window-prefetch")
+    result = _opt(str(half), "-p", f"lower-reduction,plan-smem,{DEFAULT_FETCH}")
     assert result.exit_code == 0, result.output
-    full = "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem,window-prefetch"
+    full = f"thread-map{{elems-per-lane=4}},vectorize{{bits=64}},lower-reduction,plan-smem,{DEFAULT_FETCH}"
     assert result.stdout == print_module(_lowered(pipeline=full))
 
 
@@ -205,7 +206,8 @@ def test_an_unknown_pass_gives_the_column() -> None:
     message = _error(_opt("--spec", "c4a", "-p", "thread-map,vectorise"))
     assert message.splitlines() == [
         "pipeline column 12: unknown pass 'vectorise'; passes: thread-map, vectorize, lower-reduction, "
-        "plan-smem, window-prefetch, quant-convert, lower-grid",
+        "plan-smem, rows-in-flight, page-lookup, rescale, smem-stage, l2-prefetch, operand-loads, "
+        "occupancy, cache-hints, overlap-launch, quant-convert, lower-grid (alias: window-prefetch)",
         "  thread-map,vectorise",
         "             ^",
     ]

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import compressc.cache.compile as compile_module
-from compressc.cache.compile import (
+import compressc.driver.compile as compile_module
+from compressc.driver.compile import (
     Artifacts,
     CompileError,
     Resources,
@@ -26,7 +26,7 @@ from compressc.cache.compile import (
     toolchain,
     toolchain_fingerprint,
 )
-from compressc.cache.cubin import check_cubin
+from compressc.driver.cubin import check_cubin
 from compressc.specs.abi import Param
 
 ENTRY = "cutlass_tiny_copy_f32"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compressc.acceptance import compare_cache_bytes
-from compressc.cache.cubin import check_cubin
+from compressc.driver.cubin import check_cubin
 from compressc.ir import parse_module, print_module
 from compressc.ir.core import Op
 from compressc.ir.from_spec import module_from_spec
@@ -269,7 +269,7 @@ def test_emitted_source_dispatches_to_part_methods():
 @pytest.mark.parametrize("arch", ("sm_90a", "sm_100a"))
 def test_compiles_to_a_cubin_with_the_declared_abi(arch):
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     out, pipeline = lowered(make_spec("csa", cache_format="full_fp8", indexer="indexer_mxfp4"), arch=arch)
     launch = launch_info(out)

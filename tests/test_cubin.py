@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from compressc.cache.compile import Artifacts, compile_source
-from compressc.cache.cubin import (
+from compressc.driver.compile import Artifacts, compile_source
+from compressc.driver.cubin import (
     EIATTR_CBANK_PARAM_SIZE,
     EM_CUDA,
     Cubin,

@@ -11,11 +11,12 @@ import torch
 
 from compressc import reference
 from compressc.acceptance import compare_cache_bytes
-from compressc.cache.build import plan
+from compressc.driver.plan import plan
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.printer import print_module
 from compressc.numerics import e2m1_encode, np_e2m1_encode
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.runtime import ops
 from compressc.scenarios import make_scenario
 from compressc.specs import SpecError, default_specs, make_spec
@@ -133,7 +134,7 @@ def test_the_e2m1_conversion_follows_the_target() -> None:
 def test_an_e2m1_kernel_without_its_conversion_is_refused() -> None:
     module = module_from_spec(make_spec("indexer_mxfp4"))
     with pytest.raises(ValueError, match=r"the e2m1 convert \(quant-convert\)"):
-        PassManager(parse_pipeline("thread-map,vectorize,lower-reduction,plan-smem,window-prefetch")).run(module)
+        PassManager(parse_pipeline(f"thread-map,vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")).run(module)
 
 
 def test_formats_print_and_parse_back() -> None:
@@ -147,7 +148,7 @@ def test_formats_print_and_parse_back() -> None:
 
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_100a"])
 def test_mxfp4_compiles_with_its_conversion(arch) -> None:
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     p = plan(make_spec("indexer_mxfp4", rotate=True), arch)
     artifacts = compile_source(p.source, arch)
@@ -157,7 +158,7 @@ def test_mxfp4_compiles_with_its_conversion(arch) -> None:
 
 
 def test_the_full_fp8_kernel_compiles_and_reads_its_scale() -> None:
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     p = plan(make_spec("c128a_store", cache_format="full_fp8"), "sm_90a")
     assert "ops.div_rn(Float32(1.0), cute.make_tensor(fp8_scale" in p.source
@@ -212,5 +213,5 @@ def test_the_butterfly_stays_in_one_warp() -> None:
     lowered = PassManager(parse_pipeline(resolve_pipeline("default", module))).run(module)
     assert lowered.find("cc.hadamard").get("lane_masks") == (16, 8, 4, 2, 1)
     with pytest.raises(VerifyError, match="the butterfly shuffles within one warp"):
-        pipeline = "thread-map{elems-per-lane=2},vectorize,lower-reduction,plan-smem,window-prefetch"
+        pipeline = f"thread-map{{elems-per-lane=2}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
         PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from compressc.cache.build import plan
-from compressc.cache.compile import compile_source
-from compressc.cache.cubin import check_cubin
+from compressc.driver.compile import compile_source
+from compressc.driver.cubin import check_cubin
+from compressc.driver.plan import plan
 from compressc.ir.from_spec import module_from_spec
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.passes.manager import PipelineError

@@ -25,8 +25,11 @@ from compressc.ir.interp import args_from_scenario, lane_channels, run_module
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.scenarios import KINDS, SENTINEL, make_scenario
 from compressc.specs import default_specs, make_spec
+
+AFTER_ROWS = DEFAULT_FETCH.removeprefix("rows-in-flight,")  # the window passes after it
 
 # the paged family; the online merge (segments, no paged state) has tests/test_online.py, the fused
 # CSA kernel (two parts, docs/kernels.md §12) tests/test_csa.py
@@ -39,10 +42,12 @@ def _lower(spec, pipeline: str = "default"):
     return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
 
 
-def _pipeline(elems: int, split: int, bits: int = 128, order: str = "down", rows: int = 0) -> str:
+def _pipeline(elems: int, split: int, bits: int = 128, order: str = "down", rows: int = 0,
+              rescale: str = "batch") -> str:
+    window = AFTER_ROWS.replace("rescale,", f"rescale{{per={rescale}}},")
     return (
         f"thread-map{{elems-per-lane={elems},window-split={split}}},vectorize{{bits={bits}}},"
-        f"lower-reduction{{order={order}}},plan-smem,window-prefetch{{rows={rows}}}"
+        f"lower-reduction{{order={order}}},plan-smem,rows-in-flight{{rows={rows}}},{window}"
     )
 
 
@@ -285,11 +290,10 @@ def test_vector_width_and_prefetch_keep_every_byte(spec) -> None:
     is the rescale's unit, so rows in flight do change the order)."""
     sc = make_scenario(spec, "mixed", _rows(spec, "mixed"), seed=_seed(spec.variant))
     elems, split = (_lower(spec).get(k) for k in ("elems_per_lane", "window_split"))
-    by_row = _pipeline(elems, split).replace("rows=0}", "rows=0,rescale=row}")
+    by_row = _pipeline(elems, split, rescale="row")
     row_by_row = _interpret(_lower(spec, by_row), sc, spec)
     for bits, rows in ((32, 1), (64, 2)):
-        pipeline = _pipeline(elems, split, bits, "down", rows).replace(
-            f"rows={rows}}}", f"rows={rows},rescale=row}}")
+        pipeline = _pipeline(elems, split, bits, "down", rows, rescale="row")
         got = _interpret(_lower(spec, pipeline), sc, spec)
         assert torch.equal(got.view(torch.uint8), row_by_row.view(torch.uint8)), (bits, rows)
     base = _interpret(_lower(spec), sc, spec)
@@ -304,7 +308,7 @@ def test_batch_rescale_matches_the_reference_and_changes_only_rounding() -> None
     spec = make_spec(POOL_ONLY)
     sc = make_scenario(spec, "mixed", 300, seed=_seed("rescale"))
     batch = _interpret(_lower(spec, _pipeline(4, 2)), sc, spec)
-    row = _interpret(_lower(spec, _pipeline(4, 2).replace("rows=0}", "rows=0,rescale=row}")), sc, spec)
+    row = _interpret(_lower(spec, _pipeline(4, 2, rescale="row")), sc, spec)
     _assert_pooled_close(batch, sc.run_reference(), sc)
     assert not torch.equal(batch.view(torch.int32), row.view(torch.int32))
     assert _lower(spec, _pipeline(4, 2)).find("cc.window").get("rescale") == "batch"

@@ -25,7 +25,7 @@ from compressc.ir.interp_grid import GridError, run_program
 from compressc.ir.kd import kd_ops
 from compressc.ir.verifier import VerifyError, verify
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
-from compressc.passes.manager import PipelineError
+from compressc.passes.manager import DEFAULT_FETCH, PipelineError
 from compressc.scenarios import make_scenario
 from compressc.specs import default_specs, make_spec
 from compressc.tune.candidates import candidates
@@ -78,7 +78,7 @@ def test_every_schedule_tune_may_pick_gives_the_reference_bytes(spec, pipeline: 
                                   "grid=tiled,cluster-split=2"])
 def test_each_grid_on_each_gpu_size(grid: str, gpu) -> None:
     spec = make_spec("c4a")
-    module = _lower(spec, f"thread-map{{{grid}}},vectorize,lower-reduction,plan-smem,window-prefetch")
+    module = _lower(spec, f"thread-map{{{grid}}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
     _check(module, spec, "mixed", 1100, gpu, _seed(grid, gpu))
 
 
@@ -86,7 +86,8 @@ def test_each_grid_on_each_gpu_size(grid: str, gpu) -> None:
 def test_the_staged_window_and_cache_hints(hints: str) -> None:
     spec = make_spec("c4a")
     module = _lower(spec, "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,"
-                          f"window-prefetch{{stage=smem,cache-hints={hints}}}")
+                          "rows-in-flight,page-lookup,rescale{per=row},smem-stage,operand-loads"
+                          + (",cache-hints" if hints == "stream" else ""))
     assert module.find("kd.staged_rows") is not None
     _check(module, spec, "prefill", 700, GPUS[0], _seed("staged", hints))
 
@@ -94,7 +95,7 @@ def test_the_staged_window_and_cache_hints(hints: str) -> None:
 def test_the_program_of_each_grid() -> None:
     spec = make_spec("c4a")
     names = {g: [op.name for op in kd_ops(_lower(spec, f"thread-map{{grid={g}}},vectorize,"
-                                                       "lower-reduction,plan-smem,window-prefetch"))]
+                                                       f"lower-reduction,plan-smem,{DEFAULT_FETCH}"))]
              for g in ("rows", "runs", "tiled")}
     assert names["rows"] == ["kd.lanes", "kd.cta_row", "kd.guard", "kd.if_active", "kd.row", "kd.end"]
     assert names["runs"][:4] == ["kd.lanes", "kd.runs_span", "kd.ballot", "kd.unrolled_rows"]
@@ -126,7 +127,7 @@ def _run_unverified(module, spec, sc, gpu):
 def test_a_run_shorter_than_the_launch_is_refused_and_caught() -> None:
     spec = make_spec("c4a")
     module = _lower(spec, "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,"
-                          "window-prefetch")
+                          f"{DEFAULT_FETCH}")
     short = _mutate(module, "kd.unrolled_rows", rows=2)  # the launch still gives CTAs 8 rows
     with pytest.raises(VerifyError, match=r"kd\.unrolled_rows: program='kd\.unrolled_rows': must be "
                                           r"kd\.unrolled_rows \{'rows': 8\}"):
@@ -158,8 +159,8 @@ def test_an_edited_program_attribute_is_refused() -> None:
 
 def test_lower_grid_named_before_the_schedule_is_complete_is_refused() -> None:
     with pytest.raises(PipelineError, match=r"lower-grid needs the whole schedule, and smem_bytes, "
-                                            r"rows_in_flight \(window-prefetch\) is unset"):
-        _lower(make_spec("c4a"), "thread-map,lower-grid,vectorize,lower-reduction,plan-smem,window-prefetch")
+                                            r"rows_in_flight \(rows-in-flight\) is unset"):
+        _lower(make_spec("c4a"), f"thread-map,lower-grid,vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,7 @@ def test_lower_grid_named_before_the_schedule_is_complete_is_refused() -> None:
     ids=["unclosed", "stray-end", "else", "second-else"],
 )
 def test_nesting_errors_name_the_op_and_line(edit, message: str) -> None:
-    pipeline = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = f"thread-map{{grid=tiled}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     module = _lower(make_spec("c4a"), pipeline if "second" in message else "default")
     text = print_module(replace(module, ops=tuple(edit(list(module.ops)))))
     with pytest.raises(VerifyError, match=r"^k\.cir:\d+: " + message.replace(".", r"\.")):

@@ -15,15 +15,18 @@ from compressc.acceptance import compare_cache_bytes
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import run_module
 from compressc.ir.interp_online import args_from_online, run_online
-from compressc.ir.verifier import VerifyError
+from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
 from compressc.online import OnlinePlan, plan_online_c128_segments
 from compressc.online_scenarios import B, make_online_step
-from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.passes import PassManager, PipelineError, parse_pipeline, resolve_pipeline
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.runtime import ops, validate
 from compressc.runtime.validate_online import check_segment_bounds
 from compressc.specs import make_spec
 from compressc.specs.abi import abi
+
+AFTER_ROWS = DEFAULT_FETCH.removeprefix("rows-in-flight,")  # the window passes after it
 
 SPEC = make_spec("c128a_online", weight_dtype="f32")
 HEAD = SPEC.head
@@ -164,7 +167,7 @@ def test_segments_outside_the_plan_emit_and_write_together_or_not_at_all() -> No
 def test_every_schedule_gives_the_reference(elems: int, bits: int, rows: int, seed: int) -> None:
     bits = min(bits, 32 * elems)
     pipeline = (f"thread-map{{elems-per-lane={elems}}},vectorize{{bits={bits}}},lower-reduction,plan-smem,"
-                f"window-prefetch{{rows={rows}}}")
+                f"rows-in-flight{{rows={rows}}},{AFTER_ROWS}")
     step = make_online_step(140, seed)
     emit_t, update_t, _ = step.tables()
     _assert_merge_matches(_lower(pipeline), step, torch.cat((emit_t, update_t)))
@@ -217,13 +220,17 @@ def test_the_online_merge_runs_one_cta_per_segment() -> None:
     assert _lower("baseline").get("threads") == 256  # docs/kernels.md §9.1's 2 columns a thread
     with pytest.raises(VerifyError, match=r"grid='tiled': must be 'rows': the online merge runs one CTA "
                                           r"per segment \(docs/kernels.md §9.1\)"):
-        _lower("thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch")
+        _lower(f"thread-map{{grid=tiled}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
 
 
 def test_rows_in_flight_has_a_ceiling() -> None:
+    with pytest.raises(PipelineError, match=r"rows-in-flight rows=17: the online merge holds at most 16 "
+                                            r"token rows in registers"):
+        _lower("thread-map,vectorize,lower-reduction,plan-smem,rows-in-flight{rows=17}")
+    edited = _lower().replace_ops("cc.online_merge", lambda op: op.with_sched(rows_in_flight=17))
     with pytest.raises(VerifyError, match=r"cc.online_merge %acc: rows_in_flight=17: must be 1..16 token "
                                           r"rows loaded before their updates"):
-        _lower("thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{rows=17}")
+        verify(edited)
 
 
 # -- emitted source and a real compile -----------------------------------------------------------
@@ -246,8 +253,8 @@ def test_emitted_source_follows_the_schedule() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_100a"])
 def test_the_kernel_compiles_to_a_cubin_with_its_abi(arch: str) -> None:
-    from compressc.cache.compile import compile_source
-    from compressc.cache.cubin import check_cubin
+    from compressc.driver.compile import compile_source
+    from compressc.driver.cubin import check_cubin
 
     module = _lower()
     art = compile_source(emit(module, "default"), arch)

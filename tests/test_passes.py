@@ -22,13 +22,15 @@ from compressc.passes import (
     resolve_pipeline,
 )
 from compressc.passes.lower_reduction import LowerReduction, butterfly
+from compressc.passes.manager import DEFAULT_FETCH
+from compressc.passes.rows_in_flight import RowsInFlight
 from compressc.passes.thread_map import ThreadMap
 from compressc.passes.vectorize import Vectorize
-from compressc.passes.window_prefetch import WindowPrefetch
 from compressc.specs import default_specs, make_spec
 from compressc.specs.launch import GridRule
 
 C4A = make_spec("c4a")
+TAIL = "vectorize,lower-reduction,plan-smem"  # the passes between thread-map and the window's
 C128_POOL = make_spec("c128a_compress")
 C128_STORE = make_spec("c128a_store")
 INDEXER = make_spec("indexer_fp8")
@@ -139,7 +141,8 @@ def test_the_verifier_rejects_an_illegal_vector_width() -> None:
         verify(module)
 
 
-@pytest.mark.parametrize("name", ["vectorize", "lower-reduction", "plan-smem", "window-prefetch"])
+@pytest.mark.parametrize("name", ["vectorize", "lower-reduction", "plan-smem", "rows-in-flight",
+                                  "page-lookup", "rescale", "smem-stage", "l2-prefetch", "occupancy"])
 def test_a_pass_after_thread_map_refuses_to_run_without_it(name: str) -> None:
     with pytest.raises(PipelineError, match=rf"{name} needs the thread map: run thread-map first, e\.g\. "
                                             rf"-p 'thread-map,{name}'"):
@@ -192,23 +195,27 @@ def test_plan_smem_stacks_two_exchanges() -> None:
     assert (module.get("smem_bytes"), module.get("barriers")) == (3 * 4 * 2 * 512 + 16, 2)
 
 
-# -- window-prefetch -------------------------------------------------------------------------------
-def test_window_prefetch_rows_in_flight() -> None:
+# -- rows-in-flight (the other window passes: tests/test_window_passes.py) -------------------------
+def test_rows_in_flight() -> None:
     def rows_in_flight(spec, pipeline: str) -> int:
         return _sched(_run(spec, pipeline), "cc.window")["rows_in_flight"]
 
-    assert rows_in_flight(C4A, "thread-map,window-prefetch") == 8
-    assert rows_in_flight(C4A, "thread-map{window-split=4},window-prefetch") == 2
-    assert rows_in_flight(C128_POOL, "thread-map,window-prefetch") == 8  # 32 rows per split group
-    rows = _run(C128_POOL, "thread-map,window-prefetch{rows=4}")
+    assert rows_in_flight(C4A, "thread-map,rows-in-flight") == 8
+    assert rows_in_flight(C4A, "thread-map{window-split=4},rows-in-flight") == 2
+    assert rows_in_flight(C128_POOL, "thread-map,rows-in-flight") == 8  # 32 rows per split group
+    rows = _run(C128_POOL, "thread-map,rows-in-flight{rows=4}")
     assert "rows_in_flight = 4" in _line(rows, "cc.window")
-    no_window = _run(C128_STORE, "thread-map,window-prefetch")
+    no_window = _run(C128_STORE, "thread-map,rows-in-flight")
     assert all(op.get("rows_in_flight") is None for op in no_window.ops)
 
 
-def test_window_prefetch_rejects_rows_that_do_not_divide_the_group() -> None:
+def test_rows_in_flight_rejects_rows_that_do_not_divide_the_group() -> None:
+    with pytest.raises(PipelineError, match=r"rows-in-flight rows=3: must divide the 8 window rows each "
+                                            r"split group pools"):
+        _run(C4A, "thread-map,rows-in-flight{rows=3}")
+    module = _run(C4A, "thread-map,rows-in-flight")  # a hand-edited .cir: the verifier's rule
     with pytest.raises(VerifyError, match=r"rows_in_flight=3: must divide the 8 rows each split group pools"):
-        _run(C4A, "thread-map,window-prefetch{rows=3}")
+        verify(module.replace_ops("cc.window", lambda op: op.with_sched(rows_in_flight=3)))
 
 
 # -- all passes ----------------------------------------------------------------------------------------
@@ -226,10 +233,13 @@ def test_passes_only_fill_schedule_fields(spec, pipeline: str) -> None:
 
 def test_every_pass_is_listed_once_with_a_kebab_case_name() -> None:
     names = [p.name for p in ALL_PASSES]
-    assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "window-prefetch",
-                     "quant-convert", "lower-grid"]
-    # lower-grid ends every pipeline by itself; quant-convert is the target's (resolve_pipeline)
-    assert DEFAULT_PIPELINE == ",".join(names[:-2])
+    assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "rows-in-flight",
+                     "page-lookup", "rescale", "smem-stage", "l2-prefetch", "operand-loads", "occupancy",
+                     "cache-hints", "overlap-launch", "quant-convert", "lower-grid"]
+    # lower-grid ends every pipeline by itself; quant-convert is the target's (resolve_pipeline);
+    # the smem stage and the L2 prefetch are off unless named
+    off = {"smem-stage", "l2-prefetch"}
+    assert DEFAULT_PIPELINE == ",".join(n for n in names[:-2] if n not in off)
 
 
 # -- pipeline strings ------------------------------------------------------------------------------------
@@ -244,7 +254,7 @@ def test_pipeline_strings_parse_to_passes_and_spell_back() -> None:
         pipeline_string(parse_pipeline("thread-map{elems-per-lane=0},vectorize{bits=128}"))
         == "thread-map,vectorize"
     )
-    assert parse_pipeline(" window-prefetch{ rows = 2 } ") == [WindowPrefetch(2)]
+    assert parse_pipeline(" rows-in-flight{ rows = 2 } ") == [RowsInFlight(2)]
     assert parse_pipeline("") == []
     assert pipeline_string(parse_pipeline("default")) == DEFAULT_PIPELINE
 
@@ -266,8 +276,9 @@ THREAD_MAP_OPTIONS = ", ".join(f.name.replace("_", "-") for f in dataclasses.fie
         (
             "thread-map,bogus",
             12,
-            "unknown pass 'bogus'; passes: thread-map, vectorize, lower-reduction, "
-            "plan-smem, window-prefetch, quant-convert, lower-grid",
+            "unknown pass 'bogus'; passes: thread-map, vectorize, lower-reduction, plan-smem, "
+            "rows-in-flight, page-lookup, rescale, smem-stage, l2-prefetch, operand-loads, occupancy, "
+            "cache-hints, overlap-launch, quant-convert, lower-grid (alias: window-prefetch)",
         ),
         (
             "thread-map{elems=4}",
@@ -341,7 +352,7 @@ def test_manager_verifies_its_input_first() -> None:
         PassManager([]).run(module)
 
 
-# -- the launch grid and early operand loads (thread-map grid, window-prefetch operands-early) --
+# -- the launch grid and early operand loads (thread-map grid, operand-loads) --
 def _lower(spec_kernel: str, pipeline: str):
     from compressc.ir.from_spec import module_from_spec
     from compressc.passes.manager import PassManager, parse_pipeline
@@ -392,18 +403,20 @@ def test_verifier_rejects_an_impossible_grid():
         verify(module.with_sched(min_ctas_per_sm=64))
 
 
-def test_window_prefetch_issues_epilogue_operands_early_unless_told():
-    early = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch")
+def test_operand_loads_issues_epilogue_operands_early_unless_told():
+    early = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,rows-in-flight,operand-loads")
     assert early.find("cc.rms_norm").get("load") == "early" and early.find("cc.rope").get("load") == "early"
-    late = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,"
-                         "window-prefetch{operands-early=false}")
-    assert late.find("cc.rms_norm").get("load") == "late"
+    late = _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,rows-in-flight,"
+                         "operand-loads{at=late}")
+    assert late.find("cc.rms_norm").get("load") == "late" and late.find("cc.rope").get("load") == "late"
+    with pytest.raises(PipelineError, match="operand-loads at='soon': must be 'early' or 'late'"):
+        parse_pipeline("operand-loads{at=soon}")
 
 
 def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     from compressc.kernels.emitter import emit
 
-    pipeline = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = f"thread-map{{grid=tiled}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     module = _lower("c4a", pipeline)
     text = emit(module, pipeline)
     assert launch_info(module).grid == GridRule("wave", 32) and "# launch:    grid wave:32," in text
@@ -412,14 +425,14 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
     assert "for sweep in cutlass.range((per_cta + 63) // 64, unroll=1):" in text
     assert "sTodo[warp] = Int32(todo)" in text
     assert "for sw_k in cutlass.range(ops.popc(wtodo), unroll=1):" in text
-    one_warp = "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
+    one_warp = f"thread-map{{grid=tiled,elems-per-lane=4}},{TAIL},{DEFAULT_FETCH}"
     text = emit(_lower("indexer_fp8", one_warp), one_warp)  # one warp: blocks of 32 rows
     assert "for blk in cutlass.range((per_cta + 31) // 32, unroll=1):" in text
     # the weight and the cos/sin loads come before the window gather
     assert text.index("rms_norm_weight + cute.assume(col") < text.index("rKV = cute.make_rmem_tensor")
     assert text.index("cos_sin_cache + cute.assume(cs_row") < text.index("rKV = cute.make_rmem_tensor")
-    baseline = ("thread-map{grid=rows},vectorize,lower-reduction,plan-smem,"
-                "window-prefetch{operands-early=false}")
+    baseline = ("thread-map{grid=rows},vectorize,lower-reduction,plan-smem,rows-in-flight,"
+                "operand-loads{at=late}")
     module = _lower("c4a", baseline)
     text = emit(module, baseline)
     assert launch_info(module).grid == GridRule("rows") and "vote_ballot_sync" not in text
@@ -429,7 +442,7 @@ def test_emitted_tiled_kernel_loops_over_its_rows_and_loads_operands_first():
 def test_emitted_runs_kernel_unrolls_its_longest_run():
     from compressc.kernels.emitter import emit
 
-    pipeline = "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = f"thread-map{{grid=runs,rows-per-cta=8}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     module = _lower("c4a", pipeline)
     text = emit(module, pipeline)
     assert launch_info(module).grid == GridRule("runs", 8) and "for i in range_constexpr(8):" in text
@@ -444,13 +457,13 @@ def test_window_page_lookup_one_lane_per_row():
     from compressc.kernels.emitter import emit
 
     tail = "vectorize,lower-reduction,plan-smem"
-    c128 = _lower("c128a_compress", f"thread-map,{tail},window-prefetch")
+    c128 = _lower("c128a_compress", f"thread-map,{tail},{DEFAULT_FETCH}")
     assert c128.find("cc.window").get("page_lookup") == "lane"  # 32 rows per split group
     text = emit(c128, "x")
     assert text.count("mBT[") == text.count("wpage = mBT[") and "ops.shfl_idx(wpage, Int32(k0 + r))" in text
     assert "k0 = chunk * 8" in text  # each batch reads its rows' pages from lanes k0 ..
     # a whole 128-row window in one group is too many rows for the 32 lanes of a warp
-    unsplit = _lower("c128a_compress", f"thread-map{{window-split=1}},{tail},window-prefetch")
+    unsplit = _lower("c128a_compress", f"thread-map{{window-split=1}},{tail},{DEFAULT_FETCH}")
     assert unsplit.find("cc.window").get("page_lookup") == "row"
     with pytest.raises(VerifyError, match="page_lookup='lane': 'lane' needs at most 32 rows per split group"):
         verify(unsplit.replace_ops("cc.window", lambda op: op.with_sched(page_lookup="lane")))
@@ -465,7 +478,7 @@ def test_emit_names_the_missing_pass():
     from compressc.kernels.emitter import emit
 
     pipeline = "thread-map{elems-per-lane=4},vectorize{bits=64},lower-reduction,plan-smem"
-    missing = "cc.window rows_in_flight is unset: emit needs the window-prefetch pass"
+    missing = "cc.window rows_in_flight is unset: emit needs the rows-in-flight pass"
     with pytest.raises(VerifyError, match=missing):
         emit(_lower("c4a", pipeline), pipeline)
 
@@ -473,11 +486,11 @@ def test_emit_names_the_missing_pass():
 _LOOP_PIPELINES = [
     "derived",
     "baseline",
-    "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch",
-    "thread-map{grid=tiled,elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch",
-    "thread-map{grid=runs,rows-per-cta=8},vectorize,lower-reduction,plan-smem,window-prefetch",
-    "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch{stage=smem}",
-    "thread-map{elems-per-lane=4,window-split=2,cluster-split=2},vectorize,lower-reduction,plan-smem,window-prefetch",
+    f"thread-map{{grid=tiled}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}",
+    f"thread-map{{grid=tiled,elems-per-lane=4}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}",
+    f"thread-map{{grid=runs,rows-per-cta=8}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}",
+    "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,rescale{per=row},smem-stage",
+    f"thread-map{{elems-per-lane=4,window-split=2,cluster-split=2}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}",
 ]
 
 
@@ -501,16 +514,16 @@ def test_cluster_split_needs_a_tiled_window_kernel():
         _lower("c4a", "thread-map{grid=runs,cluster-split=2}")
     with pytest.raises(PipelineError, match="cluster-split=2: this kernel has no window to split"):
         _lower("c128a_store", "thread-map{cluster-split=2}")
-    module = _lower("c4a", "thread-map{cluster-split=2},vectorize,lower-reduction,plan-smem,window-prefetch")
+    module = _lower("c4a", f"thread-map{{cluster-split=2}},{TAIL},{DEFAULT_FETCH}")
     assert module.get("grid") == "tiled" and module.find("cc.pool_softmax").get("merge") == "smem"
     assert module.find("cc.window").get("rows_in_flight") == 4  # 8 rows / 2 CTAs
     # rank 0's region holds the 7 peers' partials of a cluster of 8: 3 x 7 x 512 fp32
     eight = _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=1,cluster-split=8},"
-                   "vectorize,lower-reduction,plan-smem,window-prefetch")
+                   f"vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
     assert eight.get("smem_bytes") == 3 * 7 * 512 * 4
     # the CTA's own merge (groups 1..3) and the peers' partials use the same slots, one after the other
     four = _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=4,cluster-split=8},"
-                  "vectorize,lower-reduction,plan-smem,window-prefetch")
+                  f"vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
     assert four.get("smem_bytes") == 3 * 7 * 512 * 4
 
 
@@ -527,7 +540,7 @@ def test_verifier_checks_the_cluster_split():
             "cc.window", lambda op: op.with_sched(rows_in_flight=16)))
     with pytest.raises(VerifyError, match="merge='none': must be 'smem' for window_split=1, cluster_split=2"):
         one = _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=1,cluster-split=2},"
-                     "vectorize,lower-reduction,plan-smem,window-prefetch")
+                     f"vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
         verify(one.replace_ops("cc.pool_softmax", lambda op: op.with_sched(merge="none")))
 
 
@@ -558,7 +571,7 @@ def test_emitted_cluster_kernel_meets_at_two_cluster_barriers_and_stores_from_ra
 
 def test_cluster_kernel_compiles_to_a_cubin_with_cluster_barriers_and_dsmem_stores():
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
     from compressc.kernels.emitter import emit
 
     artifacts = compile_source(emit(_lower("c128a_compress", _CLUSTER), _CLUSTER), "sm_90a")
@@ -572,9 +585,9 @@ def test_cluster_kernel_compiles_to_a_cubin_with_cluster_barriers_and_dsmem_stor
 def test_the_staged_window_refuses_the_c128_kernels():
     from compressc.passes.manager import PipelineError
 
-    with pytest.raises(PipelineError, match="stage=smem needs .*window-split=1"):
+    with pytest.raises(PipelineError, match="smem-stage needs .*window-split=1"):
         _lower("c128a_compress", _STAGED)  # a split 128-row window
-    with pytest.raises(PipelineError, match="stage=smem: the kernel has no window to stage"):
+    with pytest.raises(PipelineError, match="smem-stage: the kernel has no window to stage"):
         _lower("c128a_store", _STAGED)
 
 
@@ -612,11 +625,12 @@ def test_no_row_body_reassigns_a_dynamic_loop_variable(kernel, pipeline):
 def test_tiled_kernel_takes_the_row_grid_path_when_each_cta_has_one_row():
     from compressc.kernels.emitter import emit
 
-    pipeline = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = f"thread-map,vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     text = emit(_lower("c128a_store", pipeline), pipeline)
     fast, tiled = text.index("if ctas >= num_rows:"), text.index("per_cta = (num_rows + ctas - 1) // ctas")
     assert fast < tiled and "row = cta" in text[fast:tiled] and "vote_ballot_sync" not in text[fast:tiled]
-    staged = "thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,window-prefetch{stage=smem}"
+    staged = ("thread-map{grid=tiled},vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,"
+              "rescale{per=row},smem-stage")
     assert "if ctas >= num_rows:" not in emit(_lower("c4a", staged), staged)  # its rows read smem slots
 
 
@@ -637,11 +651,11 @@ def test_overlap_launch_pairs_the_c128a_kernels():
     from compressc.ir.verifier import VerifyError, verify
     from compressc.kernels.emitter import emit
 
-    pipeline = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = f"thread-map,vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     store, compress = _lower("c128a_store", pipeline), _lower("c128a_compress", pipeline)
     assert store.get("grid_dependency") == "wait" and compress.get("grid_dependency") == "trigger"
     assert _lower("c4a", pipeline).get("grid_dependency") is None  # one kernel: nothing of ours to overlap
-    off = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{overlap-launch=false}"
+    off = pipeline.removesuffix(",overlap-launch")
     assert _lower("c128a_store", off).get("grid_dependency") is None
     text = emit(store, pipeline)
     assert launch_info(store).programmatic and "programmatic true" in text
@@ -665,7 +679,7 @@ def test_l2_prefetch_bulk_copies_each_page_run_of_a_c128_window():
     from compressc.passes.manager import PipelineError
 
     pipeline = ("thread-map{elems-per-lane=4,window-split=4},vectorize,lower-reduction,plan-smem,"
-                "window-prefetch{l2-prefetch=true}")
+                "rows-in-flight,page-lookup,rescale,l2-prefetch")
     module = _lower("c128a_compress", pipeline)
     assert module.find("cc.window").get("l2_prefetch") is True
     text = emit(module, pipeline)
@@ -674,14 +688,14 @@ def test_l2_prefetch_bulk_copies_each_page_run_of_a_c128_window():
     assert text.index("wpage = mBT[") < at < text.index("for chunk in cutlass.range(")
     assert "if hlane < 32:" in text and "Int32(run) * 4096)" in text
     with pytest.raises(PipelineError, match="l2-prefetch needs a one-stream window"):
-        _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{l2-prefetch=true}")
+        _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,l2-prefetch")
     with pytest.raises(PipelineError, match=r"l2-prefetch needs lane page lookups"):
         _lower("c128a_compress", "thread-map{elems-per-lane=4,window-split=2},vectorize,lower-reduction,"
-               "plan-smem,window-prefetch{l2-prefetch=true}")
+               "plan-smem,rows-in-flight,page-lookup,l2-prefetch")
     with pytest.raises(VerifyError, match="l2_prefetch=True: needs page_lookup='lane'"):
         verify(module.replace_ops("cc.window", lambda op: op.with_sched(page_lookup="row")))
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     assert compile_source(text, "sm_90a").ptx.count("cp.async.bulk.prefetch.L2.global") == 2  # two row bodies
 
@@ -708,19 +722,21 @@ def test_cache_hints_stream_the_window_and_keep_the_written_rows():
     assert "kv_at = compressed_kv.toint() + (Int64(row) * 512 + col) * 4" in compress
     assert "ops.st_global_v4(kv_at, ops.f32_bits(rX[0]), ops.f32_bits(rX[1]), ops.f32_bits(rX[2]), " \
            "ops.f32_bits(rX[3]), keep=True)" in compress
-    with pytest.raises(PipelineError, match="cache-hints='some': must be 'stream' or 'none'"):
+    with pytest.raises(PipelineError, match="cache-hints='some': must be 'stream' or 'none'"):  # the alias
         _lower("c4a", "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch{cache-hints=some}")
+    with pytest.raises(PipelineError, match="unknown option 'policy' of cache-hints; options: none"):
+        parse_pipeline("cache-hints{policy=stream}")
     with pytest.raises(VerifyError, match="cache_hints='x': must be 'stream'"):
         verify(c4a.with_sched(cache_hints="x"))
 
 
 def test_cache_hints_compile_to_policy_loads_and_stores():
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
     from compressc.kernels.emitter import emit
     from compressc.passes.manager import BASELINE_PIPELINE
 
-    pipeline = "thread-map{elems-per-lane=4},vectorize,lower-reduction,plan-smem,window-prefetch"
+    pipeline = f"thread-map{{elems-per-lane=4}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     ptx = compile_source(emit(_lower("indexer_fp8", pipeline), pipeline), "sm_90a").ptx
     # 4 unrolled row bodies (runs of 4) x 8 window rows x (kv, score): one 128-bit read-once load each
     assert ptx.count("ld.global.L1::no_allocate.L2::cache_hint.v4.f32") == 64

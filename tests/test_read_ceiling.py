@@ -31,7 +31,7 @@ def test_each_pattern_reads_distinct_vectors_inside_its_buffer(pattern):
 
 def test_read_kernels_compile():
     pytest.importorskip("cutlass")
-    from compressc.cache.compile import compile_source
+    from compressc.driver.compile import compile_source
 
     for pattern in PATTERNS:
         ptx = compile_source(kernel_source(pattern), "sm_90a").ptx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -9,17 +10,17 @@ import torch
 from click.testing import CliRunner
 
 from compressc import reference
-from compressc.cache.compile import compile_source
-from compressc.cache.cubin import check_cubin
-from compressc.cache.wanted import spec_of
 from compressc.cli import main
+from compressc.driver.compile import compile_source
+from compressc.driver.cubin import check_cubin
 from compressc.ir import parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
 from compressc.ir.launch import launch_info
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
-from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.packs.wanted import spec_of
+from compressc.passes import PassManager, PipelineError, parse_pipeline, resolve_pipeline
 from compressc.runtime import ops
 from compressc.runtime.resolve import build_command
 from compressc.scenarios_ring import make_ring_scenario
@@ -117,7 +118,8 @@ def test_the_tail_save_op_matches_the_reference_and_skips_minus_one() -> None:
 
 # -- the interpreter of the lowered module -----------------------------------------------------------
 @pytest.mark.parametrize("pipeline", ["default", "baseline", "thread-map{elems-per-lane=4,window-split=2},"
-                                      "vectorize{bits=64},lower-reduction,plan-smem,window-prefetch{rows=2}"])
+                                      "vectorize{bits=64},lower-reduction,plan-smem,rows-in-flight{rows=2},page-lookup,"
+                                      "rescale,operand-loads,occupancy,cache-hints,overlap-launch"])
 @pytest.mark.parametrize("strided", [False, True])
 def test_interpreter_matches_the_reference(pipeline: str, strided: bool) -> None:
     sc = make_ring_scenario([(300, 600), (127, 1), (1000, 200), (50, 90)], capacity=384, dead=(3,),
@@ -180,10 +182,18 @@ def test_the_verifier_keeps_ring_ops_and_schedules_apart() -> None:
         verify(wide)
 
 
-@pytest.mark.parametrize("option", ["page-lookup=lane", "l2-prefetch=true", "stage=smem"])
-def test_window_prefetch_refuses_paged_paths_on_a_ring(option: str) -> None:
-    pipeline = f"thread-map{{grid=tiled}},vectorize,lower-reduction,plan-smem,window-prefetch{{{option}}}"
-    with pytest.raises(Exception, match=f"window-prefetch {option}: a ring window reads one state block"):
+@pytest.mark.parametrize("passes,refused", [
+    ("rows-in-flight,page-lookup{by=lane}", "page-lookup{by=lane}"),
+    ("rows-in-flight,page-lookup,l2-prefetch", "l2-prefetch"),
+    ("rows-in-flight,page-lookup,rescale{per=row},smem-stage", "smem-stage"),
+    # the old spellings (the window-prefetch alias) expand to the same passes
+    ("window-prefetch{page-lookup=lane}", "page-lookup{by=lane}"),
+    ("window-prefetch{l2-prefetch=true}", "l2-prefetch"),
+    ("window-prefetch{stage=smem}", "smem-stage"),
+])
+def test_the_window_passes_refuse_paged_paths_on_a_ring(passes: str, refused: str) -> None:
+    pipeline = f"thread-map{{grid=tiled}},vectorize,lower-reduction,plan-smem,{passes}"
+    with pytest.raises(PipelineError, match=re.escape(f"{refused}: a ring window reads one state block")):
         _lower(RING, pipeline)
 
 

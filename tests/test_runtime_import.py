@@ -29,8 +29,8 @@ values = {p.name: (4096 if p.kind == "ptr" else 1) for p in params}
 keep, kp = pack_args(params, values)
 assert len(kp) == len(params)
 # The key of the build the runtime wants, computed without cutlass (issue 17).
-from compressc.cache.key import canonical_json, hash_ingredients
-from compressc.cache.wanted import wanted_build
+from compressc.driver.key import canonical_json, hash_ingredients
+from compressc.packs.wanted import wanted_build
 want = wanted_build(spec, "sm_90a")
 recorded = dict(want.ingredients, toolchain=TOOLCHAIN)
 key = hash_ingredients(recorded)
@@ -70,7 +70,7 @@ def _manifest_literal() -> str:
 
 def _toolchain() -> dict:
     """The toolchain versions of this machine (what a build here would hash), {} without them."""
-    from compressc.cache.compile import ToolchainError, toolchain_fingerprint
+    from compressc.driver.compile import ToolchainError, toolchain_fingerprint
 
     try:
         return toolchain_fingerprint()
@@ -102,8 +102,8 @@ def test_real_store_works_without_cutlass(tmp_path):
         from compressc.runtime import find_kernel
         from compressc.specs import make_spec
         from compressc.cache.integrity import seal
-        from compressc.cache.key import canonical_json, hash_ingredients
-        from compressc.cache.wanted import wanted_build
+        from compressc.driver.key import canonical_json, hash_ingredients
+        from compressc.packs.wanted import wanted_build
         recorded = dict(wanted_build(make_spec("c4a"), "sm_90a").ingredients, toolchain={_toolchain()!r})
         m = {_manifest_literal()}
         m = seal(dict(m, key=hash_ingredients(recorded), pipeline=recorded["pipeline"]))
@@ -148,7 +148,8 @@ def test_the_runtime_imports_no_compiler_and_no_cli():
     command line, nor cutlass; the cache modules it needs load on the first lookup."""
     script = ("import sys, compressc.runtime\n"
               "heavy = ('cutlass', 'click', 'rich', 'hypothesis', 'compressc.passes', 'compressc.ir',\n"
-              "         'compressc.kernels', 'compressc.cache.build', 'compressc.cli')\n"
+              "         'compressc.kernels', 'compressc.driver.build', 'compressc.driver.plan',\n"
+              "         'compressc.cli')\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n")
     out = _run(script)
     assert out.returncode == 0, out.stderr

@@ -216,7 +216,7 @@ def test_not_found_with_jit_disabled(roots, tmp_path):
 
 def test_not_found_without_build_extra(roots, monkeypatch):
     _, cache = roots
-    monkeypatch.setitem(sys.modules, "compressc.cache.build", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "compressc.driver.build", None)  # import raises ImportError
     with pytest.raises(KernelNotFoundError) as err:
         find_kernel(SPEC, ARCH, pack_roots=[], cache_dir=cache, allow_jit=True, store_factory=FakeStores({}))
     text = str(err.value)

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from compressc.cache import build as build_module
-from compressc.cache import compile as compile_module
-from compressc.cache import wanted
-from compressc.cache.build import build_plans, plan_many
-from compressc.cache.compile import ToolchainError
 from compressc.cache.integrity import seal
 from compressc.cache.store import Entry, Store
-from compressc.cache.wanted import wanted_build
 from compressc.cli import main
+from compressc.driver import compile as compile_module
+from compressc.driver import plan as plan_module
+from compressc.driver.build import build_plans
+from compressc.driver.compile import ToolchainError
+from compressc.driver.plan import plan_many
+from compressc.packs import wanted
+from compressc.packs.wanted import wanted_build
 from compressc.runtime.resolve import KernelNotFoundError, ManifestError, check_image, find_kernel
 from compressc.specs import make_spec
 
@@ -113,9 +114,9 @@ def test_the_baseline_build_does_not_take_the_index(template):
 @pytest.mark.parametrize("ingredient", ["compressc_version", "source_fingerprint"])
 def test_an_upgrade_or_a_source_edit_is_not_served(cache, ingredient, monkeypatch):
     if ingredient == "compressc_version":
-        monkeypatch.setattr(build_module, "__version__", "0.2.0")
+        monkeypatch.setattr(plan_module, "__version__", "0.2.0")
     else:
-        monkeypatch.setattr(build_module, "source_fingerprint", lambda: "f" * 64)
+        monkeypatch.setattr(plan_module, "source_fingerprint", lambda: "f" * 64)
     with pytest.raises(KernelNotFoundError) as err:
         lookup(cache)
     assert "entry rejected" in str(err.value) and f"built with {ingredient} '" in str(err.value)

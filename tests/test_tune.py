@@ -14,12 +14,13 @@ import pytest
 from click.testing import CliRunner
 from no_cutlass import NO_CUTLASS
 
-from compressc.cache.build import plan
 from compressc.cli import main
+from compressc.driver.plan import plan
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.printer import print_module
 from compressc.passes import tuned as tuned_mod
 from compressc.passes.manager import (
+    DEFAULT_FETCH,
     DEFAULT_PIPELINE,
     PassManager,
     parse_pipeline,
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCH = "sm_90a"
 C4A = make_spec("c4a", 512, 64, weight_dtype="bf16")
 DERIVED = pipeline_string(parse_pipeline(DEFAULT_PIPELINE))
-TUNED_C4A = "thread-map{elems-per-lane=4,window-split=2},vectorize,lower-reduction,plan-smem,window-prefetch"
+TUNED_C4A = (f"thread-map{{elems-per-lane=4,window-split=2}},vectorize,lower-reduction,plan-smem,"
+             f"{DEFAULT_FETCH}")
 HAS_BUILD = all(importlib.util.find_spec(m) is not None for m in ("cutlass", "cuda.bindings.nvjitlink"))
 
 
@@ -194,7 +196,7 @@ def test_a_tuned_entry_changes_the_default_key_to_the_tuned_pipelines_key(tmp_pa
 
 def test_apply_refuses_an_illegal_winner_and_a_non_results_file(tmp_path: Path) -> None:
     bad = _results(
-        tmp_path, "thread-map{elems-per-lane=3},vectorize,lower-reduction,plan-smem,window-prefetch"
+        tmp_path, f"thread-map{{elems-per-lane=3}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
     )
     message = _error(_tune("--apply", str(bad), "--data", str(tmp_path / "t.json")))
     assert message.startswith(f"{bad}: the winner of {C4A.variant} is no longer legal (")
@@ -369,6 +371,7 @@ def test_never_slower_allows_the_noise_of_a_short_launch() -> None:
 
 _MEASURE_WITHOUT_CUTLASS = NO_CUTLASS + """
 from compressc.cli import main
+from compressc.passes.manager import DEFAULT_FETCH
 main(["tune", "--measure", sys.argv[1]])
 """
 
@@ -485,10 +488,11 @@ def test_measure_inputs_pack_every_variants_abi_on_the_cpu(monkeypatch) -> None:
 def test_window_kernels_are_also_tried_with_the_softmax_rescaled_row_by_row() -> None:
     from compressc.tune.candidates import row_rescale
 
-    assert row_rescale("thread-map{grid=rows},vectorize,lower-reduction,plan-smem,window-prefetch") == (
-        "thread-map{grid=rows},vectorize,lower-reduction,plan-smem,window-prefetch{rescale=row}")
+    assert row_rescale(f"thread-map{{grid=rows}},vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}") == (
+        "thread-map{grid=rows},vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,rescale{per=row},"
+        "operand-loads,occupancy,cache-hints,overlap-launch")
     found = candidates(C4A, ARCH, 36, {})
-    derived_by_row = row_rescale("thread-map,vectorize,lower-reduction,plan-smem,window-prefetch")
+    derived_by_row = row_rescale(f"thread-map,vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}")
     assert [c.origin for c in found if c.pipeline == derived_by_row] == ["search"]
     by_row = [c for c in found if c.schedule.get("rescale") == "row"]  # also the baseline, smem-staged
     assert "baseline" in {c.origin for c in by_row} and all(" byrow" in c.summary for c in by_row)

@@ -14,6 +14,7 @@ from compressc.ir import Module, Op, fields, parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.verifier import OP_ATTRS, VerifyError, verify
 from compressc.passes import PassManager, parse_pipeline
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.specs import make_spec
 
 C4A = make_spec("c4a")
@@ -272,7 +273,7 @@ def test_op_schedule_rules_name_the_op_and_its_line(op_name: str, sched: dict, m
 
 def test_vector_bits_must_fit_a_short_run() -> None:
     lowered = _lowered(
-        pipeline="thread-map{elems-per-lane=2},vectorize{bits=32},lower-reduction,plan-smem,window-prefetch"
+        pipeline=f"thread-map{{elems-per-lane=2}},vectorize{{bits=32}},lower-reduction,plan-smem,{DEFAULT_FETCH}"
     )
     _fails_in_text(
         _op_sched(lowered, "cc.window", vector_bits=128),

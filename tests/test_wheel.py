@@ -21,11 +21,12 @@ from click.testing import CliRunner
 from no_cutlass import NO_CUTLASS
 
 from compressc import __version__
-from compressc.cache.build import build_plans, plan_many
-from compressc.cache.packs import PackError, TamperedPackError, check_pack
 from compressc.cache.store import Entry, Store
-from compressc.cache.wheel import WheelError, pack_name, write_wheel, zip_time
 from compressc.cli import main
+from compressc.driver.build import build_plans
+from compressc.driver.plan import plan_many
+from compressc.packs.installed import PackError, TamperedPackError, check_pack
+from compressc.packs.wheel import WheelError, pack_name, write_wheel, zip_time
 from compressc.runtime import resolve
 from compressc.runtime.resolve import KernelNotFoundError, find_kernel
 from compressc.specs import make_spec
@@ -105,6 +106,9 @@ def test_wheel_layout_and_metadata(wheel, built):
         assert read(f"{dist}/entry_points.txt").decode() == (
             "[compressc.kernel_packs]\nsm90 = compressc_kernels_sm90:ROOT\n"
         )
+        # an installed pack names no compressc module, so the driver, store and packs may move
+        init = read("compressc_kernels_sm90/__init__.py").decode()
+        assert [line for line in init.splitlines() if line.startswith(("import ", "from "))] == ["import os"]
         pack = json.loads(read("compressc_kernels_sm90/store/pack.json"))
         for e in entries:
             prefix = f"compressc_kernels_sm90/store/{e.key[:2]}/{e.key}"

@@ -1,36 +1,20 @@
-"""Cache keys, the content-addressed store, the AOT compile driver and the cubin reader.
+"""The content-addressed store: entries, manifests, integrity checks, locks, repair, `cache why`.
 
-Importing this package never imports cutlass or cuda-python: the compile driver
-imports them inside its functions, so the runtime can read stores and manifests on a
-machine without the build toolchain.
+The key a store is addressed by is the driver's (compressc/driver/key.py); kernel packs are
+store-shaped directories inside wheels (compressc/packs/). Importing this package never imports
+cutlass or cuda-python, so the runtime reads stores and manifests on a machine without the
+build toolchain.
 """
 
 import importlib
 from typing import Any
 
 # Names are imported on first use (PEP 562): the runtime's pack lookup needs only the
-# store, and importing the compile driver and cubin reader would cost it milliseconds
-# of a cold start.
+# store, and importing the rest would cost it milliseconds of a cold start.
 _HOME = {
     "KNOWN_ARCHS": "arch",
     "arch_to_cc": "arch",
     "normalize_arch": "arch",
-    "Artifacts": "compile",
-    "CompileError": "compile",
-    "Resources": "compile",
-    "ToolchainError": "compile",
-    "build_options": "compile",
-    "compile_many": "compile",
-    "compile_source": "compile",
-    "toolchain": "compile",
-    "toolchain_fingerprint": "compile",
-    "CubinError": "cubin",
-    "CubinInfo": "cubin",
-    "check_cubin": "cubin",
-    "read_cubin": "cubin",
-    "cache_key": "key",
-    "key_ingredients": "key",
-    "source_fingerprint": "key",
     "make_manifest": "manifest",
     "validate_manifest": "manifest",
     "CorruptEntryError": "store",
@@ -50,29 +34,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "KNOWN_ARCHS",
-    "Artifacts",
-    "CompileError",
     "CorruptEntryError",
-    "CubinError",
-    "CubinInfo",
     "Entry",
     "ReadOnlyStoreError",
-    "Resources",
     "Store",
     "StoreError",
-    "ToolchainError",
     "arch_to_cc",
-    "build_options",
-    "cache_key",
-    "check_cubin",
-    "compile_many",
-    "compile_source",
-    "key_ingredients",
     "make_manifest",
     "normalize_arch",
-    "read_cubin",
-    "source_fingerprint",
-    "toolchain",
-    "toolchain_fingerprint",
     "validate_manifest",
 ]

@@ -10,7 +10,7 @@ layout (`cubin_problem`, the check the build makes before publishing).
 
 Generic over the manifest dict: the hashed fields are named in LAUNCH_FIELDS, so a
 typed manifest record only has to keep writing them under the same names.
-Standard library + compressc.cache.key/cubin only: the runtime imports this without cutlass.
+Standard library + compressc.driver.key/cubin only: the runtime imports this without cutlass.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compressc.cache.key import canonical_json, hash_ingredients
+from compressc.driver.key import canonical_json, hash_ingredients
 
 LAUNCH_FIELDS = (
     "key",
@@ -94,8 +94,8 @@ def ingredients_problem(key: str, manifest: dict[str, Any], ingredients: dict[st
 
 def cubin_problem(manifest: dict[str, Any], cubin: bytes) -> str | None:
     """Why the cubin's .nv.info disagrees with the manifest (entry, block, parameters, arch)."""
-    from compressc.cache.cubin import CubinError, check_cubin
     from compressc.cache.manifest import manifest_params
+    from compressc.driver.cubin import CubinError, check_cubin
 
     try:
         params = manifest_params(manifest)

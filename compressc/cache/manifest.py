@@ -21,7 +21,7 @@ from compressc.cache.arch import normalize_arch
 from compressc.specs.abi import CTYPE_SIZE, Param
 
 if TYPE_CHECKING:
-    from compressc.cache.compile import Artifacts
+    from compressc.driver.compile import Artifacts
     from compressc.specs.launch import LaunchInfo
 
 MANIFEST_FORMAT = 1

@@ -75,7 +75,7 @@ def _check_build_extra() -> None:
     """One line naming the pip command when the build toolchain (the `build` extra) is missing."""
     import importlib.util
 
-    from compressc.cache.compile import ToolchainError, toolchain_fingerprint
+    from compressc.driver.compile import ToolchainError, toolchain_fingerprint
 
     for module in ("cutlass", "cuda.bindings.nvjitlink"):
         try:
@@ -158,8 +158,8 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_forma
     archs = _archs(archs)
     specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout)
     _check_build_extra()
-    from compressc.cache.build import plan_many
     from compressc.cache.store import Store
+    from compressc.driver.plan import plan_many
 
     store = Store(out or config.cache_dir, lock_timeout=config.lock_timeout)
     try:
@@ -207,7 +207,7 @@ def _run_with_progress(plans, store, workers, progress_to_stderr: bool = False):
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from compressc.cache.build import build_plans
+    from compressc.driver.build import build_plans
 
     problems = {p.key: store.problem(p.key) for p in plans}
     missing = [p.label for p in plans if problems[p.key]]

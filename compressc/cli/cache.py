@@ -67,8 +67,8 @@ def _dir_size(path: Path) -> int:
 # -- compressc wheel ----------------------------------------------------------------------
 def _indexed(store, manifest, problems: list[str]) -> str | None:
     """The key the runtime's lookup serves from `store` for the manifest's variant@arch."""
-    from compressc.cache.packs import PackStore
-    from compressc.cache.wanted import spec_of
+    from compressc.packs.installed import PackStore
+    from compressc.packs.wanted import spec_of
     from compressc.runtime.resolve import StaleEntryError, served_entry
 
     spec = spec_of(manifest)
@@ -144,7 +144,7 @@ def _entry_row(store, entry) -> dict:
 def _print_entries(root: Path, rows: list[dict]) -> None:
     from rich.table import Table
 
-    from compressc.cache.wheel import format_size
+    from compressc.packs.wheel import format_size
 
     table = Table(title=f"compressc cache {root}", title_justify="left")
     for col in ("variant", "arch", "key", "size", "modified", "index"):
@@ -202,7 +202,7 @@ def cache_verify(repair, cache_dir, as_json):
 def _repair(store) -> None:
     from compressc.cache.repair import repair
     from compressc.cache.store import StoreError
-    from compressc.cache.wanted import is_default_build
+    from compressc.packs.wanted import is_default_build
 
     try:
         actions = repair(store, prefer=is_default_build)
@@ -224,7 +224,7 @@ def cache_prune(max_size, cache_dir):
       compressc cache prune --max-size 0      (same as clear, without asking)
     """
     from compressc.cache.store import Store, StoreError
-    from compressc.cache.wheel import format_size
+    from compressc.packs.wheel import format_size
 
     store = Store(_cache_root(cache_dir))
     before = sum(_dir_size(e.path) for e in store.entries())
@@ -250,7 +250,7 @@ def cache_clear(yes, cache_dir):
       compressc cache clear --yes
     """
     from compressc.cache.store import Store, StoreError
-    from compressc.cache.wheel import format_size
+    from compressc.packs.wheel import format_size
 
     store = Store(_cache_root(cache_dir))
     entries = store.entries()
@@ -285,8 +285,8 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, 
       compressc cache why --spec c4a
       compressc cache why --spec indexer_fp8 --weight-dtype f32 --arch sm100
     """
-    from compressc.cache.key import hash_ingredients
     from compressc.cache.store import Store
+    from compressc.driver.key import hash_ingredients
 
     arch = _archs((arch,))[0]
     spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout)
@@ -317,8 +317,8 @@ def _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=N
 
 
 def _ingredients(spec, arch, pipeline) -> dict:
-    from compressc.cache.build import plan_ingredients
-    from compressc.cache.compile import ToolchainError
+    from compressc.driver.compile import ToolchainError
+    from compressc.driver.plan import plan_ingredients
 
     try:
         return plan_ingredients(spec, arch, pipeline)

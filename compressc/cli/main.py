@@ -15,7 +15,7 @@ from compressc.specs.family import make_spec
 PIPELINE_HELP = (
     "Pass pipeline: 'default' (the tuned schedule of the variant and --arch when "
     "compressc/passes/tuned.json has one, else the derived default), 'derived', 'baseline' or a string like "
-    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,window-prefetch'. "
+    "'thread-map{elems-per-lane=4},vectorize{bits=128},lower-reduction,plan-smem,rows-in-flight{rows=4}'. "
     "Every pass and option: docs/pipeline.md."
 )
 
@@ -154,10 +154,16 @@ def opt(
       vectorize{bits=32|64|128}                    vector width of each global access
       lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
       plan-smem                                    shared-memory slots and barriers
-      window-prefetch{rows=N,operands-early=B,     window rows loaded before first update,
-        page-lookup=auto|lane|row,occupancy=B,     epilogue operands early, page lookups,
-        stage=regs|smem,overlap-launch=B,          .minnctapersm hint, smem-staged window,
-        l2-prefetch=B}                             C128A store under compress, L2 page prefetch
+      rows-in-flight{rows=N}                       window rows loaded before their updates
+      page-lookup{by=auto|lane|row}                who reads the window rows' pages
+      rescale{per=batch|row}                       online-softmax rescale per batch or row
+      smem-stage                                   window staged in smem by cp.async (tiled)
+      l2-prefetch                                  C128 window pages prefetched into L2
+      operand-loads{at=early|late}                 RMS weight and cos/sin loaded early
+      occupancy                                    .minnctapersm hint for an unrolled window
+      cache-hints                                  read-once loads, L2-kept stores
+      overlap-launch                               C128A store launched under compress
+      window-prefetch{...}                         alias of the window passes (pipeline.md §6)
     """
     from compressc.ir import ParseError, parse_module, print_module
     from compressc.ir.from_spec import module_from_spec

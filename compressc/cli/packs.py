@@ -60,10 +60,10 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
       compressc wheel --arch sm90 --arch sm100 --out dist/ --max-size 50MB
       pip install dist/compressc_kernels_sm90-*.whl && compressc inspect
     """
-    from compressc.cache.build import plan_many
     from compressc.cache.store import Entry, Store
-    from compressc.cache.wheel import WheelError, format_size, write_wheel, zip_time
     from compressc.config import Config, ConfigError
+    from compressc.driver.plan import plan_many
+    from compressc.packs.wheel import WheelError, format_size, write_wheel, zip_time
 
     specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout)
     archs = _archs(archs)

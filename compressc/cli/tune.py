@@ -126,7 +126,7 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, as_json, **opts):
     Compiling needs nvidia-cutlass-dsl and measuring needs a GPU, so the search is three
     steps of this command (docs/pipeline.md §7). Candidates per variant (at most
     --limit): the derived default,
-    the baseline, the current tuned entry, then window-prefetch rows 1|2|4|8, one CTA per
+    the baseline, the current tuned entry, then rows-in-flight 1|2|4|8, one CTA per
     row, runs of half and twice the derived run, the run without its .minnctapersm
     occupancy hint, the tiled grid and its longer runs (fewer CTAs per SM), the window
     staged in smem at 8 and 4 elems per lane, thread-map elems-per-lane 2|4|8 x

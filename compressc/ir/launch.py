@@ -41,7 +41,7 @@ def grid_rule(module: Module) -> GridRule:
 
 
 def launch_info(module: Module) -> LaunchInfo:
-    """The launch record of a lowered module (thread-map and window-prefetch have run)."""
+    """The launch record of a lowered module (thread-map and the window passes have run)."""
     if module.attr("kernel") == "csa":  # a fused module (compressc.ir.fused)
         from compressc.ir.fused import fused_launch_info
 

@@ -11,7 +11,7 @@
                                                       (m, l, a) into run_state[write_row], each if >= 0
 
 Schedule: the thread map (thread-map), `vector_bits` (vectorize) on the merge and the store,
-`rows_in_flight` on the merge (window-prefetch: token rows whose loads are issued before the
+`rows_in_flight` on the merge (rows-in-flight: token rows whose loads are issued before the
 first of their updates). The grid is always "rows": one CTA per segment.
 """
 

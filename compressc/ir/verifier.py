@@ -11,6 +11,7 @@ from compressc.ir.kd import KD_ATTRS, NestingError, program
 from compressc.ir.online import ONLINE_ATTRS, online_problem
 from compressc.ir.ring import RING_ATTRS, RING_OP, verify_ring
 from compressc.ir.verify_reductions import verify_hadamard, verify_quant, verify_rms
+from compressc.ir.verify_window import verify_window
 from compressc.specs.abi import CLUSTER_SIZES
 from compressc.specs.errors import SpecError
 from compressc.specs.target import DEFAULT_TARGET, WARP
@@ -314,7 +315,7 @@ def _verify_op_schedule(module: Module, op: Op, elems: int) -> None:
     if op.name == "cc.hadamard":
         verify_hadamard(module, op, elems)
     if op.name == "cc.window":
-        _verify_window(module, op)
+        verify_window(module, op, _fail)
     if op.name == "cc.rms_norm":
         verify_rms(module, op)
     if op.get("load") not in (None, "early", "late"):
@@ -333,63 +334,3 @@ def _verify_op_schedule(module: Module, op: Op, elems: int) -> None:
                     "(run plan-smem after lower-reduction)")
 
 
-def _verify_stage(module: Module, op: Op, window: int, split: int) -> None:
-    """A window staged in smem (window-prefetch stage=smem) and the module's slots agree."""
-    stage, dynamic = op.get("stage"), module.get("smem_dynamic")
-    if stage not in (None, "regs", "smem"):
-        raise _fail(module, op, "stage", stage, "must be 'regs' or 'smem'")
-    if stage != "smem":
-        if dynamic:
-            raise _fail(module, None, "smem_dynamic", dynamic,
-                        "must be 0 unless the window is staged in smem")
-        return
-    elems, threads = int(module.get("elems_per_lane", 0)), int(module.get("threads", 0))  # type: ignore[arg-type]
-    if module.get("grid") != "tiled":
-        raise _fail(module, op, "stage", stage, f"'smem' needs the tiled grid, have {module.get('grid')!r}")
-    if split != 1 or op.get("rows_in_flight") != window or op.get("page_lookup") != "lane":
-        raise _fail(module, op, "stage", stage,
-                    "'smem' needs the whole window in one batch of one group with page_lookup='lane'")
-    if elems % 4:
-        raise _fail(module, op, "stage", stage,
-                    f"'smem' copies 16 bytes: elems_per_lane {elems} must be a multiple of 4")
-    want = 2 * window * 2 * elems * 4 * threads
-    if dynamic != want:
-        raise _fail(module, None, "smem_dynamic", dynamic,
-                    f"must be {want}: two slots of {window} rows x 2 streams x {elems} fp32 "
-                    f"x {threads} threads")
-
-
-def _verify_window(module: Module, op: Op) -> None:
-    split = int(module.get("window_split", 1))  # type: ignore[arg-type]
-    cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
-    window = int(op.attr("window"))  # type: ignore[arg-type]
-    if window % split:
-        raise _fail(module, None, "window_split", split, f"must divide the window of {window} rows")
-    if window % (split * cluster):
-        raise _fail(module, None, "cluster_split", cluster,
-                    f"times window_split {split} must divide the window of {window} rows")
-    per_group = window // (split * cluster)
-    rows = op.get("rows_in_flight")
-    if rows is not None and (int(rows) < 1 or per_group % int(rows)):  # type: ignore[arg-type]
-        raise _fail(module, op, "rows_in_flight", rows,
-                    f"must divide the {per_group} rows each split group pools")
-    lookup = op.get("page_lookup")
-    if lookup is not None and lookup not in ("lane", "row"):
-        raise _fail(module, op, "page_lookup", lookup, "must be 'lane' or 'row'")
-    head_lanes = int(module.get("head_lanes", 0))  # type: ignore[arg-type]
-    if op.get("rescale") not in (None, "batch", "row"):
-        raise _fail(module, op, "rescale", op.get("rescale"), "must be 'batch' or 'row'")
-    if op.get("rescale") == "batch" and op.get("stage") == "smem":
-        raise _fail(module, op, "rescale", "batch",
-                    "the smem-staged window updates row by row (rescale='row')")
-    prefetch = op.get("l2_prefetch")
-    if prefetch not in (None, True):
-        raise _fail(module, op, "l2_prefetch", prefetch, "must be true when set")
-    if prefetch and (lookup != "lane" or window != int(op.attr("ratio"))):  # type: ignore[arg-type]
-        raise _fail(module, op, "l2_prefetch", prefetch,
-                    "needs page_lookup='lane' and a one-stream window (window == ratio)")
-    _verify_stage(module, op, window, split * cluster)
-    if lookup == "lane" and not (per_group <= 32 and head_lanes % 32 == 0):
-        raise _fail(module, op, "page_lookup", lookup,
-                    f"'lane' needs at most 32 rows per split group (have {per_group}) and warps "
-                    f"inside one group (head_lanes {head_lanes} a multiple of 32); use page-lookup=row")

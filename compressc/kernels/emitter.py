@@ -42,10 +42,10 @@ def spec_hash(module: Module) -> str:
 
 # Schedule fields the emitter reads, and the pass that sets each.
 _OP_FIELDS = {
-    "cc.window": (("vector_bits", "vectorize"), ("rows_in_flight", "window-prefetch")),
+    "cc.window": (("vector_bits", "vectorize"), ("rows_in_flight", "rows-in-flight")),
     "cc.rms_norm": (("lane_tree", "lower-reduction"),),
     "cc.quant": (("group_tree", "lower-reduction"),),
-    "cc.online_merge": (("vector_bits", "vectorize"), ("rows_in_flight", "window-prefetch")),
+    "cc.online_merge": (("vector_bits", "vectorize"), ("rows_in_flight", "rows-in-flight")),
 }
 
 

@@ -78,7 +78,7 @@ def _batch_loads(src: Source, module: Module, op: Op, elems: int, rows: int, vec
 
 
 def _stream_loads(src: Source, frag: str, ptr: str, at: str, elems: int, vec: int) -> None:
-    """`frag[:, r]` read once (cache-hints=stream: no L1 allocation, L2 evict_first)."""
+    """`frag[:, r]` read once (cache-hints: no L1 allocation, L2 evict_first)."""
     names = ", ".join(f"v{c}" for c in range(vec))
     for h in range(elems // vec):
         offset = f" + {h * vec}" if h else ""

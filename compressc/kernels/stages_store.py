@@ -142,7 +142,7 @@ def _e2m1_words(src: Source, elems: int, convert: str) -> list[str]:
 
 
 def cache_hinted(module: Module) -> bool:
-    """window-prefetch{cache-hints=stream}: read-once window loads, L2 evict_last stores."""
+    """cache-hints: read-once window loads, L2 evict_last stores."""
     return Schedule.of(module).cache_hints == "stream"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compressc.ir.core import Module
+from compressc.ir.core import Module, Op
+from compressc.ir.ring import is_ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +53,21 @@ def pool_rows_per_group(module: Module) -> int:
         return 0
     parts = int(module.get("window_split", 1)) * int(module.get("cluster_split", 1))  # type: ignore[arg-type]
     return int(window.attr("window")) // parts
+
+
+def window_after(module: Module, pass_name: str, field: str, owner: str) -> Op | None:
+    """The module's cc.window (None: the kernel has none), with `field` already set by the
+    pass `owner`: a pass that builds on another decision says which one is missing."""
+    window = module.find("cc.window")
+    if window is not None and window.get(field) is None:
+        raise ValueError(f"{pass_name} needs the window's {field}: run {owner} first, "
+                         f"e.g. -p '...,{owner},{pass_name}'")
+    return window
+
+
+def refuse_on_ring(module: Module, spelling: str, instead: str) -> None:
+    """A ring window (docs/kernels.md §10) has one state block per request and no pages, so
+    the paged-state paths (lane page lookups, the L2 page prefetch, the smem stage) do not apply."""
+    if is_ring(module):
+        raise ValueError(f"{spelling}: a ring window reads one state block per request, not pages "
+                         f"({instead})")

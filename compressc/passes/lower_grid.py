@@ -28,7 +28,7 @@ def kd(name: str, **attrs: object) -> Op:
 class LowerGrid(ModulePass):
     """Write the kernel's row loop as kernel-dialect ops after the row ops.
 
-    Expects: a fully scheduled module (thread-map .. window-prefetch have run).
+    Expects: a fully scheduled module (thread-map .. the window passes have run).
     Leaves:  the `kd.*` program appended to the ops; nothing else changes. The build
              runs it last on every pipeline (it has no options), so pipeline strings
              need not name it; `compressc opt` prints its result.
@@ -74,7 +74,7 @@ def _require_scheduled(module: Module) -> None:
     window = module.find("cc.window") or module.find("cc.online_merge")
     missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
     if window is not None and window.get("rows_in_flight") is None:
-        missing.append("rows_in_flight (window-prefetch)")
+        missing.append("rows_in_flight (rows-in-flight)")
     if any(op.attr("codec") == "e2m1" and op.get("convert") is None for op in module.iter("cc.quant")):
         missing.append("the e2m1 convert (quant-convert)")
     if missing:

@@ -15,28 +15,45 @@ from compressc.ir.core import Module
 from compressc.ir.printer import print_module
 from compressc.ir.verifier import verify
 from compressc.passes.base import ModulePass
+from compressc.passes.cache_hints import CacheHints
+from compressc.passes.l2_prefetch import L2Prefetch
 from compressc.passes.lower_grid import LowerGrid
 from compressc.passes.lower_reduction import LowerReduction
+from compressc.passes.occupancy import Occupancy
+from compressc.passes.operand_loads import OperandLoads
+from compressc.passes.overlap_launch import OverlapLaunch
+from compressc.passes.page_lookup import PageLookup
 from compressc.passes.plan_smem import PlanSmem
 from compressc.passes.quant_convert import QuantConvert
+from compressc.passes.rescale import Rescale
+from compressc.passes.rows_in_flight import RowsInFlight
+from compressc.passes.smem_stage import SmemStage
 from compressc.passes.thread_map import ThreadMap
 from compressc.passes.tuned import Table, tuned_entry
 from compressc.passes.vectorize import Vectorize
 from compressc.passes.window_prefetch import WindowPrefetch
 from compressc.specs.target import TARGETS
 
+# in pipeline order: each window pass after the decisions it builds on (docs/pipeline.md §6)
 ALL_PASSES: tuple[type[ModulePass], ...] = (
-    ThreadMap, Vectorize, LowerReduction, PlanSmem, WindowPrefetch, QuantConvert, LowerGrid
+    ThreadMap, Vectorize, LowerReduction, PlanSmem,
+    RowsInFlight, PageLookup, Rescale, SmemStage, L2Prefetch, OperandLoads, Occupancy, CacheHints,
+    OverlapLaunch, QuantConvert, LowerGrid,
 )
 PASSES_BY_NAME = {p.name: p for p in ALL_PASSES}
+# names that expand into several passes at parse time (old pipeline strings keep parsing)
+ALIASES = {WindowPrefetch.name: WindowPrefetch}
 
-DEFAULT_PIPELINE = "thread-map,vectorize,lower-reduction,plan-smem,window-prefetch"
+# the window's default fetch: what `window-prefetch` with no options expands to
+DEFAULT_FETCH = "rows-in-flight,page-lookup,rescale,operand-loads,occupancy,cache-hints,overlap-launch"
+DEFAULT_PIPELINE = f"thread-map,vectorize,lower-reduction,plan-smem,{DEFAULT_FETCH}"
 # The schedule a straightforward port would use: 2 fp32 per thread (more only where a
-# quant group would not fit one warp), scalar loads, one row at a time.
+# quant group would not fit one warp), scalar loads, one row at a time, its operands loaded
+# where used, no cache hints, no launch overlap (a CTA per row: no occupancy hint either).
 BASELINE_PIPELINE = (
     "thread-map{elems-per-lane=2,window-split=1,grid=rows},vectorize{bits=32},"
-    "lower-reduction,plan-smem,window-prefetch{rows=1,operands-early=false,page-lookup=row,overlap-launch=false,"
-    "rescale=row,cache-hints=none}"
+    "lower-reduction,plan-smem,rows-in-flight{rows=1},page-lookup{by=row},rescale{per=row},"
+    "operand-loads{at=late}"
 )
 # "default" is the tuned winner of (variant, arch) when passes/tuned.json has one (see
 # resolve_pipeline), else the derived default; "derived" is always the derived default.
@@ -122,11 +139,13 @@ def _convert(value: str, kind: type) -> object:
     return kind(value)
 
 
-def _make_pass(text: str, pos: int, piece: str) -> ModulePass:
+def _make_passes(text: str, pos: int, piece: str) -> list[ModulePass]:
+    """The pass `piece` names, or the passes an alias (window-prefetch) expands to."""
     name, _, opts = piece.strip().partition("{")
-    cls = PASSES_BY_NAME.get(name.strip())
+    cls = PASSES_BY_NAME.get(name.strip()) or ALIASES.get(name.strip())
     if cls is None:
-        raise _fail(text, pos, f"unknown pass {name.strip()!r}; passes: {', '.join(PASSES_BY_NAME)}")
+        raise _fail(text, pos, f"unknown pass {name.strip()!r}; passes: {', '.join(PASSES_BY_NAME)} "
+                               f"(alias: {', '.join(ALIASES)})")
     if opts and not opts.endswith("}"):
         raise _fail(text, pos, f"options of {name!r} must end with '}}'")
     known = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
@@ -143,14 +162,16 @@ def _make_pass(text: str, pos: int, piece: str) -> ModulePass:
             kwargs[f.name] = _convert(value.strip(), type(f.default))
         except ValueError:
             raise _fail(text, pos + piece.find(item), f"bad value {value!r} for {key}") from None
-    try:
-        return cls(**kwargs)
-    except ValueError as err:  # a pass rejecting its option values
+    try:  # a pass (or a pass the alias expands to) rejecting its option values
+        made = cls(**kwargs)
+        return made.expand() if isinstance(made, WindowPrefetch) else [made]
+    except ValueError as err:
         raise _fail(text, pos, f"bad options of {name.strip()}: {err}") from None
 
 
 def parse_pipeline(text: str) -> list[ModulePass]:
-    """Parse `a,b{x=1}` (or a named pipeline: default/derived, baseline) into pass objects.
+    """Parse `a,b{x=1}` (or a named pipeline: default/derived, baseline) into pass objects;
+    the alias `window-prefetch{...}` becomes the window passes it stands for.
 
     Here "default" is the derived default: the tuned choice needs a module and an arch
     (`resolve_pipeline`).
@@ -162,7 +183,7 @@ def parse_pipeline(text: str) -> list[ModulePass]:
         return [PerPart.parse(text)]
     if not text.strip():
         return []
-    return [_make_pass(text, pos, piece) for pos, piece in _split_top(text)]
+    return [p for pos, piece in _split_top(text) for p in _make_passes(text, pos, piece)]
 
 
 def pipeline_string(passes: list[ModulePass]) -> str:
@@ -173,10 +194,10 @@ def pipeline_string(passes: list[ModulePass]) -> str:
 
 def with_final_lowering(passes: list[ModulePass]) -> list[ModulePass]:
     """`passes`, then lower-grid where they complete the schedule (plan-smem and
-    window-prefetch) and do not lower the grid themselves: the row loop is always the kernel
+    rows-in-flight) and do not lower the grid themselves: the row loop is always the kernel
     dialect's."""
     kinds = {type(p) for p in passes}
-    if LowerGrid in kinds or not {WindowPrefetch, PlanSmem} <= kinds:
+    if LowerGrid in kinds or not {RowsInFlight, PlanSmem} <= kinds:
         return list(passes)
     return [*passes, LowerGrid()]
 

@@ -112,7 +112,7 @@ def build_command(spec: KernelSpec, arch: str, pipeline: str = "default") -> str
 
 def kernel_wheel(arch: str) -> str:
     """The kernel-pack distribution that ships `arch`'s kernels ("compressc-kernels-sm90")."""
-    from compressc.cache.wheel import pack_name
+    from compressc.packs.wheel import pack_name
 
     try:
         return pack_name([arch]).dist
@@ -137,8 +137,8 @@ def iter_pack_roots() -> list[Path]:
 
 
 def _checked_pack(root: Path) -> Path:
-    """`root`, after checking its pack index allows this compressc version (cache/packs.py)."""
-    from compressc.cache.packs import check_pack
+    """`root`, after checking its pack index allows this compressc version (packs/installed.py)."""
+    from compressc.packs.installed import check_pack
 
     check_pack(root)
     return root
@@ -229,8 +229,8 @@ def open_store(root: Path, readonly: bool = True) -> Any:
     A root with a pack index (pack.json) opens as a PackStore, whose tampered entries
     raise TamperedPackError naming the pack and the file instead of being misses.
     """
-    from compressc.cache.packs import PackStore, is_pack
     from compressc.cache.store import Store
+    from compressc.packs.installed import PackStore, is_pack
 
     return PackStore(root) if is_pack(root) else Store(root, readonly=readonly)
 
@@ -249,7 +249,7 @@ def find_kernel(
     """The kernel image of `spec` for `arch`, searched in the order of docs/architecture.md §4.
 
     Arguments left as None come from the installed packs and `runtime_settings()`;
-    `builder` defaults to `compressc.cache.build.build_one` when it can be imported.
+    `builder` defaults to `compressc.driver.build.build_one` when it can be imported.
     `pipeline`: the build to serve (the ops always serve "default"; benchmarks ask for
     "baseline" or "derived" builds by name).
     """
@@ -298,7 +298,7 @@ def served_entry(store: Any, spec: KernelSpec, arch: str, *, pack: bool, pipelin
     the entry the index names, and (no toolchain here) any entry of the variant@arch.
     StaleEntryError, naming what differs, when there are candidates but none is wanted.
     """
-    from compressc.cache.wanted import packed_wanted, stale_reason, wanted_build
+    from compressc.packs.wanted import packed_wanted, stale_reason, wanted_build
 
     # a pack records what this compressc serves (when it is this compressc): no compiler import
     want = packed_wanted(store.root, spec, arch, pipeline) if pack and hasattr(store, "root") else None
@@ -363,10 +363,10 @@ def _jit_or_raise(
 
 
 def _default_builder(cache_dir: Path, pipeline: str = "default") -> Callable[[KernelSpec, str], Any]:
-    """compressc.cache.build.build_one, publishing into the user cache searched above; it waits
+    """compressc.driver.build.build_one, publishing into the user cache searched above; it waits
     COMPRESSC_LOCK_TIMEOUT seconds at most for another process building the same kernel."""
-    from compressc.cache.build import build_one
     from compressc.config import Config
+    from compressc.driver.build import build_one
 
     def build(spec: KernelSpec, arch: str) -> Any:
         store = open_store(cache_dir, readonly=False)
@@ -379,7 +379,7 @@ def _default_builder(cache_dir: Path, pipeline: str = "default") -> Callable[[Ke
 def _build_unavailable_errors() -> tuple[type[Exception], ...]:
     """What a JIT build raises when its toolchain (CuTe DSL) is not installed."""
     try:
-        from compressc.cache.compile import ToolchainError
+        from compressc.driver.compile import ToolchainError
     except ImportError:
         return (ImportError,)
     return (ImportError, ToolchainError)

@@ -1,7 +1,7 @@
 """The schedules `compressc tune` measures for one variant: legal, distinct, at most --limit.
 
-Where a pass has a choice (thread-map elems-per-lane and window-split, window-prefetch
-rows, thread-map grid) a pipeline string picks it. The list always starts with the
+Where a pass has a choice (thread-map elems-per-lane and window-split, rows-in-flight
+rows, thread-map grid, the window passes present) a pipeline string picks it. The list always starts with the
 derived default and the baseline (and the current tuned entry, if any), then the rows
 in flight around the derived schedule, then one CTA per row instead of the tiled grid,
 then the (elems-per-lane, window-split) grid nearest the derived schedule first (the
@@ -23,6 +23,7 @@ from compressc.ir.from_spec import module_from_spec
 from compressc.ir.printer import print_module
 from compressc.ir.verifier import VerifyError
 from compressc.passes.manager import (
+    DEFAULT_FETCH,
     DEFAULT_PIPELINE,
     PassManager,
     PipelineError,
@@ -30,7 +31,7 @@ from compressc.passes.manager import (
     pipeline_string,
     resolve_pipeline,
 )
-from compressc.passes.window_prefetch import WindowPrefetch
+from compressc.passes.rescale import Rescale
 from compressc.specs.family import KernelSpec
 
 MAX_CANDIDATES = 36
@@ -38,6 +39,11 @@ ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
 TAIL = "vectorize{bits=128},lower-reduction,plan-smem"
+# the derived window passes with one decision changed: the window staged in smem (read back
+# row by row), prefetched into L2, or without the .minnctapersm occupancy hint
+STAGED = DEFAULT_FETCH.replace("rescale,", "rescale{per=row},smem-stage,")
+L2_PREFETCHED = DEFAULT_FETCH.replace("rescale,", "rescale,l2-prefetch,")
+NO_OCCUPANCY = DEFAULT_FETCH.replace("occupancy,", "")
 L2_MAPS = ((4, 4), (8, 4), (2, 4))  # (elems per lane, window split) with 32-row groups: lane lookups
 CLUSTER_SPLIT = (2, 4, 8)
 # (elems per lane, window split, rows in flight) tried with each cluster split: the DSMEM
@@ -109,43 +115,45 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
                 pass
     if windowed:
         for rows in PREFETCH_ROWS:
-            yield "search", f"thread-map,{TAIL},window-prefetch{{rows={rows}}}"
-    yield "search", f"thread-map{{grid=rows}},{TAIL},window-prefetch"
+            yield "search", f"thread-map,{TAIL},{in_flight(rows)}"
+    yield "search", f"thread-map{{grid=rows}},{TAIL},{DEFAULT_FETCH}"
     if derived.get("grid") == "runs":
         run = int(derived.get("rows_per_cta"))  # type: ignore[arg-type]
         for other in (run // 2, run * 2):
             if 1 <= other <= 32:
-                yield "search", f"thread-map{{grid=runs,rows-per-cta={other}}},{TAIL},window-prefetch"
-        yield "search", f"thread-map{{grid=runs}},{TAIL},window-prefetch{{occupancy=false}}"
-        yield "search", f"thread-map{{grid=tiled}},{TAIL},window-prefetch"
+                yield "search", f"thread-map{{grid=runs,rows-per-cta={other}}},{TAIL},{DEFAULT_FETCH}"
+        yield "search", f"thread-map{{grid=runs}},{TAIL},{NO_OCCUPANCY}"
+        yield "search", f"thread-map{{grid=tiled}},{TAIL},{DEFAULT_FETCH}"
         for elems in (8, 4):  # the window staged in smem, pipelined across a CTA's rows
-            staged = f"thread-map{{grid=tiled,elems-per-lane={elems}}},{TAIL},window-prefetch{{stage=smem}}"
-            yield "search", staged
+            yield "search", f"thread-map{{grid=tiled,elems-per-lane={elems}}},{TAIL},{STAGED}"
     tiled = derived if derived.get("grid") == "tiled" else _lower(module, f"thread-map{{grid=tiled}},{TAIL}")
     per_sm = int(tiled.get("ctas_per_sm") or 0) if tiled is not None else 0  # type: ignore[arg-type]
     for fewer in (per_sm // 4, per_sm // 2):  # longer runs of rows per CTA
         if fewer >= 1:
-            yield "search", f"thread-map{{ctas-per-sm={fewer}}},{TAIL},window-prefetch"
+            yield "search", f"thread-map{{ctas-per-sm={fewer}}},{TAIL},{DEFAULT_FETCH}"
     elems, split = derived.get("elems_per_lane"), derived.get("window_split")
     grid = product(ELEMS_PER_LANE, WINDOW_SPLIT if windowed else (1,))
     for e, w in sorted(grid, key=lambda ew: ((ew[0] != elems) + (ew[1] != split), -ew[0], ew[1])):
         options = f"elems-per-lane={e}" + (f",window-split={w}" if windowed else "")
-        yield "search", f"thread-map{{{options}}},{TAIL},window-prefetch"
+        yield "search", f"thread-map{{{options}}},{TAIL},{DEFAULT_FETCH}"
     if derived.get("grid") == "tiled" and windowed:
         # a long window (C128): each page's run of rows prefetched into L2 up front
         for e, w in L2_MAPS:
-            yield "search", (f"thread-map{{elems-per-lane={e},window-split={w}}},{TAIL},"
-                             "window-prefetch{l2-prefetch=true}")
+            yield "search", f"thread-map{{elems-per-lane={e},window-split={w}}},{TAIL},{L2_PREFETCHED}"
         # a long window (C128) pooled by a cluster of CTAs on as many SMs
         for cluster, (e, w, rows) in product(CLUSTER_SPLIT, CLUSTER_MAPS):
             yield "search", (f"thread-map{{elems-per-lane={e},window-split={w},cluster-split={cluster}}},"
-                             f"{TAIL},window-prefetch{{rows={rows}}}")
+                             f"{TAIL},{in_flight(rows)}")
+
+
+def in_flight(rows: int) -> str:
+    """The derived window passes with `rows` window rows in flight."""
+    return DEFAULT_FETCH.replace("rows-in-flight", f"rows-in-flight{{rows={rows}}}", 1)
 
 
 def row_rescale(pipeline: str) -> str:
-    """`pipeline` with window-prefetch rescaling the softmax row by row."""
-    passes = [replace(p, rescale="row") if isinstance(p, WindowPrefetch) else p
-              for p in parse_pipeline(pipeline)]
+    """`pipeline` with the softmax rescaled row by row (`rescale{per=row}`)."""
+    passes = [replace(p, per="row") if isinstance(p, Rescale) else p for p in parse_pipeline(pipeline)]
     return pipeline_string(passes)
 
 

@@ -33,10 +33,11 @@ def prepare(
 ) -> dict:
     """Enumerate, plan and build the candidates of `specs` for `arch`; write and return the plan."""
     from compressc.cache.arch import normalize_arch
-    from compressc.cache.build import build_plans, plan
-    from compressc.cache.compile import toolchain_fingerprint
-    from compressc.cache.key import source_fingerprint
     from compressc.cache.store import Store
+    from compressc.driver.build import build_plans
+    from compressc.driver.compile import toolchain_fingerprint
+    from compressc.driver.key import source_fingerprint
+    from compressc.driver.plan import plan
     from compressc.passes.tuned import load_tuned
 
     arch = normalize_arch(arch)

@@ -2,7 +2,7 @@
 record an out-of-range row, eagerly and inside a CUDA graph (docs/kernels.md §3, "Checked builds").
 
 Needs the checked builds in the cache the runtime reads (see benchmarks/NOTES.md, issue 17):
-  python -c "from pathlib import Path; from compressc.cache.build import build_one; \
+  python -c "from pathlib import Path; from compressc.driver.build import build_one; \
 from compressc.cache.store import Store; from compressc.specs import make_spec; \
 [build_one(make_spec(k, bounds=True), 'sm_90a', store=Store(Path('build/kernels'))) for k in ('c4a',)]"
 """

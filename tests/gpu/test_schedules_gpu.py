@@ -1,7 +1,7 @@
 """GPU tests of schedules the tuner may pick but the shipped defaults do not use.
 
 Covered: a thread-block cluster pooling one window (`thread-map{cluster-split}`, DSMEM merge,
-cluster launch) and the window prefetched into L2 (`window-prefetch{l2-prefetch}`). Their
+cluster launch) and the window prefetched into L2 (the `l2-prefetch` pass). Their
 kernels are built on the build host into a directory of their own and carried over:
 
     python tests/gpu/test_schedules_gpu.py build/kernels-schedules        (build host, cutlass)
@@ -25,11 +25,13 @@ import pytest
 import torch
 from test_ops_gpu import _assert_same_bytes, _c128a_args, _c128a_case, _c128a_reference, _run_fused, _seed
 
-from compressc.passes.manager import parse_pipeline, pipeline_string
+from compressc.passes.manager import DEFAULT_FETCH, parse_pipeline, pipeline_string
 from compressc.runtime import loader, ops
 from compressc.runtime.resolve import KernelImage, check_manifest
 from compressc.scenarios import make_scenario
 from compressc.specs import make_spec
+
+AFTER_ROWS = DEFAULT_FETCH.removeprefix("rows-in-flight,")  # the window passes after it
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -38,15 +40,15 @@ TAIL = "vectorize,lower-reduction,plan-smem"
 SCHEDULES = [
     # clusters of 4, two split groups a CTA: both merges, a 2-chunk loop per group
     ("c128a_compress", f"thread-map{{elems-per-lane=4,window-split=2,cluster-split=4}},{TAIL},"
-                       "window-prefetch"),
+                       f"{DEFAULT_FETCH}"),
     # clusters of 8, one group a CTA: seven peers' slots in rank 0's smem
     ("c128a_compress", f"thread-map{{elems-per-lane=4,window-split=1,cluster-split=8}},{TAIL},"
-                       "window-prefetch{rows=4}"),
+                       f"rows-in-flight{{rows=4}},{AFTER_ROWS}"),
     # C4A on clusters of 2: rank 0's half of the window is absent at a sequence start
-    ("c4a", f"thread-map{{grid=tiled,cluster-split=2}},{TAIL},window-prefetch"),
+    ("c4a", f"thread-map{{grid=tiled,cluster-split=2}},{TAIL},{DEFAULT_FETCH}"),
     # each page run of the window bulk-prefetched into L2
     ("c128a_compress", f"thread-map{{elems-per-lane=4,window-split=4}},{TAIL},"
-                       "window-prefetch{l2-prefetch=true}"),
+                       f"{DEFAULT_FETCH.replace('rescale,', 'rescale,l2-prefetch,')}"),
 ]
 WEIGHT = {"c128a_compress": "f32", "c4a": "bf16"}  # the variants the ops launch
 DEFAULT_DIR = Path("build/kernels-schedules")

@@ -118,7 +118,7 @@ def check_flavor(ir_library: str) -> str:
         raise ToolchainError(
             f"CuTe DSL loaded its {flavor} flavour ({ir_library}); compressc builds with {FLAVOR} only "
             f"(NVVM/ptxas 13.4). The DSL picks cu12 when the host driver is CUDA 12.x: import "
-            f"compressc.cache.compile before cutlass in a fresh process (it pins {FLAVOR}), and make sure "
+            f"compressc.driver.compile before cutlass in a fresh process (it pins {FLAVOR}), and make sure "
             f"it is installed: {_PIP_HINT}"
         )
     return flavor

@@ -17,7 +17,7 @@ from compressc.cache.arch import normalize_arch
 
 KEY_FORMAT = 1
 # Compiler sources whose bytes decide what a build emits (relative to the package root).
-COMPILER_SOURCES = ("ir", "passes", "kernels", "specs", "cache/compile.py")
+COMPILER_SOURCES = ("ir", "passes", "kernels", "specs", "driver/compile.py")
 
 
 def key_ingredients(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from compressc.cache.integrity import KEY_FILE
-from compressc.cache.key import canonical_json, hash_ingredients, source_fingerprint
+from compressc.driver.key import canonical_json, hash_ingredients, source_fingerprint
 from compressc.specs.family import KernelSpec
 
 WANTED_FILE = "wanted.json"
@@ -51,8 +51,8 @@ class Wanted:
 @cache
 def wanted_build(spec: KernelSpec, arch: str, pipeline: str = "default") -> Wanted:
     """The `pipeline` build of (spec, arch); cached: a process serves one source tree."""
-    from compressc.cache.build import plan_ingredients
-    from compressc.cache.compile import ToolchainError, toolchain_fingerprint
+    from compressc.driver.compile import ToolchainError, toolchain_fingerprint
+    from compressc.driver.plan import plan_ingredients
 
     try:
         toolchain = toolchain_fingerprint()

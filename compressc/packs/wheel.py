@@ -4,7 +4,7 @@
 wheel serves x86-64 and aarch64 hosts) holds:
 
   compressc_kernels_sm90/__init__.py        ROOT = <the store directory below>, NAME, ARCHS
-  compressc_kernels_sm90/store/pack.json    the pack index (compressc.cache.packs)
+  compressc_kernels_sm90/store/pack.json    the pack index (compressc.packs.installed)
   compressc_kernels_sm90/store/index/<variant>@<arch>.json
   compressc_kernels_sm90/store/<key[:2]>/<key>/manifest.json, kernel.cubin, stage texts
   compressc_kernels_sm90-0.1.0.dist-info/   METADATA (Requires-Dist: compressc==0.1.0), WHEEL,
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from compressc import __version__
 from compressc.cache.arch import normalize_arch, sm_number
-from compressc.cache.packs import ENTRY_POINT_GROUP, PACK_FILE, make_pack_info
 from compressc.cache.store import KERNEL_SOURCE, LEGACY_KERNEL_SOURCE, MANIFEST, Entry
-from compressc.cache.wanted import WANTED_FILE, spec_of, wanted_file
+from compressc.packs.installed import ENTRY_POINT_GROUP, PACK_FILE, make_pack_info
+from compressc.packs.wanted import WANTED_FILE, spec_of, wanted_file
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can record
 _FILE_MODE = 0o100644 << 16  # regular file, rw-r--r--
@@ -120,7 +120,7 @@ def pack_files(
 
 
 def _wanted(entries: Sequence[Entry]) -> dict:
-    """wanted.json: the default builds of the packed entries' variants (cache/wanted.py)."""
+    """wanted.json: the default builds of the packed entries' variants (packs/wanted.py)."""
     labels = [(spec_of(e.manifest), e.manifest["arch"]) for e in entries]
     return wanted_file([(spec, arch) for spec, arch in labels if spec is not None])
 
