@@ -15,20 +15,7 @@ import torch
 
 from compressc.scenarios import SENTINEL, Scenario, make_scenario
 from compressc.specs import KernelSpec
-from compressc.specs.csa import PART_NAMES, parts
-
-_OP_ARGS = (
-    "state_cache",
-    "slot_mapping",
-    "block_table",
-    "block_size",
-    "rms_norm_weight",
-    "rms_norm_eps",
-    "cos_sin_cache",
-    "k_cache",
-    "kv_slot_mapping",
-    "kv_cache_block_size",
-)
+from compressc.specs.csa import PART_ARGS, PART_NAMES, parts
 
 
 @dataclass
@@ -59,7 +46,7 @@ class CsaScenario:
         out = {"token_to_req_indices": self.main.token_to_req_indices, "positions": self.main.positions}
         caches = (main_cache, indexer_cache)
         for name, s, cache in zip(PART_NAMES, self.scenarios, caches, strict=True):
-            values = {a: getattr(s, a) for a in _OP_ARGS}
+            values = {a: getattr(s, a) for a in PART_ARGS}
             values["k_cache"] = s.typed(s.k_cache if cache is None else cache)
             out |= {f"{name}_{a}": v for a, v in values.items()}
         out["main_cache_format"] = self.spec.cache_format

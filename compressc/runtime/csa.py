@@ -22,23 +22,11 @@ from compressc.runtime.ops import _launch_checked, debug_checks, kernel_for
 from compressc.runtime.validate import check_device, nonempty, row_values, state_values, store_values
 from compressc.runtime.validate import weight_dtype_name as _weight_name
 from compressc.specs.abi import abi
-from compressc.specs.csa import INDEXERS, PART_NAMES, bound_name, parts
+from compressc.specs.csa import INDEXERS, PART_ARGS, PART_NAMES, bound_name, parts
 from compressc.specs.errors import SpecError
 from compressc.specs.family import make_spec
 from compressc.specs.formats import formats_for
 
-PART_ARGS = (
-    "state_cache",
-    "slot_mapping",
-    "block_table",
-    "block_size",
-    "rms_norm_weight",
-    "rms_norm_eps",
-    "cos_sin_cache",
-    "k_cache",
-    "kv_slot_mapping",
-    "kv_cache_block_size",
-)
 # the per-step values patched into a prepared launch (pointers, then counts)
 CSA_STEP = (
     "token_to_req_indices",

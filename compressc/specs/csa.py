@@ -22,6 +22,19 @@ from compressc.specs.formats import formats_for
 
 INDEXERS = ("indexer_fp8", "indexer_mxfp4")
 PART_NAMES = ("main", "indexer")
+# the arguments each part of the fused op takes, prefixed main_ / indexer_ (the single op's own)
+PART_ARGS = (
+    "state_cache",
+    "slot_mapping",
+    "block_table",
+    "block_size",
+    "rms_norm_weight",
+    "rms_norm_eps",
+    "cos_sin_cache",
+    "k_cache",
+    "kv_slot_mapping",
+    "kv_cache_block_size",
+)
 # parameters of both parts that are one fused parameter (the same tensor in both vLLM calls)
 SHARED = ("token_to_req_indices", "positions", "num_rows", "num_positions")
 
