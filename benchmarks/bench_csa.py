@@ -6,8 +6,11 @@ For each case (`csa`: packed main cache + fp8 indexer; `csa_full_bf16`, `csa_ful
 `csa_mxfp4`), on the same inputs (one CsaScenario: the same tokens, two state pools rotated
 as bench.py rotates one) it times three impls, eager and inside one CUDA graph:
 
+- `served`: what `ops.compress_csa` launches at this T (a copy of the `fused` row up to
+  `compressc.runtime.csa.FUSED_MAX_T` rows, else of `separate`);
 - `fused`: the csa kernel, one launch;
 - `separate`: the c4a kernel then the indexer kernel, as an engine calls them today;
+- `fused_before`: with `--before DIR`, DIR's csa build of the same variant (another schedule);
 - `c4a`: the c4a launch alone (the target: fused <= 1.3x of it in a graph at T <= 512).
 
 Targets (issue 16 item 2): graph_us(fused) <= 1.3 * graph_us(c4a) for T <= 512, and
@@ -19,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from compressc.runtime.args import pack_args
-from compressc.runtime.csa import checked_csa
+from compressc.runtime.csa import FUSED_MAX_T, checked_csa
 from compressc.scenarios_csa import csa_scenario
 from compressc.specs.abi import abi
 from compressc.specs.family import make_spec
@@ -51,19 +54,26 @@ def run_csa_case(bench, case, copy: float, max_pool: int) -> list[dict]:
     ]
     n = min(len(single[0]), len(single[1]))
     separate = [lambda a=single[0][k], b=single[1][k]: (a(), b()) for k in range(n)]
-    fused = _fused_calls(bench, spec, sc, pools, outs, n)
+    fused = _fused_calls(bench, "compressc", spec, sc, pools, outs, n)
     nbytes = sum(sizes)
     rows = [
         timed_row(bench, case, "fused", fused, nbytes, copy, graph=True),
+        *(  # an earlier (or another schedule's) csa build beside it, found by variant (--before)
+            [timed_row(bench, case, "fused_before", _fused_calls(bench, "before", spec, sc, pools, outs, n),
+                       nbytes, copy, graph=True)]
+            if "before" in bench.dirs else []
+        ),
         timed_row(bench, case, "separate", separate, nbytes, copy, graph=True),
         timed_row(bench, case, "c4a", single[0], sizes[0], copy, graph=True),
     ]
+    # what ops.compress_csa launches at this T (fused up to FUSED_MAX_T rows, else the two)
+    rows.insert(0, rows[0 if case.T <= FUSED_MAX_T else 1 + ("before" in bench.dirs)] | {"impl": "served"})
     del pools, outs, single, separate, fused
     torch.cuda.empty_cache()
     return rows
 
 
-def _fused_calls(bench, spec, sc, pools, outs, n: int) -> list:
+def _fused_calls(bench, impl: str, spec, sc, pools, outs, n: int) -> list:
     """The fused kernel's launches over the same rotated page tables as the separate calls."""
     kwargs = sc.op_kwargs(*outs)
     args = {
@@ -74,7 +84,7 @@ def _fused_calls(bench, spec, sc, pools, outs, n: int) -> list:
     if spec.cache_format == "full_fp8":
         args["main_fp8_scale"] = torch.ones(1, device="cuda")
     values, _, _ = checked_csa(args, (spec.cache_format, spec.indexer, spec.rotate))
-    kernel, params = bench.kernel("compressc", spec), abi(spec)
+    kernel, params = bench.kernel(impl, spec), abi(spec)
     calls = []
     for k in range(n):
         v = values | {

@@ -27,7 +27,7 @@ from compressc.passes.manager import (
     pipeline_string,
     resolve_pipeline,
 )
-from compressc.runtime import ops
+from compressc.runtime import csa, ops
 from compressc.scenarios import SENTINEL
 from compressc.scenarios_csa import csa_scenario
 from compressc.specs import SpecError, default_specs, make_spec
@@ -319,6 +319,29 @@ def test_runtime_names_each_bad_argument(monkeypatch, over, error, text):
         kwargs[name] = changes[value](kwargs[name]) if value in changes else value
     with pytest.raises(error, match=text):
         ops.compress_csa(**kwargs)
+
+
+def test_above_fused_max_t_the_parts_launch_with_their_fused_values(monkeypatch):
+    """Up to FUSED_MAX_T rows one fused launch; above, the c4a then the indexer kernel, each
+    parameter bound to the fused value of its part (the same values, the same step buffer)."""
+    monkeypatch.setattr(csa, "check_device", lambda tensors: torch.device("cuda", 0))
+    kwargs = _kwargs()
+    options = ("main_cache_format", "indexer_kernel", "indexer_rotate")
+    args = {k: v for k, v in kwargs.items() if k not in options}
+    checked = csa.checked_csa(args, ("full_fp8", "indexer_fp8", False))
+    spec = checked[2][0]
+    monkeypatch.setattr(csa, "FUSED_MAX_T", 20)
+    values, _, launches = csa._launches(checked)
+    assert [s for s, _ in launches] == [spec] and launches[0][1] == abi(spec)
+    monkeypatch.setattr(csa, "FUSED_MAX_T", 19)
+    values, _, launches = csa._launches(checked)
+    assert [s.kernel for s, _ in launches] == ["c4a", "indexer_fp8"]
+    assert launches[0][0].cache_format == "full_fp8"
+    for (part, bound), name in zip(launches, ("main", "indexer"), strict=True):
+        assert [p.name for p in abi(part)] == [b.name.removeprefix(f"{name}_") for b in bound]
+        assert {b.name for b in bound} <= set(values)
+    shared = {b.name for b in launches[0][1]} & {b.name for b in launches[1][1]}
+    assert shared == {"token_to_req_indices", "positions", "num_rows", "num_positions"}
 
 
 def test_csa_arguments_maps_two_separate_calls():

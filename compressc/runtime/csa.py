@@ -7,10 +7,17 @@ layer, each prefixed with its part (`main_*`, `indexer_*`), and the two they sha
 theirs (`compressc.runtime.validate`), before any lookup, build or launch; an error names
 the fused op's argument (`indexer_block_table must ...`). Then one signature-cached launch,
 as the single ops make (`compressc.runtime.fastpath`); capture-safe (no host sync).
+
+Above FUSED_MAX_T rows the same prepared launch is the two single kernels (c4a, then the
+indexer) instead: measured on the H200 (benchmarks/NOTES.md, session 8) the fused kernel is
+ahead of the two launches up to T = 1024 and behind from T = 2048 (its registers are the
+larger part's, 118, which halves the C4A part's resident CTAs once every SM is busy). The
+choice is made from T alone, so a CUDA graph captures one of the two, as the host picks it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from threading import get_ident as _thread_id
@@ -18,10 +25,10 @@ from threading import get_ident as _thread_id
 import torch
 
 from compressc.runtime.fastpath import Prepared, SignatureCache, cacheable_index
-from compressc.runtime.ops import _launch_checked, debug_checks, kernel_for
+from compressc.runtime.ops import _launch, _launch_checked, debug_checks, kernel_for
 from compressc.runtime.validate import check_device, nonempty, row_values, state_values, store_values
 from compressc.runtime.validate import weight_dtype_name as _weight_name
-from compressc.specs.abi import abi
+from compressc.specs.abi import Param, abi
 from compressc.specs.csa import INDEXERS, PART_ARGS, PART_NAMES, bound_name, parts
 from compressc.specs.errors import SpecError
 from compressc.specs.family import make_spec
@@ -44,6 +51,8 @@ CSA_STEP = (
 )
 _STEP_TENSORS = CSA_STEP[:8]
 _SIGNATURES = SignatureCache()
+# the most rows a call runs fused; above it, two launches (COMPRESSC_CSA_FUSED_MAX_T overrides)
+FUSED_MAX_T = int(os.environ.get("COMPRESSC_CSA_FUSED_MAX_T", "1024"))
 _NAMES = re.compile(r"(?<![\w.])(" + "|".join((*PART_ARGS, "fp8_scale")) + r")\b")
 
 
@@ -135,7 +144,7 @@ def csa_arguments(main: dict, indexer: dict, **options: object) -> dict:
 
 def _run(args: dict, variant: tuple) -> None:
     if debug_checks():
-        return _launch_checked(checked_csa(args, variant))
+        return _launch_each(checked_csa(args, variant))
     owned = [
         args[f"{p}_{a}"]
         for p in PART_NAMES
@@ -161,6 +170,7 @@ def _run(args: dict, variant: tuple) -> None:
             pattern,
         )
         T = step[2].numel()
+        key += (T > FUSED_MAX_T,)
         prepared = _SIGNATURES.entries.get(key)
         hit = (
             prepared is not None
@@ -203,10 +213,34 @@ def _cacheable(args: dict) -> bool:
 
 
 def _prepare(checked: tuple) -> Prepared:
-    values, device, specs = checked
+    values, device, specs = _launches(checked)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    kernels = [(kernel_for(spec, device), abi(spec), False) for spec in specs]
+    kernels = [(kernel_for(spec, device), params, False) for spec, params in specs]
     return Prepared(kernels, values, index, device, step_names=CSA_STEP)
+
+
+def _launch_each(checked: tuple | None) -> None:
+    """The checked path's launches: the fused kernel, or each part with its own values."""
+    if checked is None:
+        return
+    values, device, launches = _launches(checked)
+    if len(launches) == 1:
+        return _launch_checked(checked)
+    for spec, params in launches:
+        _launch(spec, device, {p.name: values[b.name] for p, b in zip(abi(spec), params, strict=True)})
+
+
+def _launches(checked: tuple) -> tuple:
+    """(values, device, ((spec, its parameters bound to the fused names), ...)): the fused
+    kernel up to FUSED_MAX_T rows, else its two parts, each reading its own part's values."""
+    values, device, (spec,) = checked
+    if int(values["num_rows"]) <= FUSED_MAX_T:
+        return values, device, ((spec, abi(spec)),)
+    split = []
+    for name, part in zip(PART_NAMES, parts(spec), strict=True):
+        bound = tuple(Param(bound_name(name, p.name), p.kind, p.dtype, p.align) for p in abi(part))
+        split.append((part, bound))
+    return values, device, tuple(split)
 
 
 def checked_csa(args: dict, variant: tuple) -> tuple | None:

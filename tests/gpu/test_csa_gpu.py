@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compressc.acceptance import compare_cache_bytes
-from compressc.runtime import ops
+from compressc.runtime import csa, ops
 from compressc.scenarios import KINDS, SENTINEL
 from compressc.scenarios_csa import csa_scenario
 from compressc.specs import default_specs, make_spec
@@ -96,9 +96,29 @@ def test_fused_rotated_f32_is_served_too(cuda_device):
     _check(sc, *_fused(sc))
 
 
+@pytest.mark.parametrize("debug", (False, True), ids=("fast", "checked"))
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.variant)
-def test_fused_in_a_cuda_graph(cuda_device, spec):
+def test_above_the_threshold_two_launches_write_the_fused_bytes(cuda_device, monkeypatch, spec, debug):
+    """Above FUSED_MAX_T rows compress_csa launches the two parts' own kernels: the same bytes."""
+    sc = csa_scenario(spec, "mixed", 300, device=cuda_device, seed=_seed(spec.variant, "split"))
+    fused = _fused(sc)
+    monkeypatch.setattr(csa, "FUSED_MAX_T", 299)
+    ops.set_debug_checks(debug)
+    try:
+        split = _fused(sc)
+    finally:
+        ops.set_debug_checks(None)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(fused, split, strict=True))
+    _check(sc, *split)
+
+
+@pytest.mark.parametrize("max_t", (None, 0), ids=("fused", "split"))
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.variant)
+def test_fused_in_a_cuda_graph(cuda_device, monkeypatch, spec, max_t):
     """Captured once, replayed on new step data in the same buffers: both caches right each time."""
+    if max_t is not None:
+        monkeypatch.setattr(csa, "FUSED_MAX_T", max_t)
     sc = csa_scenario(spec, "decode", 256, device=cuda_device, seed=_seed(spec.variant, "graph"))
     main, indexer = sc.poisoned_caches()
     kwargs = sc.op_kwargs(main, indexer)
