@@ -149,11 +149,14 @@ def _rank(rank: int, ranks: int, devices: int, init: str, barrier, results) -> N
     t1 = time.perf_counter()
     ops.compress_c4a(*args, **sc.op_kwargs())
     torch.cuda.synchronize()
-    cold_ms = (t_import + time.perf_counter() - t1) * 1e3
+    t_launch = time.perf_counter() - t1
+    cold_ms = (t_import + t_launch) * 1e3
     problem = _problem(spec, sc, cache)
     gathered = _gather(cache, ranks, backend)
     same = None if gathered is None else [bool(torch.equal(g, gathered[0])) for g in gathered]
-    results.put({"rank": rank, "device": index, "cold_ms": round(cold_ms, 2), "compiles": len(compiles),
+    results.put({"rank": rank, "device": index, "cold_ms": round(cold_ms, 2),
+                 "import_ms": round(t_import * 1e3, 2), "first_launch_ms": round(t_launch * 1e3, 2),
+                 "compiles": len(compiles),
                  "problem": problem, "same_as_rank0": same})
     dist.destroy_process_group()
 
