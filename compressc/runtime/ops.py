@@ -33,6 +33,7 @@ from compressc.specs.family import KernelSpec, make_spec
 from compressc.specs.lanes import derive_elems
 
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
+_IMAGES: dict[tuple[str, str], object] = {}  # (arch, variant) -> its checked resolve.KernelImage
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
 _SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "indexer_mxfp4": SignatureCache(),
@@ -355,11 +356,24 @@ def kernel_for(spec: KernelSpec, device: torch.device):
         return kernel
     from compressc.runtime import loader  # the one CUDA import, deferred to the first launch
 
-    image = find_kernel(spec, loader.device_arch(index))
-    check_image(image)  # the cubin's own .nv.info against the launch fields the loader uses
-    kernel = loader.load_kernel(image, index)
+    kernel = loader.load_kernel(kernel_image(spec, index), index)
     _KERNELS[(index, spec.variant)] = kernel
     return kernel
+
+
+def kernel_image(spec: KernelSpec, index: int):
+    """The checked kernel image of `spec` for device `index`'s arch, resolved once per
+    (arch, variant) per process: every device of one arch, and kernel_for after a separate
+    resolve (benchmarks/cold_start.py --breakdown), reuse it."""
+    from compressc.runtime.loader import device_arch
+
+    arch = device_arch(index)
+    image = _IMAGES.get((arch, spec.variant))
+    if image is None:
+        image = find_kernel(spec, arch)
+        check_image(image)  # the cubin's own .nv.info against the launch fields the loader uses
+        _IMAGES[(arch, spec.variant)] = image
+    return image
 
 
 # -- C128A scratch ----------------------------------------------------------------------
