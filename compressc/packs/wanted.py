@@ -24,10 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from compressc.cache.integrity import KEY_FILE
 from compressc.driver.key import canonical_json, hash_ingredients, recorded_source_fingerprint
@@ -42,8 +41,9 @@ _VARIANT = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Wanted:
+# A NamedTuple, not a dataclass: as immutable, and 0.05 ms to define instead of 0.4 ms, on the
+# runtime's cold-start path (benchmarks/NOTES.md, session 8).
+class Wanted(NamedTuple):
     """The ingredients of the build to serve; `key` is None where the toolchain is unknown."""
 
     ingredients: dict[str, Any]
