@@ -149,17 +149,19 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
     if _debug[0] if _debug else debug_checks():
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, fp8_scale=scale)
         return _launch_checked(_checked_fused(kernel, head, qb, fmt, args))
-    owned = (sc, w, cs, kc) if scale is None else (sc, w, cs, kc, scale)
     try:
-        key = (_thread_id(), head, qb, fmt, bs, kvbs, eps,
-               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(), _ptr_or_none(scale))
+        key = (_thread_id(), head, qb, fmt, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
+               kc.data_ptr(), None if scale is None else scale.data_ptr())
         T = slots.numel()
         prepared = _SIGNATURES[kernel].entries.get(key)
-        hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
-               and req.numel() >= T)
+        # the guard's arguments spelled out (no tuple built and unpacked per call)
+        hit = prepared is not None and req.numel() >= T and (
+            prepared.guard(sc, w, cs, kc, req, pos, slots, kvs, bt) if scale is None
+            else prepared.guard(sc, w, cs, kc, scale, req, pos, slots, kvs, bt))
     except (AttributeError, TypeError):  # not tensors: the checked path names the argument
         key, hit = None, False
     if not hit:
+        owned = (sc, w, cs, kc) if scale is None else (sc, w, cs, kc, scale)
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, fp8_scale=scale)
         checked = _checked_fused(kernel, head, qb, fmt, args)
         if checked is None:
