@@ -43,8 +43,23 @@ STEPS = ("import_ms", "discover_ms", "fingerprint_ms", "lookup_ms", "load_ms", "
          "cold_start_ms", "second_launch_ms")
 
 
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1e3, 3)
+class Clock:
+    """Wall and thread-CPU milliseconds of consecutive steps (CPU time: a shared machine's
+    descheduled time is not counted; the GPU host's figure is the wall time)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.start()
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def lap(self, step: str) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self.wall[step] = round((wall - self._wall) * 1e3, 3)
+        self.cpu[step] = round((cpu - self._cpu) * 1e3, 3)
+        self._wall, self._cpu = wall, cpu
 
 
 def child(inputs: Path, cpu: bool, breakdown: bool) -> dict:
@@ -60,50 +75,45 @@ def child(inputs: Path, cpu: bool, breakdown: bool) -> dict:
     args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in torch.load(inputs))
     sync = (lambda: None) if cpu else torch.cuda.synchronize
     sync()
-    parts: dict[str, float] = {}
-    t0 = time.perf_counter()
+    clock = Clock()
     import compressc  # noqa: F401
     from compressc.runtime import ops
 
-    parts["import_ms"] = _ms(t0)
+    clock.lap("import_ms")
     if cpu:
         ops.check_device = lambda tensors: torch.device("cuda", 0)  # CPU tensors stand for cuda:0
     spec = ops.kernel_spec("c4a", 512, 64, "bf16", "fp8_ds_mla")
     if breakdown:
-        parts |= _steps(ops, spec)
-    t1 = time.perf_counter()
+        _steps(ops, spec, clock)
+    clock.start()
     ops.compress_c4a(*args, head_size=512, quant_block=64)
     sync()
-    parts["first_launch_ms"] = _ms(t1)
-    parts["cold_start_ms"] = round(sum(v for k, v in parts.items() if k != "second_launch_ms"), 3)
-    t2 = time.perf_counter()
+    clock.lap("first_launch_ms")
+    for times in (clock.wall, clock.cpu):
+        times["cold_start_ms"] = round(sum(times.values()), 3)
+    clock.start()
     ops.compress_c4a(*args, head_size=512, quant_block=64)
     sync()
-    parts["second_launch_ms"] = _ms(t2)
-    return parts | _facts(ops, spec)
+    clock.lap("second_launch_ms")
+    return {**clock.wall, "cpu": clock.cpu, **_facts(ops, spec)}
 
 
-def _steps(ops, spec) -> dict[str, float]:
+def _steps(ops, spec, clock: Clock) -> None:
     """The first call's resolve and load, each step timed (all cached: the op reuses them)."""
     import torch
 
     from compressc.packs.wanted import served_fingerprint
     from compressc.runtime.resolve import installed_pack_roots
 
-    out = {}
-    t = time.perf_counter()
+    clock.start()
     installed_pack_roots()
-    out["discover_ms"] = _ms(t)
-    t = time.perf_counter()
+    clock.lap("discover_ms")
     served_fingerprint()
-    out["fingerprint_ms"] = _ms(t)
-    t = time.perf_counter()
+    clock.lap("fingerprint_ms")
     ops.kernel_image(spec, 0)
-    out["lookup_ms"] = _ms(t)
-    t = time.perf_counter()
+    clock.lap("lookup_ms")
     ops.kernel_for(spec, torch.device("cuda", 0))
-    out["load_ms"] = _ms(t)
-    return out
+    clock.lap("load_ms")
 
 
 def _facts(ops, spec) -> dict:
@@ -169,16 +179,22 @@ def run_children(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 def summary(runs: list[dict]) -> dict:
     steps = [s for s in STEPS if s in runs[0]]
-    table = {s: {"best": min(r[s] for r in runs), "median": round(statistics.median(r[s] for r in runs), 3)}
-             for s in steps}
-    facts = {k: v for k, v in runs[0].items() if k not in STEPS}
-    return {"runs": len(runs), "steps": table, **facts}
+
+    def row(values: list[float]) -> dict:
+        return {"best": min(values), "median": round(statistics.median(values), 3)}
+
+    table = {s: row([r[s] for r in runs]) for s in steps}
+    cpu = {s: row([r["cpu"][s] for r in runs]) for s in steps}
+    facts = {k: v for k, v in runs[0].items() if k not in STEPS and k != "cpu"}
+    return {"runs": len(runs), "steps": table, "thread_cpu": cpu, **facts}
 
 
 def print_table(result: dict) -> None:
-    print(f"{'step':18s} {'best ms':>9s} {'median ms':>10s}   ({result['runs']} fresh processes)")
+    print(f"{'step':18s} {'wall best':>10s} {'median':>8s} {'cpu best':>10s} {'median':>8s}   ms, "
+          f"{result['runs']} fresh processes")
     for step, row in result["steps"].items():
-        print(f"{step:18s} {row['best']:9.2f} {row['median']:10.2f}")
+        cpu = result["thread_cpu"][step]
+        print(f"{step:18s} {row['best']:10.2f} {row['median']:8.2f} {cpu['best']:10.2f} {cpu['median']:8.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     result |= {"cpu": args.cpu, "no_jit": os.environ.get("COMPRESSC_NO_JIT"),
                "python": sys.version.split()[0]}
     print_table(result)
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
     return 0
 
 
