@@ -3,14 +3,15 @@
 On the GPU host, with a kernel pack installed (kernels come from the pack; the JIT is off
 so that a missing pack fails instead of compiling):
 
-    COMPRESSC_NO_JIT=1 python benchmarks/cold_start.py [--runs 5] [--breakdown] [--pack-site DIR]
+    python -m compileall -q compressc DIR   # as pip does at install: else every module compiles
+    PYTHONPATH=. COMPRESSC_NO_JIT=1 python benchmarks/cold_start.py [--runs 5] [--breakdown] [--pack-site DIR]
 
 On a machine without a GPU (`--cpu`): CPU tensors, torch's CUDA queries answered by
 constants (capability 9.0, 132 SMs) and libcuda replaced by benchmarks/stub_cuda.py's
 stand-in (every driver call returns at once), so what is timed is everything but the
 driver's own work (cuModuleLoadData, the launch): the figure to watch without a GPU.
 
-    COMPRESSC_NO_JIT=1 python benchmarks/cold_start.py --cpu --runs 9 --breakdown --pack-site DIR
+    PYTHONPATH=. COMPRESSC_NO_JIT=1 python benchmarks/cold_start.py --cpu --runs 9 --breakdown --pack-site DIR
 
 --pack-site: a directory holding an installed pack (`pip install --no-deps --target DIR
 compressc_kernels_sm90-*.whl`), put first on the children's PYTHONPATH.
