@@ -131,3 +131,47 @@ def test_driver_constants_match_cuda_bindings():
 
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     assert cudriver.FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES == int(attr)
+
+
+def _fake_cuda():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(cuLaunchKernel=SimpleNamespace(), cuLaunchKernelEx=SimpleNamespace())
+
+
+def test_the_driver_library_is_opened_without_find_library_when_its_soname_opens(monkeypatch):
+    """ctypes.util.find_library runs ldconfig and gcc in subprocesses (13 ms of a cold start)."""
+    import ctypes.util
+
+    from compressc.runtime import cudalaunch
+
+    opened = []
+    monkeypatch.setattr(cudalaunch.ctypes, "CDLL", lambda name: opened.append(name) or _fake_cuda())
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: pytest.fail("ran find_library"))
+    cudalaunch.driver_library.cache_clear()
+    try:
+        assert cudalaunch.driver_library() is not None and opened == ["libcuda.so.1"]
+    finally:
+        cudalaunch.driver_library.cache_clear()
+
+
+def test_find_library_is_the_fallback_when_the_soname_does_not_open(monkeypatch):
+    import ctypes.util
+
+    from compressc.runtime import cudalaunch
+
+    def cdll(name):
+        if name == "libcuda.so.1":
+            raise OSError("no driver")
+        return _fake_cuda()
+
+    monkeypatch.setattr(cudalaunch.ctypes, "CDLL", cdll)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libcuda.so" if name == "cuda" else None)
+    cudalaunch.driver_library.cache_clear()
+    try:
+        assert cudalaunch.driver_library() is not None
+        monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+        cudalaunch.driver_library.cache_clear()
+        assert cudalaunch.driver_library() is None
+    finally:
+        cudalaunch.driver_library.cache_clear()

@@ -14,7 +14,9 @@ start). A kernel pack therefore carries them, computed when the wheel was writte
 default builds of the pack's kernels. The runtime uses them only when the pack's
 fingerprint equals `served_fingerprint()`, a hash of this compressc's version, the bytes
 of every compiler source and the tuned table, all of which the ingredients are a function
-of (read and hashed at start-up, ~2 ms); otherwise it computes them as before.
+of (read at start-up; the sources' hash is reused from a record in the user cache while
+every source keeps its size and mtime, see `recorded_source_fingerprint`); otherwise it
+computes them as before.
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from compressc.cache.integrity import KEY_FILE
-from compressc.driver.key import canonical_json, hash_ingredients, source_fingerprint
+from compressc.driver.key import canonical_json, hash_ingredients, recorded_source_fingerprint
 from compressc.specs.family import KernelSpec
 
 WANTED_FILE = "wanted.json"
@@ -40,8 +41,9 @@ _VARIANT = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Wanted:
+# A NamedTuple, not a dataclass: as immutable, and 0.05 ms to define instead of 0.4 ms, on the
+# runtime's cold-start path (benchmarks/NOTES.md, session 8).
+class Wanted(NamedTuple):
     """The ingredients of the build to serve; `key` is None where the toolchain is unknown."""
 
     ingredients: dict[str, Any]
@@ -62,6 +64,14 @@ def wanted_build(spec: KernelSpec, arch: str, pipeline: str = "default") -> Want
     ingredients = plan_ingredients(spec, arch, pipeline, toolchain=toolchain or {"unknown": "toolchain"})
     key = hash_ingredients(ingredients) if toolchain else None
     return Wanted({name: v for name, v in ingredients.items() if name != "toolchain"}, key)
+
+
+def source_fingerprint() -> str:
+    """The compiler sources' fingerprint, reused from the user cache's stat record while no source
+    changed (compressc.driver.key.recorded_source_fingerprint)."""
+    from compressc.config import Config
+
+    return recorded_source_fingerprint(Config.from_env().cache_dir)
 
 
 @cache

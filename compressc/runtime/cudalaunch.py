@@ -53,14 +53,20 @@ class LaunchConfig(ctypes.Structure):
 @cache
 def driver_library() -> ctypes.CDLL | None:
     """libcuda with cuLaunchKernel / cuLaunchKernelEx typed, or None where it cannot be opened."""
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", ctypes.util.find_library("cuda")]
-    for name in filter(None, names):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        return _typed(lib)
-    return None
+    if sys.platform == "win32":
+        return _open("nvcuda.dll")
+    # find_library runs ldconfig and gcc in subprocesses (13 ms of a cold start on the build
+    # host): asked only when the driver's soname does not open
+    return _open("libcuda.so.1") or _open(ctypes.util.find_library("cuda"))
+
+
+def _open(name: str | None) -> ctypes.CDLL | None:
+    if not name:
+        return None
+    try:
+        return _typed(ctypes.CDLL(name))
+    except OSError:
+        return None
 
 
 def _typed(lib: ctypes.CDLL) -> ctypes.CDLL:

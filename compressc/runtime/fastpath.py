@@ -70,9 +70,11 @@ class Prepared:
         self.launches = tuple(
             _launch_of(kernel, plist, base, offset, overlap) for kernel, plist, overlap in kernels
         )
-        # libcuda launches run inline in run() (one Python frame less per kernel); None: any is not
+        # libcuda launches run inline in run() (one Python frame less per kernel); None: any is not.
+        # Each plan ends with its launch (for the retry of a failed one).
         plans = tuple(getattr(launch, "plan", None) for launch in self.launches)
-        self._plans = None if None in plans else plans
+        with_launch = zip(plans, self.launches, strict=True)
+        self._plans = None if None in plans else tuple((*plan, launch) for plan, launch in with_launch)
 
     def run(self, step: tuple, num_rows: int) -> None:
         """Pack the per-step values and launch every kernel on torch's current stream."""
@@ -84,11 +86,12 @@ class Prepared:
                 if launch(num_rows, stream):
                     _retry_or_raise(launch, num_rows, stream)
             return
-        for i, (config, grids, grid_of, ex, args) in enumerate(plans):
-            config.gridDimX = grids.get(num_rows) or grid_of(num_rows)
-            config.hStream = stream
-            if config.gridDimX and ex(*args):
-                _retry_or_raise(self.launches[i], num_rows, stream)
+        for config, grids, grid_of, ex, args, launch in plans:
+            grid = grids.get(num_rows) or grid_of(num_rows)
+            if grid:  # 0: no rows to launch
+                config.gridDimX, config.hStream = grid, stream
+                if ex(*args):
+                    _retry_or_raise(launch, num_rows, stream)
 
 
 def step_struct(names: Sequence[str]) -> struct.Struct:

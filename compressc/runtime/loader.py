@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from cuda.bindings import driver
@@ -118,8 +118,9 @@ def check_arch(arch: str, device_index: int) -> None:
 
 
 # -- kernels ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoadedKernel:
+# A NamedTuple, not a dataclass: as immutable, and 0.05 ms to define instead of 0.4 ms, on the
+# runtime's cold-start path (benchmarks/NOTES.md, session 8).
+class LoadedKernel(NamedTuple):
     """A kernel function loaded on one device, ready to launch with a grid of rows."""
 
     key: str

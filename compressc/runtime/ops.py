@@ -33,6 +33,7 @@ from compressc.specs.family import KernelSpec, make_spec
 from compressc.specs.lanes import derive_elems
 
 _KERNELS: dict[tuple[int, str], object] = {}  # (device index, variant) -> loader.LoadedKernel
+_IMAGES: dict[tuple[str, str], object] = {}  # (arch, variant) -> its checked resolve.KernelImage
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
 _SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "indexer_mxfp4": SignatureCache(),
@@ -148,17 +149,19 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
     if _debug[0] if _debug else debug_checks():
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, fp8_scale=scale)
         return _launch_checked(_checked_fused(kernel, head, qb, fmt, args))
-    owned = (sc, w, cs, kc) if scale is None else (sc, w, cs, kc, scale)
     try:
-        key = (_thread_id(), head, qb, fmt, bs, kvbs, eps,
-               sc.data_ptr(), w.data_ptr(), cs.data_ptr(), kc.data_ptr(), _ptr_or_none(scale))
+        key = (_thread_id(), head, qb, fmt, bs, kvbs, eps, sc.data_ptr(), w.data_ptr(), cs.data_ptr(),
+               kc.data_ptr(), None if scale is None else scale.data_ptr())
         T = slots.numel()
         prepared = _SIGNATURES[kernel].entries.get(key)
-        hit = (prepared is not None and prepared.guard(*owned, req, pos, slots, kvs, bt)
-               and req.numel() >= T)
+        # the guard's arguments spelled out (no tuple built and unpacked per call)
+        hit = prepared is not None and req.numel() >= T and (
+            prepared.guard(sc, w, cs, kc, req, pos, slots, kvs, bt) if scale is None
+            else prepared.guard(sc, w, cs, kc, scale, req, pos, slots, kvs, bt))
     except (AttributeError, TypeError):  # not tensors: the checked path names the argument
         key, hit = None, False
     if not hit:
+        owned = (sc, w, cs, kc) if scale is None else (sc, w, cs, kc, scale)
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, fp8_scale=scale)
         checked = _checked_fused(kernel, head, qb, fmt, args)
         if checked is None:
@@ -355,11 +358,24 @@ def kernel_for(spec: KernelSpec, device: torch.device):
         return kernel
     from compressc.runtime import loader  # the one CUDA import, deferred to the first launch
 
-    image = find_kernel(spec, loader.device_arch(index))
-    check_image(image)  # the cubin's own .nv.info against the launch fields the loader uses
-    kernel = loader.load_kernel(image, index)
+    kernel = loader.load_kernel(kernel_image(spec, index), index)
     _KERNELS[(index, spec.variant)] = kernel
     return kernel
+
+
+def kernel_image(spec: KernelSpec, index: int):
+    """The checked kernel image of `spec` for device `index`'s arch, resolved once per
+    (arch, variant) per process: every device of one arch, and kernel_for after a separate
+    resolve (benchmarks/cold_start.py --breakdown), reuse it."""
+    from compressc.runtime.loader import device_arch
+
+    arch = device_arch(index)
+    image = _IMAGES.get((arch, spec.variant))
+    if image is None:
+        image = find_kernel(spec, arch)
+        check_image(image)  # the cubin's own .nv.info against the launch fields the loader uses
+        _IMAGES[(arch, spec.variant)] = image
+    return image
 
 
 # -- C128A scratch ----------------------------------------------------------------------

@@ -201,6 +201,7 @@ def test_preload_without_jit_names_the_fix(cuda_device, tmp_path, monkeypatch):
     from compressc.runtime import resolve
 
     monkeypatch.setattr(ops, "_KERNELS", {})
+    monkeypatch.setattr(ops, "_IMAGES", {})
     monkeypatch.setattr(resolve, "iter_pack_roots", lambda: [])
     monkeypatch.setenv("COMPRESSC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("COMPRESSC_NO_JIT", "1")
