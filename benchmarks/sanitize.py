@@ -219,7 +219,7 @@ class ToolRun:
 
     def ok(self) -> bool:
         t = self.tests
-        return (not self.timed_out and self.findings.errors == 0 and not t.failed
+        return (not self.timed_out and self.findings.errors == 0 and not t.failed and not t.skipped
                 and t.run == self.selected)
 
 
