@@ -1,10 +1,8 @@
 """COMPRESSC_CHECK_BOUNDS=kernel on the GPU: the checked builds (`*_bounds` variants) skip and
 record an out-of-range row, eagerly and inside a CUDA graph (docs/kernels.md §3, "Checked builds").
 
-Needs the checked builds in the cache the runtime reads (see benchmarks/NOTES.md, issue 17):
-  python -c "from pathlib import Path; from compressc.driver.build import build_one; \
-from compressc.cache.store import Store; from compressc.specs import make_spec; \
-[build_one(make_spec(k, bounds=True), 'sm_90a', store=Store(Path('build/kernels'))) for k in ('c4a',)]"
+Needs the checked builds in the cache the runtime reads (build host):
+  python -m compressc.cli build --arch sm90 --out build/kernels --bounds
 """
 
 from __future__ import annotations
