@@ -176,7 +176,7 @@ def command(tool: str, exe: str, log: Path, node_ids: list[str], filtered: bool)
     cmd = [exe, "--tool", tool, "--error-exitcode", str(ERROR_EXIT), "--log-file", str(log)]
     if tool == "memcheck":
         cmd += ["--leak-check", "no"]
-    if filtered and tool != "memcheck":
+    if filtered:
         cmd += ["--kernel-name", KERNEL_FILTER]
     return cmd + [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "gpu", "-v",
                   "--no-header", "-rN", *node_ids]
@@ -209,14 +209,18 @@ class ToolRun:
     tests: Tests
     findings: Findings
     log: str
+    filtered: bool = True  # only compressc's kernels instrumented (not for memcheck)
+    output_tail: str = ""
 
     def line(self) -> str:
         t, f = self.tests, self.findings
         errors = "no summary (ended early)" if f.errors is None else f"{f.errors} errors"
         noise = ", ".join(f"{n} {k}" for k, n in f.noise.items() if n) or "none"
         end = "TIMED OUT" if self.timed_out else f"exit {self.exit_status}"
-        return (f"{self.tool}: {t.run}/{self.selected} tests run, {t.passed} passed, {len(t.failed)} failed, "
-                f"{t.skipped} skipped; sanitizer: {errors} (noise: {noise}); {self.seconds:.0f} s, {end}")
+        scope = "compressc kernels" if self.filtered else "all kernels"
+        return (f"{self.tool} ({scope}): {t.run}/{self.selected} tests run, {t.passed} passed, "
+                f"{len(t.failed)} failed, {t.skipped} skipped; sanitizer: {errors} (noise: {noise}); "
+                f"{self.seconds:.0f} s, {end}")
 
     def ok(self) -> bool:
         t = self.tests
@@ -225,19 +229,29 @@ class ToolRun:
 
 
 def run_tool(tool: str, node_ids: list[str], args: argparse.Namespace, root: Path, timeout: float) -> ToolRun:
+    """One tool over the selection; a sanitizer that refuses the kernel filter (no test ran within
+    a minute) is run again without it."""
+    filtered = not args.all_kernels and tool != "memcheck"
+    run = _run_once(tool, node_ids, args, root, timeout, filtered)
+    if filtered and run.tests.run == 0 and not run.timed_out and run.seconds < 60:
+        run = _run_once(tool, node_ids, args, root, timeout - run.seconds, False)
+    return run
+
+
+def _run_once(tool: str, node_ids: list[str], args: argparse.Namespace, root: Path, timeout: float,
+              filtered: bool) -> ToolRun:
     ids = for_tool(tool, node_ids)
     log = Path(args.logs) / f"sanitize_{tool}.log"
     env = dict(os.environ)
     if tool in EXACT_ALLOCATIONS:
         env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
     started = time.monotonic()
-    status, out = run_with_timeout(command(tool, args.sanitizer, log, ids, not args.all_kernels), env,
-                                   timeout, root)
+    status, out = run_with_timeout(command(tool, args.sanitizer, log, ids, filtered), env, timeout, root)
     seconds = time.monotonic() - started
     (Path(args.logs) / f"sanitize_{tool}.pytest.txt").write_text(out)
     text = log.read_text(errors="replace") if log.exists() else ""
     return ToolRun(tool, len(ids), seconds, status, status is None, parse_pytest(out),
-                   parse_sanitizer(text), str(log))
+                   parse_sanitizer(text), str(log), filtered, out[-2000:])
 
 
 def main(argv: list[str] | None = None) -> int:

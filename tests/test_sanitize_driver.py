@@ -86,6 +86,8 @@ def test_a_timeout_ends_the_whole_process_group(tmp_path):
 FAKE_SANITIZER = """#!{python}
 import subprocess, sys
 args = sys.argv[1:]
+if "--kernel-name" in args and "{refuse}" == "yes":
+    sys.exit("compute-sanitizer: unrecognised option '--kernel-name'")
 log = args[args.index("--log-file") + 1]
 rest = args[args.index("{python}"):]
 rc = subprocess.run(rest).returncode
@@ -94,20 +96,35 @@ sys.exit(rc)
 """
 
 
-def test_main_runs_each_tool_and_writes_the_report(tmp_path, monkeypatch, capsys):
+def _fake_sanitizer(tmp_path, refuse_filter: bool = False) -> Path:
     fake = tmp_path / "compute-sanitizer"
     record = NOISE_RECORD.replace('"', '\\"').replace("\n", "\\n")
-    fake.write_text(FAKE_SANITIZER.format(python=sys.executable, record=record))
+    refuse = "yes" if refuse_filter else "no"
+    fake.write_text(FAKE_SANITIZER.format(python=sys.executable, record=record, refuse=refuse))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def test_main_runs_each_tool_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    fake = _fake_sanitizer(tmp_path)
     one = "tests/gpu/test_ops_gpu.py::test_zero_rows_write_nothing"
     monkeypatch.setattr(sanitize, "collect", lambda root: [one, "tests/gpu/test_ops_gpu.py::test_loader_x"])
     monkeypatch.setattr(sanitize, "sanitizer", lambda: str(fake))
     out = tmp_path / "sanitize.json"
     status = sanitize.main(["--tools", "memcheck,racecheck", "--out", str(out)])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("memcheck: 1/1 tests run, 0 passed, 0 failed, 1 skipped; "
+    assert lines[0].startswith("memcheck (all kernels): 1/1 tests run, 0 passed, 0 failed, 1 skipped; "
                                "sanitizer: 0 errors (noise: 1 cuGetProcAddress)")
-    assert lines[1].startswith("racecheck: 1/1 tests run")
+    assert lines[1].startswith("racecheck (compressc kernels): 1/1 tests run")
     report = json.loads(out.read_text())
     assert report["selected"] == [one] and [t["tool"] for t in report["tools"]] == ["memcheck", "racecheck"]
     assert status == 1  # a skipped test (no GPU here) is not a clean run
+
+
+def test_a_refused_kernel_filter_is_run_again_without_it(tmp_path, monkeypatch, capsys):
+    fake = _fake_sanitizer(tmp_path, refuse_filter=True)
+    one = "tests/gpu/test_ops_gpu.py::test_zero_rows_write_nothing"
+    monkeypatch.setattr(sanitize, "collect", lambda root: [one])
+    monkeypatch.setattr(sanitize, "sanitizer", lambda: str(fake))
+    sanitize.main(["--tools", "racecheck", "--out", str(tmp_path / "s.json")])
+    assert capsys.readouterr().out.startswith("racecheck (all kernels): 1/1 tests run")
