@@ -283,7 +283,11 @@ def test_read_only_output_fails_before_compiling(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "spec",
-    [make_spec("c4a", 512, 32, rope=32, weight_dtype="f32"), make_spec("indexer_fp8", weight_dtype="bf16")],
+    [make_spec("c4a", 512, 32, rope=32, weight_dtype="f32"), make_spec("indexer_fp8", weight_dtype="bf16"),
+     # every axis the command must name: the format, the rotation, csa's indexer, the checked build
+     make_spec("c4a", cache_format="full_bf16"), make_spec("indexer_mxfp4", rotate=True),
+     make_spec("csa", indexer="indexer_mxfp4"),
+     make_spec("c128a_store", cache_format="full_fp8", bounds=True)],
     ids=lambda s: s.variant,
 )
 def test_the_not_found_hint_is_a_build_command_that_works(tmp_path, monkeypatch, spec):

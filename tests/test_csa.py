@@ -28,6 +28,7 @@ from compressc.passes.manager import (
     resolve_pipeline,
 )
 from compressc.runtime import csa, ops
+from compressc.runtime.bounds import IndexOutOfBoundsError
 from compressc.scenarios import SENTINEL
 from compressc.scenarios_csa import csa_scenario
 from compressc.specs import SpecError, default_specs, make_spec
@@ -370,3 +371,20 @@ def test_cli_opt_and_emit_show_the_fused_kernel():
         "def part_indexer" in emitted.output
         and 'ENTRY = "cutlass_csa_h512_q64_r64_bf16_idxfp8_rot"' in emitted.output
     )
+
+
+def test_bounds_mode_checks_both_parts_on_the_host(monkeypatch):
+    """COMPRESSC_CHECK_BOUNDS covers compress_csa (issue 17 item 5): a bad index of either part is
+    named with its part's prefix before any lookup; csa has no checked build of its own."""
+    monkeypatch.setattr(ops, "kernel_for", lambda *a: pytest.fail("looked up a kernel before the checks"))
+    monkeypatch.setattr(ops, "check_bounds_enabled", lambda: True)
+    kwargs = _kwargs()
+    with pytest.raises(ValueError, match="must be on a CUDA device"):
+        ops.compress_csa(**kwargs)  # every index in range: the call reaches the device check
+    for part in ("main", "indexer"):
+        slots = torch.full_like(kwargs[f"{part}_kv_slot_mapping"], 10**9)
+        text = rf"^{part}_kv_slot_mapping\[\d+\] = 1000000000 is past {part}_k_cache: .* {part}_k_cache has"
+        with pytest.raises(IndexOutOfBoundsError, match=text):
+            ops.compress_csa(**(kwargs | {f"{part}_kv_slot_mapping": slots}))
+    with pytest.raises(SpecError, match="csa has no checked build: COMPRESSC_CHECK_BOUNDS=1"):
+        make_spec("csa", bounds=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -73,3 +75,37 @@ def test_the_tail_save_checks_its_capacity_and_shapes(sc) -> None:
         ops.save_ring_tail(*args[:4], sc.positions[:5], sc.tail_slot_mapping, 256)
     with pytest.raises(TypeError, match="tail_slot_mapping must have dtype torch.int64"):
         ops.save_ring_tail(*args[:5], sc.tail_slot_mapping.int(), 256)
+
+
+def _bounds_error(sc, monkeypatch, **changes) -> str:
+    """The error of a ring call with COMPRESSC_CHECK_BOUNDS on and `changes` to its arguments."""
+    from compressc.runtime import ring
+
+    monkeypatch.setattr(ring, "check_bounds_enabled", lambda: True)
+    args = dict(zip(ring._NAMES, sc.op_args(sc.k_cache.clone()), strict=True))
+    keywords = sc.op_keywords()
+    for name, change in changes.items():
+        target = args if name in args else keywords
+        target[name] = change(target[name].clone())
+    with pytest.raises(ValueError) as err:
+        ops.compress_c128a_ring(*args.values(), **keywords)
+    return str(err.value)
+
+
+def _at_active(values: torch.Tensor, sc, value: int) -> torch.Tensor:
+    values[int(sc.active().nonzero()[-1, 0])] = value
+    return values
+
+
+def test_bounds_mode_checks_the_ring_indices(sc, monkeypatch) -> None:
+    """COMPRESSC_CHECK_BOUNDS covers the ring (issue 17 item 5): it has no checked build."""
+    assert "must be on a CUDA device" in _bounds_error(sc, monkeypatch)  # every index in range
+    got = _bounds_error(sc, monkeypatch, token_to_req_indices=lambda t: _at_active(t, sc, 9))
+    assert re.search(r"token_to_req_indices\[\d+\] = 9 is out of range: block_table has 2 row\(s\)", got)
+    got = _bounds_error(sc, monkeypatch, block_table=lambda t: t.fill_(7))
+    assert re.search(r"block_table\[\d, 0\] = 7 \(the ring of row \d+\) is not a ring of state_cache, "
+                     r"which has 4 ring\(s\)", got), got
+    got = _bounds_error(sc, monkeypatch, query_start_loc=lambda t: t.fill_(-5))
+    assert re.search(r"query_start_loc\[\d\] = -5 \(used by row \d+\) is not a launched row", got), got
+    got = _bounds_error(sc, monkeypatch, kv_slot_mapping=lambda t: _at_active(t, sc, 10**9))
+    assert re.search(r"kv_slot_mapping\[\d+\] = 1000000000 is past k_cache", got), got

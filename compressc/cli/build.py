@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
-from compressc.cli.options import DEFAULT_ROPE, archs_option, variant_options
+from compressc.cli.options import DEFAULT_ROPE, archs_option, variant_options, variant_spec
 from compressc.cli.output import echo_json, json_option
-from compressc.specs.errors import SpecError
-from compressc.specs.family import make_spec
 from compressc.specs.matrix import default_specs
 
 BUILD_EXTRA_HINT = "pip install 'compressc[build]'  (nvidia-cutlass-dsl[cu13]==4.8.1 and nvidia-nvjitlink)"
@@ -38,37 +36,40 @@ def _archs(values: tuple[str, ...]) -> list[str]:
 
 
 def _specs(kernel, head_size, quant_block, weight_dtype, rope=None, cache_format=None, rotate=None,
-           state_layout=None):
+           state_layout=None, indexer=None, bounds=False):
+    """The specs build and wheel make: the default matrix (its checked builds with --bounds), or
+    --spec's variant, one per weight dtype unless --weight-dtype is given."""
     if kernel is None:
-        given = [
-            f"--{n}"
-            for n, v in (
-                ("head-size", head_size),
-                ("quant-block", quant_block),
-                ("weight-dtype", weight_dtype),
-                ("rope", rope),
-                ("cache-format", cache_format),
-                ("rotate", rotate),
-                ("state-layout", state_layout),
-            )
-            if v is not None
-        ]
-        if given:
-            raise click.ClickException(
-                f"{' and '.join(given)} needs --spec (without it the default matrix "
-                "is built), e.g. --spec c4a --head-size 512 --quant-block 64"
-            )
-        return default_specs()
-    try:
-        dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
-        rope = DEFAULT_ROPE if rope is None else rope
-        # one variant per weight dtype: the kernel's first format, unrotated, paged, unless given
-        layout = state_layout or "paged"
-        return [make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d,
-                          cache_format=cache_format, rotate=bool(rotate), state_layout=layout)
-                for d in dtypes]
-    except SpecError as err:
-        raise click.ClickException(str(err)) from None
+        _no_axes_without_spec(head_size=head_size, quant_block=quant_block, weight_dtype=weight_dtype,
+                              rope=rope, cache_format=cache_format, rotate=rotate, state_layout=state_layout,
+                              indexer=indexer)
+        return checked_default_specs() if bounds else default_specs()
+    dtypes = [weight_dtype] if weight_dtype else ["bf16", "f32"]
+    rope = DEFAULT_ROPE if rope is None else rope
+    # one variant per weight dtype: the kernel's first format, unrotated, paged, unless given
+    return [variant_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=d, cache_format=cache_format,
+                         rotate=bool(rotate), state_layout=state_layout, indexer=indexer, bounds=bounds)
+            for d in dtypes]
+
+
+def _no_axes_without_spec(**axes) -> None:
+    given = [f"--{name.replace('_', '-')}" for name, value in axes.items() if value is not None]
+    if given:
+        raise click.ClickException(
+            f"{' and '.join(given)} needs --spec (without it the default matrix "
+            "is built), e.g. --spec c4a --head-size 512 --quant-block 64"
+        )
+
+
+def checked_default_specs() -> list:
+    """The checked build (KernelSpec.bounds) of every default variant that has one."""
+    from compressc.specs.family import CHECKED_KERNELS, validate
+
+    specs = [s.with_(bounds=True) for s in default_specs()
+             if s.kernel in CHECKED_KERNELS and s.state_layout == "paged"]
+    for spec in specs:
+        validate(spec)
+    return specs
 
 
 def _check_build_extra() -> None:
@@ -141,7 +142,7 @@ def jobs_option(help_text: str):
 @jobs_option("Compiler worker processes (default: $COMPRESSC_JOBS or the number of cores).")
 @json_option
 def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout,
-          pipeline, out, jobs, as_json):
+          indexer, bounds, pipeline, out, jobs, as_json):
     """Compile kernels ahead of time into the cache (or --out DIR).
 
     Builds the default variant matrix (docs/kernels.md §1 rows, both weight dtypes) for each
@@ -152,11 +153,13 @@ def build(archs, kernel, head_size, quant_block, weight_dtype, rope, cache_forma
       compressc build --arch sm90
       compressc build --arch sm90 --arch sm100 -j 2 --out build/kernels
       compressc build --arch sm90 --spec c4a --head-size 512 --quant-block 64
+      compressc build --arch sm90 --bounds       (the checked builds: COMPRESSC_CHECK_BOUNDS=kernel)
       compressc build --arch sm90 --json > build.json     (progress on stderr)
     """
     config = _config()
     archs = _archs(archs)
-    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout,
+                   indexer, bounds)
     _check_build_extra()
     from compressc.cache.store import Store
     from compressc.driver.plan import plan_many

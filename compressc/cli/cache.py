@@ -12,7 +12,7 @@ import click
 from compressc.cli.build import (
     _archs,
 )
-from compressc.cli.options import SIZE, variant_options
+from compressc.cli.options import SIZE, variant_options, variant_spec
 from compressc.cli.output import echo_json, json_option
 
 
@@ -270,9 +270,8 @@ def cache_clear(yes, cache_dir):
 @click.option("-p", "--pipeline", default="default", show_default=True, help="Pass pipeline.")
 @click.option("--full", is_flag=True, help="Also print the spec IR ingredient in full.")
 @_cache_dir_option
-def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout, arch,
-              pipeline, full,
-              cache_dir):
+def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout, indexer,
+              bounds, arch, pipeline, full, cache_dir):
     """Print a kernel's key ingredients; on a miss, what changed.
 
     The key is the sha256 of the spec IR, pipeline, arch, compile options, compressc
@@ -289,7 +288,9 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, 
     from compressc.driver.key import hash_ingredients
 
     arch = _archs((arch,))[0]
-    spec = _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout)
+    spec = variant_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
+                        cache_format=cache_format, rotate=rotate, state_layout=state_layout, indexer=indexer,
+                        bounds=bounds)
     now = _ingredients(spec, arch, pipeline)
     key = hash_ingredients(now)
     store = Store(_cache_root(cache_dir), readonly=True)
@@ -302,18 +303,6 @@ def cache_why(kernel, head_size, quant_block, rope, weight_dtype, cache_format, 
     if full:
         click.echo("spec_ir:\n" + now["spec_ir"])
     _explain(store, key, spec, arch, now)
-
-
-def _why_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=None, rotate=False,
-              state_layout=None):
-    from compressc.specs.errors import SpecError
-    from compressc.specs.family import make_spec
-
-    try:
-        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
-                         cache_format=cache_format, rotate=rotate, state_layout=state_layout or "paged")
-    except SpecError as err:
-        raise click.ClickException(str(err)) from None
 
 
 def _ingredients(spec, arch, pipeline) -> dict:

@@ -8,9 +8,7 @@ from pathlib import Path
 import click
 
 from compressc import __version__
-from compressc.cli.options import variant_options
-from compressc.specs.errors import SpecError
-from compressc.specs.family import make_spec
+from compressc.cli.options import variant_options, variant_spec
 
 PIPELINE_HELP = (
     "Pass pipeline: 'default' (the tuned schedule of the variant and --arch when "
@@ -65,12 +63,10 @@ _spec_options = variant_options("Kernel of the family (docs/kernels.md §1).")
 
 
 def _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format=None, rotate=False,
-               state_layout=None):
-    try:
-        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
-                         cache_format=cache_format, rotate=rotate, state_layout=state_layout or "paged")
-    except SpecError as err:
-        raise UserError(str(err)) from None
+               state_layout=None, indexer=None, bounds=False):
+    return variant_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
+                        cache_format=cache_format, rotate=rotate, state_layout=state_layout, indexer=indexer,
+                        bounds=bounds)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -131,6 +127,8 @@ def opt(
     cache_format,
     rotate,
     state_layout,
+    indexer,
+    bounds,
     pipeline,
     print_ir_after_all,
     print_ir_after_change,
@@ -177,7 +175,7 @@ def opt(
             module = parse_module(_read_cir(file), str(file))
         else:
             spec = _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate,
-                              state_layout)
+                              state_layout, indexer, bounds)
             module = module_from_spec(spec)
             pipeline = "default" if pipeline is None else pipeline  # -p '' is no passes
         passes = parse_pipeline(_resolve(pipeline or "", module, arch))
@@ -200,7 +198,7 @@ def opt(
               help=PIPELINE_HELP + " Default with --spec: default; a FILE is emitted as it is.")
 @click.option("--arch", default="sm90", show_default=True, help=ARCH_HELP)
 def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate, state_layout,
-         pipeline, arch):
+         indexer, bounds, pipeline, arch):
     """Print the CuTe DSL kernel module generated for one variant, or for a saved stage.
 
     \b
@@ -227,7 +225,7 @@ def emit(file, kernel, head_size, quant_block, rope, weight_dtype, cache_format,
             label = f"restarted from {file.name}"
         else:
             spec = _make_spec(kernel, head_size, quant_block, rope, weight_dtype, cache_format, rotate,
-                              state_layout)
+                              state_layout, indexer, bounds)
             module = module_from_spec(spec)
             pipeline = pipeline or "default"
         if pipeline is not None:

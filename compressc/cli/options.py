@@ -6,7 +6,8 @@ import re
 
 import click
 
-from compressc.specs.family import KERNELS, STATE_LAYOUTS
+from compressc.specs.errors import SpecError
+from compressc.specs.family import CHECKED_KERNELS, KERNELS, STATE_LAYOUTS, KernelSpec, make_spec
 from compressc.specs.formats import FORMATS
 
 DEFAULT_ROPE = 64
@@ -19,11 +20,22 @@ def archs_option(help_text: str):
                         help=help_text)
 
 
+INDEXERS = ("indexer_fp8", "indexer_mxfp4")
+BOUNDS_HELP = (
+    "The checked build (variant suffix _bounds, a cache entry of its own): every index an active row "
+    "uses (request, block_table column and page, rope row, kv page) is checked in the kernel; a bad "
+    "row is skipped and recorded, and the runtime raises IndexOutOfBoundsError naming tensor, row and "
+    "value. The runtime serves it only with COMPRESSC_CHECK_BOUNDS=kernel (docs/kernels.md §3, "
+    f"'Checked builds'). Kernels with one: {', '.join(CHECKED_KERNELS)} (paged state); csa, the ring "
+    "and c128a_online have none: COMPRESSC_CHECK_BOUNDS=1 checks them on the host."
+)
+
+
 def variant_options(spec_help: str, *, matrix: bool = False, required: bool = False):
     """--spec, --head-size, --quant-block, --weight-dtype, --rope, --cache-format, --rotate,
-    --state-layout: every axis of a variant's name (KernelSpec.variant), so any kernel the
-    runtime asks for, and so any `compressc build` command KernelNotFoundError prints, can be
-    named on every command.
+    --state-layout, --indexer, --bounds: every axis of a variant's name (KernelSpec.variant), so any
+    kernel the runtime asks for, and so any `compressc build` command KernelNotFoundError prints,
+    can be named on every command.
 
     `matrix` (build, wheel): the axes narrow the default matrix to one kernel and default to
     None (both weight dtypes, the shipped rope); otherwise (opt, emit, cache why) they name
@@ -44,6 +56,12 @@ def variant_options(spec_help: str, *, matrix: bool = False, required: bool = Fa
 
     def decorate(command):
         # applied bottom-up, so --help lists them in the order written here
+        command = click.option("--bounds", is_flag=True, default=False,
+                               help=BOUNDS_HELP + (" Without --spec: the checked build of every default "
+                                                   "variant that has one." if matrix else ""))(command)
+        command = click.option("--indexer", type=click.Choice(INDEXERS), default=None,
+                               help=with_spec.replace("--spec", "--spec csa") + "the fused layer's indexer "
+                               "part (default indexer_fp8; docs/kernels.md §12).")(command)
         command = click.option("--state-layout", type=click.Choice(STATE_LAYOUTS), default=None,
                                help=with_spec + "where the window's state lives: 'paged' (default) or "
                                "'ring' (c128a_compress only, docs/kernels.md §10).")(command)
@@ -62,6 +80,20 @@ def variant_options(spec_help: str, *, matrix: bool = False, required: bool = Fa
                             help=spec_help)(command)
 
     return decorate
+
+
+def variant_spec(kernel: str, head_size: int | None, quant_block: int | None, *, rope: int = DEFAULT_ROPE,
+                 weight_dtype: str = "bf16", cache_format: str | None = None, rotate: bool = False,
+                 state_layout: str | None = None, indexer: str | None = None,
+                 bounds: bool = False) -> KernelSpec:
+    """The variant the options name; a ClickException naming the option and the rule it breaks."""
+    try:
+        return make_spec(kernel, head_size, quant_block, rope=rope, weight_dtype=weight_dtype,
+                         cache_format=cache_format, rotate=bool(rotate), state_layout=state_layout or "paged",
+                         indexer=indexer, bounds=bounds)
+    except SpecError as err:
+        text = f"--bounds: {err.rule}" if err.field == "bounds" else str(err)
+        raise click.ClickException(text) from None
 
 
 # K/M/G alone are powers of 1024, as in du/sort -h; KB/MB/GB powers of 1000.

@@ -46,7 +46,7 @@ from compressc.cli.output import echo_json, json_option
 @variant_options("Pack one kernel instead of the default matrix.", matrix=True)
 @_cache_dir_option
 def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dtype, rope, cache_format,
-          rotate, state_layout, cache_dir):
+          rotate, state_layout, indexer, bounds, cache_dir):
     """Write an installable kernel-pack wheel (compiling what the cache lacks).
 
     The wheel, e.g. compressc_kernels_sm90-<version>-py3-none-any.whl, depends only on
@@ -65,7 +65,8 @@ def wheel(archs, out, max_size, jobs, kernel, head_size, quant_block, weight_dty
     from compressc.driver.plan import plan_many
     from compressc.packs.wheel import WheelError, format_size, write_wheel, zip_time
 
-    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout)
+    specs = _specs(kernel, head_size, quant_block, weight_dtype, rope, cache_format, rotate, state_layout,
+                   indexer, bounds)
     archs = _archs(archs)
     try:
         date_time = zip_time(os.environ.get("SOURCE_DATE_EPOCH"))

@@ -36,8 +36,12 @@ def check_bounds(spec: KernelSpec, args: Mapping[str, object], num_rows: int) ->
     """IndexOutOfBoundsError naming the first out-of-range index of the active rows."""
     if num_rows == 0:
         return
-    rows = _Rows(spec, args, num_rows)
-    checks = rows.checks()
+    if spec.state_layout == "ring":
+        from compressc.runtime.bounds_ring import RingRows
+
+        checks = RingRows(spec, args, num_rows).checks()
+    else:
+        checks = _Rows(spec, args, num_rows).checks()
     flags = torch.stack([bad.any() for bad, _ in checks]).tolist()  # the one sync
     for (bad, describe), failed in zip(checks, flags, strict=True):
         if failed:

@@ -12,8 +12,8 @@ capture, as loading the kernel must) and a replay records into it too.
 When it is read: after every eager call (one 64-byte device-to-host read: a sync on the
 current stream), which raises IndexOutOfBoundsError naming the tensor, the row and the value
 and clears the record; never during capture. After graph replays call `check_kernel_bounds()`
-(the next eager call also raises what a replay recorded). Ops without a checked build (the
-online merge, the ring) keep the host checks in this mode.
+(the next eager call also raises what a replay recorded). Ops without a checked build (csa, the
+online merge, the ring: runtime/bounds_ring.py) keep the host checks in this mode.
 """
 
 from __future__ import annotations

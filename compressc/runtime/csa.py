@@ -302,6 +302,13 @@ def _part_values(part, args: dict, a: dict, scale) -> dict:
         scale,
     )
     nonempty(int(values["num_rows"]), {k: v for k, v in a.items() if isinstance(v, torch.Tensor)})
+    from compressc.runtime import ops
+
+    if ops.check_bounds_enabled():  # csa has no checked build: its parts are checked on the host
+        from compressc.runtime.bounds import check_bounds
+
+        shared = {n: args[n] for n in ("token_to_req_indices", "positions")}
+        check_bounds(part, a | shared, int(values["num_rows"]))
     return values
 
 

@@ -24,6 +24,7 @@ from compressc.runtime.args import grid_rule_problem
 from compressc.runtime.entrypoints import entry_points
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
+from compressc.specs.formats import formats_for
 
 log = logging.getLogger("compressc.runtime")
 ENTRY_POINT_GROUP = "compressc.kernel_packs"
@@ -107,7 +108,12 @@ def build_command(spec: KernelSpec, arch: str, pipeline: str = "default") -> str
         f"--quant-block {spec.quant_block} --weight-dtype {spec.weight_dtype}"
     )
     cmd = cmd if spec.rope == 64 else f"{cmd} --rope {spec.rope}"
+    first = (formats_for(spec.kernel) or [""])[0]
+    cmd = cmd if spec.cache_format == first else f"{cmd} --cache-format {spec.cache_format}"
+    cmd = f"{cmd} --indexer {spec.indexer}" if spec.indexer else cmd
+    cmd = f"{cmd} --rotate" if spec.rotate else cmd
     cmd = cmd if spec.state_layout == "paged" else f"{cmd} --state-layout {spec.state_layout}"
+    cmd = f"{cmd} --bounds" if spec.bounds else cmd
     return cmd if pipeline == "default" else f"{cmd} -p {pipeline}"
 
 

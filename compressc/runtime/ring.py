@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from compressc.runtime.ops import _launch_checked, _tensors, kernel_spec, scratch_buffer
+from compressc.runtime.ops import _launch_checked, _tensors, check_bounds_enabled, kernel_spec, scratch_buffer
 from compressc.runtime.validate import (
     Values,
     _aligned,
@@ -154,6 +154,10 @@ def _checked(head_size: int, quant_block: int, args: dict) -> tuple | None:
     values |= store_values(store_spec, args["rms_norm_weight"], args["rms_norm_eps"], args["cos_sin_cache"],
                            args["k_cache"], args["kv_cache_block_size"])
     nonempty(T, _tensors(args))
+    if check_bounds_enabled():  # the ring has no checked build: its index values are checked here
+        from compressc.runtime.bounds import check_bounds
+
+        check_bounds(pool_spec, args, T)
     if args["compressed_kv"] is not None:
         values |= compressed_values(pool_spec, args["compressed_kv"], T)
     device = check_device(_tensors(args))

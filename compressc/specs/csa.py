@@ -83,6 +83,9 @@ def validate_csa(spec: KernelSpec) -> None:
         )
     if spec.ratio != 4 or spec.state_layout != "paged":
         raise SpecError("ratio", spec.ratio, "must be 4 with the paged state: csa fuses ratio-4 compressors")
+    if spec.bounds:
+        raise SpecError("bounds", spec.bounds, "csa has no checked build: COMPRESSC_CHECK_BOUNDS=1 "
+                        "(or =kernel) checks its index values on the host before the launch")
     parts(spec)  # make_spec validates each part as the kernel it is
 
 

@@ -20,6 +20,9 @@ STORE_LAYOUTS = ("f32_rows", *FORMATS)
 # C128 compress kernel only, this launch's rows plus one ring per request (docs/kernels.md §10)
 STATE_LAYOUTS = ("paged", "ring")
 RING_KERNELS = ("c128a_compress",)
+# the kernels with a checked build (KernelSpec.bounds, paged state); csa, the ring and the online
+# merge are checked on the host (compressc.runtime.bounds)
+CHECKED_KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +206,7 @@ def validate(spec: KernelSpec) -> None:
     _check(spec.state_layout == "paged" or spec.kernel in RING_KERNELS, "state_layout", spec.state_layout,
            f"'ring' is a state layout of {', '.join(RING_KERNELS)} only (the ring holds C128 state rows; "
            f"{spec.kernel} reads the paged state)")
-    _check(not spec.bounds or (spec.state_layout == "paged" and not spec.segmented), "bounds", spec.bounds,
-           "the kernel-side bounds checks are for the paged kernels (the ring and the online merge "
-           "keep the host checks)")
+    _check_bounds(spec)
     _check(spec.ratio in (4, 128), "ratio", spec.ratio, "must be 4 (overlapping C4) or 128 (C128)")
     _check(spec.head % 8 == 0, "head_size", spec.head,
            "must be a multiple of 8 so every row is read with 16-byte fp32 and bf16 vectors")
@@ -218,6 +219,16 @@ def validate(spec: KernelSpec) -> None:
     if spec.normalises:
         _check_rope(spec)
         _check_store(spec)
+
+
+def _check_bounds(spec: KernelSpec) -> None:
+    """A checked build (docs/kernels.md §3) exists for the paged kernels only."""
+    layout = spec.state_layout
+    what = spec.kernel if layout == "paged" else f"{spec.kernel} with the {layout} state"
+    _check(not spec.bounds or (spec.state_layout == "paged" and not spec.segmented), "bounds", spec.bounds,
+           f"{what} has no checked build: the kernel-side checks are for the paged kernels "
+           f"({', '.join(CHECKED_KERNELS)}); COMPRESSC_CHECK_BOUNDS=1 (or =kernel) checks the ring's and "
+           "the online merge's index values on the host before each launch")
 
 
 def _check_format(spec: KernelSpec) -> None:

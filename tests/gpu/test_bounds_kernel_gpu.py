@@ -1,10 +1,8 @@
 """COMPRESSC_CHECK_BOUNDS=kernel on the GPU: the checked builds (`*_bounds` variants) skip and
 record an out-of-range row, eagerly and inside a CUDA graph (docs/kernels.md §3, "Checked builds").
 
-Needs the checked builds in the cache the runtime reads (see benchmarks/NOTES.md, issue 17):
-  python -c "from pathlib import Path; from compressc.driver.build import build_one; \
-from compressc.cache.store import Store; from compressc.specs import make_spec; \
-[build_one(make_spec(k, bounds=True), 'sm_90a', store=Store(Path('build/kernels'))) for k in ('c4a',)]"
+Needs the checked builds in the cache the runtime reads (build host):
+  python -m compressc.cli build --arch sm90 --out build/kernels --bounds
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_ops_gpu import _assert_same_bytes, _c128a_args, _c128a_case, _c128a_reference, _run_fused
 
 from compressc.runtime import bounds_kernel, ops
 from compressc.runtime.bounds import IndexOutOfBoundsError
@@ -89,3 +88,27 @@ def test_a_graph_replay_records_and_check_kernel_bounds_raises(cuda_device, kern
     with pytest.raises(IndexOutOfBoundsError, match=used):
         bounds_kernel.check_kernel_bounds(cuda_device)
     bounds_kernel.check_kernel_bounds(cuda_device)  # cleared
+
+
+# one checked build of each other kernel (`compressc build --bounds` builds all 21)
+OTHERS = [make_spec("indexer_fp8", weight_dtype="bf16", rotate=True),
+          make_spec("indexer_mxfp4", weight_dtype="f32"),
+          make_spec("c4a", weight_dtype="f32", cache_format="full_bf16"),
+          make_spec("c128a_store", weight_dtype="bf16", cache_format="full_fp8")]
+
+
+@pytest.mark.parametrize("spec", OTHERS, ids=lambda s: f"{s.variant}_bounds")
+def test_the_other_checked_builds_write_the_reference_bytes(cuda_device, kernel_mode, spec):
+    c128a = spec.kernel == "c128a_store"
+    served = [spec, make_spec("c128a_compress", weight_dtype="f32")] if c128a else [spec]
+    assert all(ops.kernel_for(s.with_(bounds=True), cuda_device).entry.endswith("_bounds") for s in served)
+    if not c128a:
+        sc = make_scenario(spec, "mixed", 64, device=cuda_device, seed=8)
+        got = sc.poisoned_cache()
+        _run_fused(spec, sc, got)
+        _assert_same_bytes(spec, got, sc.run_reference(), sc)
+        return
+    pool_spec, sc, state = _c128a_case(spec, "decode", 64, cuda_device)
+    got = sc.poisoned_cache()
+    ops.compress_c128a(*_c128a_args(sc, state, sc.typed(got)), **sc.op_kwargs())
+    _assert_same_bytes(spec, got, _c128a_reference(pool_spec, spec, sc, state), sc)
