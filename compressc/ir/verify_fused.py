@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from compressc.ir.core import Module, Op
 from compressc.ir.fused import PART_ARG, PART_ATTRS, _spans, part_modules, part_ops, top_ops
+from compressc.ir.kd import is_program_op
 from compressc.ir.verifier import VerifyError, verify
 from compressc.specs.csa import PART_NAMES, csa_abi, parts
 from compressc.specs.errors import SpecError
@@ -130,7 +131,7 @@ def _verify_parts(module: Module) -> None:
         if problem:
             raise _fail(module, None, "part", part.name, problem)
         want = part_program(replace(part, ops=part.ops + expected_program(part)), g)
-        got = tuple(op for op in kept.ops if op.name.startswith("kd."))
+        got = tuple(op for op in kept.ops if is_program_op(op))
         if [(o.name, o.attrs) for o in got] != [(o.name, o.attrs) for o in want]:
             raise _fail(
                 module,
