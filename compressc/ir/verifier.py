@@ -68,7 +68,16 @@ def verify(module: Module) -> Module:
     _verify_spec(module)
     _verify_schedule(module)
     _verify_program(module)  # last: the schedule it is checked against must be legal first
+    _verify_row(module)
     return module
+
+
+def _verify_row(module: Module) -> None:
+    from compressc.ir.verify_row import row_problem
+
+    problem = row_problem(module)
+    if problem is not None:
+        raise _fail(module, *problem)
 
 
 def _verify_structure(module: Module) -> None:

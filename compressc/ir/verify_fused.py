@@ -112,6 +112,7 @@ def _verify_bindings(module: Module) -> None:
 
 
 def _verify_parts(module: Module) -> None:
+    from compressc.ir.verify_row import row_problem
     from compressc.passes.fuse_parts import dispatch_program, fusion_problem, part_program, row_groups
     from compressc.passes.lower_grid import expected_program
 
@@ -127,6 +128,9 @@ def _verify_parts(module: Module) -> None:
     groups = row_groups(bare)
     threads = max(int(p.get("threads")) for p in bare)  # type: ignore[arg-type]
     for part, kept, g in zip(bare, lowered, groups, strict=True):
+        row = row_problem(kept)
+        if row is not None:
+            raise _fail(module, *row)
         problem = fusion_problem(part, g, threads)
         if problem:
             raise _fail(module, None, "part", part.name, problem)

@@ -131,14 +131,12 @@ def store_words(src: Source, module: Module, op: Op) -> None:
     col = "col" if lo == 0 else f"(col - {lo})"
     scaled = {8: col, 16: f"2 * {col}", 4: f"{col} // 2"}[_a(op, "code_bits")]
     addr = f"token + {scaled}" if offset == 0 and lo == 0 else f"token + {offset} + {scaled}"
-    if bits in (8, 16):
-        src.line(f"ops.st_global_b{bits}({addr}, {v}0{_keep(op)})")
-        return
-    per = bits // 32
-    for k, at in enumerate(op.attr("offsets")):  # type: ignore[union-attr]
+    per = max(1, bits // 32)  # an 8- or 16-bit store: the low bytes of one word
+    store = f"ops.st_global_b{bits}" if bits < 32 else STORE_BY_WORDS[per]
+    for k, at in enumerate(op.attr("offsets")):  # type: ignore[arg-type]
         words = ", ".join(f"{v}{w}" for w in range(k * per, min(k * per + per, _a(op, "words"))))
         target = addr if at == 0 else f"{addr} + {at}"
-        src.line(f"{STORE_BY_WORDS[per]}({target}, {words}{_keep(op)})")
+        src.line(f"{store}({target}, {words}{_keep(op)})")
 
 
 def store_scales(src: Source, module: Module, op: Op) -> None:
