@@ -96,6 +96,7 @@ def _lane_tree(combine: Callable) -> Callable[[Lanes, Op], None]:
 def _smem_put(lanes: Lanes, op: Op) -> None:
     """Lane 0 of every warp writes its value to slot + warp."""
     v, slot = get(lanes, str(op.attr("value"))), int(op.attr("slot"))  # type: ignore[arg-type]
+    _in_smem(lanes, op, slot + lanes.head_lanes // WARP - 1)
     for w in range(lanes.head_lanes // WARP):
         lanes.smem[slot + w] = v[w * WARP]  # type: ignore[index]
     lanes.unpublished = True
@@ -108,7 +109,14 @@ def _barrier(lanes: Lanes, op: Op) -> None:
 def _read_slots(lanes: Lanes, op: Op, first: np.ndarray, warps: int) -> list[np.ndarray]:
     if lanes.unpublished:
         raise LaneError(f"{op.name}: reads smem slot {op.attr('slot')} before a barrier publishes it")
+    _in_smem(lanes, op, int(np.max(first)) + warps - 1)
     return [lanes.smem[first + w] for w in range(warps)]  # type: ignore[index]
+
+
+def _in_smem(lanes: Lanes, op: Op, last: int) -> None:
+    if last >= len(lanes.smem):  # type: ignore[arg-type]
+        raise LaneError(f"{op.name}: slot {op.attr('slot')} reaches fp32 word {last}, past the CTA's "
+                        f"{lanes.module.get('smem_bytes')} bytes of static smem")
 
 
 def _smem_sum(lanes: Lanes, op: Op) -> None:
