@@ -40,7 +40,8 @@ def _names(module) -> list[str]:
 
 def test_lower_row_writes_each_epilogue_op_lane_by_lane() -> None:
     names = _names(_lower(make_spec("c4a")))
-    assert names[:5] == ["kd.sum_squares", "kd.lane_sum", "kd.smem_put", "kd.cta_barrier", "kd.smem_sum"]
+    assert names[:6] == ["kd.pooled", "kd.sum_squares", "kd.lane_sum", "kd.smem_put", "kd.cta_barrier",
+                         "kd.smem_sum"]
     assert {"kd.lane_max", "kd.ue8m0_scale", "kd.e4m3_words", "kd.bf16_words", "kd.store_pads"} <= set(names)
     rotated = _names(_lower(make_spec("indexer_mxfp4", rotate=True)))
     assert rotated.count("kd.shfl_butterfly") == 5 and "kd.e2m1_words" in rotated

@@ -2,7 +2,7 @@
 
 Each op runs over the CTA's lanes at once: a register is a NumPy array with one row per
 lane of split group 0 (`[head_lanes]` or `[head_lanes, E]`), a shuffle `shfl_xor(v, m)`
-reads `v[lane ^ m]`, the CTA's static shared memory is an fp32 array that starts as NaN
+reads `v[lane ^ m]`, each CTA's static shared memory is an fp32 array that starts as NaN
 (so a read of a slot nobody wrote poisons the result), and a store writes the bytes of a
 lane's words at the addresses its attributes give. A wrong mask, slot or byte offset in
 a `.cir` therefore gives wrong bytes here, as it would on the GPU.
@@ -16,7 +16,8 @@ import numpy as np
 
 from compressc.ir.core import Op
 from compressc.ir.interp_stages import F32, STAGES, Lanes
-from compressc.ir.kd_row import OPERAND_LOADS, RowNode, row_program
+from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
+from compressc.ir.row_pool import POOL_RUN
 from compressc.ir.row_stores import STORE_RUN
 from compressc.numerics import np_bf16_rne
 from compressc.specs.target import WARP
@@ -43,7 +44,8 @@ def put(lanes: Lanes, name: str, value: np.ndarray) -> None:
 
 def run_row_ops(lanes: Lanes) -> None:
     """One active row: the operand loads placed early, then every row op in order."""
-    lanes.smem = np.full(max(1, lanes.module.get("smem_bytes", 0) // 4), np.nan, F32)  # type: ignore[operator]
+    words = max(1, lanes.module.get("smem_bytes", 0) // 4)  # type: ignore[operator]
+    lanes.smem = np.full((lanes.cluster, words), np.nan, F32)  # one row per CTA of the cluster
     lanes.live = np.ones(lanes.head_lanes, dtype=bool)
     for op in lanes.module.ops:
         if op.name in OPERAND_LOADS and op.attr("at") == "early":
@@ -52,7 +54,8 @@ def run_row_ops(lanes: Lanes) -> None:
 
 
 def _walk(lanes: Lanes, nodes: tuple[RowNode, ...]) -> None:
-    for node in nodes:
+    skip = lowered_ops(tuple(node.op for node in nodes))
+    for i, node in enumerate(nodes):
         op = node.op
         if op.name == "kd.if_cols":
             outer, col = lanes.live, lanes.col
@@ -61,7 +64,7 @@ def _walk(lanes: Lanes, nodes: tuple[RowNode, ...]) -> None:
             lanes.live = outer
         elif op.name in ROW_RUN and op.attr("at") != "early":
             ROW_RUN[op.name](lanes, op)
-        elif op.name in STAGES:
+        elif op.name in STAGES and i not in skip:
             STAGES[op.name](lanes, op)
 
 
@@ -98,7 +101,7 @@ def _smem_put(lanes: Lanes, op: Op) -> None:
     v, slot = get(lanes, str(op.attr("value"))), int(op.attr("slot"))  # type: ignore[arg-type]
     _in_smem(lanes, op, slot + lanes.head_lanes // WARP - 1)
     for w in range(lanes.head_lanes // WARP):
-        lanes.smem[slot + w] = v[w * WARP]  # type: ignore[index]
+        lanes.smem[0, slot + w] = v[w * WARP]  # type: ignore[index]
     lanes.unpublished = True
 
 
@@ -110,11 +113,11 @@ def _read_slots(lanes: Lanes, op: Op, first: np.ndarray, warps: int) -> list[np.
     if lanes.unpublished:
         raise LaneError(f"{op.name}: reads smem slot {op.attr('slot')} before a barrier publishes it")
     _in_smem(lanes, op, int(np.max(first)) + warps - 1)
-    return [lanes.smem[first + w] for w in range(warps)]  # type: ignore[index]
+    return [lanes.smem[0, first + w] for w in range(warps)]  # type: ignore[index]
 
 
 def _in_smem(lanes: Lanes, op: Op, last: int) -> None:
-    if last >= len(lanes.smem):  # type: ignore[arg-type]
+    if last >= lanes.smem.shape[1]:  # type: ignore[union-attr]
         raise LaneError(f"{op.name}: slot {op.attr('slot')} reaches fp32 word {last}, past the CTA's "
                         f"{lanes.module.get('smem_bytes')} bytes of static smem")
 
@@ -250,4 +253,5 @@ ROW_RUN: dict[str, Callable[[Lanes, Op], None]] = {
     "kd.ue8m0_scale": _ue8m0_scale,
     "kd.tensor_scale": _tensor_scale,
     **STORE_RUN,
+    **POOL_RUN,
 }

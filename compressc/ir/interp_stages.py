@@ -201,7 +201,6 @@ ROW_LOADS = {"cc.ring_state": interp_ring.load_row}
 STAGES: dict[str, Callable[[Lanes, Op], None]] = {
     "cc.ring_state": interp_ring.ring_state,
     "cc.window": window,
-    "cc.pool_softmax": pool,
     "cc.store_rows": store_rows,
     "cc.load_rows": load_rows,
 }

@@ -18,6 +18,15 @@ from compressc.ir.core import Op
 
 # op -> the attributes it must carry
 ROW_ATTRS: dict[str, tuple[str, ...]] = {
+    # cc.pool_softmax: the split groups' and the cluster's partials merged through smem
+    "kd.put_partials": ("slot", "stride", "head", "elems"),
+    "kd.fold_groups": ("slot", "stride", "head", "elems", "groups"),
+    "kd.cluster_barrier": ("after", "ranks"),
+    "kd.dsmem_put_partials": ("slot", "stride", "head", "elems", "group0"),
+    "kd.fold_ranks": ("slot", "stride", "head", "elems", "ranks", "absent", "group0"),
+    "kd.pooled": ("elems",),
+    "kd.only_group0": (),
+    "kd.only_rank0": (),
     # cc.rms_norm
     "kd.sum_squares": ("elems",),
     "kd.lane_sum": ("value", "masks"),
@@ -53,8 +62,9 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.store_scales": ("lanes", "lo", "block", "first", "stored", "keep"),
     "kd.store_pads": ("lane", "offsets", "keep"),
 }
-# the row ops lower-row rewrites (each keeps its spec; its kd ops follow it)
-LOWERED = ("cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
+# the row ops lower-row rewrites (each keeps its spec; its kd ops follow it); cc.pool_softmax
+# only after a cc.window (the online merge kernel's pool stays a row op)
+LOWERED = ("cc.pool_softmax", "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
 # the loads the `kd.row {operands}` / `kd.operand_loads` of the program issue when `at = "early"`,
 # with the row op they feed
 OPERAND_LOADS = {"kd.load_rms_weight": "cc.rms_norm", "kd.load_rope_tables": "cc.rope"}
@@ -72,6 +82,11 @@ class RowNode:
 
 def is_row_op(op: Op) -> bool:
     return op.name in ROW_ATTRS
+
+
+def lowered_ops(ops: tuple[Op, ...]) -> set[int]:
+    """The indices of the coarse ops whose kd ops follow them: their specs, not run themselves."""
+    return {i for i, op in enumerate(ops[:-1]) if op.name in LOWERED and is_row_op(ops[i + 1])}
 
 
 def row_program(ops: tuple[Op, ...]) -> tuple[RowNode, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compressc.ir.core import Module, Op
+from compressc.kernels import row_ops_pool as pool
 from compressc.kernels import row_ops_quant as q
 from compressc.kernels.source import Source
 
@@ -119,6 +120,14 @@ def _lines(*lines: str) -> Emit:
 
 
 ROW_EMIT: dict[str, Emit] = {
+    "kd.put_partials": pool.put_partials,
+    "kd.fold_groups": pool.fold_groups,
+    "kd.cluster_barrier": pool.cluster_barrier,
+    "kd.dsmem_put_partials": pool.dsmem_put_partials,
+    "kd.fold_ranks": pool.fold_ranks,
+    "kd.pooled": pool.pooled,
+    "kd.only_group0": pool.only("if group == 0:"),
+    "kd.only_rank0": pool.only("if rank == 0:"),
     "kd.sum_squares": sum_squares,
     "kd.lane_sum": lane_sum,
     "kd.smem_put": smem_put,

@@ -1,5 +1,7 @@
-"""The row body, one emitter function per row op, driven by its schedule fields; the
-row loop around it is the kernel dialect's (compressc.kernels.grid).
+"""The row body: the coarse row ops lower-row leaves (the window, the pooling merge, the
+row loads and stores of C128A's two kernels, the ring state), one emitter function each,
+and the lane-level `kd.*` ops lower-row writes for the epilogue (compressc.kernels.row_ops),
+in module order; the row loop around it is the kernel dialect's (compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -8,7 +10,7 @@ register fragments, `s*` shared memory; `col` is the first channel a lane owns.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
-from compressc.ir.kd_row import OPERAND_LOADS, RowNode, row_program
+from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
 from compressc.ir.schedule import Schedule
 from compressc.kernels.bounds import bounds as bounds_emit
 from compressc.kernels.online import ONLINE_EMITTERS
@@ -50,22 +52,16 @@ def row(src: Source, module: Module, operands: bool = True) -> None:
 
 
 def _row_nodes(src: Source, module: Module, nodes: tuple[RowNode, ...]) -> None:
-    sched = Schedule.of(module)
-    for node in nodes:
+    skip = lowered_ops(tuple(node.op for node in nodes))
+    for i, node in enumerate(nodes):
         op, depth = node.op, src.depth
         if op.name in ROW_EMIT and op.attr("at") != "early":
             ROW_EMIT[op.name](src, module, op)
-        elif op.name in _EMITTERS:
+        elif op.name in _EMITTERS and i not in skip:
             _EMITTERS[op.name](src, module, op)
         if node.body:
             _row_nodes(src, module, node.body)
             src.depth = depth
-        if op.name == "cc.pool_softmax" and sched.split > 1:
-            src.line("if group == 0:")
-            src.depth += 1
-        if op.name == "cc.pool_softmax" and sched.cluster > 1:
-            src.line("if rank == 0:")
-            src.depth += 1
 
 
 def operand_loads(src: Source, module: Module) -> None:

@@ -44,8 +44,8 @@ class LowerGrid(ModulePass):
     name: ClassVar[str] = "lower-grid"
 
     def apply(self, module: Module) -> Module:
-        if module.find("kd.lanes") is not None:
-            return module
+        if module.find("kd.lanes") is not None:  # a row loop saved before lower-row: its row body
+            return LowerRow().apply(module)
         if module.find("cc.segment") is not None:
             _require_scheduled(module)
             return replace(module, ops=module.ops + tuple(_segments()))
