@@ -19,6 +19,7 @@ from compressc.ir.kd_row import ROW_ATTRS, RowNestingError, row_program
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
+from compressc.passes.manager import DEFAULT_FETCH
 from compressc.specs import make_spec
 
 
@@ -143,3 +144,40 @@ def test_a_slot_past_the_static_smem_is_a_lane_error(monkeypatch) -> None:
     monkeypatch.setattr(interp, "verify", lambda module: module)
     with pytest.raises(LaneError, match="kd.smem_sum: slot 3 reaches fp32 word 4, past the CTA's 16 bytes"):
         _report(spec, wrong, "mixed", 12, 3)
+
+
+# -- the pooling merge: split groups through smem, a cluster's ranks through rank 0's --------------
+_TAIL = "vectorize,lower-reduction,plan-smem," + DEFAULT_FETCH
+SPLIT = f"thread-map{{elems-per-lane=4,window-split=2}},{_TAIL}"
+CLUSTER = f"thread-map{{elems-per-lane=2,window-split=2,grid=tiled,cluster-split=2}},{_TAIL}"
+POOL_CASES = [
+    # group 0 reads the partial sums from the maxima's slots
+    (SPLIT, "groups = 2}", "kd.fold_groups {head = 512, elems = 4, slot = 0, stride = 1024",
+     "kd.fold_groups {head = 512, elems = 4, slot = 0, stride = 512"),
+    # rank 0 folds rank 1's partial from a slot one channel off
+    (CLUSTER, "ranks = 2, absent", "kd.fold_ranks {head = 512, elems = 2, slot = 0",
+     "kd.fold_ranks {head = 512, elems = 2, slot = 1"),
+    # rank 1 stores its weighted sums over its sums
+    (CLUSTER, "group0 = true}", "kd.dsmem_put_partials {head = 512, elems = 2, slot = 0, stride = 1024",
+     "kd.dsmem_put_partials {head = 512, elems = 2, slot = 0, stride = 512"),
+]
+
+
+@pytest.mark.parametrize("pipeline,_,old,new", POOL_CASES, ids=["split-stride", "rank-slot", "dsmem-stride"])
+def test_an_edited_pool_merge_gives_wrong_bytes(monkeypatch, pipeline: str, _, old: str, new: str) -> None:
+    spec = make_spec("c4a")
+    lowered = _lower(spec, pipeline)
+    assert _report(spec, lowered, "prefill", 40, 5).ok
+    wrong = _edit(lowered, old, new)
+    with pytest.raises(VerifyError, match="must be"):
+        verify(wrong)
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    assert not _report(spec, wrong, "prefill", 40, 5).ok
+
+
+def test_a_cluster_merge_without_its_barrier_is_a_lane_error(monkeypatch) -> None:
+    spec = make_spec("c4a")
+    wrong = _edit(_lower(spec, CLUSTER), '  kd.cluster_barrier {after = "stores", ranks = 2}\n', "")
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    with pytest.raises(LaneError, match="kd.fold_ranks: reads smem slot 0 before a barrier publishes it"):
+        _report(spec, wrong, "prefill", 40, 5)

@@ -102,7 +102,8 @@ def _cluster_barrier(lanes: Lanes, op: Op) -> None:
 def _pooled(lanes: Lanes, op: Op) -> None:
     """Rank 0's group 0 carries on with x = a / l (IEEE division)."""
     M, L, A = _regs(lanes)
-    lanes.x = A[0, 0] / L[0, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a poisoned (NaN) partial stays NaN
+        lanes.x = A[0, 0] / L[0, 0]
 
 
 def _nothing(lanes: Lanes, op: Op) -> None:
