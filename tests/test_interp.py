@@ -240,17 +240,18 @@ def test_the_comparison_catches_a_wrong_module(monkeypatch) -> None:
     assert _report(spec, _lower(spec), "mixed", 12, 11, tiny_block=True).ok
     # Flooring amax instead of the scale (vLLM's Triton fallback) changes the tiny block's scale byte.
     wrong = _lower(spec).replace_ops(
-        "cc.quant", lambda op: replace(op, attrs=_set(op.attrs, "floor_on", "amax"))
+        "kd.ue8m0_scale", lambda op: replace(op, attrs=_set(op.attrs, "floor_on", "amax"))
     )
-    # The verifier refuses such a module (its op contradicts the module's variant); the byte
-    # comparison must catch the wrong bytes on its own, so the interpreter runs it unverified.
-    with pytest.raises(VerifyError, match="floor_on='amax': contradicts the module attributes"):
+    # The verifier refuses such a module (its kd op is not the lowering of its cc.quant); the
+    # byte comparison must catch the wrong bytes on its own, so the interpreter runs it unverified.
+    with pytest.raises(VerifyError, match="kd.ue8m0_scale: floor_on='amax': must be 'scale'"):
         verify(wrong)
     monkeypatch.setattr(interp, "verify", lambda module: module)
     report = _report(spec, wrong, "mixed", 12, 11, tiny_block=True)
     assert report.scale_mismatches > 0 and not report.ok
     # Rotating at p instead of (p // 4) * 4 changes the rope values.
-    shifted = _lower(spec).replace_ops("cc.rope", lambda op: replace(op, attrs=_set(op.attrs, "ratio", 1)))
+    shifted = _lower(spec).replace_ops("kd.load_rope_tables",
+                                       lambda op: replace(op, attrs=_set(op.attrs, "ratio", 1)))
     report = _report(spec, shifted, "decode", 4, 11)
     assert report.rope_failures > 0 and report.scale_mismatches == 0
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from compressc.ir.core import Module, Op, fields
+from compressc.ir.kd import is_program_op
 from compressc.ir.launch import entry_name, grid_rule, module_abi
 from compressc.ir.schedule import Schedule
 from compressc.specs.csa import PART_NAMES, bound_name, parts
@@ -116,7 +117,7 @@ def with_parts(module: Module, new_parts: tuple[Module, ...]) -> Module:
 
 def strip_program(module: Module) -> Module:
     """`module` without its own dispatch program (the parts keep theirs)."""
-    top = {id(op) for op in top_ops(module) if op.name.startswith("kd.")}
+    top = {id(op) for op in top_ops(module) if is_program_op(op)}
     return replace(module, ops=tuple(op for op in module.ops if id(op) not in top), sched=())
 
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compressc.ir.core import Module
-from compressc.ir.interp_stages import STAGES, Lanes, Memory
+from compressc.ir.interp_row import run_row_ops
+from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.kd import Node, program
 from compressc.specs.target import WARP
 
@@ -47,10 +48,7 @@ def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], L
             raise GridError(f"row {lanes.row} ran twice")
         done.append(lanes.row)
         seen.add(lanes.row)
-        for op in module.ops:
-            stage = STAGES.get(op.name)
-            if stage is not None:
-                stage(lanes, op)
+        run_row_ops(lanes)
 
     nodes = program(module)
     cluster = _cluster(nodes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compressc.ir.core import Module, Op
+from compressc.ir.kd_row import ROW_ATTRS
 
 # op -> the attributes it must carry
 KD_ATTRS: dict[str, tuple[str, ...]] = {
@@ -62,8 +63,13 @@ class Node:
     orelse: tuple[Node, ...] = ()
 
 
+def is_program_op(op: Op) -> bool:
+    """A `kd.*` op of the row loop (not of the row body that lower-row writes: kd_row.py)."""
+    return op.name.startswith("kd.") and op.name not in ROW_ATTRS
+
+
 def kd_ops(module: Module) -> list[Op]:
-    return [op for op in module.ops if op.name.startswith("kd.")]
+    return [op for op in module.ops if is_program_op(op)]
 
 
 def program(module: Module) -> tuple[Node, ...]:

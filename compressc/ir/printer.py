@@ -49,10 +49,11 @@ def _indented(ops: tuple[Op, ...]) -> list[tuple[str, Op]]:
 
     out, depth = [], 1
     for op in ops:
-        if op.name in ("kd.end", "kd.else", "cc.part_end"):
+        if op.name in ("kd.end", "kd.else", "cc.part_end", "kd.end_cols"):
             depth -= 1
         out.append(("  " * depth, op))
-        if op.name in OPENERS or op.name in ("kd.else", "cc.part"):  # cc.part: a fused module's part
+        # cc.part: a fused module's part; kd.if_cols: a store region of the row body
+        if op.name in OPENERS or op.name in ("kd.else", "cc.part", "kd.if_cols"):
             depth += 1
     return out
 

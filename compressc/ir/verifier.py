@@ -7,7 +7,8 @@ source location when the module was parsed from text.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
-from compressc.ir.kd import KD_ATTRS, NestingError, program
+from compressc.ir.kd import KD_ATTRS, NestingError, kd_ops, program
+from compressc.ir.kd_row import ROW_ATTRS
 from compressc.ir.online import ONLINE_ATTRS, online_problem
 from compressc.ir.ring import RING_ATTRS, RING_OP, verify_ring
 from compressc.ir.verify_reductions import verify_hadamard, verify_quant, verify_rms
@@ -37,6 +38,7 @@ OP_ATTRS: dict[str, tuple[str, ...]] = {
 }
 OP_ATTRS[RING_OP] = RING_ATTRS
 OP_ATTRS.update(KD_ATTRS)
+OP_ATTRS.update(ROW_ATTRS)
 OP_ATTRS.update(ONLINE_ATTRS)
 MODULE_ATTRS = ("kernel", "head", "rope", "quant_block", "ratio", "weight_dtype")
 
@@ -66,7 +68,16 @@ def verify(module: Module) -> Module:
     _verify_spec(module)
     _verify_schedule(module)
     _verify_program(module)  # last: the schedule it is checked against must be legal first
+    _verify_row(module)
     return module
+
+
+def _verify_row(module: Module) -> None:
+    from compressc.ir.verify_row import row_problem
+
+    problem = row_problem(module)
+    if problem is not None:
+        raise _fail(module, *problem)
 
 
 def _verify_structure(module: Module) -> None:
@@ -96,7 +107,7 @@ def _verify_structure(module: Module) -> None:
 def _verify_program(module: Module) -> None:
     """A kernel-dialect program must be the one lower-grid writes for the rest of the module:
     an edited, stale or early program would not match the schedule it runs."""
-    ops = [op for op in module.ops if op.name.startswith("kd.")]
+    ops = kd_ops(module)
     if not ops:
         return
     from compressc.passes.lower_grid import expected_program

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from compressc.ir.core import Module, Op
 from compressc.ir.fused import PART_ARG, PART_ATTRS, _spans, part_modules, part_ops, top_ops
+from compressc.ir.kd import is_program_op
 from compressc.ir.verifier import VerifyError, verify
 from compressc.specs.csa import PART_NAMES, csa_abi, parts
 from compressc.specs.errors import SpecError
@@ -111,6 +112,7 @@ def _verify_bindings(module: Module) -> None:
 
 
 def _verify_parts(module: Module) -> None:
+    from compressc.ir.verify_row import row_problem
     from compressc.passes.fuse_parts import dispatch_program, fusion_problem, part_program, row_groups
     from compressc.passes.lower_grid import expected_program
 
@@ -126,11 +128,14 @@ def _verify_parts(module: Module) -> None:
     groups = row_groups(bare)
     threads = max(int(p.get("threads")) for p in bare)  # type: ignore[arg-type]
     for part, kept, g in zip(bare, lowered, groups, strict=True):
+        row = row_problem(kept)
+        if row is not None:
+            raise _fail(module, *row)
         problem = fusion_problem(part, g, threads)
         if problem:
             raise _fail(module, None, "part", part.name, problem)
         want = part_program(replace(part, ops=part.ops + expected_program(part)), g)
-        got = tuple(op for op in kept.ops if op.name.startswith("kd."))
+        got = tuple(op for op in kept.ops if is_program_op(op))
         if [(o.name, o.attrs) for o in got] != [(o.name, o.attrs) for o in want]:
             raise _fail(
                 module,

@@ -1,5 +1,7 @@
-"""The row body, one emitter function per row op, driven by its schedule fields; the
-row loop around it is the kernel dialect's (compressc.kernels.grid).
+"""The row body: the coarse row ops lower-row leaves (the window, the pooling merge, the
+row loads and stores of C128A's two kernels, the ring state), one emitter function each,
+and the lane-level `kd.*` ops lower-row writes for the epilogue (compressc.kernels.row_ops),
+in module order; the row loop around it is the kernel dialect's (compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -8,18 +10,16 @@ register fragments, `s*` shared memory; `col` is the first channel a lane owns.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
 from compressc.ir.schedule import Schedule
 from compressc.kernels.bounds import bounds as bounds_emit
 from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.ring import ring_state as _ring_state
+from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
-from compressc.kernels.stages_store import cache_hinted, head_barrier, keep_arg, store_words
-from compressc.kernels.stages_store import hadamard as _hadamard
-from compressc.kernels.stages_store import quant as _quant
-from compressc.kernels.stages_store import store as _store
+from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words
 from compressc.kernels.window import pool as _pool
 from compressc.kernels.window import window as _window
-from compressc.specs.target import WARP
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:
@@ -42,29 +42,35 @@ def ballot(src: Source, guard_op: Op, base: str, count: str, module: Module | No
 
 
 def row(src: Source, module: Module, operands: bool = True) -> None:
-    """The work of one active row: every op's emitter in order."""
-    split = Schedule.of(module).split
+    """The work of one active row: every row op's emitter in order (the coarse ops lower-row
+    rewrote are the spec of their `kd.*` ops, which are emitted instead)."""
     depth = src.depth
     if operands:
         operand_loads(src, module)
-    for op in module.ops:
-        emit = _EMITTERS.get(op.name)
-        if emit is not None:
-            emit(src, module, op)
-        if op.name == "cc.pool_softmax" and split > 1:
-            src.line("if group == 0:")
-            src.depth += 1
-        if op.name == "cc.pool_softmax" and Schedule.of(module).cluster > 1:
-            src.line("if rank == 0:")
-            src.depth += 1
+    _row_nodes(src, module, row_program(module.ops))
     src.depth = depth
 
 
+def _row_nodes(src: Source, module: Module, nodes: tuple[RowNode, ...]) -> None:
+    skip = lowered_ops(tuple(node.op for node in nodes))
+    for i, node in enumerate(nodes):
+        op, depth = node.op, src.depth
+        if op.name in ROW_EMIT and op.attr("at") != "early":
+            ROW_EMIT[op.name](src, module, op)
+        elif op.name in _EMITTERS and i not in skip:
+            _EMITTERS[op.name](src, module, op)
+        if node.body:
+            _row_nodes(src, module, node.body)
+            src.depth = depth
+
+
 def operand_loads(src: Source, module: Module) -> None:
+    """The loads lower-row placed early: their latency hides under the window gather."""
     for op in module.ops:
-        if op.get("load") == "early":
-            src.line(f"# {op.name}'s operands now: their latency hides under the window gather")
-            _OPERAND_LOADS[op.name](src, module, op)
+        if op.name in OPERAND_LOADS and op.attr("at") == "early":
+            owner = OPERAND_LOADS[op.name]
+            src.line(f"# {owner}'s operands now: their latency hides under the window gather")
+            ROW_EMIT[op.name](src, module, op)
 
 
 def prologue(src: Source, module: Module) -> None:
@@ -138,84 +144,11 @@ def _load_rows(src: Source, module: Module, op: Op) -> None:
     src.line(f"cute.autovec_copy({_rows_view(module, op, 'compressed_kv')}, rX)")
 
 
-def _rms(src: Source, module: Module, op: Op) -> None:
-    elems, head = Schedule.of(module).elems, _i(op, "head", False)
-    src.line("ssq = Float32(0.0)")
-    src.line(f"for e in range_constexpr({elems}):")
-    src.line("    ssq = ssq + rX[e] * rX[e]")
-    for mask in op.get("lane_tree"):  # type: ignore[union-attr]
-        src.line(f"ssq = ssq + ops.shfl_xor(ssq, {mask})")
-    if op.get("cross_warp") == "smem":
-        base, warps = _i(op, "smem_offset") // 4, Schedule.of(module).head_lanes // WARP
-        src.line("# one partial per warp through smem, one barrier")
-        src.line("if lane == 0:")
-        src.line(f"    sBuf[{base} + warp] = ssq")
-        head_barrier(src, module)
-        src.line(f"ssq = sBuf[{base}]")
-        src.line(f"for w in range_constexpr(1, {warps}):")
-        src.line(f"    ssq = ssq + sBuf[{base} + w]")
-    src.line(f"rrms = ops.rsqrt(ssq / Float32({float(head)}) + rms_norm_eps)")
-    if op.get("load") != "early":
-        _rms_weight(src, module, op)
-    src.line(f"rY = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
-    src.line(f"for e in range_constexpr({elems}):")
-    src.line("    rY[e] = (rX[e] * rrms) * Float32(rW[e])")
-
-
-def _rms_weight(src: Source, module: Module, op: Op) -> None:
-    elems = Schedule.of(module).elems
-    wtype = "BFloat16" if op.attr("weight_dtype") == "bf16" else "Float32"
-    wvec = _i(op, "vector_bits") // (16 if wtype == "BFloat16" else 32)
-    src.line(f"rW = cute.make_rmem_tensor(cute.make_layout({elems}), {wtype})")
-    src.line(f"cute.autovec_copy(cute.make_tensor(rms_norm_weight + cute.assume(col, divby={wvec}), "
-             f"cute.make_layout({elems})), rW)")
-
-
-def _rope_tables(src: Source, module: Module, op: Op) -> None:
-    """This lane's cos and sin values (rope lanes only; others keep them unset)."""
-    elems = Schedule.of(module).elems
-    dims, first, ratio = _i(op, "dims", False), _i(op, "first", False), _i(op, "ratio", False)
-    half, vec = elems // 2, _i(op, "vector_bits") // 32
-    src.line(f"rCos = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
-    src.line(f"rSin = cute.make_rmem_tensor(cute.make_layout({half}), Float32)")
-    src.line(f"if col >= {first}:")
-    with src.indent():
-        src.line(f"# GPT-J pairs at position (p // {ratio}) * {ratio}")
-        src.line(f"cs_row = (pos // {ratio}) * {ratio * dims} + (col - {first}) // 2")
-        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row, divby={vec}), "
-                 f"cute.make_layout({half})), rCos)")
-        src.line(f"cute.autovec_copy(cute.make_tensor(cos_sin_cache + cute.assume(cs_row + {dims // 2}, "
-                 f"divby={vec}), cute.make_layout({half})), rSin)")
-
-
-def _rope(src: Source, module: Module, op: Op) -> None:
-    elems, first = Schedule.of(module).elems, _i(op, "first", False)
-    if op.get("load") != "early":
-        _rope_tables(src, module, op)
-    src.line(f"if col >= {first}:")
-    with src.indent():
-        src.line("# rotate the GPT-J pairs in fp32")
-        src.line(f"for j in range_constexpr({elems // 2}):")
-        with src.indent():
-            src.line("a = rY[2 * j]")
-            src.line("b = rY[2 * j + 1]")
-            src.line("rY[2 * j] = a * rCos[j] - b * rSin[j]")
-            src.line("rY[2 * j + 1] = a * rSin[j] + b * rCos[j]")
-
-
-
-_OPERAND_LOADS = {"cc.rms_norm": _rms_weight, "cc.rope": _rope_tables}
-
 _EMITTERS = {
     "cc.ring_state": _ring_state,
     "cc.window": _window,
     "cc.pool_softmax": _pool,
     "cc.store_rows": _store_rows,
     "cc.load_rows": _load_rows,
-    "cc.rms_norm": _rms,
-    "cc.rope": _rope,
-    "cc.hadamard": _hadamard,
-    "cc.quant": _quant,
-    "cc.store": _store,
     **ONLINE_EMITTERS,
 }

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from compressc.ir.core import Module, Op, fields
 from compressc.ir.fused import is_fused, part_modules, strip_program, with_parts
+from compressc.ir.kd import is_program_op
 from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
 from compressc.specs.csa import PART_NAMES
@@ -55,7 +56,7 @@ def fusion_problem(part: Module, groups: int, threads: int) -> str | None:
 
 def part_program(part: Module, groups: int) -> tuple[Op, ...]:
     """A lowered part's kd program inside the fused kernel: as lowered, or with row groups."""
-    ops = tuple(op for op in part.ops if op.name.startswith("kd."))
+    ops = tuple(op for op in part.ops if is_program_op(op))
     if groups == 1:
         return ops
     cut = next(i for i, op in enumerate(ops) if op.name == "kd.cta_row")
@@ -97,7 +98,7 @@ class FuseParts(ModulePass):
             if problem:
                 raise ValueError(f"part {part.name}: {problem}")
         fused_parts = tuple(
-            replace(p, ops=tuple(op for op in p.ops if not op.name.startswith("kd.")) + part_program(p, g))
+            replace(p, ops=tuple(op for op in p.ops if not is_program_op(op)) + part_program(p, g))
             for p, g in zip(lowered, groups, strict=True)
         )
         out = with_parts(module, fused_parts)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from compressc.ir.core import Module, Op, fields
+from compressc.ir.kd import is_program_op
 from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
+from compressc.passes.lower_row import LowerRow
 
 END = Op("kd.end")
 
@@ -42,8 +44,8 @@ class LowerGrid(ModulePass):
     name: ClassVar[str] = "lower-grid"
 
     def apply(self, module: Module) -> Module:
-        if module.find("kd.lanes") is not None:
-            return module
+        if module.find("kd.lanes") is not None:  # a row loop saved before lower-row: its row body
+            return LowerRow().apply(module)
         if module.find("cc.segment") is not None:
             _require_scheduled(module)
             return replace(module, ops=module.ops + tuple(_segments()))
@@ -51,6 +53,7 @@ class LowerGrid(ModulePass):
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
         _require_scheduled(module)
+        module = LowerRow().apply(module)
         sched = Schedule.of(module)
         body = [kd("lanes")]
         if sched.grid_dependency == "trigger":
@@ -65,7 +68,7 @@ def expected_program(module: Module) -> tuple[Op, ...]:
     """The kd ops lower-grid writes for `module`'s other ops and schedule: the verifier holds
     a module's program to this (the pass has no options, so nothing else is legal)."""
     rest = replace(module, ops=tuple(op for op in module.ops if not op.name.startswith("kd.")))
-    return tuple(op for op in LowerGrid().apply(rest).ops if op.name.startswith("kd."))
+    return tuple(op for op in LowerGrid().apply(rest).ops if is_program_op(op))
 
 
 def _require_scheduled(module: Module) -> None:
