@@ -155,6 +155,8 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
         "compressed_kv": out if compress else s.compressed_kv,
         "fp8_scale": s.fp8_scale,
     }
+    if spec.kernel == "c128a_split":  # its CTAs' exchange: the interpreter merges a row's parts in rank order
+        tensors["split_workspace"] = torch.zeros(4, dtype=torch.float32)
     if spec.bounds:  # a checked build: a fresh error record and the extents of these tensors
         from compressc.runtime.bounds_kernel import extents
 

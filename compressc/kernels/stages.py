@@ -55,7 +55,7 @@ def row(src: Source, module: Module, operands: bool = True) -> None:
             src.line("if group == 0:")
             src.depth += 1
         if op.name == "cc.pool_softmax" and Schedule.of(module).cluster > 1:
-            src.line("if rank == 0:")
+            src.line("if last:" if Schedule.of(module).global_split else "if rank == 0:")
             src.depth += 1
     src.depth = depth
 
@@ -79,7 +79,10 @@ def prologue(src: Source, module: Module) -> None:
     else:
         src.line("hlane = tidx")
     src.line(f"col = hlane * {elems}  # first channel this lane owns")
-    if Schedule.of(module).cluster > 1:
+    if Schedule.of(module).global_split:
+        src.line("bidx, _, _ = cute.arch.block_idx()")
+        src.line(f"rank = bidx % {Schedule.of(module).global_split}  # which part of each window this CTA pools")
+    elif Schedule.of(module).cluster > 1:
         src.line("rank = cute.arch.block_idx_in_cluster()  # which part of each window this CTA pools")
     if Schedule.of(module).smem_dynamic:
         src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")
