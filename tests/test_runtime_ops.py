@@ -315,7 +315,7 @@ def test_c128a_state_is_the_compress_kernels():
     args = make_args("c128a")
     args["state_cache"] = torch.randn(6, 8, 2048)
     with pytest.raises(
-        ValueError, match=r"\[num_pages, block_size, 1024\] \(2 \* state width of c128a_compress_h512"
+        ValueError, match=r"\[num_pages, block_size, 1024\] \(2 \* state width of c128a_(compress|split)_h512"
     ):
         compress_c128a(**args)
 

@@ -111,27 +111,27 @@ class ThreadMap(ModulePass):
             grid=grid,
             ctas_per_sm=per_sm if grid == "tiled" else 0,
         )
-        if self.cluster_split > 1:
-            module = module.with_sched(cluster_split=self.cluster_split)
-        module = self._grid_split(module)
+        module = self._grid_split(module, grid)
         if grid == "runs":
             module = module.with_sched(rows_per_cta=self.rows_per_cta or self._default_run(module))
         if self.min_ctas_per_sm:
             module = module.with_sched(min_ctas_per_sm=self.min_ctas_per_sm)
         return module.replace_ops("cc.quant", lambda op: self._quant(op, elems))
 
-    def _grid_split(self, module: Module) -> Module:
-        """c128a_split: its S CTAs per row (docs/kernels.md §13); refused on other kernels."""
-        split_kernel = module.attr("kernel") == "c128a_split"
-        if not split_kernel:
+    def _grid_split(self, module: Module, grid: str) -> Module:
+        """A cluster's CTAs, or c128a_split's S CTAs per row (docs/kernels.md §13): it needs the
+        tiled grid, whose rows the S CTAs share (another grid, as the baseline's, pools alone)."""
+        if module.attr("kernel") != "c128a_split":
             if self.grid_split:
                 raise ValueError(f"grid-split={self.grid_split} is c128a_split's (its CTAs merge through "
                                  "global memory); use cluster-split for a cluster of CTAs")
-            return module
+            return module.with_sched(cluster_split=self.cluster_split) if self.cluster_split > 1 else module
+        if self.grid_split and grid != "tiled":
+            raise ValueError(f"grid-split={self.grid_split} needs the tiled grid; the grid here is {grid!r}")
         if self.cluster_split > 1:
             raise ValueError("c128a_split splits its window with grid-split (a plain launch); "
                              f"drop cluster-split={self.cluster_split}")
-        split = self.grid_split or SPLIT_MAX
+        split = self.grid_split or (SPLIT_MAX if grid == "tiled" else 1)
         if split not in CLUSTER_SIZES:
             raise ValueError(f"thread-map grid-split={split}: must be one of "
                              f"{', '.join(map(str, CLUSTER_SIZES))} (CTAs per window, {SPLIT_MAX} at most)")
