@@ -21,7 +21,8 @@ from compressc.specs.abi import split_workspace_row
 from compressc.specs.launch import GridRule, launch_grid
 from tests.test_runtime_ops import launches, make_args  # noqa: F401 (the fixture)
 
-WINDOW = "vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,rescale,operand-loads,occupancy,cache-hints"
+WINDOW = ("vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,rescale,operand-loads,occupancy,"
+          "cache-hints")
 
 
 def _lower(spec, pipeline: str = "default"):
@@ -52,7 +53,10 @@ def test_every_split_matches_the_reference(pipeline: str, kind: str, T: int) -> 
     assert report.ok, report
 
 
-@pytest.mark.parametrize("extra", [{"tiny_block": True}, {"short_positions": True}, {"nonboundary_kv": "none"}])
+EDGES = [{"tiny_block": True}, {"short_positions": True}, {"nonboundary_kv": "none"}]
+
+
+@pytest.mark.parametrize("extra", EDGES)
 def test_default_split_edge_cases(extra: dict) -> None:
     spec = make_spec("c128a_split")
     sc = make_scenario(spec, "mixed", 300, seed=7, **extra)
@@ -143,4 +147,5 @@ def test_otherwise_the_pair(launches, monkeypatch, why: str) -> None:  # noqa: F
         return
     monkeypatch.setattr(ops, "scratch_buffer", lambda device, rows, head: torch.zeros(rows, head))
     ops.compress_c128a(**args, **extra)
-    assert [name for name, _, _ in launches] == ["c128a_compress_h512_q64_r64_f32", "c128a_store_h512_q64_r64_bf16"]
+    assert [name for name, _, _ in launches] == ["c128a_compress_h512_q64_r64_f32",
+                                                 "c128a_store_h512_q64_r64_bf16"]

@@ -33,7 +33,8 @@ _LOCK = threading.Lock()
 
 @cache
 def split_rows_limit() -> int:
-    """The largest T that takes c128a_split (COMPRESSC_C128A_SPLIT_ROWS, read once; default SPLIT_MAX_ROWS)."""
+    """The largest T that takes c128a_split (COMPRESSC_C128A_SPLIT_ROWS, read once; default
+    SPLIT_MAX_ROWS)."""
     from compressc.config import Config
 
     rows = Config.from_env().c128a_split_rows

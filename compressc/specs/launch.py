@@ -108,7 +108,8 @@ def rule_problem(text: str) -> str | None:
         return STALE_TILED
     if comma:
         name, _, size = suffix.partition(":")
-        if kind != "wave" or name not in ("cluster", "split") or size not in [str(c) for c in CLUSTER_SIZES if c > 1]:
+        sizes = [str(c) for c in CLUSTER_SIZES if c > 1]
+        if kind != "wave" or name not in ("cluster", "split") or size not in sizes:
             return "a cluster suffix is ',cluster:<2|4|8>' (or ',split:<2|4|8>') after 'wave:<CTAs per SM>'"
     if kind not in ("wave", "runs") or not count.isdigit() or int(count) <= 0:
         return "expected 'rows', 'wave:<CTAs per SM>[,cluster:<S>]' or 'runs:<rows per CTA>'"
