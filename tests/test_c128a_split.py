@@ -149,3 +149,18 @@ def test_otherwise_the_pair(launches, monkeypatch, why: str) -> None:  # noqa: F
     ops.compress_c128a(**args, **extra)
     assert [name for name, _, _ in launches] == ["c128a_compress_h512_q64_r64_f32",
                                                  "c128a_store_h512_q64_r64_bf16"]
+
+
+def test_the_verifier_checks_the_global_merge() -> None:
+    from compressc.ir.verifier import VerifyError, verify
+
+    module = _lower(make_spec("c128a_split"))
+    with pytest.raises(VerifyError, match="split_merge='dsmem': must be 'global'"):
+        verify(module.with_sched(split_merge="dsmem"))
+    with pytest.raises(VerifyError, match="split_merge='global': needs cluster_split > 1"):
+        verify(module.with_sched(cluster_split=1))
+    with pytest.raises(VerifyError, match="c128a_split is launched without clusters"):
+        verify(module.with_sched(split_merge=None))
+    c4a = _lower(make_spec("c128a_compress", weight_dtype="f32"), f"thread-map{{cluster-split=2}},{WINDOW}")
+    with pytest.raises(VerifyError, match="is c128a_split's"):
+        verify(c4a.with_sched(split_merge="global"))
