@@ -4,6 +4,7 @@ runtime's choice between it and the two-kernel pair."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +33,10 @@ def _lower(spec, pipeline: str = "default"):
 
 def _interpret(module, sc, spec):
     out = sc.poisoned_cache()
-    run_module(module, args_from_scenario(sc, out))
+    args = args_from_scenario(sc, out)
+    run_module(module, args)
+    # every row's arrival counter is back at 0 (the workspace is ready for the next launch)
+    assert not args["split_workspace"][::split_workspace_row(spec.head)].view(np.uint32).any()
     return out
 
 
@@ -164,3 +168,14 @@ def test_the_verifier_checks_the_global_merge() -> None:
     c4a = _lower(make_spec("c128a_compress", weight_dtype="f32"), f"thread-map{{cluster-split=2}},{WINDOW}")
     with pytest.raises(VerifyError, match="is c128a_split's"):
         verify(c4a.with_sched(split_merge="global"))
+
+
+def test_the_interpreter_catches_a_wrong_election(monkeypatch) -> None:
+    from compressc.ir import interp_split
+
+    spec = make_spec("c128a_split")
+    sc = make_scenario(spec, "decode", 2, seed=3)
+    # a rank that never arrives: nobody sees the count reach S - 1, so nobody stores the row
+    monkeypatch.setattr(interp_split, "arrival_order", lambda row, ctas: list(range(ctas - 1)))
+    with pytest.raises(AssertionError, match="elected"):
+        _interpret(_lower(spec), sc, spec)
