@@ -155,7 +155,7 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
         "compressed_kv": out if compress else s.compressed_kv,
         "fp8_scale": s.fp8_scale,
     }
-    if spec.kernel == "c128a_split":  # its CTAs' exchange (compressc.ir.interp_split), zeroed as the runtime's
+    if spec.kernel == "c128a_split":  # zeroed as the runtime's (ir/interp_split.py)
         tensors["split_workspace"] = torch.zeros(s.T * split_workspace_row(spec.head), dtype=torch.float32)
     if spec.bounds:  # a checked build: a fresh error record and the extents of these tensors
         from compressc.runtime.bounds_kernel import extents
