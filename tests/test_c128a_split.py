@@ -75,6 +75,7 @@ def test_the_default_schedule_splits_over_8_ctas_with_a_global_merge() -> None:
     module = _lower(make_spec("c128a_split"))
     assert module.get("cluster_split") == 8 and module.get("split_merge") == "global"
     assert (module.get("elems_per_lane"), module.get("window_split"), module.get("threads")) == (4, 2, 256)
+    assert module.get("min_ctas_per_sm") == 2  # occupancy: a decode step's 32 rows x 8 CTAs in one wave
     source = emit(module, "default")
     assert "rank = bidx % 8" in source
     assert "ops.arrive_count(ws_row, 7)" in source and "ops.fence_gpu()" in source

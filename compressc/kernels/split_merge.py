@@ -30,7 +30,8 @@ def global_merge(src: Source, module: Module, op: Op) -> None:
     """Publish this CTA's partial, elect the row's last CTA (`last`), which merges all S."""
     sched = Schedule.of(module)
     elems, split, ctas = sched.elems, sched.split, sched.global_split
-    head, flag = int(op.attr("head")), int(op.get("smem_offset")) // 4  # type: ignore[arg-type]
+    head, base = int(op.attr("head")), int(op.get("smem_offset")) // 4  # type: ignore[arg-type]
+    flag = base + 2 * head  # past the merged (sum, weighted sum) that _fold_ranks leaves at base
     src.line(f"# the row's {ctas} partials meet in global memory (docs/kernels.md §13)")
     src.line(f"ws_row = split_workspace.toint() + Int64(row) * {4 * split_workspace_row(head)}")
     if split > 1:
@@ -48,35 +49,63 @@ def global_merge(src: Source, module: Module, op: Op) -> None:
         src.line("ops.fence_gpu()  # acquire: the other CTAs' partials are visible after their arrivals")
     src.line("cute.arch.sync_threads()")
     src.line(f"last = sBuf[{flag}] == Float32({ctas - 1})  # this CTA arrived last: it finishes the row")
-    src.line("if last & (group == 0):" if split > 1 else "if last:")
+    src.line("if last:")
     with src.indent():
-        _fold_ranks(src, elems, head, ctas)
+        _fold_ranks(src, module, head, ctas, base)
 
 
-def _fold_ranks(src: Source, elems: int, head: int, ctas: int) -> None:
-    """(rM, rL, rA) = rank 0's partial, then ranks 1..S-1 folded in, from L2 (ld.global.cg)."""
-    src.line(f"rP = cute.make_rmem_tensor(cute.make_layout(({elems}, 3)), Float32)")
-    src.line(f"for k in range_constexpr({ctas}):")
-    with src.indent():
-        vec = min(4, elems)
-        names = ", ".join(f"p{c}" for c in range(vec))
+def _fold_ranks(src: Source, module: Module, head: int, ctas: int, base: int) -> None:
+    """The last CTA's threads split the head between them (`me` channels each, every thread of
+    the CTA) and fold the S partials from L2 in rank order: rank 0's, then 1..S-1 (all loads
+    issued before the first fold: one L2 round trip). Where the CTA has more threads than one
+    head's lanes, the merged (sum, weighted sum) reach group 0's lanes through smem."""
+    sched = Schedule.of(module)
+    me = max(1, head // sched.threads)
+    src.line(f"# {me} channel(s) a thread: {ctas} x 3 x {me} loads in flight, not {ctas} x 3 x {sched.elems}")
+    src.line(f"mcol = tidx * {me}")
+    src.line(f"rP = cute.make_rmem_tensor(cute.make_layout(({me}, 3, {ctas})), Float32)")
+    if sched.threads > head:
+        src.line(f"if tidx < {head}:")
+        src.depth += 1
+    vec = min(4, me)
+    names = ", ".join(f"p{c}" for c in range(vec))
+    for rank in range(ctas):
         for k in range(3):
-            for h in range(0, elems, vec):
-                src.line(f"{names}, = ops.ld_l2({_at(head, 'k', k)} + {4 * h}, {vec})")
-                for c in range(vec):
-                    src.line(f"rP[{h + c}, {k}] = p{c}")
-        src.line(f"for e in range_constexpr({elems}):")
+            for h in range(0, me, vec):
+                at = f"ws_row + (4 + {rank * 3 * head + k * head} + mcol) * 4 + {4 * h}"
+                src.line(f"{names}, = ops.ld_l2({at}, {vec})")
+                src.line("; ".join(f"rP[{h + c}, {k}, {rank}] = p{c}" for c in range(vec)))
+    _fold(src, me, ctas)
+    src.depth -= 1 if sched.threads > head else 0
+    if sched.threads == sched.head_lanes:  # mcol == col: the thread's own lane's channels
+        src.line(f"for e in range_constexpr({me}):")
+        src.line("    rL[e] = qL[e]")
+        src.line("    rA[e] = qA[e]")
+        return
+    src.line("# group 0's lanes take the merged (sum, weighted sum) of their channels from smem")
+    src.line(f"for e in range_constexpr({me}):")
+    src.line(f"    sBuf[{base} + mcol + e] = qL[e]")
+    src.line(f"    sBuf[{base + head} + mcol + e] = qA[e]")
+    src.line("cute.arch.sync_threads()")
+    src.line(f"for e in range_constexpr({sched.elems}):")
+    src.line(f"    rL[e] = sBuf[{base} + col + e]")
+    src.line(f"    rA[e] = sBuf[{base + head} + col + e]")
+
+
+def _fold(src: Source, me: int, ctas: int) -> None:
+    """(qM, qL, qA) = rank 0's partial with ranks 1..S-1 folded in, as the cluster merge folds."""
+    for name, k in (("qM", 0), ("qL", 1), ("qA", 2)):
+        src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({me}), Float32)")
+        src.line(f"for e in range_constexpr({me}):")
+        src.line(f"    {name}[e] = rP[e, {k}, 0]")
+    src.line(f"for k in range_constexpr(1, {ctas}):")
+    with src.indent():
+        src.line(f"for e in range_constexpr({me}):")
         with src.indent():
-            src.line("if k == 0:")
-            with src.indent():
-                for k, name in enumerate(_PARTS):
-                    src.line(f"{name}[e] = rP[e, {k}]")
-            src.line("else:")
-            with src.indent():
-                src.line("mg = rP[e, 0]")
-                src.line("m_new = ops.fmax(rM[e], mg)")
-                src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
-                src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-                src.line("rL[e] = rL[e] * alpha + rP[e, 1] * beta")
-                src.line("rA[e] = rA[e] * alpha + rP[e, 2] * beta")
-                src.line("rM[e] = m_new")
+            src.line("mg = rP[e, 0, k]")
+            src.line("m_new = ops.fmax(qM[e], mg)")
+            src.line("alpha = ops.ex2((qM[e] - m_new) * LOG2E)")
+            src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
+            src.line("qL[e] = qL[e] * alpha + rP[e, 1, k] * beta")
+            src.line("qA[e] = qA[e] * alpha + rP[e, 2, k] * beta")
+            src.line("qM[e] = m_new")
