@@ -3,7 +3,9 @@
     PYTHONPATH=. python benchmarks/bench.py --kernels build/kernels \
         --derived build/kernels-derived --baseline build/kernels-baseline --out benchmarks/results
 
-For each default kernel (C4A, C128A as both kernels with the scratch buffer, the fp8
+For each default kernel (C4A, C128A as the runtime runs it: one c128a_split launch at
+T <= COMPRESSC_C128A_SPLIT_ROWS with impl "pair" (both kernels) beside it, both kernels with
+the scratch buffer above; the fp8
 and MXFP4 indexers, each in every cache format it ships: `c4a_full_bf16`, `c128a_full_fp8`,
 `indexer_mxfp4_rot`, ...; bf16 RMSNorm weight), scenario (prefill: one sequence at positions 0..T-1;
 decode: T requests, every row a boundary) and T, it times in one process and on the
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from compressc import reference
+from compressc.runtime import c128a_split
 from compressc.runtime.args import pack_args
 from compressc.runtime.loader import load_kernel
 from compressc.runtime.ops import _common_values, kernel_spec
@@ -121,6 +124,14 @@ def _image_by_variant(root: Path, spec) -> KernelImage:
             return KernelImage(manifest, cubin, f"before ({path.parent})")
     raise SystemExit(f"--before {root}: no kernel of {spec.variant}")
 PIPELINES = {"compressc": "default", "derived": "derived", "baseline": "baseline"}  # impl -> `-p`
+# impl "pair": C128A's two kernels from the --kernels dir where the runtime would take the one-launch
+# c128a_split (T <= COMPRESSC_C128A_SPLIT_ROWS, docs/kernels.md §13), timed beside it
+
+
+def takes_split(case: Case) -> bool:
+    """Whether ops.compress_c128a runs this case as one c128a_split launch."""
+    family, fmt, _ = KERNELS[case.kernel]
+    return family == "c128a" and c128a_split.takes_split(case.T, fmt, None, False)
 
 
 class Bench:
@@ -131,6 +142,7 @@ class Bench:
                        for _ in range(reps)]
 
     def kernel(self, impl: str, spec):
+        impl = "compressc" if impl == "pair" else impl
         if impl == "before":  # an earlier build, found by variant: its keys are not today's
             return load_kernel(_image_by_variant(self.dirs[impl], spec), torch.cuda.current_device())
         # each dir holds one pipeline's builds; the runtime serves a build only by its pipeline
@@ -199,6 +211,12 @@ def make_calls(bench: Bench, impl: str, case: Case, sc, pool, tables, out, scrat
     if case.family == "c128a":
         values |= compressed_values(pool_spec, scratch, case.T)
     specs = [pool_spec, store_spec] if case.family == "c128a" else [pool_spec]
+    if impl != "pair" and takes_split(case):  # as ops.compress_c128a: one launch at small T
+        split_spec = kernel_spec("c128a_split", 512, 64, "bf16", store_spec.cache_format)
+        device = torch.device("cuda", torch.cuda.current_device())
+        workspace = c128a_split.split_workspace(device, case.T, 512)
+        values = _common_values(split_spec, args, split_spec) | {"split_workspace": workspace.data_ptr()}
+        specs = [split_spec]
     kernels = [(bench.kernel(impl, s), abi(s)) for s in specs]
     calls = []
     for t in tables:
@@ -256,6 +274,8 @@ def run_case(bench: Bench, case: Case, copy: float, impls: list[str], max_pool: 
     out = _out_cache(case.kernel, sc)
     scratch = torch.empty((case.T, 512), device="cuda", dtype=torch.float32)
     rows = []
+    if "compressc" in impls and takes_split(case):
+        impls = [*impls, "pair"]
     for impl in impls:
         calls = make_calls(bench, impl, case, sc, pool, tables, out, scratch)
         rows.append(timed_row(bench, case, impl, calls, nbytes, copy, graph=impl != "torch"))

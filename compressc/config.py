@@ -43,6 +43,8 @@ ENV_TABLE: tuple[tuple[str, str, str], ...] = (
     ("COMPRESSC_DEBUG_CHECKS", "unset", "1: the runtime's ops check every argument on every call and launch "
      "through the loader's own launch (default: once per argument signature, the prepared ctypes launch)"),
     ("COMPRESSC_VLLM", "1", "0: the vLLM plugin (compressc.integrations.vllm) patches nothing"),
+    ("COMPRESSC_C128A_SPLIT_ROWS", "512", "compress_c128a runs the one-launch c128a_split kernel for T at "
+     "or below this many launched rows, the two-kernel path above (0: never; for benchmarking)"),
     (
         "COMPRESSC_SCHEDULES_DIR",
         "build/kernels-schedules",
@@ -58,6 +60,7 @@ ENV_VARS = (  # the ones Config reads
     "COMPRESSC_LOCK_TIMEOUT",
     "COMPRESSC_CHECK_BOUNDS",
     "COMPRESSC_DEBUG_CHECKS",
+    "COMPRESSC_C128A_SPLIT_ROWS",
     "COMPRESSC_VLLM",
 )
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -81,6 +84,7 @@ class Config(NamedTuple):
     bounds_in_kernel: bool = False  # COMPRESSC_CHECK_BOUNDS=kernel (check_bounds is set too)
     debug_checks: bool = False
     vllm_plugin: bool = True
+    c128a_split_rows: int | None = None  # COMPRESSC_C128A_SPLIT_ROWS; None: the runtime's default
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -97,6 +101,7 @@ class Config(NamedTuple):
             bounds_in_kernel=in_kernel,
             debug_checks=_parse_bool("COMPRESSC_DEBUG_CHECKS", environ.get("COMPRESSC_DEBUG_CHECKS", "")),
             vllm_plugin=_parse_bool("COMPRESSC_VLLM", environ.get("COMPRESSC_VLLM", "1")),
+            c128a_split_rows=_parse_rows(environ.get("COMPRESSC_C128A_SPLIT_ROWS", "")),
         )
 
 
@@ -146,6 +151,14 @@ def _parse_bool(name: str, raw: str, extra: str = "") -> bool:
     raise ConfigError(
         f"{name}={raw!r} is not a boolean: use one of {', '.join(_TRUE)} or {', '.join(_FALSE[1:])}{also}"
     )
+
+
+def _parse_rows(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    if not raw.strip().isdigit():
+        raise ConfigError(f"COMPRESSC_C128A_SPLIT_ROWS={raw!r} is not a non-negative integer (launched rows)")
+    return int(raw)
 
 
 def _parse_jobs(raw: str) -> int:

@@ -23,7 +23,7 @@ from compressc.numerics import (
 from compressc.specs import KernelSpec
 
 LOG2E = 1.4426950408889634
-_FUSED = ("c4a", "indexer_fp8", "indexer_mxfp4")
+_FUSED = ("c4a", "indexer_fp8", "indexer_mxfp4", "c128a_split")  # c128a_split: C128A in one launch
 
 
 # -- §3 step 1: which rows write -------------------------------------------------------

@@ -105,7 +105,7 @@ class Scenario:
         main KV ops, rotate of the indexers), besides head_size and quant_block."""
         spec = self.spec
         kwargs: dict = {"head_size": spec.head, "quant_block": spec.quant_block}
-        if spec.kernel in ("c4a", "c128a_store"):
+        if spec.kernel in ("c4a", "c128a_store", "c128a_split"):
             kwargs["cache_format"] = spec.cache_format
             if self.fp8_scale is not None:
                 kwargs["fp8_scale"] = self.fp8_scale
@@ -124,6 +124,7 @@ class Scenario:
         out = self.poisoned_compressed_kv(sentinel) if pooled_only else self.poisoned_cache(sentinel)
         entry = {
             "c4a": reference.compress_fused,
+            "c128a_split": reference.compress_fused,
             "indexer_fp8": reference.compress_fused,
             "indexer_mxfp4": reference.compress_fused,
             "c128a_compress": reference.c128a_compress,

@@ -47,7 +47,9 @@ def test_variant_names_carry_the_format_and_the_rotation() -> None:
 def test_the_default_matrix_ships_every_confirmed_format() -> None:
     shipped = {(s.kernel, s.cache_format) for s in default_specs()}
     for name, fmt in FORMATS.items():
-        for kernel in fmt.kernels:
+        # c128a_split ships the packed format only (the sm_90 wheel stays under 1 MB); the others
+        # build on request and compress_c128a runs the pair for them (docs/kernels.md §13)
+        for kernel in (k for k in fmt.kernels if k != "c128a_split" or name == "fp8_ds_mla"):
             assert (kernel, name) in shipped
 
 

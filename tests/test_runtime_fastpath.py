@@ -15,7 +15,7 @@ import torch
 from test_runtime_ops import FakeKernel, make_args
 
 from compressc.config import ConfigError
-from compressc.runtime import cudalaunch, fastpath, ops
+from compressc.runtime import c128a_split, cudalaunch, fastpath, ops
 from compressc.specs.launch import GridRule
 
 
@@ -110,6 +110,7 @@ def test_debug_checks_check_every_call(fast, monkeypatch):
 
 
 def test_c128a_signature_and_scratch(fast, monkeypatch):
+    monkeypatch.setattr(c128a_split, "split_rows_limit", lambda: 0)  # the pair (small T takes c128a_split)
     scratch = torch.zeros(64, 512)
     monkeypatch.setattr(ops, "_SCRATCH", {torch.device("cuda", 0): [scratch.view(-1)]})
     grown = []

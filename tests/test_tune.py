@@ -312,8 +312,10 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
         "d16384",
     ]
     assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d1024", "d4096"]
-    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12)
-    assert set(FAMILY) == {s.kernel for s in default_specs() if not s.segmented and s.kernel != "csa"}
+    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12; c128a_split not yet:
+    # its measurement needs the split workspace, docs/kernels.md §13)
+    assert set(FAMILY) == {s.kernel for s in default_specs()
+                           if not s.segmented and s.kernel not in ("csa", "c128a_split")}
 
 
 def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wins() -> None:

@@ -112,7 +112,7 @@ def test_result_defined_twice() -> None:
         ),
         ("quant_block", 128, "quant_block=128: must divide the nope width head_size - rope = 448"),
         ("kernel", "c5a", "kernel='c5a': must be one of c4a, c128a_compress, c128a_store, indexer_fp8, "
-                             "indexer_mxfp4, c128a_online, csa"),
+                             "indexer_mxfp4, c128a_online, csa, c128a_split"),
         ("rope", 62, "rope=62: must be a multiple of 8 so rope bf16 stores are 16-byte vectors"),
     ],
 )

@@ -14,7 +14,7 @@ import torch
 from test_runtime_ops import FakeKernel
 
 from compressc.integrations import vllm as plugin
-from compressc.runtime import ops
+from compressc.runtime import c128a_split, ops
 
 # (compress ratio, head, state page rows, compressed tokens per page, bytes per token, layout)
 SHAPES = {"c4a": (4, 512, 4, 64, 584, (64, 576, 8)), "c128a": (128, 512, 8, 2, 584, (64, 576, 8)),
@@ -87,9 +87,17 @@ def test_cute_c4a_reaches_the_kernel_with_vllms_tensors(launches):
 
 def test_cute_c128a_runs_both_kernels(launches, monkeypatch):
     monkeypatch.setattr(ops, "scratch_buffer", lambda device, rows, head: torch.zeros(rows, head))
+    monkeypatch.setattr(c128a_split, "split_rows_limit", lambda: 0)  # the pair at every T
     plugin.CuteDispatcher(Original(), "cute")(**vllm_kwargs("c128a"))
     assert _variants(launches) == ["c128a_compress_h512_q64_r64_f32", "c128a_store_h512_q64_r64_bf16"]
     assert launches[1][2]["kv_block_shift"] == 1
+
+
+def test_cute_c128a_at_small_t_is_one_launch(launches, monkeypatch):
+    monkeypatch.setattr(ops, "workspace_pointer", lambda device, rows, head: 0x2000)
+    plugin.CuteDispatcher(Original(), "cute")(**vllm_kwargs("c128a"))
+    assert _variants(launches) == ["c128a_split_h512_q64_r64_bf16"]
+    assert launches[0][2]["split_workspace"] == 0x2000 and launches[0][2]["kv_block_shift"] == 1
 
 
 def test_triton_indexer_and_head_512(launches):

@@ -30,7 +30,7 @@ from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.launch import grid_rule, module_abi
 from compressc.ir.schedule import Schedule, UnloweredError
 from compressc.ir.verifier import VerifyError, verify
-from compressc.specs.abi import abi
+from compressc.specs.abi import abi, split_workspace_row
 from compressc.specs.launch import launch_grid
 
 Value = np.ndarray | int | float
@@ -155,6 +155,8 @@ def args_from_scenario(scenario, out) -> dict[str, Value]:
         "compressed_kv": out if compress else s.compressed_kv,
         "fp8_scale": s.fp8_scale,
     }
+    if spec.kernel == "c128a_split":  # zeroed as the runtime's (ir/interp_split.py)
+        tensors["split_workspace"] = torch.zeros(s.T * split_workspace_row(spec.head), dtype=torch.float32)
     if spec.bounds:  # a checked build: a fresh error record and the extents of these tensors
         from compressc.runtime.bounds_kernel import extents
 

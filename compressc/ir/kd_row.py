@@ -27,6 +27,8 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.pooled": ("elems",),
     "kd.only_group0": (),
     "kd.only_rank0": (),
+    "kd.global_merge": ("head", "slot", "ctas"),
+    "kd.only_last": (),
     # cc.rms_norm
     "kd.sum_squares": ("elems",),
     "kd.lane_sum": ("value", "masks"),

@@ -37,6 +37,8 @@ def grid_rule(module: Module) -> GridRule:
         return GridRule("rows")
     if sched.grid == "runs":
         return GridRule("runs", sched.rows_per_cta)
+    if sched.global_split:  # c128a_split: the CTAs of a row are a plain launch's
+        return GridRule("wave", sched.ctas_per_sm, split=sched.global_split)
     return GridRule("wave", sched.ctas_per_sm, sched.cluster)
 
 

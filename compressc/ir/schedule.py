@@ -49,6 +49,12 @@ class Schedule:
     smem_dynamic: int = 0
     grid_dependency: str | None = None
     cache_hints: str | None = None
+    split_merge: str | None = None  # "global": the cluster's CTAs are a plain launch's (c128a_split)
+
+    @property
+    def global_split(self) -> int:
+        """CTAs per row that merge through global memory (c128a_split), else 0."""
+        return self.cluster if self.split_merge == "global" else 0
 
     @staticmethod
     def of(module: Module) -> Schedule:
@@ -74,4 +80,5 @@ def _schedule(name: str, sched: tuple) -> Schedule:
         ctas_per_sm=num("ctas_per_sm"), cluster=num("cluster_split", 1),
         min_ctas_per_sm=num("min_ctas_per_sm"), smem_dynamic=num("smem_dynamic"),
         grid_dependency=fields.get("grid_dependency"), cache_hints=fields.get("cache_hints"),
+        split_merge=fields.get("split_merge"),
     )

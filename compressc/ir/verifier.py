@@ -262,6 +262,7 @@ def _verify_grid(module: Module) -> None:
                     f"needs the tiled grid (a cluster shares its rows), have {grid!r}")
     if cluster != 1 and module.find("cc.window") is None:
         raise _fail(module, None, "cluster_split", cluster, "must be 1: this kernel has no window to split")
+    _verify_split_merge(module, cluster)
     dependency = module.get("grid_dependency")
     if dependency not in (None, "wait", "trigger"):
         raise _fail(module, None, "grid_dependency", dependency,
@@ -279,6 +280,22 @@ def _verify_grid(module: Module) -> None:
     if occupancy is not None and not (isinstance(occupancy, int) and 1 <= occupancy * threads <= sm_threads):
         raise _fail(module, None, "min_ctas_per_sm", occupancy,
                     f"must keep min_ctas_per_sm * threads ({threads}) within the SM's {sm_threads} threads")
+
+
+def _verify_split_merge(module: Module, cluster: object) -> None:
+    """c128a_split's CTAs merge through global memory (docs/kernels.md §13); a cluster's over DSMEM."""
+    merge, kernel = module.get("split_merge"), module.attr("kernel")
+    if merge not in (None, "global"):
+        raise _fail(module, None, "split_merge", merge,
+                    "must be 'global' (c128a_split's workspace merge) or unset")
+    if merge == "global" and kernel != "c128a_split":
+        raise _fail(module, None, "split_merge", merge,
+                    f"is c128a_split's (its stores follow the merge), not {kernel}'s: use a cluster")
+    if merge == "global" and cluster == 1:
+        raise _fail(module, None, "split_merge", merge, "needs cluster_split > 1 (the CTAs of a row)")
+    if kernel == "c128a_split" and cluster != 1 and merge != "global":
+        raise _fail(module, None, "cluster_split", cluster,
+                    "c128a_split is launched without clusters: its split needs split_merge='global'")
 
 
 def _verify_lanes(module: Module, elems: int, threads: int) -> None:

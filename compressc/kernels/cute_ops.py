@@ -286,3 +286,36 @@ def record_bounds_error(addr, code, row, value, at, limit, aux, *, loc=None, ip=
     wide = [Int64(v).ir_value(loc=loc, ip=ip) for v in (row, value, at, limit, aux)]
     args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(code, loc, ip), *wide]
     llvm.inline_asm(None, args, text, "l,r,l,l,l,l,l,~{memory}", has_side_effects=True)
+
+
+@dsl_user_op
+def fence_gpu(*, loc=None, ip=None) -> None:
+    """fence.acq_rel.gpu: this thread's earlier global writes are ordered before its later
+    ones at GPU scope (the CUDA __threadfence()); with a CTA barrier after it, the whole
+    CTA's writes are (PTX memory model: the fence and bar.sync are morally strong)."""
+    llvm.inline_asm(None, [], "fence.acq_rel.gpu;", "~{memory}", has_side_effects=True)
+
+
+@dsl_user_op
+def arrive_count(addr, last, *, loc=None, ip=None) -> Int32:
+    """atom.acq_rel.gpu.global.inc.u32 at `addr` with limit `last`: returns the old count and
+    stores old + 1, or 0 once old reaches `last` (PTX `inc` wraps), so the last of last + 1
+    arrivals leaves the counter at 0 for the next launch without a separate reset."""
+    args = [Int64(addr).ir_value(loc=loc, ip=ip), _i(last, loc, ip)]
+    text = "atom.acq_rel.gpu.global.inc.u32 $0, [$1], $2;"
+    return Int32(llvm.inline_asm(T.i32(), args, text, "=r,l,r,~{memory}", has_side_effects=True))
+
+
+@dsl_user_op
+def ld_l2(addr, n: int, *, loc=None, ip=None) -> list:
+    """`n` (1, 2 or 4) fp32 at `addr` with ld.global.cg: cached in L2 only, so a value another
+    CTA wrote is read from L2, never from a stale L1 line."""
+    regs = "$0" if n == 1 else "{" + ", ".join(f"${k}" for k in range(n)) + "}"
+    vec = "" if n == 1 else f".v{n}"
+    text = f"ld.global.cg{vec}.f32 {regs}, [${n}];"
+    args = [Int64(addr).ir_value(loc=loc, ip=ip)]
+    if n == 1:
+        return [Float32(llvm.inline_asm(T.f32(), args, text, "=f,l,~{memory}", has_side_effects=True))]
+    ty = llvm.StructType.get_literal([T.f32()] * n)
+    out = llvm.inline_asm(ty, args, text, ",".join(["=f"] * n) + ",l,~{memory}", has_side_effects=True)
+    return [Float32(llvm.extractvalue(T.f32(), out, [k])) for k in range(n)]

@@ -118,13 +118,16 @@ _GRID_DOCS = {
             "the active ones",
     "cluster": "clusters of {cluster} CTAs (at most {count} CTAs per SM), each looping over a run of "
                "launched rows and pooling 1/{cluster} of each active row's window",
+    "split": "{split} CTAs per row group (a plain launch, at most {count} CTAs per SM), each looping over "
+             "a run of launched rows and pooling 1/{split} of each active row's window; the last to "
+             "arrive merges the partials and stores the row",
 }
 
 
 def _grid_doc(launch: LaunchInfo) -> str:
     grid = launch.grid
-    doc = _GRID_DOCS["cluster" if grid.cluster > 1 else grid.kind]
-    return doc.format(count=grid.count, cluster=grid.cluster)
+    doc = _GRID_DOCS["cluster" if grid.cluster > 1 else "split" if grid.split > 1 else grid.kind]
+    return doc.format(count=grid.count, cluster=grid.cluster, split=grid.split)
 
 
 def _annotation(kind: str) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from compressc.ir.core import Module, Op
 from compressc.kernels import row_ops_pool as pool
 from compressc.kernels import row_ops_quant as q
+from compressc.kernels import split_merge
 from compressc.kernels.source import Source
 
 Emit = Callable[[Source, Module, Op], None]
@@ -128,6 +129,8 @@ ROW_EMIT: dict[str, Emit] = {
     "kd.pooled": pool.pooled,
     "kd.only_group0": pool.only("if group == 0:"),
     "kd.only_rank0": pool.only("if rank == 0:"),
+    "kd.global_merge": split_merge.emit_global_merge,
+    "kd.only_last": pool.only("if last:"),
     "kd.sum_squares": sum_squares,
     "kd.lane_sum": lane_sum,
     "kd.smem_put": smem_put,

@@ -85,7 +85,11 @@ def prologue(src: Source, module: Module) -> None:
     else:
         src.line("hlane = tidx")
     src.line(f"col = hlane * {elems}  # first channel this lane owns")
-    if Schedule.of(module).cluster > 1:
+    if Schedule.of(module).global_split:
+        src.line("bidx, _, _ = cute.arch.block_idx()")
+        split = Schedule.of(module).global_split
+        src.line(f"rank = bidx % {split}  # which part of each window this CTA pools")
+    elif Schedule.of(module).cluster > 1:
         src.line("rank = cute.arch.block_idx_in_cluster()  # which part of each window this CTA pools")
     if Schedule.of(module).smem_dynamic:
         src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")

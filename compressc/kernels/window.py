@@ -11,6 +11,7 @@ from compressc.ir.ring import window_source
 from compressc.ir.schedule import Schedule
 from compressc.kernels import ring
 from compressc.kernels.source import Source
+from compressc.kernels.split_merge import global_merge
 from compressc.kernels.stages_store import cache_hinted
 from compressc.passes.plan_smem import merge_slots
 
@@ -317,7 +318,10 @@ def pool(src: Source, module: Module, op: Op) -> None:
                     with src.indent():
                         _fold_partial(src, f"sBuf[{base + slots * head} + {slot}]",
                                       f"sBuf[{base + 2 * slots * head} + {slot}]")
-    if Schedule.of(module).cluster > 1:
+    if Schedule.of(module).global_split:
+        base = int(op.get("smem_offset")) // 4  # type: ignore[arg-type]
+        global_merge(src, module, int(op.attr("head")), base)
+    elif Schedule.of(module).cluster > 1:
         _cluster_merge(src, module, op)
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")

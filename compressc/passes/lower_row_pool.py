@@ -26,7 +26,10 @@ def pool_ops(module: Module, op: Op) -> list[Op]:
     if sched.split > 1:
         ops += [_kd("put_partials", **where), _kd("cta_barrier"),
                 _kd("fold_groups", **where, groups=sched.split)]
-    if sched.cluster > 1:
+    if sched.global_split:  # c128a_split: the ranks meet in the global workspace (docs/kernels.md §13)
+        slot = int(op.get("smem_offset")) // 4  # type: ignore[arg-type]
+        ops.append(_kd("global_merge", head=head, slot=slot, ctas=sched.global_split))
+    elif sched.cluster > 1:
         absent = int(window.attr("window")) > int(window.attr("ratio"))  # type: ignore[arg-type]
         group0 = sched.split > 1
         ops += [_kd("cluster_barrier", after="merge", ranks=sched.cluster),
@@ -35,4 +38,6 @@ def pool_ops(module: Module, op: Op) -> list[Op]:
                 _kd("fold_ranks", **where, ranks=sched.cluster, absent=absent, group0=group0)]
     ops.append(_kd("pooled", elems=elems))
     ops += [_kd("only_group0")] if sched.split > 1 else []
+    if sched.global_split:
+        return ops + [_kd("only_last")]
     return ops + ([_kd("only_rank0")] if sched.cluster > 1 else [])

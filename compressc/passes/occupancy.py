@@ -14,6 +14,10 @@ QUADRANTS, QUADRANT_REGISTERS = 4, 16384  # Hopper: an SM's register file, per w
 # 168 - 128 row by row; one rescale per batch keeps the batch's max chain live too (C4A
 # with an fp32 RMS weight: 187 - 128)
 REGISTER_OVERHEAD = {"row": 40, "batch": 60}
+# c128a_split: 2 CTAs of 256 threads per SM hold a decode step of 32 rows x 8 CTAs in one wave
+# on 132 SMs (one row per CTA group). Left alone ptxas takes 132 registers for the e4 x 2 default
+# (1 CTA per SM: 16 groups of 2 rows each); asked for 2 it fits 126 without spilling.
+SPLIT_ROW_CTAS = 2
 
 
 def straight_line_occupancy(module: Module, rows: int, rescale: str = "row") -> int:
@@ -45,13 +49,14 @@ class Occupancy(ModulePass):
     (rows in flight = the group's rows, in registers) is the bulk of them. The module asks
     ptxas (.minnctapersm) for the CTAs per SM that the window's registers plus a fixed
     overhead allow (C4A: 6, at 168 registers, where ptxas alone takes 176 and the SM holds
-    4). Any other schedule, or one whose thread-map set min-ctas-per-sm, is left as it is.
-    Leave the pass out for no hint.
+    4). A global split (c128a_split) asks for SPLIT_ROW_CTAS CTAs per SM of 256 threads or
+    fewer (see there). Any other schedule, or one whose thread-map set min-ctas-per-sm, is
+    left as it is. Leave the pass out for no hint.
 
     Expects: rows-in-flight has run (and rescale, whose choice sets the overhead: unset is
              row by row); it reads the window's staging, so runs after smem-stage.
     Leaves:  module `min_ctas_per_sm` (a "runs" grid with the whole window unrolled in
-             registers only); nothing else changes.
+             registers, or a global split); nothing else changes.
     Options: none.
     """
 
@@ -60,10 +65,21 @@ class Occupancy(ModulePass):
     def apply(self, module: Module) -> Module:
         require_thread_map(module, self.name)
         window = window_after(module, self.name, "rows_in_flight", "rows-in-flight")
-        if window is None or module.get("grid") != "runs" or module.get("min_ctas_per_sm"):
+        if window is None or module.get("min_ctas_per_sm"):
+            return module
+        if module.get("split_merge") == "global":
+            return self._split(module)
+        if module.get("grid") != "runs":
             return module
         rows, per_group = window.get("rows_in_flight"), pool_rows_per_group(module)
         if rows != per_group or window.get("stage") == "smem":
             return module  # a batch loop or the smem stage: the window is not all in registers
         rescale = str(window.get("rescale") or "row")
         return module.with_sched(min_ctas_per_sm=straight_line_occupancy(module, per_group, rescale))
+
+    @staticmethod
+    def _split(module: Module) -> Module:
+        threads = int(module.get("threads"))  # type: ignore[arg-type]
+        if threads * SPLIT_ROW_CTAS > 2048:
+            return module
+        return module.with_sched(min_ctas_per_sm=SPLIT_ROW_CTAS)

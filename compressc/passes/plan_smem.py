@@ -16,9 +16,14 @@ SMEM_LIMIT = DEFAULT_TARGET.static_smem  # without the opt-in attribute
 def merge_slots(module: Module) -> int:
     """Partials (max, sum, weighted sum per channel) the pool's smem region holds at once:
     the CTA's split groups 1..K-1 (slot g), or, after the cluster barrier, ranks 1..S-1's
-    partials that they store into rank 0's region (slot rank - 1)."""
+    partials that they store into rank 0's region (slot rank - 1). A global split (c128a_split)
+    exchanges its CTAs' partials in global memory: its region holds the split groups', then
+    (after the CTA's own merge) the last CTA's merged (sum, weighted sum) and the election
+    word: 2 x head + 1 words, which one slot's 3 x head words already hold."""
     split = int(module.get("window_split", 1))  # type: ignore[arg-type]
     cluster = int(module.get("cluster_split", 1))  # type: ignore[arg-type]
+    if module.get("split_merge") == "global":
+        return split
     return max(split, cluster - 1)
 
 

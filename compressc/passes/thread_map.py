@@ -8,7 +8,7 @@ from typing import ClassVar
 from compressc.ir.core import Module, Op
 from compressc.ir.from_spec import spec_from_module
 from compressc.passes.base import ModulePass
-from compressc.specs.abi import CLUSTER_SIZES
+from compressc.specs.abi import CLUSTER_SIZES, SPLIT_MAX
 from compressc.specs.lanes import derive_elems
 from compressc.specs.target import DEFAULT_TARGET, WARP
 
@@ -41,7 +41,11 @@ class ThreadMap(ModulePass):
              one full wave); rows-per-cta (the run of a "runs" grid, 1..32;
              0 = the compress ratio: one boundary row per run in a prefill);
              cluster-split (1, 2, 4 or 8: the CTAs of one thread-block cluster
-             that pool one row's window together, tiled grid only; default 1).
+             that pool one row's window together, tiled grid only; default 1);
+             grid-split (c128a_split only: S CTAs of a plain launch pool one row's
+             window and merge through global memory, 1, 2, 4 or 8; 0 = 8). Leaves
+             `cluster_split` = S (the window's parts, as for a cluster) and
+             `split_merge` = "global".
 
     Why tiled: only 1 row in `ratio` writes (1 in 128 for C128 prefill), and a CTA
     spent on an inactive row still costs a launch and a metadata round trip. With
@@ -72,10 +76,11 @@ class ThreadMap(ModulePass):
     min_ctas_per_sm: int = 0
     rows_per_cta: int = 0
     cluster_split: int = 1
+    grid_split: int = 0
 
     def apply(self, module: Module) -> Module:
         head = int(module.attr("head"))  # type: ignore[arg-type]
-        elems = self.elems_per_lane or derive_elems(spec_from_module(module))
+        elems = self.elems_per_lane or self._default_elems(module)
         head_lanes = head // elems if elems > 0 else 0
         split = self.window_split or self._default_split(module, head_lanes)
         threads = head_lanes * split
@@ -106,17 +111,39 @@ class ThreadMap(ModulePass):
             grid=grid,
             ctas_per_sm=per_sm if grid == "tiled" else 0,
         )
-        if self.cluster_split > 1:
-            module = module.with_sched(cluster_split=self.cluster_split)
+        module = self._grid_split(module, grid)
         if grid == "runs":
             module = module.with_sched(rows_per_cta=self.rows_per_cta or self._default_run(module))
         if self.min_ctas_per_sm:
             module = module.with_sched(min_ctas_per_sm=self.min_ctas_per_sm)
         return module.replace_ops("cc.quant", lambda op: self._quant(op, elems))
 
+    def _grid_split(self, module: Module, grid: str) -> Module:
+        """A cluster's CTAs, or c128a_split's S CTAs per row (docs/kernels.md §13): it needs the
+        tiled grid, whose rows the S CTAs share (another grid, as the baseline's, pools alone)."""
+        if module.attr("kernel") != "c128a_split":
+            if self.grid_split:
+                raise ValueError(f"grid-split={self.grid_split} is c128a_split's (its CTAs merge through "
+                                 "global memory); use cluster-split for a cluster of CTAs")
+            return module.with_sched(cluster_split=self.cluster_split) if self.cluster_split > 1 else module
+        if self.grid_split and grid != "tiled":
+            raise ValueError(f"grid-split={self.grid_split} needs the tiled grid; the grid here is {grid!r}")
+        if self.cluster_split > 1:
+            raise ValueError("c128a_split splits its window with grid-split (a plain launch); "
+                             f"drop cluster-split={self.cluster_split}")
+        split = self.grid_split or (SPLIT_MAX if grid == "tiled" else 1)
+        if split not in CLUSTER_SIZES:
+            raise ValueError(f"thread-map grid-split={split}: must be one of "
+                             f"{', '.join(map(str, CLUSTER_SIZES))} (CTAs per window, {SPLIT_MAX} at most)")
+        if split == 1:
+            return module
+        return module.with_sched(cluster_split=split, split_merge="global")
+
     def _grid(self, module: Module) -> str:
         if self.grid != "auto":
             return self.grid
+        if module.attr("kernel") == "c128a_split":  # its CTAs of a row share the tiled grid's rows
+            return "tiled"
         if module.find("cc.segment") is not None:  # the online merge: one CTA per segment (§9.1)
             return "rows"
         if self.cluster_split > 1:
@@ -132,7 +159,16 @@ class ThreadMap(ModulePass):
         return min(32, int(module.attr("ratio", 4) or 4))  # type: ignore[arg-type]
 
     @staticmethod
+    def _default_elems(module: Module) -> int:
+        # c128a_split: 8 channels a lane need 255 registers and spill with the store epilogue
+        # after the window; 4 build at 160 (sm_90a, ptxas 13.4)
+        elems = derive_elems(spec_from_module(module))
+        return min(elems, 4) if module.attr("kernel") == "c128a_split" else elems
+
+    @staticmethod
     def _default_split(module: Module, head_lanes: int) -> int:
+        if module.attr("kernel") == "c128a_split":  # its window is already cut over S CTAs
+            return 2
         window = module.find("cc.window")
         if window is None or int(window.attr("window")) < 64:  # type: ignore[arg-type]
             return 1

@@ -15,6 +15,13 @@ from threading import get_ident as _thread_id  # each thread packs its own buffe
 import torch
 
 from compressc.runtime.args import ArgPacker
+from compressc.runtime.c128a_split import (
+    SPLIT_STEP_NAMES,
+    split_rows_limit,
+    split_workspace,
+    takes_split,
+    workspace_pointer,
+)
 from compressc.runtime.fastpath import Prepared, SignatureCache, cacheable_index
 from compressc.runtime.resolve import check_image, find_kernel
 from compressc.runtime.validate import (
@@ -37,7 +44,7 @@ _IMAGES: dict[tuple[str, str], object] = {}  # (arch, variant) -> its checked re
 _SCRATCH: dict[torch.device, list[torch.Tensor]] = {}  # every buffer ever handed out, newest last
 _LOCK = threading.Lock()
 _SIGNATURES = {"c4a": SignatureCache(), "indexer_fp8": SignatureCache(), "indexer_mxfp4": SignatureCache(),
-               "c128a": SignatureCache()}
+               "c128a": SignatureCache(), "c128a_split": SignatureCache()}
 _debug: list[bool] = []  # [COMPRESSC_DEBUG_CHECKS], read once on the first call
 
 
@@ -131,7 +138,9 @@ def compress_c128a(
     cache_format: str = "fp8_ds_mla",
     fp8_scale: torch.Tensor | None = None,
 ) -> None:
-    """C128A: c128a_compress (pooling into fp32 rows) then c128a_store (docs/kernels.md §5).
+    """C128A: c128a_compress (pooling into fp32 rows) then c128a_store (docs/kernels.md §5);
+    at T <= compressc.runtime.c128a_split.split_rows_limit() one c128a_split launch instead
+    (docs/kernels.md §13: the packed format, compressed_kv None, no checked build).
 
     compressed_kv: fp32 [>= T, head_size] for the pooled rows; when None a per-device
     scratch buffer is used (grown outside CUDA graph capture; see reserve_c128a_scratch).
@@ -170,12 +179,17 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
         if key is not None and _cacheable(args):
             _SIGNATURES[kernel].add(key, prepared, (*owned, req, pos, slots, kvs, bt), free=5)
     if T:
-        prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), 0,
+        ws = workspace_pointer(prepared.device, T, head) if kernel == "c128a_split" else 0
+        prepared.run((req.data_ptr(), pos.data_ptr(), slots.data_ptr(), bt.data_ptr(), kvs.data_ptr(), ws,
                       T, pos.numel(), kvs.numel()), T)
     return None
 
 
 def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv, fmt, scale) -> None:
+    # small T: one launch (c128a_split, docs/kernels.md §13), decided from the shapes only
+    if takes_split(slots.numel() if isinstance(slots, torch.Tensor) else 0, fmt[0], ckv, bounds_in_kernel()):
+        return _fused("c128a_split", sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, fmt,
+                      scale)
     if _debug[0] if _debug else debug_checks():
         args = _named(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs,
                       compressed_kv=ckv, fp8_scale=scale)
@@ -245,6 +259,8 @@ def _prepare(checked: tuple) -> Prepared:
     kernels = [(kernel_for(spec, device), abi(spec), i > 0) for i, spec in enumerate(specs)]
     index = device.index if device.index is not None else torch.cuda.current_device()
     values = dict(values, compressed_kv=values.get("compressed_kv", 0))
+    if specs[0].kernel == "c128a_split":  # its workspace pointer takes compressed_kv's step slot
+        return Prepared(kernels, values, index, device, step_names=SPLIT_STEP_NAMES)
     return Prepared(kernels, values, index, device)
 
 
@@ -257,6 +273,8 @@ def _checked_fused(kernel: str, head_size: int, quant_block: int, fmt: tuple, ar
     device = check_device(_tensors(args))
     if values["num_rows"] == 0:
         return None
+    if kernel == "c128a_split":
+        values["split_workspace"] = workspace_pointer(device, int(values["num_rows"]), head_size)
     return _with_record(values, args, device, spec), device, (spec,)
 
 
@@ -411,11 +429,15 @@ def scratch_buffer(
 def reserve_c128a_scratch(
     num_rows: int, head_size: int = 512, device: torch.device | str | None = None
 ) -> None:
-    """Allocate the scratch that compress_c128a uses for up to num_rows rows (call before capture)."""
+    """Allocate the scratch that compress_c128a uses for up to num_rows rows (call before capture):
+    the pair's pooled rows and, for the rows c128a_split takes, its zeroed workspace."""
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     scratch_buffer(device, num_rows, head_size)
+    split_rows = min(num_rows, split_rows_limit())
+    if split_rows > 0:
+        split_workspace(device, split_rows, head_size)
 
 
 # the online C128 ops (docs/kernels.md §9) live in runtime/online.py; imported last, as they use the above

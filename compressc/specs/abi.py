@@ -34,6 +34,19 @@ class Param:
         return CTYPE_SIZE[self.kind]
 
 
+# c128a_split (docs/kernels.md §13): row t of its workspace is fp32 words
+# [t * row, (t + 1) * row), row = split_workspace_row(head): an arrival counter (u32, word 0;
+# words 1-3 pad it to 16 bytes), then the (max, sum, weighted sum) partial of each of at most
+# SPLIT_MAX CTAs, rank-major. Sized for SPLIT_MAX whatever the schedule's split, so the runtime
+# allocates it without reading the schedule.
+SPLIT_MAX = 8
+
+
+def split_workspace_row(head: int) -> int:
+    """fp32 words of one launched row's region of the c128a_split workspace."""
+    return 4 + SPLIT_MAX * 3 * head
+
+
 def _ptr(name: str, dtype: str, align: int) -> Param:
     return Param(name, "ptr", dtype, align)
 
@@ -136,4 +149,6 @@ def _abi(spec: KernelSpec) -> tuple[Param, ...]:
         ptrs = (compressed,) + _ROW_META + store_ptrs + (kv_slots,) + scalar
         return ptrs + _SCALARS_ROWS + _SCALARS_STORE + rows
     ptrs = _STATE + _ROW_META + (block_table,) + store_ptrs + (kv_slots,) + scalar
+    if spec.kernel == "c128a_split":  # the per-row counters and partials (SPLIT_WORKSPACE_ROW)
+        ptrs += (_ptr("split_workspace", "f32", 16),)
     return ptrs + _SCALARS_ROWS + _SCALARS_STATE + _SCALARS_STORE + rows

@@ -13,7 +13,8 @@ from typing import ClassVar
 from compressc.specs.errors import SpecError
 from compressc.specs.formats import FORMATS, CacheFormat, formats_for
 
-KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4", "c128a_online", "csa")
+KERNELS = ("c4a", "c128a_compress", "c128a_store", "indexer_fp8", "indexer_mxfp4", "c128a_online", "csa",
+           "c128a_split")
 WEIGHT_DTYPES = ("bf16", "f32")
 STORE_LAYOUTS = ("f32_rows", *FORMATS)
 # where a pooling kernel finds its window: the paged state (docs/kernels.md §3.2) or, for the
@@ -174,6 +175,8 @@ _DEFAULTS: dict[str, dict] = {
     "indexer_mxfp4": {"head": 128, "quant_block": 32, "ratio": 4},
     "c128a_online": {"head": 512, "quant_block": 64, "ratio": 128},
     "csa": {"head": 512, "quant_block": 64, "ratio": 4},
+    # C128A in one launch for few active rows (docs/kernels.md §13): S CTAs pool one window
+    "c128a_split": {"head": 512, "quant_block": 64, "ratio": 128},
 }
 
 

@@ -108,7 +108,7 @@ UE8M0_E2M1 = ScaleRule("block", qmax=6.0, floor=6.0 * 2.0**-126, floor_on="amax"
 # docs/kernels.md §8: RN(1 / fp8_scale[0]), one device scalar per tensor
 TENSOR_E4M3 = ScaleRule("tensor", qmax=448.0, stored="none")
 
-MAIN = ("c4a", "c128a_store", "csa")  # csa: its main part is a c4a
+MAIN = ("c4a", "c128a_store", "csa", "c128a_split")  # csa: its main part is a c4a
 FORMATS: dict[str, CacheFormat] = {f.name: f for f in (
     CacheFormat("fp8_ds_mla", MAIN, (Region("nope", "e4m3", UE8M0_E4M3), Region("rope", "bf16")),
                 pad_scales=1, doc="packed: e4m3 nope + bf16 rope, UE8M0 block scales, one pad byte"),

@@ -31,13 +31,15 @@ class GridRule:
     rows, unrolled; "wave": one wave of at most `count` CTAs per SM looping over their
     rows, in thread-block clusters of `cluster` CTAs when `cluster` > 1. `parts` > 1: the
     grid's y dimension, one row of CTAs per part of a fused kernel (docs/kernels.md §12),
-    each as wide as the rule gives for T.
+    each as wide as the rule gives for T. `split` > 1 ("wave:N,split:S", c128a_split): the same
+    grid as clusters of S, launched as plain CTAs (they merge through global memory).
     """
 
     kind: str
     count: int = 0
     cluster: int = 1
     parts: int = 1
+    split: int = 1
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -53,7 +55,14 @@ class GridRule:
             return "a cluster of 2, 4 or 8 CTAs needs the 'wave' kind"
         if self.parts not in (1, 2) or (self.parts > 1 and self.cluster > 1):
             return "a fused kernel has 2 parts ('parts:2'), without clusters"
+        if self.split not in CLUSTER_SIZES or (self.split > 1 and (self.kind != "wave" or self.cluster > 1)):
+            return "a split of 2, 4 or 8 CTAs a row needs the 'wave' kind and no cluster"
         return None
+
+    @property
+    def ctas_per_row(self) -> int:
+        """x-consecutive CTAs that share each row: a cluster's or a split's."""
+        return max(self.cluster, self.split)
 
     def spelling(self) -> str:
         """The manifest's text: "rows", "runs:R", "wave:N" or "wave:N,cluster:S"; a fused
@@ -62,6 +71,7 @@ class GridRule:
         if self.kind == "rows":
             return "rows" + parts
         suffix = f",cluster:{self.cluster}" if self.cluster > 1 else ""
+        suffix += f",split:{self.split}" if self.split > 1 else ""
         return f"{self.kind}:{self.count}{suffix}{parts}"
 
     @classmethod
@@ -75,7 +85,9 @@ class GridRule:
             return cls("rows", parts=parts)
         rule, _, suffix = text.partition(",")
         kind, _, count = rule.partition(":")
-        return cls(kind, int(count), int(suffix.partition(":")[2]) if suffix else 1, parts)
+        name, _, size = suffix.partition(":")
+        cluster = int(size) if name == "cluster" else 1
+        return cls(kind, int(count), cluster, parts, int(size) if name == "split" else 1)
 
 
 def _parts(text: str) -> tuple[str, int]:
@@ -96,8 +108,9 @@ def rule_problem(text: str) -> str | None:
         return STALE_TILED
     if comma:
         name, _, size = suffix.partition(":")
-        if kind != "wave" or name != "cluster" or size not in [str(c) for c in CLUSTER_SIZES if c > 1]:
-            return "a cluster suffix is ',cluster:<2|4|8>' after 'wave:<CTAs per SM>'"
+        sizes = [str(c) for c in CLUSTER_SIZES if c > 1]
+        if kind != "wave" or name not in ("cluster", "split") or size not in sizes:
+            return "a cluster suffix is ',cluster:<2|4|8>' (or ',split:<2|4|8>') after 'wave:<CTAs per SM>'"
     if kind not in ("wave", "runs") or not count.isdigit() or int(count) <= 0:
         return "expected 'rows', 'wave:<CTAs per SM>[,cluster:<S>]' or 'runs:<rows per CTA>'"
     return None
@@ -138,6 +151,7 @@ def launch_grid(rule: GridRule, num_rows: int, sm_count: int, resident: int = 0,
     any grid up to num_rows is correct). "wave:N,cluster:S": the same in clusters of S
     CTAs, each cluster taking the rows a CTA would; one wave is the SMs' CTA slots / S,
     and at most `max_clusters` (the driver's count of co-resident clusters; 0 = unknown).
+    "wave:N,split:S": as clusters of S, without the cluster launch.
     "runs:R": the kernel unrolls up to R rows per
     CTA, so the grid is at least ceil(num_rows / R); below that, one row per CTA while
     the SMs have room (`resident` CTAs each): at small T a CTA's rows would otherwise
@@ -145,7 +159,7 @@ def launch_grid(rule: GridRule, num_rows: int, sm_count: int, resident: int = 0,
     """
     if num_rows <= 0:
         return 0
-    kind, count, cluster = rule.kind, rule.count, rule.cluster
+    kind, count, cluster = rule.kind, rule.count, rule.ctas_per_row
     if kind == "rows":
         return num_rows
     if kind == "runs":
@@ -153,7 +167,7 @@ def launch_grid(rule: GridRule, num_rows: int, sm_count: int, resident: int = 0,
     else:
         ctas = min(count, resident) if resident > 0 else count
         units = max(1, ctas * sm_count // cluster)
-        if cluster > 1 and max_clusters > 0:
+        if rule.cluster > 1 and max_clusters > 0:
             units = min(units, max_clusters)
         grid = min(num_rows, units)
     per_cta = -(-num_rows // grid)

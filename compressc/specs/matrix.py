@@ -15,6 +15,8 @@ DEFAULT_MATRIX: tuple[tuple[str, int, int, tuple[str, ...], tuple[bool, ...]], .
     ("indexer_fp8", 128, 128, ("indexer_fp8",), (False, True)),
     ("indexer_mxfp4", 128, 32, ("indexer_mxfp4",), (False, True)),
     ("c128a_online", 512, 64, ("",), (False,)),
+    # C128A in one launch at small T (docs/kernels.md §13): the packed cache only, for now
+    ("c128a_split", 512, 64, ("fp8_ds_mla",), (False,)),
 )
 # "csa" (docs/kernels.md §12): every main format x indexer x rotation, both weight dtypes
 # (compressc.specs.csa.csa_specs), after the rows above

@@ -168,7 +168,7 @@ def _force_rows_per_cta(monkeypatch, per_cta: int) -> None:
     from compressc.runtime import loader as loader_module
 
     def grid(rule, num_rows: int, sm_count: int, resident: int = 0, max_clusters: int = 0) -> int:
-        kind, count, cluster = rule.kind, rule.count, rule.cluster
+        kind, count, cluster = rule.kind, rule.count, rule.ctas_per_row
         if num_rows <= 0 or kind == "rows":
             return max(num_rows, 0)
         run = min(per_cta, count) if kind == "runs" else per_cta
