@@ -43,8 +43,10 @@ ENV_TABLE: tuple[tuple[str, str, str], ...] = (
     ("COMPRESSC_DEBUG_CHECKS", "unset", "1: the runtime's ops check every argument on every call and launch "
      "through the loader's own launch (default: once per argument signature, the prepared ctypes launch)"),
     ("COMPRESSC_VLLM", "1", "0: the vLLM plugin (compressc.integrations.vllm) patches nothing"),
-    ("COMPRESSC_C128A_SPLIT_ROWS", "512", "compress_c128a runs the one-launch c128a_split kernel for T at "
+    ("COMPRESSC_C128A_SPLIT_ROWS", "32", "compress_c128a runs the one-launch c128a_split kernel for T at "
      "or below this many launched rows, the two-kernel path above (0: never; for benchmarking)"),
+    ("COMPRESSC_CSA_FUSED_MAX_T", "1024", "compress_csa runs the fused kernel for T at or below this many "
+     "rows, the two parts' own kernels above (read at import; for benchmarking)"),
     (
         "COMPRESSC_SCHEDULES_DIR",
         "build/kernels-schedules",

@@ -121,10 +121,10 @@ def test_the_threshold_is_read_from_the_environment() -> None:
     assert Config.from_env({"COMPRESSC_C128A_SPLIT_ROWS": "64"}).c128a_split_rows == 64
     with pytest.raises(ConfigError, match="COMPRESSC_C128A_SPLIT_ROWS='x'"):
         Config.from_env({"COMPRESSC_C128A_SPLIT_ROWS": "x"})
-    assert c128a_split.SPLIT_MAX_ROWS == 512
+    assert c128a_split.SPLIT_MAX_ROWS == 32
 
 
-@pytest.mark.parametrize("rows", [1, 8, 32, 512])
+@pytest.mark.parametrize("rows", [1, 8, 32])
 def test_small_t_takes_one_launch(launches, monkeypatch, rows: int) -> None:  # noqa: F811
     monkeypatch.setattr(ops, "workspace_pointer", lambda device, T, head: 0x1000 + T)
     args = make_args("c128a", rows=rows)
@@ -141,7 +141,7 @@ def test_small_t_takes_one_launch(launches, monkeypatch, rows: int) -> None:  # 
 @pytest.mark.parametrize("why", ["large_t", "limit_0", "compressed_kv", "full_bf16"])
 def test_otherwise_the_pair(launches, monkeypatch, why: str) -> None:  # noqa: F811
     monkeypatch.setattr(ops, "workspace_pointer", lambda device, T, head: 0x1000)
-    args = make_args("c128a", rows=513 if why == "large_t" else 4)
+    args = make_args("c128a", rows=33 if why == "large_t" else 4)
     extra: dict = {}
     if why == "limit_0":
         monkeypatch.setattr(c128a_split, "split_rows_limit", lambda: 0)
@@ -149,6 +149,8 @@ def test_otherwise_the_pair(launches, monkeypatch, why: str) -> None:  # noqa: F
         extra["compressed_kv"] = torch.zeros(4, 512)
     if why == "full_bf16":
         assert not c128a_split.takes_split(4, "full_bf16", None, False)
+        assert not c128a_split.takes_split(4, "fp8_ds_mla", None, False, (384, 64))
+        assert c128a_split.takes_split(4, "fp8_ds_mla", None, False, (512, 64))
         return
     monkeypatch.setattr(ops, "scratch_buffer", lambda device, rows, head: torch.zeros(rows, head))
     ops.compress_c128a(**args, **extra)

@@ -16,12 +16,15 @@ import torch
 
 from compressc.specs.abi import split_workspace_row
 
-# At or below this many launched rows compress_c128a takes the one-launch kernel. 512 covers the
-# cases it is for (decode T = 1..32, prefill T = 128..512 with 1-4 active rows: the S CTAs per
-# row fill idle SMs, and one launch saves the pair's second launch); above it a prefill has more
-# active rows than the split helps and the pair's tiled compress kernel streams better. Not
-# measured yet (benchmarks/NOTES.md, Session 8): COMPRESSC_C128A_SPLIT_ROWS moves it for a benchmark.
-SPLIT_MAX_ROWS = 512
+# At or below this many launched rows compress_c128a takes the one-launch kernel. Measured on the
+# H200 (benchmarks/NOTES.md, session 8 run 4): one launch is 0.50-0.87x the pair at decode T = 1..32
+# and prefill T = 128..512 (1-4 active rows), but 1.37x at decode T = 128 and 1.47x at T = 512,
+# where every row is active and the pair's tiled compress kernel streams the windows better. The
+# host sees only T, so the limit serves decode batches (the common case) and leaves a prefill chunk
+# of 128-512 tokens to the pair; COMPRESSC_C128A_SPLIT_ROWS moves it.
+SPLIT_MAX_ROWS = 32
+# the shape whose c128a_split variants ship (specs/matrix.py); other heads keep the pair
+SPLIT_SHAPE = (512, 64)
 # the cache formats whose c128a_split variants ship (specs/matrix.py); the others keep the pair
 SPLIT_FORMATS = ("fp8_ds_mla",)
 SPLIT_STEP_NAMES = ("token_to_req_indices", "positions", "slot_mapping", "block_table", "kv_slot_mapping",
@@ -41,12 +44,14 @@ def split_rows_limit() -> int:
     return SPLIT_MAX_ROWS if rows is None else rows
 
 
-def takes_split(T: int, cache_format: str, compressed_kv: object, bounds: bool) -> bool:
+def takes_split(T: int, cache_format: str, compressed_kv: object, bounds: bool,
+                shape: tuple[int, int] = SPLIT_SHAPE) -> bool:
     """Whether a compress_c128a call of T rows runs the one-launch kernel: small T, a shipped
-    format, no caller-owned compressed_kv (the pair writes it; the split kernel has no such
-    rows) and no checked build (COMPRESSC_CHECK_BOUNDS=kernel keeps the checked pair)."""
+    format and (head_size, quant_block) shape, no caller-owned compressed_kv (the pair writes
+    it; the split kernel has no such rows) and no checked build (COMPRESSC_CHECK_BOUNDS=kernel
+    keeps the checked pair)."""
     return (0 < T <= split_rows_limit() and cache_format in SPLIT_FORMATS and compressed_kv is None
-            and not bounds)
+            and not bounds and shape == SPLIT_SHAPE)
 
 
 def split_workspace(device: torch.device, rows: int, head_size: int, *, capturing: bool | None = None

@@ -187,7 +187,8 @@ def _fused(kernel, sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head,
 
 def _c128a(sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, ckv, fmt, scale) -> None:
     # small T: one launch (c128a_split, docs/kernels.md §13), decided from the shapes only
-    if takes_split(slots.numel() if isinstance(slots, torch.Tensor) else 0, fmt[0], ckv, bounds_in_kernel()):
+    T = slots.numel() if isinstance(slots, torch.Tensor) else 0
+    if takes_split(T, fmt[0], ckv, bounds_in_kernel(), (head, qb)):
         return _fused("c128a_split", sc, req, pos, slots, bt, bs, w, eps, cs, kc, kvs, kvbs, head, qb, fmt,
                       scale)
     if _debug[0] if _debug else debug_checks():
