@@ -38,9 +38,12 @@ def test_the_selection_covers_every_default_variant_and_no_excluded_test():
     selected = sanitize.select(collected)
     assert 30 <= len(selected) <= 80, len(selected)
     by_name = [v.variant for v in default_specs() if not any(f"[{v.variant}-" in n for n in selected)]
-    # not parametrized by variant: the paged compress kernel, the ring and the online merge
+    # not parametrized by variant: the paged compress kernel, the ring, the online merge and the
+    # split kernel (its tests are parametrized by weight: both variants, test_split_matches_reference)
     assert sorted(by_name) == ["c128a_compress_h512_q64_r64_f32", "c128a_compress_ring_h512_q64_r64_f32",
-                               "c128a_online_h512_q64_r64_f32"]
+                               "c128a_online_h512_q64_r64_f32", "c128a_split_h512_q64_r64_bf16",
+                               "c128a_split_h512_q64_r64_f32"]
+    assert sum("test_split_matches_reference[" in n for n in selected) == 2
     for test in ("test_c128a_matches_reference", "test_ring_compress_then_store", "test_merge_writes",
                  "test_schedule_matches_reference", "test_runs_grid_small", "test_wave_grid_small",
                  "test_a_graph_replay_records"):
