@@ -11,9 +11,7 @@ from compressc.ir.ring import window_source
 from compressc.ir.schedule import Schedule
 from compressc.kernels import ring
 from compressc.kernels.source import Source
-from compressc.kernels.split_merge import global_merge
 from compressc.kernels.stages_store import cache_hinted
-from compressc.passes.plan_smem import merge_slots
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:
@@ -290,105 +288,10 @@ def _online_update(src: Source, elems: int, score: str, value: str) -> None:
 
 
 def pool(src: Source, module: Module, op: Op) -> None:
-    sched = Schedule.of(module)
-    elems, split = sched.elems, sched.split
-    head = _i(op, "head", False)
-    slots = merge_slots(module)
-    if split > 1:
-        base = _i(op, "smem_offset") // 4
-        src.line("# merge the split groups' (max, sum, weighted sum) in group order, through smem")
-        src.line("if group > 0:")
-        with src.indent():
-            src.line(f"for e in range_constexpr({elems}):")
-            with src.indent():
-                for k, name in enumerate(("rM", "rL", "rA")):
-                    src.line(f"sBuf[{base + k * slots * head} + group * {head} + col + e] = {name}[e]")
-        src.line("cute.arch.sync_threads()")
-        src.line("if group == 0:")
-        with src.indent():
-            src.line(f"for g in range_constexpr(1, {split}):")
-            with src.indent():
-                src.line(f"for e in range_constexpr({elems}):")
-                with src.indent():
-                    slot = f"g * {head} + col + e"
-                    src.line(f"mg = sBuf[{base} + {slot}]")
-                    src.line("# a group whose rows are all absent (C4 sequence start) has m = -inf: skip")
-                    src.line("# it, as ex2((-inf) - (-inf)) is NaN; skipping is exact (alpha 1, beta 0)")
-                    src.line('if mg > Float32(-float("inf")):')
-                    with src.indent():
-                        _fold_partial(src, f"sBuf[{base + slots * head} + {slot}]",
-                                      f"sBuf[{base + 2 * slots * head} + {slot}]")
-    if Schedule.of(module).global_split:
-        base = int(op.get("smem_offset")) // 4  # type: ignore[arg-type]
-        global_merge(src, module, int(op.attr("head")), base)
-    elif Schedule.of(module).cluster > 1:
-        _cluster_merge(src, module, op)
+    """The pooled value x = a / l. Only the online merge kernel's pool reaches here: every module
+    with a cc.window has its merge of split groups and ranks lowered to kd ops (lower-row,
+    kernels/row_ops_pool.py), and the verifier refuses a split or a cluster without one."""
+    elems = Schedule.of(module).elems
     src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
     src.line(f"for e in range_constexpr({elems}):")
     src.line("    rX[e] = rA[e] / rL[e]  # IEEE division, as the reference")
-
-
-def _fold_partial(src: Source, sum_at: str, acc_at: str) -> None:
-    """Fold a partial (max mg, sum at `sum_at`, weighted sum at `acc_at`) into (rM, rL, rA)[e]."""
-    src.line("m_new = ops.fmax(rM[e], mg)")
-    src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
-    src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-    src.line(f"rL[e] = rL[e] * alpha + {sum_at} * beta")
-    src.line(f"rA[e] = rA[e] * alpha + {acc_at} * beta")
-    src.line("rM[e] = m_new")
-
-
-def _cluster_merge(src: Source, module: Module, op: Op) -> None:
-    """Rank 0 merges ranks 1..S-1's partials in rank order; the peers push them into its smem.
-
-    After the first cluster barrier every CTA has finished its own merge, so rank 0's
-    region is free: rank k stores its partial (split group 0's registers) into slot k - 1
-    there with st.shared::cluster. The second barrier (arrive.release, wait.acquire)
-    makes the stores visible; rank 0 then reads its own smem. Storing keeps no remote
-    load in flight (a DSMEM load is a 64-bit generic LD: +33 registers for C128A's
-    merge). Every thread of every CTA reaches both barriers.
-    """
-    sched = Schedule.of(module)
-    elems, split = sched.elems, sched.split
-    cluster = Schedule.of(module).cluster
-    head, base, slots = _i(op, "head", False), _i(op, "smem_offset") // 4, merge_slots(module)
-    pooled = module.find("cc.window")
-    assert pooled is not None
-    absent = _i(pooled, "window", False) > _i(pooled, "ratio", False)  # a part may be all before position 0
-    group0 = " & (group == 0)" if split > 1 else ""
-    src.line(f"# the cluster's {cluster} partials meet in rank order: ranks 1..{cluster - 1} store theirs "
-             "into rank 0's smem")
-    src.line("ops.cluster_sync()  # every CTA's own merge is done: rank 0's slots are free")
-    src.line(f"if (rank > 0){group0}:")
-    with src.indent():
-        src.line("sbuf_at = sBuf.iterator.toint()")
-        src.line(f"for e in range_constexpr({elems}):")
-        with src.indent():
-            for k, name in enumerate(("rM", "rL", "rA")):
-                at = f"sbuf_at + ({base + k * slots * head} + (rank - 1) * {head} + col + e) * 4"
-                src.line(f"ops.st_dsmem_f32({at}, 0, {name}[e])")
-    src.line("ops.cluster_sync()  # the stores are visible to rank 0")
-    src.line(f"if (rank == 0){group0}:")
-    with src.indent():
-        _fold_ranks(src, module, op, absent)
-
-
-def _fold_ranks(src: Source, module: Module, op: Op, absent: bool) -> None:
-    """Rank 0 folds ranks 1..S-1's partials from its own smem, in rank order."""
-    sched = Schedule.of(module)
-    elems, cluster = sched.elems, sched.cluster
-    head, base, slots = _i(op, "head", False), _i(op, "smem_offset") // 4, merge_slots(module)
-    src.line(f"for k in range_constexpr({cluster - 1}):")
-    with src.indent():
-        src.line(f"for e in range_constexpr({elems}):")
-        with src.indent():
-            slot = f"k * {head} + col + e"
-            src.line(f"mg = sBuf[{base} + {slot}]")
-            if absent:
-                src.line("# a part whose rows are all absent has m = -inf: skipped (see the CTA merge)")
-                src.line('if mg > Float32(-float("inf")):')
-                src.depth += 1
-            _fold_partial(src, f"sBuf[{base + slots * head} + {slot}]",
-                          f"sBuf[{base + 2 * slots * head} + {slot}]")
-            if absent:
-                src.depth -= 1
