@@ -113,8 +113,10 @@ def test_wheel_layout_and_metadata(wheel, built):
         for e in entries:
             prefix = f"compressc_kernels_sm90/store/{e.key[:2]}/{e.key}"
             assert read(f"{prefix}/kernel.cubin") == e.cubin_bytes()
-            stages = ("manifest.json", "spec.cir", "kernel_py.txt", "key.json")
+            stages = ("manifest.json", "spec.cir", "kernel_py.txt", "key.json", "jitlink.log")
             assert {f"{prefix}/{n}" for n in stages} < set(names)
+            # the PTX stays in the build's cache: a loader never reads it
+            assert (e.path / "kernel.ptx").is_file() and f"{prefix}/kernel.ptx" not in names
             index = json.loads(
                 read(f"compressc_kernels_sm90/store/index/{e.manifest['variant']}@{ARCH}.json")
             )

@@ -7,6 +7,7 @@ wheel serves x86-64 and aarch64 hosts) holds:
   compressc_kernels_sm90/store/pack.json    the pack index (compressc.packs.installed)
   compressc_kernels_sm90/store/index/<variant>@<arch>.json
   compressc_kernels_sm90/store/<key[:2]>/<key>/manifest.json, kernel.cubin, stage texts
+                                            (all but kernel.ptx: see UNPACKED_STAGES)
   compressc_kernels_sm90-0.1.0.dist-info/   METADATA (Requires-Dist: compressc==0.1.0), WHEEL,
                                             entry_points.txt ([compressc.kernel_packs]
                                             sm90 = compressc_kernels_sm90:ROOT), RECORD
@@ -39,6 +40,10 @@ from compressc.packs.wanted import WANTED_FILE, spec_of, wanted_file
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can record
 _FILE_MODE = 0o100644 << 16  # regular file, rw-r--r--
 _STORE_DIR = "store"
+# Stage files a pack leaves out. kernel.ptx is the largest (about half of an sm_100a pack) and
+# serves no loader: PTX for an arch-specific target (sm_90a, sm_100a) runs on that arch only,
+# where the cubin already does, and `compressc build` of the variant writes it into a cache.
+UNPACKED_STAGES = frozenset({"kernel.ptx"})
 
 
 class WheelError(RuntimeError):
@@ -141,7 +146,8 @@ def _entry_files(entry: Entry, prefix: str) -> dict[str, bytes]:
     """The entry's files; the cubin is re-hashed against its manifest on the way in."""
     files = {f"{prefix}/{entry.manifest['cubin']}": entry.cubin_bytes()}
     for path in sorted(entry.path.iterdir()):
-        if path.is_file() and path.name not in (MANIFEST, entry.manifest["cubin"]):
+        skip = (MANIFEST, entry.manifest["cubin"], *UNPACKED_STAGES)
+        if path.is_file() and path.name not in skip:
             files[f"{prefix}/{_stage_name(path.name)}"] = path.read_bytes()
     manifest = dict(entry.manifest, compile_seconds=0.0)  # wall time: not an input of the build
     files[f"{prefix}/{MANIFEST}"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
