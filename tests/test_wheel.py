@@ -29,7 +29,7 @@ from compressc.packs.installed import PackError, TamperedPackError, check_pack
 from compressc.packs.wheel import WheelError, pack_name, write_wheel, zip_time
 from compressc.runtime import resolve
 from compressc.runtime.resolve import KernelNotFoundError, find_kernel
-from compressc.specs import make_spec
+from compressc.specs import default_specs, make_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = [make_spec("c4a", weight_dtype="bf16"), make_spec("indexer_fp8", weight_dtype="bf16")]
@@ -202,6 +202,21 @@ def test_max_size_failure_leaves_nothing(built, tmp_path):
     assert sorted(p.name for p in existing.iterdir()) == ["other.txt"]
 
 
+@pytest.mark.parametrize("arch", ["sm90", "sm100"])
+def test_default_matrix_wheel_is_under_one_megabyte(arch, tmp_path):
+    """Issue 14: the pack of every shipped kernel stays under 1 MB (10**6 bytes) per arch.
+    `--max-size 1MB` is the same limit through the CLI: it refuses to write a larger wheel."""
+    if importlib.util.find_spec("cutlass") is None:
+        pytest.skip("building kernels needs compressc[build]")
+    args = ["wheel", "--arch", arch, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "d")]
+    result = CliRunner().invoke(main, args + ["-j", "2", "--max-size", "1MB"])
+    assert result.exit_code == 0, result.output
+    (whl,) = (tmp_path / "d").iterdir()
+    with zipfile.ZipFile(whl) as zf:
+        cubins = [n for n in zf.namelist() if n.endswith("/kernel.cubin")]
+    assert whl.stat().st_size < 10**6 and len(cubins) == len(default_specs()) > 20
+
+
 def test_refuses_entries_of_another_arch_or_duplicates(built, tmp_path):
     with pytest.raises(WheelError, match="entries for sm_90a, which is not among the pack's archs"):
         write_wheel(built[1], ["sm100"], tmp_path)
@@ -289,7 +304,7 @@ def test_pack_of_another_compressc_version_is_skipped(wheel, tmp_path, monkeypat
 _USE_PACK = """
 import hashlib, json, sys, warnings
 from compressc.runtime.resolve import KernelNotFoundError, find_kernel, iter_pack_roots
-from compressc.specs import make_spec
+from compressc.specs import default_specs, make_spec
 try:
     import cutlass
     sys.exit("cutlass is importable")
