@@ -71,6 +71,8 @@ NOISE = (("cuGetProcAddress", "cuda-bindings' lazy driver entry lookup"),)
 ERROR_EXIT = 86
 _RESULT = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 _SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) error")
+# racecheck prints no ERROR SUMMARY: its hazards (errors and warnings alike) are its errors here
+_RACE_SUMMARY = re.compile(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?, (\d+) warnings?\)")
 _PREFIX = "========= "
 
 
@@ -153,6 +155,7 @@ _INFO = re.compile(r"^(COMPUTE-SANITIZER|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SU
 
 def parse_sanitizer(log: str) -> Findings:
     summaries = [int(m[1]) for m in _SUMMARY.finditer(log)]
+    summaries += [int(m[1]) + int(m[2]) for m in _RACE_SUMMARY.finditer(log)]
     noise = {name: 0 for name, _ in NOISE}
     real = []
     for record in _records(log):

@@ -71,6 +71,22 @@ def test_noise_is_counted_apart_from_errors():
     assert sanitize.parse_sanitizer(_log(WRITE_RECORD, summary=None)).errors is None  # ended early
 
 
+RACE_RECORD = """========= Error: Race reported between Write access at kernel_cutlass_c4a_0+0x310
+=========     and Read access at kernel_cutlass_c4a_0+0x3a0 [128 hazards]
+=========
+"""
+
+
+def test_racecheck_summary_counts_its_hazards():
+    """racecheck ends with RACECHECK SUMMARY, not ERROR SUMMARY (session 8 read it as 'ended early')."""
+    clean = "========= COMPUTE-SANITIZER\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n"
+    assert sanitize.parse_sanitizer(clean).errors == 0
+    dirty = ("========= COMPUTE-SANITIZER\n" + RACE_RECORD
+             + "========= RACECHECK SUMMARY: 2 hazards displayed (1 error, 1 warning)\n")
+    found = sanitize.parse_sanitizer(dirty)
+    assert found.errors == 2 and found.records[0].startswith("Error: Race reported between Write")
+
+
 def test_pytest_outcomes_are_read_per_test():
     out = ("tests/gpu/a.py::t[x-1] PASSED                [ 33%]\n"
            "tests/gpu/a.py::t[x-2] FAILED                [ 66%]\n"
