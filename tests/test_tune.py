@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ from compressc.passes.manager import (
 from compressc.specs.family import make_spec
 from compressc.specs.matrix import default_specs
 from compressc.tune.candidates import MAX_CANDIDATES, candidates
-from compressc.tune.measure import FAMILY, cases_for
+from compressc.tune.cases import cases_for
+from compressc.tune.measure import FAMILY
 from compressc.tune.prepare import PLAN_FILE, plan_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +89,21 @@ def test_window_kernels_search_split_and_rows_and_others_do_not() -> None:
     assert {c.schedule["elems_per_lane"] for c in store} == {2, 4, 8}
 
 
+def test_c128a_split_searches_grid_split_lanes_and_the_occupancy_hint() -> None:
+    """Its own list (the generic one would try 8 channels a lane, which spill, and no grid-split)."""
+    for weight in ("bf16", "f32"):
+        found = candidates(make_spec("c128a_split", 512, 64, weight_dtype=weight), ARCH, tuned={})
+        assert len(found) == 32 and [c.origin for c in found[:2]] == ["derived", "baseline"]
+        split = [c.schedule for c in found if c.schedule.get("split_merge") == "global"]
+        assert len(split) == len(found) - 1  # all but the baseline (one CTA a row, no merge)
+        lanes = {(s["cluster_split"], s["elems_per_lane"], s["window_split"], s.get("min_ctas_per_sm"))
+                 for s in split}
+        assert lanes >= set(product((8, 4), (4, 2), (1, 2, 4), (2, None)))
+        assert {s["cluster_split"] for s in split} == {8, 4, 2}
+        assert {c.summary.split()[-1] for c in found if "tiled8 occ2 split" in c.summary} >= {"byrow", "l2pf"}
+        assert all(s["elems_per_lane"] <= 4 for s in split)
+
+
 def test_limit_and_the_tuned_entry_come_first() -> None:
     assert [c.origin for c in candidates(C4A, ARCH, limit=2, tuned={})] == ["derived", "baseline"]
     table = {ARCH: {C4A.variant: {"pipeline": TUNED_C4A}}}
@@ -129,8 +146,8 @@ def test_the_shipped_table_is_valid() -> None:
             assert arch.startswith("sm_")
 
 
-def _results(tmp_path: Path, pipeline: str = TUNED_C4A) -> Path:
-    """A `tune --measure` results file, as the GPU host writes it, for C4A bf16."""
+def _results(tmp_path: Path, pipeline: str = TUNED_C4A, spec=C4A) -> Path:
+    """A `tune --measure` results file, as the GPU host writes it, for `spec` (C4A bf16)."""
     us = {"p32": 4.0, "d32": 5.0}
     winner = {
         "pipeline": pipeline,
@@ -141,12 +158,12 @@ def _results(tmp_path: Path, pipeline: str = TUNED_C4A) -> Path:
         "baseline_score_us": 9.0,
     }
     variant = {
-        "variant": C4A.variant,
-        "kernel": "c4a",
-        "head_size": 512,
-        "quant_block": 64,
-        "rope": 64,
-        "weight_dtype": "bf16",
+        "variant": spec.variant,
+        "kernel": spec.kernel,
+        "head_size": spec.head,
+        "quant_block": spec.quant_block,
+        "rope": spec.rope,
+        "weight_dtype": spec.weight_dtype,
         "candidates": [{"pipeline": pipeline, "us": us}],
         "winner": winner,
     }
@@ -312,10 +329,12 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
         "d16384",
     ]
     assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d1024", "d4096"]
-    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12; c128a_split not yet:
-    # its measurement needs the split workspace, docs/kernels.md §13)
-    assert set(FAMILY) == {s.kernel for s in default_specs()
-                           if not s.segmented and s.kernel not in ("csa", "c128a_split")}
+    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12)
+    assert set(FAMILY) == {s.kernel for s in default_specs() if not s.segmented and s.kernel != "csa"}
+    # c128a_split at its own few-row cases (issue 16), unless --T names others; --scenario filters
+    assert [c.label for c in cases_for("c128a_split")] == ["d1", "d32", "p128", "p512"]
+    assert [c.label for c in cases_for("c128a_split", ["prefill"])] == ["p128", "p512"]
+    assert [c.label for c in cases_for("c128a_split", ["decode"], [64])] == ["d64"]
 
 
 def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wins() -> None:
@@ -474,10 +493,12 @@ def test_misused_options_are_one_line_errors(args: list[str], message: str) -> N
 
 def test_measure_inputs_pack_every_variants_abi_on_the_cpu(monkeypatch) -> None:
     """The argument side of --measure (scenario, L2 rotation, ABI packing) without a GPU."""
+    from compressc.runtime import c128a_split
     from compressc.tune import measure
 
     monkeypatch.setattr(measure, "DEVICE", "cpu")
     monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    monkeypatch.setattr(c128a_split, "_WORKSPACE", {})
     for spec in (s for s in default_specs() if s.kernel in FAMILY):
         inputs = measure._Inputs(spec, measure.Case("decode", 32))
         packed = inputs.packed(spec)
@@ -498,3 +519,42 @@ def test_window_kernels_are_also_tried_with_the_softmax_rescaled_row_by_row() ->
     assert [c.origin for c in found if c.pipeline == derived_by_row] == ["search"]
     by_row = [c for c in found if c.schedule.get("rescale") == "row"]  # also the baseline, smem-staged
     assert "baseline" in {c.origin for c in by_row} and all(" byrow" in c.summary for c in by_row)
+
+
+def test_measure_gives_c128a_split_the_runtimes_workspace_at_its_own_cases(monkeypatch) -> None:
+    """As ops.compress_c128a launches it: the split ABI's values, the device's zeroed workspace of
+    T rows (runtime/c128a_split.py), one per device whatever the page-table copy."""
+    import torch
+
+    from compressc.runtime import c128a_split
+    from compressc.specs.abi import abi, split_workspace_row
+    from compressc.tune import measure
+
+    monkeypatch.setattr(measure, "DEVICE", "cpu")
+    monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    monkeypatch.setattr(c128a_split, "_WORKSPACE", {})
+    spec = make_spec("c128a_split", 512, 64, weight_dtype="f32")
+    names = [p.name for p in abi(spec)]
+    for case in cases_for("c128a_split"):
+        inputs = measure._Inputs(spec, case)
+        values = [dict(zip(names, (c.value for c in p.values), strict=True)) for p in inputs.packed(spec)]
+        workspace = c128a_split.split_workspace(torch.device("cpu"), case.T, 512)
+        assert workspace.shape == (case.T, split_workspace_row(512)) and not workspace.any()
+        assert {v["split_workspace"] for v in values} == {workspace.data_ptr()}
+        assert {v["num_rows"] for v in values} == {case.T}
+        assert len({v["block_table"] for v in values}) == len(values) >= 2  # the L2 rotation
+        assert {v["positions"] for v in values} == {inputs.sc.positions.data_ptr()}
+        assert {v["rms_norm_weight"] for v in values} != {inputs.sc.rms_norm_weight.data_ptr()}  # f32 copy
+
+
+def test_measure_takes_each_familys_cases_unless_t_is_given(tmp_path: Path, monkeypatch) -> None:
+    import compressc.tune.measure as measure_mod
+
+    doc = json.loads(_results(tmp_path).read_text())
+    seen = []
+    monkeypatch.setattr(measure_mod, "measure", lambda plan_dir, **kw: (seen.append(kw), doc)[1])
+    assert _tune("--measure", str(tmp_path), "--json").exit_code == 0
+    given = _tune("--measure", str(tmp_path), "--json", "--T", "1", "--T", "32", "--scenario", "decode")
+    assert given.exit_code == 0, given.output
+    assert [(kw["kinds"], kw["t_list"]) for kw in seen] == [(("prefill", "decode"), None),
+                                                            (("decode",), (1, 32))]
