@@ -200,6 +200,29 @@ def test_apply_writes_the_table_and_default_picks_it_up(tmp_path: Path) -> None:
     assert resolve_pipeline("default", module_from_spec(C4A), ARCH, table) == TUNED_C4A
 
 
+def test_apply_records_a_c128a_split_winner_and_refuses_an_illegal_split(tmp_path: Path) -> None:
+    split = make_spec("c128a_split", 512, 64, weight_dtype="bf16")
+    found = candidates(split, ARCH, tuned={})
+    (four,) = [c.pipeline for c in found if c.summary == "e4 x2 256t r8 tiled8 occ2 split4"]
+    data = tmp_path / "tuned.json"
+    result = _tune("--apply", str(_results(tmp_path, four, split)), "--data", str(data))
+    assert result.exit_code == 0, result.output
+    assert f"{split.variant}@{ARCH}: 4.47 us (1.14x vs derived): {four}" in " ".join(result.stdout.split())
+    table = tuned_mod.load_tuned(data)
+    assert table[ARCH][split.variant]["pipeline"] == four
+    assert resolve_pipeline("default", module_from_spec(split), ARCH, table) == four
+    sibling = make_spec("c128a_split", 512, 64, weight_dtype="bf16", cache_format="full_bf16")
+    assert resolve_pipeline("default", module_from_spec(sibling), ARCH, table) == four  # inherited
+    kw = {"fingerprint": "f" * 64, "toolchain": {"cutlass": "x"}}
+    assert plan(split, "sm90", four, **kw).key != plan(split, "sm90", "derived", **kw).key
+    sixteen = four.replace("grid-split=4", "grid-split=16")  # the workspace holds 8 partials a row
+    message = _error(_tune("--apply", str(_results(tmp_path, sixteen, split)), "--data", str(data)))
+    assert message.startswith(f"{tmp_path / 'tune_results.json'}: the winner of {split.variant} is no longer "
+                              "legal (thread-map{elems-per-lane=4,window-split=2,grid-split=16} cannot lower")
+    assert message.endswith("grid-split=16: must be one of 1, 2, 4, 8 (CTAs per window, 8 at most)); "
+                            "measure again")
+
+
 def test_a_tuned_entry_changes_the_default_key_to_the_tuned_pipelines_key(tmp_path, monkeypatch) -> None:
     kw = {"fingerprint": "f" * 64, "toolchain": {"cutlass": "x"}}
     before = plan(C4A, "sm90", "default", **kw)
