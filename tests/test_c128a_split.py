@@ -4,6 +4,8 @@ runtime's choice between it and the two-kernel pair."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,22 @@ def test_every_tune_candidate_matches_the_reference(weight: str, cand, kind: str
     slots = sc.kv_slot_mapping[:n][sc.active()[:n]]
     report = compare_cache_bytes(spec, got, want, slots, kv_cache_block_size=sc.kv_cache_block_size)
     assert report.ok, report
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
+def test_a_cta_wider_than_the_head_builds_its_merge(tmp_path) -> None:
+    """1024 threads (2 channels a lane, window split 4): the fold's threads past the head's 512
+    channels skip it, and its values are used inside the same `if` (they were not, and CuTe DSL
+    refused the module: NameError 'qL')."""
+    from compressc.cache.store import Entry, Store
+    from compressc.driver.build import build_plans
+    from compressc.driver.plan import plan
+
+    # without occupancy: 2 CTAs of 1024 threads leave 32 registers a thread, and it spills
+    lanes = "thread-map{elems-per-lane=2,window-split=4,grid-split=8}"
+    pipeline = f"{lanes},{WINDOW.replace('occupancy,', '')}"
+    module = _lower(make_spec("c128a_split"), pipeline)
+    assert module.get("threads") == 1024 and "        if tidx < 512:" in emit(module, pipeline)
+    wide = plan(make_spec("c128a_split"), "sm90", pipeline)
+    entry = build_plans([wide], Store(tmp_path), workers=1)[wide.key]
+    assert isinstance(entry, Entry), entry
