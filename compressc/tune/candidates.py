@@ -159,12 +159,13 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
 def split_proposals() -> Iterator[str]:
     """c128a_split's schedules: each grid split x lanes, with and without the occupancy hint
     (2 CTAs per SM), then the derived lanes at each grid split with the softmax rescaled row by
-    row, 4 rows in flight (2 batches a split group) and the window's pages prefetched into L2,
-    and last 2 CTAs a row."""
+    row (with and without the hint), 4 rows in flight (2 batches a split group) and the window's
+    pages prefetched into L2, and last 2 CTAs a row."""
     for (e, w), split, fetch in product(SPLIT_LANES, SPLIT_GRIDS, (DEFAULT_FETCH, NO_OCCUPANCY)):
         yield f"thread-map{{elems-per-lane={e},window-split={w},grid-split={split}}},{TAIL},{fetch}"
-    by_row = DEFAULT_FETCH.replace("rescale,", "rescale{per=row},")
-    for split, fetch in product(SPLIT_GRIDS, (by_row, in_flight(4), L2_PREFETCHED)):
+    by_row = DEFAULT_FETCH.replace("rescale,", "rescale{per=row},")  # spills at 2 CTAs per SM
+    for split, fetch in product(SPLIT_GRIDS, (by_row, by_row.replace("occupancy,", ""), in_flight(4),
+                                              L2_PREFETCHED)):
         yield f"thread-map{{grid-split={split}}},{TAIL},{fetch}"
     yield f"thread-map{{grid-split=2}},{TAIL},{DEFAULT_FETCH}"
 
