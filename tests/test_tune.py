@@ -10,6 +10,7 @@ import subprocess
 import sys
 from itertools import product
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -581,3 +582,34 @@ def test_measure_takes_each_familys_cases_unless_t_is_given(tmp_path: Path, monk
     assert given.exit_code == 0, given.output
     assert [(kw["kinds"], kw["t_list"]) for kw in seen] == [(("prefill", "decode"), None),
                                                             (("decode",), (1, 32))]
+
+
+def test_measure_runs_a_c128a_split_plan_at_its_cases(tmp_path: Path, monkeypatch) -> None:
+    """The whole --measure flow on the CPU for a split plan, the kernels and events stubbed: each
+    candidate is launched with T and its packed split arguments, the results name the four cases."""
+    import torch
+
+    from compressc.runtime import c128a_split
+    from compressc.tune import measure
+
+    monkeypatch.setattr(measure, "DEVICE", "cpu")
+    monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    monkeypatch.setattr(c128a_split, "_WORKSPACE", {})
+    monkeypatch.setattr(measure, "check_gpu", lambda arch: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub")
+    launched = []
+    monkeypatch.setattr(measure, "_load", lambda store, spec, arch, cand, device: (
+        lambda T, packed, name=cand["schedule"]: launched.append((name, T, len(packed)))))
+    monkeypatch.setattr(measure, "time_interleaved", lambda calls, packed, reps: [
+        [float(len(packed) + i)] * reps for i in range(len(calls))])
+    split = make_spec("c128a_split", 512, 64, weight_dtype="bf16")
+    work = [(split, c, plan(split, ARCH, c.pipeline, fingerprint="f" * 64, toolchain={"a": "b"}))
+            for c in candidates(split, ARCH, limit=3, tuned={})]
+    doc = plan_document([split], ARCH, work, {p.key: SimpleNamespace(manifest={}) for _, _, p in work})
+    (tmp_path / PLAN_FILE).write_text(json.dumps(doc))
+    result = measure.measure(tmp_path, reps=4, log=lambda s: None)
+    (variant,) = result["variants"]
+    assert [list(c["us"]) for c in variant["candidates"]] == [["d1", "d32", "p128", "p512"]] * 3
+    assert {(T, name) for name, T, _ in launched} == {
+        (T, c.summary) for T in (1, 32, 128, 512) for c in candidates(split, ARCH, limit=3, tuned={})}
+    assert variant["winner"]["origin"] == "derived"  # the stub times the first candidate fastest
