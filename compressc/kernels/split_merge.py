@@ -68,7 +68,8 @@ def _fold_ranks(src: Source, module: Module, head: int, ctas: int, base: int) ->
     src.line(f"# {me} channel(s) a thread: {ctas} x 3 x {me} loads in flight, not {ctas} x 3 x {sched.elems}")
     src.line(f"mcol = tidx * {me}")
     src.line(f"rP = cute.make_rmem_tensor(cute.make_layout(({me}, 3, {ctas})), Float32)")
-    if sched.threads > head:
+    guard = sched.threads > head  # the fold's values live inside this `if`: use them there
+    if guard:
         src.line(f"if tidx < {head}:")
         src.depth += 1
     vec = min(4, me)
@@ -80,16 +81,17 @@ def _fold_ranks(src: Source, module: Module, head: int, ctas: int, base: int) ->
                 src.line(f"{names}, = ops.ld_l2({at}, {vec})")
                 src.line("; ".join(f"rP[{h + c}, {k}, {rank}] = p{c}" for c in range(vec)))
     _fold(src, me, ctas)
-    src.depth -= 1 if sched.threads > head else 0
     if sched.threads == sched.head_lanes:  # mcol == col: the thread's own lane's channels
         src.line(f"for e in range_constexpr({me}):")
         src.line("    rL[e] = qL[e]")
         src.line("    rA[e] = qA[e]")
+        src.depth -= int(guard)
         return
     src.line("# group 0's lanes take the merged (sum, weighted sum) of their channels from smem")
     src.line(f"for e in range_constexpr({me}):")
     src.line(f"    sBuf[{base} + mcol + e] = qL[e]")
     src.line(f"    sBuf[{base + head} + mcol + e] = qA[e]")
+    src.depth -= int(guard)
     src.line("cute.arch.sync_threads()")
     src.line(f"for e in range_constexpr({sched.elems}):")
     src.line(f"    rL[e] = sBuf[{base} + col + e]")
