@@ -82,6 +82,14 @@ def select(node_ids: list[str]) -> list[str]:
     return [n for n in keep if not any(re.search(p, n) for p, _ in EXCLUDED)]
 
 
+def only(node_ids: list[str], wanted: list[str]) -> list[str]:
+    """The selected node ids that `wanted` names; SystemExit naming any it names that is not selected."""
+    stray = sorted(set(wanted) - set(node_ids))
+    if stray:
+        raise SystemExit(f"--only names {len(stray)} node ids outside the selection, e.g. {stray[0]}")
+    return [n for n in node_ids if n in set(wanted)]
+
+
 def for_tool(tool: str, node_ids: list[str]) -> list[str]:
     """The node ids a tool runs: the graph tests are left out where allocations are exact."""
     if tool not in EXACT_ALLOCATIONS:
@@ -269,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default=None, help="directory of the logs (default: next to --out)")
     parser.add_argument("--all-kernels", action="store_true", help="instrument torch's kernels too")
     parser.add_argument("--list", action="store_true", help="print the selection and exit")
+    parser.add_argument("--only", default=None, metavar="FILE",
+                        help="run only the selected node ids listed in FILE (one a line; e.g. the part of "
+                        "the selection an earlier run's timeout left out)")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
     node_ids = select(collect(root))
+    if args.only is not None:
+        node_ids = only(node_ids, Path(args.only).read_text().split())
     if args.list:
         print("\n".join(node_ids))
         return 0

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmarks import sanitize
 from compressc.specs.matrix import default_specs
 
@@ -148,3 +150,10 @@ def test_a_refused_kernel_filter_is_run_again_without_it(tmp_path, monkeypatch, 
     monkeypatch.setattr(sanitize, "sanitizer", lambda: str(fake))
     sanitize.main(["--tools", "racecheck", "--out", str(tmp_path / "s.json")])
     assert capsys.readouterr().out.startswith("racecheck (all kernels): 1/1 tests run")
+
+
+def test_only_keeps_the_named_part_of_the_selection():
+    ids = ["tests/gpu/a.py::t[1]", "tests/gpu/a.py::t[2]", "tests/gpu/b.py::u"]
+    assert sanitize.only(ids, ["tests/gpu/b.py::u", "tests/gpu/a.py::t[1]"]) == [ids[0], ids[2]]
+    with pytest.raises(SystemExit, match=r"--only names 1 node ids outside the selection, e.g. x::y"):
+        sanitize.only(ids, ["x::y"])
