@@ -79,7 +79,8 @@ RACE_RECORD = """========= Error: Race reported between Write access at kernel_c
 
 def test_racecheck_summary_counts_its_hazards():
     """racecheck ends with RACECHECK SUMMARY, not ERROR SUMMARY (session 8 read it as 'ended early')."""
-    clean = "========= COMPUTE-SANITIZER\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n"
+    clean = ("========= COMPUTE-SANITIZER\n"
+             "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n")
     assert sanitize.parse_sanitizer(clean).errors == 0
     dirty = ("========= COMPUTE-SANITIZER\n" + RACE_RECORD
              + "========= RACECHECK SUMMARY: 2 hazards displayed (1 error, 1 warning)\n")

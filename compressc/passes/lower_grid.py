@@ -17,7 +17,7 @@ from compressc.ir.core import Module, Op, fields
 from compressc.ir.kd import is_program_op
 from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
-from compressc.passes.lower_row import LowerRow
+from compressc.passes.lower_row import LowerRow, require_scheduled
 
 END = Op("kd.end")
 
@@ -47,12 +47,12 @@ class LowerGrid(ModulePass):
         if module.find("kd.lanes") is not None:  # a row loop saved before lower-row: its row body
             return LowerRow().apply(module)
         if module.find("cc.segment") is not None:
-            _require_scheduled(module)
+            require_scheduled(module, self.name)
             return replace(module, ops=module.ops + tuple(_segments()))
         guard = module.find("cc.row_guard")
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
-        _require_scheduled(module)
+        require_scheduled(module, self.name)
         module = LowerRow().apply(module)
         sched = Schedule.of(module)
         body = [kd("lanes")]
@@ -69,20 +69,6 @@ def expected_program(module: Module) -> tuple[Op, ...]:
     a module's program to this (the pass has no options, so nothing else is legal)."""
     rest = replace(module, ops=tuple(op for op in module.ops if not op.name.startswith("kd.")))
     return tuple(op for op in LowerGrid().apply(rest).ops if is_program_op(op))
-
-
-def _require_scheduled(module: Module) -> None:
-    """The row loop depends on the whole schedule: lowered before it is complete, it would
-    keep a stale one (a missing smem handover, the wrong staging)."""
-    window = module.find("cc.window") or module.find("cc.online_merge")
-    missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
-    if window is not None and window.get("rows_in_flight") is None:
-        missing.append("rows_in_flight (rows-in-flight)")
-    if any(op.attr("codec") == "e2m1" and op.get("convert") is None for op in module.iter("cc.quant")):
-        missing.append("the e2m1 convert (quant-convert)")
-    if missing:
-        raise ValueError(f"lower-grid needs the whole schedule, and {', '.join(missing)} is unset: "
-                         "it runs last (every pipeline ends with it; do not name it earlier)")
 
 
 def _segments() -> list[Op]:
