@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from compressc.ir.core import Module
 from compressc.ir.interp_row import run_row_ops
+from compressc.ir.interp_stage import StageSmem, issue
 from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.kd import Node, program
 from compressc.specs.target import WARP
@@ -34,8 +35,11 @@ class Cta:
     guard: Callable[[int], Lanes | None]
     run_row: Callable[[Lanes], None]
     num_rows: int
+    module: Module
+    mem: Memory
     env: dict[str, int] = field(default_factory=dict)
     lanes: Lanes | None = None
+    stage: StageSmem | None = None  # its dynamic smem, once a staged window's pipeline starts
 
 
 def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], Lanes | None]) -> list[int]:
@@ -54,7 +58,7 @@ def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], L
     cluster = _cluster(nodes)
     num_rows = mem.scalar("num_rows")
     for block in range(grid // cluster):
-        _walk(nodes, Cta(block, grid, guard, run_row, num_rows))
+        _walk(nodes, Cta(block, grid, guard, run_row, num_rows, module, mem))
     missed = [row for row in range(num_rows) if row not in seen and guard(row) is not None]
     if missed:
         raise GridError(f"{len(missed)} active row(s) never ran, first {missed[:5]}: the row loop "
@@ -85,6 +89,8 @@ def _guard(node: Node, cta: Cta) -> None:
 def _row(node: Node, cta: Cta) -> None:
     if cta.lanes is None or cta.lanes.row != cta.env["row"]:
         raise GridError(f"kd.row ran row {cta.env['row']}, which its guard did not find active")
+    if cta.stage is not None:  # the staged window reads this row's slot
+        cta.lanes.stage, cta.lanes.regs["stg"] = cta.stage, cta.env["stg"]
     cta.run_row(cta.lanes)
 
 
@@ -171,10 +177,38 @@ def _bits(todo: int) -> list[int]:
     return [i for i in range(WARP) if (todo >> i) & 1]
 
 
+def _stage_pipeline(node: Node, cta: Cta) -> None:
+    if cta.stage is None:
+        cta.stage = StageSmem.of(int(cta.module.get("smem_dynamic")))  # type: ignore[arg-type]
+    cta.env["rem"] = cta.env["todo"]
+
+
+def _stage_issue(node: Node, cta: Cta) -> None:
+    """The next active row's window into its slot: the first row's before the loop (slot
+    `slot`), row k + 1's inside it (this row's slot `stg` + `slot`, of 2)."""
+    op, env = node.op, cta.env
+    first = op.attr("row") == "first"
+    if not (env["rem"] != 0 if first else env["more"]):
+        return
+    slot = int(op.attr("slot")) if first else (env["stg"] + int(op.attr("slot"))) % env["slots"]  # type: ignore[arg-type]
+    assert cta.stage is not None, "kd.stage_pipeline starts the pipeline"
+    issue(cta.stage, cta.mem, op, env["blk0"] + _bits(env["rem"])[0], slot)
+
+
 def _staged_rows(node: Node, cta: Cta) -> None:
-    for i in _bits(cta.env["todo"]):  # lowest bit first, as the pipeline pops them
-        cta.env["row"] = cta.env["blk0"] + i
+    """The block's active rows lowest bit first, as the pipeline pops them: row k's slot is k % slots."""
+    env, slots = cta.env, int(node.op.attr("slots"))  # type: ignore[arg-type]
+    env["slots"] = slots
+    for k in range(len(_bits(env["todo"]))):
+        env["st_i"] = _bits(env["rem"])[0]
+        env["rem"] &= env["rem"] - 1
+        env["stg"], env["more"] = k & (slots - 1), int(env["rem"] != 0)
         _walk(node.body, cta)
+
+
+def _staged_wait(node: Node, cta: Cta) -> None:
+    assert cta.stage is not None
+    cta.stage.wait(int(node.op.attr("in_flight")) if cta.env["more"] else 0)  # type: ignore[arg-type]
 
 
 def _sweeps(node: Node, cta: Cta) -> None:
@@ -217,7 +251,6 @@ _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.grid_wait": _nothing,
     "kd.cta_sync": _nothing,
     "kd.operand_loads": _nothing,
-    "kd.staged_wait": _nothing,
     "kd.cta_row": _cta_row,
     "kd.guard": _guard,
     "kd.if_active": _if_active,
@@ -233,6 +266,9 @@ _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.blocks32": _blocks32,
     "kd.ballot_rows": _ballot_rows,
     "kd.sweeps": _sweeps,
+    "kd.stage_pipeline": _stage_pipeline,
+    "kd.stage_issue": _stage_issue,
     "kd.staged_rows": _staged_rows,
+    "kd.staged_wait": _staged_wait,
     "kd.row_groups": _row_groups,
 }

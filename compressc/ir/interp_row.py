@@ -16,6 +16,7 @@ import numpy as np
 
 from compressc.ir.core import Op
 from compressc.ir.interp_stages import F32, STAGES, Lanes
+from compressc.ir.interp_window import WINDOW_LOOPS, WINDOW_RUN
 from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
 from compressc.ir.row_pool import POOL_RUN
 from compressc.ir.row_stores import STORE_RUN
@@ -62,6 +63,8 @@ def _walk(lanes: Lanes, nodes: tuple[RowNode, ...]) -> None:
             lanes.live = outer & (col >= int(op.attr("lo"))) & (col < int(op.attr("hi")))  # type: ignore[arg-type]
             _walk(lanes, node.body)
             lanes.live = outer
+        elif op.name in WINDOW_LOOPS:
+            WINDOW_LOOPS[op.name](lanes, op, lambda body=node.body: _walk(lanes, body))
         elif op.name in ROW_RUN and op.attr("at") != "early":
             ROW_RUN[op.name](lanes, op)
         elif op.name in STAGES and i not in skip:
@@ -254,4 +257,5 @@ ROW_RUN: dict[str, Callable[[Lanes, Op], None]] = {
     "kd.tensor_scale": _tensor_scale,
     **STORE_RUN,
     **POOL_RUN,
+    **WINDOW_RUN,
 }

@@ -33,9 +33,13 @@ KD_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.blocks32": (),
     "kd.ballot_rows": (),
     "kd.sweeps": ("warps", "ratio"),
-    "kd.staged_rows": (),
+    # the smem-staged window's software pipeline (compressc/passes/lower_row_window.py)
+    "kd.stage_pipeline": (),
+    "kd.stage_issue": ("row", "slot", "window", "absent", "streams", "ratio", "head", "width", "copies",
+                       "threads", "slot_bytes"),
+    "kd.staged_rows": ("slots",),
     "kd.operand_loads": (),
-    "kd.staged_wait": (),
+    "kd.staged_wait": ("in_flight",),
     "kd.segment": (),
     # a fused kernel (docs/kernels.md §12): a part's row groups, the dispatch to its parts
     "kd.row_groups": ("groups",),

@@ -19,7 +19,6 @@ from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words
 from compressc.kernels.window import pool as _pool
-from compressc.kernels.window import window as _window
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:
@@ -150,7 +149,6 @@ def _load_rows(src: Source, module: Module, op: Op) -> None:
 
 _EMITTERS = {
     "cc.ring_state": _ring_state,
-    "cc.window": _window,
     "cc.pool_softmax": _pool,
     "cc.store_rows": _store_rows,
     "cc.load_rows": _load_rows,

@@ -18,6 +18,8 @@ from compressc.ir.kd import is_program_op
 from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
 from compressc.passes.lower_row import LowerRow, require_scheduled
+from compressc.passes.lower_row_window import stage_facts
+from compressc.passes.smem_stage import SLOTS
 
 END = Op("kd.end")
 
@@ -115,13 +117,24 @@ def _blocks(module: Module, ratio: int, staged: bool) -> list[Op]:
     """Blocks of 32 rows, one warp ballot each; the staged window pipelines its rows."""
     ops = [kd("tiled_span"), kd("blocks32"), kd("ballot", base="blk0", count="n", ratio=ratio)]
     if staged:
-        sync = [kd("cta_sync")] if Schedule.of(module).smem_bytes else []
-        rows = [kd("staged_rows"), kd("guard", ratio=ratio), kd("operand_loads"), kd("staged_wait"),
-                kd("row", operands=False), *sync, END]
-        return ops + rows + [END]
+        return ops + _staged(module, ratio) + [END]
     row = _row_block(module, ratio, base="blk0", index="i")
     rows = [kd("ballot_rows"), kd("if_todo_bit"), *row, END, END]
     return ops + rows + [END]
+
+
+def _staged(module: Module, ratio: int) -> list[Op]:
+    """The staged window's software pipeline over a block's active rows: row k + 1's window
+    is copied into the other slot before row k pools from its own (docs/pipeline.md §8)."""
+    window = module.find("cc.window")
+    assert window is not None
+    facts = stage_facts(module, window)
+    sync = [kd("cta_sync")] if Schedule.of(module).smem_bytes else []
+    return [kd("stage_pipeline"), kd("stage_issue", row="first", slot=0, **facts),
+            kd("staged_rows", slots=SLOTS),
+            kd("stage_issue", row="next", slot=1, **facts), kd("set_row", base="blk0", index="st_i"),
+            kd("guard", ratio=ratio), kd("operand_loads"), kd("staged_wait", in_flight=1),
+            kd("row", operands=False), *sync, END]
 
 
 def _sweeps(module: Module, ratio: int, warps: int) -> list[Op]:

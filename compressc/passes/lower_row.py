@@ -21,6 +21,7 @@ from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
 from compressc.passes.lower_row_pool import pool_ops
 from compressc.passes.lower_row_store import store_ops
+from compressc.passes.lower_row_window import window_ops
 from compressc.specs.target import WARP
 
 
@@ -125,5 +126,5 @@ def _quant(module: Module, op: Op) -> list[Op]:
                      divide=bool(op.attr("divide")), floor_on=str(op.attr("floor_on")))]
 
 
-_LOWER = {"cc.pool_softmax": pool_ops, "cc.rms_norm": _rms, "cc.rope": _rope, "cc.hadamard": _hadamard,
-          "cc.quant": _quant, "cc.store": store_ops}
+_LOWER = {"cc.window": window_ops, "cc.pool_softmax": pool_ops, "cc.rms_norm": _rms, "cc.rope": _rope,
+          "cc.hadamard": _hadamard, "cc.quant": _quant, "cc.store": store_ops}
