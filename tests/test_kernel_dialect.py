@@ -97,8 +97,9 @@ def test_the_program_of_each_grid() -> None:
     names = {g: [op.name for op in kd_ops(_lower(spec, f"thread-map{{grid={g}}},vectorize,"
                                                        f"lower-reduction,plan-smem,{DEFAULT_FETCH}"))]
              for g in ("rows", "runs", "tiled")}
-    assert names["rows"] == ["kd.lanes", "kd.cta_row", "kd.guard", "kd.if_active", "kd.row", "kd.end"]
-    assert names["runs"][:4] == ["kd.lanes", "kd.runs_span", "kd.ballot", "kd.unrolled_rows"]
+    assert names["rows"] == ["kd.lanes", "kd.static_smem", "kd.cta_row", "kd.guard", "kd.if_active", "kd.row",
+                             "kd.end"]
+    assert names["runs"][:5] == ["kd.lanes", "kd.static_smem", "kd.runs_span", "kd.ballot", "kd.unrolled_rows"]
     assert "kd.sweeps" in names["tiled"] and "kd.else" in names["tiled"]  # 2 warps: sweeps of 64 rows
     store = _lower(make_spec("c128a_store"), "default")
     assert kd_ops(store)[-1].name == "kd.grid_wait"  # the overlapped launch waits at the end

@@ -241,12 +241,21 @@ def _row_groups(node: Node, cta: Cta) -> None:
                 _walk(node.body, cta)
 
 
+def _one_cta(node: Node, cta: Cta) -> None:
+    """A row's CTAs (a cluster's, or c128a_split's consecutive blocks) are simulated as one: thread
+    rank * threads + tidx of the row body is rank's thread tidx (compressc/ir/interp_window.py)."""
+
+
 def _nothing(node: Node, cta: Cta) -> None:
     """Launch order, barriers and operand loads change no byte a CTA writes."""
 
 
 _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.lanes": _nothing,
+    "kd.split_rank": _one_cta,
+    "kd.cluster_rank": _one_cta,
+    "kd.stage_smem": _nothing,
+    "kd.static_smem": _nothing,
     "kd.trigger_dependents": _nothing,
     "kd.grid_wait": _nothing,
     "kd.cta_sync": _nothing,

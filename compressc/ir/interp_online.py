@@ -151,7 +151,8 @@ def _nothing(node: Node, env: dict) -> None:
 
 
 _RUN: dict[str, Callable[[Node, dict], None]] = {
-    "kd.lanes": _nothing, "kd.cta_row": _cta_row, "kd.segment": _segment, "kd.row": _row,
+    "kd.lanes": _nothing, "kd.static_smem": _nothing,
+    "kd.cta_row": _cta_row, "kd.segment": _segment, "kd.row": _row,
 }
 STAGES: dict[str, Callable] = {"cc.online_merge": merge, "cc.pool_softmax": pool, "cc.online_store": store}
 

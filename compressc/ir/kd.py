@@ -14,7 +14,12 @@ from compressc.ir.kd_row import ROW_ATTRS
 
 # op -> the attributes it must carry
 KD_ATTRS: dict[str, tuple[str, ...]] = {
-    "kd.lanes": (),
+    # the prologue: the lanes' layout, the CTA's rank among a row's CTAs, its shared memory
+    "kd.lanes": ("elems", "head_lanes", "groups"),
+    "kd.split_rank": ("ctas",),
+    "kd.cluster_rank": ("ctas",),
+    "kd.stage_smem": ("bytes",),
+    "kd.static_smem": ("words",),
     "kd.trigger_dependents": (),
     "kd.grid_wait": (),
     "kd.cta_row": (),

@@ -13,6 +13,7 @@ from compressc.ir.core import Module, Op
 from compressc.ir.kd import Node, program
 from compressc.kernels import fused, online, stages
 from compressc.kernels import window as window_emit
+from compressc.kernels.prologue import PROLOGUE_EMIT
 from compressc.kernels.source import Source
 
 Emit = Callable[[Source, Module, Op], None]
@@ -159,7 +160,7 @@ def _operand_loads(src: Source, module: Module, op: Op) -> None:
 
 
 _EMIT: dict[str, Emit] = {
-    "kd.lanes": lambda src, module, op: stages.prologue(src, module),
+    **PROLOGUE_EMIT,
     "kd.trigger_dependents": _lines(
         "# the kernel that reads these rows may launch now: its CTAs start as ours retire and",
         "# wait (griddepcontrol.wait) for this grid only before they load what it wrote",

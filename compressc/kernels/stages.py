@@ -72,36 +72,6 @@ def operand_loads(src: Source, module: Module) -> None:
             ROW_EMIT[op.name](src, module, op)
 
 
-def prologue(src: Source, module: Module) -> None:
-    sched = Schedule.of(module)
-    elems, head_lanes = sched.elems, sched.head_lanes
-    src.line("tidx, _, _ = cute.arch.thread_idx()")
-    src.line("lane = tidx % 32")
-    src.line("warp = tidx // 32")
-    if Schedule.of(module).split > 1:
-        src.line(f"hlane = tidx % {head_lanes}  # lane within one copy of the head")
-        src.line(f"group = tidx // {head_lanes}  # which part of the window this lane pools")
-    else:
-        src.line("hlane = tidx")
-    src.line(f"col = hlane * {elems}  # first channel this lane owns")
-    if Schedule.of(module).global_split:
-        src.line("bidx, _, _ = cute.arch.block_idx()")
-        split = Schedule.of(module).global_split
-        src.line(f"rank = bidx % {split}  # which part of each window this CTA pools")
-    elif Schedule.of(module).cluster > 1:
-        src.line("rank = cute.arch.block_idx_in_cluster()  # which part of each window this CTA pools")
-    if Schedule.of(module).smem_dynamic:
-        src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")
-        src.line("sStage = cute.arch.get_dyn_smem(Float32, alignment=16)")
-        src.line("stage_base = sStage.toint()")
-        src.line("in_page = (Int64(1) << state_block_shift) - 1")
-    smem = Schedule.of(module).smem_bytes
-    if smem:
-        words = smem // 4
-        src.line(f"sBuf = cute.make_tensor(cute.arch.alloc_smem(Float32, {words}, alignment=16), "
-                 f"cute.make_layout({words}))")
-
-
 def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
     """The row's metadata and whether it is active; a checked build's cc.bounds after it."""
     assert op is not None

@@ -50,14 +50,14 @@ class LowerGrid(ModulePass):
             return LowerRow().apply(module)
         if module.find("cc.segment") is not None:
             require_scheduled(module, self.name)
-            return replace(module, ops=module.ops + tuple(_segments()))
+            return replace(module, ops=module.ops + tuple(_segments(module)))
         guard = module.find("cc.row_guard")
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
         require_scheduled(module, self.name)
         module = LowerRow().apply(module)
         sched = Schedule.of(module)
-        body = [kd("lanes")]
+        body = prologue(module)
         if sched.grid_dependency == "trigger":
             body.append(kd("trigger_dependents"))
         body += _GRIDS[sched.grid](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
@@ -73,9 +73,22 @@ def expected_program(module: Module) -> tuple[Op, ...]:
     return tuple(op for op in LowerGrid().apply(rest).ops if is_program_op(op))
 
 
-def _segments() -> list[Op]:
+def prologue(module: Module) -> list[Op]:
+    """Every thread's lane, split group and first channel; which of a row's CTAs this one is
+    (c128a_split's S CTAs of a plain launch: bidx % S; a cluster's: its rank); its smem."""
+    sched = Schedule.of(module)
+    ops = [kd("lanes", elems=sched.elems, head_lanes=sched.head_lanes, groups=sched.split)]
+    if sched.global_split:
+        ops.append(kd("split_rank", ctas=sched.global_split))
+    elif sched.cluster > 1:
+        ops.append(kd("cluster_rank", ctas=sched.cluster))
+    ops += [kd("stage_smem", bytes=sched.smem_dynamic)] if sched.smem_dynamic else []
+    return ops + ([kd("static_smem", words=sched.smem_bytes // 4)] if sched.smem_bytes else [])
+
+
+def _segments(module: Module) -> list[Op]:
     """The online merge (docs/kernels.md §9.1): CTA i runs segment i, whatever its fields say."""
-    return [kd("lanes"), kd("cta_row"), kd("segment"), kd("row", operands=False)]
+    return [*prologue(module), kd("cta_row"), kd("segment"), kd("row", operands=False)]
 
 
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:
