@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compressc.ir import interp_ring, interp_split
+from compressc.ir import interp_ring
 from compressc.ir.core import Module, Op
 
 F32 = np.float32
@@ -123,8 +123,6 @@ def pool(lanes: Lanes, op: Op) -> None:
         for g in range(1, K):
             part = _merge(*part, M[rank, g], L[rank, g], A[rank, g])
         parts.append(part)
-    if lanes.module.get("split_merge") == "global":
-        parts = interp_split.exchange(lanes, op, parts)
     m, l, a = parts[0]  # noqa: E741
     for part in parts[1:]:
         m, l, a = _merge(m, l, a, *part)  # noqa: E741

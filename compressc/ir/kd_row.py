@@ -42,7 +42,17 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.pooled": ("elems",),
     "kd.only_group0": (),
     "kd.only_rank0": (),
-    "kd.global_merge": ("head", "slot", "ctas"),
+    # c128a_split: the row's CTAs merge through the global workspace (compressc/passes/lower_row_split.py)
+    "kd.publish_partial": ("head", "ctas", "elems", "bits", "row_bytes", "group0"),
+    "kd.arrive_last": ("ctas", "flag"),
+    "kd.if_last": (),
+    "kd.split_lanes": ("me", "ctas", "elems"),
+    "kd.if_tidx": ("below",),
+    "kd.load_partials": ("head", "ctas", "me", "vec"),
+    "kd.fold_partials": ("me", "ctas"),
+    "kd.merged_to_lanes": ("me",),
+    "kd.merged_through_smem": ("me", "elems", "slot", "head"),
+    "kd.end_if": (),
     "kd.only_last": (),
     # cc.rms_norm
     "kd.sum_squares": ("elems",),
@@ -89,9 +99,9 @@ OPERAND_LOADS = {"kd.load_rms_weight": "cc.rms_norm", "kd.load_rope_tables": "cc
 
 # the row body's ops that open a body, with the op that closes it
 ROW_OPENERS = {"kd.if_cols": "kd.end_cols", "kd.window_chunks": "kd.end_loop", "kd.load_batch": "kd.end_loop",
-               "kd.smem_rows": "kd.end_loop"}
+               "kd.smem_rows": "kd.end_loop", "kd.if_last": "kd.end_if", "kd.if_tidx": "kd.end_if"}
 ROW_CLOSERS = frozenset(ROW_OPENERS.values())
-_BODY = {"kd.end_cols": "store region", "kd.end_loop": "window loop"}
+_BODY = {"kd.end_cols": "store region", "kd.end_loop": "window loop", "kd.end_if": "branch"}
 
 
 class RowNestingError(ValueError):

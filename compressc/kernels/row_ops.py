@@ -131,7 +131,7 @@ ROW_EMIT: dict[str, Emit] = {
     "kd.pooled": pool.pooled,
     "kd.only_group0": pool.only("if group == 0:"),
     "kd.only_rank0": pool.only("if rank == 0:"),
-    "kd.global_merge": split_merge.emit_global_merge,
+    **split_merge.SPLIT_EMIT,
     "kd.only_last": pool.only("if last:"),
     "kd.sum_squares": sum_squares,
     "kd.lane_sum": lane_sum,
