@@ -20,13 +20,15 @@ def keep_arg(module: Module) -> str:
     return ", keep=True" if cache_hinted(module) else ""
 
 
-def store_words(src: Source, addr: str, words: list[str], bits: int, keep: str) -> None:
-    """Store u32 `words` from `addr` on, `bits` (8, 16, 32, 64 or 128) a store."""
-    if bits in (8, 16):
-        src.line(f"ops.st_global_b{bits}({addr}, {words[0]}{keep})")
-        return
-    per = bits // 32
-    for k in range(0, len(words), per):
-        chunk = words[k:k + per]
-        target = addr if k == 0 else f"{addr} + {4 * k}"
-        src.line(f"{STORE_BY_WORDS[per]}({target}, {', '.join(chunk)}{keep})")
+def store_words(src: Source, addr: str, words: list[str], bits: int, keep: str,
+                offsets: tuple[int, ...] | None = None) -> None:
+    """Store u32 `words`, `bits` (8, 16, 32, 64 or 128) a store: store k takes the next bits / 32
+    words (an 8- or 16-bit store: the low bytes of one word) to `addr` + offsets[k] bytes;
+    without `offsets`, the words are contiguous from `addr` on (one 8- or 16-bit store)."""
+    per = max(1, bits // 32)
+    if offsets is None:
+        offsets = (0,) if bits < 32 else tuple(4 * k for k in range(0, len(words), per))
+    store = f"ops.st_global_b{bits}" if bits < 32 else STORE_BY_WORDS[per]
+    for k, at in enumerate(offsets):
+        target = addr if at == 0 else f"{addr} + {at}"
+        src.line(f"{store}({target}, {', '.join(words[k * per:k * per + per])}{keep})")
