@@ -18,6 +18,8 @@ compressc_kernels_sm90-*.whl`), put first on the children's PYTHONPATH.
 --breakdown: the first call split into its steps (pack discovery, served fingerprint, the
 rest of the lookup with the manifest/cubin checks, load) before the first launch, which then
 only checks, prepares and launches (the ops reuse the resolved and loaded kernel).
+--profile FILE: the first run's breakdown steps under cProfile; FILE gets the 40 costliest
+functions by cumulative time (pstats text), to see where a step's milliseconds go.
 
 Each run is a fresh Python process (the parent spawns them): torch is imported and, on the
 GPU, the CUDA context created before the clock starts (excluded); the inputs are made by the
@@ -63,7 +65,7 @@ class Clock:
         self._wall, self._cpu = wall, cpu
 
 
-def child(inputs: Path, cpu: bool, breakdown: bool) -> dict:
+def child(inputs: Path, cpu: bool, breakdown: bool, profile: Path | None = None) -> dict:
     """One cold start in this (fresh) process."""
     import torch
 
@@ -85,7 +87,7 @@ def child(inputs: Path, cpu: bool, breakdown: bool) -> dict:
         ops.check_device = lambda tensors: torch.device("cuda", 0)  # CPU tensors stand for cuda:0
     spec = ops.kernel_spec("c4a", 512, 64, "bf16", "fp8_ds_mla")
     if breakdown:
-        _steps(ops, spec, clock)
+        _profiled(lambda: _steps(ops, spec, clock), profile)
     clock.start()
     ops.compress_c4a(*args, head_size=512, quant_block=64)
     sync()
@@ -115,6 +117,20 @@ def _steps(ops, spec, clock: Clock) -> None:
     clock.lap("lookup_ms")
     ops.kernel_for(spec, torch.device("cuda", 0))
     clock.lap("load_ms")
+
+
+def _profiled(steps, profile: Path | None) -> None:
+    if profile is None:
+        return steps()
+    import cProfile
+    import io
+    import pstats
+
+    with cProfile.Profile() as prof:
+        steps()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+    profile.write_text(text.getvalue())
 
 
 def _facts(ops, spec) -> dict:
@@ -170,8 +186,9 @@ def run_children(args: argparse.Namespace, tmp: Path) -> list[dict]:
     command = [sys.executable, __file__, "--child", str(inputs)] + ["--cpu"] * args.cpu
     command += ["--breakdown"] * args.breakdown
     runs = []
-    for _ in range(args.runs):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    for run in range(args.runs):
+        profile = ["--profile", str(args.profile)] if args.profile is not None and run == 0 else []
+        done = subprocess.run(command + profile, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"cold_start.py: a run failed:\n{done.stderr[-3000:]}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -204,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="time the resolve and load steps apart")
     ap.add_argument("--runs", type=int, default=5, help="fresh processes (best and median reported)")
     ap.add_argument("--pack-site", type=Path, default=None, help="directory with an installed kernel pack")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="with --breakdown: cProfile the first run's steps into this file (pstats text)")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.breakdown |= args.profile is not None
     if args.child is not None:
-        print(json.dumps(child(args.child, args.cpu, args.breakdown)))
+        print(json.dumps(child(args.child, args.cpu, args.breakdown, args.profile)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         result = summary(run_children(args, Path(tmp)))

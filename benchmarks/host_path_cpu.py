@@ -52,7 +52,8 @@ def stand_in_kernel(spec, device) -> SimpleNamespace:
 
 def install(lib: ctypes.CDLL) -> None:
     """Route the ops to the stub: no device check, stand-in kernels, the stub driver."""
-    from compressc.runtime import fastpath, ops
+    from compressc.runtime import c128a_split, fastpath, ops
+    from compressc.specs.abi import split_workspace_row
 
     fastpath.driver_library = lambda: lib
     fastpath._raw_stream = lambda index: 0
@@ -60,6 +61,8 @@ def install(lib: ctypes.CDLL) -> None:
     ops.check_device = lambda tensors: torch.device("cuda", 0)
     ops._SCRATCH[torch.device("cuda", 0)] = [torch.zeros(64 * 512)]
     ops.set_debug_checks(False)
+    # C128A at T <= 32 takes c128a_split: its workspace, as the pair's scratch, in host memory
+    c128a_split._WORKSPACE[torch.device("cuda", 0)] = [torch.zeros(64 * split_workspace_row(512))]
 
 
 def per_call(call: Callable[[], None], calls: int, repeat: int) -> tuple[float, float]:

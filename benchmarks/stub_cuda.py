@@ -18,6 +18,8 @@ SOURCE = r"""
 typedef unsigned long long u64;
 int cuInit(unsigned flags) { return 0; }
 int cuDeviceGet(int *device, int ordinal) { *device = ordinal; return 0; }
+int cuDeviceGetAttribute(int *value, int attribute, int device) {  /* an H200: sm_90, 132 SMs */
+  *value = attribute == 75 ? 9 : attribute == 76 ? 0 : attribute == 16 ? 132 : 0; return 0; }
 int cuDevicePrimaryCtxRetain(u64 *ctx, int device) { *ctx = 0x100 + device; return 0; }
 int cuCtxGetCurrent(u64 *ctx) { *ctx = 0x100; return 0; }
 int cuCtxSetCurrent(u64 ctx) { return 0; }

@@ -4,6 +4,8 @@ runtime's choice between it and the two-kernel pair."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from compressc.scenarios import make_scenario
 from compressc.specs import make_spec
 from compressc.specs.abi import split_workspace_row
 from compressc.specs.launch import GridRule, launch_grid
+from compressc.tune.candidates import candidates
 from tests.test_runtime_ops import launches, make_args  # noqa: F401 (the fixture)
 
 WINDOW = ("vectorize,lower-reduction,plan-smem,rows-in-flight,page-lookup,rescale,operand-loads,occupancy,"
@@ -182,3 +185,40 @@ def test_the_interpreter_catches_a_wrong_election(monkeypatch) -> None:
     monkeypatch.setattr(interp_split, "arrival_order", lambda row, ctas: list(range(ctas - 1)))
     with pytest.raises(AssertionError, match="elected"):
         _interpret(_lower(spec), sc, spec)
+
+
+# every schedule `compressc tune` builds for c128a_split (tune/candidates.py split_proposals)
+TUNE_CANDIDATES = [(weight, c) for weight in ("bf16", "f32")
+                   for c in candidates(make_spec("c128a_split", weight_dtype=weight), "sm_90a", tuned={})]
+
+
+@pytest.mark.parametrize(("weight", "cand"), TUNE_CANDIDATES,
+                         ids=[f"{w}-{c.summary.replace(' ', '-')}" for w, c in TUNE_CANDIDATES])
+@pytest.mark.parametrize(("kind", "T"), [("decode", 4), ("prefill", 300), ("mixed", 300)])
+def test_every_tune_candidate_matches_the_reference(weight: str, cand, kind: str, T: int) -> None:
+    spec = make_spec("c128a_split", weight_dtype=weight)
+    sc = make_scenario(spec, kind, T, seed=T + len(cand.pipeline))
+    got, want = _interpret(_lower(spec, cand.pipeline), sc, spec), sc.run_reference()
+    n = min(sc.T, sc.kv_slot_mapping.numel())
+    slots = sc.kv_slot_mapping[:n][sc.active()[:n]]
+    report = compare_cache_bytes(spec, got, want, slots, kv_cache_block_size=sc.kv_cache_block_size)
+    assert report.ok, report
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")
+def test_a_cta_wider_than_the_head_builds_its_merge(tmp_path) -> None:
+    """1024 threads (2 channels a lane, window split 4): the fold's threads past the head's 512
+    channels skip it, and its values are used inside the same `if` (they were not, and CuTe DSL
+    refused the module: NameError 'qL')."""
+    from compressc.cache.store import Entry, Store
+    from compressc.driver.build import build_plans
+    from compressc.driver.plan import plan
+
+    # without occupancy: 2 CTAs of 1024 threads leave 32 registers a thread, and it spills
+    lanes = "thread-map{elems-per-lane=2,window-split=4,grid-split=8}"
+    pipeline = f"{lanes},{WINDOW.replace('occupancy,', '')}"
+    module = _lower(make_spec("c128a_split"), pipeline)
+    assert module.get("threads") == 1024 and "        if tidx < 512:" in emit(module, pipeline)
+    wide = plan(make_spec("c128a_split"), "sm90", pipeline)
+    entry = build_plans([wide], Store(tmp_path), workers=1)[wide.key]
+    assert isinstance(entry, Entry), entry

@@ -85,3 +85,21 @@ def test_a_missing_kernel_is_reported(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ("host_path.py: a kernel is missing:\n"
                    "no compressc kernel c4a_h512_q64_r64_bf16 for sm_90a.\n")
+
+
+def test_the_cpu_host_path_benchmark_runs_every_op(tmp_path):
+    """benchmarks/host_path_cpu.py end to end (it broke once when C128A's small-T path changed)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("gcc") is None:
+        pytest.skip("the stub libcuda needs gcc")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/host_path_cpu.py", "--calls", "200", "--repeat", "1"],
+                          cwd=root, env={"PYTHONPATH": f"{root}:{root / 'tests'}", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split()[0] for line in done.stdout.splitlines()[1:]]
+    assert rows == ["ops.c4a", "ops.c128a", "ops.indexer_fp8", "cuLaunchKernel", "cuLaunchKernelEx"]

@@ -22,7 +22,6 @@ from compressc.ir import parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
 from compressc.ir.interp_grid import GridError, run_program
-from compressc.ir.interp_row import LaneError
 from compressc.ir.kd import kd_ops
 from compressc.ir.verifier import VerifyError, verify
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
@@ -57,22 +56,12 @@ def _check(module, spec, kind: str, T: int, gpu, seed: int) -> None:
         _assert_cache_accepted(spec, got, sc.run_reference(), sc)
 
 
-# c128a_split with more threads than head channels (window-split=4 of 2 a lane: 1024 threads, head
-# 512): the threads past the head store into the smem words of the hand-over that threads 0..511
-# store their qA into, a race in today's emitted merge (tests/test_split_dialect.py)
-RACE = pytest.mark.xfail(raises=LaneError, strict=True,
-                         reason="c128a_split's hand-over races when the CTA has more threads than head "
-                                "channels (kernels/split_merge.py merged_through_smem)")
-
-
 def _tune_cases():
     # csa (docs/kernels.md §12) is not tuned: its parts are; tests/test_csa.py runs it
     tuned = (s for s in default_specs() if s.kernel != "csa")
     for spec in (s for s in tuned if s.weight_dtype == "bf16" or s.kernel == POOL_ONLY):
         for i, cand in enumerate(candidates(spec, "sm_90a", limit=40)):
-            wide = spec.kernel == "c128a_split" and _lower(spec, cand.pipeline).find("kd.if_tidx") is not None
-            marks = [RACE] if wide else []
-            yield pytest.param(spec, cand.pipeline, id=f"{spec.variant}-{i}", marks=marks)
+            yield pytest.param(spec, cand.pipeline, id=f"{spec.variant}-{i}")
 
 
 @pytest.mark.parametrize("spec,pipeline", list(_tune_cases()))

@@ -337,7 +337,7 @@ def test_tune_refuses_the_online_merge(tmp_path) -> None:
                                        "--spec", "c128a_online"])
     assert result.exit_code == 1
     assert ("--spec c128a_online: compressc tune measures the paged-state kernels (c4a, indexer_fp8, "
-            "indexer_mxfp4, c128a_compress, c128a_store) only") in result.output
+            "indexer_mxfp4, c128a_compress, c128a_store, c128a_split) only") in result.output
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="needs compressc[build]")

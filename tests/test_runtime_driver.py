@@ -35,6 +35,9 @@ CUresult cuGetProcAddress(const char* s, void** p, int v, unsigned long long f) 
 CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
 CUresult cuInit(unsigned f) { note("cuInit"); return 0; }
 CUresult cuDeviceGet(int* d, int i) { note("cuDeviceGet"); *d = i; return 0; }
+CUresult cuDeviceGetAttribute(int* v, int a, int d) {
+  fprintf(out(), "cuDeviceGetAttribute %d\n", a); fflush(out());
+  *v = a == 75 ? 9 : a == 16 ? 132 : 0; return 0; }
 CUresult cuDevicePrimaryCtxRetain(void** c, int d) {
   note("cuDevicePrimaryCtxRetain"); *c = (void*)0x1000; return 0; }
 static void* current = 0;
@@ -64,8 +67,8 @@ import ctypes, torch
 from compressc.runtime import fastpath, loader
 from compressc.runtime.resolve import KernelImage
 
-loader.device_capability = lambda index: (9, 0)
-torch.cuda.get_device_properties = lambda index: type("P", (), {"multi_processor_count": 132})()
+torch.cuda.get_device_properties = None  # the loader asks the driver (cuDeviceGetAttribute), not torch
+torch.cuda.get_device_capability = None
 torch.cuda.is_current_stream_capturing = lambda: False
 loader.current_stream = lambda index: 0
 manifest = {"key": "k" * 64, "entry": "cutlass_probe", "arch": "sm_90a", "block": [128, 1, 1],
@@ -106,7 +109,10 @@ def _run(tmp_path: Path, code: str) -> tuple[str, list[str]]:
 def test_loading_and_launching_call_libcuda_without_cugetprocaddress(tmp_path):
     stdout, calls = _run(_stub(tmp_path), SCRIPT)
     assert [c for c in calls if c.startswith("cuGetProcAddress")] == []
-    assert calls[:3] == ["cuInit", "cuDeviceGet", "cuDevicePrimaryCtxRetain"]
+    assert calls[:2] == ["cuInit", "cuDeviceGet"] and calls.count("cuInit") == 1
+    # capability and SM count from the driver (torch's queries are None in the script)
+    assert {"cuDeviceGetAttribute 75", "cuDeviceGetAttribute 76", "cuDeviceGetAttribute 16"} <= set(calls)
+    assert "cuDevicePrimaryCtxRetain" in calls
     assert "cuModuleLoadData" in calls and "cuModuleGetFunction cutlass_probe" in calls
     assert "cuFuncSetAttribute 8 65536" in calls  # MAX_DYNAMIC_SHARED_SIZE_BYTES, more than 48 KiB
     assert "cuLaunchKernelEx 3 128" in calls and "cuLaunchKernel 5 64" in calls
@@ -131,6 +137,13 @@ def test_driver_constants_match_cuda_bindings():
 
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     assert cudriver.FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES == int(attr)
+    device = driver.CUdevice_attribute
+    assert cudriver.DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT == int(
+        device.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+    assert cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR == int(
+        device.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+    assert cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR == int(
+        device.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
 
 
 def _fake_cuda():

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from test_c128a_split import WINDOW, _interpret, _lower
 
@@ -49,8 +51,8 @@ def test_the_rank_and_the_merge_are_kd_ops() -> None:
     module = _lower(make_spec("c128a_split"))
     assert module.find("kd.split_rank").attrs == (("ctas", 8),)
     assert _merge_ops(module) == ["kd.publish_partial", "kd.arrive_last", "kd.if_last", "kd.split_lanes",
-                                  "kd.load_partials", "kd.fold_partials", "kd.merged_through_smem",
-                                  "kd.end_if"]
+                                  "kd.load_partials", "kd.fold_partials", "kd.merged_to_smem",
+                                  "kd.lanes_from_smem", "kd.end_if"]
     wide = _lower(make_spec("c128a_split"), WIDE)
     assert wide.find("kd.if_tidx").attr("below") == 512
     lanes = _lower(make_spec("c128a_split"), LANES)
@@ -65,18 +67,25 @@ def test_the_merge_round_trips_and_emits_from_text(pipeline: str) -> None:
     assert parsed == module and emit(parsed, "p") == emit(module, "p")
 
 
-@pytest.mark.parametrize("pipeline", ["default", LANES], ids=["default", "lanes"])
+@pytest.mark.parametrize("pipeline", ["default", WIDE, LANES], ids=["default", "wide", "lanes"])
 def test_the_merge_matches_the_reference(pipeline: str) -> None:
     assert _report(_lower(make_spec("c128a_split"), pipeline)).ok
 
 
-def test_a_cta_wider_than_the_head_races_in_its_hand_over() -> None:
-    """1024 threads for head 512: the threads past the head (they fold nothing) still store their
-    qL at sBuf[mcol], mcol = 512 .. 1023, the words where threads 0 .. 511 store their qA. The
-    emitted kernel has this write-write race today (kernels/split_merge.py merged_through_smem;
-    left as it is: the emitted source stays byte-identical); the interpreter finds it."""
-    with pytest.raises(LaneError, match="kd.merged_through_smem: threads store smem word 512 twice"):
-        _report(_lower(make_spec("c128a_split"), WIDE))
+def test_a_hand_over_outside_the_tidx_guard_is_a_race(monkeypatch) -> None:
+    """1024 threads for head 512: were the threads past the head (they fold nothing) to store their
+    qL too, at sBuf[mcol], mcol = 512 .. 1023, they would hit the words where threads 0 .. 511
+    store their qA (the race 7fc6a9d fixed in the emitter; the interpreter finds it)."""
+    module = _lower(make_spec("c128a_split"), WIDE)
+    ops = list(module.ops)
+    at = next(i for i, op in enumerate(ops) if op.name == "kd.merged_to_smem")
+    ops.insert(at + 2, ops.pop(at))  # past the kd.end_if of kd.if_tidx
+    wrong = replace(module, ops=tuple(ops))
+    with pytest.raises(VerifyError):
+        verify(wrong)
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    with pytest.raises(LaneError, match="kd.merged_to_smem: threads store smem word 512 twice"):
+        _report(wrong)
 
 
 def test_the_verifier_names_an_edited_rank_or_merge_op() -> None:
@@ -96,12 +105,11 @@ WRONG = [
     ("default", "kd.fold_partials {me = 2, ctas = 8}", "kd.fold_partials {me = 2, ctas = 7}"),
     # rank 3's partial read in rank 2's place (the head's stride halved)
     ("default", "kd.load_partials {head = 512", "kd.load_partials {head = 256"),
-    # the merged weighted sums handed over from the merged sums' slots
-    ("default", "kd.merged_through_smem {me = 2, elems = 4, slot = 0, head = 512}",
-     "kd.merged_through_smem {me = 2, elems = 4, slot = 0, head = 0}"),
+    # the merged weighted sums read back from the merged sums' slots
+    ("default", "kd.lanes_from_smem {elems = 4, slot = 0, head = 512}",
+     "kd.lanes_from_smem {elems = 4, slot = 0, head = 0}"),
     # the merged partials handed straight to lanes whose channels are not the thread's
-    ("default", "kd.merged_through_smem {me = 2, elems = 4, slot = 0, head = 512}",
-     "kd.merged_to_lanes {me = 2}"),
+    ("default", "kd.merged_to_smem {me = 2, slot = 0, head = 512}", "kd.merged_to_lanes {me = 2}"),
 ]
 
 

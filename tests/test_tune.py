@@ -8,7 +8,9 @@ import math
 import os
 import subprocess
 import sys
+from itertools import product
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -30,7 +32,8 @@ from compressc.passes.manager import (
 from compressc.specs.family import make_spec
 from compressc.specs.matrix import default_specs
 from compressc.tune.candidates import MAX_CANDIDATES, candidates
-from compressc.tune.measure import FAMILY, cases_for
+from compressc.tune.cases import cases_for
+from compressc.tune.measure import FAMILY
 from compressc.tune.prepare import PLAN_FILE, plan_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +90,21 @@ def test_window_kernels_search_split_and_rows_and_others_do_not() -> None:
     assert {c.schedule["elems_per_lane"] for c in store} == {2, 4, 8}
 
 
+def test_c128a_split_searches_grid_split_lanes_and_the_occupancy_hint() -> None:
+    """Its own list (the generic one would try 8 channels a lane, which spill, and no grid-split)."""
+    for weight in ("bf16", "f32"):
+        found = candidates(make_spec("c128a_split", 512, 64, weight_dtype=weight), ARCH, tuned={})
+        assert len(found) == 34 and [c.origin for c in found[:2]] == ["derived", "baseline"]
+        split = [c.schedule for c in found if c.schedule.get("split_merge") == "global"]
+        assert len(split) == len(found) - 1  # all but the baseline (one CTA a row, no merge)
+        lanes = {(s["cluster_split"], s["elems_per_lane"], s["window_split"], s.get("min_ctas_per_sm"))
+                 for s in split}
+        assert lanes >= set(product((8, 4), (4, 2), (1, 2, 4), (2, None)))
+        assert {s["cluster_split"] for s in split} == {8, 4, 2}
+        assert {c.summary.split()[-1] for c in found if "tiled8 occ2 split" in c.summary} >= {"byrow", "l2pf"}
+        assert all(s["elems_per_lane"] <= 4 for s in split)
+
+
 def test_limit_and_the_tuned_entry_come_first() -> None:
     assert [c.origin for c in candidates(C4A, ARCH, limit=2, tuned={})] == ["derived", "baseline"]
     table = {ARCH: {C4A.variant: {"pipeline": TUNED_C4A}}}
@@ -129,8 +147,8 @@ def test_the_shipped_table_is_valid() -> None:
             assert arch.startswith("sm_")
 
 
-def _results(tmp_path: Path, pipeline: str = TUNED_C4A) -> Path:
-    """A `tune --measure` results file, as the GPU host writes it, for C4A bf16."""
+def _results(tmp_path: Path, pipeline: str = TUNED_C4A, spec=C4A) -> Path:
+    """A `tune --measure` results file, as the GPU host writes it, for `spec` (C4A bf16)."""
     us = {"p32": 4.0, "d32": 5.0}
     winner = {
         "pipeline": pipeline,
@@ -141,12 +159,12 @@ def _results(tmp_path: Path, pipeline: str = TUNED_C4A) -> Path:
         "baseline_score_us": 9.0,
     }
     variant = {
-        "variant": C4A.variant,
-        "kernel": "c4a",
-        "head_size": 512,
-        "quant_block": 64,
-        "rope": 64,
-        "weight_dtype": "bf16",
+        "variant": spec.variant,
+        "kernel": spec.kernel,
+        "head_size": spec.head,
+        "quant_block": spec.quant_block,
+        "rope": spec.rope,
+        "weight_dtype": spec.weight_dtype,
         "candidates": [{"pipeline": pipeline, "us": us}],
         "winner": winner,
     }
@@ -181,6 +199,29 @@ def test_apply_writes_the_table_and_default_picks_it_up(tmp_path: Path) -> None:
         "date": "2026-11-29",
     }
     assert resolve_pipeline("default", module_from_spec(C4A), ARCH, table) == TUNED_C4A
+
+
+def test_apply_records_a_c128a_split_winner_and_refuses_an_illegal_split(tmp_path: Path) -> None:
+    split = make_spec("c128a_split", 512, 64, weight_dtype="bf16")
+    found = candidates(split, ARCH, tuned={})
+    (four,) = [c.pipeline for c in found if c.summary == "e4 x2 256t r8 tiled8 occ2 split4"]
+    data = tmp_path / "tuned.json"
+    result = _tune("--apply", str(_results(tmp_path, four, split)), "--data", str(data))
+    assert result.exit_code == 0, result.output
+    assert f"{split.variant}@{ARCH}: 4.47 us (1.14x vs derived): {four}" in " ".join(result.stdout.split())
+    table = tuned_mod.load_tuned(data)
+    assert table[ARCH][split.variant]["pipeline"] == four
+    assert resolve_pipeline("default", module_from_spec(split), ARCH, table) == four
+    sibling = make_spec("c128a_split", 512, 64, weight_dtype="bf16", cache_format="full_bf16")
+    assert resolve_pipeline("default", module_from_spec(sibling), ARCH, table) == four  # inherited
+    kw = {"fingerprint": "f" * 64, "toolchain": {"cutlass": "x"}}
+    assert plan(split, "sm90", four, **kw).key != plan(split, "sm90", "derived", **kw).key
+    sixteen = four.replace("grid-split=4", "grid-split=16")  # the workspace holds 8 partials a row
+    message = _error(_tune("--apply", str(_results(tmp_path, sixteen, split)), "--data", str(data)))
+    assert message.startswith(f"{tmp_path / 'tune_results.json'}: the winner of {split.variant} is no longer "
+                              "legal (thread-map{elems-per-lane=4,window-split=2,grid-split=16} cannot lower")
+    assert message.endswith("grid-split=16: must be one of 1, 2, 4, 8 (CTAs per window, 8 at most)); "
+                            "measure again")
 
 
 def test_a_tuned_entry_changes_the_default_key_to_the_tuned_pipelines_key(tmp_path, monkeypatch) -> None:
@@ -312,10 +353,12 @@ def test_cases_cap_c128a_decode_and_labels() -> None:
         "d16384",
     ]
     assert [c.label for c in cases_for("c128a", ["decode"])] == ["d32", "d512", "d1024", "d4096"]
-    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12; c128a_split not yet:
-    # its measurement needs the split workspace, docs/kernels.md §13)
-    assert set(FAMILY) == {s.kernel for s in default_specs()
-                           if not s.segmented and s.kernel not in ("csa", "c128a_split")}
+    # tune measures these (csa is not tuned: its parts are, docs/kernels.md §12)
+    assert set(FAMILY) == {s.kernel for s in default_specs() if not s.segmented and s.kernel != "csa"}
+    # c128a_split at its own few-row cases (issue 16), unless --T names others; --scenario filters
+    assert [c.label for c in cases_for("c128a_split")] == ["d1", "d32", "p128", "p512"]
+    assert [c.label for c in cases_for("c128a_split", ["prefill"])] == ["p128", "p512"]
+    assert [c.label for c in cases_for("c128a_split", ["decode"], [64])] == ["d64"]
 
 
 def test_scores_are_geometric_means_and_the_lowest_never_slower_than_baseline_wins() -> None:
@@ -474,10 +517,12 @@ def test_misused_options_are_one_line_errors(args: list[str], message: str) -> N
 
 def test_measure_inputs_pack_every_variants_abi_on_the_cpu(monkeypatch) -> None:
     """The argument side of --measure (scenario, L2 rotation, ABI packing) without a GPU."""
+    from compressc.runtime import c128a_split
     from compressc.tune import measure
 
     monkeypatch.setattr(measure, "DEVICE", "cpu")
     monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    monkeypatch.setattr(c128a_split, "_WORKSPACE", {})
     for spec in (s for s in default_specs() if s.kernel in FAMILY):
         inputs = measure._Inputs(spec, measure.Case("decode", 32))
         packed = inputs.packed(spec)
@@ -498,3 +543,73 @@ def test_window_kernels_are_also_tried_with_the_softmax_rescaled_row_by_row() ->
     assert [c.origin for c in found if c.pipeline == derived_by_row] == ["search"]
     by_row = [c for c in found if c.schedule.get("rescale") == "row"]  # also the baseline, smem-staged
     assert "baseline" in {c.origin for c in by_row} and all(" byrow" in c.summary for c in by_row)
+
+
+def test_measure_gives_c128a_split_the_runtimes_workspace_at_its_own_cases(monkeypatch) -> None:
+    """As ops.compress_c128a launches it: the split ABI's values, the device's zeroed workspace of
+    T rows (runtime/c128a_split.py), one per device whatever the page-table copy."""
+    import torch
+
+    from compressc.runtime import c128a_split
+    from compressc.specs.abi import abi, split_workspace_row
+    from compressc.tune import measure
+
+    monkeypatch.setattr(measure, "DEVICE", "cpu")
+    monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    monkeypatch.setattr(c128a_split, "_WORKSPACE", {})
+    spec = make_spec("c128a_split", 512, 64, weight_dtype="f32")
+    names = [p.name for p in abi(spec)]
+    for case in cases_for("c128a_split"):
+        inputs = measure._Inputs(spec, case)
+        values = [dict(zip(names, (c.value for c in p.values), strict=True)) for p in inputs.packed(spec)]
+        workspace = c128a_split.split_workspace(torch.device("cpu"), case.T, 512)
+        assert workspace.shape == (case.T, split_workspace_row(512)) and not workspace.any()
+        assert {v["split_workspace"] for v in values} == {workspace.data_ptr()}
+        assert {v["num_rows"] for v in values} == {case.T}
+        assert len({v["block_table"] for v in values}) == len(values) >= 2  # the L2 rotation
+        assert {v["positions"] for v in values} == {inputs.sc.positions.data_ptr()}
+        assert {v["rms_norm_weight"] for v in values} != {inputs.sc.rms_norm_weight.data_ptr()}  # f32 copy
+
+
+def test_measure_takes_each_familys_cases_unless_t_is_given(tmp_path: Path, monkeypatch) -> None:
+    import compressc.tune.measure as measure_mod
+
+    doc = json.loads(_results(tmp_path).read_text())
+    seen = []
+    monkeypatch.setattr(measure_mod, "measure", lambda plan_dir, **kw: (seen.append(kw), doc)[1])
+    assert _tune("--measure", str(tmp_path), "--json").exit_code == 0
+    given = _tune("--measure", str(tmp_path), "--json", "--T", "1", "--T", "32", "--scenario", "decode")
+    assert given.exit_code == 0, given.output
+    assert [(kw["kinds"], kw["t_list"]) for kw in seen] == [(("prefill", "decode"), None),
+                                                            (("decode",), (1, 32))]
+
+
+def test_measure_runs_a_c128a_split_plan_at_its_cases(tmp_path: Path, monkeypatch) -> None:
+    """The whole --measure flow on the CPU for a split plan, the kernels and events stubbed: each
+    candidate is launched with T and its packed split arguments, the results name the four cases."""
+    import torch
+
+    from compressc.runtime import c128a_split
+    from compressc.tune import measure
+
+    monkeypatch.setattr(measure, "DEVICE", "cpu")
+    monkeypatch.setattr(measure, "FLUSH_BYTES", 4 << 20)
+    monkeypatch.setattr(c128a_split, "_WORKSPACE", {})
+    monkeypatch.setattr(measure, "check_gpu", lambda arch: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub")
+    launched = []
+    monkeypatch.setattr(measure, "_load", lambda store, spec, arch, cand, device: (
+        lambda T, packed, name=cand["schedule"]: launched.append((name, T, len(packed)))))
+    monkeypatch.setattr(measure, "time_interleaved", lambda calls, packed, reps: [
+        [float(len(packed) + i)] * reps for i in range(len(calls))])
+    split = make_spec("c128a_split", 512, 64, weight_dtype="bf16")
+    work = [(split, c, plan(split, ARCH, c.pipeline, fingerprint="f" * 64, toolchain={"a": "b"}))
+            for c in candidates(split, ARCH, limit=3, tuned={})]
+    doc = plan_document([split], ARCH, work, {p.key: SimpleNamespace(manifest={}) for _, _, p in work})
+    (tmp_path / PLAN_FILE).write_text(json.dumps(doc))
+    result = measure.measure(tmp_path, reps=4, log=lambda s: None)
+    (variant,) = result["variants"]
+    assert [list(c["us"]) for c in variant["candidates"]] == [["d1", "d32", "p128", "p512"]] * 3
+    assert {(T, name) for name, T, _ in launched} == {
+        (T, c.summary) for T in (1, 32, 128, 512) for c in candidates(split, ARCH, limit=3, tuned={})}
+    assert variant["winner"]["origin"] == "derived"  # the stub times the first candidate fastest

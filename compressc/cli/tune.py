@@ -11,7 +11,8 @@ from compressc.cli.output import echo_json, json_option
 from compressc.specs.family import KERNELS
 from compressc.specs.formats import FORMATS
 from compressc.tune.candidates import MAX_CANDIDATES
-from compressc.tune.measure import KINDS, REPS, T_LIST
+from compressc.tune.cases import FAMILY_CASES, KINDS, T_LIST
+from compressc.tune.measure import REPS
 
 RESULTS_FILE = "tune_results.json"
 # option -> the step it belongs to; giving it to another step is an error, not silently ignored
@@ -28,6 +29,10 @@ _STEP_OF = {
     "reps": "measure",
     "data": "apply",
 }
+
+
+def _own_cases(family: str) -> str:
+    return " ".join(f"{kind} {T}" for kind, T in FAMILY_CASES[family])
 
 
 @click.command()
@@ -96,14 +101,15 @@ _STEP_OF = {
     "t_list",
     type=click.IntRange(1, 1 << 20),
     multiple=True,
-    help=f"--measure: launched rows per case (repeatable; default {', '.join(map(str, T_LIST))}).",
+    help=f"--measure: launched rows per case (repeatable; default {', '.join(map(str, T_LIST))}; "
+    f"c128a_split: {_own_cases('c128a_split')}).",
 )
 @click.option(
     "--scenario",
     "scenarios",
     type=click.Choice(KINDS),
     multiple=True,
-    help="--measure: scenarios (repeatable; default both).",
+    help="--measure: scenarios (repeatable; default both; with no --T, a filter of a family's own cases).",
 )
 @click.option(
     "--reps",
@@ -136,9 +142,15 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, as_json, **opts):
     distinct lowered IR. Candidates that spill or use a stack fail to build and are
     listed as dropped.
 
+    c128a_split (C128A in one launch) has its own candidates: grid-split 8|4 x
+    elems-per-lane 4|2 x window-split 2|1|4, each with and without the occupancy hint,
+    then at grid-split 8 and 4 the softmax rescaled row by row (with and without the
+    hint), 4 rows in flight and the window prefetched into L2, and grid-split 2.
+
     \b
     Score: the geometric mean over the cases (prefill and decode at T = 32, 512, 1024,
-    4096, 16384; C128A decode up to 4096) of the median event-timed µs. The winner is the
+    4096, 16384; C128A decode up to 4096; c128a_split at decode T = 1, 32 and prefill
+    T = 128, 512) of the median event-timed µs. The winner is the
     lowest score among the candidates within 3% (or 0.25 µs) of the baseline schedule in
     every case.
     `-p default` then builds the winner of each (variant, arch); `-p derived` the
@@ -244,7 +256,7 @@ def _measure(plan_dir: Path, opts: dict, as_json: bool = False) -> None:
         doc = measure(
             plan_dir,
             kinds=opts["scenarios"] or KINDS,
-            t_list=opts["t_list"] or T_LIST,
+            t_list=opts["t_list"] or None,
             reps=opts["reps"],
             log=lambda s: out.print(s, markup=False),
         )

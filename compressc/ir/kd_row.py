@@ -51,7 +51,8 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.load_partials": ("head", "ctas", "me", "vec"),
     "kd.fold_partials": ("me", "ctas"),
     "kd.merged_to_lanes": ("me",),
-    "kd.merged_through_smem": ("me", "elems", "slot", "head"),
+    "kd.merged_to_smem": ("me", "slot", "head"),
+    "kd.lanes_from_smem": ("elems", "slot", "head"),
     "kd.end_if": (),
     "kd.only_last": (),
     # cc.rms_norm

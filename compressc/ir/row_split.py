@@ -8,7 +8,8 @@ the ranks then count their arrivals in an order that differs from row to row
 through its smem flag; exactly one must see S - 1. That CTA continues the row (simulated as
 CTA row 0 of `lanes.smem` and the rank-0 registers): its threads load every rank's partial of
 their `me` channels, fold them in rank order and hand the merged (sum, weighted sum) to group
-0's lanes, directly or through smem (NaN until written).
+0's lanes, directly or through smem (NaN until written; two threads storing one word before
+the barrier is an error: which value lands would be a race).
 """
 
 from __future__ import annotations
@@ -112,19 +113,25 @@ def _merged_to_lanes(lanes: Lanes, op: Op) -> None:
     L[0, 0], A[0, 0] = lanes.regs["qL"], lanes.regs["qA"]
 
 
-def _merged_through_smem(lanes: Lanes, op: Op) -> None:
-    """Every thread writes its channels' merged (sum, weighted sum) at slot + mcol (+ head); after
-    the barrier group 0's lanes read theirs at slot + col (+ head)."""
+def _merged_to_smem(lanes: Lanes, op: Op) -> None:
+    """Each live thread stores its channels' merged (sum, weighted sum) at slot + mcol (+ head)."""
     slot, head, me, smem = _a(op, "slot"), _a(op, "head"), _a(op, "me"), lanes.smem
-    mcol = (np.arange(lanes.threads) * me)[:, None] + np.arange(me)
+    live = np.flatnonzero(lanes.regs["tlive"])
+    mcol = (live * me)[:, None] + np.arange(me)
     if slot + head + int(mcol.max()) >= smem.shape[1]:  # type: ignore[union-attr]
         raise _error(f"{op.name}: slot {slot} reaches past the CTA's {lanes.module.get('smem_bytes')} bytes")
     words = np.concatenate([slot + mcol, slot + head + mcol]).reshape(-1)
     shared, count = np.unique(words, return_counts=True)
     if count.max() > 1:  # two threads store one word before the barrier: which value lands is a race
         raise _error(f"{op.name}: threads store smem word {int(shared[count > 1][0])} twice before the "
-                     f"barrier ({lanes.threads} threads x {me} channel(s) write past the {head} of the sums)")
-    smem[0, slot + mcol], smem[0, slot + head + mcol] = lanes.regs["qL"], lanes.regs["qA"]  # type: ignore[index]
+                     f"barrier ({len(live)} threads x {me} channel(s) write past the {head} of the sums)")
+    smem[0, slot + mcol] = lanes.regs["qL"][live]  # type: ignore[index]
+    smem[0, slot + head + mcol] = lanes.regs["qA"][live]  # type: ignore[index]
+
+
+def _lanes_from_smem(lanes: Lanes, op: Op) -> None:
+    """After the barrier group 0's lanes read their channels' at slot + col (+ head)."""
+    slot, head, smem = _a(op, "slot"), _a(op, "head"), lanes.smem
     _, L, A = _regs(lanes)
     col = lanes.span(lanes.col)
     L[0, 0], A[0, 0] = smem[0, slot + col], smem[0, slot + head + col]  # type: ignore[index]
@@ -137,7 +144,8 @@ SPLIT_RUN: dict[str, Callable[[Lanes, Op], None]] = {
     "kd.load_partials": _load_partials,
     "kd.fold_partials": _fold_partials,
     "kd.merged_to_lanes": _merged_to_lanes,
-    "kd.merged_through_smem": _merged_through_smem,
+    "kd.merged_to_smem": _merged_to_smem,
+    "kd.lanes_from_smem": _lanes_from_smem,
 }
 SPLIT_BRANCHES: dict[str, Callable[[Lanes, Op, Callable], None]] = {
     "kd.if_last": _if_last, "kd.if_tidx": _if_tidx}

@@ -81,12 +81,16 @@ def merged_to_lanes(src: Source, module: Module, op: Op) -> None:
     src.line("    rA[e] = qA[e]")
 
 
-def merged_through_smem(src: Source, module: Module, op: Op) -> None:
+def merged_to_smem(src: Source, module: Module, op: Op) -> None:
     base, head = _a(op, "slot"), _a(op, "head")
     src.line("# group 0's lanes take the merged (sum, weighted sum) of their channels from smem")
     src.line(f"for e in range_constexpr({_a(op, 'me')}):")
     src.line(f"    sBuf[{base} + mcol + e] = qL[e]")
     src.line(f"    sBuf[{base + head} + mcol + e] = qA[e]")
+
+
+def lanes_from_smem(src: Source, module: Module, op: Op) -> None:
+    base, head = _a(op, "slot"), _a(op, "head")
     src.line("cute.arch.sync_threads()")
     src.line(f"for e in range_constexpr({_a(op, 'elems')}):")
     src.line(f"    rL[e] = sBuf[{base} + col + e]")
@@ -131,5 +135,6 @@ SPLIT_EMIT = {
     "kd.load_partials": load_partials,
     "kd.fold_partials": fold_partials,
     "kd.merged_to_lanes": merged_to_lanes,
-    "kd.merged_through_smem": merged_through_smem,
+    "kd.merged_to_smem": merged_to_smem,
+    "kd.lanes_from_smem": lanes_from_smem,
 }

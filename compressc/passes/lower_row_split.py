@@ -7,7 +7,8 @@ splits the head between all its threads (`kd.split_lanes`: `me` channels a threa
 the S partials from L2 and folds them in rank order (`kd.load_partials`, `kd.fold_partials`,
 inside `kd.if_tidx` .. `kd.end_if` where the CTA has more threads than channels), then hands
 the merged (sum, weighted sum) to group 0's lanes: directly where a thread's channels are
-its lane's (`kd.merged_to_lanes`), else through smem (`kd.merged_through_smem`).
+its lane's (`kd.merged_to_lanes`), else through smem (`kd.merged_to_smem`, then after the
+barrier `kd.lanes_from_smem`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def split_merge_ops(module: Module, head: int, slot: int) -> list[Op]:
     arrive = _kd("arrive_last", ctas=ctas, flag=slot + 2 * head)
     fold = [_kd("load_partials", head=head, ctas=ctas, me=me, vec=min(4, me)),
             _kd("fold_partials", me=me, ctas=ctas)]
-    if threads > head:
-        fold = [_kd("if_tidx", below=head), *fold, END_IF]
     if threads == sched.head_lanes:  # mcol == col: a thread's channels are its own lane's
-        hand = _kd("merged_to_lanes", me=me)
+        fold, after = [*fold, _kd("merged_to_lanes", me=me)], []
     else:
-        hand = _kd("merged_through_smem", me=me, elems=elems, slot=slot, head=head)
-    return [publish, arrive, _kd("if_last"), _kd("split_lanes", me=me, ctas=ctas, elems=elems), *fold, hand,
+        fold = [*fold, _kd("merged_to_smem", me=me, slot=slot, head=head)]
+        after = [_kd("lanes_from_smem", elems=elems, slot=slot, head=head)]
+    if threads > head:  # the threads past the head fold nothing: the fold's values live inside the `if`
+        fold = [_kd("if_tidx", below=head), *fold, END_IF]
+    return [publish, arrive, _kd("if_last"), _kd("split_lanes", me=me, ctas=ctas, elems=elems), *fold, *after,
             END_IF]

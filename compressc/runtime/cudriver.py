@@ -27,12 +27,17 @@ _int, _uint, _void_p, _size_t = ctypes.c_int, ctypes.c_uint, ctypes.c_void_p, ct
 _P = ctypes.POINTER
 # cuda.h: CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (checked by a test)
 FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+# cuda.h: CUdevice_attribute values (checked by a test against cuda-bindings' enum)
+DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
+DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 
 # name -> argtypes (every call returns a CUresult int). The launches are not here: they stay
 # untyped for speed (cudalaunch) and are called with ctypes objects.
 SIGNATURES: dict[str, tuple] = {
     "cuInit": (_uint,),
     "cuDeviceGet": (_P(_int), _int),
+    "cuDeviceGetAttribute": (_P(_int), _int, _int),
     "cuDevicePrimaryCtxRetain": (_P(_void_p), _int),
     "cuCtxGetCurrent": (_P(_void_p),),
     "cuCtxSetCurrent": (_void_p,),
@@ -74,6 +79,11 @@ def cuInit(flags: int) -> tuple[int]:
 def cuDeviceGet(ordinal: int) -> tuple[int, int]:
     out = _int()
     return library().cuDeviceGet(ctypes.byref(out), ordinal), _value(out)
+
+
+def cuDeviceGetAttribute(attribute: int, device: int) -> tuple[int, int]:
+    out = _int()
+    return library().cuDeviceGetAttribute(ctypes.byref(out), attribute, device), _value(out)
 
 
 def cuDevicePrimaryCtxRetain(device: int) -> tuple[int, int]:

@@ -13,6 +13,7 @@ makes no host synchronisation, so it is safe inside CUDA graph capture.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from typing import NamedTuple
 
@@ -71,16 +72,21 @@ def _check(call: str, out: tuple, hint: str = ""):
 
 
 # -- contexts -------------------------------------------------------------------------
-def _primary_context(device_index: int) -> int:
-    """The primary context of `device_index`, retained once per process (torch uses it too)."""
+def _device(device_index: int) -> int:
+    """The driver's CUdevice of an ordinal (the driver initialised once per process)."""
     global _initialised
-    ctx = _PRIMARY.get(device_index)
-    if ctx is not None:
-        return ctx
     if not _initialised:
         _check("cuInit", cudriver.cuInit(0))
         _initialised = True
-    device = _check("cuDeviceGet", cudriver.cuDeviceGet(device_index))
+    return _check("cuDeviceGet", cudriver.cuDeviceGet(device_index))
+
+
+def _primary_context(device_index: int) -> int:
+    """The primary context of `device_index`, retained once per process (torch uses it too)."""
+    ctx = _PRIMARY.get(device_index)
+    if ctx is not None:
+        return ctx
+    device = _device(device_index)
     ctx = int(_check("cuDevicePrimaryCtxRetain", cudriver.cuDevicePrimaryCtxRetain(device)))
     _PRIMARY[device_index] = ctx
     return ctx
@@ -95,9 +101,24 @@ def ensure_context(device_index: int) -> None:
 
 
 # -- architectures ----------------------------------------------------------------------
+# Asked of the driver, not of torch: torch's first get_device_capability / get_device_properties
+# fills its whole cudaDeviceProp, milliseconds on the cold-start path (benchmarks/NOTES.md,
+# session 9), for two attributes that cuDeviceGetAttribute answers in microseconds.
+@functools.cache
 def device_capability(device_index: int) -> tuple[int, int]:
-    major, minor = torch.cuda.get_device_capability(device_index)
+    device = _device(device_index)
+    major = _check("cuDeviceGetAttribute", cudriver.cuDeviceGetAttribute(
+        cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device))
+    minor = _check("cuDeviceGetAttribute", cudriver.cuDeviceGetAttribute(
+        cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device))
     return int(major), int(minor)
+
+
+@functools.cache
+def device_sm_count(device_index: int) -> int:
+    device = _device(device_index)
+    count = cudriver.cuDeviceGetAttribute(cudriver.DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device)
+    return int(_check("cuDeviceGetAttribute", count))
 
 
 def device_arch(device_index: int) -> str:
@@ -229,7 +250,7 @@ def _load(image: KernelImage, device_index: int) -> LoadedKernel:
     except CudaError:
         cudriver.cuModuleUnload(module)
         raise
-    sm_count = torch.cuda.get_device_properties(device_index).multi_processor_count
+    sm_count = device_sm_count(device_index)
     return LoadedKernel(
         image.key, image.entry, device_index, image.block, image.smem_dynamic, module, function,
         grid, int(sm_count), int(resident), cluster, int(max_clusters),

@@ -7,7 +7,8 @@ in flight around the derived schedule, then one CTA per row instead of the tiled
 then the (elems-per-lane, window-split) grid nearest the derived schedule first (the
 tuned and derived schedules also with the softmax rescaled row by row, early), and
 last, for a tiled window kernel (C128A compress), the window prefetched into L2 page by
-page and the window pooled by clusters of CTAs. Every
+page and the window pooled by clusters of CTAs. c128a_split (C128A in one launch,
+docs/kernels.md §13) has its own list after the first three (`split_proposals`). Every
 proposal is lowered and verified; illegal ones are skipped, and two proposals that
 lower to the same IR are one candidate (the first spelling wins).
 """
@@ -49,8 +50,13 @@ CLUSTER_SPLIT = (2, 4, 8)
 # (elems per lane, window split, rows in flight) tried with each cluster split: the DSMEM
 # merge's generic stores cost about 30 registers, so fewer rows in flight or lanes per thread
 CLUSTER_MAPS = ((2, 4, 8), (4, 2, 4), (4, 4, 4), (2, 2, 8))
+# c128a_split: the CTAs that pool one row (grid-split; 16 is not legal: the workspace holds
+# SPLIT_MAX = 8 partials a row, specs/abi.py) and the lanes of each CTA, (elems per lane, window
+# split) nearest the derived (4, 2) first; 8 channels a lane spill with the store epilogue
+SPLIT_GRIDS = (8, 4)
+SPLIT_LANES = ((4, 2), (4, 1), (4, 4), (2, 2), (2, 1), (2, 4))
 SCHEDULE_FIELDS = ("elems_per_lane", "window_split", "threads", "grid", "rows_per_cta", "ctas_per_sm",
-                   "min_ctas_per_sm", "cluster_split", "rows_in_flight")
+                   "min_ctas_per_sm", "cluster_split", "split_merge", "rows_in_flight")
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class Candidate:
         else:
             text += " rows"
         text += f" occ{s['min_ctas_per_sm']}" if s.get("min_ctas_per_sm") else ""
-        text += f" cluster{s['cluster_split']}" if s.get("cluster_split") else ""
+        if s.get("cluster_split"):
+            text += f" {'split' if s.get('split_merge') == 'global' else 'cluster'}{s['cluster_split']}"
         text += " l2pf" if s.get("l2_prefetch") else ""
         text += " byrow" if s.get("rescale") == "row" else ""
         return text + (" smem" if s.get("stage") == "smem" else "")
@@ -103,6 +110,9 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
     yield "baseline", resolve_pipeline("baseline", module)
     current = resolve_pipeline("default", module, arch, tuned)
     yield "tuned", current
+    if module.attr("kernel") == "c128a_split":
+        yield from (("search", text) for text in split_proposals())
+        return
     derived = PassManager(parse_pipeline(resolve_pipeline(DEFAULT_PIPELINE, module, arch))).run(module)
     windowed = module.find("cc.window") is not None
     if windowed:
@@ -144,6 +154,20 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
         for cluster, (e, w, rows) in product(CLUSTER_SPLIT, CLUSTER_MAPS):
             yield "search", (f"thread-map{{elems-per-lane={e},window-split={w},cluster-split={cluster}}},"
                              f"{TAIL},{in_flight(rows)}")
+
+
+def split_proposals() -> Iterator[str]:
+    """c128a_split's schedules: each grid split x lanes, with and without the occupancy hint
+    (2 CTAs per SM), then the derived lanes at each grid split with the softmax rescaled row by
+    row (with and without the hint), 4 rows in flight (2 batches a split group) and the window's
+    pages prefetched into L2, and last 2 CTAs a row."""
+    for (e, w), split, fetch in product(SPLIT_LANES, SPLIT_GRIDS, (DEFAULT_FETCH, NO_OCCUPANCY)):
+        yield f"thread-map{{elems-per-lane={e},window-split={w},grid-split={split}}},{TAIL},{fetch}"
+    by_row = DEFAULT_FETCH.replace("rescale,", "rescale{per=row},")  # spills at 2 CTAs per SM
+    for split, fetch in product(SPLIT_GRIDS, (by_row, by_row.replace("occupancy,", ""), in_flight(4),
+                                              L2_PREFETCHED)):
+        yield f"thread-map{{grid-split={split}}},{TAIL},{fetch}"
+    yield f"thread-map{{grid-split=2}},{TAIL},{DEFAULT_FETCH}"
 
 
 def in_flight(rows: int) -> str:

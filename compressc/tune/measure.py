@@ -2,10 +2,10 @@
 
 Runs where the kernels run: torch + cuda-python, never cutlass (docs/architecture.md §2). Each
 candidate is loaded by cache key from DIR/store and launched through the runtime
-(`loader`, `args`, the ops' argument values) on `make_scenario` inputs: prefill and
-decode at T = 32, 512, 1024, 4096, 16384 launched rows (C128A decode stops at 4096: 16384
-rows need 8.6 GB of state that make_scenario fills on the CPU, about 70 s). C128A is
-measured as its two kernels, each with its own ABI arguments.
+(`loader`, `args`, the ops' argument values) on `make_scenario` inputs at each family's
+cases (`cases.py`: prefill and decode at T = 32 .. 16384 launched rows; c128a_split at decode
+T = 1, 32 and prefill T = 128, 512). C128A is measured as its two kernels, each with its own ABI
+arguments, and as c128a_split, given the runtime's split workspace (`runtime/c128a_split.py`).
 
 Method: CUDA events around each call, calls queued in batches of 16 behind a
 `torch.cuda._sleep` so host launch cost stays out, candidates interleaved batch by
@@ -26,15 +26,11 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from compressc.tune.cases import KINDS, Case, cases_for
 from compressc.tune.prepare import PLAN_FILE, PLAN_FORMAT
 
-# 1024: where a "runs" C4A kernel gives two rows per CTA and the baseline still fits one wave
-T_LIST = (32, 512, 1024, 4096, 16384)
-KINDS = ("prefill", "decode")
-MAX_T = {("c128a", "decode"): 4096}
 REPS = 64
 BATCH = 16
 SLEEP_CYCLES = 2_000_000  # ~1 ms at 1.98 GHz: longer than the host needs to queue one batch
@@ -42,25 +38,11 @@ FLUSH_BYTES = 256 << 20
 MAX_SETS = 1024
 DEVICE = "cuda"  # tests run the input preparation on "cpu"
 FAMILY = {"c4a": "c4a", "indexer_fp8": "indexer_fp8", "indexer_mxfp4": "indexer_mxfp4",
-          "c128a_compress": "c128a", "c128a_store": "c128a"}
+          "c128a_compress": "c128a", "c128a_store": "c128a", "c128a_split": "c128a_split"}
 
 
 class MeasureError(RuntimeError):
     """Measuring cannot start; the one-line message says what to do."""
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str
-    T: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind[0]}{self.T}"
-
-
-def cases_for(family: str, kinds: Sequence[str] = KINDS, t_list: Sequence[int] = T_LIST) -> list[Case]:
-    return [Case(k, t) for k in kinds for t in t_list if t <= MAX_T.get((family, k), t)]
 
 
 def read_plan(plan_dir: Path) -> dict:
@@ -99,11 +81,12 @@ def measure(
     plan_dir: Path,
     *,
     kinds: Sequence[str] = KINDS,
-    t_list: Sequence[int] = T_LIST,
+    t_list: Sequence[int] | None = None,
     reps: int = REPS,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Time every candidate of the plan in `plan_dir`; return the results document."""
+    """Time every candidate of the plan in `plan_dir` at its family's cases in `kinds` (at
+    kinds x `t_list` when given); return the results document."""
     plan = read_plan(plan_dir)
     device = check_gpu(plan["arch"])
     import torch
@@ -238,6 +221,7 @@ class _Inputs:
         """Packed kernel parameters of `spec`, one per rotation set."""
         import torch
 
+        from compressc.runtime.c128a_split import split_workspace
         from compressc.runtime.ops import _common_values
         from compressc.specs.family import make_spec
 
@@ -264,7 +248,11 @@ class _Inputs:
             kv_cache_block_size=sc.kv_cache_block_size,
             fp8_scale=torch.ones(1, device=sc.device) if store_spec.cache_format == "full_fp8" else None,
         )
-        return self._pack(spec, _common_values(store_spec, args, self.pool_spec))
+        values = _common_values(store_spec, args, self.pool_spec)
+        if spec.kernel == "c128a_split":  # the runtime's workspace: zeroed once, left zeroed by each launch
+            values["split_workspace"] = split_workspace(
+                sc.positions.device, int(values["num_rows"]), spec.head).data_ptr()
+        return self._pack(spec, values)
 
     def _pack(self, spec, values: dict) -> list:
         from compressc.runtime.args import pack_args
