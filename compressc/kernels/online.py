@@ -8,6 +8,7 @@ from __future__ import annotations
 from compressc.ir.core import Module, Op
 from compressc.ir.online import SEGMENT_FIELDS
 from compressc.ir.schedule import Schedule
+from compressc.kernels.loads import row_loads
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words
 
@@ -69,22 +70,8 @@ def _batch_loads(src: Source, module: Module, op: Op, elems: int, rows: int, vec
         src.line("p = cute.make_tensor(positions + t, cute.make_layout(1))[0]")
         src.line(f"ape_at = (p & {ratio - 1}) * {head} + col  # ape[p mod {ratio}]")
         for frag, ptr, stride in (("rKV", "kv", "kv_stride"), ("rSC", "score", "score_stride")):
-            at = f"t * {stride} + col"
-            if cache_hinted(module):
-                _stream_loads(src, frag, ptr, at, elems, vec)
-            else:
-                src.line(f"cute.autovec_copy({_view(ptr, at, elems, vec)}, {frag}[None, r])")
+            row_loads(src, ptr, f"t * {stride} + col", frag, elems, vec, cache_hinted(module))
         src.line(f"cute.autovec_copy({_view('ape', 'ape_at', elems, vec)}, rAP[None, r])")
-
-
-def _stream_loads(src: Source, frag: str, ptr: str, at: str, elems: int, vec: int) -> None:
-    """`frag[:, r]` read once (cache-hints: no L1 allocation, L2 evict_first)."""
-    names = ", ".join(f"v{c}" for c in range(vec))
-    for h in range(elems // vec):
-        offset = f" + {h * vec}" if h else ""
-        src.line(f"{names}, = ops.ld_stream({ptr}.toint() + ({at}{offset}) * 4, {vec})")
-        for c in range(vec):
-            src.line(f"{frag}[{h * vec + c}, r] = v{c}")
 
 
 def _batch_updates(src: Source, elems: int, rows: int) -> None:

@@ -11,6 +11,7 @@ group pools the same window row), so it costs no divergence.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.kernels import loads
 from compressc.kernels.source import Source
 
 
@@ -57,16 +58,7 @@ def row_loads(src: Source, op: Op) -> None:
 
 
 def load(src: Source, ptr: str, at: str, frag: str, op: Op) -> None:
-    """`frag[:, r]` = ptr[at ..], the op's `vec` fp32 a load; read once (its cache_hint
-    "stream": ld.global.L1::no_allocate.L2::evict_first) or plain."""
-    elems, vec = _attr(op, "elems"), _attr(op, "vec")
-    if op.attr("cache_hint") != "stream":
-        src.line(f"cute.autovec_copy(cute.make_tensor({ptr} + cute.assume({at}, divby={vec}), "
-                 f"cute.make_layout({elems})), {frag}[None, r])")
-        return
-    names = ", ".join(f"v{c}" for c in range(vec))
-    for h in range(elems // vec):
-        offset = f" + {h * vec}" if h else ""
-        src.line(f"{names}, = ops.ld_stream({ptr}.toint() + ({at}{offset}) * 4, {vec})")
-        for c in range(vec):
-            src.line(f"{frag}[{h * vec + c}, r] = v{c}")
+    """`frag[:, r]` = ptr[at ..], the op's `vec` fp32 a load, read once where its cache_hint is
+    "stream" (ld.global.L1::no_allocate.L2::evict_first), else plain."""
+    stream = op.attr("cache_hint") == "stream"
+    loads.row_loads(src, ptr, at, frag, _attr(op, "elems"), _attr(op, "vec"), stream)

@@ -13,6 +13,7 @@ launch with no reset kernel (so it can be captured in a CUDA graph and replayed)
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
+from compressc.kernels.row_ops_pool import fold_partial
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import store_words
 
@@ -109,12 +110,7 @@ def fold_partials(src: Source, module: Module, op: Op) -> None:
         src.line(f"for e in range_constexpr({me}):")
     with src.indent(2):
         src.line("mg = rP[e, 0, k]")
-        src.line("m_new = ops.fmax(qM[e], mg)")
-        src.line("alpha = ops.ex2((qM[e] - m_new) * LOG2E)")
-        src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-        src.line("qL[e] = qL[e] * alpha + rP[e, 1, k] * beta")
-        src.line("qA[e] = qA[e] * alpha + rP[e, 2, k] * beta")
-        src.line("qM[e] = m_new")
+        fold_partial(src, "rP[e, 1, k]", "rP[e, 2, k]", ("qM", "qL", "qA"))
 
 
 def opener(line: str):
