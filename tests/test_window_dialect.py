@@ -167,3 +167,35 @@ def test_a_load_wider_than_its_alignment_is_a_lane_error(monkeypatch) -> None:
     message = "kd.paged_row: a 128-bit load from fp32 element .*, not a multiple of 4"
     with pytest.raises(LaneError, match=message):
         _report(spec, wrong, "prefill", 200, 7)
+
+
+# -- C128A's two kernels: the pooled rows stored, then loaded by the store kernel ----------------------
+def test_the_pooled_rows_are_stored_and_loaded_by_kd_ops(monkeypatch) -> None:
+    from test_interp import _assert_pooled_close
+
+    from compressc.ir.interp import args_from_scenario, run_module
+    from compressc.scenarios import make_scenario
+
+    compress, store = _lower(make_spec("c128a_compress")), _lower(make_spec("c128a_store"))
+    rows = compress.find("kd.store_rows")
+    assert rows.attrs == (("elems", 8), ("head", 512), ("bits", 128), ("keep", True))
+    names = [op.name for op in store.ops]
+    assert names[names.index("cc.load_rows") + 1:][:2] == ["kd.wait_prior_grid", "kd.load_rows"]
+    with pytest.raises(VerifyError, match="kd.store_rows: keep=False: must be True"):
+        verify(_edit(compress, "bits = 128, keep = true}", "bits = 128, keep = false}"))
+    spec = make_spec("c128a_compress")
+    sc = make_scenario(spec, "prefill", 300, seed=3)
+    wrong = _edit(compress, "kd.store_rows {elems = 8, head = 512", "kd.store_rows {elems = 8, head = 256")
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    out = sc.poisoned_compressed_kv()
+    run_module(compress, args_from_scenario(sc, out))
+    _assert_pooled_close(out, sc.run_reference(), sc)
+    out = sc.poisoned_compressed_kv()
+    run_module(wrong, args_from_scenario(sc, out))  # every row lands half a row down: a wrong row
+    with pytest.raises(AssertionError):
+        _assert_pooled_close(out, sc.run_reference(), sc)
+    # rows 510 fp32 apart: a 128-bit load of an odd row is misaligned
+    misaligned = _edit(store, "kd.load_rows {elems = 8, head = 512", "kd.load_rows {elems = 8, head = 510")
+    sc = make_scenario(make_spec("c128a_store"), "prefill", 300, seed=3)
+    with pytest.raises(LaneError, match="kd.load_rows: a 128-bit access at fp32 element .*, not a multiple"):
+        run_module(misaligned, args_from_scenario(sc, sc.poisoned_cache()))

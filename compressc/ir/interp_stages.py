@@ -142,20 +142,6 @@ def _merge(m, l, a, mg, lg, ag):  # noqa: E741
     return np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)
 
 
-def store_rows(lanes: Lanes, op: Op) -> None:
-    lanes.mem["compressed_kv"][_row_span(lanes, op)] = lanes.x
-
-
-def load_rows(lanes: Lanes, op: Op) -> None:
-    lanes.x = lanes.mem["compressed_kv"][_row_span(lanes, op)].astype(F32)
-
-
-def _row_span(lanes: Lanes, op: Op) -> np.ndarray:
-    return lanes.span(lanes.row * int(op.attr("head")) + lanes.col)  # type: ignore[arg-type]
-
-
 STAGES: dict[str, Callable[[Lanes, Op], None]] = {
     "cc.ring_state": interp_ring.ring_state,
-    "cc.store_rows": store_rows,
-    "cc.load_rows": load_rows,
 }

@@ -89,10 +89,15 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.store_words": ("value", "words", "offset", "lo", "code_bits", "bits", "offsets", "keep"),
     "kd.store_scales": ("lanes", "lo", "block", "first", "stored", "keep"),
     "kd.store_pads": ("lane", "offsets", "keep"),
+    # C128A's two kernels: cc.store_rows, cc.load_rows (compressc/passes/lower_row_store.py)
+    "kd.store_rows": ("elems", "head", "bits", "keep"),
+    "kd.wait_prior_grid": (),
+    "kd.load_rows": ("elems", "head", "vec"),
 }
 # the row ops lower-row rewrites (each keeps its spec; its kd ops follow it); cc.pool_softmax
 # only after a cc.window (the online merge kernel's pool stays a row op)
-LOWERED = ("cc.window", "cc.pool_softmax", "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
+LOWERED = ("cc.window", "cc.load_rows", "cc.store_rows", "cc.pool_softmax",
+            "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
 # the loads the `kd.row {operands}` / `kd.operand_loads` of the program issue when `at = "early"`,
 # with the row op they feed
 OPERAND_LOADS = {"kd.load_rms_weight": "cc.rms_norm", "kd.load_rope_tables": "cc.rope"}

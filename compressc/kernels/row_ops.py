@@ -11,6 +11,7 @@ from compressc.kernels import row_ops_quant as q
 from compressc.kernels import split_merge
 from compressc.kernels.row_ops_window import WINDOW_EMIT
 from compressc.kernels.source import Source
+from compressc.kernels.stages_store import ROWS_EMIT
 
 Emit = Callable[[Source, Module, Op], None]
 _COMBINE = {"add": "{v} = {v} + {x}", "max": "{v} = ops.fmax({v}, {x})"}
@@ -123,6 +124,7 @@ def _lines(*lines: str) -> Emit:
 
 ROW_EMIT: dict[str, Emit] = {
     **WINDOW_EMIT,
+    **ROWS_EMIT,
     "kd.put_partials": pool.put_partials,
     "kd.fold_groups": pool.fold_groups,
     "kd.cluster_barrier": pool.cluster_barrier,

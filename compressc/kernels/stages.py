@@ -1,7 +1,8 @@
-"""The row body: the coarse row ops lower-row leaves (the window, the pooling merge, the
-row loads and stores of C128A's two kernels, the ring state), one emitter function each,
-and the lane-level `kd.*` ops lower-row writes for the epilogue (compressc.kernels.row_ops),
-in module order; the row loop around it is the kernel dialect's (compressc.kernels.grid).
+"""The row body: the coarse row ops lower-row leaves (the ring state, the online merge
+kernel's ops), one emitter function each, and the lane-level `kd.*` ops lower-row writes for
+the others (the window, the merges, the epilogue, C128A's row loads and stores:
+compressc.kernels.row_ops), in module order; the row loop around it is the kernel dialect's
+(compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -11,13 +12,11 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
-from compressc.ir.schedule import Schedule
 from compressc.kernels.bounds import bounds as bounds_emit
 from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
-from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words
 from compressc.kernels.window import pool as _pool
 
 
@@ -91,36 +90,8 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
         bounds_emit(src, checked)
 
 
-def _rows_view(module: Module, op: Op, ptr: str) -> str:
-    elems, vec, head = Schedule.of(module).elems, _i(op, "vector_bits") // 32, _i(op, "head", False)
-    return (f"cute.make_tensor({ptr} + cute.assume(Int64(row) * {head} + col, divby={vec}), "
-            f"cute.make_layout({elems}))")
-
-
-def _store_rows(src: Source, module: Module, op: Op) -> None:
-    if not cache_hinted(module):
-        src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
-        return
-    elems, head = Schedule.of(module).elems, _i(op, "head", False)
-    src.line("# L2 evict_last: the store kernel reads these rows next (cache-hints)")
-    src.line(f"kv_at = compressed_kv.toint() + (Int64(row) * {head} + col) * 4")
-    words = [f"ops.f32_bits(rX[{e}])" for e in range(elems)]
-    store_words(src, "kv_at", words, _i(op, "vector_bits"), keep_arg(module))
-
-
-def _load_rows(src: Source, module: Module, op: Op) -> None:
-    if Schedule.of(module).grid_dependency == "wait":
-        src.line("# launched early (programmatic stream serialization): the rows are the previous")
-        src.line("# grid's output, so wait for it to finish and flush (a no-op once it has)")
-        src.line("cute.arch.griddepcontrol_wait()")
-    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({Schedule.of(module).elems}), Float32)")
-    src.line(f"cute.autovec_copy({_rows_view(module, op, 'compressed_kv')}, rX)")
-
-
 _EMITTERS = {
     "cc.ring_state": _ring_state,
     "cc.pool_softmax": _pool,
-    "cc.store_rows": _store_rows,
-    "cc.load_rows": _load_rows,
     **ONLINE_EMITTERS,
 }

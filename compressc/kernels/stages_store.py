@@ -3,7 +3,7 @@ state); the epilogue's stores are kernel-dialect ops (compressc/kernels/row_ops_
 
 from __future__ import annotations
 
-from compressc.ir.core import Module
+from compressc.ir.core import Module, Op
 from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 
@@ -32,3 +32,34 @@ def store_words(src: Source, addr: str, words: list[str], bits: int, keep: str,
     for k, at in enumerate(offsets):
         target = addr if at == 0 else f"{addr} + {at}"
         src.line(f"{store}({target}, {', '.join(words[k * per:k * per + per])}{keep})")
+
+
+def _rows_view(op: Op, vec: int) -> str:
+    return (f"cute.make_tensor(compressed_kv + cute.assume(Int64(row) * {op.attr('head')} + col, "
+            f"divby={vec}), cute.make_layout({op.attr('elems')}))")
+
+
+def store_rows(src: Source, module: Module, op: Op) -> None:
+    """kd.store_rows: the pooled row rX into compressed_kv, `bits` a store, L2-kept with `keep`."""
+    bits = int(op.attr("bits"))  # type: ignore[arg-type]
+    if not op.attr("keep"):
+        src.line(f"cute.autovec_copy(rX, {_rows_view(op, bits // 32)})")
+        return
+    src.line("# L2 evict_last: the store kernel reads these rows next (cache-hints)")
+    src.line(f"kv_at = compressed_kv.toint() + (Int64(row) * {op.attr('head')} + col) * 4")
+    words = [f"ops.f32_bits(rX[{e}])" for e in range(int(op.attr("elems")))]  # type: ignore[arg-type]
+    store_words(src, "kv_at", words, bits, ", keep=True")
+
+
+def wait_prior_grid(src: Source, module: Module, op: Op) -> None:
+    src.line("# launched early (programmatic stream serialization): the rows are the previous")
+    src.line("# grid's output, so wait for it to finish and flush (a no-op once it has)")
+    src.line("cute.arch.griddepcontrol_wait()")
+
+
+def load_rows(src: Source, module: Module, op: Op) -> None:
+    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({op.attr('elems')}), Float32)")
+    src.line(f"cute.autovec_copy({_rows_view(op, int(op.attr('vec')))}, rX)")  # type: ignore[arg-type]
+
+
+ROWS_EMIT = {"kd.store_rows": store_rows, "kd.wait_prior_grid": wait_prior_grid, "kd.load_rows": load_rows}
