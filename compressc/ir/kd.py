@@ -47,7 +47,7 @@ KD_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.staged_wait": ("in_flight",),
     "kd.segment": (),
     # a fused kernel (docs/kernels.md §12): a part's row groups, the dispatch to its parts
-    "kd.row_groups": ("groups",),
+    "kd.row_groups": ("groups", "head_lanes", "elems"),
     "kd.part_index": (),
     "kd.if_part": ("index",),
     "kd.call_part": ("part",),
