@@ -32,7 +32,7 @@ class Cta:
 
     block: int  # its index in the launch (the cluster's, for clusters)
     grid: int  # CTAs launched
-    guard: Callable[[int], Lanes | None]
+    guard: Callable[[int, bool], Lanes | None]  # (row, checked): the row's lanes if it is active
     run_row: Callable[[Lanes], None]
     num_rows: int
     module: Module
@@ -42,7 +42,8 @@ class Cta:
     stage: StageSmem | None = None  # its dynamic smem, once a staged window's pipeline starts
 
 
-def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], Lanes | None]) -> list[int]:
+def run_program(module: Module, mem: Memory, grid: int,
+                guard: Callable[[int, bool], Lanes | None]) -> list[int]:
     """Run the module's program on every CTA of a `grid`-CTA launch; the rows it ran."""
     done: list[int] = []
     seen: set[int] = set()
@@ -59,7 +60,7 @@ def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], L
     num_rows = mem.scalar("num_rows")
     for block in range(grid // cluster):
         _walk(nodes, Cta(block, grid, guard, run_row, num_rows, module, mem))
-    missed = [row for row in range(num_rows) if row not in seen and guard(row) is not None]
+    missed = [row for row in range(num_rows) if row not in seen and guard(row, True) is not None]
     if missed:
         raise GridError(f"{len(missed)} active row(s) never ran, first {missed[:5]}: the row loop "
                         f"does not cover the {grid}-CTA launch")
@@ -83,7 +84,7 @@ def _guard(node: Node, cta: Cta) -> None:
     if not 0 <= row < cta.num_rows:
         raise GridError(f"{node.op.name} reads the metadata of row {row}, outside the {cta.num_rows} "
                         "launched")
-    cta.lanes = cta.guard(row)
+    cta.lanes = cta.guard(row, bool(node.op.attr("checked")))
 
 
 def _row(node: Node, cta: Cta) -> None:
@@ -96,15 +97,15 @@ def _row(node: Node, cta: Cta) -> None:
 
 def _ballot(node: Node, cta: Cta) -> None:
     base, count = cta.env[str(node.op.attr("base"))], cta.env[str(node.op.attr("count"))]
-    cta.env["todo"] = _todo(cta, base, count)
+    cta.env["todo"] = _todo(cta, base, count, bool(node.op.attr("checked")))
 
 
-def _todo(cta: Cta, base: int, count: int) -> int:
+def _todo(cta: Cta, base: int, count: int, checked: bool) -> int:
     """Lane i's bit: row base + i is active (lanes past `count` or the launch vote no)."""
     todo = 0
     for lane in range(min(WARP, count)):
         row = base + lane
-        if row < cta.num_rows and cta.guard(row) is not None:
+        if row < cta.num_rows and cta.guard(row, checked) is not None:
             todo |= 1 << lane
     return todo
 
@@ -216,7 +217,8 @@ def _sweeps(node: Node, cta: Cta) -> None:
     span, row0, per_cta = WARP * warps, cta.env["row0"], cta.env["per_cta"]
     for sweep in range(-(-per_cta // span)):
         sw0 = row0 + sweep * span
-        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP)) for w in range(warps)]
+        checked = bool(node.op.attr("checked"))
+        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP), checked) for w in range(warps)]
         cta.env["sw0"] = sw0
         for w, todo in enumerate(masks):
             cta.env["sw_w"] = w

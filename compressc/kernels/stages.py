@@ -72,7 +72,8 @@ def operand_loads(src: Source, module: Module) -> None:
 
 
 def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
-    """The row's metadata and whether it is active; a checked build's cc.bounds after it."""
+    """The row's metadata and whether it is active (`op`: a kd.guard, or the kd.ballot or
+    kd.sweeps that guards its rows); with `checked`, the checked build's cc.bounds after it."""
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
     src.line("# docs/kernels.md §3.1: active only at a boundary token with a request, a position and slots")
@@ -85,9 +86,9 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
     src.line("slot = cute.make_tensor(slot_mapping, cute.make_layout(num_rows))[row]")
     src.line("req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[row]")
     src.line(f"active = (slot >= 0) & (req >= 0) & (pos >= 0) & (kv_slot >= 0) & ((pos + 1) % {ratio} == 0)")
-    checked = module.find("cc.bounds") if module is not None else None
-    if checked is not None:
-        bounds_emit(src, checked)
+    if op.attr("checked"):
+        assert module is not None
+        bounds_emit(src, module.find("cc.bounds"))  # type: ignore[arg-type]
 
 
 _EMITTERS = {

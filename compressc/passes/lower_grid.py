@@ -91,21 +91,34 @@ def _segments(module: Module) -> list[Op]:
     return [*prologue(module), kd("cta_row"), kd("segment"), kd("row", operands=False)]
 
 
+def _checked(module: Module) -> bool:
+    """A checked build (cc.bounds): the guard of every row also checks the indices it uses."""
+    return module.find("cc.bounds") is not None
+
+
+def _guard(module: Module, ratio: int) -> Op:
+    return kd("guard", ratio=ratio, checked=_checked(module))
+
+
+def _ballot(module: Module, base: str, count: str, ratio: int) -> Op:
+    return kd("ballot", base=base, count=count, ratio=ratio, checked=_checked(module))
+
+
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:
     """A row a ballot found active: its metadata again, its body, the smem handover."""
-    ops = [kd("set_row", **at), kd("guard", ratio=ratio), kd("row", operands=True)]
+    ops = [kd("set_row", **at), _guard(module, ratio), kd("row", operands=True)]
     return ops + ([kd("cta_sync")] if Schedule.of(module).smem_bytes else [])
 
 
 def _rows(module: Module, ratio: int) -> list[Op]:
-    return [kd("cta_row"), kd("guard", ratio=ratio), kd("if_active"), kd("row", operands=True), END]
+    return [kd("cta_row"), _guard(module, ratio), kd("if_active"), kd("row", operands=True), END]
 
 
 def _runs(module: Module, ratio: int) -> list[Op]:
     run = Schedule.of(module).rows_per_cta
     return [
         kd("runs_span", rows=run),
-        kd("ballot", base="row0", count="per_cta", ratio=ratio),
+        _ballot(module, "row0", "per_cta", ratio),
         kd("unrolled_rows", rows=run),
         kd("if_todo_bit"), *_row_block(module, ratio, base="row0", index="i"), END,
         END,
@@ -119,7 +132,7 @@ def _tiled(module: Module, ratio: int) -> list[Op]:
     ops = [kd("cta_index", cluster=cluster)]
     if staged:
         return ops + _blocks(module, ratio, staged=True)
-    fast = [kd("one_row_per_cta", cluster=cluster), kd("guard", ratio=ratio), kd("if_active"),
+    fast = [kd("one_row_per_cta", cluster=cluster), _guard(module, ratio), kd("if_active"),
             kd("row", operands=True), END, kd("else")]
     warps = Schedule.of(module).warps
     loops = _sweeps(module, ratio, warps) if warps > 1 else _blocks(module, ratio, staged=False)
@@ -128,7 +141,7 @@ def _tiled(module: Module, ratio: int) -> list[Op]:
 
 def _blocks(module: Module, ratio: int, staged: bool) -> list[Op]:
     """Blocks of 32 rows, one warp ballot each; the staged window pipelines its rows."""
-    ops = [kd("tiled_span"), kd("blocks32"), kd("ballot", base="blk0", count="n", ratio=ratio)]
+    ops = [kd("tiled_span"), kd("blocks32"), _ballot(module, "blk0", "n", ratio)]
     if staged:
         return ops + _staged(module, ratio) + [END]
     row = _row_block(module, ratio, base="blk0", index="i")
@@ -146,14 +159,14 @@ def _staged(module: Module, ratio: int) -> list[Op]:
     return [kd("stage_pipeline"), kd("stage_issue", row="first", slot=0, **facts),
             kd("staged_rows", slots=SLOTS),
             kd("stage_issue", row="next", slot=1, **facts), kd("set_row", base="blk0", index="st_i"),
-            kd("guard", ratio=ratio), kd("operand_loads"), kd("staged_wait", in_flight=1),
+            _guard(module, ratio), kd("operand_loads"), kd("staged_wait", in_flight=1),
             kd("row", operands=False), *sync, END]
 
 
 def _sweeps(module: Module, ratio: int, warps: int) -> list[Op]:
     """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
     row = _row_block(module, ratio, base="sw0", warp="sw_w", index="sw_i")
-    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio), *row, END]
+    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio, checked=_checked(module)), *row, END]
 
 
 _GRIDS = {"rows": _rows, "runs": _runs, "tiled": _tiled}
