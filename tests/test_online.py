@@ -216,7 +216,7 @@ def test_the_online_merge_runs_one_cta_per_segment() -> None:
     lowered = _lower()
     assert lowered.get("grid") == "rows" and lowered.get("threads") == 64
     assert [op.name for op in lowered.ops if op.name.startswith("kd.")] == [
-        "kd.lanes", "kd.cta_row", "kd.segment", "kd.row"]
+        "kd.pooled", "kd.lanes", "kd.cta_row", "kd.segment", "kd.row"]  # the pool's x = a / l, then the loop
     assert _lower("baseline").get("threads") == 256  # docs/kernels.md §9.1's 2 columns a thread
     with pytest.raises(VerifyError, match=r"grid='tiled': must be 'rows': the online merge runs one CTA "
                                           r"per segment \(docs/kernels.md §9.1\)"):

@@ -22,7 +22,7 @@ import numpy as np
 from compressc.ir.core import Module, Op
 from compressc.ir.interp import Value, _memory, _schedule
 from compressc.ir.interp_grid import GridError
-from compressc.ir.interp_stages import F32, LOG2E, Memory, _ex2, pool
+from compressc.ir.interp_stages import F32, LOG2E, Memory, _ex2
 from compressc.ir.kd import Node, program
 from compressc.ir.launch import grid_rule
 from compressc.ir.online import SEGMENT_FIELDS
@@ -32,7 +32,7 @@ from compressc.specs.launch import launch_grid
 
 @dataclass(slots=True)
 class SegmentLanes:
-    """One CTA's state while it runs its segment (the fields `interp_stages.pool` reads too)."""
+    """One CTA's state while it runs its segment."""
 
     module: Module
     elems: int
@@ -154,7 +154,12 @@ _RUN: dict[str, Callable[[Node, dict], None]] = {
     "kd.lanes": _nothing, "kd.static_smem": _nothing,
     "kd.cta_row": _cta_row, "kd.segment": _segment, "kd.row": _row,
 }
-STAGES: dict[str, Callable] = {"cc.online_merge": merge, "cc.pool_softmax": pool, "cc.online_store": store}
+def _pooled(lanes: SegmentLanes, op: Op) -> None:
+    """kd.pooled: x = a / l (IEEE division), the segment's one CTA."""
+    lanes.x = lanes.a / lanes.l  # type: ignore[operator]
+
+
+STAGES: dict[str, Callable] = {"cc.online_merge": merge, "kd.pooled": _pooled, "cc.online_store": store}
 
 
 def args_from_online(spec, kv, score, ape, positions, run_state, segments, compressed_kv) -> dict[str, Value]:

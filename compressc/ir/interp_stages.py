@@ -111,24 +111,6 @@ def _online(m, l, a, score, value, present):  # noqa: E741
     return np.where(present, m_new, m), np.where(present, l_new, l), np.where(present, a_new, a)
 
 
-def pool(lanes: Lanes, op: Op) -> None:
-    """In each CTA group 0 merges groups 1..K-1 in group order through smem; in a cluster,
-    rank 0 then merges ranks 1..S-1's results in rank order; then x = a / l."""
-    K, S, hl, E = lanes.split, lanes.cluster, lanes.head_lanes, lanes.elems
-    # thread = (rank * K + g) * hl + hlane
-    M, L, A = (v.reshape(S, K, hl, E) for v in (lanes.m, lanes.l, lanes.a))
-    parts = []
-    for rank in range(S):
-        part = (M[rank, 0], L[rank, 0], A[rank, 0])
-        for g in range(1, K):
-            part = _merge(*part, M[rank, g], L[rank, g], A[rank, g])
-        parts.append(part)
-    m, l, a = parts[0]  # noqa: E741
-    for part in parts[1:]:
-        m, l, a = _merge(m, l, a, *part)  # noqa: E741
-    lanes.x = a / l
-
-
 def _merge(m, l, a, mg, lg, ag):  # noqa: E741
     """Fold one partial (mg, lg, ag) into (m, l, a), each op rounded to fp32.
 

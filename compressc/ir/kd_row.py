@@ -94,8 +94,7 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.wait_prior_grid": (),
     "kd.load_rows": ("elems", "head", "vec"),
 }
-# the row ops lower-row rewrites (each keeps its spec; its kd ops follow it); cc.pool_softmax
-# only after a cc.window (the online merge kernel's pool stays a row op)
+# the row ops lower-row rewrites (each keeps its spec; its kd ops follow it)
 LOWERED = ("cc.window", "cc.load_rows", "cc.store_rows", "cc.pool_softmax",
             "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
 # the loads the `kd.row {operands}` / `kd.operand_loads` of the program issue when `at = "early"`,

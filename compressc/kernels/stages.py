@@ -17,7 +17,6 @@ from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
-from compressc.kernels.window import pool as _pool
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:
@@ -93,6 +92,5 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
 
 _EMITTERS = {
     "cc.ring_state": _ring_state,
-    "cc.pool_softmax": _pool,
     **ONLINE_EMITTERS,
 }

@@ -1,12 +1,11 @@
-"""The emitters of the smem-staged window's copies (`kd.stage_issue`) and of the online merge
-kernel's pool. The window in registers is emitted from its kd ops (compressc/kernels/
-row_ops_window.py); every fact printed here is an attribute of the op.
+"""The emitter of the smem-staged window's copies (`kd.stage_issue`). The window in registers
+is emitted from its kd ops (compressc/kernels/row_ops_window.py); every fact printed here is
+an attribute of the op.
 """
 
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
-from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 
 # kd.stage_issue's row: where the pipeline stands, and the guard that there is such a row
@@ -62,13 +61,3 @@ def _stage_copies(src: Source, op: Op) -> None:
         for h in range(copies):
             src.line(f"ops.cp_async_16(s_dst + (r * {2 * copies} + {f * copies + h}) * {16 * threads}, "
                      f"s_src + {(offset + 4 * h) * 4})")
-
-
-def pool(src: Source, module: Module, op: Op) -> None:
-    """The pooled value x = a / l. Only the online merge kernel's pool reaches here: every module
-    with a cc.window has its merge of split groups and ranks lowered to kd ops (lower-row,
-    kernels/row_ops_pool.py), and the verifier refuses a split or a cluster without one."""
-    elems = Schedule.of(module).elems
-    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
-    src.line(f"for e in range_constexpr({elems}):")
-    src.line("    rX[e] = rA[e] / rL[e]  # IEEE division, as the reference")

@@ -50,6 +50,7 @@ class LowerGrid(ModulePass):
             return LowerRow().apply(module)
         if module.find("cc.segment") is not None:
             require_scheduled(module, self.name)
+            module = LowerRow().apply(module)
             return replace(module, ops=module.ops + tuple(_segments(module)))
         guard = module.find("cc.row_guard")
         if guard is None:

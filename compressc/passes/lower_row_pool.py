@@ -16,9 +16,9 @@ def _kd(name: str, **attrs: object) -> Op:
 
 def pool_ops(module: Module, op: Op) -> list[Op]:
     window = module.find("cc.window")
-    if window is None:  # the online merge kernel's pool: a row op of its own dialect
-        return []
     sched = Schedule.of(module)
+    if window is None:  # the online merge kernel's pool: one CTA's lanes, no merge
+        return [_kd("pooled", elems=sched.elems)]
     head, elems = int(op.attr("head")), sched.elems  # type: ignore[arg-type]
     where = {"head": head, "elems": elems}
     ops = []
