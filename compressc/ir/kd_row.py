@@ -93,10 +93,15 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.store_rows": ("elems", "head", "bits", "keep"),
     "kd.wait_prior_grid": (),
     "kd.load_rows": ("elems", "head", "vec"),
+    # the online merge kernel: cc.online_merge, cc.online_store (compressc/passes/lower_row_online.py)
+    "kd.seed_state": ("elems", "head", "vec"),
+    "kd.segment_batches": ("batch", "elems", "vec", "ratio", "head", "cache_hint"),
+    "kd.emit_pooled": ("elems", "head", "bits", "keep"),
+    "kd.write_state": ("elems", "head", "bits", "keep"),
 }
 # the row ops lower-row rewrites (each keeps its spec; its kd ops follow it)
-LOWERED = ("cc.window", "cc.load_rows", "cc.store_rows", "cc.pool_softmax",
-            "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
+LOWERED = ("cc.window", "cc.load_rows", "cc.store_rows", "cc.online_merge", "cc.online_store",
+           "cc.pool_softmax", "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
 # the loads the `kd.row {operands}` / `kd.operand_loads` of the program issue when `at = "early"`,
 # with the row op they feed
 OPERAND_LOADS = {"kd.load_rms_weight": "cc.rms_norm", "kd.load_rope_tables": "cc.rope"}

@@ -9,6 +9,7 @@ from compressc.ir.core import Module, Op
 from compressc.kernels import row_ops_pool as pool
 from compressc.kernels import row_ops_quant as q
 from compressc.kernels import split_merge
+from compressc.kernels.online import ONLINE_EMIT
 from compressc.kernels.row_ops_window import WINDOW_EMIT
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import ROWS_EMIT
@@ -125,6 +126,7 @@ def _lines(*lines: str) -> Emit:
 ROW_EMIT: dict[str, Emit] = {
     **WINDOW_EMIT,
     **ROWS_EMIT,
+    **ONLINE_EMIT,
     "kd.put_partials": pool.put_partials,
     "kd.fold_groups": pool.fold_groups,
     "kd.cluster_barrier": pool.cluster_barrier,

@@ -1,8 +1,7 @@
-"""The row body: the coarse row ops lower-row leaves (the ring state, the online merge
-kernel's ops), one emitter function each, and the lane-level `kd.*` ops lower-row writes for
-the others (the window, the merges, the epilogue, C128A's row loads and stores:
-compressc.kernels.row_ops), in module order; the row loop around it is the kernel dialect's
-(compressc.kernels.grid).
+"""The row body: the coarse row op lower-row leaves (the ring state), and the lane-level
+`kd.*` ops lower-row writes for the others (the window, the merges, the epilogue, C128A's row
+loads and stores, the online merge: compressc.kernels.row_ops), in module order; the row loop
+around it is the kernel dialect's (compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -13,7 +12,6 @@ from __future__ import annotations
 from compressc.ir.core import Module, Op
 from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
 from compressc.kernels.bounds import bounds as bounds_emit
-from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
@@ -92,5 +90,4 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
 
 _EMITTERS = {
     "cc.ring_state": _ring_state,
-    **ONLINE_EMITTERS,
 }

@@ -18,6 +18,7 @@ import numpy as np
 from compressc.ir.core import Module, Op, fields
 from compressc.ir.kd_row import LOWERED, is_row_op
 from compressc.ir.schedule import Schedule
+from compressc.passes import lower_row_online as online
 from compressc.passes.base import ModulePass
 from compressc.passes.lower_row_pool import pool_ops
 from compressc.passes.lower_row_store import load_rows_ops, store_ops, store_rows_ops
@@ -128,4 +129,5 @@ def _quant(module: Module, op: Op) -> list[Op]:
 
 _LOWER = {"cc.window": window_ops, "cc.pool_softmax": pool_ops, "cc.rms_norm": _rms, "cc.rope": _rope,
           "cc.hadamard": _hadamard, "cc.quant": _quant, "cc.store": store_ops,
-          "cc.store_rows": store_rows_ops, "cc.load_rows": load_rows_ops}
+          "cc.store_rows": store_rows_ops, "cc.load_rows": load_rows_ops, "cc.online_merge": online.merge_ops,
+          "cc.online_store": online.store_ops}
