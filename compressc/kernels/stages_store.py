@@ -1,23 +1,13 @@
-"""Store helpers the unlowered row ops share (cc.store_rows, the online merge, the ring
-state); the epilogue's stores are kernel-dialect ops (compressc/kernels/row_ops_quant.py)."""
+"""The u32-word store helper every store emitter shares (the epilogue's kd.store_words,
+c128a_split's partials, the online merge's stores, kd.store_rows), and C128A's row stores and
+loads (kd.store_rows, kd.wait_prior_grid, kd.load_rows)."""
 
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
-from compressc.ir.schedule import Schedule
 from compressc.kernels.source import Source
 
 STORE_BY_WORDS = {1: "ops.st_global_b32", 2: "ops.st_global_v2", 4: "ops.st_global_v4"}
-
-
-def cache_hinted(module: Module) -> bool:
-    """cache-hints: read-once window loads, L2 evict_last stores."""
-    return Schedule.of(module).cache_hints == "stream"
-
-
-def keep_arg(module: Module) -> str:
-    """The extra argument of a store of the kernel's output: L2 evict_last when hinted."""
-    return ", keep=True" if cache_hinted(module) else ""
 
 
 def store_words(src: Source, addr: str, words: list[str], bits: int, keep: str,
