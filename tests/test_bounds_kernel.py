@@ -264,3 +264,31 @@ def test_the_checked_build_has_its_own_cache_key() -> None:
     checked = wanted_build(make_spec("c4a", bounds=True), "sm_90a")
     assert plain.key != checked.key or plain.key is None
     assert plain.ingredients != checked.ingredients
+
+
+def test_the_guard_ops_say_the_build_is_checked(monkeypatch) -> None:
+    """lower-grid writes `checked` on every guard (kd.guard, kd.ballot, kd.sweeps) of a checked
+    build; the emitter and the interpreter check the row's indices where it says so."""
+    from compressc.ir import interp
+    from compressc.ir.verifier import VerifyError, verify
+
+    spec = make_spec("c4a")
+    checked = _lower(spec.with_(bounds=True))
+    guards = [op for op in checked.ops if op.name in ("kd.guard", "kd.ballot", "kd.sweeps")]
+    assert guards and all(op.attr("checked") is True for op in guards)
+    plain = [op for op in _lower(spec).ops if op.name in ("kd.guard", "kd.ballot")]
+    assert all(op.attr("checked") is False for op in plain)
+    def uncheck(op):
+        return replace(op, attrs=tuple((k, False if k == "checked" else v) for k, v in op.attrs))
+
+    unchecked = replace(checked, ops=tuple(uncheck(op) for op in checked.ops))
+    with pytest.raises(VerifyError, match="must be kd.(guard|ballot|sweeps) .*'checked': True"):
+        verify(unchecked)
+    base = make_scenario(spec, "mixed", 70, seed=11)
+    sc, _ = _corrupt(base, "kv", _active_row(base))
+    sc = replace(sc, spec=spec.with_(bounds=True))
+    args = args_from_scenario(sc, sc.poisoned_cache())
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    with pytest.raises(IndexError):  # its guards check nothing: the row's store lands past the cache
+        run_module(unchecked, args, sm_count=3)
+    assert not args["bounds_error"].any()

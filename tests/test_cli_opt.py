@@ -12,7 +12,7 @@ from compressc.cli import main
 from compressc.ir import parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
-from compressc.passes.manager import DEFAULT_FETCH
+from compressc.passes.manager import DEFAULT_FETCH, DEFAULT_PIPELINE, pipeline_string
 from compressc.specs import make_spec
 
 C4A = make_spec("c4a", 512, 64)
@@ -207,10 +207,27 @@ def test_an_unknown_pass_gives_the_column() -> None:
     assert message.splitlines() == [
         "pipeline column 12: unknown pass 'vectorise'; passes: thread-map, vectorize, lower-reduction, "
         "plan-smem, rows-in-flight, page-lookup, rescale, smem-stage, l2-prefetch, operand-loads, "
-        "occupancy, cache-hints, overlap-launch, quant-convert, lower-grid (alias: window-prefetch)",
+        "occupancy, cache-hints, overlap-launch, quant-convert, lower-row, lower-grid "
+        "(alias: window-prefetch)",
         "  thread-map,vectorise",
         "             ^",
     ]
+
+
+def test_lower_row_can_be_named_and_changes_no_byte() -> None:
+    """lower-row is in the pass list: named after the schedule it lowers the row body (and
+    lower-grid, run after it, finds it lowered); named before, it names what is unset."""
+    result = _opt("--spec", "c4a", "-p", f"{DEFAULT_PIPELINE},lower-row", "--print-ir-after-all")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == print_module(_lowered(pipeline="derived"))
+    dumps = [line for line in result.stderr.splitlines() if line.startswith("// -----//")]
+    assert dumps[-2:] == [DUMP.format("lower-row"), DUMP.format("lower-grid")]
+    assert _error(_opt("--spec", "c4a", "-p", "thread-map,lower-row")) == (
+        "lower-row cannot lower @c4a_h512_q64_r64_bf16: lower-row needs the whole schedule, and "
+        "smem_bytes, rows_in_flight (rows-in-flight) is unset: it runs last (every pipeline ends with "
+        "it; do not name it earlier)\n"
+    )
+    assert pipeline_string(parse_pipeline(f"{DEFAULT_PIPELINE},lower-row,lower-grid")) == DEFAULT_PIPELINE
 
 
 def test_exactly_one_of_file_or_spec(spec_file: Path) -> None:

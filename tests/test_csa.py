@@ -114,6 +114,9 @@ def test_fuse_parts_row_groups_and_launch():
     main, indexer = part_modules(out)
     assert indexer.find("kd.row_groups").attr("groups") == main.get("threads") // indexer.get("threads")
     assert indexer.find("kd.cta_row") is None and main.find("kd.row_groups") is None
+    rows = indexer.find("kd.row_groups")  # the lanes of a group, as the emitter prints them
+    assert rows.attr("head_lanes") == indexer.get("head_lanes")
+    assert rows.attr("elems") == indexer.get("elems_per_lane")
     launch = launch_info(out)
     assert launch.block == (main.get("threads"), 1, 1) and launch.grid.parts == 2
     assert launch.params == abi(make_spec("csa", indexer="indexer_mxfp4"))

@@ -97,8 +97,10 @@ def test_the_program_of_each_grid() -> None:
     names = {g: [op.name for op in kd_ops(_lower(spec, f"thread-map{{grid={g}}},vectorize,"
                                                        f"lower-reduction,plan-smem,{DEFAULT_FETCH}"))]
              for g in ("rows", "runs", "tiled")}
-    assert names["rows"] == ["kd.lanes", "kd.cta_row", "kd.guard", "kd.if_active", "kd.row", "kd.end"]
-    assert names["runs"][:4] == ["kd.lanes", "kd.runs_span", "kd.ballot", "kd.unrolled_rows"]
+    assert names["rows"] == ["kd.lanes", "kd.static_smem", "kd.cta_row", "kd.guard", "kd.if_active", "kd.row",
+                             "kd.end"]
+    assert names["runs"][:5] == ["kd.lanes", "kd.static_smem", "kd.runs_span", "kd.ballot",
+                                 "kd.unrolled_rows"]
     assert "kd.sweeps" in names["tiled"] and "kd.else" in names["tiled"]  # 2 warps: sweeps of 64 rows
     store = _lower(make_spec("c128a_store"), "default")
     assert kd_ops(store)[-1].name == "kd.grid_wait"  # the overlapped launch waits at the end
@@ -121,7 +123,8 @@ def _run_unverified(module, spec, sc, gpu):
     mem, sched = interp._memory(module, args), interp._schedule(module)
     ratio = int(module.find("cc.row_guard").attr("ratio"))
     grid = launch_grid(grid_rule(module), mem.scalar("num_rows"), *gpu)
-    return run_program(module, mem, grid, lambda row: interp._guard(module, sched, mem, row, ratio))
+    return run_program(module, mem, grid,
+                       lambda row, checked: interp._guard(module, sched, mem, row, ratio, checked))
 
 
 def test_a_run_shorter_than_the_launch_is_refused_and_caught() -> None:
@@ -152,7 +155,7 @@ def test_a_row_body_without_its_ballot_bit_is_an_error() -> None:
 
 def test_an_edited_program_attribute_is_refused() -> None:
     module = _lower(make_spec("c4a"))
-    want = r"kd\.guard: program='kd\.guard': must be kd\.guard \{'ratio': 4\}"
+    want = r"kd\.guard: program='kd\.guard': must be kd\.guard \{'ratio': 4, 'checked': False\}"
     with pytest.raises(VerifyError, match=want):
         verify(_mutate(module, "kd.guard", ratio=8))
 

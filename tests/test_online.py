@@ -156,6 +156,24 @@ def test_interpreter_matches_the_reference_on_emit_and_update_segments(pipeline:
     _assert_merge_matches(module, step, update_t)
 
 
+def test_an_edited_merge_op_is_refused_and_gives_wrong_bytes(monkeypatch) -> None:
+    """The online merge's kd ops: the verifier holds them to lower-row's; run unverified, a seed
+    read from the wrong part of the running state pools wrong values."""
+    from compressc.ir import interp_online, parse_module, print_module
+
+    module = _lower()
+    text = print_module(module)
+    wrong = parse_module(text.replace("kd.seed_state {elems = 8, head = 512",
+                                      "kd.seed_state {elems = 8, head = 256"))
+    with pytest.raises(VerifyError, match="kd.seed_state: head=256: must be 512"):
+        verify(wrong)
+    step = make_online_step(300, 2)
+    _assert_merge_matches(module, step, step.tables()[0])
+    monkeypatch.setattr(interp_online, "verify", lambda module: module)
+    with pytest.raises(AssertionError):  # the seeded segments' (sum, weighted sum) from the max's words
+        _assert_merge_matches(wrong, step, step.tables()[0])
+
+
 def test_segments_outside_the_plan_emit_and_write_together_or_not_at_all() -> None:
     step = make_online_step(64, 11)
     table = torch.tensor([[0, 20, 1, 19, 2], [20, 5, -1, -1, -1], [25, 3, 0, 30, 1]], dtype=torch.int32)
@@ -216,7 +234,8 @@ def test_the_online_merge_runs_one_cta_per_segment() -> None:
     lowered = _lower()
     assert lowered.get("grid") == "rows" and lowered.get("threads") == 64
     assert [op.name for op in lowered.ops if op.name.startswith("kd.")] == [
-        "kd.lanes", "kd.cta_row", "kd.segment", "kd.row"]
+        "kd.softmax_init", "kd.seed_state", "kd.segment_batches", "kd.pooled", "kd.emit_pooled",
+        "kd.write_state", "kd.lanes", "kd.cta_row", "kd.segment", "kd.row"]  # the row body, then the loop
     assert _lower("baseline").get("threads") == 256  # docs/kernels.md §9.1's 2 columns a thread
     with pytest.raises(VerifyError, match=r"grid='tiled': must be 'rows': the online merge runs one CTA "
                                           r"per segment \(docs/kernels.md §9.1\)"):

@@ -235,11 +235,11 @@ def test_every_pass_is_listed_once_with_a_kebab_case_name() -> None:
     names = [p.name for p in ALL_PASSES]
     assert names == ["thread-map", "vectorize", "lower-reduction", "plan-smem", "rows-in-flight",
                      "page-lookup", "rescale", "smem-stage", "l2-prefetch", "operand-loads", "occupancy",
-                     "cache-hints", "overlap-launch", "quant-convert", "lower-grid"]
-    # lower-grid ends every pipeline by itself; quant-convert is the target's (resolve_pipeline);
-    # the smem stage and the L2 prefetch are off unless named
+                     "cache-hints", "overlap-launch", "quant-convert", "lower-row", "lower-grid"]
+    # lower-row and lower-grid end every pipeline by themselves; quant-convert is the target's
+    # (resolve_pipeline); the smem stage and the L2 prefetch are off unless named
     off = {"smem-stage", "l2-prefetch"}
-    assert DEFAULT_PIPELINE == ",".join(n for n in names[:-2] if n not in off)
+    assert DEFAULT_PIPELINE == ",".join(n for n in names[:-3] if n not in off)
 
 
 # -- pipeline strings ------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ THREAD_MAP_OPTIONS = ", ".join(f.name.replace("_", "-") for f in dataclasses.fie
             12,
             "unknown pass 'bogus'; passes: thread-map, vectorize, lower-reduction, plan-smem, "
             "rows-in-flight, page-lookup, rescale, smem-stage, l2-prefetch, operand-loads, occupancy, "
-            "cache-hints, overlap-launch, quant-convert, lower-grid (alias: window-prefetch)",
+            "cache-hints, overlap-launch, quant-convert, lower-row, lower-grid (alias: window-prefetch)",
         ),
         (
             "thread-map{elems=4}",

@@ -161,6 +161,8 @@ def opt(
       occupancy                                    .minnctapersm hint for an unrolled window
       cache-hints                                  read-once loads, L2-kept stores
       overlap-launch                               C128A store launched under compress
+      lower-row                                    the row body as kd ops (run at the end)
+      lower-grid                                   the row loop as kd ops (run at the end)
       window-prefetch{...}                         alias of the window passes (pipeline.md §6)
     """
     from compressc.ir import ParseError, parse_module, print_module

@@ -95,18 +95,21 @@ def run_module(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
     assert guard is not None
     ratio, num_rows = int(guard.attr("ratio")), mem.scalar("num_rows")  # type: ignore[arg-type]
     grid = launch_grid(grid_rule(module), num_rows, sm_count, resident)
-    return run_program(module, mem, grid, lambda row: _guard(module, sched, mem, row, ratio))
+    return run_program(module, mem, grid,
+                       lambda row, checked: _guard(module, sched, mem, row, ratio, checked))
 
 
-def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int) -> Lanes | None:
-    """docs/kernels.md §3.1, as the emitted guard reads it: missing entries count as -1."""
+def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int,
+           checked: bool = True) -> Lanes | None:
+    """docs/kernels.md §3.1, as the emitted guard reads it: missing entries count as -1;
+    `checked` (the guard op's): a checked build's cc.bounds skips and records a bad row."""
     pos = int(mem["positions"][row]) if row < mem.scalar("num_positions") else -1
     kv_slot = int(mem["kv_slot_mapping"][row]) if row < mem.scalar("num_kv_slots") else -1
     slot, req = int(mem["slot_mapping"][row]), int(mem["token_to_req_indices"][row])
     if slot < 0 or req < 0 or pos < 0 or kv_slot < 0 or (pos + 1) % ratio:
         return None
-    checked = module.find("cc.bounds")
-    failure = bounds_failure(checked, mem, row, pos, req, kv_slot) if checked is not None else None
+    bounds = module.find("cc.bounds") if checked else None
+    failure = bounds_failure(bounds, mem, row, pos, req, kv_slot) if bounds is not None else None
     if failure is not None:
         record(mem, row, failure)
         return None

@@ -37,7 +37,8 @@ def run_fused(
         sched, guard = _schedule(part), part.find("cc.row_guard")
         ratio = int(guard.attr("ratio"))  # type: ignore[union-attr, arg-type]
         done[name] = run_program(
-            part, mem, grid, lambda row, p=part, s=sched, m=mem, r=ratio: _guard(p, s, m, row, r)
+            part, mem, grid,
+            lambda row, checked, p=part, s=sched, m=mem, r=ratio: _guard(p, s, m, row, r, checked)
         )
     return done
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from compressc.ir.core import Module
 from compressc.ir.interp_row import run_row_ops
+from compressc.ir.interp_stage import StageSmem, issue
 from compressc.ir.interp_stages import Lanes, Memory
 from compressc.ir.kd import Node, program
 from compressc.specs.target import WARP
@@ -31,14 +32,18 @@ class Cta:
 
     block: int  # its index in the launch (the cluster's, for clusters)
     grid: int  # CTAs launched
-    guard: Callable[[int], Lanes | None]
+    guard: Callable[[int, bool], Lanes | None]  # (row, checked): the row's lanes if it is active
     run_row: Callable[[Lanes], None]
     num_rows: int
+    module: Module
+    mem: Memory
     env: dict[str, int] = field(default_factory=dict)
     lanes: Lanes | None = None
+    stage: StageSmem | None = None  # its dynamic smem, once a staged window's pipeline starts
 
 
-def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], Lanes | None]) -> list[int]:
+def run_program(module: Module, mem: Memory, grid: int,
+                guard: Callable[[int, bool], Lanes | None]) -> list[int]:
     """Run the module's program on every CTA of a `grid`-CTA launch; the rows it ran."""
     done: list[int] = []
     seen: set[int] = set()
@@ -54,8 +59,8 @@ def run_program(module: Module, mem: Memory, grid: int, guard: Callable[[int], L
     cluster = _cluster(nodes)
     num_rows = mem.scalar("num_rows")
     for block in range(grid // cluster):
-        _walk(nodes, Cta(block, grid, guard, run_row, num_rows))
-    missed = [row for row in range(num_rows) if row not in seen and guard(row) is not None]
+        _walk(nodes, Cta(block, grid, guard, run_row, num_rows, module, mem))
+    missed = [row for row in range(num_rows) if row not in seen and guard(row, True) is not None]
     if missed:
         raise GridError(f"{len(missed)} active row(s) never ran, first {missed[:5]}: the row loop "
                         f"does not cover the {grid}-CTA launch")
@@ -79,26 +84,28 @@ def _guard(node: Node, cta: Cta) -> None:
     if not 0 <= row < cta.num_rows:
         raise GridError(f"{node.op.name} reads the metadata of row {row}, outside the {cta.num_rows} "
                         "launched")
-    cta.lanes = cta.guard(row)
+    cta.lanes = cta.guard(row, bool(node.op.attr("checked")))
 
 
 def _row(node: Node, cta: Cta) -> None:
     if cta.lanes is None or cta.lanes.row != cta.env["row"]:
         raise GridError(f"kd.row ran row {cta.env['row']}, which its guard did not find active")
+    if cta.stage is not None:  # the staged window reads this row's slot
+        cta.lanes.stage, cta.lanes.regs["stg"] = cta.stage, cta.env["stg"]
     cta.run_row(cta.lanes)
 
 
 def _ballot(node: Node, cta: Cta) -> None:
     base, count = cta.env[str(node.op.attr("base"))], cta.env[str(node.op.attr("count"))]
-    cta.env["todo"] = _todo(cta, base, count)
+    cta.env["todo"] = _todo(cta, base, count, bool(node.op.attr("checked")))
 
 
-def _todo(cta: Cta, base: int, count: int) -> int:
+def _todo(cta: Cta, base: int, count: int, checked: bool) -> int:
     """Lane i's bit: row base + i is active (lanes past `count` or the launch vote no)."""
     todo = 0
     for lane in range(min(WARP, count)):
         row = base + lane
-        if row < cta.num_rows and cta.guard(row) is not None:
+        if row < cta.num_rows and cta.guard(row, checked) is not None:
             todo |= 1 << lane
     return todo
 
@@ -171,10 +178,38 @@ def _bits(todo: int) -> list[int]:
     return [i for i in range(WARP) if (todo >> i) & 1]
 
 
+def _stage_pipeline(node: Node, cta: Cta) -> None:
+    if cta.stage is None:
+        cta.stage = StageSmem.of(int(cta.module.get("smem_dynamic")))  # type: ignore[arg-type]
+    cta.env["rem"] = cta.env["todo"]
+
+
+def _stage_issue(node: Node, cta: Cta) -> None:
+    """The next active row's window into its slot: the first row's before the loop (slot
+    `slot`), row k + 1's inside it (this row's slot `stg` + `slot`, of 2)."""
+    op, env = node.op, cta.env
+    first = op.attr("row") == "first"
+    if not (env["rem"] != 0 if first else env["more"]):
+        return
+    slot = int(op.attr("slot")) if first else (env["stg"] + int(op.attr("slot"))) % env["slots"]  # type: ignore[arg-type]
+    assert cta.stage is not None, "kd.stage_pipeline starts the pipeline"
+    issue(cta.stage, cta.mem, op, env["blk0"] + _bits(env["rem"])[0], slot)
+
+
 def _staged_rows(node: Node, cta: Cta) -> None:
-    for i in _bits(cta.env["todo"]):  # lowest bit first, as the pipeline pops them
-        cta.env["row"] = cta.env["blk0"] + i
+    """The block's active rows lowest bit first, as the pipeline pops them: row k's slot is k % slots."""
+    env, slots = cta.env, int(node.op.attr("slots"))  # type: ignore[arg-type]
+    env["slots"] = slots
+    for k in range(len(_bits(env["todo"]))):
+        env["st_i"] = _bits(env["rem"])[0]
+        env["rem"] &= env["rem"] - 1
+        env["stg"], env["more"] = k & (slots - 1), int(env["rem"] != 0)
         _walk(node.body, cta)
+
+
+def _staged_wait(node: Node, cta: Cta) -> None:
+    assert cta.stage is not None
+    cta.stage.wait(int(node.op.attr("in_flight")) if cta.env["more"] else 0)  # type: ignore[arg-type]
 
 
 def _sweeps(node: Node, cta: Cta) -> None:
@@ -182,7 +217,8 @@ def _sweeps(node: Node, cta: Cta) -> None:
     span, row0, per_cta = WARP * warps, cta.env["row0"], cta.env["per_cta"]
     for sweep in range(-(-per_cta // span)):
         sw0 = row0 + sweep * span
-        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP)) for w in range(warps)]
+        checked = bool(node.op.attr("checked"))
+        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP), checked) for w in range(warps)]
         cta.env["sw0"] = sw0
         for w, todo in enumerate(masks):
             cta.env["sw_w"] = w
@@ -207,17 +243,25 @@ def _row_groups(node: Node, cta: Cta) -> None:
                 _walk(node.body, cta)
 
 
+def _one_cta(node: Node, cta: Cta) -> None:
+    """A row's CTAs (a cluster's, or c128a_split's consecutive blocks) are simulated as one: thread
+    rank * threads + tidx of the row body is rank's thread tidx (compressc/ir/interp_window.py)."""
+
+
 def _nothing(node: Node, cta: Cta) -> None:
     """Launch order, barriers and operand loads change no byte a CTA writes."""
 
 
 _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.lanes": _nothing,
+    "kd.split_rank": _one_cta,
+    "kd.cluster_rank": _one_cta,
+    "kd.stage_smem": _nothing,
+    "kd.static_smem": _nothing,
     "kd.trigger_dependents": _nothing,
     "kd.grid_wait": _nothing,
     "kd.cta_sync": _nothing,
     "kd.operand_loads": _nothing,
-    "kd.staged_wait": _nothing,
     "kd.cta_row": _cta_row,
     "kd.guard": _guard,
     "kd.if_active": _if_active,
@@ -233,6 +277,9 @@ _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.blocks32": _blocks32,
     "kd.ballot_rows": _ballot_rows,
     "kd.sweeps": _sweeps,
+    "kd.stage_pipeline": _stage_pipeline,
+    "kd.stage_issue": _stage_issue,
     "kd.staged_rows": _staged_rows,
+    "kd.staged_wait": _staged_wait,
     "kd.row_groups": _row_groups,
 }

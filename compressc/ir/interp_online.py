@@ -22,7 +22,7 @@ import numpy as np
 from compressc.ir.core import Module, Op
 from compressc.ir.interp import Value, _memory, _schedule
 from compressc.ir.interp_grid import GridError
-from compressc.ir.interp_stages import F32, LOG2E, Memory, _ex2, pool
+from compressc.ir.interp_stages import F32, LOG2E, Memory, _ex2
 from compressc.ir.kd import Node, program
 from compressc.ir.launch import grid_rule
 from compressc.ir.online import SEGMENT_FIELDS
@@ -32,7 +32,7 @@ from compressc.specs.launch import launch_grid
 
 @dataclass(slots=True)
 class SegmentLanes:
-    """One CTA's state while it runs its segment (the fields `interp_stages.pool` reads too)."""
+    """One CTA's state while it runs its segment."""
 
     module: Module
     elems: int
@@ -95,17 +95,25 @@ def _row(node: Node, env: dict) -> None:
             stage(lanes, op)
 
 
-def merge(lanes: SegmentLanes, op: Op) -> None:
-    """Seed, then the segment's rows in order, a batch of rows_in_flight loads at a time."""
-    mem, head = lanes.mem, int(op.attr("head"))  # type: ignore[arg-type]
-    base, rows, read, _, _ = lanes.seg
-    batch, ratio = int(op.get("rows_in_flight")), int(op.attr("ratio"))  # type: ignore[arg-type]
-    shape = (lanes.head_lanes, lanes.elems)
-    m, l, a = np.full(shape, -np.inf, F32), np.zeros(shape, F32), np.zeros(shape, F32)  # noqa: E741
+def _softmax_init(lanes: SegmentLanes, op: Op) -> None:
+    shape = (lanes.head_lanes, int(op.attr("elems")))  # type: ignore[arg-type]
+    lanes.m, lanes.l, lanes.a = np.full(shape, -np.inf, F32), np.zeros(shape, F32), np.zeros(shape, F32)
+
+
+def _seed_state(lanes: SegmentLanes, op: Op) -> None:
+    """(m, l, a) from the request's committed running state, where the segment reads one."""
+    mem, head, read = lanes.mem, int(op.attr("head")), lanes.seg[2]  # type: ignore[arg-type]
     if read >= 0:
-        at = read * mem.scalar("run_state_stride")
-        state = mem["run_state"]
-        m, l, a = (state[lanes.span(at + k * head)].astype(F32) for k in range(3))  # noqa: E741
+        at, state = read * mem.scalar("run_state_stride"), mem["run_state"]
+        lanes.m, lanes.l, lanes.a = (state[lanes.span(at + k * head)].astype(F32) for k in range(3))
+
+
+def _segment_batches(lanes: SegmentLanes, op: Op) -> None:
+    """The segment's rows in order, a batch of `batch` loads at a time (a tail row past the
+    segment loads its last row again and is not counted)."""
+    base, rows = lanes.seg[0], lanes.seg[1]
+    batch, ratio, head = (int(op.attr(k)) for k in ("batch", "ratio", "head"))  # type: ignore[arg-type]
+    m, l, a = lanes.m, lanes.l, lanes.a  # noqa: E741
     for k0 in range(0, max(rows, 0), batch):
         loads = [_load(lanes, base + min(k0 + r, rows - 1), ratio, head) for r in range(batch)]
         for r, (kv, sc, ap) in enumerate(loads):
@@ -131,11 +139,14 @@ def _update(m, l, a, kv, sc, ap):  # noqa: E741
         return m_new, l * alpha + beta, a * alpha + kv * beta
 
 
-def store(lanes: SegmentLanes, op: Op) -> None:
-    mem, head = lanes.mem, int(op.attr("head"))  # type: ignore[arg-type]
-    _, _, _, emit, write = lanes.seg
+def _emit_pooled(lanes: SegmentLanes, op: Op) -> None:
+    emit = lanes.seg[3]
     if emit >= 0:
-        mem["compressed_kv"][lanes.span(emit * head)] = lanes.x
+        lanes.mem["compressed_kv"][lanes.span(emit * int(op.attr("head")))] = lanes.x  # type: ignore[arg-type]
+
+
+def _write_state(lanes: SegmentLanes, op: Op) -> None:
+    mem, head, write = lanes.mem, int(op.attr("head")), lanes.seg[4]  # type: ignore[arg-type]
     if write >= 0:
         at = write * mem.scalar("run_state_stride")
         for k, value in enumerate((lanes.m, lanes.l, lanes.a)):
@@ -151,9 +162,17 @@ def _nothing(node: Node, env: dict) -> None:
 
 
 _RUN: dict[str, Callable[[Node, dict], None]] = {
-    "kd.lanes": _nothing, "kd.cta_row": _cta_row, "kd.segment": _segment, "kd.row": _row,
+    "kd.lanes": _nothing, "kd.static_smem": _nothing,
+    "kd.cta_row": _cta_row, "kd.segment": _segment, "kd.row": _row,
 }
-STAGES: dict[str, Callable] = {"cc.online_merge": merge, "cc.pool_softmax": pool, "cc.online_store": store}
+def _pooled(lanes: SegmentLanes, op: Op) -> None:
+    """kd.pooled: x = a / l (IEEE division), the segment's one CTA."""
+    lanes.x = lanes.a / lanes.l  # type: ignore[operator]
+
+
+STAGES: dict[str, Callable] = {"kd.softmax_init": _softmax_init, "kd.seed_state": _seed_state,
+                               "kd.segment_batches": _segment_batches, "kd.pooled": _pooled,
+                               "kd.emit_pooled": _emit_pooled, "kd.write_state": _write_state}
 
 
 def args_from_online(spec, kv, score, ape, positions, run_state, segments, compressed_kv) -> dict[str, Value]:

@@ -30,12 +30,12 @@ def ring_state(lanes: Lanes, op: Op) -> None:
     lanes.ring = (t0, split, block * mem.scalar("ring_block_stride") + row0 * 2 * width)
 
 
-def load_row(lanes: Lanes, op: Op, s0: int, i: np.ndarray, col: np.ndarray, absent: bool) -> tuple:
-    """(kv, score) [threads, E] of each thread's window row i: launched row t0 + i (score + ape)
-    where it is in the request's chunk, else the ring row (its score already has ape)."""
+def load_row(lanes: Lanes, head: int, width: int, i: np.ndarray, col: np.ndarray) -> tuple:
+    """(kv, score) [threads, E] of each thread's window row i (a kd.ring_row): launched row
+    t0 + i (score + ape) where it is in the request's chunk, else the ring row (its score
+    already has ape)."""
     assert lanes.ring is not None, "cc.ring_state runs before the window"
     mem, (t0, split, base) = lanes.mem, lanes.ring
-    head, width = int(op.attr("head")), int(op.attr("state_width"))  # type: ignore[arg-type]
     here = i >= split
     t = np.where(here, t0 + i, 0)  # rows the other branch reads are never indexed
     kv = mem["kv"][lanes.span(t * mem.scalar("kv_row_stride") + col)]

@@ -16,8 +16,10 @@ import numpy as np
 
 from compressc.ir.core import Op
 from compressc.ir.interp_stages import F32, STAGES, Lanes
+from compressc.ir.interp_window import WINDOW_LOOPS, WINDOW_RUN
 from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
 from compressc.ir.row_pool import POOL_RUN
+from compressc.ir.row_split import SPLIT_BRANCHES, SPLIT_RUN
 from compressc.ir.row_stores import STORE_RUN
 from compressc.numerics import np_bf16_rne
 from compressc.specs.target import WARP
@@ -62,6 +64,8 @@ def _walk(lanes: Lanes, nodes: tuple[RowNode, ...]) -> None:
             lanes.live = outer & (col >= int(op.attr("lo"))) & (col < int(op.attr("hi")))  # type: ignore[arg-type]
             _walk(lanes, node.body)
             lanes.live = outer
+        elif op.name in ROW_BODIES:
+            ROW_BODIES[op.name](lanes, op, lambda body=node.body: _walk(lanes, body))
         elif op.name in ROW_RUN and op.attr("at") != "early":
             ROW_RUN[op.name](lanes, op)
         elif op.name in STAGES and i not in skip:
@@ -254,4 +258,8 @@ ROW_RUN: dict[str, Callable[[Lanes, Op], None]] = {
     "kd.tensor_scale": _tensor_scale,
     **STORE_RUN,
     **POOL_RUN,
+    **WINDOW_RUN,
+    **SPLIT_RUN,
 }
+# the row ops that open a body: (lanes, op, walk the body once)
+ROW_BODIES = {**WINDOW_LOOPS, **SPLIT_BRANCHES}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from compressc.ir import interp_ring, interp_split
+from compressc.ir import interp_ring
 from compressc.ir.core import Module, Op
-from compressc.ir.ring import window_source
 
 F32 = np.float32
 LOG2E = F32(1.4426950408889634)  # the kernel's `* LOG2E` rounds the constant to fp32 first
@@ -71,6 +71,7 @@ class Lanes:
     smem: np.ndarray | None = None
     live: np.ndarray | None = None
     unpublished: bool = False
+    stage: Any = None  # the CTA's staged window slots (compressc/ir/interp_stage.py), with regs["stg"]
 
     @property
     def col(self) -> np.ndarray:
@@ -82,34 +83,7 @@ class Lanes:
         return np.asarray(start)[:, None] + np.arange(self.elems)
 
 
-# -- cc.window + cc.pool_softmax -----------------------------------------------------
-def window(lanes: Lanes, op: Op) -> None:
-    """Every thread pools its split group's rows ascending, a batch of loads at a time.
-
-    A cluster's CTAs are simulated as one: thread rank * threads + tid is in group
-    rank * split + tid // head_lanes, which pools window part (rank * split + group).
-    """
-    W, ratio = int(op.attr("window")), int(op.attr("ratio"))  # type: ignore[arg-type]
-    rows, per = int(op.get("rows_in_flight")), W // (lanes.split * lanes.cluster)  # type: ignore[arg-type]
-    tid = np.arange(lanes.threads * lanes.cluster)
-    group, col = tid // lanes.head_lanes, (tid % lanes.head_lanes) * lanes.elems
-    s0 = lanes.pos - (W - 1)
-    shape = (lanes.threads * lanes.cluster, lanes.elems)
-    m, l, a = np.full(shape, -np.inf, F32), np.zeros(shape, F32), np.zeros(shape, F32)  # noqa: E741
-    source = window_source(lanes.module, op)
-    load = _load_row if source is None else ROW_LOADS[source.name]
-    for chunk in range(per // rows):
-        i0 = group * per + chunk * rows
-        batch = [load(lanes, op, s0, i0 + r, col, absent=W > ratio) for r in range(rows)]
-        present = [(s0 + i0 + r >= 0)[:, None] for r in range(rows)]
-        if op.get("rescale") == "batch":
-            m, l, a = _batch(m, l, a, batch, present, guarded=W > ratio)  # noqa: E741
-            continue
-        for r, (kv, sc) in enumerate(batch):
-            m, l, a = _online(m, l, a, sc, kv, present[r])  # noqa: E741
-    lanes.m, lanes.l, lanes.a = m, l, a
-
-
+# -- the online softmax (the window's kd ops, compressc/ir/interp_window.py) -----------------
 def _batch(m, l, a, batch, present, guarded: bool):  # noqa: E741
     """One batch of rows: its max, one rescale, then each present row's term (fp32 each op).
     `guarded` (a window that can start before position 0, as the emitter guards it): a lane
@@ -127,21 +101,6 @@ def _batch(m, l, a, batch, present, guarded: bool):  # noqa: E741
     return np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)
 
 
-def _load_row(lanes: Lanes, op: Op, s0: int, i: np.ndarray, col: np.ndarray, absent: bool) -> tuple:
-    """(kv, score) [threads, E] of window row i of each thread (absent rows read row 0)."""
-    mem = lanes.mem
-    ratio, W = int(op.attr("ratio")), int(op.attr("window"))  # type: ignore[arg-type]
-    head, width = int(op.attr("head")), int(op.attr("state_width"))  # type: ignore[arg-type]
-    shift = mem.scalar("state_block_shift")
-    q = s0 + i
-    q = np.where(q >= 0, q, 0) if absent else q
-    page = mem["block_table"][lanes.req * mem.scalar("block_table_stride") + (q >> shift)].astype(np.int64)  # type: ignore
-    stream = 0 if ratio == W else (i // ratio) * head
-    base = page * mem.scalar("state_page_stride") + (q & ((1 << shift) - 1)) * 2 * width + stream + col  # type: ignore
-    state = mem["state_cache"]
-    return state[lanes.span(base)], state[lanes.span(base + width)]
-
-
 def _online(m, l, a, score, value, present):  # noqa: E741
     """One online-softmax update, each op rounded to fp32; absent rows leave (m, l, a)."""
     with np.errstate(invalid="ignore"):
@@ -150,26 +109,6 @@ def _online(m, l, a, score, value, present):  # noqa: E741
         p = _ex2((score - m_new) * LOG2E)
         l_new, a_new = l * alpha + p, a * alpha + p * value
     return np.where(present, m_new, m), np.where(present, l_new, l), np.where(present, a_new, a)
-
-
-def pool(lanes: Lanes, op: Op) -> None:
-    """In each CTA group 0 merges groups 1..K-1 in group order through smem; in a cluster,
-    rank 0 then merges ranks 1..S-1's results in rank order; then x = a / l."""
-    K, S, hl, E = lanes.split, lanes.cluster, lanes.head_lanes, lanes.elems
-    # thread = (rank * K + g) * hl + hlane
-    M, L, A = (v.reshape(S, K, hl, E) for v in (lanes.m, lanes.l, lanes.a))
-    parts = []
-    for rank in range(S):
-        part = (M[rank, 0], L[rank, 0], A[rank, 0])
-        for g in range(1, K):
-            part = _merge(*part, M[rank, g], L[rank, g], A[rank, g])
-        parts.append(part)
-    if lanes.module.get("split_merge") == "global":
-        parts = interp_split.exchange(lanes, op, parts)
-    m, l, a = parts[0]  # noqa: E741
-    for part in parts[1:]:
-        m, l, a = _merge(m, l, a, *part)  # noqa: E741
-    lanes.x = a / l
 
 
 def _merge(m, l, a, mg, lg, ag):  # noqa: E741
@@ -185,24 +124,6 @@ def _merge(m, l, a, mg, lg, ag):  # noqa: E741
     return np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)
 
 
-def store_rows(lanes: Lanes, op: Op) -> None:
-    lanes.mem["compressed_kv"][_row_span(lanes, op)] = lanes.x
-
-
-def load_rows(lanes: Lanes, op: Op) -> None:
-    lanes.x = lanes.mem["compressed_kv"][_row_span(lanes, op)].astype(F32)
-
-
-def _row_span(lanes: Lanes, op: Op) -> np.ndarray:
-    return lanes.span(lanes.row * int(op.attr("head")) + lanes.col)  # type: ignore[arg-type]
-
-
-# a window's row loads by the op that defines its state operand (a kernel argument: paged)
-ROW_LOADS = {"cc.ring_state": interp_ring.load_row}
-
 STAGES: dict[str, Callable[[Lanes, Op], None]] = {
     "cc.ring_state": interp_ring.ring_state,
-    "cc.window": window,
-    "cc.store_rows": store_rows,
-    "cc.load_rows": load_rows,
 }

@@ -46,14 +46,15 @@ def _indented(ops: tuple[Op, ...]) -> list[tuple[str, Op]]:
     """Each op with its indent: two spaces, and two more inside each kernel-dialect body
     (`kd.end` and `kd.else` sit at their opener's depth). The parser ignores indentation."""
     from compressc.ir.kd import OPENERS
+    from compressc.ir.kd_row import ROW_CLOSERS, ROW_OPENERS
 
     out, depth = [], 1
     for op in ops:
-        if op.name in ("kd.end", "kd.else", "cc.part_end", "kd.end_cols"):
+        if op.name in ("kd.end", "kd.else", "cc.part_end") or op.name in ROW_CLOSERS:
             depth -= 1
         out.append(("  " * depth, op))
-        # cc.part: a fused module's part; kd.if_cols: a store region of the row body
-        if op.name in OPENERS or op.name in ("kd.else", "cc.part", "kd.if_cols"):
+        # cc.part: a fused module's part; ROW_OPENERS: a store region or a window loop of the row body
+        if op.name in OPENERS or op.name in ("kd.else", "cc.part") or op.name in ROW_OPENERS:
             depth += 1
     return out
 

@@ -95,20 +95,6 @@ def _fold_ranks(lanes: Lanes, op: Op) -> None:
         _fold(lanes, op, 0, k, skip_absent=bool(op.attr("absent")))
 
 
-def _global_merge(lanes: Lanes, op: Op) -> None:
-    """c128a_split: every rank's group-0 partial through the workspace (ir/interp_split.py:
-    arrivals counted, the last rank elected), folded by it in rank order into rank 0's registers."""
-    from compressc.ir.interp_split import exchange
-
-    M, L, A = _regs(lanes)
-    ranks = range(_a(op, "ctas"))
-    parts = exchange(lanes, op, [(M[r, 0].copy(), L[r, 0].copy(), A[r, 0].copy()) for r in ranks])
-    m, l, a = parts[0]  # noqa: E741
-    for part in parts[1:]:
-        m, l, a = _merge(m, l, a, *part)  # noqa: E741
-    M[0, 0], L[0, 0], A[0, 0] = m, l, a
-
-
 def _cluster_barrier(lanes: Lanes, op: Op) -> None:
     lanes.unpublished = False
 
@@ -133,6 +119,5 @@ POOL_RUN: dict[str, Callable[[Lanes, Op], None]] = {
     "kd.pooled": _pooled,
     "kd.only_group0": _nothing,
     "kd.only_rank0": _nothing,
-    "kd.global_merge": _global_merge,
     "kd.only_last": _nothing,
 }

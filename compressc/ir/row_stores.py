@@ -81,7 +81,35 @@ def _store_pads(lanes: Lanes, op: Op) -> None:
         lanes.mem["k_cache"][lanes.regs["scales"] + np.asarray(op.attr("offsets"), dtype=np.int64)] = 0
 
 
+def _row_span(lanes: Lanes, op: Op, vec: int) -> np.ndarray:
+    """The lanes' channels of this row of compressed_kv; a `vec`-wide access must be aligned."""
+    start = lanes.row * _a(op, "head") + lanes.col
+    if np.any(start % vec):
+        from compressc.ir.interp_row import LaneError
+
+        first = int(start[start % vec != 0][0])
+        raise LaneError(f"{op.name}: a {vec * 32}-bit access at fp32 element {first}, not a multiple of "
+                        f"{vec}")
+    return lanes.span(start)
+
+
+def _store_rows(lanes: Lanes, op: Op) -> None:
+    """C128A compress: the pooled row (the L2 policy changes no byte)."""
+    lanes.mem["compressed_kv"][_row_span(lanes, op, _a(op, "bits") // 32)] = lanes.x
+
+
+def _load_rows(lanes: Lanes, op: Op) -> None:
+    lanes.x = lanes.mem["compressed_kv"][_row_span(lanes, op, _a(op, "vec"))].astype(np.float32)
+
+
+def _after_the_prior_grid(lanes: Lanes, op: Op) -> None:
+    """The interpreter runs one launch at a time: the grid that wrote the rows has finished."""
+
+
 STORE_RUN: dict[str, Callable[[Lanes, Op], None]] = {
+    "kd.store_rows": _store_rows,
+    "kd.load_rows": _load_rows,
+    "kd.wait_prior_grid": _after_the_prior_grid,
     "kd.row_address": _row_address,
     "kd.bf16_words": _bf16_words,
     "kd.e4m3_words": _e4m3_words,

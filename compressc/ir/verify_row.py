@@ -23,7 +23,10 @@ def row_problem(module: Module) -> tuple[Op | None, str, object, str] | None:
     if not got and module.find("kd.lanes") is None:
         return None  # not lowered yet
     bare = replace(module, ops=tuple(op for op in module.ops if not is_row_op(op)))
-    lowered = LowerRow().apply(bare).ops
+    try:
+        lowered = LowerRow().apply(bare).ops
+    except ValueError as err:  # row ops in a module whose schedule is not complete
+        return None, "row", len(got), str(err)
     want, owners, owner = [], [], None
     for op in lowered:
         owner = op if op.name in LOWERED else owner

@@ -96,12 +96,12 @@ def row_groups(src: Source, module: Module, op: Op) -> None:
     """A narrower part in the fused CTA: `groups` copies of its lanes, each owning launched rows
     cta + ctas * (group + groups * k), k = 0, 1, ...: at small T every CTA of the grid has a row
     (one group's), at large T a CTA's groups take rows a grid apart."""
-    sched, groups = Schedule.of(module), int(op.attr("groups"))  # type: ignore[arg-type]
-    src.line(f"# {groups} row groups of {sched.head_lanes} lanes: each runs its own launched rows, and")
+    groups, lanes = int(op.attr("groups")), op.attr("head_lanes")  # type: ignore[arg-type]
+    src.line(f"# {groups} row groups of {lanes} lanes: each runs its own launched rows, and")
     src.line("# nothing crosses a group (no shared memory, no CTA barrier in this part)")
-    src.line(f"rgroup = tidx // {sched.head_lanes}")
-    src.line(f"hlane = tidx % {sched.head_lanes}")
-    src.line(f"col = hlane * {sched.elems}  # first channel this lane owns")
+    src.line(f"rgroup = tidx // {lanes}")
+    src.line(f"hlane = tidx % {lanes}")
+    src.line(f"col = hlane * {op.attr('elems')}  # first channel this lane owns")
     src.line("cta, _, _ = cute.arch.block_idx()")
     src.line("ctas, _, _ = cute.arch.grid_dim()")
     src.line(f"for rg_k in cutlass.range((num_rows + ctas * {groups} - 1) // (ctas * {groups}), unroll=1):")

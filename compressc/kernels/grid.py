@@ -13,6 +13,7 @@ from compressc.ir.core import Module, Op
 from compressc.ir.kd import Node, program
 from compressc.kernels import fused, online, stages
 from compressc.kernels import window as window_emit
+from compressc.kernels.prologue import PROLOGUE_EMIT
 from compressc.kernels.source import Source
 
 Emit = Callable[[Source, Module, Op], None]
@@ -129,28 +130,29 @@ def _close_sweeps(src: Source, depth: int) -> None:
     src.line("cute.arch.sync_threads()  # the next sweep rewrites sTodo")
 
 
-def _staged_rows(src: Source, module: Module, op: Op) -> None:
-    window = module.find("cc.window")
-    assert window is not None
+def _stage_pipeline(src: Source, module: Module, op: Op) -> None:
     src.line("# software pipeline over the block's active rows: row k + 1's window is copied into")
     src.line("# the other smem slot (cp.async) before row k pools, so its page-table and window")
     src.line("# round trips run under row k's math. A lane reads back only what it copied itself, and")
     src.line("# it has used row k - 1's values (stored them) before it refills that slot for row k + 1")
     src.line("rem = todo")
-    src.line("if rem != 0:")
-    with src.indent():
-        window_emit.stage_issue(src, module, window, "ops.lowest_bit(rem)", "0")
+
+
+def _staged_rows(src: Source, module: Module, op: Op) -> None:
     src.line("for st_k in cutlass.range(ops.popc(todo), unroll=1):")
     src.depth += 1
     src.line("st_i = ops.lowest_bit(rem)")
     src.line("rem = rem & (rem - 1)")
-    src.line("stg = st_k & 1  # this row's smem slot")
+    src.line(f"stg = st_k & {int(op.attr('slots')) - 1}  # this row's smem slot")  # type: ignore[arg-type]
     src.line("more = rem != 0")
+
+
+def _staged_wait(src: Source, module: Module, op: Op) -> None:
     src.line("if more:")
-    with src.indent():
-        window_emit.stage_issue(src, module, window, "ops.lowest_bit(rem)", "1 - stg")
-    src.line("row = blk0 + st_i")
-    src.line("# this row's metadata again: the ballot round trip left it in L1")
+    src.line(f"    ops.cp_async_wait({op.attr('in_flight')})  # this row's copies landed; the next row's "
+             "may fly")
+    src.line("else:")
+    src.line("    ops.cp_async_wait(0)")
 
 
 def _operand_loads(src: Source, module: Module, op: Op) -> None:
@@ -158,7 +160,7 @@ def _operand_loads(src: Source, module: Module, op: Op) -> None:
 
 
 _EMIT: dict[str, Emit] = {
-    "kd.lanes": lambda src, module, op: stages.prologue(src, module),
+    **PROLOGUE_EMIT,
     "kd.trigger_dependents": _lines(
         "# the kernel that reads these rows may launch now: its CTAs start as ours retire and",
         "# wait (griddepcontrol.wait) for this grid only before they load what it wrote",
@@ -192,6 +194,8 @@ _EMIT: dict[str, Emit] = {
         "    n = left if left < 32 else Int32(32)", indent=True),
     "kd.ballot_rows": _lines("for i in cutlass.range(n, unroll=1):", indent=True),
     "kd.sweeps": _sweeps,
+    "kd.stage_pipeline": _stage_pipeline,
+    "kd.stage_issue": window_emit.stage_issue,
     "kd.staged_rows": _staged_rows,
     "kd.operand_loads": _operand_loads,
     "kd.segment": online.segment,
@@ -200,10 +204,6 @@ _EMIT: dict[str, Emit] = {
     "kd.part_index": fused.part_index,
     "kd.if_part": fused.if_part,
     "kd.call_part": fused.call_part,
-    "kd.staged_wait": _lines(
-        "if more:",
-        "    ops.cp_async_wait(1)  # this row's copies landed; the next row's may fly",
-        "else:",
-        "    ops.cp_async_wait(0)"),
+    "kd.staged_wait": _staged_wait,
 }
 _CLOSE = {"kd.sweeps": _close_sweeps}

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.online import SEGMENT_FIELDS
-from compressc.ir.schedule import Schedule
+from compressc.kernels.loads import row_loads
 from compressc.kernels.source import Source
-from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words
+from compressc.kernels.stages_store import store_words
 
 _SEG = ("seg_base", "seg_rows", "seg_read", "seg_emit", "seg_write")
 
 
-def _i(op: Op, key: str, sched: bool = True) -> int:
-    return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
+def _a(op: Op, key: str) -> int:
+    return int(op.attr(key))  # type: ignore[arg-type]
 
 
 def segment(src: Source, module: Module, op: Op) -> None:
@@ -32,13 +32,9 @@ def _view(ptr: str, at: str, elems: int, vec: int) -> str:
     return f"cute.make_tensor({ptr} + cute.assume({at}, divby={vec}), cute.make_layout({elems}))"
 
 
-def merge(src: Source, module: Module, op: Op) -> None:
-    """cc.online_merge: seed (m, l, a), then the segment's rows in batches of rows_in_flight."""
-    elems, head = Schedule.of(module).elems, _i(op, "head", False)
-    rows, vec = _i(op, "rows_in_flight"), _i(op, "vector_bits") // 32
-    for name, init in (("rM", 'Float32(-float("inf"))'), ("rL", "Float32(0.0)"), ("rA", "Float32(0.0)")):
-        src.line(f"{name} = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
-        src.line(f"{name}.fill({init})")
+def seed_state(src: Source, module: Module, op: Op) -> None:
+    """kd.seed_state: (m, l, a) from the request's committed running state, where it has one."""
+    elems, head, vec = _a(op, "elems"), _a(op, "head"), _a(op, "vec")
     src.line("if seg_read >= 0:")
     with src.indent():
         src.line("# seeded from the request's committed running state: max | sum | weighted sum")
@@ -46,17 +42,22 @@ def merge(src: Source, module: Module, op: Op) -> None:
         for k, name in enumerate(("rM", "rL", "rA")):
             at = f"st_at + {k * head}" if k else "st_at"
             src.line(f"cute.autovec_copy({_view('run_state', at, elems, vec)}, {name})")
+
+
+def segment_batches(src: Source, module: Module, op: Op) -> None:
+    """kd.segment_batches: the segment's rows, `batch` rows' loads before their updates."""
+    rows = _a(op, "batch")
     src.line(f"for chunk in cutlass.range((seg_rows + {rows - 1}) // {rows}, unroll=1):")
     with src.indent():
         src.line(f"k0 = chunk * {rows}")
-        _batch_loads(src, module, op, elems, rows, vec)
-        _batch_updates(src, elems, rows)
+        _batch_loads(src, op)
+        _batch_updates(src, _a(op, "elems"), rows)
 
 
-def _batch_loads(src: Source, module: Module, op: Op, elems: int, rows: int, vec: int) -> None:
+def _batch_loads(src: Source, op: Op) -> None:
     """Every load of the batch before its first update; a tail row past the segment loads its
     last row again (in bounds) and is not counted."""
-    ratio, head = _i(op, "ratio", False), _i(op, "head", False)
+    elems, rows, vec, ratio, head = (_a(op, k) for k in ("elems", "batch", "vec", "ratio", "head"))
     loads = 3 * rows * elems // vec
     src.line(f"# {loads} loads of {vec * 32} bits in flight per lane before the first update")
     for name in ("rKV", "rSC", "rAP"):
@@ -69,22 +70,8 @@ def _batch_loads(src: Source, module: Module, op: Op, elems: int, rows: int, vec
         src.line("p = cute.make_tensor(positions + t, cute.make_layout(1))[0]")
         src.line(f"ape_at = (p & {ratio - 1}) * {head} + col  # ape[p mod {ratio}]")
         for frag, ptr, stride in (("rKV", "kv", "kv_stride"), ("rSC", "score", "score_stride")):
-            at = f"t * {stride} + col"
-            if cache_hinted(module):
-                _stream_loads(src, frag, ptr, at, elems, vec)
-            else:
-                src.line(f"cute.autovec_copy({_view(ptr, at, elems, vec)}, {frag}[None, r])")
+            row_loads(src, ptr, f"t * {stride} + col", frag, elems, vec, op.attr("cache_hint") == "stream")
         src.line(f"cute.autovec_copy({_view('ape', 'ape_at', elems, vec)}, rAP[None, r])")
-
-
-def _stream_loads(src: Source, frag: str, ptr: str, at: str, elems: int, vec: int) -> None:
-    """`frag[:, r]` read once (cache-hints: no L1 allocation, L2 evict_first)."""
-    names = ", ".join(f"v{c}" for c in range(vec))
-    for h in range(elems // vec):
-        offset = f" + {h * vec}" if h else ""
-        src.line(f"{names}, = ops.ld_stream({ptr}.toint() + ({at}{offset}) * 4, {vec})")
-        for c in range(vec):
-            src.line(f"{frag}[{h * vec + c}, r] = v{c}")
 
 
 def _batch_updates(src: Source, elems: int, rows: int) -> None:
@@ -105,22 +92,33 @@ def _batch_updates(src: Source, elems: int, rows: int) -> None:
                 src.line("rM[e] = m_new")
 
 
-def store(src: Source, module: Module, op: Op) -> None:
-    """cc.online_store: a / l into compressed_kv[emit_token], (m, l, a) into run_state[write_row]."""
-    elems, head, bits = Schedule.of(module).elems, _i(op, "head", False), _i(op, "vector_bits")
-    keep = keep_arg(module)
+def _keep(op: Op) -> str:
+    return ", keep=True" if op.attr("keep") else ""
+
+
+def emit_pooled(src: Source, module: Module, op: Op) -> None:
+    """kd.emit_pooled: a / l into compressed_kv[emit_token], where the segment emits one."""
+    elems, head = _a(op, "elems"), _a(op, "head")
     src.line("if seg_emit >= 0:")
     with src.indent():
         src.line("# the pooled row the store kernel reads next")
         src.line(f"kv_at = compressed_kv.toint() + (Int64(seg_emit) * {head} + col) * 4")
-        store_words(src, "kv_at", [f"ops.f32_bits(rX[{e}])" for e in range(elems)], bits, keep)
+        words = [f"ops.f32_bits(rX[{e}])" for e in range(elems)]
+        store_words(src, "kv_at", words, _a(op, "bits"), _keep(op))
+
+
+def write_state(src: Source, module: Module, op: Op) -> None:
+    """kd.write_state: (m, l, a) into run_state[write_row], for the request's next chunk."""
+    elems, head = _a(op, "elems"), _a(op, "head")
     src.line("if seg_write >= 0:")
     with src.indent():
         src.line("# the request's running state, for its next chunk")
         src.line("st_at = run_state.toint() + (Int64(seg_write) * run_state_stride + col) * 4")
         for k, name in enumerate(("rM", "rL", "rA")):
             at = f"st_at + {4 * k * head}" if k else "st_at"
-            store_words(src, at, [f"ops.f32_bits({name}[{e}])" for e in range(elems)], bits, keep)
+            words = [f"ops.f32_bits({name}[{e}])" for e in range(elems)]
+            store_words(src, at, words, _a(op, "bits"), _keep(op))
 
 
-ONLINE_EMITTERS = {"cc.online_merge": merge, "cc.online_store": store}
+ONLINE_EMIT = {"kd.seed_state": seed_state, "kd.segment_batches": segment_batches,
+               "kd.emit_pooled": emit_pooled, "kd.write_state": write_state}

@@ -11,9 +11,8 @@ group pools the same window row), so it costs no divergence.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
-from compressc.ir.schedule import Schedule
+from compressc.kernels import loads
 from compressc.kernels.source import Source
-from compressc.kernels.stages_store import cache_hinted
 
 
 def _attr(op: Op, key: str) -> int:
@@ -34,22 +33,17 @@ def ring_state(src: Source, module: Module, op: Op) -> None:
     src.line(f"ring_base = ring_blk * ring_block_stride + ring_row0 * {2 * width}")
 
 
-def window_setup(src: Source, module: Module, op: Op) -> None:
-    """Nothing per window: cc.ring_state found the block (the ring has no pages to look up)."""
-    src.line("# the ring's rows: found once per row by cc.ring_state (no page table)")
-
-
-def row_loads(src: Source, module: Module, op: Op) -> None:
-    """Window row wi = i0 + r into rKV[:, r], rSC[:, r]: from this launch (score + ape) or the ring."""
-    elems = Schedule.of(module).elems
-    head, width, vec = _attr(op, "head"), _attr(op, "state_width"), int(op.get("vector_bits")) // 32  # type: ignore[arg-type]
+def row_loads(src: Source, op: Op) -> None:
+    """Window row wi = i0 + r into rKV[:, r], rSC[:, r] (a kd.ring_row): from this launch
+    (score + ape) or the ring."""
+    elems, head, width, vec = _attr(op, "elems"), _attr(op, "head"), _attr(op, "width"), _attr(op, "vec")
     src.line("wi = i0 + r")
     src.line("if wi >= ring_split:")
     with src.indent():
         src.line("# in this launch: kv[t0 + wi], score[t0 + wi] + ape[wi] (ape row q mod 128 = wi)")
         src.line("rt = Int64(t0 + wi)")
-        _load(src, module, "kv", "rt * kv_row_stride + col", "rKV", elems, vec)
-        _load(src, module, "score", "rt * score_row_stride + col", "rSC", elems, vec)
+        load(src, "kv", "rt * kv_row_stride + col", "rKV", op)
+        load(src, "score", "rt * score_row_stride + col", "rSC", op)
         src.line(f"rAP = cute.make_rmem_tensor(cute.make_layout({elems}), Float32)")
         src.line(f"cute.autovec_copy(cute.make_tensor(ape + cute.assume(wi * {head} + col, divby={vec}), "
                  f"cute.make_layout({elems})), rAP)  # plain loads: every row reads ape, keep it cached")
@@ -59,19 +53,12 @@ def row_loads(src: Source, module: Module, op: Op) -> None:
     with src.indent():
         src.line("# in the ring: [kv | score + ape] as the previous steps saved it")
         src.line(f"base = ring_base + Int64(wi) * {2 * width} + col")
-        _load(src, module, "state_cache", "base", "rKV", elems, vec)
-        _load(src, module, "state_cache", f"base + {width}", "rSC", elems, vec)
+        load(src, "state_cache", "base", "rKV", op)
+        load(src, "state_cache", f"base + {width}", "rSC", op)
 
 
-def _load(src: Source, module: Module, ptr: str, at: str, frag: str, elems: int, vec: int) -> None:
-    """`frag[:, r]` = ptr[at ..], `vec` fp32 a load; read once (cache-hints) or plain."""
-    if not cache_hinted(module):
-        src.line(f"cute.autovec_copy(cute.make_tensor({ptr} + cute.assume({at}, divby={vec}), "
-                 f"cute.make_layout({elems})), {frag}[None, r])")
-        return
-    names = ", ".join(f"v{c}" for c in range(vec))
-    for h in range(elems // vec):
-        offset = f" + {h * vec}" if h else ""
-        src.line(f"{names}, = ops.ld_stream({ptr}.toint() + ({at}{offset}) * 4, {vec})")
-        for c in range(vec):
-            src.line(f"{frag}[{h * vec + c}, r] = v{c}")
+def load(src: Source, ptr: str, at: str, frag: str, op: Op) -> None:
+    """`frag[:, r]` = ptr[at ..], the op's `vec` fp32 a load, read once where its cache_hint is
+    "stream" (ld.global.L1::no_allocate.L2::evict_first), else plain."""
+    stream = op.attr("cache_hint") == "stream"
+    loads.row_loads(src, ptr, at, frag, _attr(op, "elems"), _attr(op, "vec"), stream)

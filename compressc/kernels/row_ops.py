@@ -9,7 +9,10 @@ from compressc.ir.core import Module, Op
 from compressc.kernels import row_ops_pool as pool
 from compressc.kernels import row_ops_quant as q
 from compressc.kernels import split_merge
+from compressc.kernels.online import ONLINE_EMIT
+from compressc.kernels.row_ops_window import WINDOW_EMIT
 from compressc.kernels.source import Source
+from compressc.kernels.stages_store import ROWS_EMIT
 
 Emit = Callable[[Source, Module, Op], None]
 _COMBINE = {"add": "{v} = {v} + {x}", "max": "{v} = ops.fmax({v}, {x})"}
@@ -121,6 +124,9 @@ def _lines(*lines: str) -> Emit:
 
 
 ROW_EMIT: dict[str, Emit] = {
+    **WINDOW_EMIT,
+    **ROWS_EMIT,
+    **ONLINE_EMIT,
     "kd.put_partials": pool.put_partials,
     "kd.fold_groups": pool.fold_groups,
     "kd.cluster_barrier": pool.cluster_barrier,
@@ -129,7 +135,7 @@ ROW_EMIT: dict[str, Emit] = {
     "kd.pooled": pool.pooled,
     "kd.only_group0": pool.only("if group == 0:"),
     "kd.only_rank0": pool.only("if rank == 0:"),
-    "kd.global_merge": split_merge.emit_global_merge,
+    **split_merge.SPLIT_EMIT,
     "kd.only_last": pool.only("if last:"),
     "kd.sum_squares": sum_squares,
     "kd.lane_sum": lane_sum,

@@ -14,14 +14,18 @@ def _a(op: Op, key: str) -> int:
     return int(op.attr(key))  # type: ignore[arg-type]
 
 
-def _fold_partial(src: Source, sum_at: str, acc_at: str) -> None:
-    """Fold a partial (max mg, sum at `sum_at`, weighted sum at `acc_at`) into (rM, rL, rA)[e]."""
-    src.line("m_new = ops.fmax(rM[e], mg)")
-    src.line("alpha = ops.ex2((rM[e] - m_new) * LOG2E)")
+def fold_partial(src: Source, sum_at: str, acc_at: str,
+                 regs: tuple[str, str, str] = ("rM", "rL", "rA")) -> None:
+    """Fold a partial (max mg, sum at `sum_at`, weighted sum at `acc_at`) into `regs`[e] (the
+    running max, sum and weighted sum): every merge of partials (split groups, a cluster's
+    ranks, c128a_split's workspace) folds this way."""
+    m, l, a = regs  # noqa: E741
+    src.line(f"m_new = ops.fmax({m}[e], mg)")
+    src.line(f"alpha = ops.ex2(({m}[e] - m_new) * LOG2E)")
     src.line("beta = ops.ex2((mg - m_new) * LOG2E)")
-    src.line(f"rL[e] = rL[e] * alpha + {sum_at} * beta")
-    src.line(f"rA[e] = rA[e] * alpha + {acc_at} * beta")
-    src.line("rM[e] = m_new")
+    src.line(f"{l}[e] = {l}[e] * alpha + {sum_at} * beta")
+    src.line(f"{a}[e] = {a}[e] * alpha + {acc_at} * beta")
+    src.line(f"{m}[e] = m_new")
 
 
 def put_partials(src: Source, module: Module, op: Op) -> None:
@@ -50,7 +54,7 @@ def fold_groups(src: Source, module: Module, op: Op) -> None:
                 src.line("# it, as ex2((-inf) - (-inf)) is NaN; skipping is exact (alpha 1, beta 0)")
                 src.line('if mg > Float32(-float("inf")):')
                 with src.indent():
-                    _fold_partial(src, f"sBuf[{base + stride} + {slot}]",
+                    fold_partial(src, f"sBuf[{base + stride} + {slot}]",
                                   f"sBuf[{base + 2 * stride} + {slot}]")
 
 
@@ -90,7 +94,7 @@ def fold_ranks(src: Source, module: Module, op: Op) -> None:
             src.line("# a part whose rows are all absent has m = -inf: skipped (see the CTA merge)")
             src.line('if mg > Float32(-float("inf")):')
     with src.indent(3 + int(absent)):
-        _fold_partial(src, f"sBuf[{base + stride} + {slot}]", f"sBuf[{base + 2 * stride} + {slot}]")
+        fold_partial(src, f"sBuf[{base + stride} + {slot}]", f"sBuf[{base + 2 * stride} + {slot}]")
 
 
 def pooled(src: Source, module: Module, op: Op) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.kernels.source import Source
-from compressc.kernels.stages_store import STORE_BY_WORDS
+from compressc.kernels.stages_store import store_words as store_words_at
 
 
 def _a(op: Op, key: str) -> int:
@@ -131,12 +131,8 @@ def store_words(src: Source, module: Module, op: Op) -> None:
     col = "col" if lo == 0 else f"(col - {lo})"
     scaled = {8: col, 16: f"2 * {col}", 4: f"{col} // 2"}[_a(op, "code_bits")]
     addr = f"token + {scaled}" if offset == 0 and lo == 0 else f"token + {offset} + {scaled}"
-    per = max(1, bits // 32)  # an 8- or 16-bit store: the low bytes of one word
-    store = f"ops.st_global_b{bits}" if bits < 32 else STORE_BY_WORDS[per]
-    for k, at in enumerate(op.attr("offsets")):  # type: ignore[arg-type]
-        words = ", ".join(f"{v}{w}" for w in range(k * per, min(k * per + per, _a(op, "words"))))
-        target = addr if at == 0 else f"{addr} + {at}"
-        src.line(f"{store}({target}, {words}{_keep(op)})")
+    words = [f"{v}{w}" for w in range(_a(op, "words"))]
+    store_words_at(src, addr, words, bits, _keep(op), tuple(op.attr("offsets")))  # type: ignore[arg-type]
 
 
 def store_scales(src: Source, module: Module, op: Op) -> None:

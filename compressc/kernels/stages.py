@@ -1,7 +1,7 @@
-"""The row body: the coarse row ops lower-row leaves (the window, the pooling merge, the
-row loads and stores of C128A's two kernels, the ring state), one emitter function each,
-and the lane-level `kd.*` ops lower-row writes for the epilogue (compressc.kernels.row_ops),
-in module order; the row loop around it is the kernel dialect's (compressc.kernels.grid).
+"""The row body: the coarse row op lower-row leaves (the ring state), and the lane-level
+`kd.*` ops lower-row writes for the others (the window, the merges, the epilogue, C128A's row
+loads and stores, the online merge: compressc.kernels.row_ops), in module order; the row loop
+around it is the kernel dialect's (compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op
 from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
-from compressc.ir.schedule import Schedule
 from compressc.kernels.bounds import bounds as bounds_emit
-from compressc.kernels.online import ONLINE_EMITTERS
 from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
-from compressc.kernels.stages_store import cache_hinted, keep_arg, store_words
-from compressc.kernels.window import pool as _pool
-from compressc.kernels.window import window as _window
 
 
 def _i(op: Op, key: str, sched: bool = True) -> int:
@@ -73,38 +68,9 @@ def operand_loads(src: Source, module: Module) -> None:
             ROW_EMIT[op.name](src, module, op)
 
 
-def prologue(src: Source, module: Module) -> None:
-    sched = Schedule.of(module)
-    elems, head_lanes = sched.elems, sched.head_lanes
-    src.line("tidx, _, _ = cute.arch.thread_idx()")
-    src.line("lane = tidx % 32")
-    src.line("warp = tidx // 32")
-    if Schedule.of(module).split > 1:
-        src.line(f"hlane = tidx % {head_lanes}  # lane within one copy of the head")
-        src.line(f"group = tidx // {head_lanes}  # which part of the window this lane pools")
-    else:
-        src.line("hlane = tidx")
-    src.line(f"col = hlane * {elems}  # first channel this lane owns")
-    if Schedule.of(module).global_split:
-        src.line("bidx, _, _ = cute.arch.block_idx()")
-        split = Schedule.of(module).global_split
-        src.line(f"rank = bidx % {split}  # which part of each window this CTA pools")
-    elif Schedule.of(module).cluster > 1:
-        src.line("rank = cute.arch.block_idx_in_cluster()  # which part of each window this CTA pools")
-    if Schedule.of(module).smem_dynamic:
-        src.line("# the window slots: dynamic shared memory (SMEM_DYNAMIC bytes)")
-        src.line("sStage = cute.arch.get_dyn_smem(Float32, alignment=16)")
-        src.line("stage_base = sStage.toint()")
-        src.line("in_page = (Int64(1) << state_block_shift) - 1")
-    smem = Schedule.of(module).smem_bytes
-    if smem:
-        words = smem // 4
-        src.line(f"sBuf = cute.make_tensor(cute.arch.alloc_smem(Float32, {words}, alignment=16), "
-                 f"cute.make_layout({words}))")
-
-
 def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
-    """The row's metadata and whether it is active; a checked build's cc.bounds after it."""
+    """The row's metadata and whether it is active (`op`: a kd.guard, or the kd.ballot or
+    kd.sweeps that guards its rows); with `checked`, the checked build's cc.bounds after it."""
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
     src.line("# docs/kernels.md §3.1: active only at a boundary token with a request, a position and slots")
@@ -117,42 +83,11 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
     src.line("slot = cute.make_tensor(slot_mapping, cute.make_layout(num_rows))[row]")
     src.line("req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[row]")
     src.line(f"active = (slot >= 0) & (req >= 0) & (pos >= 0) & (kv_slot >= 0) & ((pos + 1) % {ratio} == 0)")
-    checked = module.find("cc.bounds") if module is not None else None
-    if checked is not None:
-        bounds_emit(src, checked)
-
-
-def _rows_view(module: Module, op: Op, ptr: str) -> str:
-    elems, vec, head = Schedule.of(module).elems, _i(op, "vector_bits") // 32, _i(op, "head", False)
-    return (f"cute.make_tensor({ptr} + cute.assume(Int64(row) * {head} + col, divby={vec}), "
-            f"cute.make_layout({elems}))")
-
-
-def _store_rows(src: Source, module: Module, op: Op) -> None:
-    if not cache_hinted(module):
-        src.line(f"cute.autovec_copy(rX, {_rows_view(module, op, 'compressed_kv')})")
-        return
-    elems, head = Schedule.of(module).elems, _i(op, "head", False)
-    src.line("# L2 evict_last: the store kernel reads these rows next (cache-hints)")
-    src.line(f"kv_at = compressed_kv.toint() + (Int64(row) * {head} + col) * 4")
-    words = [f"ops.f32_bits(rX[{e}])" for e in range(elems)]
-    store_words(src, "kv_at", words, _i(op, "vector_bits"), keep_arg(module))
-
-
-def _load_rows(src: Source, module: Module, op: Op) -> None:
-    if Schedule.of(module).grid_dependency == "wait":
-        src.line("# launched early (programmatic stream serialization): the rows are the previous")
-        src.line("# grid's output, so wait for it to finish and flush (a no-op once it has)")
-        src.line("cute.arch.griddepcontrol_wait()")
-    src.line(f"rX = cute.make_rmem_tensor(cute.make_layout({Schedule.of(module).elems}), Float32)")
-    src.line(f"cute.autovec_copy({_rows_view(module, op, 'compressed_kv')}, rX)")
+    if op.attr("checked"):
+        assert module is not None
+        bounds_emit(src, module.find("cc.bounds"))  # type: ignore[arg-type]
 
 
 _EMITTERS = {
     "cc.ring_state": _ring_state,
-    "cc.window": _window,
-    "cc.pool_softmax": _pool,
-    "cc.store_rows": _store_rows,
-    "cc.load_rows": _load_rows,
-    **ONLINE_EMITTERS,
 }

@@ -60,7 +60,9 @@ def part_program(part: Module, groups: int) -> tuple[Op, ...]:
     if groups == 1:
         return ops
     cut = next(i for i, op in enumerate(ops) if op.name == "kd.cta_row")
-    return ops[:cut] + (_kd("row_groups", groups=groups),) + ops[cut + 1 :] + (END,)
+    sched = Schedule.of(part)
+    rows = _kd("row_groups", groups=groups, head_lanes=sched.head_lanes, elems=sched.elems)
+    return ops[:cut] + (rows,) + ops[cut + 1 :] + (END,)
 
 
 def dispatch_program() -> tuple[Op, ...]:
@@ -77,8 +79,9 @@ class FuseParts(ModulePass):
 
     Expects: a fused module (`cc.part` bodies) whose every part ends with its kd program
              (each part's pipeline has run; `PerPart` runs them, then this).
-    Leaves:  narrower parts' `kd.cta_row` replaced by `kd.row_groups {groups}`; the dispatch
-             program after the parts; module sched `threads` (the CTA) and `parts`. No options.
+    Leaves:  narrower parts' `kd.cta_row` replaced by `kd.row_groups {groups, head_lanes,
+             elems}`; the dispatch program after the parts; module sched `threads` (the CTA)
+             and `parts`. No options.
     """
 
     name: ClassVar[str] = "fuse-parts"

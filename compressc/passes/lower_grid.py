@@ -17,7 +17,9 @@ from compressc.ir.core import Module, Op, fields
 from compressc.ir.kd import is_program_op
 from compressc.ir.schedule import Schedule
 from compressc.passes.base import ModulePass
-from compressc.passes.lower_row import LowerRow
+from compressc.passes.lower_row import LowerRow, require_scheduled
+from compressc.passes.lower_row_window import stage_facts
+from compressc.passes.smem_stage import SLOTS
 
 END = Op("kd.end")
 
@@ -47,15 +49,16 @@ class LowerGrid(ModulePass):
         if module.find("kd.lanes") is not None:  # a row loop saved before lower-row: its row body
             return LowerRow().apply(module)
         if module.find("cc.segment") is not None:
-            _require_scheduled(module)
-            return replace(module, ops=module.ops + tuple(_segments()))
+            require_scheduled(module, self.name)
+            module = LowerRow().apply(module)
+            return replace(module, ops=module.ops + tuple(_segments(module)))
         guard = module.find("cc.row_guard")
         if guard is None:
             raise ValueError("lower-grid needs the cc.row_guard op")
-        _require_scheduled(module)
+        require_scheduled(module, self.name)
         module = LowerRow().apply(module)
         sched = Schedule.of(module)
-        body = [kd("lanes")]
+        body = prologue(module)
         if sched.grid_dependency == "trigger":
             body.append(kd("trigger_dependents"))
         body += _GRIDS[sched.grid](module, int(guard.attr("ratio")))  # type: ignore[arg-type]
@@ -71,40 +74,52 @@ def expected_program(module: Module) -> tuple[Op, ...]:
     return tuple(op for op in LowerGrid().apply(rest).ops if is_program_op(op))
 
 
-def _require_scheduled(module: Module) -> None:
-    """The row loop depends on the whole schedule: lowered before it is complete, it would
-    keep a stale one (a missing smem handover, the wrong staging)."""
-    window = module.find("cc.window") or module.find("cc.online_merge")
-    missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
-    if window is not None and window.get("rows_in_flight") is None:
-        missing.append("rows_in_flight (rows-in-flight)")
-    if any(op.attr("codec") == "e2m1" and op.get("convert") is None for op in module.iter("cc.quant")):
-        missing.append("the e2m1 convert (quant-convert)")
-    if missing:
-        raise ValueError(f"lower-grid needs the whole schedule, and {', '.join(missing)} is unset: "
-                         "it runs last (every pipeline ends with it; do not name it earlier)")
+def prologue(module: Module) -> list[Op]:
+    """Every thread's lane, split group and first channel; which of a row's CTAs this one is
+    (c128a_split's S CTAs of a plain launch: bidx % S; a cluster's: its rank); its smem."""
+    sched = Schedule.of(module)
+    ops = [kd("lanes", elems=sched.elems, head_lanes=sched.head_lanes, groups=sched.split)]
+    if sched.global_split:
+        ops.append(kd("split_rank", ctas=sched.global_split))
+    elif sched.cluster > 1:
+        ops.append(kd("cluster_rank", ctas=sched.cluster))
+    ops += [kd("stage_smem", bytes=sched.smem_dynamic)] if sched.smem_dynamic else []
+    return ops + ([kd("static_smem", words=sched.smem_bytes // 4)] if sched.smem_bytes else [])
 
 
-def _segments() -> list[Op]:
+def _segments(module: Module) -> list[Op]:
     """The online merge (docs/kernels.md §9.1): CTA i runs segment i, whatever its fields say."""
-    return [kd("lanes"), kd("cta_row"), kd("segment"), kd("row", operands=False)]
+    return [*prologue(module), kd("cta_row"), kd("segment"), kd("row", operands=False)]
+
+
+def _checked(module: Module) -> bool:
+    """A checked build (cc.bounds): the guard of every row also checks the indices it uses."""
+    return module.find("cc.bounds") is not None
+
+
+def _guard(module: Module, ratio: int) -> Op:
+    return kd("guard", ratio=ratio, checked=_checked(module))
+
+
+def _ballot(module: Module, base: str, count: str, ratio: int) -> Op:
+    return kd("ballot", base=base, count=count, ratio=ratio, checked=_checked(module))
 
 
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:
     """A row a ballot found active: its metadata again, its body, the smem handover."""
-    ops = [kd("set_row", **at), kd("guard", ratio=ratio), kd("row", operands=True)]
+    ops = [kd("set_row", **at), _guard(module, ratio), kd("row", operands=True)]
     return ops + ([kd("cta_sync")] if Schedule.of(module).smem_bytes else [])
 
 
 def _rows(module: Module, ratio: int) -> list[Op]:
-    return [kd("cta_row"), kd("guard", ratio=ratio), kd("if_active"), kd("row", operands=True), END]
+    return [kd("cta_row"), _guard(module, ratio), kd("if_active"), kd("row", operands=True), END]
 
 
 def _runs(module: Module, ratio: int) -> list[Op]:
     run = Schedule.of(module).rows_per_cta
     return [
         kd("runs_span", rows=run),
-        kd("ballot", base="row0", count="per_cta", ratio=ratio),
+        _ballot(module, "row0", "per_cta", ratio),
         kd("unrolled_rows", rows=run),
         kd("if_todo_bit"), *_row_block(module, ratio, base="row0", index="i"), END,
         END,
@@ -118,7 +133,7 @@ def _tiled(module: Module, ratio: int) -> list[Op]:
     ops = [kd("cta_index", cluster=cluster)]
     if staged:
         return ops + _blocks(module, ratio, staged=True)
-    fast = [kd("one_row_per_cta", cluster=cluster), kd("guard", ratio=ratio), kd("if_active"),
+    fast = [kd("one_row_per_cta", cluster=cluster), _guard(module, ratio), kd("if_active"),
             kd("row", operands=True), END, kd("else")]
     warps = Schedule.of(module).warps
     loops = _sweeps(module, ratio, warps) if warps > 1 else _blocks(module, ratio, staged=False)
@@ -127,21 +142,32 @@ def _tiled(module: Module, ratio: int) -> list[Op]:
 
 def _blocks(module: Module, ratio: int, staged: bool) -> list[Op]:
     """Blocks of 32 rows, one warp ballot each; the staged window pipelines its rows."""
-    ops = [kd("tiled_span"), kd("blocks32"), kd("ballot", base="blk0", count="n", ratio=ratio)]
+    ops = [kd("tiled_span"), kd("blocks32"), _ballot(module, "blk0", "n", ratio)]
     if staged:
-        sync = [kd("cta_sync")] if Schedule.of(module).smem_bytes else []
-        rows = [kd("staged_rows"), kd("guard", ratio=ratio), kd("operand_loads"), kd("staged_wait"),
-                kd("row", operands=False), *sync, END]
-        return ops + rows + [END]
+        return ops + _staged(module, ratio) + [END]
     row = _row_block(module, ratio, base="blk0", index="i")
     rows = [kd("ballot_rows"), kd("if_todo_bit"), *row, END, END]
     return ops + rows + [END]
 
 
+def _staged(module: Module, ratio: int) -> list[Op]:
+    """The staged window's software pipeline over a block's active rows: row k + 1's window
+    is copied into the other slot before row k pools from its own (docs/pipeline.md §8)."""
+    window = module.find("cc.window")
+    assert window is not None
+    facts = stage_facts(module, window)
+    sync = [kd("cta_sync")] if Schedule.of(module).smem_bytes else []
+    return [kd("stage_pipeline"), kd("stage_issue", row="first", slot=0, **facts),
+            kd("staged_rows", slots=SLOTS),
+            kd("stage_issue", row="next", slot=1, **facts), kd("set_row", base="blk0", index="st_i"),
+            _guard(module, ratio), kd("operand_loads"), kd("staged_wait", in_flight=1),
+            kd("row", operands=False), *sync, END]
+
+
 def _sweeps(module: Module, ratio: int, warps: int) -> list[Op]:
     """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
     row = _row_block(module, ratio, base="sw0", warp="sw_w", index="sw_i")
-    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio), *row, END]
+    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio, checked=_checked(module)), *row, END]
 
 
 _GRIDS = {"rows": _rows, "runs": _runs, "tiled": _tiled}

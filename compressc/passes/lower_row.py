@@ -18,9 +18,11 @@ import numpy as np
 from compressc.ir.core import Module, Op, fields
 from compressc.ir.kd_row import LOWERED, is_row_op
 from compressc.ir.schedule import Schedule
+from compressc.passes import lower_row_online as online
 from compressc.passes.base import ModulePass
 from compressc.passes.lower_row_pool import pool_ops
-from compressc.passes.lower_row_store import store_ops
+from compressc.passes.lower_row_store import load_rows_ops, store_ops, store_rows_ops
+from compressc.passes.lower_row_window import window_ops
 from compressc.specs.target import WARP
 
 
@@ -36,8 +38,8 @@ def _i(op: Op, key: str) -> int:
 class LowerRow(ModulePass):
     """Write each epilogue row op's lane-level `kd.*` ops right after it.
 
-    Expects: a fully scheduled module (lower-grid runs it first: it has no options and no
-             pipeline string names it).
+    Expects: a fully scheduled module (it has no options; lower-grid runs it first, so a
+             pipeline need not name it, and the canonical pipeline string leaves it out).
     Leaves:  the `kd.*` row ops after each of cc.rms_norm .. cc.store; nothing else changes.
              A module that has them already is left as it is.
     """
@@ -47,12 +49,27 @@ class LowerRow(ModulePass):
     def apply(self, module: Module) -> Module:
         if any(is_row_op(op) for op in module.ops):
             return module
+        require_scheduled(module, self.name)
         ops: list[Op] = []
         for op in module.ops:
             ops.append(op)
             if op.name in LOWERED:
                 ops += _LOWER[op.name](module, op)
         return replace(module, ops=tuple(ops))
+
+
+def require_scheduled(module: Module, name: str) -> None:
+    """The row body and its loop depend on the whole schedule: lowered before it is complete,
+    they would keep a stale one (a missing smem handover, the wrong staging)."""
+    window = module.find("cc.window") or module.find("cc.online_merge")
+    missing = [key for key in ("elems_per_lane", "smem_bytes") if module.get(key) is None]
+    if window is not None and window.get("rows_in_flight") is None:
+        missing.append("rows_in_flight (rows-in-flight)")
+    if any(op.attr("codec") == "e2m1" and op.get("convert") is None for op in module.iter("cc.quant")):
+        missing.append("the e2m1 convert (quant-convert)")
+    if missing:
+        raise ValueError(f"{name} needs the whole schedule, and {', '.join(missing)} is unset: "
+                         "it runs last (every pipeline ends with it; do not name it earlier)")
 
 
 def _barrier(module: Module) -> Op:
@@ -110,5 +127,7 @@ def _quant(module: Module, op: Op) -> list[Op]:
                      divide=bool(op.attr("divide")), floor_on=str(op.attr("floor_on")))]
 
 
-_LOWER = {"cc.pool_softmax": pool_ops, "cc.rms_norm": _rms, "cc.rope": _rope, "cc.hadamard": _hadamard,
-          "cc.quant": _quant, "cc.store": store_ops}
+_LOWER = {"cc.window": window_ops, "cc.pool_softmax": pool_ops, "cc.rms_norm": _rms, "cc.rope": _rope,
+          "cc.hadamard": _hadamard, "cc.quant": _quant, "cc.store": store_ops,
+          "cc.store_rows": store_rows_ops, "cc.load_rows": load_rows_ops, "cc.online_merge": online.merge_ops,
+          "cc.online_store": online.store_ops}

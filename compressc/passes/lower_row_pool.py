@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from compressc.ir.core import Module, Op, fields
 from compressc.ir.schedule import Schedule
+from compressc.passes.lower_row_split import split_merge_ops
 from compressc.passes.plan_smem import merge_slots
 
 
@@ -15,9 +16,9 @@ def _kd(name: str, **attrs: object) -> Op:
 
 def pool_ops(module: Module, op: Op) -> list[Op]:
     window = module.find("cc.window")
-    if window is None:  # the online merge kernel's pool: a row op of its own dialect
-        return []
     sched = Schedule.of(module)
+    if window is None:  # the online merge kernel's pool: one CTA's lanes, no merge
+        return [_kd("pooled", elems=sched.elems)]
     head, elems = int(op.attr("head")), sched.elems  # type: ignore[arg-type]
     where = {"head": head, "elems": elems}
     ops = []
@@ -27,8 +28,7 @@ def pool_ops(module: Module, op: Op) -> list[Op]:
         ops += [_kd("put_partials", **where), _kd("cta_barrier"),
                 _kd("fold_groups", **where, groups=sched.split)]
     if sched.global_split:  # c128a_split: the ranks meet in the global workspace (docs/kernels.md §13)
-        slot = int(op.get("smem_offset")) // 4  # type: ignore[arg-type]
-        ops.append(_kd("global_merge", head=head, slot=slot, ctas=sched.global_split))
+        ops += split_merge_ops(module, head, int(op.get("smem_offset")) // 4)  # type: ignore[arg-type]
     elif sched.cluster > 1:
         absent = int(window.attr("window")) > int(window.attr("ratio"))  # type: ignore[arg-type]
         group0 = sched.split > 1

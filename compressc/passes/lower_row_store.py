@@ -74,3 +74,20 @@ def _scales(op: Op, quant: Op, elems: int, keep: bool) -> list[Op]:
     if pads:
         ops.append(_kd("store_pads", lane=lo // elems, offsets=pads, keep=keep))
     return ops
+
+
+def store_rows_ops(module: Module, op: Op) -> list[Op]:
+    """C128A compress: the pooled row as fp32 into compressed_kv, kept in L2 (evict_last) with
+    cache-hints, since the store kernel reads it next."""
+    sched = Schedule.of(module)
+    return [_kd("store_rows", elems=sched.elems, head=int(op.attr("head")),  # type: ignore[arg-type]
+                bits=int(op.get("vector_bits")), keep=sched.cache_hints == "stream")]  # type: ignore[arg-type]
+
+
+def load_rows_ops(module: Module, op: Op) -> list[Op]:
+    """C128A store: the pooled row from compressed_kv; launched early (overlap-launch), the
+    kernel first waits for the grid that wrote it."""
+    sched = Schedule.of(module)
+    wait = [_kd("wait_prior_grid")] if sched.grid_dependency == "wait" else []
+    return wait + [_kd("load_rows", elems=sched.elems, head=int(op.attr("head")),  # type: ignore[arg-type]
+                       vec=int(op.get("vector_bits")) // 32)]  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from compressc.passes.cache_hints import CacheHints
 from compressc.passes.l2_prefetch import L2Prefetch
 from compressc.passes.lower_grid import LowerGrid
 from compressc.passes.lower_reduction import LowerReduction
+from compressc.passes.lower_row import LowerRow
 from compressc.passes.occupancy import Occupancy
 from compressc.passes.operand_loads import OperandLoads
 from compressc.passes.overlap_launch import OverlapLaunch
@@ -38,9 +39,11 @@ from compressc.specs.target import TARGETS
 ALL_PASSES: tuple[type[ModulePass], ...] = (
     ThreadMap, Vectorize, LowerReduction, PlanSmem,
     RowsInFlight, PageLookup, Rescale, SmemStage, L2Prefetch, OperandLoads, Occupancy, CacheHints,
-    OverlapLaunch, QuantConvert, LowerGrid,
+    OverlapLaunch, QuantConvert, LowerRow, LowerGrid,
 )
 PASSES_BY_NAME = {p.name: p for p in ALL_PASSES}
+# the lowering to the kernel dialect: no options, run at the end of every pipeline
+FINAL_LOWERING = (LowerRow, LowerGrid)
 # names that expand into several passes at parse time (old pipeline strings keep parsing)
 ALIASES = {WindowPrefetch.name: WindowPrefetch}
 
@@ -187,9 +190,10 @@ def parse_pipeline(text: str) -> list[ModulePass]:
 
 
 def pipeline_string(passes: list[ModulePass]) -> str:
-    """The canonical spelling: what the cache key and manifest record. lower-grid is left
-    out: every pipeline that schedules the window ends with it (`with_final_lowering`)."""
-    return ",".join(p.spelling() for p in passes if not isinstance(p, LowerGrid))
+    """The canonical spelling: what the cache key and manifest record. lower-row and lower-grid
+    are left out: every pipeline that schedules the window ends with them (`with_final_lowering`),
+    and they have no options, so naming them changes no byte."""
+    return ",".join(p.spelling() for p in passes if not isinstance(p, FINAL_LOWERING))
 
 
 def with_final_lowering(passes: list[ModulePass]) -> list[ModulePass]:

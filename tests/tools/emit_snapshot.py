@@ -15,7 +15,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-from compressc.ir.from_spec import module_from_spec
+# this checkout's compressc, not an installed one: run as a script, sys.path[0] is tests/tools,
+# and an editable install of another worktree would answer `import compressc` instead
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from compressc.ir.from_spec import module_from_spec  # noqa: E402
 from compressc.ir.verifier import VerifyError
 from compressc.kernels.emitter import emit
 from compressc.passes.manager import (
