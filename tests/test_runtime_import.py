@@ -143,6 +143,20 @@ def test_import_rules(path):
     assert "compressc.kernels" not in names and not any(n.startswith("compressc.passes") for n in names)
 
 
+@pytest.mark.parametrize("path", sorted(RUNTIME.glob("*.py")), ids=lambda p: p.name)
+def test_no_runtime_module_imports_cuda_bindings_when_it_loads(path):
+    """cuda.bindings.driver takes 20-40 ms to import; the runtime imports it only to name an
+    error, so a lookup in a process whose torch has not imported it does not pay for it."""
+    top = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            top |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module)
+    cuda = {n for n in top if n == "cuda" or n.startswith("cuda.")}
+    assert not cuda, f"{path.name} imports {cuda} when it loads"
+
+
 def test_the_runtime_imports_no_compiler_and_no_cli():
     """import compressc.runtime (the cold start's first step) loads neither the compiler, the
     command line, nor cutlass; the cache modules it needs load on the first lookup."""

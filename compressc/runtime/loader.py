@@ -4,7 +4,9 @@ The driver calls go through ctypes on libcuda (`cudriver`, `cudalaunch`): a call
 `cuda.bindings.driver` function would make cuda-bindings resolve every driver entry point,
 and a driver older than the bindings refuses the newer ones (the 34 CUDA_ERROR_INVALID_VALUE
 of cuGetProcAddress_v2 compute-sanitizer reported; `cudriver` says more). The only module of
-compressc that imports `cuda.bindings`, for its CUresult names only (an enum: no driver call).
+compressc that imports `cuda.bindings`, for its CUresult names only (an enum: no driver call),
+and only to name an error: importing `cuda.bindings.driver` costs 20-40 ms, which a process
+whose torch has not imported it would pay on its first kernel lookup (the cold start).
 Kernels are loaded once per (process, device, cache key) into the device's primary context,
 which torch's CUDA runtime shares, and launched on torch's current stream. The launch path
 makes no host synchronisation, so it is safe inside CUDA graph capture.
@@ -18,7 +20,6 @@ import threading
 from typing import NamedTuple
 
 import torch
-from cuda.bindings import driver
 
 from compressc.runtime import cudalaunch, cudriver
 from compressc.runtime.args import launch_grid, parse_grid
@@ -57,6 +58,8 @@ def _error_name(result: int) -> str:
     name = cudriver.error_name(result)
     if name is not None:
         return name
+    from cuda.bindings import driver
+
     try:
         return driver.CUresult(result).name
     except ValueError:
