@@ -10,29 +10,17 @@
 from __future__ import annotations
 
 import pytest
+from lowering import edit as _edit
+from lowering import lower as _lower
 from test_interp import _report
 
 from compressc.ir import interp, parse_module, print_module
-from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp_row import LaneError
 from compressc.ir.kd_row import ROW_ATTRS, RowNestingError, row_program
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
-from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.passes.manager import DEFAULT_FETCH
 from compressc.specs import make_spec
-
-
-def _lower(spec, pipeline: str = "default"):
-    module = module_from_spec(spec)
-    return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
-
-
-def _edit(module, old: str, new: str):
-    """The lowered module's text with one line's `old` replaced by `new`, parsed back."""
-    text = print_module(module)
-    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times"
-    return parse_module(text.replace(old, new))
 
 
 def _names(module) -> list[str]:

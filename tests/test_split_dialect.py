@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from lowering import edit as _edit
 from test_c128a_split import WINDOW, _interpret, _lower
 
 from compressc.acceptance import compare_cache_bytes
@@ -34,12 +35,6 @@ def _report(module, seed: int = 5):
     n = min(sc.T, sc.kv_slot_mapping.numel())
     return compare_cache_bytes(spec, got, want, sc.kv_slot_mapping[:n][sc.active()[:n]],
                                kv_cache_block_size=sc.kv_cache_block_size)
-
-
-def _edit(module, old: str, new: str):
-    text = print_module(module)
-    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times"
-    return parse_module(text.replace(old, new))
 
 
 def _merge_ops(module) -> list[str]:

@@ -15,14 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lowering import edit as _edit
+from lowering import lower as _lower
 from test_interp import _report
 
 from compressc.ir import interp, parse_module, print_module
-from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp_row import LaneError
 from compressc.ir.verifier import VerifyError, verify
 from compressc.kernels.emitter import emit
-from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.passes.manager import DEFAULT_FETCH
 from compressc.specs import make_spec
 
@@ -34,17 +34,6 @@ PREFETCH = (f"thread-map{{elems-per-lane=4,window-split=4}},{_TAIL},"
 CLUSTER = f"thread-map{{elems-per-lane=2,window-split=2,grid=tiled,cluster-split=2}},{_TAIL},{DEFAULT_FETCH}"
 ROWS = (f"thread-map{{elems-per-lane=2}},{_TAIL},rows-in-flight{{rows=2}},page-lookup{{by=row}},"
         "rescale{per=row}")
-
-
-def _lower(spec, pipeline: str = "default"):
-    module = module_from_spec(spec)
-    return PassManager(parse_pipeline(resolve_pipeline(pipeline, module))).run(module)
-
-
-def _edit(module, old: str, new: str):
-    text = print_module(module)
-    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times"
-    return parse_module(text.replace(old, new))
 
 
 def _window_ops(module) -> list[str]:
