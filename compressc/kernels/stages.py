@@ -20,7 +20,7 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
     return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
 
 
-def ballot(src: Source, guard_op: Op, base: str, count: str, module: Module | None = None) -> None:
+def ballot(src: Source, guard_op: Op, base: str, count: str) -> None:
     """Lane i reads row base + i's metadata (one round trip for 32 rows); a ballot hands
     every lane the set of active rows, so inactive rows cost nothing more."""
     src.line(f"# in every warp, lane i reads row {base} + i's metadata (one round trip for the block)")
@@ -29,7 +29,7 @@ def ballot(src: Source, guard_op: Op, base: str, count: str, module: Module | No
     src.line("mine = cutlass.Boolean(False)")
     src.line(f"if lane < {count} and row < num_rows:")
     with src.indent():
-        guard(src, guard_op, module)
+        guard(src, guard_op)
         src.line("mine = active")
     src.line("todo = cute.arch.vote_ballot_sync(mine)")
 
@@ -64,9 +64,9 @@ def operand_loads(src: Source, module: Module) -> None:
             ROW_EMIT[op.name](src, module, op)
 
 
-def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
+def guard(src: Source, op: Op | None) -> None:
     """The row's metadata and whether it is active (`op`: a kd.guard, or the kd.ballot or
-    kd.sweeps that guards its rows); with `checked`, the checked build's cc.bounds after it."""
+    kd.sweeps that guards its rows); with `checks`, the checked build's bounds checks after it."""
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
     src.line("# docs/kernels.md §3.1: active only at a boundary token with a request, a position and slots")
@@ -79,7 +79,6 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
     src.line("slot = cute.make_tensor(slot_mapping, cute.make_layout(num_rows))[row]")
     src.line("req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[row]")
     src.line(f"active = (slot >= 0) & (req >= 0) & (pos >= 0) & (kv_slot >= 0) & ((pos + 1) % {ratio} == 0)")
-    if op.attr("checked"):
-        assert module is not None
-        bounds_emit(src, module.find("cc.bounds"))  # type: ignore[arg-type]
+    if op.attr("checks"):
+        bounds_emit(src, op)
 
