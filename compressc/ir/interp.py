@@ -115,7 +115,6 @@ def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int,
         return None
     return Lanes(
         module, sched.elems, sched.head_lanes, sched.split, sched.threads, mem, row, pos, req, kv_slot,
-        sched.cluster,
     )
 
 

@@ -39,6 +39,7 @@ class Cta:
     mem: Memory
     env: dict[str, int] = field(default_factory=dict)
     lanes: Lanes | None = None
+    ranks: int = 1  # the CTAs of a row (kd.split_rank, kd.cluster_rank): simulated as one, rank by rank
     stage: StageSmem | None = None  # its dynamic smem, once a staged window's pipeline starts
 
 
@@ -93,6 +94,7 @@ def _row(node: Node, cta: Cta) -> None:
         raise GridError(f"kd.row ran row {cta.env['row']}, which its guard did not find active")
     if cta.stage is not None:  # the staged window reads this row's slot
         cta.lanes.stage, cta.lanes.regs["stg"] = cta.stage, cta.env["stg"]
+    cta.lanes.cluster = cta.ranks
     cta.run_row(cta.lanes)
 
 
@@ -243,9 +245,11 @@ def _row_groups(node: Node, cta: Cta) -> None:
                 _walk(node.body, cta)
 
 
-def _one_cta(node: Node, cta: Cta) -> None:
-    """A row's CTAs (a cluster's, or c128a_split's consecutive blocks) are simulated as one: thread
-    rank * threads + tidx of the row body is rank's thread tidx (compressc/ir/interp_window.py)."""
+def _ranks(node: Node, cta: Cta) -> None:
+    """A row's `ctas` CTAs (a cluster's, or c128a_split's consecutive blocks) are simulated as one:
+    thread rank * threads + tidx of the row body is rank's thread tidx, for rank < ctas
+    (compressc/ir/interp_window.py), and each rank's smem a row of the CTA's (interp_row.py)."""
+    cta.ranks = int(node.op.attr("ctas"))  # type: ignore[arg-type]
 
 
 def _nothing(node: Node, cta: Cta) -> None:
@@ -254,8 +258,8 @@ def _nothing(node: Node, cta: Cta) -> None:
 
 _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.lanes": _nothing,
-    "kd.split_rank": _one_cta,
-    "kd.cluster_rank": _one_cta,
+    "kd.split_rank": _ranks,
+    "kd.cluster_rank": _ranks,
     "kd.stage_smem": _nothing,
     "kd.static_smem": _nothing,
     "kd.trigger_dependents": _nothing,

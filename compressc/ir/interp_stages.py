@@ -52,7 +52,8 @@ class Lanes:
     pos: int
     req: int
     kv_slot: int
-    cluster: int = 1  # CTAs of a cluster pooling the row's window together (rank r: threads r*threads..)
+    cluster: int = 1  # CTAs pooling the row's window together (rank r: threads r*threads..): the program's
+    # kd.cluster_rank / kd.split_rank `ctas`
     m: np.ndarray | None = None  # online softmax max / sum / weighted sum, [threads, E]
     l: np.ndarray | None = None  # noqa: E741
     a: np.ndarray | None = None
