@@ -61,6 +61,7 @@ def run_program(module: Module, mem: Memory, grid: int,
     num_rows = mem.scalar("num_rows")
     for block in range(grid // cluster):
         _walk(nodes, Cta(block, grid, guard, run_row, num_rows, module, mem))
+    # every guard op of a program carries the build's bounds checks: a row they refuse is not active
     checks = next(op for op in module.ops if op.name in ("kd.guard", "kd.ballot", "kd.sweeps"))
     missed = [row for row in range(num_rows) if row not in seen and guard(row, checks) is not None]
     if missed:
