@@ -267,7 +267,7 @@ def test_the_checked_build_has_its_own_cache_key() -> None:
 
 
 def test_the_guard_ops_say_the_build_is_checked(monkeypatch) -> None:
-    """lower-grid writes `checked` on every guard (kd.guard, kd.ballot, kd.sweeps) of a checked
+    """lower-grid writes the checks on every guard (kd.guard, kd.ballot, kd.sweeps) of a checked
     build; the emitter and the interpreter check the row's indices where it says so."""
     from compressc.ir import interp
     from compressc.ir.verifier import VerifyError, verify
@@ -275,14 +275,18 @@ def test_the_guard_ops_say_the_build_is_checked(monkeypatch) -> None:
     spec = make_spec("c4a")
     checked = _lower(spec.with_(bounds=True))
     guards = [op for op in checked.ops if op.name in ("kd.guard", "kd.ballot", "kd.sweeps")]
-    assert guards and all(op.attr("checked") is True for op in guards)
+    assert guards and all(op.attr("checks") == "request,column,page,rope,kv" for op in guards)
+    assert all(op.attr("window") == 8 and op.attr("absent") is True for op in guards)  # c4a: 8 rows, ratio 4
     plain = [op for op in _lower(spec).ops if op.name in ("kd.guard", "kd.ballot")]
-    assert all(op.attr("checked") is False for op in plain)
+    assert all((op.attr("checks"), op.attr("window"), op.attr("absent")) == ("", 0, False) for op in plain)
+
     def uncheck(op):
-        return replace(op, attrs=tuple((k, False if k == "checked" else v) for k, v in op.attrs))
+        if op.name not in ("kd.guard", "kd.ballot", "kd.sweeps"):
+            return op
+        return replace(op, attrs=tuple((k, "" if k == "checks" else v) for k, v in op.attrs))
 
     unchecked = replace(checked, ops=tuple(uncheck(op) for op in checked.ops))
-    with pytest.raises(VerifyError, match="must be kd.(guard|ballot|sweeps) .*'checked': True"):
+    with pytest.raises(VerifyError, match="must be kd.(guard|ballot|sweeps) .*'checks': 'request,column"):
         verify(unchecked)
     base = make_scenario(spec, "mixed", 70, seed=11)
     sc, _ = _corrupt(base, "kv", _active_row(base))
@@ -292,3 +296,30 @@ def test_the_guard_ops_say_the_build_is_checked(monkeypatch) -> None:
     with pytest.raises(IndexError):  # its guards check nothing: the row's store lands past the cache
         run_module(unchecked, args, sm_count=3)
     assert not args["bounds_error"].any()
+
+
+def test_the_emitter_reads_the_checks_from_the_guard_ops_not_cc_bounds(monkeypatch) -> None:
+    """The bounds checks the kernel runs are the guard ops' attributes: an edited cc.bounds
+    (unverified) changes no byte of the source, an edited guard does."""
+    from compressc.kernels import emitter
+
+    checked = _lower(make_spec("c4a", bounds=True))
+    def body(module) -> str:  # the spec hash names the spec, cc.bounds included
+        return "\n".join(line for line in emit(module, "default").splitlines() if "spec hash" not in line)
+
+    want = body(checked)
+    monkeypatch.setattr(emitter, "verify", lambda module: module)
+    bounds = checked.replace_ops("cc.bounds", lambda op: replace(op, attrs=(("checks", "kv"), ("window", 4),
+                                                                           ("ratio", 4))))
+    assert body(bounds) == want
+
+    def edit(op):
+        if op.name not in ("kd.guard", "kd.ballot", "kd.sweeps"):
+            return op
+        return replace(op, attrs=tuple((k, False if k == "absent" else v) for k, v in op.attrs))
+
+    no_clamp = replace(checked, ops=tuple(edit(op) for op in checked.ops))
+    assert "absent rows read column 0's page" in want
+    assert "absent rows read column 0's page" not in body(no_clamp)
+    with pytest.raises(VerifyError, match="must be kd.(guard|ballot|sweeps) .*'absent': True"):
+        verify(no_clamp)

@@ -124,7 +124,7 @@ def _run_unverified(module, spec, sc, gpu):
     ratio = int(module.find("cc.row_guard").attr("ratio"))
     grid = launch_grid(grid_rule(module), mem.scalar("num_rows"), *gpu)
     return run_program(module, mem, grid,
-                       lambda row, checked: interp._guard(module, sched, mem, row, ratio, checked))
+                       lambda row, op: interp._guard(module, sched, mem, row, ratio, op))
 
 
 def test_a_run_shorter_than_the_launch_is_refused_and_caught() -> None:
@@ -155,7 +155,8 @@ def test_a_row_body_without_its_ballot_bit_is_an_error() -> None:
 
 def test_an_edited_program_attribute_is_refused() -> None:
     module = _lower(make_spec("c4a"))
-    want = r"kd\.guard: program='kd\.guard': must be kd\.guard \{'ratio': 4, 'checked': False\}"
+    want = (r"kd\.guard: program='kd\.guard': must be kd\.guard \{'ratio': 4, 'checks': '', 'window': 0, "
+            r"'absent': False\}")
     with pytest.raises(VerifyError, match=want):
         verify(_mutate(module, "kd.guard", ratio=8))
 

@@ -13,7 +13,7 @@ from compressc import reference
 from compressc.cli import main
 from compressc.driver.compile import compile_source
 from compressc.driver.cubin import check_cubin
-from compressc.ir import parse_module, print_module
+from compressc.ir import interp, parse_module, print_module
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
 from compressc.ir.launch import launch_info
@@ -145,6 +145,29 @@ def test_interpreter_reads_the_ring_where_the_chunk_does_not_reach() -> None:
     assert bool(sc.active()[row]) and bool(sc.active()[inside])
     assert not torch.equal(base[row], moved[row])
     assert torch.equal(base[inside], moved[inside])  # p = 1151's window lies wholly in its chunk
+
+
+def test_the_ring_state_is_lowered_to_kd_ops_that_the_interpreter_runs(monkeypatch) -> None:
+    module = _lower()
+    names = [op.name for op in module.ops]
+    at = names.index("cc.ring_state")
+    assert names[at + 1:at + 3] == ["kd.ring_window", "kd.ring_base"]
+    base = module.ops[at + 2]
+    assert dict(base.attrs) == {"window": 128, "row_words": 2 * int(module.ops[at].attr("state_width"))}
+    wrong = replace(module, ops=tuple(replace(op, attrs=tuple((k, v + 4 if k == "row_words" else v)
+                                                              for k, v in op.attrs)) if op is base else op
+                                      for op in module.ops))
+    with pytest.raises(VerifyError, match=r"row_words=\d+: must be \d+: the row's kd ops are lower-row's "
+                                          "lowering of cc.ring_state %ring"):
+        verify(wrong)
+    sc = make_ring_scenario([(1000, 200), (700, 100)], capacity=256, padding=0)
+    good, bad = sc.poisoned_compressed_kv(), sc.poisoned_compressed_kv()
+    run_module(module, args_from_scenario(sc, good))
+    monkeypatch.setattr(interp, "verify", lambda module: module)  # the edited op, run unverified
+    run_module(wrong, args_from_scenario(sc, bad))
+    row = int((sc.positions == 767).nonzero())  # its window starts in the ring
+    assert not torch.equal(good[row], bad[row])
+    assert "ring_base = ring_blk * ring_block_stride + ring_row0 * " in emit(module, "default")
 
 
 # -- the IR: text, verifier, passes ----------------------------------------------------------------

@@ -164,6 +164,17 @@ def test_an_edited_pool_merge_gives_wrong_bytes(monkeypatch, pipeline: str, _, o
     assert not _report(spec, wrong, "prefill", 40, 5).ok
 
 
+def test_a_wrong_cluster_rank_count_gives_wrong_bytes(monkeypatch) -> None:
+    """kd.cluster_rank's `ctas` is how many CTAs the interpreter runs the row on: a cluster of 2
+    lowered as 1 pools only rank 0's half of the window and folds a partial no rank stored."""
+    spec = make_spec("c4a")
+    wrong = _edit(_lower(spec, CLUSTER), "kd.cluster_rank {ctas = 2}", "kd.cluster_rank {ctas = 1}")
+    with pytest.raises(VerifyError, match="must be kd.cluster_rank {'ctas': 2}"):
+        verify(wrong)
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    assert not _report(spec, wrong, "prefill", 40, 5).ok
+
+
 def test_a_cluster_merge_without_its_barrier_is_a_lane_error(monkeypatch) -> None:
     spec = make_spec("c4a")
     wrong = _edit(_lower(spec, CLUSTER), '  kd.cluster_barrier {after = "stores", ranks = 2}\n', "")

@@ -127,3 +127,12 @@ def test_a_wrong_arrival_limit_fails_the_election(monkeypatch) -> None:
     monkeypatch.setattr(interp, "verify", lambda module: module)
     with pytest.raises(AssertionError, match=r"elected \[.*, .*\] \(exactly one CTA must finish the row\)"):
         _report(wrong)
+
+
+def test_a_wrong_split_rank_count_fails_the_election(monkeypatch) -> None:
+    """kd.split_rank's `ctas` is how many CTAs the interpreter runs the row on: 4 of the 8 arrive,
+    none sees the count reach 7, and no CTA finishes the row."""
+    wrong = _edit(_lower(make_spec("c128a_split")), "kd.split_rank {ctas = 8}", "kd.split_rank {ctas = 4}")
+    monkeypatch.setattr(interp, "verify", lambda module: module)
+    with pytest.raises(AssertionError, match=r"elected \[\] \(exactly one CTA must finish the row\)"):
+        _report(wrong)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from compressc.ir.core import Module
+from compressc.ir.core import Module, Op
 from compressc.ir.interp_bounds import bounds_failure, record
 from compressc.ir.interp_grid import run_program
 from compressc.ir.interp_stages import Lanes, Memory
@@ -96,26 +96,25 @@ def run_module(module: Module, args: Mapping[str, Value], *, sm_count: int = 4,
     ratio, num_rows = int(guard.attr("ratio")), mem.scalar("num_rows")  # type: ignore[arg-type]
     grid = launch_grid(grid_rule(module), num_rows, sm_count, resident)
     return run_program(module, mem, grid,
-                       lambda row, checked: _guard(module, sched, mem, row, ratio, checked))
+                       lambda row, op: _guard(module, sched, mem, row, ratio, op))
 
 
 def _guard(module: Module, sched: Schedule, mem: Memory, row: int, ratio: int,
-           checked: bool = True) -> Lanes | None:
+           guard: Op | None = None) -> Lanes | None:
     """docs/kernels.md §3.1, as the emitted guard reads it: missing entries count as -1;
-    `checked` (the guard op's): a checked build's cc.bounds skips and records a bad row."""
+    `guard` (the kd op): the `checks` of a checked build's guard skip and record a bad row."""
     pos = int(mem["positions"][row]) if row < mem.scalar("num_positions") else -1
     kv_slot = int(mem["kv_slot_mapping"][row]) if row < mem.scalar("num_kv_slots") else -1
     slot, req = int(mem["slot_mapping"][row]), int(mem["token_to_req_indices"][row])
     if slot < 0 or req < 0 or pos < 0 or kv_slot < 0 or (pos + 1) % ratio:
         return None
-    bounds = module.find("cc.bounds") if checked else None
-    failure = bounds_failure(bounds, mem, row, pos, req, kv_slot) if bounds is not None else None
+    checked = guard is not None and guard.attr("checks")
+    failure = bounds_failure(guard, mem, row, pos, req, kv_slot) if checked else None  # type: ignore[arg-type]
     if failure is not None:
         record(mem, row, failure)
         return None
     return Lanes(
         module, sched.elems, sched.head_lanes, sched.split, sched.threads, mem, row, pos, req, kv_slot,
-        sched.cluster,
     )
 
 

@@ -1,5 +1,5 @@
-"""The interpreter of `cc.bounds` (docs/kernels.md §3, "Checked builds"), as
-`compressc.kernels.bounds` emits it:
+"""The interpreter of a checked build's bounds checks (docs/kernels.md §3, "Checked builds"), the
+`checks` of its guard ops (kd.guard, kd.ballot, kd.sweeps), as `compressc.kernels.bounds` emits them:
 the checks in order on an active row, the first failure recorded (if the record is free) and
 the row made inactive."""
 
@@ -29,7 +29,8 @@ def _state(op: Op, mem: Memory, pos: int, req: int) -> tuple | None:
     if req >= rows:
         return ("request", req, req, rows, 0)
     shift, window = mem.scalar("state_block_shift"), int(op.attr("window"))  # type: ignore[arg-type]
-    c_lo, c_hi = max(pos - (window - 1), 0) >> shift, pos >> shift
+    q_lo = pos - (window - 1)
+    c_lo, c_hi = (max(q_lo, 0) if op.attr("absent") else q_lo) >> shift, pos >> shift
     if c_hi >= cols:
         return ("column", pos, c_hi, cols, 0)
     pages, stride = mem.scalar("bounds_state_pages"), mem.scalar("block_table_stride")

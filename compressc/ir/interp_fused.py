@@ -38,7 +38,7 @@ def run_fused(
         ratio = int(guard.attr("ratio"))  # type: ignore[union-attr, arg-type]
         done[name] = run_program(
             part, mem, grid,
-            lambda row, checked, p=part, s=sched, m=mem, r=ratio: _guard(p, s, m, row, r, checked)
+            lambda row, op, p=part, s=sched, m=mem, r=ratio: _guard(p, s, m, row, r, op)
         )
     return done
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from compressc.ir.core import Module
+from compressc.ir.core import Module, Op
 from compressc.ir.interp_row import run_row_ops
 from compressc.ir.interp_stage import StageSmem, issue
 from compressc.ir.interp_stages import Lanes, Memory
@@ -32,18 +32,19 @@ class Cta:
 
     block: int  # its index in the launch (the cluster's, for clusters)
     grid: int  # CTAs launched
-    guard: Callable[[int, bool], Lanes | None]  # (row, checked): the row's lanes if it is active
+    guard: Callable[[int, Op], Lanes | None]  # (row, guard op): the row's lanes if it is active
     run_row: Callable[[Lanes], None]
     num_rows: int
     module: Module
     mem: Memory
     env: dict[str, int] = field(default_factory=dict)
     lanes: Lanes | None = None
+    ranks: int = 1  # the CTAs of a row (kd.split_rank, kd.cluster_rank): simulated as one, rank by rank
     stage: StageSmem | None = None  # its dynamic smem, once a staged window's pipeline starts
 
 
 def run_program(module: Module, mem: Memory, grid: int,
-                guard: Callable[[int, bool], Lanes | None]) -> list[int]:
+                guard: Callable[[int, Op], Lanes | None]) -> list[int]:
     """Run the module's program on every CTA of a `grid`-CTA launch; the rows it ran."""
     done: list[int] = []
     seen: set[int] = set()
@@ -60,7 +61,9 @@ def run_program(module: Module, mem: Memory, grid: int,
     num_rows = mem.scalar("num_rows")
     for block in range(grid // cluster):
         _walk(nodes, Cta(block, grid, guard, run_row, num_rows, module, mem))
-    missed = [row for row in range(num_rows) if row not in seen and guard(row, True) is not None]
+    # every guard op of a program carries the build's bounds checks: a row they refuse is not active
+    checks = next(op for op in module.ops if op.name in ("kd.guard", "kd.ballot", "kd.sweeps"))
+    missed = [row for row in range(num_rows) if row not in seen and guard(row, checks) is not None]
     if missed:
         raise GridError(f"{len(missed)} active row(s) never ran, first {missed[:5]}: the row loop "
                         f"does not cover the {grid}-CTA launch")
@@ -84,7 +87,7 @@ def _guard(node: Node, cta: Cta) -> None:
     if not 0 <= row < cta.num_rows:
         raise GridError(f"{node.op.name} reads the metadata of row {row}, outside the {cta.num_rows} "
                         "launched")
-    cta.lanes = cta.guard(row, bool(node.op.attr("checked")))
+    cta.lanes = cta.guard(row, node.op)
 
 
 def _row(node: Node, cta: Cta) -> None:
@@ -92,20 +95,21 @@ def _row(node: Node, cta: Cta) -> None:
         raise GridError(f"kd.row ran row {cta.env['row']}, which its guard did not find active")
     if cta.stage is not None:  # the staged window reads this row's slot
         cta.lanes.stage, cta.lanes.regs["stg"] = cta.stage, cta.env["stg"]
+    cta.lanes.cluster = cta.ranks
     cta.run_row(cta.lanes)
 
 
 def _ballot(node: Node, cta: Cta) -> None:
     base, count = cta.env[str(node.op.attr("base"))], cta.env[str(node.op.attr("count"))]
-    cta.env["todo"] = _todo(cta, base, count, bool(node.op.attr("checked")))
+    cta.env["todo"] = _todo(cta, base, count, node.op)
 
 
-def _todo(cta: Cta, base: int, count: int, checked: bool) -> int:
+def _todo(cta: Cta, base: int, count: int, guard: Op) -> int:
     """Lane i's bit: row base + i is active (lanes past `count` or the launch vote no)."""
     todo = 0
     for lane in range(min(WARP, count)):
         row = base + lane
-        if row < cta.num_rows and cta.guard(row, checked) is not None:
+        if row < cta.num_rows and cta.guard(row, guard) is not None:
             todo |= 1 << lane
     return todo
 
@@ -217,8 +221,7 @@ def _sweeps(node: Node, cta: Cta) -> None:
     span, row0, per_cta = WARP * warps, cta.env["row0"], cta.env["per_cta"]
     for sweep in range(-(-per_cta // span)):
         sw0 = row0 + sweep * span
-        checked = bool(node.op.attr("checked"))
-        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP), checked) for w in range(warps)]
+        masks = [_todo(cta, sw0 + w * WARP, row0 + per_cta - (sw0 + w * WARP), node.op) for w in range(warps)]
         cta.env["sw0"] = sw0
         for w, todo in enumerate(masks):
             cta.env["sw_w"] = w
@@ -243,9 +246,11 @@ def _row_groups(node: Node, cta: Cta) -> None:
                 _walk(node.body, cta)
 
 
-def _one_cta(node: Node, cta: Cta) -> None:
-    """A row's CTAs (a cluster's, or c128a_split's consecutive blocks) are simulated as one: thread
-    rank * threads + tidx of the row body is rank's thread tidx (compressc/ir/interp_window.py)."""
+def _ranks(node: Node, cta: Cta) -> None:
+    """A row's `ctas` CTAs (a cluster's, or c128a_split's consecutive blocks) are simulated as one:
+    thread rank * threads + tidx of the row body is rank's thread tidx, for rank < ctas
+    (compressc/ir/interp_window.py), and each rank's smem a row of the CTA's (interp_row.py)."""
+    cta.ranks = int(node.op.attr("ctas"))  # type: ignore[arg-type]
 
 
 def _nothing(node: Node, cta: Cta) -> None:
@@ -254,8 +259,8 @@ def _nothing(node: Node, cta: Cta) -> None:
 
 _RUN: dict[str, Callable[[Node, Cta], None]] = {
     "kd.lanes": _nothing,
-    "kd.split_rank": _one_cta,
-    "kd.cluster_rank": _one_cta,
+    "kd.split_rank": _ranks,
+    "kd.cluster_rank": _ranks,
     "kd.stage_smem": _nothing,
     "kd.static_smem": _nothing,
     "kd.trigger_dependents": _nothing,

@@ -1,8 +1,9 @@
 """The interpreter of the C128 ring state (docs/kernels.md §10), mirroring compressc.kernels.ring.
 
-`ring_state` finds, once per active row, what the emitted `cc.ring_state` computes (`t0`,
-`ring_split`, `ring_base`); `load_row` is the window's row load for a window that pools from
-it: each thread's window row from this launch (kv, score + ape) or from the ring.
+`ring_window` and `ring_base` find, once per active row, what the emitted `kd.ring_window` and
+`kd.ring_base` compute (`t0`, `ring_split`, `ring_base`, in the row's registers); `load_row` is
+the row load of a window that pools from them: each thread's window row from this launch
+(kv, score + ape) or from the ring.
 """
 
 from __future__ import annotations
@@ -19,23 +20,28 @@ if TYPE_CHECKING:
 F32 = np.float32
 
 
-def ring_state(lanes: Lanes, op: Op) -> None:
-    """(t0, ring_split, ring_base) of the row, as the emitted prologue computes them."""
+def ring_window(lanes: Lanes, op: Op) -> None:
+    """kd.ring_window: t0 (the launched row of window row 0) and ring_split (the first window
+    row in the request's chunk)."""
+    t0 = lanes.row - (int(op.attr("window")) - 1)  # type: ignore[arg-type]
+    lanes.regs["t0"], lanes.regs["ring_split"] = t0, int(lanes.mem["query_start_loc"][lanes.req]) - t0
+
+
+def ring_base(lanes: Lanes, op: Op) -> None:
+    """kd.ring_base: the state_cache word of window row 0 in the request's ring."""
     mem, window = lanes.mem, int(op.attr("window"))  # type: ignore[arg-type]
-    width = int(op.attr("state_width"))  # type: ignore[arg-type]
-    t0 = lanes.row - (window - 1)
-    split = int(mem["query_start_loc"][lanes.req]) - t0
     block = int(mem["block_table"][lanes.req * mem.scalar("block_table_stride")])
     row0 = (lanes.pos - (window - 1)) % mem.scalar("ring_capacity")
-    lanes.ring = (t0, split, block * mem.scalar("ring_block_stride") + row0 * 2 * width)
+    lanes.regs["ring_base"] = block * mem.scalar("ring_block_stride") + row0 * int(op.attr("row_words"))  # type: ignore[arg-type]
 
 
 def load_row(lanes: Lanes, head: int, width: int, i: np.ndarray, col: np.ndarray) -> tuple:
     """(kv, score) [threads, E] of each thread's window row i (a kd.ring_row): launched row
     t0 + i (score + ape) where it is in the request's chunk, else the ring row (its score
     already has ape)."""
-    assert lanes.ring is not None, "cc.ring_state runs before the window"
-    mem, (t0, split, base) = lanes.mem, lanes.ring
+    assert "ring_base" in lanes.regs, "kd.ring_window and kd.ring_base run before the window"
+    mem, regs = lanes.mem, lanes.regs
+    t0, split, base = regs["t0"], regs["ring_split"], regs["ring_base"]
     here = i >= split
     t = np.where(here, t0 + i, 0)  # rows the other branch reads are never indexed
     kv = mem["kv"][lanes.span(t * mem.scalar("kv_row_stride") + col)]
@@ -45,6 +51,9 @@ def load_row(lanes: Lanes, head: int, width: int, i: np.ndarray, col: np.ndarray
     state = mem["state_cache"]
     ring_kv, ring_sc = state[lanes.span(at)], state[lanes.span(at + width)]
     return np.where(here[:, None], kv, ring_kv), np.where(here[:, None], sc, ring_sc).astype(F32)
+
+
+RING_RUN = {"kd.ring_window": ring_window, "kd.ring_base": ring_base}
 
 
 def args_from_ring_scenario(scenario, out) -> dict:

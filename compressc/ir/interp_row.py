@@ -15,9 +15,10 @@ from collections.abc import Callable
 import numpy as np
 
 from compressc.ir.core import Op
-from compressc.ir.interp_stages import F32, STAGES, Lanes
+from compressc.ir.interp_ring import RING_RUN
+from compressc.ir.interp_stages import F32, Lanes
 from compressc.ir.interp_window import WINDOW_LOOPS, WINDOW_RUN
-from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
+from compressc.ir.kd_row import OPERAND_LOADS, RowNode, row_program
 from compressc.ir.row_pool import POOL_RUN
 from compressc.ir.row_split import SPLIT_BRANCHES, SPLIT_RUN
 from compressc.ir.row_stores import STORE_RUN
@@ -56,8 +57,7 @@ def run_row_ops(lanes: Lanes) -> None:
 
 
 def _walk(lanes: Lanes, nodes: tuple[RowNode, ...]) -> None:
-    skip = lowered_ops(tuple(node.op for node in nodes))
-    for i, node in enumerate(nodes):
+    for node in nodes:
         op = node.op
         if op.name == "kd.if_cols":
             outer, col = lanes.live, lanes.col
@@ -68,8 +68,6 @@ def _walk(lanes: Lanes, nodes: tuple[RowNode, ...]) -> None:
             ROW_BODIES[op.name](lanes, op, lambda body=node.body: _walk(lanes, body))
         elif op.name in ROW_RUN and op.attr("at") != "early":
             ROW_RUN[op.name](lanes, op)
-        elif op.name in STAGES and i not in skip:
-            STAGES[op.name](lanes, op)
 
 
 def _lane(lanes: Lanes) -> np.ndarray:
@@ -260,6 +258,7 @@ ROW_RUN: dict[str, Callable[[Lanes, Op], None]] = {
     **POOL_RUN,
     **WINDOW_RUN,
     **SPLIT_RUN,
+    **RING_RUN,
 }
 # the row ops that open a body: (lanes, op, walk the body once)
 ROW_BODIES = {**WINDOW_LOOPS, **SPLIT_BRANCHES}

@@ -8,14 +8,12 @@ A shuffle `shfl_xor(v, mask)` is `v[lane ^ mask]` on such an array.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from compressc.ir import interp_ring
-from compressc.ir.core import Module, Op
+from compressc.ir.core import Module
 
 F32 = np.float32
 LOG2E = F32(1.4426950408889634)  # the kernel's `* LOG2E` rounds the constant to fp32 first
@@ -54,7 +52,8 @@ class Lanes:
     pos: int
     req: int
     kv_slot: int
-    cluster: int = 1  # CTAs of a cluster pooling the row's window together (rank r: threads r*threads..)
+    cluster: int = 1  # CTAs pooling the row's window together (rank r: threads r*threads..): the program's
+    # kd.cluster_rank / kd.split_rank `ctas`
     m: np.ndarray | None = None  # online softmax max / sum / weighted sum, [threads, E]
     l: np.ndarray | None = None  # noqa: E741
     a: np.ndarray | None = None
@@ -63,7 +62,6 @@ class Lanes:
     q: np.ndarray | None = None  # bf16-rounded y
     e8: np.ndarray | None = None  # UE8M0 exponent byte per lane (equal within a quant group)
     inv: np.ndarray | None = None
-    ring: tuple[int, int, int] | None = None  # (t0, ring_split, ring_base) of a ring window
     # the lane-level row ops' state (compressc/ir/interp_row.py): registers by the emitter's
     # names, the CTA's static smem (fp32 words), the lanes of the current store region, and
     # whether an smem write awaits its barrier
@@ -123,7 +121,3 @@ def _merge(m, l, a, mg, lg, ag):  # noqa: E741
         l_new, a_new = l * alpha + lg * beta, a * alpha + ag * beta
     return np.where(live, m_new, m), np.where(live, l_new, l), np.where(live, a_new, a)
 
-
-STAGES: dict[str, Callable[[Lanes, Op], None]] = {
-    "cc.ring_state": interp_ring.ring_state,
-}

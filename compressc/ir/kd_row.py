@@ -18,6 +18,9 @@ from compressc.ir.core import Op
 
 # op -> the attributes it must carry
 ROW_ATTRS: dict[str, tuple[str, ...]] = {
+    # cc.ring_state, the C128 ring's rows of this row's window (compressc/passes/lower_row_window.py)
+    "kd.ring_window": ("window",),
+    "kd.ring_base": ("window", "row_words"),
     # cc.window (compressc/passes/lower_row_window.py)
     "kd.window_start": ("window",),
     "kd.page_table": (),
@@ -100,8 +103,9 @@ ROW_ATTRS: dict[str, tuple[str, ...]] = {
     "kd.write_state": ("elems", "head", "bits", "keep"),
 }
 # the row ops lower-row rewrites (each keeps its spec; its kd ops follow it)
-LOWERED = ("cc.window", "cc.load_rows", "cc.store_rows", "cc.online_merge", "cc.online_store",
-           "cc.pool_softmax", "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant", "cc.store")
+LOWERED = ("cc.ring_state", "cc.window", "cc.load_rows", "cc.store_rows", "cc.online_merge",
+           "cc.online_store", "cc.pool_softmax", "cc.rms_norm", "cc.rope", "cc.hadamard", "cc.quant",
+           "cc.store")
 # the loads the `kd.row {operands}` / `kd.operand_loads` of the program issue when `at = "early"`,
 # with the row op they feed
 OPERAND_LOADS = {"kd.load_rms_weight": "cc.rms_norm", "kd.load_rope_tables": "cc.rope"}
@@ -126,11 +130,6 @@ class RowNode:
 
 def is_row_op(op: Op) -> bool:
     return op.name in ROW_ATTRS
-
-
-def lowered_ops(ops: tuple[Op, ...]) -> set[int]:
-    """The indices of the coarse ops whose kd ops follow them: their specs, not run themselves."""
-    return {i for i, op in enumerate(ops[:-1]) if op.name in LOWERED and is_row_op(ops[i + 1])}
 
 
 def row_program(ops: tuple[Op, ...]) -> tuple[RowNode, ...]:

@@ -1,6 +1,7 @@
-"""The emitter of `cc.bounds`: a checked build's guard extension (docs/kernels.md §3, "Checked builds").
+"""The emitter of a checked build's guard extension (docs/kernels.md §3, "Checked builds").
 
-After the guard has found a row active, each check the op names tests one index the row is
+After the guard has found a row active, each check its op (a kd.guard, kd.ballot or kd.sweeps
+whose `checks` lower-grid copied from the spec's `cc.bounds`) names tests one index the row is
 about to use against the extent the runtime passed (`bounds_*` parameters), in the host
 mode's order; the first that fails makes the row inactive (so nothing is read or written
 for it) and is recorded with `ops.record_bounds_error`. The emitter prints what the op says;
@@ -45,14 +46,14 @@ def _fail(src: Source, check: str, value: str, at: str, limit: str, aux: str = "
 
 def _state_checks(src: Source, op: Op) -> None:
     """The request's block_table row, the columns the window spans, and their pages."""
-    window, ratio = int(op.attr("window")), int(op.attr("ratio"))  # type: ignore[arg-type]
+    window = int(op.attr("window"))  # type: ignore[arg-type]
     src.line("if req >= bounds_table_rows:")
     with src.indent():
         _fail(src, "request", "req", "req", "bounds_table_rows")
     src.line("else:")
     with src.indent():
         src.line(f"q_lo = pos - {window - 1}")
-        if window > ratio:
+        if op.attr("absent"):
             src.line("q_lo = q_lo if q_lo >= 0 else Int64(0)  # absent rows read column 0's page")
         src.line("c_hi = pos >> state_block_shift")
         src.line("if c_hi >= bounds_table_cols:")

@@ -49,7 +49,7 @@ def _lines(*lines: str, indent: bool = False) -> Emit:
 
 
 def _guard(src: Source, module: Module, op: Op) -> None:
-    stages.guard(src, op, module)
+    stages.guard(src, op)
 
 
 def _row(src: Source, module: Module, op: Op) -> None:
@@ -69,7 +69,7 @@ def _runs_span(src: Source, module: Module, op: Op) -> None:
 
 
 def _ballot(src: Source, module: Module, op: Op) -> None:
-    stages.ballot(src, op, str(op.attr("base")), str(op.attr("count")), module)
+    stages.ballot(src, op, str(op.attr("base")), str(op.attr("count")))
 
 
 def _set_row(src: Source, module: Module, op: Op) -> None:
@@ -111,7 +111,7 @@ def _sweeps(src: Source, module: Module, op: Op) -> None:
     src.line("blk0 = sw0 + warp * 32")
     src.line("left = row0 + per_cta - blk0")
     src.line("n = left if left < 32 else Int32(32)")
-    stages.ballot(src, op, "blk0", "n", module)
+    stages.ballot(src, op, "blk0", "n")
     src.line("if lane == 0:")
     src.line("    sTodo[warp] = Int32(todo)")
     src.line("cute.arch.sync_threads()")

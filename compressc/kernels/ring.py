@@ -1,7 +1,7 @@
-"""The emitters of the C128 ring state (docs/kernels.md §10): `cc.ring_state` and the window
-rows it feeds.
+"""The emitters of the C128 ring state (docs/kernels.md §10): lower-row's `kd.ring_window` and
+`kd.ring_base` (the lowering of `cc.ring_state`) and the window rows they feed.
 
-`cc.ring_state` runs once per active row, before the window: it finds where the row's
+They run once per active row, before the window: they find where the row's
 window starts in this launch (`t0`), the first window row that lies in the request's chunk
 (`ring_split`) and the ring row of window row 0 (`ring_base`). The window then loads each
 row from one of the two places; the branch is uniform over a lane group (every lane of a
@@ -19,18 +19,24 @@ def _attr(op: Op, key: str) -> int:
     return int(op.attr(key))  # type: ignore[arg-type]
 
 
-def ring_state(src: Source, module: Module, op: Op) -> None:
-    """The row's window in this launch and in its ring (one lookup and one modulo a row)."""
-    window, width = _attr(op, "window"), _attr(op, "state_width")
+def ring_window(src: Source, module: Module, op: Op) -> None:
+    """`t0`, the launched row of window row 0, and `ring_split`, the first window row in the
+    request's chunk (a kd.ring_window)."""
+    window = _attr(op, "window")
     src.line("# docs/kernels.md §10: window row i is launched row t0 + i when that row is in the")
     src.line("# request's chunk (t0 + i >= query_start_loc[req]), else ring row (s0 + i) mod capacity;")
     src.line(f"# s0 and the capacity are multiples of {window}: the window never wraps in the ring")
     src.line(f"t0 = row - {window - 1}")
     src.line("ring_split = cute.make_tensor(query_start_loc, cute.make_layout(req + 1))[req] - t0")
+
+
+def ring_base(src: Source, module: Module, op: Op) -> None:
+    """`ring_base`, the state_cache word of window row 0 in the request's ring (a kd.ring_base:
+    one block-table lookup and one modulo a row)."""
     src.line("ring_blk = Int64(cute.make_tensor(block_table + req * block_table_stride, "
              "cute.make_layout(1))[0])")
-    src.line(f"ring_row0 = (pos - {window - 1}) % Int64(ring_capacity)")
-    src.line(f"ring_base = ring_blk * ring_block_stride + ring_row0 * {2 * width}")
+    src.line(f"ring_row0 = (pos - {_attr(op, 'window') - 1}) % Int64(ring_capacity)")
+    src.line(f"ring_base = ring_blk * ring_block_stride + ring_row0 * {_attr(op, 'row_words')}")
 
 
 def row_loads(src: Source, op: Op) -> None:
@@ -62,3 +68,6 @@ def load(src: Source, ptr: str, at: str, frag: str, op: Op) -> None:
     "stream" (ld.global.L1::no_allocate.L2::evict_first), else plain."""
     stream = op.attr("cache_hint") == "stream"
     loads.row_loads(src, ptr, at, frag, _attr(op, "elems"), _attr(op, "vec"), stream)
+
+
+RING_EMIT = {"kd.ring_window": ring_window, "kd.ring_base": ring_base}

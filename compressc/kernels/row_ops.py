@@ -10,6 +10,7 @@ from compressc.kernels import row_ops_pool as pool
 from compressc.kernels import row_ops_quant as q
 from compressc.kernels import split_merge
 from compressc.kernels.online import ONLINE_EMIT
+from compressc.kernels.ring import RING_EMIT
 from compressc.kernels.row_ops_window import WINDOW_EMIT
 from compressc.kernels.source import Source
 from compressc.kernels.stages_store import ROWS_EMIT
@@ -136,6 +137,7 @@ ROW_EMIT: dict[str, Emit] = {
     "kd.only_group0": pool.only("if group == 0:"),
     "kd.only_rank0": pool.only("if rank == 0:"),
     **split_merge.SPLIT_EMIT,
+    **RING_EMIT,
     "kd.only_last": pool.only("if last:"),
     "kd.sum_squares": sum_squares,
     "kd.lane_sum": lane_sum,

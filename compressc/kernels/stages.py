@@ -1,7 +1,7 @@
-"""The row body: the coarse row op lower-row leaves (the ring state), and the lane-level
-`kd.*` ops lower-row writes for the others (the window, the merges, the epilogue, C128A's row
-loads and stores, the online merge: compressc.kernels.row_ops), in module order; the row loop
-around it is the kernel dialect's (compressc.kernels.grid).
+"""The row body: the lane-level `kd.*` ops lower-row writes for the row ops (the ring state, the
+window, the merges, the epilogue, C128A's row loads and stores, the online merge:
+compressc.kernels.row_ops), in module order; the row loop around it is the kernel dialect's
+(compressc.kernels.grid).
 
 Names follow quack's convention: `m*` whole-tensor views of global memory, `r*`
 register fragments, `s*` shared memory; `col` is the first channel a lane owns.
@@ -10,9 +10,8 @@ register fragments, `s*` shared memory; `col` is the first channel a lane owns.
 from __future__ import annotations
 
 from compressc.ir.core import Module, Op
-from compressc.ir.kd_row import OPERAND_LOADS, RowNode, lowered_ops, row_program
+from compressc.ir.kd_row import OPERAND_LOADS, RowNode, row_program
 from compressc.kernels.bounds import bounds as bounds_emit
-from compressc.kernels.ring import ring_state as _ring_state
 from compressc.kernels.row_ops import ROW_EMIT
 from compressc.kernels.source import Source
 
@@ -21,7 +20,7 @@ def _i(op: Op, key: str, sched: bool = True) -> int:
     return int(op.get(key) if sched else op.attr(key))  # type: ignore[arg-type]
 
 
-def ballot(src: Source, guard_op: Op, base: str, count: str, module: Module | None = None) -> None:
+def ballot(src: Source, guard_op: Op, base: str, count: str) -> None:
     """Lane i reads row base + i's metadata (one round trip for 32 rows); a ballot hands
     every lane the set of active rows, so inactive rows cost nothing more."""
     src.line(f"# in every warp, lane i reads row {base} + i's metadata (one round trip for the block)")
@@ -30,15 +29,15 @@ def ballot(src: Source, guard_op: Op, base: str, count: str, module: Module | No
     src.line("mine = cutlass.Boolean(False)")
     src.line(f"if lane < {count} and row < num_rows:")
     with src.indent():
-        guard(src, guard_op, module)
+        guard(src, guard_op)
         src.line("mine = active")
     src.line("todo = cute.arch.vote_ballot_sync(mine)")
 
 
 
 def row(src: Source, module: Module, operands: bool = True) -> None:
-    """The work of one active row: every row op's emitter in order (the coarse ops lower-row
-    rewrote are the spec of their `kd.*` ops, which are emitted instead)."""
+    """The work of one active row: every row kd op's emitter in order (the coarse ops are the
+    spec of the `kd.*` ops lower-row wrote for them, and print nothing)."""
     depth = src.depth
     if operands:
         operand_loads(src, module)
@@ -47,13 +46,10 @@ def row(src: Source, module: Module, operands: bool = True) -> None:
 
 
 def _row_nodes(src: Source, module: Module, nodes: tuple[RowNode, ...]) -> None:
-    skip = lowered_ops(tuple(node.op for node in nodes))
-    for i, node in enumerate(nodes):
+    for node in nodes:
         op, depth = node.op, src.depth
         if op.name in ROW_EMIT and op.attr("at") != "early":
             ROW_EMIT[op.name](src, module, op)
-        elif op.name in _EMITTERS and i not in skip:
-            _EMITTERS[op.name](src, module, op)
         if node.body:
             _row_nodes(src, module, node.body)
             src.depth = depth
@@ -68,9 +64,9 @@ def operand_loads(src: Source, module: Module) -> None:
             ROW_EMIT[op.name](src, module, op)
 
 
-def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
+def guard(src: Source, op: Op | None) -> None:
     """The row's metadata and whether it is active (`op`: a kd.guard, or the kd.ballot or
-    kd.sweeps that guards its rows); with `checked`, the checked build's cc.bounds after it."""
+    kd.sweeps that guards its rows); with `checks`, the checked build's bounds checks after it."""
     assert op is not None
     ratio = _i(op, "ratio", sched=False)
     src.line("# docs/kernels.md §3.1: active only at a boundary token with a request, a position and slots")
@@ -83,11 +79,6 @@ def guard(src: Source, op: Op | None, module: Module | None = None) -> None:
     src.line("slot = cute.make_tensor(slot_mapping, cute.make_layout(num_rows))[row]")
     src.line("req = cute.make_tensor(token_to_req_indices, cute.make_layout(num_rows))[row]")
     src.line(f"active = (slot >= 0) & (req >= 0) & (pos >= 0) & (kv_slot >= 0) & ((pos + 1) % {ratio} == 0)")
-    if op.attr("checked"):
-        assert module is not None
-        bounds_emit(src, module.find("cc.bounds"))  # type: ignore[arg-type]
+    if op.attr("checks"):
+        bounds_emit(src, op)
 
-
-_EMITTERS = {
-    "cc.ring_state": _ring_state,
-}

@@ -92,17 +92,23 @@ def _segments(module: Module) -> list[Op]:
     return [*prologue(module), kd("cta_row"), kd("segment"), kd("row", operands=False)]
 
 
-def _checked(module: Module) -> bool:
-    """A checked build (cc.bounds): the guard of every row also checks the indices it uses."""
-    return module.find("cc.bounds") is not None
+def _checks(module: Module) -> dict[str, object]:
+    """A checked build's bounds checks (its cc.bounds), run by the guard of every row: the
+    indices it tests ("" in a plain build), the window rows the state checks span, and whether
+    rows before position 0 exist (window > ratio: they read column 0's page)."""
+    op = module.find("cc.bounds")
+    if op is None:
+        return {"checks": "", "window": 0, "absent": False}
+    window, ratio = int(op.attr("window")), int(op.attr("ratio"))  # type: ignore[arg-type]
+    return {"checks": str(op.attr("checks")), "window": window, "absent": window > ratio}
 
 
 def _guard(module: Module, ratio: int) -> Op:
-    return kd("guard", ratio=ratio, checked=_checked(module))
+    return kd("guard", ratio=ratio, **_checks(module))
 
 
 def _ballot(module: Module, base: str, count: str, ratio: int) -> Op:
-    return kd("ballot", base=base, count=count, ratio=ratio, checked=_checked(module))
+    return kd("ballot", base=base, count=count, ratio=ratio, **_checks(module))
 
 
 def _row_block(module: Module, ratio: int, **at: object) -> list[Op]:
@@ -167,7 +173,7 @@ def _staged(module: Module, ratio: int) -> list[Op]:
 def _sweeps(module: Module, ratio: int, warps: int) -> list[Op]:
     """Every warp ballots its own 32 rows, so one round trip decides 32 x warps rows."""
     row = _row_block(module, ratio, base="sw0", warp="sw_w", index="sw_i")
-    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio, checked=_checked(module)), *row, END]
+    return [kd("tiled_span"), kd("sweeps", warps=warps, ratio=ratio, **_checks(module)), *row, END]
 
 
 _GRIDS = {"rows": _rows, "runs": _runs, "tiled": _tiled}

@@ -22,7 +22,7 @@ from compressc.passes import lower_row_online as online
 from compressc.passes.base import ModulePass
 from compressc.passes.lower_row_pool import pool_ops
 from compressc.passes.lower_row_store import load_rows_ops, store_ops, store_rows_ops
-from compressc.passes.lower_row_window import window_ops
+from compressc.passes.lower_row_window import ring_ops, window_ops
 from compressc.specs.target import WARP
 
 
@@ -127,7 +127,7 @@ def _quant(module: Module, op: Op) -> list[Op]:
                      divide=bool(op.attr("divide")), floor_on=str(op.attr("floor_on")))]
 
 
-_LOWER = {"cc.window": window_ops, "cc.pool_softmax": pool_ops, "cc.rms_norm": _rms, "cc.rope": _rope,
-          "cc.hadamard": _hadamard, "cc.quant": _quant, "cc.store": store_ops,
-          "cc.store_rows": store_rows_ops, "cc.load_rows": load_rows_ops, "cc.online_merge": online.merge_ops,
-          "cc.online_store": online.store_ops}
+_LOWER = {"cc.ring_state": ring_ops, "cc.window": window_ops, "cc.pool_softmax": pool_ops,
+          "cc.rms_norm": _rms, "cc.rope": _rope, "cc.hadamard": _hadamard, "cc.quant": _quant,
+          "cc.store": store_ops, "cc.store_rows": store_rows_ops, "cc.load_rows": load_rows_ops,
+          "cc.online_merge": online.merge_ops, "cc.online_store": online.store_ops}

@@ -98,3 +98,10 @@ def _chunks(module: Module, op: Op) -> list[Op]:
                  rescale=str(op.get("rescale", "row")))
     loads = _kd("load_batch", rows=batch, elems=sched.elems, vec=vec)
     return [chunks, loads, row, END_LOOP, update, END_LOOP]
+
+
+def ring_ops(module: Module, op: Op) -> list[Op]:
+    """cc.ring_state: where the row's window starts in this launch and in its ring (a ring row
+    is [kv | score + ape], 2 * state_width words)."""
+    window, words = _a(op, "window"), 2 * _a(op, "state_width")
+    return [_kd("ring_window", window=window), _kd("ring_base", window=window, row_words=words)]
