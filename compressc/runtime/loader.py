@@ -104,9 +104,9 @@ def ensure_context(device_index: int) -> None:
 
 
 # -- architectures ----------------------------------------------------------------------
-# Asked of the driver, not of torch: torch's first get_device_capability / get_device_properties
-# fills its whole cudaDeviceProp, milliseconds on the cold-start path (benchmarks/NOTES.md,
-# session 9), for two attributes that cuDeviceGetAttribute answers in microseconds.
+# Asked of the driver through the loader's own libcuda handle (microseconds), not of torch, whose
+# first query fills its whole cudaDeviceProp (0.23 ms on the H200 host: benchmarks/NOTES.md,
+# session 9 run 1); cached, as a device's capability and SM count do not change.
 @functools.cache
 def device_capability(device_index: int) -> tuple[int, int]:
     device = _device(device_index)
