@@ -18,8 +18,9 @@ compressc_kernels_sm90-*.whl`), put first on the children's PYTHONPATH.
 --breakdown: the first call split into its steps (pack discovery, served fingerprint, the
 rest of the lookup with the manifest/cubin checks, load) before the first launch, which then
 only checks, prepares and launches (the ops reuse the resolved and loaded kernel).
---profile FILE: the first run's breakdown steps under cProfile; FILE gets the 40 costliest
-functions by cumulative time (pstats text), to see where a step's milliseconds go.
+--profile FILE: one more fresh process, its breakdown steps under cProfile and left out of the
+table; FILE gets the 40 costliest functions by cumulative time (pstats text), to see where a
+step's milliseconds go.
 
 Each run is a fresh Python process (the parent spawns them): torch is imported and, on the
 GPU, the CUDA context created before the clock starts (excluded); the inputs are made by the
@@ -150,11 +151,8 @@ def _facts(ops, spec) -> dict:
 
 
 def _answer_cuda_queries(torch) -> None:
-    """What the loader asks torch about cuda:0, answered as an H200 would (CPU mode)."""
-    from types import SimpleNamespace
-
-    torch.cuda.get_device_capability = lambda device=None: (9, 0)
-    torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(multi_processor_count=132)
+    """What the ops still ask torch about cuda:0, answered as on a GPU (CPU mode); the loader
+    asks the driver, which is benchmarks/stub_cuda.py's stand-in here (an H200: sm_90, 132 SMs)."""
     torch.cuda.is_current_stream_capturing = lambda: False
     torch.cuda.current_device = lambda: 0
 
@@ -186,12 +184,14 @@ def run_children(args: argparse.Namespace, tmp: Path) -> list[dict]:
     command = [sys.executable, __file__, "--child", str(inputs)] + ["--cpu"] * args.cpu
     command += ["--breakdown"] * args.breakdown
     runs = []
-    for run in range(args.runs):
-        profile = ["--profile", str(args.profile)] if args.profile is not None and run == 0 else []
-        done = subprocess.run(command + profile, env=env, capture_output=True, text=True, check=False)
+    # the profiled run is one more fresh process, left out of the table (cProfile slows every step)
+    profile = [["--profile", str(args.profile)]] if args.profile is not None else []
+    for extra in profile + [[]] * args.runs:
+        done = subprocess.run(command + extra, env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"cold_start.py: a run failed:\n{done.stderr[-3000:]}")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if not extra:
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return runs
 
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="fresh processes (best and median reported)")
     ap.add_argument("--pack-site", type=Path, default=None, help="directory with an installed kernel pack")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="with --breakdown: cProfile the first run's steps into this file (pstats text)")
+                    help="cProfile one more run (not in the table) into this file (pstats text)")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.breakdown |= args.profile is not None

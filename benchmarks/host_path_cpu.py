@@ -62,7 +62,8 @@ def install(lib: ctypes.CDLL) -> None:
     ops._SCRATCH[torch.device("cuda", 0)] = [torch.zeros(64 * 512)]
     ops.set_debug_checks(False)
     # C128A at T <= 32 takes c128a_split: its workspace, as the pair's scratch, in host memory
-    c128a_split._WORKSPACE[torch.device("cuda", 0)] = [torch.zeros(64 * split_workspace_row(512))]
+    rows = max(64, c128a_split.split_rows_limit())
+    c128a_split._WORKSPACE[torch.device("cuda", 0)] = [torch.zeros(rows * split_workspace_row(512))]
 
 
 def per_call(call: Callable[[], None], calls: int, repeat: int) -> tuple[float, float]:

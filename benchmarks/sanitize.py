@@ -162,8 +162,8 @@ _INFO = re.compile(r"^(COMPUTE-SANITIZER|ERROR SUMMARY|RACECHECK SUMMARY|LEAK SU
 
 
 def parse_sanitizer(log: str) -> Findings:
-    summaries = [int(m[1]) for m in _SUMMARY.finditer(log)]
-    summaries += [int(m[1]) + int(m[2]) for m in _RACE_SUMMARY.finditer(log)]
+    race = [int(m[1]) + int(m[2]) for m in _RACE_SUMMARY.finditer(log)]
+    summaries = race or [int(m[1]) for m in _SUMMARY.finditer(log)]  # one of the two, never both
     noise = {name: 0 for name, _ in NOISE}
     real = []
     for record in _records(log):
@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     node_ids = select(collect(root))
     if args.only is not None:
-        node_ids = only(node_ids, Path(args.only).read_text().split())
+        lines = Path(args.only).read_text().splitlines()
+        node_ids = only(node_ids, [line.strip() for line in lines if line.strip()])
     if args.list:
         print("\n".join(node_ids))
         return 0

@@ -14,6 +14,7 @@ from compressc.acceptance import compare_cache_bytes
 from compressc.config import Config, ConfigError
 from compressc.ir.from_spec import module_from_spec
 from compressc.ir.interp import args_from_scenario, run_module
+from compressc.ir.interp_row import LaneError
 from compressc.kernels.emitter import emit
 from compressc.passes import PassManager, parse_pipeline, resolve_pipeline
 from compressc.passes.manager import PipelineError
@@ -183,7 +184,7 @@ def test_the_interpreter_catches_a_wrong_election(monkeypatch) -> None:
     sc = make_scenario(spec, "decode", 2, seed=3)
     # a rank that never arrives: nobody sees the count reach S - 1, so nobody stores the row
     monkeypatch.setattr(interp_split, "arrival_order", lambda row, ctas: list(range(ctas - 1)))
-    with pytest.raises(AssertionError, match="elected"):
+    with pytest.raises(LaneError, match="elected"):
         _interpret(_lower(spec), sc, spec)
 
 

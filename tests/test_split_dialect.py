@@ -125,7 +125,7 @@ def test_a_wrong_arrival_limit_fails_the_election(monkeypatch) -> None:
     """atom.inc wrapping at 3 instead of 7: two CTAs of the 8 see their count reach the limit."""
     wrong = _edit(_lower(make_spec("c128a_split")), "kd.arrive_last {ctas = 8", "kd.arrive_last {ctas = 4")
     monkeypatch.setattr(interp, "verify", lambda module: module)
-    with pytest.raises(AssertionError, match=r"elected \[.*, .*\] \(exactly one CTA must finish the row\)"):
+    with pytest.raises(LaneError, match=r"elected \[.*, .*\] \(exactly one CTA must finish the row\)"):
         _report(wrong)
 
 
@@ -134,5 +134,5 @@ def test_a_wrong_split_rank_count_fails_the_election(monkeypatch) -> None:
     none sees the count reach 7, and no CTA finishes the row."""
     wrong = _edit(_lower(make_spec("c128a_split")), "kd.split_rank {ctas = 8}", "kd.split_rank {ctas = 4}")
     monkeypatch.setattr(interp, "verify", lambda module: module)
-    with pytest.raises(AssertionError, match=r"elected \[\] \(exactly one CTA must finish the row\)"):
+    with pytest.raises(LaneError, match=r"elected \[\] \(exactly one CTA must finish the row\)"):
         _report(wrong)

@@ -62,8 +62,10 @@ def _arrive_last(lanes: Lanes, op: Op) -> None:
         counter[0] = 0 if old >= ctas - 1 else old + 1  # PTX atom.inc with limit ctas - 1
         lanes.smem[rank, flag] = F32(old)  # type: ignore[index]
         elected += [rank] if lanes.smem[rank, flag] == F32(ctas - 1) else []  # type: ignore[index]
-    assert len(elected) == 1, f"row {lanes.row}: elected {elected} (exactly one CTA must finish the row)"
-    assert counter[0] == 0, f"row {lanes.row}: the arrival count is left at {counter[0]}, not 0"
+    if len(elected) != 1:
+        raise _error(f"row {lanes.row}: elected {elected} (exactly one CTA must finish the row)")
+    if counter[0] != 0:
+        raise _error(f"row {lanes.row}: the arrival count is left at {counter[0]}, not 0")
     lanes.regs["last_rank"] = elected[0]
 
 

@@ -40,7 +40,9 @@ class LowerRow(ModulePass):
 
     Expects: a fully scheduled module (it has no options; lower-grid runs it first, so a
              pipeline need not name it, and the canonical pipeline string leaves it out).
-    Leaves:  the `kd.*` row ops after each of cc.rms_norm .. cc.store; nothing else changes.
+    Leaves:  the `kd.*` row ops after each row op that `kd_row.LOWERED` names (the window, the
+             ring state, the epilogue from cc.rms_norm to cc.store, C128A's row loads and
+             stores, the online merge and store); nothing else changes.
              A module that has them already is left as it is.
     """
 

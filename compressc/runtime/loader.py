@@ -58,11 +58,11 @@ def _error_name(result: int) -> str:
     name = cudriver.error_name(result)
     if name is not None:
         return name
-    from cuda.bindings import driver
-
     try:
+        from cuda.bindings import driver
+
         return driver.CUresult(result).name
-    except ValueError:
+    except (ImportError, ValueError):
         return f"CUresult {result}"
 
 
