@@ -42,7 +42,6 @@ MANIFEST = "manifest.json"
 # is a record of the build, never imported. Entries written before the rename hold kernel.py.
 KERNEL_SOURCE = "kernel_py.txt"
 LEGACY_KERNEL_SOURCE = "kernel.py"
-STAGE_FILES = ("spec.cir", "lowered.cir", KERNEL_SOURCE, "kernel.ptx", "jitlink.log")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _NO_INDEX = (
     "the entry is in place without its index: the next build or `compressc cache verify --repair` restores it"
