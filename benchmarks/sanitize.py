@@ -84,10 +84,11 @@ def select(node_ids: list[str]) -> list[str]:
 
 def only(node_ids: list[str], wanted: list[str]) -> list[str]:
     """The selected node ids that `wanted` names; SystemExit naming any it names that is not selected."""
-    stray = sorted(set(wanted) - set(node_ids))
+    named = set(wanted)
+    stray = sorted(named - set(node_ids))
     if stray:
         raise SystemExit(f"--only names {len(stray)} node ids outside the selection, e.g. {stray[0]}")
-    return [n for n in node_ids if n in set(wanted)]
+    return [n for n in node_ids if n in named]
 
 
 def for_tool(tool: str, node_ids: list[str]) -> list[str]:

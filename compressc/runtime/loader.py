@@ -5,7 +5,7 @@ The driver calls go through ctypes on libcuda (`cudriver`, `cudalaunch`): a call
 and a driver older than the bindings refuses the newer ones (the 34 CUDA_ERROR_INVALID_VALUE
 of cuGetProcAddress_v2 compute-sanitizer reported; `cudriver` says more). The only module of
 compressc that imports `cuda.bindings`, for its CUresult names only (an enum: no driver call),
-and only to name an error: importing `cuda.bindings.driver` costs 20-40 ms, which a process
+and only to name an error: importing `cuda.bindings.driver` costs 20-60 ms, which a process
 whose torch has not imported it would pay on its first kernel lookup (the cold start).
 Kernels are loaded once per (process, device, cache key) into the device's primary context,
 which torch's CUDA runtime shares, and launched on torch's current stream. The launch path
@@ -107,21 +107,20 @@ def ensure_context(device_index: int) -> None:
 # Asked of the driver through the loader's own libcuda handle (microseconds), not of torch, whose
 # first query fills its whole cudaDeviceProp (0.23 ms on the H200 host: benchmarks/NOTES.md,
 # session 9 run 1); cached, as a device's capability and SM count do not change.
+def _attribute(device_index: int, attribute: int) -> int:
+    device = _device(device_index)
+    return int(_check("cuDeviceGetAttribute", cudriver.cuDeviceGetAttribute(attribute, device)))
+
+
 @functools.cache
 def device_capability(device_index: int) -> tuple[int, int]:
-    device = _device(device_index)
-    major = _check("cuDeviceGetAttribute", cudriver.cuDeviceGetAttribute(
-        cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device))
-    minor = _check("cuDeviceGetAttribute", cudriver.cuDeviceGetAttribute(
-        cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device))
-    return int(major), int(minor)
+    return (_attribute(device_index, cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+            _attribute(device_index, cudriver.DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR))
 
 
 @functools.cache
 def device_sm_count(device_index: int) -> int:
-    device = _device(device_index)
-    count = cudriver.cuDeviceGetAttribute(cudriver.DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device)
-    return int(_check("cuDeviceGetAttribute", count))
+    return _attribute(device_index, cudriver.DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
 
 
 def device_arch(device_index: int) -> str:
