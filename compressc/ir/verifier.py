@@ -283,7 +283,8 @@ def _verify_grid(module: Module) -> None:
 
 
 def _verify_split_merge(module: Module, cluster: object) -> None:
-    """c128a_split's CTAs merge through global memory (docs/kernels.md §13); a cluster's over DSMEM."""
+    """c128a_split's CTAs merge through global memory (split_merge='global', docs/kernels.md §13)
+    or, as every kernel's cluster (split_merge unset), over DSMEM."""
     merge, kernel = module.get("split_merge"), module.attr("kernel")
     if merge not in (None, "global"):
         raise _fail(module, None, "split_merge", merge,
@@ -293,9 +294,6 @@ def _verify_split_merge(module: Module, cluster: object) -> None:
                     f"is c128a_split's (its stores follow the merge), not {kernel}'s: use a cluster")
     if merge == "global" and cluster == 1:
         raise _fail(module, None, "split_merge", merge, "needs cluster_split > 1 (the CTAs of a row)")
-    if kernel == "c128a_split" and cluster != 1 and merge != "global":
-        raise _fail(module, None, "cluster_split", cluster,
-                    "c128a_split is launched without clusters: its split needs split_merge='global'")
 
 
 def _verify_lanes(module: Module, elems: int, threads: int) -> None:

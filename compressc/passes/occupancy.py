@@ -49,14 +49,14 @@ class Occupancy(ModulePass):
     (rows in flight = the group's rows, in registers) is the bulk of them. The module asks
     ptxas (.minnctapersm) for the CTAs per SM that the window's registers plus a fixed
     overhead allow (C4A: 6, at 168 registers, where ptxas alone takes 176 and the SM holds
-    4). A global split (c128a_split) asks for SPLIT_ROW_CTAS CTAs per SM of 256 threads or
-    fewer (see there). Any other schedule, or one whose thread-map set min-ctas-per-sm, is
+    4). c128a_split's row split (a global merge or a cluster's) asks for SPLIT_ROW_CTAS CTAs per
+    SM of 256 threads or fewer (see there). Any other schedule, or one whose thread-map set min-ctas-per-sm, is
     left as it is. Leave the pass out for no hint.
 
     Expects: rows-in-flight has run (and rescale, whose choice sets the overhead: unset is
              row by row); it reads the window's staging, so runs after smem-stage.
     Leaves:  module `min_ctas_per_sm` (a "runs" grid with the whole window unrolled in
-             registers, or a global split); nothing else changes.
+             registers, or c128a_split's row split); nothing else changes.
     Options: none.
     """
 
@@ -67,7 +67,7 @@ class Occupancy(ModulePass):
         window = window_after(module, self.name, "rows_in_flight", "rows-in-flight")
         if window is None or module.get("min_ctas_per_sm"):
             return module
-        if module.get("split_merge") == "global":
+        if module.attr("kernel") == "c128a_split" and int(module.get("cluster_split", 1)) > 1:  # type: ignore[arg-type]
             return self._split(module)
         if module.get("grid") != "runs":
             return module

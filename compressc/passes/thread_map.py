@@ -43,9 +43,12 @@ class ThreadMap(ModulePass):
              cluster-split (1, 2, 4 or 8: the CTAs of one thread-block cluster
              that pool one row's window together, tiled grid only; default 1);
              grid-split (c128a_split only: S CTAs of a plain launch pool one row's
-             window and merge through global memory, 1, 2, 4 or 8; 0 = 8). Leaves
-             `cluster_split` = S (the window's parts, as for a cluster) and
-             `split_merge` = "global".
+             window and merge through global memory, 1, 2, 4 or 8; 0 = 8, unless
+             cluster-split is given). Leaves `cluster_split` = S (the window's parts,
+             as for a cluster) and `split_merge` = "global". On c128a_split
+             cluster-split=S instead makes the row's S CTAs one cluster: the partials
+             meet in rank 0's smem over DSMEM (no workspace, no counter) and rank 0 runs
+             the store epilogue; `split_merge` stays unset (docs/kernels.md §13).
 
     Why tiled: only 1 row in `ratio` writes (1 in 128 for C128 prefill), and a CTA
     spent on an inactive row still costs a launch and a metadata round trip. With
@@ -120,7 +123,8 @@ class ThreadMap(ModulePass):
 
     def _grid_split(self, module: Module, grid: str) -> Module:
         """A cluster's CTAs, or c128a_split's S CTAs per row (docs/kernels.md §13): it needs the
-        tiled grid, whose rows the S CTAs share (another grid, as the baseline's, pools alone)."""
+        tiled grid, whose rows the S CTAs share (another grid, as the baseline's, pools alone);
+        they merge through global memory (grid-split) or, as a cluster, over DSMEM (cluster-split)."""
         if module.attr("kernel") != "c128a_split":
             if self.grid_split:
                 raise ValueError(f"grid-split={self.grid_split} is c128a_split's (its CTAs merge through "
@@ -128,9 +132,12 @@ class ThreadMap(ModulePass):
             return module.with_sched(cluster_split=self.cluster_split) if self.cluster_split > 1 else module
         if self.grid_split and grid != "tiled":
             raise ValueError(f"grid-split={self.grid_split} needs the tiled grid; the grid here is {grid!r}")
-        if self.cluster_split > 1:
-            raise ValueError("c128a_split splits its window with grid-split (a plain launch); "
-                             f"drop cluster-split={self.cluster_split}")
+        if self.cluster_split > 1 and self.grid_split:
+            raise ValueError(f"grid-split={self.grid_split} and cluster-split={self.cluster_split} both split "
+                             "c128a_split's window: keep one (grid-split: a plain launch merging through "
+                             "global memory; cluster-split: a cluster merging over DSMEM)")
+        if self.cluster_split > 1:  # the cluster merge: rank 0 runs the store epilogue (§13)
+            return module.with_sched(cluster_split=self.cluster_split)
         split = self.grid_split or (SPLIT_MAX if grid == "tiled" else 1)
         if split not in CLUSTER_SIZES:
             raise ValueError(f"thread-map grid-split={split}: must be one of "
