@@ -144,8 +144,10 @@ def tune(ctx, arch, prepare_dir, measure_dir, results_file, as_json, **opts):
 
     c128a_split (C128A in one launch) has its own candidates: grid-split 8|4 x
     elems-per-lane 4|2 x window-split 2|1|4, each with and without the occupancy hint,
-    then at grid-split 8 and 4 the softmax rescaled row by row (with and without the
-    hint), 4 rows in flight and the window prefetched into L2, and grid-split 2.
+    then cluster-split 8|4 (the row's CTAs one cluster, merged over DSMEM) with and
+    without the hint, then at grid-split 8 and 4 the softmax rescaled row by row (with
+    and without the hint), 4 rows in flight and the window prefetched into L2, and
+    grid-split 2.
 
     \b
     Score: the geometric mean over the cases (prefill and decode at T = 32, 512, 1024,

@@ -35,7 +35,7 @@ from compressc.passes.manager import (
 from compressc.passes.rescale import Rescale
 from compressc.specs.family import KernelSpec
 
-MAX_CANDIDATES = 36
+MAX_CANDIDATES = 40  # c128a_split proposes 38 (the others at most 31)
 ELEMS_PER_LANE = (2, 4, 8)
 WINDOW_SPLIT = (1, 2, 4)
 PREFETCH_ROWS = (1, 2, 4, 8)
@@ -50,9 +50,10 @@ CLUSTER_SPLIT = (2, 4, 8)
 # (elems per lane, window split, rows in flight) tried with each cluster split: the DSMEM
 # merge's generic stores cost about 30 registers, so fewer rows in flight or lanes per thread
 CLUSTER_MAPS = ((2, 4, 8), (4, 2, 4), (4, 4, 4), (2, 2, 8))
-# c128a_split: the CTAs that pool one row (grid-split; 16 is not legal: the workspace holds
-# SPLIT_MAX = 8 partials a row, specs/abi.py) and the lanes of each CTA, (elems per lane, window
-# split) nearest the derived (4, 2) first; 8 channels a lane spill with the store epilogue
+# c128a_split: the CTAs that pool one row (grid-split, or cluster-split for a cluster; 16 is not
+# legal: the workspace holds SPLIT_MAX = 8 partials a row, specs/abi.py, and 8 is the largest
+# portable cluster) and the lanes of each CTA, (elems per lane, window split) nearest the derived
+# (4, 2) first; 8 channels a lane spill with the store epilogue
 SPLIT_GRIDS = (8, 4)
 SPLIT_LANES = ((4, 2), (4, 1), (4, 4), (2, 2), (2, 1), (2, 4))
 SCHEDULE_FIELDS = ("elems_per_lane", "window_split", "threads", "grid", "rows_per_cta", "ctas_per_sm",
@@ -158,11 +159,15 @@ def proposals(module: Module, arch: str, tuned: Mapping | None = None) -> Iterat
 
 def split_proposals() -> Iterator[str]:
     """c128a_split's schedules: each grid split x lanes, with and without the occupancy hint
-    (2 CTAs per SM), then the derived lanes at each grid split with the softmax rescaled row by
-    row (with and without the hint), 4 rows in flight (2 batches a split group) and the window's
-    pages prefetched into L2, and last 2 CTAs a row."""
+    (2 CTAs per SM), then the derived lanes with the row's CTAs one cluster of 8 or 4 (the DSMEM
+    merge, no workspace: docs/kernels.md §13), with and without the hint, then the derived lanes
+    at each grid split with the softmax rescaled row by row (with and without the hint), 4 rows
+    in flight (2 batches a split group) and the window's pages prefetched into L2, and last 2
+    CTAs a row."""
     for (e, w), split, fetch in product(SPLIT_LANES, SPLIT_GRIDS, (DEFAULT_FETCH, NO_OCCUPANCY)):
         yield f"thread-map{{elems-per-lane={e},window-split={w},grid-split={split}}},{TAIL},{fetch}"
+    for cluster, fetch in product(SPLIT_GRIDS, (DEFAULT_FETCH, NO_OCCUPANCY)):
+        yield f"thread-map{{cluster-split={cluster}}},{TAIL},{fetch}"
     by_row = DEFAULT_FETCH.replace("rescale,", "rescale{per=row},")  # spills at 2 CTAs per SM
     for split, fetch in product(SPLIT_GRIDS, (by_row, by_row.replace("occupancy,", ""), in_flight(4),
                                               L2_PREFETCHED)):
