@@ -86,8 +86,10 @@ def _fold_groups(lanes: Lanes, op: Op) -> None:
 
 def _dsmem_put_partials(lanes: Lanes, op: Op) -> None:
     M = _regs(lanes)
+    groups = 1 if op.attr("group0") else lanes.split  # unguarded, every group stores: the last one's stay
     for rank in range(1, lanes.cluster):
-        _put(lanes, op, 0, rank - 1, [v[rank, 0] for v in M])
+        for g in range(groups):
+            _put(lanes, op, 0, rank - 1, [v[rank, g] for v in M])
 
 
 def _fold_ranks(lanes: Lanes, op: Op) -> None:

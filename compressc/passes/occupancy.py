@@ -49,9 +49,9 @@ class Occupancy(ModulePass):
     (rows in flight = the group's rows, in registers) is the bulk of them. The module asks
     ptxas (.minnctapersm) for the CTAs per SM that the window's registers plus a fixed
     overhead allow (C4A: 6, at 168 registers, where ptxas alone takes 176 and the SM holds
-    4). c128a_split's row split (a global merge or a cluster's) asks for SPLIT_ROW_CTAS CTAs per
-    SM of 256 threads or fewer (see there). Any other schedule, or one whose thread-map set min-ctas-per-sm, is
-    left as it is. Leave the pass out for no hint.
+    4). c128a_split's row split (a global merge or a cluster's) asks for SPLIT_ROW_CTAS CTAs
+    per SM of 256 threads or fewer (see there). Any other schedule, or one whose thread-map
+    set min-ctas-per-sm, is left as it is. Leave the pass out for no hint.
 
     Expects: rows-in-flight has run (and rescale, whose choice sets the overhead: unset is
              row by row); it reads the window's staging, so runs after smem-stage.
@@ -67,8 +67,8 @@ class Occupancy(ModulePass):
         window = window_after(module, self.name, "rows_in_flight", "rows-in-flight")
         if window is None or module.get("min_ctas_per_sm"):
             return module
-        if module.attr("kernel") == "c128a_split" and int(module.get("cluster_split", 1)) > 1:  # type: ignore[arg-type]
-            return self._split(module)
+        if module.attr("kernel") == "c128a_split" and module.get("cluster_split", 1) != 1:
+            return self._split(module)  # its row split, merged in global memory or in a cluster
         if module.get("grid") != "runs":
             return module
         rows, per_group = window.get("rows_in_flight"), pool_rows_per_group(module)

@@ -133,9 +133,9 @@ class ThreadMap(ModulePass):
         if self.grid_split and grid != "tiled":
             raise ValueError(f"grid-split={self.grid_split} needs the tiled grid; the grid here is {grid!r}")
         if self.cluster_split > 1 and self.grid_split:
-            raise ValueError(f"grid-split={self.grid_split} and cluster-split={self.cluster_split} both split "
-                             "c128a_split's window: keep one (grid-split: a plain launch merging through "
-                             "global memory; cluster-split: a cluster merging over DSMEM)")
+            raise ValueError(f"grid-split={self.grid_split} and cluster-split={self.cluster_split} both "
+                             "split c128a_split's window: keep one (grid-split: a plain launch merging "
+                             "through global memory; cluster-split: a cluster merging over DSMEM)")
         if self.cluster_split > 1:  # the cluster merge: rank 0 runs the store epilogue (§13)
             return module.with_sched(cluster_split=self.cluster_split)
         split = self.grid_split or (SPLIT_MAX if grid == "tiled" else 1)
