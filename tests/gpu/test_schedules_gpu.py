@@ -1,7 +1,8 @@
 """GPU tests of schedules the tuner may pick but the shipped defaults do not use.
 
 Covered: a thread-block cluster pooling one window (`thread-map{cluster-split}`, DSMEM merge,
-cluster launch) and the window prefetched into L2 (the `l2-prefetch` pass). Their
+cluster launch) and the window prefetched into L2 (the `l2-prefetch` pass); c128a_split's
+cluster merge (SPLIT_SCHEDULES, tested in test_c128a_split_cluster_gpu.py). Their
 kernels are built on the build host into a directory of their own and carried over:
 
     python tests/gpu/test_schedules_gpu.py build/kernels-schedules        (build host, cutlass)
@@ -51,6 +52,9 @@ SCHEDULES = [
                        f"{DEFAULT_FETCH.replace('rescale,', 'rescale,l2-prefetch,')}"),
 ]
 WEIGHT = {"c128a_compress": "f32", "c4a": "bf16"}  # the variants the ops launch
+# c128a_split's cluster merge (docs/kernels.md §13): the row's S CTAs one cluster, rank 0 storing the
+# row; both weights (tests/gpu/test_c128a_split_cluster_gpu.py routes compress_c128a to them)
+SPLIT_SCHEDULES = [f"thread-map{{cluster-split={s}}},{TAIL},{DEFAULT_FETCH}" for s in (8, 4)]
 DEFAULT_DIR = Path("build/kernels-schedules")
 
 
@@ -106,11 +110,13 @@ def test_schedule_matches_reference(routed, cuda_device, kind, T, extra):
 
 
 def _build(out: str) -> None:
-    """Build every schedule of SCHEDULES into `out` (needs nvidia-cutlass-dsl)."""
-    for kernel, pipeline in SCHEDULES:
+    """Build every schedule of SCHEDULES and SPLIT_SCHEDULES into `out` (needs nvidia-cutlass-dsl)."""
+    builds = [(kernel, pipeline, ["--weight-dtype", WEIGHT[kernel]]) for kernel, pipeline in SCHEDULES]
+    builds += [("c128a_split", pipeline, []) for pipeline in SPLIT_SCHEDULES]  # bf16 and f32
+    for kernel, pipeline, weight in builds:
         subprocess.run([sys.executable, "-m", "compressc.cli", "build", "--arch", "sm90", "--spec", kernel,
-                        "--head-size", "512", "--quant-block", "64", "--weight-dtype", WEIGHT[kernel],
-                        "-p", pipeline, "--out", out], check=True)
+                        "--head-size", "512", "--quant-block", "64", *weight, "-p", pipeline, "--out", out],
+                       check=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ SCHEDULES = [
     ("c4a", f"thread-map{{grid=tiled,cluster-split=2}},{_TAIL},{DEFAULT_FETCH}"),
     ("c128a_compress", f"thread-map{{elems-per-lane=4,window-split=4}},{_TAIL},"
                        f"{DEFAULT_FETCH.replace('rescale,', 'rescale,l2-prefetch,')}"),
+    *[("c128a_split", f"thread-map{{cluster-split={s}}},{_TAIL},{DEFAULT_FETCH}") for s in (8, 4)],
 ]
 HEADS = [("c4a", 384), ("c4a", 320), ("indexer_fp8", 192), ("indexer_fp8", 384), ("c128a_store", 384),
          ("c128a_compress", 384)]
