@@ -94,9 +94,12 @@ def test_c128a_split_searches_grid_split_lanes_and_the_occupancy_hint() -> None:
     """Its own list (the generic one would try 8 channels a lane, which spill, and no grid-split)."""
     for weight in ("bf16", "f32"):
         found = candidates(make_spec("c128a_split", 512, 64, weight_dtype=weight), ARCH, tuned={})
-        assert len(found) == 34 and [c.origin for c in found[:2]] == ["derived", "baseline"]
+        assert len(found) == 38 and [c.origin for c in found[:2]] == ["derived", "baseline"]
         split = [c.schedule for c in found if c.schedule.get("split_merge") == "global"]
-        assert len(split) == len(found) - 1  # all but the baseline (one CTA a row, no merge)
+        # all but the baseline (one CTA a row, no merge) and the 4 cluster merges (no split_merge)
+        clusters = {(s["cluster_split"], s.get("min_ctas_per_sm")) for s in (c.schedule for c in found)
+                    if s.get("cluster_split") and not s.get("split_merge")}
+        assert len(split) == len(found) - 5 and clusters == set(product((8, 4), (2, None)))
         lanes = {(s["cluster_split"], s["elems_per_lane"], s["window_split"], s.get("min_ctas_per_sm"))
                  for s in split}
         assert lanes >= set(product((8, 4), (4, 2), (1, 2, 4), (2, None)))
