@@ -168,3 +168,31 @@ def test_the_runtime_imports_no_compiler_and_no_cli():
     out = _run(script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_ops_import_leaves_the_other_families_for_their_first_use():
+    """`from compressc.runtime import ops` (the cold start) loads the C4A and C128A path only:
+    the csa, indexer, online and ring ops, the startup and bounds-kernel helpers load when a
+    name of theirs is first asked for, from `compressc.runtime` or from `ops` alike."""
+    script = ("import sys\n"
+              "from compressc.runtime import ops\n"
+              "later = ('csa', 'indexer_ops', 'online', 'ring', 'startup', 'bounds_kernel', 'loader')\n"
+              "print(sorted(m for m in later if 'compressc.runtime.' + m in sys.modules))\n"
+              "import compressc.runtime as rt\n"
+              "from compressc.runtime.ops import compress_indexer_fp8\n"
+              "assert compress_indexer_fp8.__module__ == 'compressc.runtime.indexer_ops'\n"
+              "assert ops.compress_csa.__module__ == 'compressc.runtime.csa'\n"
+              "assert ops.save_ring_tail.__module__ == 'compressc.runtime.ring'\n"
+              "assert rt.preload.__module__ == 'compressc.runtime.startup'\n"
+              "assert rt.compress_c128a_online is ops.compress_c128a_online\n"
+              "assert set(rt.__all__) <= set(dir(rt)), set(rt.__all__) - set(dir(rt))\n"
+              "for name in rt.__all__: getattr(rt, name)\n"
+              "try:\n"
+              "    ops.no_such_op\n"
+              "except AttributeError as e:\n"
+              "    print(e)\n")
+    out = _run(script)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "[]"
+    assert lines[1] == "module 'compressc.runtime.ops' has no attribute 'no_such_op'"

@@ -1,68 +1,40 @@
 """Run compressc kernels from torch: find the cubin, load it with cuda-python, launch it.
 
 Imports neither cutlass nor CUDA: `compressc.runtime.loader` (cuda-python) is imported
-on the first launch, and `CudaError` / `ArchMismatchError` are fetched from it lazily.
+on the first launch. The names below are imported on first use (PEP 562), so that
+`from compressc.runtime import ops` costs only what the C4A and C128A ops need (the cold
+start: import to the first launch, benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from compressc.runtime.args import pack_args
-from compressc.runtime.bounds_kernel import check_kernel_bounds
-from compressc.runtime.ops import (
-    compress_c4a,
-    compress_c128a,
-    compress_c128a_online,
-    compress_indexer_fp8,
-    compress_indexer_mxfp4,
-    kernel_for,
-    kernel_spec,
-    online_c128_merge,
-    reserve_c128a_scratch,
-)
-from compressc.runtime.resolve import (
-    KernelImage,
-    KernelNotFoundError,
-    ManifestError,
-    arch_for_capability,
-    build_command,
-    find_kernel,
-    iter_pack_roots,
-)
-from compressc.runtime.startup import op_kernels, preload
+# name -> the module that defines it
+_WHERE = {
+    "pack_args": "args",
+    "check_kernel_bounds": "bounds_kernel",
+    **dict.fromkeys(("compress_c4a", "compress_c128a", "compress_c128a_online", "compress_indexer_fp8",
+                     "compress_indexer_mxfp4", "kernel_for", "kernel_spec", "online_c128_merge",
+                     "reserve_c128a_scratch"), "ops"),
+    **dict.fromkeys(("KernelImage", "KernelNotFoundError", "ManifestError", "arch_for_capability",
+                     "build_command", "find_kernel", "iter_pack_roots"), "resolve"),
+    "op_kernels": "startup", "preload": "startup",
+    "ArchMismatchError": "loader", "CudaError": "loader",
+}
 
-_FROM_LOADER = ("ArchMismatchError", "CudaError")
-
-__all__ = [
-    "ArchMismatchError",
-    "CudaError",
-    "KernelImage",
-    "KernelNotFoundError",
-    "ManifestError",
-    "arch_for_capability",
-    "build_command",
-    "check_kernel_bounds",
-    "compress_c128a",
-    "compress_c128a_online",
-    "compress_c4a",
-    "compress_indexer_fp8",
-    "compress_indexer_mxfp4",
-    "find_kernel",
-    "iter_pack_roots",
-    "kernel_for",
-    "kernel_spec",
-    "online_c128_merge",
-    "op_kernels",
-    "pack_args",
-    "preload",
-    "reserve_c128a_scratch",
-]
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_LOADER:
-        from compressc.runtime import loader
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
-        return getattr(loader, name)
-    raise AttributeError(f"module 'compressc.runtime' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -441,14 +441,28 @@ def reserve_c128a_scratch(
         split_workspace(device, split_rows, head_size)
 
 
-# the online C128 ops (docs/kernels.md §9) live in runtime/online.py; imported last, as they use the above
-# the indexer ops (compressc.runtime.indexer_ops; last, as they use the above)
-# -- docs/kernels.md §12: one launch for a CSA layer (compressc.runtime.csa; last, as it uses the above)
-from compressc.runtime.csa import compress_csa as compress_csa  # noqa: E402
-from compressc.runtime.csa import csa_arguments as csa_arguments  # noqa: E402
-from compressc.runtime.indexer_ops import compress_indexer_fp8, compress_indexer_mxfp4  # noqa: E402, F401
-from compressc.runtime.online import compress_c128a_online, online_c128_merge  # noqa: E402, F401
+# The other families' ops use the above and are imported on first use (PEP 562), so that a
+# process serving C4A and C128A does not pay their import in its cold start (issue 16 item 3):
+# the online C128 ops (§9, runtime/online.py), the indexer ops (runtime/indexer_ops.py), one
+# launch for a CSA layer (§12, runtime/csa.py) and the C128 ring state (§10, runtime/ring.py).
+_LAZY = {
+    "compress_csa": "csa", "csa_arguments": "csa",
+    "compress_indexer_fp8": "indexer_ops", "compress_indexer_mxfp4": "indexer_ops",
+    "compress_c128a_online": "online", "online_c128_merge": "online",
+    "compress_c128a_ring": "ring", "save_ring_tail": "ring",
+}
 
-# -- docs/kernels.md §10: the C128 ring state (compressc.runtime.ring; last, as it uses the above)
-from compressc.runtime.ring import compress_c128a_ring as compress_c128a_ring  # noqa: E402
-from compressc.runtime.ring import save_ring_tail as save_ring_tail  # noqa: E402
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"compressc.runtime.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
