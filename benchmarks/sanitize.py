@@ -56,6 +56,8 @@ SELECTION = (
     (r"test_head_sizes_gpu\.py::.*-decode-64\]", "the other head sizes"),
     (r"test_c128a_split_gpu\.py::test_split_matches_reference\[.*-decode-32\]",
      "c128a_split (the workspace merge), both weights"),
+    (r"test_c128a_split_cluster_gpu\.py::test_cluster_merge_matches_reference\[.*cluster-split=8.*-f32-decode-32\]",
+     "c128a_split's cluster merge (the DSMEM exchange; a tune candidate, not shipped)"),
 )
 EXCLUDED = (
     (r"test_ops_gpu\.py::test_loader_", "provoke driver errors on purpose (invalid image, missing entry)"),

@@ -16,6 +16,10 @@ RUNTIME = Path(__file__).resolve().parents[1] / "compressc" / "runtime"
 
 _USE_RUNTIME = """
 import compressc.runtime as rt
+from compressc.runtime import ops
+for _name in (*rt.__all__, *ops._LAZY):  # the names load lazily (PEP 562): load every one
+    getattr(ops if _name in ops._LAZY else rt, _name)
+import compressc.runtime.torch_ops
 import compressc.reference  # the torch reference needs no toolchain either
 from compressc.runtime import loader  # cuda-python only; importing needs no driver
 from compressc.runtime.args import pack_args
@@ -159,8 +163,12 @@ def test_no_runtime_module_imports_cuda_bindings_when_it_loads(path):
 
 def test_the_runtime_imports_no_compiler_and_no_cli():
     """import compressc.runtime (the cold start's first step) loads neither the compiler, the
-    command line, nor cutlass; the cache modules it needs load on the first lookup."""
-    script = ("import sys, compressc.runtime\n"
+    command line, nor cutlass; the cache modules it needs load on the first lookup. Its names
+    load on first use (PEP 562), so every one of them, and ops' lazy ones, is loaded first."""
+    script = ("import sys, compressc.runtime as rt\n"
+              "from compressc.runtime import ops\n"
+              "for name in (*rt.__all__, *ops._LAZY): getattr(ops if name in ops._LAZY else rt, name)\n"
+              "import compressc.runtime.torch_ops\n"
               "heavy = ('cutlass', 'click', 'rich', 'hypothesis', 'compressc.passes', 'compressc.ir',\n"
               "         'compressc.kernels', 'compressc.driver.build', 'compressc.driver.plan',\n"
               "         'compressc.cli')\n"
@@ -185,7 +193,7 @@ def test_the_ops_import_leaves_the_other_families_for_their_first_use():
               "assert ops.save_ring_tail.__module__ == 'compressc.runtime.ring'\n"
               "assert rt.preload.__module__ == 'compressc.runtime.startup'\n"
               "assert rt.compress_c128a_online is ops.compress_c128a_online\n"
-              "assert set(rt.__all__) <= set(dir(rt)), set(rt.__all__) - set(dir(rt))\n"
+              "assert sorted(set(dir(rt))) == dir(rt) and sorted(set(dir(ops))) == dir(ops)  # once each\n"
               "for name in rt.__all__: getattr(rt, name)\n"
               "try:\n"
               "    ops.no_such_op\n"
@@ -196,3 +204,18 @@ def test_the_ops_import_leaves_the_other_families_for_their_first_use():
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "[]"
     assert lines[1] == "module 'compressc.runtime.ops' has no attribute 'no_such_op'"
+
+
+@pytest.mark.parametrize("module, table", [("compressc.runtime", "_WHERE"),
+                                           ("compressc.runtime.ops", "_LAZY")])
+def test_the_lazy_names_and_what_type_checkers_see_agree(module, table):
+    """Each lazily loaded name has its TYPE_CHECKING import, from the module it loads from."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    seen = {}
+    for node in ast.walk(ast.parse(Path(mod.__file__).read_text())):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                seen.update({alias.name: imp.module.rpartition(".")[2] for alias in imp.names})
+    assert seen == getattr(mod, table)

@@ -148,10 +148,11 @@ def opt(
       thread-map{elems-per-lane=N,window-split=K}  which lane owns which channels
         {grid=auto|runs|tiled|rows,rows-per-cta=R,   and which CTA owns which rows
          ctas-per-sm=N,min-ctas-per-sm=M,
-         cluster-split=1|2|4|8,                    a cluster of CTAs pools one window
-         grid-split=1|2|4|8}                       (over DSMEM; c128a_split: rank 0 stores the
-                                                   row) or c128a_split's S CTAs of a plain
-                                                   launch (global workspace merge)
+         cluster-split=1|2|4|8,                    a cluster of CTAs pools one window, merged
+                                                   over DSMEM (c128a_split: rank 0 stores the row)
+         grid-split=0|1|2|4|8}                     c128a_split only: S CTAs of a plain launch
+                                                   pool one window, merged through a global
+                                                   workspace (0: 8)
       vectorize{bits=32|64|128}                    vector width of each global access
       lower-reduction{order=down|up}               shuffle trees + cross-warp exchanges
       plan-smem                                    shared-memory slots and barriers

@@ -9,7 +9,31 @@ start: import to the first launch, benchmarks/cold_start.py).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name loads on first use
+    from compressc.runtime.args import pack_args as pack_args
+    from compressc.runtime.bounds_kernel import check_kernel_bounds as check_kernel_bounds
+    from compressc.runtime.loader import ArchMismatchError as ArchMismatchError
+    from compressc.runtime.loader import CudaError as CudaError
+    from compressc.runtime.ops import compress_c4a as compress_c4a
+    from compressc.runtime.ops import compress_c128a as compress_c128a
+    from compressc.runtime.ops import compress_c128a_online as compress_c128a_online
+    from compressc.runtime.ops import compress_indexer_fp8 as compress_indexer_fp8
+    from compressc.runtime.ops import compress_indexer_mxfp4 as compress_indexer_mxfp4
+    from compressc.runtime.ops import kernel_for as kernel_for
+    from compressc.runtime.ops import kernel_spec as kernel_spec
+    from compressc.runtime.ops import online_c128_merge as online_c128_merge
+    from compressc.runtime.ops import reserve_c128a_scratch as reserve_c128a_scratch
+    from compressc.runtime.resolve import KernelImage as KernelImage
+    from compressc.runtime.resolve import KernelNotFoundError as KernelNotFoundError
+    from compressc.runtime.resolve import ManifestError as ManifestError
+    from compressc.runtime.resolve import arch_for_capability as arch_for_capability
+    from compressc.runtime.resolve import build_command as build_command
+    from compressc.runtime.resolve import find_kernel as find_kernel
+    from compressc.runtime.resolve import iter_pack_roots as iter_pack_roots
+    from compressc.runtime.startup import op_kernels as op_kernels
+    from compressc.runtime.startup import preload as preload
 
 # name -> the module that defines it
 _WHERE = {
@@ -28,6 +52,8 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
+    # The value found on first use is kept here (later uses cost nothing), as the eager
+    # `from ... import` did at import: patch a name where its caller looks it up.
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -37,4 +63,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted({*globals(), *_WHERE})

@@ -8,9 +8,11 @@ row on torch's current stream. `k_cache` is written in place; nothing is returne
 
 from __future__ import annotations
 
+import importlib
 import threading
 from functools import cache
 from threading import get_ident as _thread_id  # each thread packs its own buffers
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -453,16 +455,27 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+if TYPE_CHECKING:  # what type checkers see; at run time each name loads on first use
+    from compressc.runtime.csa import compress_csa as compress_csa
+    from compressc.runtime.csa import csa_arguments as csa_arguments
+    from compressc.runtime.indexer_ops import compress_indexer_fp8 as compress_indexer_fp8
+    from compressc.runtime.indexer_ops import compress_indexer_mxfp4 as compress_indexer_mxfp4
+    from compressc.runtime.online import compress_c128a_online as compress_c128a_online
+    from compressc.runtime.online import online_c128_merge as online_c128_merge
+    from compressc.runtime.ring import compress_c128a_ring as compress_c128a_ring
+    from compressc.runtime.ring import save_ring_tail as save_ring_tail
+
+
+def __getattr__(name: str) -> Any:
+    # The value found on first use is kept (later uses cost a dict lookup, as before), as the
+    # eager import at the end of this module did: patch a name where its caller looks it up.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f"compressc.runtime.{module}"), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *_LAZY})
