@@ -50,8 +50,9 @@ class Occupancy(ModulePass):
     ptxas (.minnctapersm) for the CTAs per SM that the window's registers plus a fixed
     overhead allow (C4A: 6, at 168 registers, where ptxas alone takes 176 and the SM holds
     4). c128a_split's row split (a global merge or a cluster's) asks for SPLIT_ROW_CTAS CTAs
-    per SM wherever that many CTAs' threads fit an SM (2048 threads: CTAs of up to 1024). Any other schedule, or one whose thread-map
-    set min-ctas-per-sm, is left as it is. Leave the pass out for no hint.
+    per SM wherever that many CTAs' threads fit an SM (2048 threads: CTAs of up to 1024).
+    Any other schedule, or one whose thread-map set min-ctas-per-sm, is left as it is.
+    Leave the pass out for no hint.
 
     Expects: rows-in-flight has run (and rescale, whose choice sets the overhead: unset is
              row by row); it reads the window's staging, so runs after smem-stage.
