@@ -219,3 +219,18 @@ def test_the_lazy_names_and_what_type_checkers_see_agree(module, table):
             for imp in node.body:
                 seen.update({alias.name: imp.module.rpartition(".")[2] for alias in imp.names})
     assert seen == getattr(mod, table)
+
+
+def test_the_submodules_are_attributes_of_the_package_as_before():
+    """`import compressc.runtime` once loaded ops, resolve and the rest: their attribute access
+    (`compressc.runtime.ops.compress_c4a`) still works, and a missing name is an AttributeError."""
+    script = ("import compressc.runtime as rt\n"
+              "print(rt.ops.compress_c4a.__module__, rt.resolve.find_kernel is rt.find_kernel)\n"
+              "try:\n"
+              "    rt.no_such_module\n"
+              "except AttributeError as e:\n"
+              "    print(e)\n")
+    out = _run(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["compressc.runtime.ops True",
+                                       "module 'compressc.runtime' has no attribute 'no_such_module'"]

@@ -9,6 +9,7 @@ start: import to the first launch, benchmarks/cold_start.py).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads on first use
@@ -55,8 +56,10 @@ def __getattr__(name: str) -> Any:
     # The value found on first use is kept here (later uses cost nothing), as the eager
     # `from ... import` did at import: patch a name where its caller looks it up.
     module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if module is None:  # a submodule, as `import compressc.runtime` used to load ops and the rest
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
