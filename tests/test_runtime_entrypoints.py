@@ -82,3 +82,60 @@ def test_pack_roots_are_found_again_when_a_path_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [str(tmp_path), str(tmp_path / "more")])
     resolve.installed_pack_roots()
     assert len(calls) == 3
+
+
+def _old(*paths: Path, ns: int = 10**18) -> None:
+    """Modification times well before now (2001): a record of them is not racy."""
+    for path in paths:
+        os.utime(path, ns=(ns, ns))
+
+
+def test_a_fresh_process_takes_the_scan_from_the_record_until_an_install(tmp_path, monkeypatch):
+    site, records = tmp_path / "site", tmp_path / "cache"
+    _dist(site, "pack_a-1.dist-info", f"[{GROUP}]\na = pack_a:ROOT\n")
+    _old(site)
+    monkeypatch.setattr(sys, "path", [str(site), str(tmp_path / "missing")])
+    scans = []
+    scan = entrypoints._scan
+    monkeypatch.setattr(entrypoints, "_scan", lambda group: scans.append(group) or scan(group))
+
+    def names() -> list[str]:
+        return [e.name for e in entrypoints.recorded_entry_points(group=GROUP, record_dir=records)]
+
+    assert names() == ["a"] and len(scans) == 1  # scanned, recorded
+    assert names() == ["a"] and len(scans) == 1  # from the record: no scan
+    assert len(list((records / "entry_points").glob("*.json"))) == 1
+    _dist(site, "pack_b-1.dist-info", f"[{GROUP}]\nb = pack_b:ROOT\n")  # an install changes the mtime
+    assert sorted(names()) == ["a", "b"] and len(scans) == 2
+    _old(site, ns=10**18 + 1)  # (a real clock never goes back to the recorded time)
+    assert sorted(names()) == ["a", "b"] and len(scans) == 3  # the new mtime: scanned, recorded again
+    assert sorted(names()) == ["a", "b"] and len(scans) == 3
+    monkeypatch.setattr(sys, "path", [str(site)])  # another sys.path: its own answer
+    assert sorted(names()) == ["a", "b"] and len(scans) == 4
+
+
+def test_no_record_is_written_for_a_just_modified_directory_or_trusted_when_damaged(tmp_path, monkeypatch):
+    site, records = tmp_path / "site", tmp_path / "cache"
+    _dist(site, "pack_a-1.dist-info", f"[{GROUP}]\na = pack_a:ROOT\n")  # modified now: racy
+    monkeypatch.setattr(sys, "path", [str(site)])
+    found = entrypoints.recorded_entry_points(group=GROUP, record_dir=records)
+    assert [e.name for e in found] == ["a"] and not (records / "entry_points").exists()
+    _old(site)
+    entrypoints.recorded_entry_points(group=GROUP, record_dir=records)
+    (record,) = (records / "entry_points").glob("*.json")
+    for damaged in ("{not json", "[]", '{"format": 1}', ""):
+        record.write_text(damaged)
+        assert [e.name for e in entrypoints.recorded_entry_points(group=GROUP, record_dir=records)] == ["a"]
+    assert entrypoints.recorded_entry_points(group="no.such.group", record_dir=records) == []
+
+
+def test_without_a_record_directory_or_with_another_finder_nothing_is_recorded(tmp_path, monkeypatch):
+    site, records = tmp_path / "site", tmp_path / "cache"
+    _dist(site, "pack_a-1.dist-info", f"[{GROUP}]\na = pack_a:ROOT\n")
+    _old(site)
+    monkeypatch.setattr(sys, "path", [str(site)])
+    assert [e.name for e in entrypoints.recorded_entry_points(group=GROUP, record_dir=None)] == ["a"]
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, type("F", (), {"find_distributions": None})()])
+    monkeypatch.setattr(entrypoints.metadata, "entry_points", lambda group: ["theirs"])
+    assert entrypoints.recorded_entry_points(group=GROUP, record_dir=records) == ["theirs"]
+    assert not records.exists()
