@@ -56,9 +56,8 @@ def recorded_entry_points(*, group: str, record_dir: Path | None) -> list[metada
     """`entry_points(group=...)`, from the record in `record_dir` while sys.path and the
     modification times of its entries are those the record lists; else scanned and the
     record rewritten (best effort: an unwritable directory only costs the scan). As for the
-    compiler's source fingerprint (driver/key.py), no record is written while an entry was
-    modified within RACY_NS of the scan: a coarse file-system clock could hide a later change.
-    Only the scan's own answer is recorded (where importlib.metadata answers, nothing is)."""
+    compiler's source fingerprint (driver/key.py), a record is not trusted for an entry
+    modified within RACY_NS of its writing: a coarse file-system clock could hide a change."""
     if record_dir is None or _other_finders() or not all(isinstance(p, str) for p in sys.path):
         return entry_points(group=group)
     state = [[os.path.abspath(p or "."), _mtime_ns(p or ".")] for p in sys.path]
