@@ -58,7 +58,7 @@ def recorded_entry_points(*, group: str, record_dir: Path | None) -> list[metada
     record rewritten (best effort: an unwritable directory only costs the scan). As for the
     compiler's source fingerprint (driver/key.py), a record is not trusted for an entry
     modified within RACY_NS of its writing: a coarse file-system clock could hide a change."""
-    if record_dir is None or _other_finders() or not all(isinstance(p, str) for p in sys.path):
+    if record_dir is None or _other_finders():
         return entry_points(group=group)
     state = [[os.path.abspath(p or "."), _mtime_ns(p or ".")] for p in sys.path]
     path = Path(record_dir) / "entry_points" / f"{hashlib.sha256(group.encode()).hexdigest()[:24]}.json"
