@@ -341,11 +341,11 @@ def test_iter_pack_roots(monkeypatch, tmp_path):
     ]
     seen = {}
 
-    def fake_entry_points(*, group, record_dir):
+    def fake_entry_points(*, group):
         seen["group"] = group
         return eps
 
-    monkeypatch.setattr(resolve, "recorded_entry_points", fake_entry_points)
+    monkeypatch.setattr(resolve, "entry_points", fake_entry_points)
     with pytest.warns(UserWarning, match=r"kernel pack 'd' \(pack_d:ROOT\) skipped: no module"):
         roots = resolve.iter_pack_roots()
     assert seen["group"] == "compressc.kernel_packs"

@@ -292,7 +292,7 @@ def test_pack_of_another_compressc_version_is_skipped(wheel, tmp_path, monkeypat
         def load(self):
             return str(root)
 
-    monkeypatch.setattr(resolve, "recorded_entry_points", lambda group, record_dir: [EP()])
+    monkeypatch.setattr(resolve, "entry_points", lambda group: [EP()])
     with pytest.warns(
         UserWarning, match=r"kernel pack 'sm90' .* skipped: .*pip install 'compressc-kernels-sm90"
     ):

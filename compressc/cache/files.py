@@ -42,20 +42,6 @@ def write_error(
     return error(f"cannot write {path}: {err.strerror or err}; {outcome} ({hint})")
 
 
-def write_record(path: Path, record: dict) -> None:
-    """Best effort: `record` as JSON at `path`, atomically (a reader sees the old record or the
-    new one); an unwritable directory only means the next process computes it again."""
-    import json
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(record))
-        os.replace(temp, path)
-    except OSError:
-        pass
-
-
 def is_stale_temp(path: Path) -> bool:
     """Whether a temp's writer is gone: tmp/<kind>.<pid>.<...> whose pid no longer runs,
     a temp named before temps carried their pid, or one older than a day (pid reuse)."""

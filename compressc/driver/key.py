@@ -174,7 +174,12 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 def _write_record(path: Path, root: Path, stats: list[list[Any]], fingerprint: str) -> None:
     import time
 
-    from compressc.cache.files import write_record
-
-    write_record(path, {"format": RECORD_FORMAT, "root": str(root), "written_ns": time.time_ns(),
-                        "files": stats, "fingerprint": fingerprint})
+    record = {"format": RECORD_FORMAT, "root": str(root), "written_ns": time.time_ns(), "files": stats,
+              "fingerprint": fingerprint}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(record))
+        os.replace(temp, path)  # atomic: a reader sees the old record or the new one
+    except OSError:
+        pass

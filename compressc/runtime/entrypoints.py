@@ -15,29 +15,17 @@ Only files that mention `[group]` are parsed. Where the cheap route could differ
 importlib.metadata (another meta-path finder that finds distributions, a zip or an
 `.egg` on sys.path, a metadata directory whose suffix is not lower-case) it is not
 taken: `importlib.metadata.entry_points` answers instead.
-
-`recorded_entry_points` spares a fresh process even the scan (1.5-4 ms of a cold start):
-a record in the user cache keeps the scan's answer for the sys.path it saw, each entry
-with its modification time, and is trusted while they are unchanged, the rule
-importlib.metadata's own per-directory cache uses (installing or removing a package adds or
-removes a directory there).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import sys
-import time
 from importlib import metadata
 from importlib.machinery import PathFinder
-from pathlib import Path
 
 _SUFFIXES = (".dist-info", ".egg-info")
-RECORD_FORMAT = 1
-RACY_NS = 2_000_000_000  # a sys.path entry modified this close to the scan may change again unseen
 
 
 class _NotCheap(Exception):
@@ -52,56 +40,8 @@ def entry_points(*, group: str) -> list[metadata.EntryPoint]:
         return list(metadata.entry_points(group=group))
 
 
-def recorded_entry_points(*, group: str, record_dir: Path | None) -> list[metadata.EntryPoint]:
-    """`entry_points(group=...)`, from the record in `record_dir` while sys.path and the
-    modification times of its entries are those the record lists; else scanned and the
-    record rewritten (best effort: an unwritable directory only costs the scan). As for the
-    compiler's source fingerprint (driver/key.py), a record is not trusted for an entry
-    modified within RACY_NS of its writing: a coarse file-system clock could hide a change."""
-    if record_dir is None or _other_finders():
-        return entry_points(group=group)
-    state = [[os.path.abspath(p or "."), _mtime_ns(p or ".")] for p in sys.path]
-    path = Path(record_dir) / "entry_points" / f"{hashlib.sha256(group.encode()).hexdigest()[:24]}.json"
-    found = _recorded(path, group, state)
-    if found is not None:
-        return found
-    written = time.time_ns()
-    try:
-        found = _scan(group)
-    except _NotCheap:
-        return list(metadata.entry_points(group=group))
-    if all(mtime < written - RACY_NS for _, mtime in state):
-        from compressc.cache.files import write_record
-
-        write_record(path, {"format": RECORD_FORMAT, "group": group, "sys_path": state,
-                            "entry_points": [[e.name, e.value] for e in found]})
-    return found
-
-
-def _recorded(path: Path, group: str, state: list[list]) -> list[metadata.EntryPoint] | None:
-    try:
-        record = json.loads(path.read_text())
-        if record["format"] == RECORD_FORMAT and record["group"] == group and record["sys_path"] == state:
-            return [metadata.EntryPoint(name, value, group) for name, value in record["entry_points"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
-def _mtime_ns(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return -1
-
-
-def _other_finders() -> bool:
-    """Another meta-path finder that finds distributions: only importlib.metadata knows them."""
-    return any(hasattr(f, "find_distributions") and f is not PathFinder for f in sys.meta_path)
-
-
 def _scan(group: str) -> list[metadata.EntryPoint]:
-    if _other_finders():
+    if any(hasattr(f, "find_distributions") and f is not PathFinder for f in sys.meta_path):
         raise _NotCheap
     header, seen, found = f"[{group}]", set(), []
     for root in sys.path:

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from compressc.runtime.args import grid_rule_problem
-from compressc.runtime.entrypoints import recorded_entry_points
+from compressc.runtime.entrypoints import entry_points
 from compressc.specs.abi import abi
 from compressc.specs.family import KernelSpec
 from compressc.specs.formats import formats_for
@@ -133,12 +133,9 @@ def iter_pack_roots() -> list[Path]:
 
     An entry point may resolve to a path (str or PathLike), a module (its directory)
     or a callable returning either. A pack that fails to load is skipped with a warning.
-    The entry points come from the user cache's record while sys.path and its entries'
-    modification times are unchanged (runtime/entrypoints.py recorded_entry_points).
     """
     roots = []
-    found = recorded_entry_points(group=ENTRY_POINT_GROUP, record_dir=runtime_settings()[0])
-    for ep in sorted(found, key=lambda e: e.name):
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             roots.append(_checked_pack(_pack_dir(ep.load())))
         except Exception as exc:  # a broken third-party pack must not break the others
