@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_c128a_split_gpu import _check
+from test_c128a_split_gpu import _check, _repeats_the_same_bytes, _run
 from test_schedules_gpu import SPLIT_SCHEDULES, _find
 
 from compressc.runtime import c128a_split, loader, ops
@@ -55,9 +55,6 @@ def routed(request, cuda_device, monkeypatch):
     ops.set_debug_checks(None)
 
 
-def _run(sc, cache: torch.Tensor) -> None:
-    ops.compress_c128a(*sc.args(cache))
-
 
 def _workspace_untouched(device: torch.device) -> bool:
     return all(not bool(w.any()) for w in c128a_split._WORKSPACE.get(device, []))
@@ -87,13 +84,7 @@ def test_cluster_merge_through_the_checked_launch(routed, cuda_device):
 def test_cluster_merge_repeats_the_same_bytes(routed, cuda_device):
     spec, _, _ = routed
     sc = make_scenario(spec, "decode", 32, device=cuda_device, seed=5)
-    first = sc.poisoned_cache()
-    _run(sc, first)
-    for _ in range(10):
-        again = sc.poisoned_cache()
-        _run(sc, again)
-        torch.cuda.synchronize()
-        assert torch.equal(again, first)
+    _repeats_the_same_bytes(sc, 10)
 
 
 @pytest.mark.parametrize(("kind", "T"), [("decode", 32), ("prefill", 512)])

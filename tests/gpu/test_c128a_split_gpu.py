@@ -40,6 +40,17 @@ def _check(spec, sc, got: torch.Tensor) -> None:
     assert report.code_steps <= allowed_steps(spec, report), str(report)
 
 
+def _repeats_the_same_bytes(sc, times: int) -> None:
+    """`times` more launches on fresh poisoned caches write what the first one wrote."""
+    first = sc.poisoned_cache()
+    _run(sc, first)
+    for _ in range(times):
+        again = sc.poisoned_cache()
+        _run(sc, again)
+        torch.cuda.synchronize()
+        assert torch.equal(again, first)
+
+
 def _counters_are_zero(device: torch.device, T: int) -> bool:
     counters = c128a_split.split_workspace(device, T, 512)[:, 0].contiguous().view(torch.int32)
     return bool((counters == 0).all())
@@ -73,13 +84,7 @@ def test_split_edge_cases(cuda_device, extra):
 def test_repeated_launches_give_the_same_bytes(cuda_device):
     spec = make_spec("c128a_split")
     sc = make_scenario(spec, "decode", 32, device=cuda_device, seed=5)
-    first = sc.poisoned_cache()
-    _run(sc, first)
-    for _ in range(20):
-        again = sc.poisoned_cache()
-        _run(sc, again)
-        torch.cuda.synchronize()
-        assert torch.equal(again, first)
+    _repeats_the_same_bytes(sc, 20)
     assert _counters_are_zero(cuda_device, 32)
 
 
